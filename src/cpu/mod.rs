@@ -1,0 +1,5 @@
+//! The CPU backend: every GPU kernel's twin, with the same name and meaning, parallel with
+//! rayon and vectorised where it matters. GPU results are tested against it and timed against it.
+
+pub mod focal;
+pub mod math;

@@ -1,0 +1,85 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in `retina_wgpu`.
+///
+/// Bad input is reported before any work is dispatched; device trouble is caught with wgpu error
+/// scopes and reported here instead of through wgpu's default (panicking) handler.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A parameter is outside its documented range (alpha outside [0, 1], a negative gamma, a
+    /// label outside [-2, K), a NaN in a ground-truth box, ...).
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+
+    /// Two inputs that must agree in length or shape do not.
+    #[error("shape mismatch in {op}: {detail}")]
+    ShapeMismatch {
+        /// The operation (or layer) that checked the shapes.
+        op: &'static str,
+        /// What was expected and what was given.
+        detail: String,
+    },
+
+    /// No GPU adapter could be found.
+    #[error(
+        "no GPU adapter found{0}: install a GPU driver with Vulkan, Metal or DX12 support, \
+         or `apt-get install mesa-vulkan-drivers` for a software Vulkan device (lavapipe), \
+         or choose the CPU backend (`Backend::Cpu`, `--backend cpu`)"
+    )]
+    NoAdapter(String),
+
+    /// The device could not be created from the adapter, or was lost while in use.
+    #[error("GPU device lost or unusable: {0}")]
+    DeviceLost(String),
+
+    /// The device ran out of memory for a buffer or a pipeline.
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
+
+    /// wgpu rejected a command (a validation error); this is a bug in the crate or a buffer
+    /// handed in by the host application that does not have the documented usage flags.
+    #[error("GPU validation error: {0}")]
+    Validation(String),
+
+    /// Mapping a buffer for readback failed or timed out.
+    #[error("GPU readback failed: {0}")]
+    ReadbackFailed(String),
+
+    /// Reading or writing a file (vectors, checkpoints, images) failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidParameter`].
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidParameter(msg.into())
+    }
+
+    /// Shorthand for [`Error::ShapeMismatch`].
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::ShapeMismatch {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    /// Converts an error captured by a wgpu error scope.
+    pub(crate) fn from_wgpu(err: wgpu::Error) -> Self {
+        match err {
+            wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(err.to_string()),
+            wgpu::Error::Validation { description, .. } => Error::Validation(description),
+            other => Error::DeviceLost(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Typed device buffers, upload and readback.
+
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+
+/// The usage every buffer the crate allocates has: bindable as storage, copyable both ways.
+pub const BUFFER_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// A device buffer of `len` elements of `T`.
+///
+/// The underlying [`wgpu::Buffer`] may be larger (sizes are rounded up to whole 4-byte words,
+/// and an empty buffer still holds one word); a host application can hand in its own buffer
+/// with [`GpuBuffer::from_raw`] and bind [`GpuBuffer::buffer`] in its own passes.
+pub struct GpuBuffer<T: Pod> {
+    buffer: wgpu::Buffer,
+    len: usize,
+    _element: PhantomData<T>,
+}
+
+impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBuffer")
+            .field("type", &std::any::type_name::<T>())
+            .field("len", &self.len)
+            .field("bytes", &self.buffer.size())
+            .finish()
+    }
+}
+
+/// Bytes of `len` elements of `T`, rounded up to whole words.
+pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
+    ((len * size_of::<T>()) as u64).div_ceil(4).max(1) * 4
+}
+
+impl<T: Pod> GpuBuffer<T> {
+    /// Wraps an existing buffer (for instance one a host application owns) as `len` elements.
+    /// It needs the usages `STORAGE | COPY_SRC | COPY_DST` and at least `len` elements of room
+    /// (rounded up to a whole 4-byte word).
+    pub fn from_raw(buffer: wgpu::Buffer, len: usize) -> Result<Self> {
+        let need = padded_bytes::<T>(len);
+        if buffer.size() < need {
+            return Err(Error::shape(
+                "GpuBuffer::from_raw",
+                format!(
+                    "{len} elements of {} need {need} bytes, the buffer has {}",
+                    std::any::type_name::<T>(),
+                    buffer.size()
+                ),
+            ));
+        }
+        if !buffer.usage().contains(BUFFER_USAGE) {
+            return Err(Error::invalid(format!(
+                "GpuBuffer::from_raw: the buffer has usages {:?}, it needs {BUFFER_USAGE:?}",
+                buffer.usage()
+            )));
+        }
+        Ok(Self {
+            buffer,
+            len,
+            _element: PhantomData,
+        })
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The underlying wgpu buffer.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Size of the elements in bytes (not rounded).
+    pub fn byte_len(&self) -> u64 {
+        (self.len * size_of::<T>()) as u64
+    }
+}
+
+impl GpuContext {
+    fn check_buffer_size(&self, bytes: u64) -> Result<()> {
+        let max = self.inner.limits.max_buffer_size;
+        if bytes > max {
+            return Err(Error::invalid(format!(
+                "a buffer of {bytes} bytes exceeds the device's max_buffer_size of {max} bytes; \
+                 split the input (the host-slice APIs do this themselves)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A zero-filled buffer of `len` elements.
+    pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        let size = padded_bytes::<T>(len);
+        self.check_buffer_size(size)?;
+        let buffer = self.scoped(|| {
+            Ok(self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("retina-wgpu buffer"),
+                size,
+                usage: BUFFER_USAGE,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(GpuBuffer {
+            buffer,
+            len,
+            _element: PhantomData,
+        })
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
+        let size = padded_bytes::<T>(data.len());
+        self.check_buffer_size(size)?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buffer = self.scoped(|| {
+            Ok(if bytes.len() as u64 == size {
+                self.inner
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("retina-wgpu upload"),
+                        contents: bytes,
+                        usage: BUFFER_USAGE,
+                    })
+            } else {
+                let mut padded = bytes.to_vec();
+                padded.resize(size as usize, 0);
+                self.inner
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("retina-wgpu upload"),
+                        contents: &padded,
+                        usage: BUFFER_USAGE,
+                    })
+            })
+        })?;
+        Ok(GpuBuffer {
+            buffer,
+            len: data.len(),
+            _element: PhantomData,
+        })
+    }
+
+    /// Overwrites the start of `buffer` with `data` (queued; takes effect at the next submit).
+    pub fn write<T: Pod>(&self, buffer: &GpuBuffer<T>, data: &[T]) -> Result<()> {
+        if data.len() > buffer.len {
+            return Err(Error::shape(
+                "GpuContext::write",
+                format!("{} elements into a buffer of {}", data.len(), buffer.len),
+            ));
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.scoped(|| {
+            if bytes.len() % 4 == 0 {
+                self.inner.queue.write_buffer(&buffer.buffer, 0, bytes);
+            } else {
+                let mut padded = bytes.to_vec();
+                padded.resize(bytes.len().div_ceil(4) * 4, 0);
+                self.inner.queue.write_buffer(&buffer.buffer, 0, &padded);
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads a whole buffer back (one submit, one wait).
+    pub fn download<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
+        let mut readback = Readback::default();
+        let slot = readback.add(buffer);
+        let mut results = readback.run(self, self.encoder("retina-wgpu readback"))?;
+        Ok(results.take(slot))
+    }
+}
+
+/// A batch of buffers to copy back in one submission: `add` them, then `run` with the encoder
+/// holding the work that produces them.
+#[derive(Default)]
+pub(crate) struct Readback<'a> {
+    sources: Vec<(&'a wgpu::Buffer, u64, usize)>,
+}
+
+/// Handle to one buffer of a [`Readback`].
+#[derive(Clone, Copy)]
+pub(crate) struct ReadbackSlot<T> {
+    index: usize,
+    _element: PhantomData<T>,
+}
+
+/// The bytes a [`Readback`] brought back.
+pub(crate) struct ReadbackResults {
+    bytes: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+}
+
+impl ReadbackResults {
+    /// The elements read for `slot` (taken out; a second take returns an empty vector).
+    pub(crate) fn take<T: Pod>(&mut self, slot: ReadbackSlot<T>) -> Vec<T> {
+        let bytes = std::mem::take(&mut self.bytes[slot.index]);
+        let len = self.lens[slot.index];
+        let mut out = vec![T::zeroed(); len];
+        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..len * size_of::<T>()]);
+        out
+    }
+}
+
+impl<'a> Readback<'a> {
+    /// Queues the whole of `buffer` for readback.
+    pub(crate) fn add<T: Pod>(&mut self, buffer: &'a GpuBuffer<T>) -> ReadbackSlot<T> {
+        self.sources
+            .push((&buffer.buffer, padded_bytes::<T>(buffer.len), buffer.len));
+        ReadbackSlot {
+            index: self.sources.len() - 1,
+            _element: PhantomData,
+        }
+    }
+
+    /// Appends the copies to `encoder`, submits it, waits, and maps every staging buffer.
+    pub(crate) fn run(
+        self,
+        ctx: &GpuContext,
+        mut encoder: wgpu::CommandEncoder,
+    ) -> Result<ReadbackResults> {
+        let device = &ctx.inner.device;
+        let staging = ctx.scoped(|| {
+            let staging: Vec<wgpu::Buffer> = self
+                .sources
+                .iter()
+                .map(|&(source, size, _)| {
+                    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("retina-wgpu staging"),
+                        size,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    encoder.copy_buffer_to_buffer(source, 0, &buffer, 0, size);
+                    buffer
+                })
+                .collect();
+            ctx.submit_and_wait(encoder)?;
+            Ok(staging)
+        })?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        for (index, buffer) in staging.iter().enumerate() {
+            let sender = sender.clone();
+            buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+                let _ = sender.send((index, result));
+            });
+        }
+        drop(sender);
+        ctx.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: ctx.inner.poll_timeout,
+            })
+            .map_err(|e| Error::ReadbackFailed(format!("waiting for buffer maps: {e}")))?;
+        let mut mapped = 0;
+        for (index, result) in receiver.try_iter() {
+            result.map_err(|e| {
+                Error::ReadbackFailed(format!("mapping staging buffer {index}: {e}"))
+            })?;
+            mapped += 1;
+        }
+        if mapped != staging.len() {
+            return Err(Error::ReadbackFailed(format!(
+                "{mapped} of {} staging buffers were mapped after the wait",
+                staging.len()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(staging.len());
+        for buffer in &staging {
+            let view = buffer
+                .get_mapped_range(..)
+                .map_err(|e| Error::ReadbackFailed(format!("reading a mapped buffer: {e}")))?;
+            bytes.push(view.to_vec());
+            drop(view);
+            buffer.unmap();
+        }
+        Ok(ReadbackResults {
+            bytes,
+            lens: self.sources.iter().map(|s| s.2).collect(),
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! The GPU context: a device and queue (the crate's own, or a host application's), the limits
+//! that dispatch honours, and the kernel table.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::Kernels;
+use crate::gpu::shader::ShaderFeatures;
+
+/// Caps that lower the device's limits, so that chunking and grid folding can be exercised on
+/// small inputs (tests), or so that the crate leaves room for a host application.
+/// `None` keeps the device's own limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitCaps {
+    /// Largest storage-buffer binding, in bytes (device: `max_storage_buffer_binding_size`).
+    pub max_storage_binding: Option<u64>,
+    /// Largest workgroup count per dispatch dimension (`max_compute_workgroups_per_dimension`).
+    pub max_workgroups_per_dim: Option<u32>,
+    /// Largest single buffer, in bytes (`max_buffer_size`); host-side inputs beyond it are
+    /// processed in segments.
+    pub max_buffer_size: Option<u64>,
+}
+
+/// How [`GpuContext::new_with`] chooses and configures its device.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Backends to search. `None`: the `WGPU_BACKEND` environment variable if set, else the
+    /// primary backends (Vulkan, Metal, DX12).
+    pub backends: Option<wgpu::Backends>,
+    /// Choose the first adapter whose name contains this (case-insensitive). `None`: the
+    /// `WGPU_ADAPTER_NAME` environment variable if set, else wgpu's choice by power preference.
+    pub adapter_name: Option<String>,
+    /// Preference when no adapter name is given.
+    pub power_preference: wgpu::PowerPreference,
+    /// Lower some limits artificially (see [`LimitCaps`]).
+    pub caps: LimitCaps,
+    /// Use subgroup operations when the device has them (default true).
+    pub subgroups: bool,
+    /// Longest wait for the device in a blocking call before it fails with
+    /// [`Error::ReadbackFailed`]. `None` waits indefinitely.
+    pub poll_timeout: Option<Duration>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            backends: None,
+            adapter_name: None,
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            caps: LimitCaps::default(),
+            subgroups: true,
+            poll_timeout: Some(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// The limits every dispatch of the crate honours: the device's, lowered by [`LimitCaps`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// Largest storage-buffer binding, in bytes.
+    pub max_storage_binding: u64,
+    /// Largest workgroup count in one dispatch dimension.
+    pub max_workgroups_per_dim: u32,
+    /// Largest buffer, in bytes.
+    pub max_buffer_size: u64,
+    /// Alignment of storage-buffer binding offsets, in bytes.
+    pub storage_offset_alignment: u64,
+    /// Alignment of uniform-buffer binding offsets, in bytes.
+    pub uniform_offset_alignment: u64,
+}
+
+impl DeviceLimits {
+    fn new(limits: &wgpu::Limits, caps: LimitCaps) -> Self {
+        let cap = |own: u64, cap: Option<u64>| cap.map_or(own, |c| c.min(own));
+        Self {
+            // Bindings are used in whole 4-byte words.
+            max_storage_binding: cap(
+                u64::from(limits.max_storage_buffer_binding_size),
+                caps.max_storage_binding,
+            ) & !3,
+            max_workgroups_per_dim: caps
+                .max_workgroups_per_dim
+                .map_or(limits.max_compute_workgroups_per_dimension, |c| {
+                    c.min(limits.max_compute_workgroups_per_dimension)
+                })
+                .max(1),
+            max_buffer_size: cap(limits.max_buffer_size, caps.max_buffer_size) & !3,
+            storage_offset_alignment: u64::from(limits.min_storage_buffer_offset_alignment),
+            uniform_offset_alignment: u64::from(limits.min_uniform_buffer_offset_alignment),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) limits: DeviceLimits,
+    pub(crate) features: wgpu::Features,
+    pub(crate) shader_features: ShaderFeatures,
+    pub(crate) kernels: Kernels,
+    /// Set by the device-lost callback; only installed on devices the crate created itself.
+    lost: Option<Arc<Mutex<Option<String>>>>,
+    pub(crate) poll_timeout: Option<Duration>,
+}
+
+/// A wgpu device and queue with the crate's kernels.
+///
+/// Cheap to clone (shared). Either [`GpuContext::new`] creates its own device, or
+/// [`GpuContext::from_device`] wraps a device and queue that a host application already owns;
+/// then the crate installs no handler of its own on the device and catches its errors with error
+/// scopes. Pipelines are compiled once per context, the first time a kernel is used.
+#[derive(Clone)]
+pub struct GpuContext {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .field("limits", &self.inner.limits)
+            .field("subgroups", &self.inner.shader_features.subgroups)
+            .finish()
+    }
+}
+
+/// The backends searched when neither the options nor `WGPU_BACKEND` name any.
+fn backends_for(options: &GpuOptions) -> wgpu::Backends {
+    options
+        .backends
+        .or_else(wgpu::Backends::from_env)
+        .unwrap_or(wgpu::Backends::PRIMARY)
+}
+
+fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see on `backends` (for `retina info`).
+pub fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance_for(backends).enumerate_adapters(backends))
+}
+
+/// The features the crate asks for when the adapter has them.
+fn wanted_features(adapter: wgpu::Features) -> wgpu::Features {
+    adapter
+        & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY)
+}
+
+impl GpuContext {
+    /// Creates a context on its own device with [`GpuOptions::default`] (honouring
+    /// `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`).
+    pub fn new() -> Result<Self> {
+        Self::new_with(GpuOptions::default())
+    }
+
+    /// Creates a context on its own device, chosen and configured by `options`. The device gets
+    /// the adapter's own limits (large bindings, not the 128 MiB default) and the features
+    /// `SHADER_F16`, `SUBGROUP` and `TIMESTAMP_QUERY` when the adapter has them.
+    pub fn new_with(options: GpuOptions) -> Result<Self> {
+        let backends = backends_for(&options);
+        let instance = instance_for(backends);
+        let name = options
+            .adapter_name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .filter(|n| !n.is_empty());
+        let adapter = match name {
+            Some(name) => {
+                let wanted = name.to_lowercase();
+                let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(
+                            " named like \"{name}\" on {backends:?} (adapters seen: {names:?})"
+                        ))
+                    })?
+            }
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: options.power_preference,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::NoAdapter(format!(" on {backends:?} ({e})")))?,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("retina-wgpu"),
+            required_features: wanted_features(adapter.features()),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            Error::DeviceLost(format!(
+                "could not create a device on {}: {e}",
+                adapter.get_info().name
+            ))
+        })?;
+        let lost = Arc::new(Mutex::new(None));
+        let flag = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = flag.lock() {
+                *slot = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        Ok(Self::build(
+            device,
+            queue,
+            adapter.get_info(),
+            Some(lost),
+            &options,
+        ))
+    }
+
+    /// Wraps a device and queue that a host application owns (a game, a renderer).
+    ///
+    /// The device keeps whatever features and limits the host created it with; subgroups are
+    /// used if it has `SUBGROUP`. Nothing global is installed on it: no uncaptured-error handler,
+    /// no device-lost callback. Only `caps`, `subgroups` and `poll_timeout` of `options` apply.
+    pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, options: &GpuOptions) -> Self {
+        Self::build(
+            device.clone(),
+            queue.clone(),
+            device.adapter_info(),
+            None,
+            options,
+        )
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        lost: Option<Arc<Mutex<Option<String>>>>,
+        options: &GpuOptions,
+    ) -> Self {
+        let features = device.features();
+        let shader_features = ShaderFeatures {
+            subgroups: options.subgroups && features.contains(wgpu::Features::SUBGROUP),
+        };
+        let limits = DeviceLimits::new(&device.limits(), options.caps);
+        Self {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                limits,
+                features,
+                shader_features,
+                kernels: Kernels::default(),
+                lost,
+                poll_timeout: options.poll_timeout,
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter behind the device.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// A short description: adapter name and backend.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.inner.info.name, self.inner.info.backend)
+    }
+
+    /// The limits dispatch honours (the device's, lowered by any [`LimitCaps`]).
+    pub fn limits(&self) -> &DeviceLimits {
+        &self.inner.limits
+    }
+
+    /// The device's features.
+    pub fn features(&self) -> wgpu::Features {
+        self.inner.features
+    }
+
+    /// Whether kernels use subgroup operations.
+    pub fn uses_subgroups(&self) -> bool {
+        self.inner.shader_features.subgroups
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns anything
+    /// they catch (or a lost device) into the crate's [`Error`].
+    pub(crate) fn scoped<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let result = f();
+        let errors = [
+            pollster::block_on(internal.pop()),
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        self.check_lost()?;
+        if let Some(err) = errors.into_iter().flatten().next() {
+            return Err(Error::from_wgpu(err));
+        }
+        result
+    }
+
+    pub(crate) fn check_lost(&self) -> Result<()> {
+        if let Some(lost) = &self.inner.lost
+            && let Some(reason) = lost.lock().ok().and_then(|slot| slot.clone())
+        {
+            return Err(Error::DeviceLost(reason));
+        }
+        Ok(())
+    }
+
+    /// Submits `encoder` and waits for the device to finish it.
+    pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        let index = self.inner.queue.submit([encoder.finish()]);
+        self.wait(index)
+    }
+
+    pub(crate) fn wait(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: self.inner.poll_timeout,
+            })
+            .map_err(|e| {
+                self.check_lost().err().unwrap_or_else(|| {
+                    Error::ReadbackFailed(format!("waiting for the device: {e}"))
+                })
+            })?;
+        self.check_lost()
+    }
+
+    pub(crate) fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.inner
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+}

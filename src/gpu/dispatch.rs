@@ -1,0 +1,304 @@
+//! Limits-aware dispatch: splitting work into chunks that fit the binding-size limit, folding
+//! long 1-D grids into x and y, and packing per-dispatch uniforms into one buffer.
+
+use std::ops::Range;
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::{DeviceLimits, GpuContext};
+
+/// One dispatch's share of a row-major input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    /// The rows of the input this dispatch covers.
+    pub rows: Range<u64>,
+    /// Workgroups needed (before folding into a 2-D grid).
+    pub workgroups: u32,
+    /// First slot of this chunk's per-workgroup outputs; aligned so it can be bound on its own.
+    pub output_offset: u64,
+}
+
+/// How a dispatch over `rows` rows is split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkPlan {
+    pub chunks: Vec<Chunk>,
+    /// Slots of per-workgroup output needed in all (including alignment gaps, which must be
+    /// zero-filled if the outputs are summed).
+    pub output_slots: u64,
+}
+
+/// The shape of a row-major dispatch, for [`plan_chunks`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowLayout<'a> {
+    /// Rows in the whole input.
+    pub rows: u64,
+    /// Elements per row (one workgroup handles `elems_per_workgroup` elements).
+    pub elems_per_row: u64,
+    /// Bytes per row of each buffer bound per chunk (inputs and per-element outputs).
+    pub row_bytes: &'a [u64],
+    /// Elements one workgroup handles.
+    pub elems_per_workgroup: u64,
+    /// Bytes of per-workgroup output (a partial sum, say), 0 if none.
+    pub output_bytes: u64,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Splits a row-major dispatch into chunks that respect `limits`:
+/// - every buffer's chunk binding fits `max_storage_binding`,
+/// - every chunk's binding offset is a multiple of `storage_offset_alignment` (chunks start at
+///   row multiples chosen for that),
+/// - every chunk's workgroups fit a folded grid of `max_workgroups_per_dim`^2,
+/// - element indices inside a chunk fit in u32.
+pub(crate) fn plan_chunks(limits: &DeviceLimits, layout: RowLayout<'_>) -> Result<ChunkPlan> {
+    let RowLayout {
+        rows,
+        elems_per_row,
+        row_bytes,
+        elems_per_workgroup,
+        output_bytes,
+    } = layout;
+    let align = limits.storage_offset_alignment.max(1);
+    let max_binding = limits.max_storage_binding;
+    let max_wg = u64::from(limits.max_workgroups_per_dim).pow(2);
+    let max_wg = if output_bytes > 0 {
+        max_wg.min(max_binding / output_bytes)
+    } else {
+        max_wg
+    };
+    // Element indices are u32 in the kernels; keep a tile of headroom.
+    let max_elems = (max_wg * elems_per_workgroup).min(u64::from(u32::MAX) - elems_per_workgroup);
+    let mut max_rows = max_elems / elems_per_row.max(1);
+    // Row multiple that keeps every buffer's chunk offset aligned.
+    let mut row_multiple = 1u64;
+    for &bytes in row_bytes.iter().filter(|&&b| b > 0) {
+        max_rows = max_rows.min(max_binding / bytes);
+        let need = align / gcd(align, bytes);
+        row_multiple = row_multiple / gcd(row_multiple, need) * need;
+    }
+    let chunk_rows = if rows <= max_rows {
+        rows.max(1)
+    } else {
+        let aligned = max_rows / row_multiple * row_multiple;
+        if aligned == 0 {
+            return Err(Error::invalid(format!(
+                "a row of {elems_per_row} elements ({row_bytes:?} bytes per buffer) cannot be \
+                 split to fit the device limits (storage binding {max_binding} bytes, offset \
+                 alignment {align}, {} workgroups per dimension)",
+                limits.max_workgroups_per_dim
+            )));
+        }
+        aligned
+    };
+    let slot_align = if output_bytes > 0 {
+        (align / gcd(align, output_bytes)).max(1)
+    } else {
+        1
+    };
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut slot = 0u64;
+    while start < rows {
+        let end = (start + chunk_rows).min(rows);
+        let workgroups = ((end - start) * elems_per_row).div_ceil(elems_per_workgroup) as u32;
+        slot = slot.div_ceil(slot_align) * slot_align;
+        chunks.push(Chunk {
+            rows: start..end,
+            workgroups,
+            output_offset: slot,
+        });
+        slot += u64::from(workgroups);
+        start = end;
+    }
+    Ok(ChunkPlan {
+        chunks,
+        output_slots: slot,
+    })
+}
+
+/// Folds `workgroups` into an (x, y) grid with both sides at most `max_per_dim`. Kernels
+/// recover the linear index as `x + y * num_workgroups.x` and skip indices past the end.
+pub(crate) fn fold_grid(workgroups: u32, max_per_dim: u32) -> (u32, u32) {
+    if workgroups <= max_per_dim {
+        return (workgroups, 1);
+    }
+    let y = workgroups.div_ceil(max_per_dim);
+    (workgroups.div_ceil(y), y)
+}
+
+/// Per-dispatch uniform structs packed into one buffer at the device's offset alignment.
+pub(crate) struct Uniforms {
+    bytes: Vec<u8>,
+    stride: usize,
+}
+
+/// Where a struct pushed to [`Uniforms`] lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UniformSlot {
+    offset: u64,
+    size: u64,
+}
+
+impl Uniforms {
+    pub(crate) fn new<T: Pod>(limits: &DeviceLimits) -> Self {
+        let align = limits.uniform_offset_alignment.max(16) as usize;
+        Self {
+            bytes: Vec::new(),
+            stride: size_of::<T>().div_ceil(align) * align,
+        }
+    }
+
+    pub(crate) fn push<T: Pod>(&mut self, value: &T) -> UniformSlot {
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(bytemuck::bytes_of(value));
+        self.bytes.resize(offset + self.stride, 0);
+        UniformSlot {
+            offset: offset as u64,
+            size: size_of::<T>() as u64,
+        }
+    }
+
+    pub(crate) fn into_buffer(self, ctx: &GpuContext) -> wgpu::Buffer {
+        ctx.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("retina-wgpu uniforms"),
+                contents: &self.bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+}
+
+/// A uniform binding of `slot` in `buffer`.
+pub(crate) fn uniform(buffer: &wgpu::Buffer, slot: UniformSlot) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: slot.offset,
+        size: wgpu::BufferSize::new(slot.size),
+    })
+}
+
+/// A storage binding of `bytes` bytes at `offset` in `buffer` (rounded up to whole words and
+/// clamped to the buffer; at least one word, since empty bindings are invalid).
+pub(crate) fn storage(buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> wgpu::BindingResource<'_> {
+    let size = bytes.div_ceil(4).max(1) * 4;
+    let size = size.min(buffer.size() - offset);
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: wgpu::BufferSize::new(size),
+    })
+}
+
+/// Binds `resources` (binding i = resources[i]) to `pipeline` and dispatches `workgroups`
+/// workgroups, folded into a 2-D grid when they exceed the per-dimension limit.
+pub(crate) fn dispatch(
+    ctx: &GpuContext,
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    resources: &[wgpu::BindingResource<'_>],
+    workgroups: u32,
+) {
+    if workgroups == 0 {
+        return;
+    }
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+        .iter()
+        .enumerate()
+        .map(|(i, resource)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: resource.clone(),
+        })
+        .collect();
+    let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    let (x, y) = fold_grid(workgroups, ctx.limits().max_workgroups_per_dim);
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, &bind_group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(binding: u64, per_dim: u32, align: u64) -> DeviceLimits {
+        DeviceLimits {
+            max_storage_binding: binding,
+            max_workgroups_per_dim: per_dim,
+            max_buffer_size: 1 << 30,
+            storage_offset_alignment: align,
+            uniform_offset_alignment: 256,
+        }
+    }
+
+    #[test]
+    fn fold_grid_covers_every_workgroup_within_the_limit() {
+        for max in [1u32, 2, 3, 7, 65535] {
+            for n in [1u32, 2, 5, 64, 1000, 70000] {
+                let (x, y) = fold_grid(n, max);
+                assert!(
+                    x <= max && y <= max.max(n.div_ceil(max)),
+                    "{n} over {max}: {x}x{y}"
+                );
+                assert!(u64::from(x) * u64::from(y) >= u64::from(n));
+                // No whole idle row: folding wastes less than one row of workgroups.
+                assert!(u64::from(x) * u64::from(y - 1) < u64::from(n));
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_respect_binding_alignment_and_workgroup_limits() {
+        let l = limits(4096, 2, 32);
+        // Rows of 10 f32 (40 bytes) plus one i32 label per row.
+        let plan = plan_chunks(
+            &l,
+            RowLayout {
+                rows: 1000,
+                elems_per_row: 10,
+                row_bytes: &[40, 4],
+                elems_per_workgroup: 64,
+                output_bytes: 4,
+            },
+        )
+        .unwrap();
+        let mut next = 0;
+        for c in &plan.chunks {
+            assert_eq!(c.rows.start, next);
+            next = c.rows.end;
+            let n = c.rows.end - c.rows.start;
+            assert!(n * 40 <= 4096);
+            assert_eq!((c.rows.start * 40) % 32, 0);
+            assert_eq!((c.rows.start * 4) % 32, 0);
+            assert!(c.workgroups <= 4);
+            assert_eq!(u64::from(c.workgroups), (n * 10).div_ceil(64));
+            assert_eq!((c.output_offset * 4) % 32, 0);
+        }
+        assert_eq!(next, 1000);
+        assert!(plan.chunks.len() > 1);
+    }
+
+    #[test]
+    fn a_row_too_large_to_split_is_an_error() {
+        let l = limits(256, 65535, 32);
+        let err = plan_chunks(
+            &l,
+            RowLayout {
+                rows: 10,
+                elems_per_row: 100,
+                row_bytes: &[400],
+                elems_per_workgroup: 1024,
+                output_bytes: 4,
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be split"), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! The kernel table: one compute pipeline per WGSL kernel, compiled once per context on first use.
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+use crate::gpu::context::GpuContext;
+use crate::gpu::shader;
+
+/// A compute kernel of the crate, named after its file in `shaders/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    FocalLoss,
+    ReduceSum,
+    CountLabels,
+}
+
+impl Kernel {
+    const COUNT: usize = 3;
+
+    fn file(self) -> &'static str {
+        match self {
+            Kernel::FocalLoss => "focal_loss.wgsl",
+            Kernel::ReduceSum => "reduce_sum.wgsl",
+            Kernel::CountLabels => "count_labels.wgsl",
+        }
+    }
+}
+
+/// Compiled pipelines, indexed by [`Kernel`].
+#[derive(Default)]
+pub(crate) struct Kernels {
+    pipelines: [OnceLock<wgpu::ComputePipeline>; Kernel::COUNT],
+}
+
+impl GpuContext {
+    /// The pipeline of `kernel`, compiled on first use. Compilation errors (a shader the device
+    /// rejects) are returned, not panicked on.
+    pub(crate) fn pipeline(&self, kernel: Kernel) -> Result<&wgpu::ComputePipeline> {
+        let slot = &self.inner.kernels.pipelines[kernel as usize];
+        if let Some(pipeline) = slot.get() {
+            return Ok(pipeline);
+        }
+        let source = shader::compose(kernel.file(), self.inner.shader_features)
+            .map_err(Error::Validation)?;
+        let device = &self.inner.device;
+        let pipeline = self.scoped(|| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.file()),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            Ok(
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(kernel.file()),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                }),
+            )
+        })?;
+        // Another thread may have compiled it meanwhile; either pipeline is the same program.
+        Ok(slot.get_or_init(|| pipeline))
+    }
+}

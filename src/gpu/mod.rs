@@ -1,0 +1,14 @@
+//! The GPU engine: context (own device or the host's), kernel table, typed buffers, limits-aware
+//! dispatch, and the dispatch code of each kernel.
+
+mod buffer;
+mod context;
+mod dispatch;
+pub(crate) mod focal;
+mod kernels;
+mod reduce;
+pub mod shader;
+
+pub use buffer::{BUFFER_USAGE, GpuBuffer};
+pub use context::{DeviceLimits, GpuContext, GpuOptions, LimitCaps, enumerate_adapters};
+pub use focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};

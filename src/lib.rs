@@ -1,0 +1,35 @@
+//! # retina-wgpu
+//!
+//! The machinery of RetinaNet ("Focal Loss for Dense Object Detection", Lin et al., ICCV 2017)
+//! as WGSL compute shaders through [wgpu], on any Vulkan, Metal or DX12 GPU, with a CPU backend
+//! that computes the same operations (and is fast in its own right) for checking and comparison.
+//!
+//! - [`FocalLoss`]: sigmoid focal loss forward and backward fused in one pass; labels or dense
+//!   targets, f32 or f16 logits, alpha-balanced cross entropy and FL* on the same kernel.
+//!
+//! Run an operation on a [`Backend`]: `Backend::gpu()?` creates a device of its own;
+//! [`GpuContext::from_device`] wraps a device and queue a host application already has, and the
+//! `record_*` methods of [`GpuContext`] record into that application's command encoder over
+//! [`GpuBuffer`]s, leaving results on the device.
+//!
+//! Every error is an [`Error`]; nothing panics on bad input or device trouble.
+
+#![warn(missing_docs)]
+
+mod backend;
+pub mod cpu;
+mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use backend::Backend;
+pub use error::{Error, Result};
+pub use gpu::{GpuBuffer, GpuContext, GpuOptions, LimitCaps};
+pub use ops::focal::{
+    FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, Reduction, Targets,
+};
+
+/// Re-exported so that users name the same `f16` type the crate uses.
+pub use half::f16;
+/// Re-exported so that host applications use the same wgpu version as the crate.
+pub use wgpu;

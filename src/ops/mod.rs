@@ -1,0 +1,3 @@
+//! The operations, each written once over both backends.
+
+pub mod focal;

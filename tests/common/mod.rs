@@ -1,0 +1,142 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use retina_wgpu::{GpuContext, GpuOptions};
+
+/// The directory of reference vectors: `RETINA_GOLDEN_DIR` when set, else tests/golden/.
+pub fn golden_dir() -> PathBuf {
+    std::env::var_os("RETINA_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"))
+}
+
+/// Parses one vector file of the golden directory.
+pub fn golden(name: &str) -> serde_json::Value {
+    let path = golden_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// A JSON array of numbers as f32.
+pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().map(|f| f as f32).unwrap_or(f32::NAN))
+        .collect()
+}
+
+/// A JSON array of integers as i32 (flattening nested arrays).
+pub fn i32s(v: &serde_json::Value) -> Vec<i32> {
+    let mut out = Vec::new();
+    flatten_i32(v, &mut out);
+    out
+}
+
+fn flatten_i32(v: &serde_json::Value, out: &mut Vec<i32>) {
+    match v {
+        serde_json::Value::Array(items) => items.iter().for_each(|x| flatten_i32(x, out)),
+        other => out.push(other.as_i64().expect("integer") as i32),
+    }
+}
+
+/// A JSON array (nested or not) of numbers as flat f32.
+pub fn flat_f32(v: &serde_json::Value) -> Vec<f32> {
+    let mut out = Vec::new();
+    flatten_f32(v, &mut out);
+    out
+}
+
+fn flatten_f32(v: &serde_json::Value, out: &mut Vec<f32>) {
+    match v {
+        serde_json::Value::Array(items) => items.iter().for_each(|x| flatten_f32(x, out)),
+        other => out.push(other.as_f64().map(|f| f as f32).unwrap_or(f32::NAN)),
+    }
+}
+
+fn require_gpu() -> bool {
+    std::env::var("RETINA_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// The shared GPU context of this test binary, or `None` (after one line saying why) when the
+/// machine has no adapter and `RETINA_REQUIRE_GPU=1` is not set. With it set, no adapter fails.
+pub fn gpu() -> Option<GpuContext> {
+    static CONTEXT: OnceLock<Option<GpuContext>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| match GpuContext::new() {
+            Ok(ctx) => Some(ctx),
+            Err(e) if !require_gpu() => {
+                eprintln!("skipping GPU tests: {e}");
+                None
+            }
+            Err(e) => panic!("RETINA_REQUIRE_GPU=1 but no GPU context: {e}"),
+        })
+        .clone()
+}
+
+/// A GPU context with custom options (artificially small limits, no subgroups, ...), or `None`
+/// as [`gpu`] when there is no adapter.
+pub fn gpu_with(options: GpuOptions) -> Option<GpuContext> {
+    gpu()?;
+    Some(GpuContext::new_with(options).expect("a second context on the same adapter"))
+}
+
+/// A small deterministic generator (SplitMix64) so tests need no extra dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.uniform()
+    }
+
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.uniform().max(1e-7);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+}
+
+/// Asserts |a - b| <= atol + rtol |b| elementwise, naming the first offender.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else {
+            (g - w).abs() <= atol + rtol * w.abs()
+        };
+        assert!(
+            ok,
+            "{what}[{i}]: got {g}, want {w} (rtol {rtol}, atol {atol})"
+        );
+    }
+}
