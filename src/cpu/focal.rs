@@ -7,7 +7,7 @@
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use crate::cpu::math::{NAN, exp, is_non_finite, log1p_unit, with_simd};
+use crate::cpu::math::{NAN, exp, is_non_finite, log1p_unit, multiversion};
 use crate::ops::focal::{
     FocalInput, FocalLoss, FocalVariant, LABEL_BACKGROUND, LABEL_IGNORE, Logits, Targets,
 };
@@ -102,34 +102,78 @@ fn element(x: f32, t: f32, p: &Params) -> (f32, f32) {
     (l * at, g * at)
 }
 
-/// The branch-free loop over hard targets: `positive(i)` says whether element i's target is 1.
-/// Writes the loss and the normalised gradient.
+/// One hard element: loss and normalised gradient (NaN for a non-finite logit).
 #[inline(always)]
-fn hard_loop(
-    x: &[f32],
-    positive: impl Fn(usize) -> bool,
-    p: &Params,
-    loss: &mut [f32],
-    grad: &mut [f32],
-) {
-    let (x, loss, grad) = (&x[..], &mut loss[..x.len()], &mut grad[..x.len()]);
-    for (i, ((&xi, li), gi)) in x
+fn hard_element(x: f32, positive: bool, p: &Params) -> (f32, f32) {
+    let (s, t) = if positive { (1.0, 1.0) } else { (-1.0, 0.0) };
+    let (l, g) = match p.star {
+        Some(beta) => star_hard(x, s, p.gamma, beta),
+        None => focal_hard(x, s, p.gamma),
+    };
+    let at = p.alpha_t(t);
+    if is_non_finite(x) {
+        (NAN, NAN)
+    } else {
+        (l * at, g * at * p.inv_norm)
+    }
+}
+
+/// The branch-free loop over elements whose hard targets are `targets[i] == 1.0`.
+#[inline(always)]
+fn hard_loop(x: &[f32], targets: &[f32], p: &Params, loss: &mut [f32], grad: &mut [f32]) {
+    let n = x.len();
+    for (((&xi, &ti), li), gi) in x
         .iter()
-        .zip(loss.iter_mut())
-        .zip(grad.iter_mut())
-        .enumerate()
+        .zip(&targets[..n])
+        .zip(&mut loss[..n])
+        .zip(&mut grad[..n])
     {
-        let pos = positive(i);
-        let s = if pos { 1.0 } else { -1.0 };
-        let t = if pos { 1.0 } else { 0.0 };
-        let (l, g) = match p.star {
-            Some(beta) => star_hard(xi, s, p.gamma, beta),
-            None => focal_hard(xi, s, p.gamma),
-        };
-        let at = p.alpha_t(t);
-        let bad = is_non_finite(xi);
-        *li = if bad { NAN } else { l * at };
-        *gi = if bad { NAN } else { g * at * p.inv_norm };
+        (*li, *gi) = hard_element(xi, ti == 1.0, p);
+    }
+}
+
+/// One row with a label: every element is a negative except `class`, if any.
+#[inline(always)]
+fn label_row(x: &[f32], class: Option<usize>, p: &Params, loss: &mut [f32], grad: &mut [f32]) {
+    let n = x.len();
+    for ((&xi, li), gi) in x.iter().zip(&mut loss[..n]).zip(&mut grad[..n]) {
+        (*li, *gi) = hard_element(xi, false, p);
+    }
+    if let Some(c) = class {
+        (loss[c], grad[c]) = hard_element(x[c], true, p);
+    }
+}
+
+multiversion! {
+    /// Rows of `k` logits with one label each.
+    fn label_rows(p: &Params, x: &[f32], labels: &[i32], k: usize, loss: &mut [f32], grad: &mut [f32]) {
+        for (r, &label) in labels.iter().enumerate() {
+            let row = r * k..(r + 1) * k;
+            if label == LABEL_IGNORE {
+                loss[row.clone()].fill(0.0);
+                grad[row].fill(0.0);
+            } else if label < LABEL_BACKGROUND || label >= k as i32 {
+                loss[row.clone()].fill(NAN);
+                grad[row].fill(NAN);
+            } else {
+                label_row(&x[row.clone()], usize::try_from(label).ok(), p, &mut loss[row.clone()], &mut grad[row]);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Elements with dense targets.
+    fn dense_elements(p: &Params, x: &[f32], t: &[f32], loss: &mut [f32], grad: &mut [f32]) {
+        if t.iter().all(|&v| v == 0.0 || v == 1.0) {
+            hard_loop(x, t, p, loss, grad);
+        } else {
+            for i in 0..x.len() {
+                let (l, g) = element(x[i], t[i], p);
+                loss[i] = l;
+                grad[i] = g * p.inv_norm;
+            }
+        }
     }
 }
 
@@ -184,43 +228,13 @@ fn process_block(
             &mut grad_scratch
         }
     };
-    with_simd(|| match input.targets {
+    match input.targets {
         Targets::Labels(labels) => {
-            let first_row = range.start / k;
-            for r in 0..len / k {
-                let label = labels[first_row + r];
-                let row = r * k..(r + 1) * k;
-                if label == LABEL_IGNORE {
-                    loss[row.clone()].fill(0.0);
-                    grad[row].fill(0.0);
-                } else if label < LABEL_BACKGROUND || label >= k as i32 {
-                    loss[row.clone()].fill(NAN);
-                    grad[row].fill(NAN);
-                } else {
-                    let class = label as usize;
-                    hard_loop(
-                        &x[row.clone()],
-                        |c| c == class,
-                        p,
-                        &mut loss[row.clone()],
-                        &mut grad[row],
-                    );
-                }
-            }
+            let rows = range.start / k..range.end / k;
+            label_rows(p, x, &labels[rows], k, loss, grad);
         }
-        Targets::Dense(targets) => {
-            let t = &targets[range.clone()];
-            if t.iter().all(|&v| v == 0.0 || v == 1.0) {
-                hard_loop(x, |i| t[i] == 1.0, p, loss, grad);
-            } else {
-                for i in 0..len {
-                    let (l, g) = element(x[i], t[i], p);
-                    loss[i] = l;
-                    grad[i] = g * p.inv_norm;
-                }
-            }
-        }
-    });
+        Targets::Dense(targets) => dense_elements(p, x, &targets[range.clone()], loss, grad),
+    }
     sum_f64(loss)
 }
 

@@ -24,16 +24,18 @@ pub fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.336_55, 88.376_26);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `shifted` holds n in its low mantissa bits: 2^n without a float-to-int conversion.
+    let scale = f32::from_bits((shifted.to_bits().wrapping_sub(0x4b40_0000 - 127)) << 23);
     p * scale
 }
 
@@ -52,25 +54,31 @@ pub fn log1p_unit(e: f32) -> f32 {
     2.0 * s * series
 }
 
-/// Runs `f` compiled for AVX2 + FMA when the CPU has them (x86-64), else for the baseline target.
-/// `f` should be `#[inline(always)]` code over slices so that the whole loop is compiled inside
-/// the feature-enabled function.
-#[inline(always)]
-pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
+/// Defines a function that runs `$body` compiled for AVX2 + FMA when the CPU has them
+/// (checked at run time, x86-64 only), else for the baseline target. Helpers the body calls
+/// should be `#[inline(always)]` so that they are compiled inside the feature-enabled copy.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: both features were detected on this CPU.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: both features were detected on this CPU just now.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
+    };
 }
+pub(crate) use multiversion;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,8 @@
 //! Typed device buffers, upload and readback.
 
 use std::marker::PhantomData;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
@@ -163,7 +165,7 @@ impl GpuContext {
         }
         let bytes: &[u8] = bytemuck::cast_slice(data);
         self.scoped(|| {
-            if bytes.len() % 4 == 0 {
+            if bytes.len().is_multiple_of(4) {
                 self.inner.queue.write_buffer(&buffer.buffer, 0, bytes);
             } else {
                 let mut padded = bytes.to_vec();
@@ -258,25 +260,37 @@ impl<'a> Readback<'a> {
             });
         }
         drop(sender);
-        ctx.inner
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: None,
-                timeout: ctx.inner.poll_timeout,
-            })
-            .map_err(|e| Error::ReadbackFailed(format!("waiting for buffer maps: {e}")))?;
+        // Map callbacks fire inside some thread's `poll`; with other threads polling the same
+        // device, ours may fire in theirs a moment later. Poll until every one has reported.
+        let deadline = ctx.inner.poll_timeout.map(|t| Instant::now() + t);
         let mut mapped = 0;
-        for (index, result) in receiver.try_iter() {
-            result.map_err(|e| {
-                Error::ReadbackFailed(format!("mapping staging buffer {index}: {e}"))
-            })?;
-            mapped += 1;
-        }
-        if mapped != staging.len() {
-            return Err(Error::ReadbackFailed(format!(
-                "{mapped} of {} staging buffers were mapped after the wait",
-                staging.len()
-            )));
+        while mapped < staging.len() {
+            ctx.inner
+                .device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| Error::ReadbackFailed(format!("polling for buffer maps: {e}")))?;
+            match receiver.recv_timeout(Duration::from_millis(1)) {
+                Ok((index, result)) => {
+                    result.map_err(|e| {
+                        Error::ReadbackFailed(format!("mapping staging buffer {index}: {e}"))
+                    })?;
+                    mapped += 1;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    ctx.check_lost()?;
+                    if deadline.is_some_and(|d| Instant::now() > d) {
+                        return Err(Error::ReadbackFailed(format!(
+                            "{mapped} of {} staging buffers mapped before the poll timeout",
+                            staging.len()
+                        )));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::ReadbackFailed(
+                        "a buffer map was dropped without completing".into(),
+                    ));
+                }
+            }
         }
         let mut bytes = Vec::with_capacity(staging.len());
         for buffer in &staging {

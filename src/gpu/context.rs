@@ -14,7 +14,8 @@ use crate::gpu::shader::ShaderFeatures;
 /// `None` keeps the device's own limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LimitCaps {
-    /// Largest storage-buffer binding, in bytes (device: `max_storage_buffer_binding_size`).
+    /// Largest storage-buffer binding, in bytes (device: `max_storage_buffer_binding_size`);
+    /// values under 4 KiB are raised to 4 KiB, the least that every reduction step needs.
     pub max_storage_binding: Option<u64>,
     /// Largest workgroup count per dispatch dimension (`max_compute_workgroups_per_dimension`).
     pub max_workgroups_per_dim: Option<u32>,
@@ -71,14 +72,17 @@ pub struct DeviceLimits {
     pub uniform_offset_alignment: u64,
 }
 
+/// The smallest binding cap honoured: one reduction tile (1024 f32).
+const MIN_BINDING_CAP: u64 = 4096;
+
 impl DeviceLimits {
     fn new(limits: &wgpu::Limits, caps: LimitCaps) -> Self {
         let cap = |own: u64, cap: Option<u64>| cap.map_or(own, |c| c.min(own));
         Self {
             // Bindings are used in whole 4-byte words.
             max_storage_binding: cap(
-                u64::from(limits.max_storage_buffer_binding_size),
-                caps.max_storage_binding,
+                limits.max_storage_buffer_binding_size,
+                caps.max_storage_binding.map(|c| c.max(MIN_BINDING_CAP)),
             ) & !3,
             max_workgroups_per_dim: caps
                 .max_workgroups_per_dim

@@ -65,11 +65,10 @@ pub(crate) fn plan_chunks(limits: &DeviceLimits, layout: RowLayout<'_>) -> Resul
     let align = limits.storage_offset_alignment.max(1);
     let max_binding = limits.max_storage_binding;
     let max_wg = u64::from(limits.max_workgroups_per_dim).pow(2);
-    let max_wg = if output_bytes > 0 {
-        max_wg.min(max_binding / output_bytes)
-    } else {
-        max_wg
-    };
+    // Each chunk's per-workgroup outputs are bound too.
+    let max_wg = max_binding
+        .checked_div(output_bytes)
+        .map_or(max_wg, |m| max_wg.min(m));
     // Element indices are u32 in the kernels; keep a tile of headroom.
     let max_elems = (max_wg * elems_per_workgroup).min(u64::from(u32::MAX) - elems_per_workgroup);
     let mut max_rows = max_elems / elems_per_row.max(1);

@@ -407,7 +407,7 @@ fn check_shapes(b: &FocalBuffers<'_>) -> Result<u64> {
             "focal loss: num_classes must be in [1, 2^32), got {k}"
         )));
     }
-    if n % k != 0 {
+    if !n.is_multiple_of(k) {
         return Err(Error::shape(
             "focal loss",
             format!("{n} logits are not rows of num_classes = {k}"),

@@ -300,6 +300,24 @@ impl<'a> From<&'a [f16]> for Logits<'a> {
     }
 }
 
+impl<'a> From<&'a Vec<f32>> for Logits<'a> {
+    fn from(x: &'a Vec<f32>) -> Self {
+        Logits::F32(x)
+    }
+}
+
+impl<'a> From<&'a Vec<f16>> for Logits<'a> {
+    fn from(x: &'a Vec<f16>) -> Self {
+        Logits::F16(x)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [f32; N]> for Logits<'a> {
+    fn from(x: &'a [f32; N]) -> Self {
+        Logits::F32(x)
+    }
+}
+
 /// Targets in host memory.
 #[derive(Clone, Copy, Debug)]
 pub enum Targets<'a> {
@@ -352,7 +370,7 @@ impl<'a> FocalInput<'a> {
         if k == 0 {
             return Err(Error::invalid("focal loss: num_classes must be >= 1"));
         }
-        if n % k != 0 {
+        if !n.is_multiple_of(k) {
             return Err(Error::shape(
                 "focal loss",
                 format!("{n} logits are not rows of num_classes = {k}"),
@@ -371,7 +389,10 @@ impl<'a> FocalInput<'a> {
                         format!("{n} logits but {} dense targets", t.len()),
                     ));
                 }
-                if let Some(i) = t.iter().position(|&v| v < 0.0 || v > 1.0) {
+                if let Some(i) = t
+                    .iter()
+                    .position(|&v| !v.is_nan() && !(0.0..=1.0).contains(&v))
+                {
                     return Err(Error::invalid(format!(
                         "focal loss: dense target {i} is {}, outside [0, 1]",
                         t[i]

@@ -1,0 +1,123 @@
+//! `retina bench focal`.
+
+use clap::Args;
+use retina_wgpu::gpu::{FocalBuffers, LogitsBuffer, TargetsBuffer};
+use retina_wgpu::{Backend, Error, FocalInput, FocalLoss, Result};
+
+use super::{Common, Row, median_seconds, parse_size, progress, report};
+
+#[derive(Args, Debug)]
+pub struct FocalArgs {
+    /// Element counts N x K (rounded down to whole rows).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "1M,16M,64M")]
+    sizes: Vec<u64>,
+    /// Classes K per anchor.
+    #[arg(long, default_value_t = 80)]
+    classes: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Deterministic logits and RetinaNet-like labels (one positive in 50, one ignored in 20).
+fn problem(rows: usize, k: usize) -> (Vec<f32>, Vec<i32>) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let logits = (0..rows * k)
+        .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32) * 10.0 - 7.0)
+        .collect();
+    let labels = (0..rows)
+        .map(|_| match next() % 100 {
+            0 | 1 => (next() % k as u64) as i32,
+            2..=6 => -2,
+            _ => -1,
+        })
+        .collect();
+    (logits, labels)
+}
+
+pub fn run(args: FocalArgs) -> Result<()> {
+    let k = args.classes.max(1);
+    let backends = args.common.backend.backends()?;
+    let loss = FocalLoss::retinanet();
+    let steps =
+        args.sizes.len() as u64 * args.common.iters.max(1) as u64 * (backends.len() as u64 + 1);
+    let bar = progress(steps, "focal loss");
+    let mut rows_out = Vec::new();
+    for &size in &args.sizes {
+        let rows = (size as usize / k).max(1);
+        let n = rows * k;
+        let (logits, labels) = problem(rows, k);
+        let input = FocalInput::labels(&logits[..], &labels, k);
+        let bytes = (n * 4 + rows * 4) as f64;
+        for backend in &backends {
+            let row = |op: &str, seconds: f64| Row {
+                op: op.to_string(),
+                backend: backend.kind(),
+                adapter: backend.describe(),
+                size: n as u64,
+                seconds,
+                throughput: n as f64 / seconds,
+                unit: "elem/s".into(),
+                bytes: Some(bytes),
+                compare: "focal".into(),
+            };
+            match backend {
+                Backend::Gpu(ctx) => {
+                    let logits_buf = ctx.upload(&logits)?;
+                    let labels_buf = ctx.upload(&labels)?;
+                    let grad = ctx.zeros::<f32>(n)?;
+                    let out = ctx.zeros::<f32>(3)?;
+                    let buffers = FocalBuffers {
+                        logits: LogitsBuffer::F32(&logits_buf),
+                        targets: TargetsBuffer::Labels(&labels_buf),
+                        num_classes: k,
+                        loss: &out,
+                        grad: Some(&grad),
+                        elementwise: None,
+                        positives: None,
+                    };
+                    let resident = median_seconds(args.common.iters, &bar, || {
+                        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+                        ctx.record_focal_loss(&mut encoder, &loss, &buffers)?;
+                        let index = ctx.queue().submit([encoder.finish()]);
+                        ctx.device()
+                            .poll(retina_wgpu::wgpu::PollType::Wait {
+                                submission_index: Some(index),
+                                timeout: None,
+                            })
+                            .map_err(|e| Error::ReadbackFailed(e.to_string()))?;
+                        Ok(())
+                    })?;
+                    rows_out.push(row("focal_loss", resident));
+                    drop((logits_buf, labels_buf, grad, out));
+                    let transfer = median_seconds(args.common.iters, &bar, || {
+                        loss.compute(backend, &input).map(drop)
+                    })?;
+                    rows_out.push(row("focal_loss_with_transfer", transfer));
+                }
+                Backend::Cpu => {
+                    let normaliser = labels.iter().filter(|&&l| l >= 0).count().max(1) as f32;
+                    let mut grad = vec![0.0f32; n];
+                    let seconds = median_seconds(args.common.iters, &bar, || {
+                        retina_wgpu::cpu::focal::focal_loss(
+                            &loss,
+                            &input,
+                            1.0 / normaliser,
+                            Some(&mut grad),
+                            None,
+                        );
+                        Ok(())
+                    })?;
+                    rows_out.push(row("focal_loss", seconds));
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    report(&rows_out, args.common.json)
+}

@@ -1,0 +1,186 @@
+//! `retina bench`: each kernel on the GPU against the CPU backend, measured side by side in one
+//! run. Prints a table, or with `--json` one JSON array of rows
+//! `{"op", "backend", "adapter", "size", "seconds", "throughput", "unit"}` (seconds: median).
+
+mod focal;
+
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use retina_wgpu::Result;
+use serde::Serialize;
+
+use crate::cli::BackendChoice;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(Subcommand, Debug)]
+enum Which {
+    /// Focal loss forward + backward: GPU (data resident, and with upload + readback) vs CPU.
+    Focal(focal::FocalArgs),
+}
+
+/// Options every bench takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Print one JSON array of rows instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Timed repetitions per measurement (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Backends to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    pub backend: BackendChoice,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.which {
+        Which::Focal(a) => focal::run(a),
+    }
+}
+
+/// One measurement.
+#[derive(Serialize, Debug, Clone)]
+pub struct Row {
+    /// What was measured (`focal_loss`, `focal_loss_with_transfer`, ...).
+    pub op: String,
+    /// "gpu" or "cpu".
+    pub backend: &'static str,
+    /// The adapter (or CPU thread count).
+    pub adapter: String,
+    /// Problem size (elements, boxes, ...; see `unit`).
+    pub size: u64,
+    /// Median seconds.
+    pub seconds: f64,
+    /// `size / seconds`, in `unit`.
+    pub throughput: f64,
+    /// Unit of the throughput.
+    pub unit: String,
+    /// Bytes of input read per run, for a GB/s column (table only).
+    #[serde(skip)]
+    pub bytes: Option<f64>,
+    /// Rows with the same key and size are compared with the CPU row (table only).
+    #[serde(skip)]
+    pub compare: String,
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total).with_message(what.to_string());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Runs `f` once to warm up, then `iters` times; returns the median seconds.
+pub fn median_seconds(
+    iters: usize,
+    bar: &ProgressBar,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+        bar.inc(1);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Prints `rows` as JSON or as a table with GPU/CPU ratios.
+pub fn report(rows: &[Row], json: bool) -> Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(rows)
+            .map_err(|e| retina_wgpu::Error::InvalidParameter(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if let Some(gpu) = rows.iter().find(|r| r.backend == "gpu") {
+        println!("GPU: {}", gpu.adapter);
+    }
+    if let Some(cpu) = rows.iter().find(|r| r.backend == "cpu") {
+        println!("CPU: {}", cpu.adapter);
+    }
+    println!();
+    println!(
+        "{:<28} {:>12} {:>4} {:>12} {:>16} {:>9} {:>10}",
+        "op", "size", "", "median", "throughput", "GB/s", "vs CPU"
+    );
+    for row in rows {
+        let cpu = rows
+            .iter()
+            .find(|c| c.backend == "cpu" && c.compare == row.compare && c.size == row.size);
+        let ratio = match cpu {
+            Some(c) if row.backend == "gpu" => format!("{:.2}x", c.seconds / row.seconds),
+            _ => String::new(),
+        };
+        let gbs = row
+            .bytes
+            .map_or(String::new(), |b| format!("{:.2}", b / row.seconds / 1e9));
+        println!(
+            "{:<28} {:>12} {:>4} {:>12} {:>16} {:>9} {:>10}",
+            row.op,
+            human(row.size as f64),
+            row.backend,
+            format_seconds(row.seconds),
+            format!("{} {}", human(row.throughput), row.unit),
+            gbs,
+            ratio
+        );
+    }
+    Ok(())
+}
+
+/// 1234567 -> "1.23M".
+pub fn human(v: f64) -> String {
+    let (scaled, suffix) = if v >= 1e9 {
+        (v / 1e9, "G")
+    } else if v >= 1e6 {
+        (v / 1e6, "M")
+    } else if v >= 1e3 {
+        (v / 1e3, "k")
+    } else {
+        (v, "")
+    };
+    format!("{scaled:.3}{suffix}").replace(".000", "")
+}
+
+fn format_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} us", s * 1e6)
+    }
+}
+
+/// Parses sizes like "1M,16M,64M", "5000", "20k" (decimal multipliers).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1e9),
+        _ => (s, 1.0),
+    };
+    let v: f64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (like 5000, 20k or 16M)"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("size `{s}` must be positive"));
+    }
+    Ok((v * mult).round() as u64)
+}

@@ -1,0 +1,56 @@
+//! Command-line definitions and dispatch.
+
+mod bench;
+mod info;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use retina_wgpu::{Backend, Result};
+
+/// RetinaNet's focal loss, anchor matching and NMS as WGSL compute shaders on any GPU.
+#[derive(Parser, Debug)]
+#[command(name = "retina", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Lists the adapters wgpu sees, the one chosen, its limits and features.
+    Info,
+    /// Measures a kernel on the GPU against the CPU backend.
+    Bench(bench::BenchArgs),
+}
+
+/// Which backends a command runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The GPU only.
+    Gpu,
+    /// The CPU backend only.
+    Cpu,
+    /// Both, side by side.
+    Both,
+}
+
+impl BackendChoice {
+    /// The backends to run on, GPU first; a missing GPU is an error unless only the CPU is asked.
+    pub fn backends(self) -> Result<Vec<Backend>> {
+        let mut out = Vec::new();
+        if self != BackendChoice::Cpu {
+            out.push(Backend::gpu()?);
+        }
+        if self != BackendChoice::Gpu {
+            out.push(Backend::Cpu);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info => info::run(),
+        Command::Bench(args) => bench::run(args),
+    }
+}

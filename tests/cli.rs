@@ -1,0 +1,97 @@
+//! The `retina` command line.
+
+mod common;
+
+use std::process::Command;
+
+fn retina(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(args)
+        .output()
+        .expect("running retina")
+}
+
+#[test]
+fn bench_focal_json_rows_are_complete_and_consistent() {
+    let backend = if common::gpu().is_some() {
+        "both"
+    } else {
+        "cpu"
+    };
+    let out = retina(&[
+        "bench",
+        "focal",
+        "--sizes",
+        "8000,16k",
+        "--classes",
+        "40",
+        "--iters",
+        "1",
+        "--json",
+        "--backend",
+        backend,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    let expected = if backend == "both" { 6 } else { 2 };
+    assert_eq!(rows.len(), expected, "{rows:?}");
+    for row in rows {
+        for key in [
+            "op",
+            "backend",
+            "adapter",
+            "size",
+            "seconds",
+            "throughput",
+            "unit",
+        ] {
+            assert!(row.get(key).is_some(), "row lacks {key}: {row}");
+        }
+        let size = row["size"].as_f64().unwrap();
+        let seconds = row["seconds"].as_f64().unwrap();
+        assert!([8000.0, 16000.0].contains(&size), "{row}");
+        assert!(seconds > 0.0);
+        let throughput = row["throughput"].as_f64().unwrap();
+        assert!(
+            (throughput - size / seconds).abs() <= 1e-6 * throughput,
+            "{row}"
+        );
+        assert!(["gpu", "cpu"].contains(&row["backend"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn info_names_the_chosen_adapter() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = retina(&["info"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ctx = common::gpu().unwrap();
+    assert!(
+        text.contains(&format!("Chosen: {}", ctx.adapter_info().name)),
+        "{text}"
+    );
+    assert!(text.contains("max_storage_buffer_binding_size"), "{text}");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = retina(&["bench", "focal", "--sizes", "0", "--backend", "cpu"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be positive"));
+    let out = retina(&["bench", "focal", "--sizes", "lots", "--backend", "cpu"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
+}
