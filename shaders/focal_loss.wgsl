@@ -2,7 +2,7 @@
 //
 // Each invocation reads ELEMS_PER_THREAD logits (f32, or f16 packed two to a word) and their
 // targets, and writes d(loss)/d(logit), already divided by the normaliser, and on request the
-// per-element loss. The workgroup adds its losses (shared/workgroup_sum.wgsl) and writes one
+// per-element loss. The workgroup adds its losses (shared/workgroup_reduce.wgsl) and writes one
 // partial sum; reduce_sum.wgsl adds the partials. No float atomics: the sum is a tree, so its
 // error grows with log2 of the element count.
 //
@@ -18,7 +18,7 @@
 // (and so a NaN sum). Ignored anchors give exactly 0, whatever their logits hold.
 
 //#include "shared/numerics.wgsl"
-//#include "shared/workgroup_sum.wgsl"
+//#include "shared/workgroup_reduce.wgsl"
 
 // Must stay in sync with `FocalConfig` in src/gpu/focal.rs.
 struct Config {

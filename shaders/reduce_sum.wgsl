@@ -4,7 +4,7 @@
 // The normaliser is a constant, or max(1, counts[norm_index] * norm_value) when it was counted
 // on the device (the number of positive anchors, say) in the same command buffer.
 
-//#include "shared/workgroup_sum.wgsl"
+//#include "shared/workgroup_reduce.wgsl"
 
 // Must stay in sync with `ReduceConfig` in src/gpu/reduce.rs.
 struct Config {

@@ -16,12 +16,12 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/shared/numerics.wgsl"),
     ),
     (
-        "shared/workgroup_sum.wgsl",
-        include_str!("../../shaders/shared/workgroup_sum.wgsl"),
+        "shared/workgroup_reduce.wgsl",
+        include_str!("../../shaders/shared/workgroup_reduce.wgsl"),
     ),
     (
-        "shared/workgroup_sum_subgroup.wgsl",
-        include_str!("../../shaders/shared/workgroup_sum_subgroup.wgsl"),
+        "shared/workgroup_reduce_subgroup.wgsl",
+        include_str!("../../shaders/shared/workgroup_reduce_subgroup.wgsl"),
     ),
     (
         "focal_loss.wgsl",
