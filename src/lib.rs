@@ -6,6 +6,10 @@
 //!
 //! - [`FocalLoss`]: sigmoid focal loss forward and backward fused in one pass; labels or dense
 //!   targets, f32 or f16 logits, alpha-balanced cross entropy and FL* on the same kernel.
+//! - [`AnchorConfig`]: RetinaNet's anchors (P3-P7, scales x ratios), cached on the device.
+//! - [`TargetAssigner`]: IoU matching (torchvision's [`Matcher`]) fused with class labels,
+//!   encoded box targets and positive counts for a batch, in one command buffer.
+//! - [`box_iou`], [`BoxCoder`] and [`BoxLoss`] (smooth L1 or GIoU, forward and backward).
 //!
 //! Run an operation on a [`Backend`]: `Backend::gpu()?` creates a device of its own;
 //! [`GpuContext::from_device`] wraps a device and queue a host application already has, and the
@@ -25,9 +29,13 @@ pub mod ops;
 pub use backend::Backend;
 pub use error::{Error, Result};
 pub use gpu::{GpuBuffer, GpuContext, GpuOptions, LimitCaps};
+pub use ops::anchors::AnchorConfig;
+pub use ops::box_loss::{BoxLoss, BoxLossInput, BoxLossKind, BoxLossOutput, BoxReduction};
+pub use ops::boxes::{BoxCoder, box_iou};
 pub use ops::focal::{
     FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, Reduction, Targets,
 };
+pub use ops::matcher::{AssignedTargets, GroundTruth, Matcher, TargetAssigner};
 
 /// Re-exported so that users name the same `f16` type the crate uses.
 pub use half::f16;

@@ -11,25 +11,25 @@ const VARIANTS: [ShaderFeatures; 2] = [
     ShaderFeatures { subgroups: true },
 ];
 
-/// The naga capabilities wgpu grants a device: none for the plain variants (what a device made
-/// with no optional features gets), SUBGROUP for the subgroup variants.
+/// The naga capabilities wgpu grants a device: for the plain variants, only what every
+/// WebGPU-compliant adapter has (SHADER_FLOAT16_IN_FLOAT32, the downlevel flag behind
+/// `unpack2x16float`), as a device made with no optional features gets; SUBGROUP in addition
+/// for the subgroup variants.
 fn capabilities(features: ShaderFeatures) -> naga::valid::Capabilities {
+    let base = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
     if features.subgroups {
-        naga::valid::Capabilities::SUBGROUP
+        base | naga::valid::Capabilities::SUBGROUP
     } else {
-        naga::valid::Capabilities::empty()
+        base
     }
 }
 
 fn validate(name: &str, source: &str, caps: naga::valid::Capabilities) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(source)));
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{name} does not validate:\n{}", e.emit_to_string(source)));
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name} does not validate:\n{}", e.emit_to_string(source)));
     let entry_points: Vec<_> = module
         .entry_points
         .iter()

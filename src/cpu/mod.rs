@@ -1,5 +1,9 @@
 //! The CPU backend: every GPU kernel's twin, with the same name and meaning, parallel with
 //! rayon and vectorised where it matters. GPU results are tested against it and timed against it.
 
+pub mod anchors;
+pub mod box_loss;
+pub mod boxes;
 pub mod focal;
+pub mod matcher;
 pub mod math;

@@ -38,7 +38,13 @@ impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
 
 /// Bytes of `len` elements of `T`, rounded up to whole words.
 pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
-    ((len * size_of::<T>()) as u64).div_ceil(4).max(1) * 4
+    ((len * size_of::<T>()) as u64).div_ceil(4) * 4
+}
+
+/// Bytes the crate allocates for `len` elements of `T`: whole words, and at least 16 bytes so
+/// that even an empty buffer can be bound as an array of `vec4<f32>`.
+pub(crate) fn alloc_bytes<T>(len: usize) -> u64 {
+    padded_bytes::<T>(len).max(16)
 }
 
 impl<T: Pod> GpuBuffer<T> {
@@ -105,7 +111,7 @@ impl GpuContext {
 
     /// A zero-filled buffer of `len` elements.
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
-        let size = padded_bytes::<T>(len);
+        let size = alloc_bytes::<T>(len);
         self.check_buffer_size(size)?;
         let buffer = self.scoped(|| {
             Ok(self.inner.device.create_buffer(&wgpu::BufferDescriptor {
@@ -124,7 +130,7 @@ impl GpuContext {
 
     /// A buffer holding a copy of `data`.
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
-        let size = padded_bytes::<T>(data.len());
+        let size = alloc_bytes::<T>(data.len());
         self.check_buffer_size(size)?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.scoped(|| {
@@ -219,8 +225,11 @@ impl ReadbackResults {
 impl<'a> Readback<'a> {
     /// Queues the whole of `buffer` for readback.
     pub(crate) fn add<T: Pod>(&mut self, buffer: &'a GpuBuffer<T>) -> ReadbackSlot<T> {
-        self.sources
-            .push((&buffer.buffer, padded_bytes::<T>(buffer.len), buffer.len));
+        self.sources.push((
+            &buffer.buffer,
+            padded_bytes::<T>(buffer.len).max(4),
+            buffer.len,
+        ));
         ReadbackSlot {
             index: self.sources.len() - 1,
             _element: PhantomData,

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::gpu::anchors::AnchorCache;
 use crate::gpu::kernels::Kernels;
 use crate::gpu::shader::ShaderFeatures;
 
@@ -105,6 +106,7 @@ pub(crate) struct Inner {
     pub(crate) features: wgpu::Features,
     pub(crate) shader_features: ShaderFeatures,
     pub(crate) kernels: Kernels,
+    pub(crate) anchor_cache: AnchorCache,
     /// Set by the device-lost callback; only installed on devices the crate created itself.
     lost: Option<Arc<Mutex<Option<String>>>>,
     pub(crate) poll_timeout: Option<Duration>,
@@ -259,6 +261,7 @@ impl GpuContext {
                 features,
                 shader_features,
                 kernels: Kernels::default(),
+                anchor_cache: AnchorCache::default(),
                 lost,
                 poll_timeout: options.poll_timeout,
             }),

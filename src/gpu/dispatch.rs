@@ -181,15 +181,37 @@ pub(crate) fn uniform(buffer: &wgpu::Buffer, slot: UniformSlot) -> wgpu::Binding
 }
 
 /// A storage binding of `bytes` bytes at `offset` in `buffer` (rounded up to whole words and
-/// clamped to the buffer; at least one word, since empty bindings are invalid).
+/// clamped to the buffer; at least 16 bytes, one `vec4`, since a binding must hold one element
+/// of its array even when the kernel reads none).
 pub(crate) fn storage(buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> wgpu::BindingResource<'_> {
-    let size = bytes.div_ceil(4).max(1) * 4;
+    let size = bytes.div_ceil(4).max(4) * 4;
     let size = size.min(buffer.size() - offset);
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer,
         offset,
         size: wgpu::BufferSize::new(size),
     })
+}
+
+/// A storage binding that covers elements `start..start + len` (of `elem_bytes` each) of
+/// `buffer` from the nearest aligned offset at or below `start`, and the index of element
+/// `start` inside the binding. Kernels add that index ("base") to their own, which frees the
+/// chunking from alignment: the binding is at most `storage_offset_alignment` bytes longer than
+/// the elements it serves.
+pub(crate) fn storage_window<'a>(
+    limits: &DeviceLimits,
+    buffer: &'a wgpu::Buffer,
+    start: u64,
+    len: u64,
+    elem_bytes: u64,
+) -> (wgpu::BindingResource<'a>, u32) {
+    let align = limits.storage_offset_alignment.max(1);
+    let offset = start * elem_bytes / align * align;
+    let base = (start * elem_bytes - offset) / elem_bytes;
+    (
+        storage(buffer, offset, (base + len) * elem_bytes),
+        base as u32,
+    )
 }
 
 /// Binds `resources` (binding i = resources[i]) to `pipeline` and dispatches `workgroups`

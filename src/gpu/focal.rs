@@ -208,7 +208,7 @@ impl GpuContext {
         })
     }
 
-    fn record_count_labels(
+    pub(crate) fn record_count_labels(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         labels: &GpuBuffer<i32>,

@@ -12,16 +12,28 @@ pub(crate) enum Kernel {
     FocalLoss,
     ReduceSum,
     CountLabels,
+    Anchors,
+    BoxIou,
+    BoxCoder,
+    MatchGtMax,
+    MatchAssign,
+    BoxLoss,
 }
 
 impl Kernel {
-    const COUNT: usize = 3;
+    const COUNT: usize = 9;
 
     fn file(self) -> &'static str {
         match self {
             Kernel::FocalLoss => "focal_loss.wgsl",
             Kernel::ReduceSum => "reduce_sum.wgsl",
             Kernel::CountLabels => "count_labels.wgsl",
+            Kernel::Anchors => "anchors.wgsl",
+            Kernel::BoxIou => "box_iou.wgsl",
+            Kernel::BoxCoder => "box_coder.wgsl",
+            Kernel::MatchGtMax => "match_gt_max.wgsl",
+            Kernel::MatchAssign => "match_assign.wgsl",
+            Kernel::BoxLoss => "box_loss.wgsl",
         }
     }
 }

@@ -1,14 +1,20 @@
 //! The GPU engine: context (own device or the host's), kernel table, typed buffers, limits-aware
 //! dispatch, and the dispatch code of each kernel.
 
+pub(crate) mod anchors;
+pub(crate) mod box_loss;
+pub(crate) mod boxes;
 mod buffer;
 mod context;
 mod dispatch;
 pub(crate) mod focal;
 mod kernels;
+pub(crate) mod matcher;
 mod reduce;
 pub mod shader;
 
+pub use box_loss::BoxLossBuffers;
 pub use buffer::{BUFFER_USAGE, GpuBuffer};
 pub use context::{DeviceLimits, GpuContext, GpuOptions, LimitCaps, enumerate_adapters};
 pub use focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
+pub use matcher::{AssignBuffers, GroundTruthBuffers};

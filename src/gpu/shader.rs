@@ -24,6 +24,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/shared/workgroup_reduce_subgroup.wgsl"),
     ),
     (
+        "shared/boxes.wgsl",
+        include_str!("../../shaders/shared/boxes.wgsl"),
+    ),
+    (
         "focal_loss.wgsl",
         include_str!("../../shaders/focal_loss.wgsl"),
     ),
@@ -35,10 +39,35 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         "count_labels.wgsl",
         include_str!("../../shaders/count_labels.wgsl"),
     ),
+    ("anchors.wgsl", include_str!("../../shaders/anchors.wgsl")),
+    ("box_iou.wgsl", include_str!("../../shaders/box_iou.wgsl")),
+    (
+        "box_coder.wgsl",
+        include_str!("../../shaders/box_coder.wgsl"),
+    ),
+    (
+        "match_gt_max.wgsl",
+        include_str!("../../shaders/match_gt_max.wgsl"),
+    ),
+    (
+        "match_assign.wgsl",
+        include_str!("../../shaders/match_assign.wgsl"),
+    ),
+    ("box_loss.wgsl", include_str!("../../shaders/box_loss.wgsl")),
 ];
 
 /// The kernels (files with an entry point `main`), in `shaders/`.
-pub const KERNEL_FILES: &[&str] = &["focal_loss.wgsl", "reduce_sum.wgsl", "count_labels.wgsl"];
+pub const KERNEL_FILES: &[&str] = &[
+    "focal_loss.wgsl",
+    "reduce_sum.wgsl",
+    "count_labels.wgsl",
+    "anchors.wgsl",
+    "box_iou.wgsl",
+    "box_coder.wgsl",
+    "match_gt_max.wgsl",
+    "match_assign.wgsl",
+    "box_loss.wgsl",
+];
 
 /// Device capabilities that select between variants of the shared helpers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,3 +1,7 @@
 //! The operations, each written once over both backends.
 
+pub mod anchors;
+pub mod box_loss;
+pub mod boxes;
 pub mod focal;
+pub mod matcher;

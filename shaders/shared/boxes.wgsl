@@ -1,0 +1,51 @@
+// Box math shared by the matching, coding and loss kernels. Boxes are vec4(x1, y1, x2, y2) in
+// pixels. src/cpu/boxes.rs is the CPU twin: same formulas, same order of operations.
+
+fn box_area(b: vec4<f32>) -> f32 {
+    return (b.z - b.x) * (b.w - b.y);
+}
+
+// torchvision's box_iou for one pair, except that a zero union (two zero-area boxes) gives 0,
+// never NaN: a zero-area box has IoU 0 with everything.
+fn box_iou(a: vec4<f32>, b: vec4<f32>) -> f32 {
+    let lt = max(a.xy, b.xy);
+    let rb = min(a.zw, b.zw);
+    let wh = max(rb - lt, vec2(0.0));
+    let inter = wh.x * wh.y;
+    let union_area = box_area(a) + box_area(b) - inter;
+    return select(0.0, inter / union_area, union_area > 0.0);
+}
+
+// (dx, dy, dw, dh) of `gt` relative to `anchor`, scaled by `weights` (torchvision's
+// BoxCoder.encode_single).
+fn encode_box(gt: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>) -> vec4<f32> {
+    let aw = anchor.z - anchor.x;
+    let ah = anchor.w - anchor.y;
+    let acx = anchor.x + 0.5 * aw;
+    let acy = anchor.y + 0.5 * ah;
+    let gw = gt.z - gt.x;
+    let gh = gt.w - gt.y;
+    let gcx = gt.x + 0.5 * gw;
+    let gcy = gt.y + 0.5 * gh;
+    return vec4(
+        weights.x * (gcx - acx) / aw,
+        weights.y * (gcy - acy) / ah,
+        weights.z * log(gw / aw),
+        weights.w * log(gh / ah),
+    );
+}
+
+// The box that `deltas` describe relative to `anchor` (torchvision's BoxCoder.decode_single):
+// dw and dh are clamped at `clamp` before exp.
+fn decode_box(deltas: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>, clamp: f32) -> vec4<f32> {
+    let aw = anchor.z - anchor.x;
+    let ah = anchor.w - anchor.y;
+    let acx = anchor.x + 0.5 * aw;
+    let acy = anchor.y + 0.5 * ah;
+    let d = deltas / weights;
+    let cx = d.x * aw + acx;
+    let cy = d.y * ah + acy;
+    let half_w = 0.5 * (exp(min(d.z, clamp)) * aw);
+    let half_h = 0.5 * (exp(min(d.w, clamp)) * ah);
+    return vec4(cx - half_w, cy - half_h, cx + half_w, cy + half_h);
+}

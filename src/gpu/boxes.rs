@@ -1,0 +1,214 @@
+//! Dispatch of `shaders/box_iou.wgsl` and `shaders/box_coder.wgsl`.
+
+use crate::error::{Error, Result};
+use crate::gpu::buffer::{GpuBuffer, Readback};
+use crate::gpu::context::GpuContext;
+use crate::gpu::dispatch::{RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform};
+use crate::gpu::kernels::Kernel;
+use crate::ops::boxes::BoxCoder;
+
+const WG_SIZE: u64 = 256;
+
+/// Must stay in sync with `Config` in shaders/box_iou.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct IouConfig {
+    n_elements: u32,
+    cols: u32,
+    _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/box_coder.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct CoderConfig {
+    n: u32,
+    decode: u32,
+    clamp: f32,
+    _pad: u32,
+    weights: [f32; 4],
+}
+
+/// Errors unless a buffer bound whole fits one binding.
+pub(crate) fn check_whole_binding(ctx: &GpuContext, what: &str, bytes: u64) -> Result<()> {
+    let max = ctx.limits().max_storage_binding;
+    if bytes > max {
+        return Err(Error::invalid(format!(
+            "{what} takes {bytes} bytes, more than the device's storage binding limit of {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl GpuContext {
+    /// Records the IoU matrix of `a` x `b` into `out` (`a.len() * b.len()` elements, row-major).
+    /// Rows of the output are split at the binding limit; `b` is bound whole.
+    pub fn record_box_iou(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        a: &GpuBuffer<[f32; 4]>,
+        b: &GpuBuffer<[f32; 4]>,
+        out: &GpuBuffer<f32>,
+    ) -> Result<()> {
+        let (n, m) = (a.len() as u64, b.len() as u64);
+        if out.len() as u64 != n * m {
+            return Err(Error::shape(
+                "box_iou",
+                format!("{n} x {m} boxes but an output of {}", out.len()),
+            ));
+        }
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        check_whole_binding(self, "box_iou's second set of boxes", b.byte_len())?;
+        let limits = self.limits();
+        let plan = plan_chunks(
+            limits,
+            RowLayout {
+                rows: n,
+                elems_per_row: m,
+                row_bytes: &[16, 4 * m],
+                elems_per_workgroup: WG_SIZE,
+                output_bytes: 0,
+            },
+        )?;
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<IouConfig>(limits);
+            let slots: Vec<_> = plan
+                .chunks
+                .iter()
+                .map(|c| {
+                    uniforms.push(&IouConfig {
+                        n_elements: ((c.rows.end - c.rows.start) * m) as u32,
+                        cols: m as u32,
+                        _pad: [0; 2],
+                    })
+                })
+                .collect();
+            let uniform_buffer = uniforms.into_buffer(self);
+            let pipeline = self.pipeline(Kernel::BoxIou)?;
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for (chunk, slot) in plan.chunks.iter().zip(slots) {
+                let rows = chunk.rows.end - chunk.rows.start;
+                dispatch(
+                    self,
+                    &mut pass,
+                    pipeline,
+                    &[
+                        uniform(&uniform_buffer, slot),
+                        storage(a.buffer(), chunk.rows.start * 16, rows * 16),
+                        storage(b.buffer(), 0, b.byte_len()),
+                        storage(out.buffer(), chunk.rows.start * m * 4, rows * m * 4),
+                    ],
+                    chunk.workgroups,
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// Records the box coder over `input` (boxes to encode, or deltas to decode) against
+    /// `anchors` of the same length into `out`.
+    pub fn record_box_coder(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        coder: &BoxCoder,
+        decode: bool,
+        input: &GpuBuffer<[f32; 4]>,
+        anchors: &GpuBuffer<[f32; 4]>,
+        out: &GpuBuffer<[f32; 4]>,
+    ) -> Result<()> {
+        coder.validate()?;
+        let n = input.len();
+        if anchors.len() != n || out.len() != n {
+            return Err(Error::shape(
+                "box coder",
+                format!(
+                    "{n} inputs, {} anchors and {} outputs must agree",
+                    anchors.len(),
+                    out.len()
+                ),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let limits = self.limits();
+        let plan = plan_chunks(
+            limits,
+            RowLayout {
+                rows: n as u64,
+                elems_per_row: 1,
+                row_bytes: &[16],
+                elems_per_workgroup: WG_SIZE,
+                output_bytes: 0,
+            },
+        )?;
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<CoderConfig>(limits);
+            let slots: Vec<_> = plan
+                .chunks
+                .iter()
+                .map(|c| {
+                    uniforms.push(&CoderConfig {
+                        n: (c.rows.end - c.rows.start) as u32,
+                        decode: u32::from(decode),
+                        clamp: coder.clamp,
+                        _pad: 0,
+                        weights: coder.weights,
+                    })
+                })
+                .collect();
+            let uniform_buffer = uniforms.into_buffer(self);
+            let pipeline = self.pipeline(Kernel::BoxCoder)?;
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            for (chunk, slot) in plan.chunks.iter().zip(slots) {
+                let (start, len) = (
+                    chunk.rows.start * 16,
+                    (chunk.rows.end - chunk.rows.start) * 16,
+                );
+                dispatch(
+                    self,
+                    &mut pass,
+                    pipeline,
+                    &[
+                        uniform(&uniform_buffer, slot),
+                        storage(input.buffer(), start, len),
+                        storage(anchors.buffer(), start, len),
+                        storage(out.buffer(), start, len),
+                    ],
+                    chunk.workgroups,
+                );
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Host-slice IoU matrix on the GPU.
+pub(crate) fn box_iou_host(ctx: &GpuContext, a: &[[f32; 4]], b: &[[f32; 4]]) -> Result<Vec<f32>> {
+    let (a_buf, b_buf) = (ctx.upload(a)?, ctx.upload(b)?);
+    let out = ctx.zeros::<f32>(a.len() * b.len())?;
+    let mut encoder = ctx.encoder("box_iou");
+    ctx.record_box_iou(&mut encoder, &a_buf, &b_buf, &out)?;
+    let mut readback = Readback::default();
+    let slot = readback.add(&out);
+    Ok(readback.run(ctx, encoder)?.take(slot))
+}
+
+/// Host-slice box coding on the GPU.
+pub(crate) fn coder_host(
+    ctx: &GpuContext,
+    coder: &BoxCoder,
+    input: &[[f32; 4]],
+    anchors: &[[f32; 4]],
+    decode: bool,
+) -> Result<Vec<[f32; 4]>> {
+    let (in_buf, anchor_buf) = (ctx.upload(input)?, ctx.upload(anchors)?);
+    let out = ctx.zeros::<[f32; 4]>(input.len())?;
+    let mut encoder = ctx.encoder("box coder");
+    ctx.record_box_coder(&mut encoder, coder, decode, &in_buf, &anchor_buf, &out)?;
+    let mut readback = Readback::default();
+    let slot = readback.add(&out);
+    Ok(readback.run(ctx, encoder)?.take(slot))
+}

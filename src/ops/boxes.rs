@@ -1,0 +1,135 @@
+//! Box operations on either backend: pairwise IoU and the box coder. Boxes are
+//! `[x1, y1, x2, y2]` in pixels.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+/// Checks that every box is finite with `x2 >= y1`-style ordering (`x1 <= x2`, `y1 <= y2`);
+/// errors name the argument and the box.
+pub(crate) fn check_boxes(what: &str, boxes: &[[f32; 4]]) -> Result<()> {
+    for (i, b) in boxes.iter().enumerate() {
+        if b.iter().any(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "{what}: box {i} is {b:?}, which is not finite"
+            )));
+        }
+        if b[2] < b[0] || b[3] < b[1] {
+            return Err(Error::invalid(format!(
+                "{what}: box {i} is {b:?}, with x2 < x1 or y2 < y1"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every anchor is finite with positive width and height (they divide).
+pub(crate) fn check_anchors(what: &str, anchors: &[[f32; 4]]) -> Result<()> {
+    for (i, b) in anchors.iter().enumerate() {
+        if b.iter().any(|v| !v.is_finite()) || b[2] <= b[0] || b[3] <= b[1] {
+            return Err(Error::invalid(format!(
+                "{what}: anchor {i} is {b:?}; anchors need finite coordinates and positive width and height"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Pairwise IoU `[a.len() x b.len()]`, row-major: torchvision's `box_iou`, except that a
+/// zero-area box has IoU 0 with everything (torchvision gives NaN for two of them).
+/// Boxes with NaN or x2 < x1 are an error.
+pub fn box_iou(backend: &Backend, a: &[[f32; 4]], b: &[[f32; 4]]) -> Result<Vec<f32>> {
+    check_boxes("box_iou (a)", a)?;
+    check_boxes("box_iou (b)", b)?;
+    if a.is_empty() || b.is_empty() {
+        return Ok(Vec::new());
+    }
+    match backend {
+        Backend::Cpu => Ok(crate::cpu::boxes::iou_matrix(a, b)),
+        Backend::Gpu(ctx) => crate::gpu::boxes::box_iou_host(ctx, a, b),
+    }
+}
+
+/// The box coder of Faster R-CNN / RetinaNet (torchvision's `BoxCoder`): boxes as deltas
+/// `(dx, dy, dw, dh)` relative to anchors, scaled by `weights`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BoxCoder {
+    /// Multipliers of (dx, dy, dw, dh); RetinaNet uses (1, 1, 1, 1).
+    pub weights: [f32; 4],
+    /// dw and dh are clamped at this before `exp` when decoding (torchvision:
+    /// `log(1000 / 16)`), so that a wild prediction cannot overflow.
+    pub clamp: f32,
+}
+
+impl Default for BoxCoder {
+    fn default() -> Self {
+        Self {
+            weights: [1.0; 4],
+            clamp: (1000.0f32 / 16.0).ln(),
+        }
+    }
+}
+
+impl BoxCoder {
+    /// Checks the weights (finite, > 0) and the clamp (not NaN).
+    pub fn validate(&self) -> Result<()> {
+        if self.weights.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
+            return Err(Error::invalid(format!(
+                "box coder weights {:?} must be finite and > 0",
+                self.weights
+            )));
+        }
+        if self.clamp.is_nan() {
+            return Err(Error::invalid("box coder clamp is NaN"));
+        }
+        Ok(())
+    }
+
+    /// Deltas of `boxes[i]` relative to `anchors[i]`. Boxes need positive width and height
+    /// (their log is taken), like anchors.
+    pub fn encode(
+        &self,
+        backend: &Backend,
+        boxes: &[[f32; 4]],
+        anchors: &[[f32; 4]],
+    ) -> Result<Vec<[f32; 4]>> {
+        self.validate()?;
+        if boxes.len() != anchors.len() {
+            return Err(Error::shape(
+                "BoxCoder::encode",
+                format!("{} boxes but {} anchors", boxes.len(), anchors.len()),
+            ));
+        }
+        check_anchors("BoxCoder::encode (boxes)", boxes)?;
+        check_anchors("BoxCoder::encode (anchors)", anchors)?;
+        match backend {
+            Backend::Cpu => Ok(crate::cpu::boxes::encode_all(boxes, anchors, self.weights)),
+            Backend::Gpu(ctx) => crate::gpu::boxes::coder_host(ctx, self, boxes, anchors, false),
+        }
+    }
+
+    /// Boxes that `deltas[i]` describe relative to `anchors[i]`. NaN deltas give NaN boxes.
+    pub fn decode(
+        &self,
+        backend: &Backend,
+        deltas: &[[f32; 4]],
+        anchors: &[[f32; 4]],
+    ) -> Result<Vec<[f32; 4]>> {
+        self.validate()?;
+        if deltas.len() != anchors.len() {
+            return Err(Error::shape(
+                "BoxCoder::decode",
+                format!("{} deltas but {} anchors", deltas.len(), anchors.len()),
+            ));
+        }
+        check_anchors("BoxCoder::decode", anchors)?;
+        match backend {
+            Backend::Cpu => Ok(crate::cpu::boxes::decode_all(
+                deltas,
+                anchors,
+                self.weights,
+                self.clamp,
+            )),
+            Backend::Gpu(ctx) => crate::gpu::boxes::coder_host(ctx, self, deltas, anchors, true),
+        }
+    }
+}
