@@ -67,6 +67,45 @@ fn bench_focal_json_rows_are_complete_and_consistent() {
 }
 
 #[test]
+fn bench_match_json_has_a_row_per_box_count_and_backend() {
+    let backend = if common::gpu().is_some() {
+        "both"
+    } else {
+        "cpu"
+    };
+    let out = retina(&[
+        "bench",
+        "match",
+        "--image",
+        "128",
+        "--boxes",
+        "1,7",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--json",
+        "--backend",
+        backend,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), if backend == "both" { 6 } else { 2 });
+    let anchors = retina_wgpu::AnchorConfig::retinanet().num_anchors(128, 128) as f64;
+    for row in rows {
+        assert_eq!(row["size"].as_f64().unwrap(), 2.0 * anchors, "{row}");
+        assert_eq!(row["unit"], "anchors/s");
+        assert!(row["op"].as_str().unwrap().starts_with("assign_targets"));
+    }
+}
+
+#[test]
 fn info_names_the_chosen_adapter() {
     if common::gpu().is_none() {
         return;

@@ -40,49 +40,75 @@ impl AnchorColumns {
     }
 }
 
-/// The IoU of `gt` with anchor `i` of `cols`, exactly as `cpu::boxes::iou` computes it.
+/// The IoU of `gt` with the anchor `(x1, y1, x2, y2)` of area `area`, exactly as
+/// `cpu::boxes::iou` computes it.
+#[inline(always)]
+fn iou_parts(x1: f32, y1: f32, x2: f32, y2: f32, area: f32, gt: [f32; 4], gt_area: f32) -> f32 {
+    let w = (x2.min(gt[2]) - x1.max(gt[0])).max(0.0);
+    let h = (y2.min(gt[3]) - y1.max(gt[1])).max(0.0);
+    let inter = w * h;
+    let union = area + gt_area - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// The IoU of `gt` with anchor `i` of `cols`.
 #[inline(always)]
 fn iou_at(cols: &AnchorColumns, i: usize, gt: [f32; 4], gt_area: f32) -> f32 {
-    let w = (cols.x2[i].min(gt[2]) - cols.x1[i].max(gt[0])).max(0.0);
-    let h = (cols.y2[i].min(gt[3]) - cols.y1[i].max(gt[1])).max(0.0);
-    let inter = w * h;
-    let union = cols.area[i] + gt_area - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
+    iou_parts(
+        cols.x1[i],
+        cols.y1[i],
+        cols.x2[i],
+        cols.y2[i],
+        cols.area[i],
+        gt,
+        gt_area,
+    )
+}
+
+/// Largest value of `values` (>= 0), with eight independent lanes so that it vectorises.
+#[inline(always)]
+fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let blocks = values.chunks_exact(8);
+    let rest = blocks.remainder();
+    for block in blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane = lane.max(v);
+        }
+    }
+    rest.iter().chain(&lanes).fold(0.0f32, |m, &v| m.max(v))
 }
 
 multiversion! {
     /// Pass 1 over anchors `range`: updates each anchor's best IoU and ground truth (strictly
     /// greater wins, so the first of equal IoUs stays) and returns the chunk's highest IoU of
-    /// every ground truth.
+    /// every ground truth. Each box is a pass of three vectorised loops over the chunk: IoUs
+    /// into `row`, the running best, and the row's maximum.
     fn best_matches(cols: &AnchorColumns, range: std::ops::Range<usize>, gts: &[[f32; 4]], best: &mut [f32], arg: &mut [i32]) -> Vec<f32> {
         best.fill(-1.0);
         arg.fill(-1);
+        let (x1, y1, x2, y2, area) = (
+            &cols.x1[range.clone()],
+            &cols.y1[range.clone()],
+            &cols.x2[range.clone()],
+            &cols.y2[range.clone()],
+            &cols.area[range.clone()],
+        );
+        let mut row = vec![0.0f32; range.len()];
         let mut highest = Vec::with_capacity(gts.len());
         for (g, &gt) in gts.iter().enumerate() {
             let gt_area = crate::cpu::boxes::area(gt);
-            let mut lanes = [0.0f32; 8];
-            let n = range.len();
-            let whole = n / 8 * 8;
-            for base in (0..whole).step_by(8) {
-                for (l, lane) in lanes.iter_mut().enumerate() {
-                    let k = base + l;
-                    let v = iou_at(cols, range.start + k, gt, gt_area);
-                    if v > best[k] {
-                        best[k] = v;
-                        arg[k] = g as i32;
-                    }
-                    *lane = lane.max(v);
-                }
+            let anchors = x1.iter().zip(y1).zip(x2).zip(y2).zip(area);
+            for (r, ((((&ax1, &ay1), &ax2), &ay2), &aa)) in row.iter_mut().zip(anchors) {
+                *r = iou_parts(ax1, ay1, ax2, ay2, aa, gt, gt_area);
             }
-            for k in whole..n {
-                let v = iou_at(cols, range.start + k, gt, gt_area);
-                if v > best[k] {
-                    best[k] = v;
-                    arg[k] = g as i32;
-                }
-                lanes[0] = lanes[0].max(v);
+            for ((b, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(&row) {
+                // Selects, not a branch: the loop compiles to blends.
+                let better = v > *b;
+                *b = if better { v } else { *b };
+                *a = if better { g as i32 } else { *a };
             }
-            highest.push(lanes.iter().fold(0.0f32, |m, &v| m.max(v)));
+            highest.push(max_of(&row));
         }
         highest
     }

@@ -2,9 +2,9 @@
 
 use clap::Args;
 use retina_wgpu::gpu::{FocalBuffers, LogitsBuffer, TargetsBuffer};
-use retina_wgpu::{Backend, Error, FocalInput, FocalLoss, Result};
+use retina_wgpu::{Backend, FocalInput, FocalLoss, Result};
 
-use super::{Common, Row, median_seconds, parse_size, progress, report};
+use super::{Common, Row, gpu_median_seconds, median_seconds, parse_size, progress, report};
 
 #[derive(Args, Debug)]
 pub struct FocalArgs {
@@ -81,17 +81,8 @@ pub fn run(args: FocalArgs) -> Result<()> {
                         elementwise: None,
                         positives: None,
                     };
-                    let resident = median_seconds(args.common.iters, &bar, || {
-                        let mut encoder = ctx.device().create_command_encoder(&Default::default());
-                        ctx.record_focal_loss(&mut encoder, &loss, &buffers)?;
-                        let index = ctx.queue().submit([encoder.finish()]);
-                        ctx.device()
-                            .poll(retina_wgpu::wgpu::PollType::Wait {
-                                submission_index: Some(index),
-                                timeout: None,
-                            })
-                            .map_err(|e| Error::ReadbackFailed(e.to_string()))?;
-                        Ok(())
+                    let resident = gpu_median_seconds(ctx, args.common.iters, &bar, |encoder| {
+                        ctx.record_focal_loss(encoder, &loss, &buffers)
                     })?;
                     rows_out.push(row("focal_loss", resident));
                     drop((logits_buf, labels_buf, grad, out));

@@ -3,12 +3,13 @@
 //! `{"op", "backend", "adapter", "size", "seconds", "throughput", "unit"}` (seconds: median).
 
 mod focal;
+mod matching;
 
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use retina_wgpu::Result;
+use retina_wgpu::{GpuContext, Result};
 use serde::Serialize;
 
 use crate::cli::BackendChoice;
@@ -23,6 +24,8 @@ pub struct BenchArgs {
 enum Which {
     /// Focal loss forward + backward: GPU (data resident, and with upload + readback) vs CPU.
     Focal(focal::FocalArgs),
+    /// Target assignment (IoU, matching, encoding) for a batch: GPU vs CPU.
+    Match(matching::MatchArgs),
 }
 
 /// Options every bench takes.
@@ -42,6 +45,7 @@ pub struct Common {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Focal(a) => focal::run(a),
+        Which::Match(a) => matching::run(a),
     }
 }
 
@@ -99,6 +103,28 @@ pub fn median_seconds(
     Ok(times[times.len() / 2])
 }
 
+/// Median seconds of `record` on the device: each run records into a fresh encoder, submits and
+/// waits for the device (data stays resident; nothing is read back).
+pub fn gpu_median_seconds(
+    ctx: &GpuContext,
+    iters: usize,
+    bar: &ProgressBar,
+    mut record: impl FnMut(&mut retina_wgpu::wgpu::CommandEncoder) -> Result<()>,
+) -> Result<f64> {
+    median_seconds(iters, bar, || {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        record(&mut encoder)?;
+        let index = ctx.queue().submit([encoder.finish()]);
+        ctx.device()
+            .poll(retina_wgpu::wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| retina_wgpu::Error::ReadbackFailed(e.to_string()))?;
+        Ok(())
+    })
+}
+
 /// Prints `rows` as JSON or as a table with GPU/CPU ratios.
 pub fn report(rows: &[Row], json: bool) -> Result<()> {
     if json {
@@ -114,8 +140,9 @@ pub fn report(rows: &[Row], json: bool) -> Result<()> {
         println!("CPU: {}", cpu.adapter);
     }
     println!();
+    let width = rows.iter().map(|r| r.op.len()).max().unwrap_or(2).max(2);
     println!(
-        "{:<28} {:>12} {:>4} {:>12} {:>16} {:>9} {:>10}",
+        "{:<width$} {:>10} {:>4} {:>12} {:>20} {:>7} {:>8}",
         "op", "size", "", "median", "throughput", "GB/s", "vs CPU"
     );
     for row in rows {
@@ -130,7 +157,7 @@ pub fn report(rows: &[Row], json: bool) -> Result<()> {
             .bytes
             .map_or(String::new(), |b| format!("{:.2}", b / row.seconds / 1e9));
         println!(
-            "{:<28} {:>12} {:>4} {:>12} {:>16} {:>9} {:>10}",
+            "{:<width$} {:>10} {:>4} {:>12} {:>20} {:>7} {:>8}",
             row.op,
             human(row.size as f64),
             row.backend,
