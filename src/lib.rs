@@ -36,6 +36,7 @@ pub use ops::focal::{
     FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, Reduction, Targets,
 };
 pub use ops::matcher::{AssignedTargets, GroundTruth, Matcher, TargetAssigner};
+pub use ops::sort::{sort_desc, top_k};
 
 /// Re-exported so that users name the same `f16` type the crate uses.
 pub use half::f16;

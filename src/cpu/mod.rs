@@ -7,3 +7,4 @@ pub mod boxes;
 pub mod focal;
 pub mod matcher;
 pub mod math;
+pub mod sort;

@@ -7,6 +7,7 @@ use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::{DeviceLimits, GpuContext};
 
 /// One dispatch's share of a row-major input.
@@ -191,6 +192,11 @@ pub(crate) fn storage(buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> wgpu::B
         offset,
         size: wgpu::BufferSize::new(size),
     })
+}
+
+/// A storage binding of the whole of `buffer`'s elements.
+pub(crate) fn whole<T: bytemuck::Pod>(buffer: &GpuBuffer<T>) -> wgpu::BindingResource<'_> {
+    storage(buffer.buffer(), 0, buffer.byte_len())
 }
 
 /// A storage binding that covers elements `start..start + len` (of `elem_bytes` each) of

@@ -18,10 +18,26 @@ pub(crate) enum Kernel {
     MatchGtMax,
     MatchAssign,
     BoxLoss,
+    BitonicLocal,
+    BitonicGlobal,
+    TopkHistogram,
+    TopkSelect,
+    TopkCount,
+    TopkScan,
+    TopkGather,
+    SortPermute,
+    NmsMask,
+    NmsGather,
+    NmsSoft,
+    NmsMaxIou,
+    NmsMatrix,
+    KeepCompact,
+    DetectCandidates,
+    DetectOutput,
 }
 
 impl Kernel {
-    const COUNT: usize = 9;
+    const COUNT: usize = 25;
 
     fn file(self) -> &'static str {
         match self {
@@ -34,6 +50,22 @@ impl Kernel {
             Kernel::MatchGtMax => "match_gt_max.wgsl",
             Kernel::MatchAssign => "match_assign.wgsl",
             Kernel::BoxLoss => "box_loss.wgsl",
+            Kernel::BitonicLocal => "bitonic_local.wgsl",
+            Kernel::BitonicGlobal => "bitonic_global.wgsl",
+            Kernel::TopkHistogram => "topk_histogram.wgsl",
+            Kernel::TopkSelect => "topk_select.wgsl",
+            Kernel::TopkCount => "topk_count.wgsl",
+            Kernel::TopkScan => "topk_scan.wgsl",
+            Kernel::TopkGather => "topk_gather.wgsl",
+            Kernel::SortPermute => "sort_permute.wgsl",
+            Kernel::NmsMask => "nms_mask.wgsl",
+            Kernel::NmsGather => "nms_gather.wgsl",
+            Kernel::NmsSoft => "nms_soft.wgsl",
+            Kernel::NmsMaxIou => "nms_max_iou.wgsl",
+            Kernel::NmsMatrix => "nms_matrix.wgsl",
+            Kernel::KeepCompact => "keep_compact.wgsl",
+            Kernel::DetectCandidates => "detect_candidates.wgsl",
+            Kernel::DetectOutput => "detect_output.wgsl",
         }
     }
 }

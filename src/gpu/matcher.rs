@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Uniforms, dispatch, storage, storage_window, uniform};
+use crate::gpu::dispatch::{Uniforms, dispatch, storage_window, uniform, whole};
 use crate::gpu::kernels::Kernel;
 use crate::ops::matcher::{AssignedTargets, GroundTruth, TargetAssigner};
 
@@ -233,9 +233,9 @@ impl GpuContext {
                         &[
                             uniform(&uniform_buffer, *slot),
                             anchor_binding.clone(),
-                            storage_whole(gt.boxes.buffer(), gt.boxes.byte_len()),
-                            storage_whole(gt.offsets.buffer(), gt.offsets.byte_len()),
-                            storage_whole(gt_max.buffer(), gt_max.byte_len()),
+                            whole(gt.boxes),
+                            whole(gt.offsets),
+                            whole(&gt_max),
                         ],
                         *workgroups,
                     );
@@ -254,14 +254,14 @@ impl GpuContext {
                     &[
                         uniform(&uniform_buffer, *slot),
                         anchor_binding.clone(),
-                        storage_whole(gt.boxes.buffer(), gt.boxes.byte_len()),
-                        storage_whole(gt.classes.buffer(), gt.classes.byte_len()),
-                        storage_whole(gt.offsets.buffer(), gt.offsets.byte_len()),
-                        storage_whole(gt_max.buffer(), gt_max.byte_len()),
+                        whole(gt.boxes),
+                        whole(gt.classes),
+                        whole(gt.offsets),
+                        whole(&gt_max),
                         matches.clone(),
                         labels.clone(),
                         targets.clone(),
-                        storage_whole(out.positives.buffer(), out.positives.byte_len()),
+                        whole(out.positives),
                     ],
                     *workgroups,
                 );
@@ -269,10 +269,6 @@ impl GpuContext {
             Ok(())
         })
     }
-}
-
-fn storage_whole(buffer: &wgpu::Buffer, bytes: u64) -> wgpu::BindingResource<'_> {
-    storage(buffer, 0, bytes)
 }
 
 /// Ground truth of a batch, packed for the device.

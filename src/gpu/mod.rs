@@ -12,9 +12,14 @@ mod kernels;
 pub(crate) mod matcher;
 mod reduce;
 pub mod shader;
+mod sort;
+pub(crate) mod sort_ops;
+mod topk;
 
 pub use box_loss::BoxLossBuffers;
 pub use buffer::{BUFFER_USAGE, GpuBuffer};
 pub use context::{DeviceLimits, GpuContext, GpuOptions, LimitCaps, enumerate_adapters};
 pub use focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
 pub use matcher::{AssignBuffers, GroundTruthBuffers};
+pub use sort::SortEntry;
+pub use topk::{TopkOutput, TopkSegment};

@@ -5,3 +5,4 @@ pub mod box_loss;
 pub mod boxes;
 pub mod focal;
 pub mod matcher;
+pub mod sort;

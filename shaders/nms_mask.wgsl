@@ -1,0 +1,63 @@
+// Greedy NMS, suppression bitmask: bit t of mask[row i][word w] says that box i (higher score)
+// suppresses box j = 32 w + t: j > i, same class if class-aware, IoU > threshold. A workgroup
+// takes 256 rows against one word of 32 columns staged in workgroup memory; words left of a
+// row's own word are never read by nms_gather.wgsl and are skipped (upper triangle only).
+// Rows are processed in passes of row_begin..row_end so that the mask of a large input need not
+// fit in memory at once; segments already done (max_out kept) are skipped.
+
+//#include "shared/boxes.wgsl"
+//#include "shared/nms_common.wgsl"
+
+const WG_SIZE: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> cfg: Config;
+@group(0) @binding(1) var<storage, read> boxes: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> classes: array<i32>;
+@group(0) @binding(3) var<storage, read> counts: array<u32>;
+@group(0) @binding(4) var<storage, read> done: array<u32>;
+@group(0) @binding(5) var<storage, read_write> mask: array<u32>;
+
+var<workgroup> sh_boxes: array<vec4<f32>, 32>;
+var<workgroup> sh_classes: array<i32, 32>;
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let index = wg.x + wg.y * num_wg.x;
+    let seg = index / cfg.groups_per_segment;
+    if seg >= cfg.num_segments || done[seg] != 0u {
+        return;
+    }
+    let within = index % cfg.groups_per_segment;
+    let w = within % cfg.words;
+    let row0 = cfg.row_begin + (within / cfg.words) * WG_SIZE;
+    let n = counts[seg];
+    let row_end = min(cfg.row_end, n);
+    if row0 >= row_end || (w + 1u) * 32u <= row0 || w * 32u >= n {
+        return;
+    }
+    let base = seg * cfg.region;
+    if lid < 32u && w * 32u + lid < n {
+        sh_boxes[lid] = boxes[base + w * 32u + lid];
+        sh_classes[lid] = classes[base + w * 32u + lid];
+    }
+    workgroupBarrier();
+    let i = row0 + lid;
+    if i >= row_end {
+        return;
+    }
+    let b = boxes[base + i];
+    let c = classes[base + i];
+    var bits = 0u;
+    for (var t = 0u; t < 32u; t = t + 1u) {
+        let j = w * 32u + t;
+        if j > i && j < n && same_class(c, sh_classes[t]) && box_iou(b, sh_boxes[t]) > cfg.iou_threshold {
+            bits = bits | (1u << t);
+        }
+    }
+    let rows = cfg.row_end - cfg.row_begin;
+    mask[(seg * rows + i - cfg.row_begin) * cfg.words + w] = bits;
+}

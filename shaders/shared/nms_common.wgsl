@@ -1,0 +1,30 @@
+// Declarations shared by the NMS kernels. Boxes are sorted by decreasing score into fixed
+// regions of `region` slots, one region per segment (an image, or the whole input); the first
+// counts[segment] slots of a region hold its valid boxes. Must stay in sync with `NmsConfig`
+// in src/gpu/nms.rs.
+
+struct Config {
+    region: u32,
+    // Words of 32 columns per mask row: region / 32.
+    words: u32,
+    // Rows of this pass: row_begin .. row_end (mask rows are stored from row_begin).
+    row_begin: u32,
+    row_end: u32,
+    num_segments: u32,
+    // Workgroups per segment (mask and per-box kernels).
+    groups_per_segment: u32,
+    max_out: u32,
+    flags: u32,
+    iou_threshold: f32,
+    score_threshold: f32,
+    // Soft-NMS: Gaussian sigma; Matrix NMS: Gaussian sigma.
+    sigma: f32,
+    _pad: u32,
+}
+
+const FLAG_CLASS_AWARE: u32 = 1u;
+const FLAG_GAUSSIAN: u32 = 2u;
+
+fn same_class(a: i32, b: i32) -> bool {
+    return (cfg.flags & FLAG_CLASS_AWARE) == 0u || a == b;
+}

@@ -1,0 +1,49 @@
+// Top-k by radix select, histogram pass: per segment not yet done, a 256-bin histogram of the
+// current 8-bit digit of the keys that match the prefix found so far. Workgroup-local bins in
+// workgroup memory, then one global atomicAdd per non-empty bin. topk_select.wgsl reads it.
+
+//#include "shared/sort_keys.wgsl"
+//#include "shared/topk_common.wgsl"
+//#include "shared/topk_tiles.wgsl"
+
+@group(0) @binding(0) var<uniform> cfg: Config;
+@group(0) @binding(1) var<storage, read> keys: array<f32>;
+@group(0) @binding(2) var<storage, read> segments: array<Segment>;
+@group(0) @binding(3) var<storage, read> states: array<SelectState>;
+@group(0) @binding(4) var<storage, read_write> histogram: array<atomic<u32>>;
+
+var<workgroup> sh_bins: array<atomic<u32>, 256>;
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let local_tile = wg.x + wg.y * num_wg.x;
+    if local_tile >= cfg.n_tiles {
+        return;
+    }
+    let tile = cfg.first_tile + local_tile;
+    let seg = find_segment(tile);
+    let state = states[seg];
+    if state.done != 0u {
+        return;
+    }
+    let segment = segments[seg];
+    let tile_start = (tile - segment.first_tile) * TILE;
+    for (var j = 0u; j < ELEMS_PER_THREAD; j = j + 1u) {
+        let e = tile_start + j * WG_SIZE + lid;
+        if e < segment.len {
+            let key = key_of(keys[segment.start + e - cfg.key_offset]);
+            if key != 0u && (key & state.mask) == state.prefix {
+                atomicAdd(&sh_bins[(key >> cfg.shift) & 255u], 1u);
+            }
+        }
+    }
+    workgroupBarrier();
+    let count = atomicLoad(&sh_bins[lid]);
+    if count > 0u {
+        atomicAdd(&histogram[seg * 256u + lid], count);
+    }
+}

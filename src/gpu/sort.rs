@@ -1,0 +1,123 @@
+//! Dispatch of the bitonic sort (`shaders/bitonic_local.wgsl`, `shaders/bitonic_global.wgsl`)
+//! over sort entries `[segment, descending key, tie-break, payload]`.
+
+use crate::error::{Error, Result};
+use crate::gpu::boxes::check_whole_binding;
+use crate::gpu::buffer::GpuBuffer;
+use crate::gpu::context::GpuContext;
+use crate::gpu::dispatch::{Uniforms, dispatch, storage, uniform};
+use crate::gpu::kernels::Kernel;
+
+/// Entries one workgroup sorts in workgroup memory (`BLOCK` in bitonic_local.wgsl).
+pub(crate) const SORT_BLOCK: usize = 512;
+const WG_SIZE: u64 = 256;
+
+/// A sort entry: `[segment, descending key, tie-break, payload]`, ordered lexicographically on
+/// the first three (see `shaders/shared/sort_keys.wgsl`).
+pub type SortEntry = [u32; 4];
+
+/// The padding entry of `segment`: after every real entry of the segment.
+pub(crate) fn padding(segment: u32) -> SortEntry {
+    [segment, u32::MAX, u32::MAX, u32::MAX]
+}
+
+/// Must stay in sync with `Config` in shaders/bitonic_local.wgsl and bitonic_global.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct BitonicConfig {
+    n: u32,
+    k: u32,
+    j: u32,
+    _pad: u32,
+}
+
+/// The length a sort needs for `n` entries: a power of two, at least one block.
+pub(crate) fn sort_len(n: usize) -> usize {
+    n.next_power_of_two().max(SORT_BLOCK)
+}
+
+impl GpuContext {
+    /// Records an ascending sort of `entries` (length a power of two >= 512, padded with
+    /// padding entries) in place: a bitonic network, steps below 512 in workgroup memory.
+    pub fn record_sort_entries(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        entries: &GpuBuffer<SortEntry>,
+    ) -> Result<()> {
+        let n = entries.len();
+        if !n.is_power_of_two() || n < SORT_BLOCK {
+            return Err(Error::invalid(format!(
+                "sort: {n} entries; the length must be a power of two >= {SORT_BLOCK}"
+            )));
+        }
+        if u32::try_from(n).is_err() {
+            return Err(Error::invalid(format!("sort: {n} entries exceed 2^32")));
+        }
+        check_whole_binding(self, "the sort entries", entries.byte_len())?;
+        let limits = self.limits();
+        let mut uniforms = Uniforms::new::<BitonicConfig>(limits);
+        // (local?, config) for every dispatch, in order.
+        let mut steps = vec![(
+            true,
+            uniforms.push(&BitonicConfig {
+                n: n as u32,
+                k: 0,
+                j: 0,
+                _pad: 0,
+            }),
+        )];
+        let mut k = 2 * SORT_BLOCK;
+        while k <= n {
+            let mut j = k / 2;
+            while j >= SORT_BLOCK {
+                steps.push((
+                    false,
+                    uniforms.push(&BitonicConfig {
+                        n: n as u32,
+                        k: k as u32,
+                        j: j as u32,
+                        _pad: 0,
+                    }),
+                ));
+                j /= 2;
+            }
+            steps.push((
+                true,
+                uniforms.push(&BitonicConfig {
+                    n: n as u32,
+                    k: k as u32,
+                    j: 0,
+                    _pad: 0,
+                }),
+            ));
+            k *= 2;
+        }
+        self.scoped(|| {
+            let uniform_buffer = uniforms.into_buffer(self);
+            let local = self.pipeline(Kernel::BitonicLocal)?;
+            let global = self.pipeline(Kernel::BitonicGlobal)?;
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bitonic sort"),
+                timestamp_writes: None,
+            });
+            for (is_local, slot) in steps {
+                let (pipeline, workgroups) = if is_local {
+                    (local, (n / SORT_BLOCK) as u32)
+                } else {
+                    (global, ((n as u64 / 2).div_ceil(WG_SIZE)) as u32)
+                };
+                dispatch(
+                    self,
+                    &mut pass,
+                    pipeline,
+                    &[
+                        uniform(&uniform_buffer, slot),
+                        storage(entries.buffer(), 0, entries.byte_len()),
+                    ],
+                    workgroups,
+                );
+            }
+            Ok(())
+        })
+    }
+}

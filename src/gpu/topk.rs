@@ -1,0 +1,318 @@
+//! Dispatch of the segmented top-k (`shaders/topk_*.wgsl`): radix select of each segment's k-th
+//! largest key in four 8-bit passes, then an ordered compaction that writes the selected
+//! elements in index order (ties at the k-th key resolved towards lower indices).
+
+use crate::error::{Error, Result};
+use crate::gpu::buffer::GpuBuffer;
+use crate::gpu::context::GpuContext;
+use crate::gpu::dispatch::{Uniforms, dispatch, storage_window, uniform, whole};
+use crate::gpu::kernels::Kernel;
+
+/// Elements per tile (`TILE` in shaders/shared/topk_common.wgsl).
+const TILE: u64 = 1024;
+const FLAG_THRESHOLD: u32 = 1;
+
+/// Must stay in sync with `Config` in shaders/shared/topk_common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct TopkConfig {
+    first_tile: u32,
+    n_tiles: u32,
+    num_segments: u32,
+    key_offset: u32,
+    shift: u32,
+    flags: u32,
+    threshold: f32,
+    _pad: u32,
+}
+
+/// Must stay in sync with `Segment` in shaders/shared/topk_common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct SegmentGpu {
+    start: u32,
+    len: u32,
+    k: u32,
+    first_tile: u32,
+    out_offset: u32,
+    _pad: [u32; 3],
+}
+
+/// Must stay in sync with `SelectState` in shaders/shared/topk_common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct SelectState {
+    prefix: u32,
+    mask: u32,
+    remaining: u32,
+    greater: u32,
+    done: u32,
+    threshold: u32,
+    need_eq: u32,
+    selected: u32,
+}
+
+/// One segment of a top-k: `len` elements from `start`, of which the `k` largest are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopkSegment {
+    /// First element.
+    pub start: usize,
+    /// Number of elements.
+    pub len: usize,
+    /// How many to select (at most `len`; fewer when fewer pass the threshold).
+    pub k: usize,
+}
+
+/// Where [`GpuContext::record_top_k`] writes.
+#[derive(Debug)]
+pub struct TopkOutput {
+    /// Segment `s`'s selected elements at `s * stride ..`, as `[ordered key, index within the
+    /// segment]`, in index order (not sorted by value).
+    pub candidates: GpuBuffer<[u32; 2]>,
+    /// How many each segment selected.
+    pub selected: GpuBuffer<u32>,
+    /// Slots reserved per segment in `candidates` (the largest k).
+    pub stride: usize,
+}
+
+/// Segments grouped into dispatches whose key range fits one binding.
+struct TopkChunk {
+    first_tile: u32,
+    n_tiles: u32,
+    key_start: u64,
+    key_len: u64,
+}
+
+impl GpuContext {
+    /// Records the top-k of every segment of `values`: the `k` largest values of each segment
+    /// that are not NaN and, with `threshold`, greater than it. Values are compared through
+    /// their order-preserving u32 keys (see `shaders/shared/sort_keys.wgsl`), so `-0.0 < 0.0`.
+    /// Segments must each fit one storage binding.
+    pub fn record_top_k(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        values: &GpuBuffer<f32>,
+        segments: &[TopkSegment],
+        threshold: Option<f32>,
+    ) -> Result<TopkOutput> {
+        let limits = self.limits();
+        let stride = segments.iter().map(|s| s.k).max().unwrap_or(0).max(1);
+        let mut table = Vec::with_capacity(segments.len());
+        let mut states = Vec::with_capacity(segments.len());
+        let mut tiles = 0u64;
+        for (i, s) in segments.iter().enumerate() {
+            if s.k > s.len || s.start + s.len > values.len() {
+                return Err(Error::shape(
+                    "top-k",
+                    format!(
+                        "segment {i} ({s:?}) does not fit {} values, or k > len",
+                        values.len()
+                    ),
+                ));
+            }
+            let out_offset = i * stride;
+            if u32::try_from(s.start + s.len).is_err()
+                || u32::try_from(out_offset + stride).is_err()
+            {
+                return Err(Error::invalid("top-k: more than 2^32 elements"));
+            }
+            table.push(SegmentGpu {
+                start: s.start as u32,
+                len: s.len as u32,
+                k: s.k as u32,
+                first_tile: tiles as u32,
+                out_offset: out_offset as u32,
+                _pad: [0; 3],
+            });
+            states.push(SelectState {
+                prefix: 0,
+                mask: 0,
+                remaining: s.k as u32,
+                greater: 0,
+                done: u32::from(s.k == 0),
+                threshold: if s.k == 0 { u32::MAX } else { 0 },
+                need_eq: 0,
+                selected: 0,
+            });
+            tiles += (s.len as u64).div_ceil(TILE).max(1);
+        }
+        let candidates = self.zeros::<[u32; 2]>(segments.len() * stride)?;
+        let selected = self.zeros::<u32>(segments.len())?;
+        if segments.is_empty() {
+            return Ok(TopkOutput {
+                candidates,
+                selected,
+                stride,
+            });
+        }
+        // Group segments so that each dispatch's keys fit a binding.
+        let room = limits
+            .max_storage_binding
+            .saturating_sub(limits.storage_offset_alignment)
+            / 4;
+        let max_tiles = u64::from(limits.max_workgroups_per_dim).pow(2);
+        let mut chunks: Vec<TopkChunk> = Vec::new();
+        for (s, seg) in segments.iter().zip(&table) {
+            let seg_tiles = (s.len as u64).div_ceil(TILE).max(1);
+            if s.len as u64 > room || seg_tiles > max_tiles {
+                return Err(Error::invalid(format!(
+                    "top-k: a segment of {} values exceeds the device's storage binding limit",
+                    s.len
+                )));
+            }
+            let extend = chunks.last().is_some_and(|c| {
+                c.key_start + room >= (s.start + s.len) as u64
+                    && (s.start as u64) >= c.key_start
+                    && u64::from(c.n_tiles) + seg_tiles <= max_tiles
+            });
+            if extend {
+                let c = chunks.last_mut().expect("checked above");
+                c.n_tiles += seg_tiles as u32;
+                c.key_len = c.key_len.max((s.start + s.len) as u64 - c.key_start);
+            } else {
+                chunks.push(TopkChunk {
+                    first_tile: seg.first_tile,
+                    n_tiles: seg_tiles as u32,
+                    key_start: s.start as u64,
+                    key_len: s.len as u64,
+                });
+            }
+        }
+        let (flags, threshold) = match threshold {
+            Some(t) => (FLAG_THRESHOLD, t),
+            None => (0, 0.0),
+        };
+        let num_segments = segments.len() as u32;
+        self.scoped(|| {
+            let table_buf = self.upload(&table)?;
+            let states_buf = self.upload(&states)?;
+            let histogram = self.zeros::<u32>(segments.len() * 256)?;
+            let tile_counts = self.zeros::<[u32; 2]>(tiles as usize)?;
+            let mut uniforms = Uniforms::new::<TopkConfig>(limits);
+            let base_config = TopkConfig {
+                num_segments,
+                flags,
+                threshold,
+                ..Default::default()
+            };
+            // Per chunk: a key window and one uniform per radix pass, plus one for compaction.
+            let mut windows = Vec::new();
+            for c in &chunks {
+                let (binding, base) =
+                    storage_window(limits, values.buffer(), c.key_start, c.key_len, 4);
+                let config = TopkConfig {
+                    first_tile: c.first_tile,
+                    n_tiles: c.n_tiles,
+                    key_offset: (c.key_start - u64::from(base)) as u32,
+                    ..base_config
+                };
+                let passes: Vec<_> = (0..4)
+                    .map(|p| {
+                        uniforms.push(&TopkConfig {
+                            shift: 24 - 8 * p,
+                            ..config
+                        })
+                    })
+                    .collect();
+                let compact = uniforms.push(&config);
+                windows.push((binding, passes, compact, c.n_tiles));
+            }
+            let select_slots: Vec<_> = (0..4)
+                .map(|p| {
+                    uniforms.push(&TopkConfig {
+                        shift: 24 - 8 * p,
+                        ..base_config
+                    })
+                })
+                .collect();
+            let scan_slot = uniforms.push(&base_config);
+            let uniform_buffer = uniforms.into_buffer(self);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("top-k"),
+                timestamp_writes: None,
+            });
+            let histogram_pipeline = self.pipeline(Kernel::TopkHistogram)?;
+            let select_pipeline = self.pipeline(Kernel::TopkSelect)?;
+            for (p, select_slot) in select_slots.iter().enumerate() {
+                for (binding, passes, _, n_tiles) in &windows {
+                    dispatch(
+                        self,
+                        &mut pass,
+                        histogram_pipeline,
+                        &[
+                            uniform(&uniform_buffer, passes[p]),
+                            binding.clone(),
+                            whole(&table_buf),
+                            whole(&states_buf),
+                            whole(&histogram),
+                        ],
+                        *n_tiles,
+                    );
+                }
+                dispatch(
+                    self,
+                    &mut pass,
+                    select_pipeline,
+                    &[
+                        uniform(&uniform_buffer, *select_slot),
+                        whole(&states_buf),
+                        whole(&histogram),
+                    ],
+                    num_segments,
+                );
+            }
+            let count_pipeline = self.pipeline(Kernel::TopkCount)?;
+            for (binding, _, compact, n_tiles) in &windows {
+                dispatch(
+                    self,
+                    &mut pass,
+                    count_pipeline,
+                    &[
+                        uniform(&uniform_buffer, *compact),
+                        binding.clone(),
+                        whole(&table_buf),
+                        whole(&states_buf),
+                        whole(&tile_counts),
+                    ],
+                    *n_tiles,
+                );
+            }
+            dispatch(
+                self,
+                &mut pass,
+                self.pipeline(Kernel::TopkScan)?,
+                &[
+                    uniform(&uniform_buffer, scan_slot),
+                    whole(&table_buf),
+                    whole(&states_buf),
+                    whole(&tile_counts),
+                    whole(&selected),
+                ],
+                num_segments,
+            );
+            let gather_pipeline = self.pipeline(Kernel::TopkGather)?;
+            for (binding, _, compact, n_tiles) in &windows {
+                dispatch(
+                    self,
+                    &mut pass,
+                    gather_pipeline,
+                    &[
+                        uniform(&uniform_buffer, *compact),
+                        binding.clone(),
+                        whole(&table_buf),
+                        whole(&states_buf),
+                        whole(&tile_counts),
+                        whole(&candidates),
+                    ],
+                    *n_tiles,
+                );
+            }
+            Ok(())
+        })?;
+        Ok(TopkOutput {
+            candidates,
+            selected,
+            stride,
+        })
+    }
+}
