@@ -1,8 +1,9 @@
 // Detection post-processing, candidates: for every (image, level, rank) slot filled by the
 // per-level top-k, the anchor and class of the selected logit, its score (sigmoid), its box
 // (decoded from the regression deltas, clipped to the image) and a sort entry
-// (image, descending score key, slot, slot). Unfilled slots get padding entries, which sort
-// after every candidate of their image.
+// (image, descending score key, slot within the image, slot in the batch). Unfilled slots get
+// padding entries, which sort after every candidate of their image; entries past the last image
+// sort after everything.
 
 //#include "shared/boxes.wgsl"
 //#include "shared/sort_keys.wgsl"
@@ -16,7 +17,9 @@ struct Config {
     anchors_per_image: u32,
     num_classes: u32,
     clip: u32,
-    _pad: u32,
+    // Sort entries in all (a power of two): slots past batch * region are padding.
+    total: u32,
+    // (width, height).
     image_size: vec2<f32>,
     clamp: f32,
     _pad1: u32,
@@ -51,7 +54,11 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let i = (wg.x + wg.y * num_wg.x) * WG_SIZE + lid;
+    if i >= cfg.total {
+        return;
+    }
     if i >= cfg.batch * cfg.region {
+        entries[i] = vec4(0xffffffffu);
         return;
     }
     let image = i / cfg.region;
@@ -74,5 +81,5 @@ fn main(
     boxes[i] = b;
     classes[i] = i32(cand.y % cfg.num_classes);
     scores[i] = score;
-    entries[i] = vec4(image, ~cand.x, slot, slot);
+    entries[i] = vec4(image, ~cand.x, slot, i);
 }

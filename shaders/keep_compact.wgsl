@@ -1,7 +1,7 @@
 // Ordered compaction of kept boxes, one workgroup per segment: walks the segment's slots in
-// order, 256 at a time, and writes the slots that are kept (Fast NMS: flags[slot] != 0; after a
-// sort: entries that belong to the segment and are not padding, written as their payload) to
-// keep[], up to max_out, with their scores.
+// order, 256 at a time, and writes the slots that are kept (Fast NMS: max_iou[slot] <= the IoU
+// threshold; after a sort: entries that belong to the segment and are not padding, written as
+// their payload) to keep[], up to max_out, with their scores.
 
 //#include "shared/nms_common.wgsl"
 //#include "shared/workgroup_scan.wgsl"
@@ -11,7 +11,7 @@ const FLAG_FROM_ENTRIES: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> counts: array<u32>;
-@group(0) @binding(2) var<storage, read> flags: array<u32>;
+@group(0) @binding(2) var<storage, read> max_iou: array<f32>;
 @group(0) @binding(3) var<storage, read> entries: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> scores: array<f32>;
 @group(0) @binding(5) var<storage, read_write> kept: array<u32>;
@@ -41,7 +41,7 @@ fn main(
                 take = entry.x == seg && entry.y != 0xffffffffu;
                 slot = entry.w;
             } else {
-                take = flags[base + i] != 0u;
+                take = max_iou[base + i] <= cfg.iou_threshold;
             }
         }
         let rank = total + workgroup_scan_exclusive(vec2(select(0u, 1u, take), 0u), lid).x;

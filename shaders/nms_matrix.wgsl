@@ -2,9 +2,10 @@
 // box of the same class, compensated by how suppressed that box itself is:
 // decay_j = min(1, min_{i < j} f(IoU_ij) / f(max_iou_i)), f(x) = 1 - x (linear) or
 // exp(-sigma x^2) (Gaussian), max_iou from nms_max_iou.wgsl. Fully parallel, no sequential
-// keep loop; boxes are not removed but down-weighted, then thresholded and re-sorted. Writes
-// sort entries (segment, descending key of the decayed score, slot, slot); boxes under the
-// score threshold get padding keys.
+// keep loop; boxes are not removed but down-weighted, then thresholded and re-sorted. Each
+// dispatch covers the higher-scoring boxes row_begin..row_end and folds them into `decay`; the
+// last one (row_end = region) decays the scores and writes sort entries (segment, descending
+// key of the decayed score, slot, slot), padding for boxes under the score threshold.
 
 //#include "shared/boxes.wgsl"
 //#include "shared/sort_keys.wgsl"
@@ -18,7 +19,8 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read> max_iou: array<f32>;
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(6) var<storage, read_write> entries: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read_write> decays: array<f32>;
+@group(0) @binding(7) var<storage, read_write> entries: array<vec4<u32>>;
 
 var<workgroup> sh_boxes: array<vec4<f32>, WG_SIZE>;
 var<workgroup> sh_classes: array<i32, WG_SIZE>;
@@ -57,7 +59,10 @@ fn main(
         c = classes[base + j];
     }
     var decay = 1.0;
-    for (var t0 = 0u; t0 <= first && t0 < n; t0 = t0 + WG_SIZE) {
+    if valid && cfg.row_begin > 0u {
+        decay = decays[base + j];
+    }
+    for (var t0 = cfg.row_begin; t0 <= first && t0 < n && t0 < cfg.row_end; t0 = t0 + WG_SIZE) {
         sh_boxes[lid] = boxes[base + t0 + lid];
         sh_classes[lid] = classes[base + t0 + lid];
         sh_comp[lid] = max_iou[base + t0 + lid];
@@ -74,6 +79,12 @@ fn main(
             }
         }
         workgroupBarrier();
+    }
+    if cfg.row_end < cfg.region {
+        if valid {
+            decays[base + j] = decay;
+        }
+        return;
     }
     var entry = vec4(seg, 0xffffffffu, 0xffffffffu, 0xffffffffu);
     if valid {

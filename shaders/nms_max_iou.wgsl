@@ -1,8 +1,10 @@
 // For every box j (in score order) its highest IoU with a higher-scoring box of the same class
 // (0 if none): Fast NMS (YOLACT) keeps j when that is <= the IoU threshold, in one parallel
 // pass, at the price of letting already-suppressed boxes suppress too (it removes slightly more
-// than greedy NMS); Matrix NMS uses it as each box's "compensation". Writes keep flags for Fast
-// NMS. A workgroup takes 256 boxes and stages the higher-scoring boxes 256 at a time.
+// than greedy NMS); Matrix NMS uses it as each box's "compensation". A workgroup takes 256 boxes
+// and stages the higher-scoring boxes 256 at a time. Each dispatch covers the higher-scoring
+// boxes row_begin..row_end and folds them into max_iou, so that no invocation loops too long
+// (see `LOOP_BUDGET` in src/gpu/nms.rs).
 
 //#include "shared/boxes.wgsl"
 //#include "shared/nms_common.wgsl"
@@ -14,7 +16,6 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(2) var<storage, read> classes: array<i32>;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> max_iou: array<f32>;
-@group(0) @binding(5) var<storage, read_write> flags: array<u32>;
 
 var<workgroup> sh_boxes: array<vec4<f32>, WG_SIZE>;
 var<workgroup> sh_classes: array<i32, WG_SIZE>;
@@ -45,8 +46,11 @@ fn main(
         c = classes[base + j];
     }
     var highest = 0.0;
+    if valid && cfg.row_begin > 0u {
+        highest = max_iou[base + j];
+    }
     // Higher-scoring boxes are those before j: tiles up to and including this one.
-    for (var t0 = 0u; t0 <= first; t0 = t0 + WG_SIZE) {
+    for (var t0 = cfg.row_begin; t0 <= first && t0 < cfg.row_end; t0 = t0 + WG_SIZE) {
         sh_boxes[lid] = boxes[base + t0 + lid];
         sh_classes[lid] = classes[base + t0 + lid];
         workgroupBarrier();
@@ -62,6 +66,5 @@ fn main(
     }
     if valid {
         max_iou[base + j] = highest;
-        flags[base + j] = select(0u, 1u, highest <= cfg.iou_threshold);
     }
 }

@@ -3,7 +3,9 @@
 // class-aware): linear, score *= 1 - IoU when IoU > the IoU threshold; Gaussian,
 // score *= exp(-IoU^2 / sigma). Boxes whose score falls below the score threshold die. Trades
 // a sequential loop (one pick per iteration) for keeping overlapping true positives at a lower
-// score. Stops after max_out picks.
+// score. Stops after max_out picks. Each dispatch makes at most row_end - row_begin picks
+// (continuing from kept[segment]), so that no invocation loops too long (see `LOOP_BUDGET` in
+// src/gpu/nms.rs); the first (row_begin = 0) also retires boxes under the score threshold.
 
 //#include "shared/boxes.wgsl"
 //#include "shared/nms_common.wgsl"
@@ -18,9 +20,12 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(5) var<storage, read_write> kept: array<u32>;
 @group(0) @binding(6) var<storage, read_write> keep: array<u32>;
 @group(0) @binding(7) var<storage, read_write> keep_scores: array<f32>;
+@group(0) @binding(8) var<storage, read_write> done: array<u32>;
 
 var<workgroup> sh_best: array<f32, WG_SIZE>;
 var<workgroup> sh_index: array<u32, WG_SIZE>;
+var<workgroup> sh_done: u32;
+var<workgroup> sh_start: u32;
 
 const DEAD: f32 = -3.4028235e38;
 
@@ -34,18 +39,29 @@ fn main(
     if seg >= cfg.num_segments {
         return;
     }
+    if lid == 0u {
+        sh_done = done[seg];
+        sh_start = kept[seg];
+    }
+    if workgroupUniformLoad(&sh_done) != 0u {
+        return;
+    }
     let n = counts[seg];
     let base = seg * cfg.region;
-    // Boxes below the score threshold never live.
-    for (var i = lid; i < n; i = i + WG_SIZE) {
-        if !(scores[base + i] >= cfg.score_threshold) {
-            scores[base + i] = DEAD;
+    if cfg.row_begin == 0u {
+        // Boxes below the score threshold never live.
+        for (var i = lid; i < n; i = i + WG_SIZE) {
+            if !(scores[base + i] >= cfg.score_threshold) {
+                scores[base + i] = DEAD;
+            }
         }
+        storageBarrier();
     }
-    storageBarrier();
-    var count = 0u;
+    var count = workgroupUniformLoad(&sh_start);
+    let limit = min(cfg.max_out, count + cfg.row_end - cfg.row_begin);
+    var finished = false;
     loop {
-        if count >= cfg.max_out {
+        if count >= limit {
             break;
         }
         // Argmax over live boxes; ties go to the lower slot (the higher original score).
@@ -73,6 +89,7 @@ fn main(
         }
         let pick = workgroupUniformLoad(&sh_index[0]);
         if pick == 0xffffffffu {
+            finished = true;
             break;
         }
         let pick_score = sh_best[0];
@@ -103,5 +120,8 @@ fn main(
     }
     if lid == 0u {
         kept[seg] = count;
+        if finished || count >= cfg.max_out {
+            done[seg] = 1u;
+        }
     }
 }

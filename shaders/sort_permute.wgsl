@@ -1,6 +1,6 @@
 // After a sort: gathers boxes, classes and scores into sorted order (slot i of a region takes
-// the item named by entry i's payload) and counts each segment's valid entries (not padding,
-// not NaN). Entries: shared/sort_keys.wgsl.
+// the item named by entry i's payload, which it also records) and counts each segment's valid
+// entries (not padding, not NaN). Entries: shared/sort_keys.wgsl.
 
 //#include "shared/sort_keys.wgsl"
 
@@ -22,7 +22,8 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(5) var<storage, read_write> sorted_boxes: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> sorted_classes: array<i32>;
 @group(0) @binding(7) var<storage, read_write> sorted_scores: array<f32>;
-@group(0) @binding(8) var<storage, read_write> counts: array<atomic<u32>>;
+@group(0) @binding(8) var<storage, read_write> sorted_payload: array<u32>;
+@group(0) @binding(9) var<storage, read_write> counts: array<atomic<u32>>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -40,6 +41,7 @@ fn main(
         sorted_boxes[i] = boxes[entry.w];
         sorted_classes[i] = classes[entry.w];
         sorted_scores[i] = scores[entry.w];
+        sorted_payload[i] = entry.w;
         atomicAdd(&counts[segment], 1u);
     }
 }

@@ -4,7 +4,9 @@
 pub mod anchors;
 pub mod box_loss;
 pub mod boxes;
+pub mod detect;
 pub mod focal;
 pub mod matcher;
 pub mod math;
+pub mod nms;
 pub mod sort;

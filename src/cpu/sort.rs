@@ -35,7 +35,7 @@ pub fn key_to_float(k: u32) -> f32 {
 #[inline(always)]
 pub fn select_key(value: f32, threshold: Option<f32>) -> u32 {
     match threshold {
-        Some(t) if !(value > t) => 0,
+        Some(t) if value.is_nan() || value <= t => 0,
         _ => ordered_key(value),
     }
 }

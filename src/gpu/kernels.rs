@@ -34,10 +34,12 @@ pub(crate) enum Kernel {
     KeepCompact,
     DetectCandidates,
     DetectOutput,
+    SortEntriesInit,
+    KeepMap,
 }
 
 impl Kernel {
-    const COUNT: usize = 25;
+    const COUNT: usize = 27;
 
     fn file(self) -> &'static str {
         match self {
@@ -66,6 +68,8 @@ impl Kernel {
             Kernel::KeepCompact => "keep_compact.wgsl",
             Kernel::DetectCandidates => "detect_candidates.wgsl",
             Kernel::DetectOutput => "detect_output.wgsl",
+            Kernel::SortEntriesInit => "sort_entries_init.wgsl",
+            Kernel::KeepMap => "keep_map.wgsl",
         }
     }
 }

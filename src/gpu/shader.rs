@@ -9,130 +9,8 @@
 //! Every file is embedded in the binary, so the crate needs no files at run time; the test
 //! `tests/shaders.rs` validates every composition with naga on any machine, GPU or not.
 
-/// Every WGSL file of the crate: (path relative to `shaders/`, contents).
-pub const SHADER_FILES: &[(&str, &str)] = &[
-    (
-        "shared/boxes.wgsl",
-        include_str!("../../shaders/shared/boxes.wgsl"),
-    ),
-    (
-        "shared/nms_common.wgsl",
-        include_str!("../../shaders/shared/nms_common.wgsl"),
-    ),
-    (
-        "shared/numerics.wgsl",
-        include_str!("../../shaders/shared/numerics.wgsl"),
-    ),
-    (
-        "shared/sort_keys.wgsl",
-        include_str!("../../shaders/shared/sort_keys.wgsl"),
-    ),
-    (
-        "shared/topk_common.wgsl",
-        include_str!("../../shaders/shared/topk_common.wgsl"),
-    ),
-    (
-        "shared/topk_tiles.wgsl",
-        include_str!("../../shaders/shared/topk_tiles.wgsl"),
-    ),
-    (
-        "shared/workgroup_reduce.wgsl",
-        include_str!("../../shaders/shared/workgroup_reduce.wgsl"),
-    ),
-    (
-        "shared/workgroup_reduce_subgroup.wgsl",
-        include_str!("../../shaders/shared/workgroup_reduce_subgroup.wgsl"),
-    ),
-    (
-        "shared/workgroup_scan.wgsl",
-        include_str!("../../shaders/shared/workgroup_scan.wgsl"),
-    ),
-    (
-        "focal_loss.wgsl",
-        include_str!("../../shaders/focal_loss.wgsl"),
-    ),
-    (
-        "reduce_sum.wgsl",
-        include_str!("../../shaders/reduce_sum.wgsl"),
-    ),
-    (
-        "count_labels.wgsl",
-        include_str!("../../shaders/count_labels.wgsl"),
-    ),
-    ("anchors.wgsl", include_str!("../../shaders/anchors.wgsl")),
-    ("box_iou.wgsl", include_str!("../../shaders/box_iou.wgsl")),
-    (
-        "box_coder.wgsl",
-        include_str!("../../shaders/box_coder.wgsl"),
-    ),
-    (
-        "match_gt_max.wgsl",
-        include_str!("../../shaders/match_gt_max.wgsl"),
-    ),
-    (
-        "match_assign.wgsl",
-        include_str!("../../shaders/match_assign.wgsl"),
-    ),
-    ("box_loss.wgsl", include_str!("../../shaders/box_loss.wgsl")),
-    (
-        "bitonic_local.wgsl",
-        include_str!("../../shaders/bitonic_local.wgsl"),
-    ),
-    (
-        "bitonic_global.wgsl",
-        include_str!("../../shaders/bitonic_global.wgsl"),
-    ),
-    (
-        "topk_histogram.wgsl",
-        include_str!("../../shaders/topk_histogram.wgsl"),
-    ),
-    (
-        "topk_select.wgsl",
-        include_str!("../../shaders/topk_select.wgsl"),
-    ),
-    (
-        "topk_count.wgsl",
-        include_str!("../../shaders/topk_count.wgsl"),
-    ),
-    (
-        "topk_scan.wgsl",
-        include_str!("../../shaders/topk_scan.wgsl"),
-    ),
-    (
-        "topk_gather.wgsl",
-        include_str!("../../shaders/topk_gather.wgsl"),
-    ),
-    (
-        "sort_permute.wgsl",
-        include_str!("../../shaders/sort_permute.wgsl"),
-    ),
-    ("nms_mask.wgsl", include_str!("../../shaders/nms_mask.wgsl")),
-    (
-        "nms_gather.wgsl",
-        include_str!("../../shaders/nms_gather.wgsl"),
-    ),
-    ("nms_soft.wgsl", include_str!("../../shaders/nms_soft.wgsl")),
-    (
-        "nms_max_iou.wgsl",
-        include_str!("../../shaders/nms_max_iou.wgsl"),
-    ),
-    (
-        "nms_matrix.wgsl",
-        include_str!("../../shaders/nms_matrix.wgsl"),
-    ),
-    (
-        "keep_compact.wgsl",
-        include_str!("../../shaders/keep_compact.wgsl"),
-    ),
-    (
-        "detect_candidates.wgsl",
-        include_str!("../../shaders/detect_candidates.wgsl"),
-    ),
-    (
-        "detect_output.wgsl",
-        include_str!("../../shaders/detect_output.wgsl"),
-    ),
-];
+/// Every WGSL file of the crate: (path relative to `shaders/`, contents), embedded by build.rs.
+pub const SHADER_FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/shader_files.rs"));
 
 /// The kernels (files with an entry point `main`), in `shaders/`.
 pub const KERNEL_FILES: &[&str] = &[
@@ -161,6 +39,8 @@ pub const KERNEL_FILES: &[&str] = &[
     "keep_compact.wgsl",
     "detect_candidates.wgsl",
     "detect_output.wgsl",
+    "sort_entries_init.wgsl",
+    "keep_map.wgsl",
 ];
 
 /// Device capabilities that select between variants of the shared helpers.

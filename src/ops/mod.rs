@@ -3,6 +3,8 @@
 pub mod anchors;
 pub mod box_loss;
 pub mod boxes;
+pub mod detect;
 pub mod focal;
 pub mod matcher;
+pub mod nms;
 pub mod sort;

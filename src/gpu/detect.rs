@@ -1,0 +1,307 @@
+//! The detection post-processing on the device: per-level top-k over the logits, candidate
+//! decoding (`detect_candidates.wgsl`), a sort per image, NMS, and the packed detections
+//! (`detect_output.wgsl`), all recorded into one encoder.
+
+use crate::error::{Error, Result};
+use crate::gpu::buffer::{GpuBuffer, Readback};
+use crate::gpu::context::GpuContext;
+use crate::gpu::dispatch::{Uniforms, dispatch, uniform, whole};
+use crate::gpu::kernels::Kernel;
+use crate::gpu::nms::{Unsorted, region_for};
+use crate::gpu::sort::{SortEntry, sort_len};
+use crate::gpu::topk::TopkSegment;
+use crate::ops::detect::{Detection, DetectionInput, PostProcess};
+
+const WG_SIZE: u64 = 256;
+
+/// One detection as the device stores it: `bbox` (x1, y1, x2, y2), `score`, `class` (-1 in
+/// unused slots), padded to 32 bytes. Must stay in sync with `Detection` in
+/// shaders/detect_output.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GpuDetection {
+    /// Box `[x1, y1, x2, y2]` in pixels.
+    pub bbox: [f32; 4],
+    /// Score.
+    pub score: f32,
+    /// Class index, -1 for an empty slot.
+    pub class: i32,
+    /// Padding to 32 bytes.
+    pub _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/detect_candidates.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct CandidateConfig {
+    batch: u32,
+    levels: u32,
+    topk: u32,
+    region: u32,
+    anchors_per_image: u32,
+    num_classes: u32,
+    clip: u32,
+    total: u32,
+    image_size: [f32; 2],
+    clamp: f32,
+    _pad: u32,
+    weights: [f32; 4],
+}
+
+/// Must stay in sync with `Level` in shaders/detect_candidates.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct LevelInfo {
+    first_anchor: u32,
+    _pad: [u32; 3],
+}
+
+/// Must stay in sync with `Config` in shaders/detect_output.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct OutputConfig {
+    batch: u32,
+    region: u32,
+    max_out: u32,
+    _pad: u32,
+}
+
+/// The network outputs of a batch on the device.
+#[derive(Clone, Copy, Debug)]
+pub struct DetectionBuffers<'a> {
+    /// Classification logits `[batch, anchors, classes]`.
+    pub logits: &'a GpuBuffer<f32>,
+    /// Regression deltas `[batch, anchors]`.
+    pub deltas: &'a GpuBuffer<[f32; 4]>,
+    /// One image's anchors (e.g. [`GpuContext::anchors`]).
+    pub anchors: &'a GpuBuffer<[f32; 4]>,
+    /// First anchor of each level and the total ([`crate::AnchorConfig::level_offsets`]).
+    pub level_offsets: &'a [usize],
+    /// K.
+    pub num_classes: usize,
+    /// `(height, width)` of the images.
+    pub image_size: (u32, u32),
+}
+
+/// Where detections land: `detections[image * max_detections + d]` for `d < counts[image]`.
+#[derive(Debug)]
+pub struct DetectionOutput {
+    /// Packed detections, `batch * max_detections`.
+    pub detections: GpuBuffer<GpuDetection>,
+    /// Detections per image.
+    pub counts: GpuBuffer<u32>,
+    /// Slots per image.
+    pub max_detections: usize,
+}
+
+impl GpuContext {
+    /// Allocates the output of [`GpuContext::record_postprocess`] for `batch` images (once; it
+    /// is reused every frame).
+    pub fn detection_output(&self, batch: usize, max_detections: usize) -> Result<DetectionOutput> {
+        Ok(DetectionOutput {
+            detections: self.zeros(batch * max_detections)?,
+            counts: self.zeros(batch)?,
+            max_detections,
+        })
+    }
+
+    /// Records the whole post-processing of a batch into `encoder`: per-level top-k of the
+    /// logits above the score threshold, decoding, a sort per image, class-aware NMS and the
+    /// packed detections in `out`, with no readback.
+    pub fn record_postprocess(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pp: &PostProcess,
+        input: &DetectionBuffers<'_>,
+        out: &DetectionOutput,
+    ) -> Result<()> {
+        pp.validate()?;
+        let a = input.anchors.len();
+        let k = input.num_classes;
+        if k == 0
+            || a == 0
+            || !input.deltas.len().is_multiple_of(a)
+            || input.logits.len() != input.deltas.len() * k
+        {
+            return Err(Error::shape(
+                "post-processing",
+                format!(
+                    "{} logits, {} deltas, {a} anchors and {k} classes do not agree",
+                    input.logits.len(),
+                    input.deltas.len()
+                ),
+            ));
+        }
+        let offsets = input.level_offsets;
+        if offsets.len() < 2
+            || offsets[0] != 0
+            || offsets[offsets.len() - 1] != a
+            || offsets.windows(2).any(|w| w[0] > w[1])
+        {
+            return Err(Error::shape(
+                "post-processing",
+                format!("level offsets {offsets:?} must rise from 0 to {a}"),
+            ));
+        }
+        let batch = input.deltas.len() / a;
+        if out.max_detections != pp.max_detections
+            || out.counts.len() != batch
+            || out.detections.len() != batch * pp.max_detections
+        {
+            return Err(Error::shape(
+                "post-processing",
+                format!(
+                    "the output holds {} images x {} detections; {batch} x {} needed",
+                    out.counts.len(),
+                    out.max_detections,
+                    pp.max_detections
+                ),
+            ));
+        }
+        let levels = offsets.len() - 1;
+        let mut segments = Vec::with_capacity(batch * levels);
+        for image in 0..batch {
+            for level in offsets.windows(2) {
+                let len = (level[1] - level[0]) * k;
+                segments.push(TopkSegment {
+                    start: (image * a + level[0]) * k,
+                    len,
+                    k: pp.topk_per_level.min(len),
+                });
+            }
+        }
+        let topk = self.record_top_k(encoder, input.logits, &segments, pp.logit_threshold())?;
+        let region = region_for(levels * topk.stride);
+        let total = sort_len(region * batch);
+        let boxes = self.zeros::<[f32; 4]>(region * batch)?;
+        let classes = self.zeros::<i32>(region * batch)?;
+        let scores = self.zeros::<f32>(region * batch)?;
+        let entries = self.zeros::<SortEntry>(total)?;
+        let level_info: Vec<LevelInfo> = offsets[..levels]
+            .iter()
+            .map(|&o| LevelInfo {
+                first_anchor: o as u32,
+                _pad: [0; 3],
+            })
+            .collect();
+        self.scoped(|| {
+            let level_buf = self.upload(&level_info)?;
+            let mut uniforms = Uniforms::new::<CandidateConfig>(self.limits());
+            let slot = uniforms.push(&CandidateConfig {
+                batch: batch as u32,
+                levels: levels as u32,
+                topk: topk.stride as u32,
+                region: region as u32,
+                anchors_per_image: a as u32,
+                num_classes: k as u32,
+                clip: u32::from(pp.clip_to_image),
+                total: total as u32,
+                image_size: [input.image_size.1 as f32, input.image_size.0 as f32],
+                clamp: pp.coder.clamp,
+                _pad: 0,
+                weights: pp.coder.weights,
+            });
+            let uniform_buffer = uniforms.into_buffer(self);
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            dispatch(
+                self,
+                &mut pass,
+                self.pipeline(Kernel::DetectCandidates)?,
+                &[
+                    uniform(&uniform_buffer, slot),
+                    whole(&level_buf),
+                    whole(&topk.selected),
+                    whole(&topk.candidates),
+                    whole(input.deltas),
+                    whole(input.anchors),
+                    whole(&boxes),
+                    whole(&classes),
+                    whole(&scores),
+                    whole(&entries),
+                ],
+                (total as u64).div_ceil(WG_SIZE) as u32,
+            );
+            Ok(())
+        })?;
+        self.record_sort_entries(encoder, &entries)?;
+        let items = Unsorted {
+            boxes: &boxes,
+            classes: &classes,
+            scores: &scores,
+        };
+        let sorted = self.record_permute(encoder, &entries, &items, region, batch)?;
+        let kept = self.record_nms_sorted(encoder, &pp.nms, &sorted, pp.max_detections)?;
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<OutputConfig>(self.limits());
+            let slot = uniforms.push(&OutputConfig {
+                batch: batch as u32,
+                region: region as u32,
+                max_out: pp.max_detections as u32,
+                _pad: 0,
+            });
+            let uniform_buffer = uniforms.into_buffer(self);
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            dispatch(
+                self,
+                &mut pass,
+                self.pipeline(Kernel::DetectOutput)?,
+                &[
+                    uniform(&uniform_buffer, slot),
+                    whole(&sorted.boxes),
+                    whole(&sorted.classes),
+                    whole(&kept.kept),
+                    whole(&kept.keep),
+                    whole(&kept.keep_scores),
+                    whole(&out.detections),
+                    whole(&out.counts),
+                ],
+                ((batch * pp.max_detections) as u64).div_ceil(WG_SIZE) as u32,
+            );
+            Ok(())
+        })
+    }
+}
+
+/// Host-slice post-processing on the GPU: one upload, one readback.
+pub(crate) fn postprocess_host(
+    ctx: &GpuContext,
+    pp: &PostProcess,
+    input: &DetectionInput<'_>,
+) -> Result<Vec<Vec<Detection>>> {
+    let logits = ctx.upload(input.logits)?;
+    let deltas = ctx.upload(input.deltas)?;
+    let anchors = ctx.upload(input.anchors)?;
+    let batch = input.batch();
+    let out = ctx.detection_output(batch, pp.max_detections)?;
+    let mut encoder = ctx.encoder("post-processing");
+    ctx.record_postprocess(
+        &mut encoder,
+        pp,
+        &DetectionBuffers {
+            logits: &logits,
+            deltas: &deltas,
+            anchors: &anchors,
+            level_offsets: input.level_offsets,
+            num_classes: input.num_classes,
+            image_size: input.image_size,
+        },
+        &out,
+    )?;
+    let mut readback = Readback::default();
+    let (detections, counts) = (readback.add(&out.detections), readback.add(&out.counts));
+    let mut results = readback.run(ctx, encoder)?;
+    let detections = results.take(detections);
+    let counts = results.take(counts);
+    Ok((0..batch)
+        .map(|image| {
+            detections[image * pp.max_detections..][..counts[image] as usize]
+                .iter()
+                .map(|d| Detection {
+                    bbox: d.bbox,
+                    score: d.score,
+                    class: d.class as u32,
+                })
+                .collect()
+        })
+        .collect())
+}

@@ -1,0 +1,534 @@
+//! Dispatch of NMS (`shaders/nms_*.wgsl`, `keep_compact.wgsl`, `keep_map.wgsl`): on boxes
+//! already sorted by score into per-segment regions, and end to end from unsorted boxes.
+
+use crate::error::{Error, Result};
+use crate::gpu::boxes::check_whole_binding;
+use crate::gpu::buffer::{GpuBuffer, Readback};
+use crate::gpu::context::GpuContext;
+use crate::gpu::dispatch::{Uniforms, dispatch, uniform, whole};
+use crate::gpu::kernels::Kernel;
+use crate::gpu::sort::{SortEntry, sort_len};
+use crate::ops::nms::{Nms, NmsKind, NmsOutput};
+
+const WG_SIZE: u64 = 256;
+const FLAG_GAUSSIAN: u32 = 2;
+const FLAG_FROM_ENTRIES: u32 = 4;
+/// Most bytes of suppression mask held at once; larger inputs take several row passes.
+const MASK_BUDGET: u64 = 256 << 20;
+/// Most loop iterations one invocation may run. Lavapipe (llvmpipe) ends any invocation after
+/// 65,535 loop iterations in all, and real drivers reset devices whose dispatches run for
+/// seconds; so the sequential parts (the greedy walk, Soft-NMS picks, the pairwise IoU loops of
+/// Fast and Matrix NMS) are split into dispatches of bounded work, their state kept in buffers.
+const LOOP_BUDGET: u64 = 60_000;
+
+/// Must stay in sync with `Config` in shaders/shared/nms_common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct NmsConfig {
+    region: u32,
+    words: u32,
+    row_begin: u32,
+    row_end: u32,
+    num_segments: u32,
+    groups_per_segment: u32,
+    max_out: u32,
+    flags: u32,
+    iou_threshold: f32,
+    score_threshold: f32,
+    sigma: f32,
+    _pad: u32,
+}
+
+/// Must stay in sync with `Config` in shaders/sort_permute.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct PermuteConfig {
+    total: u32,
+    region: u32,
+    _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/sort_entries_init.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct EntriesConfig {
+    n: u32,
+    total: u32,
+    _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/keep_map.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct MapConfig {
+    num_segments: u32,
+    region: u32,
+    max_out: u32,
+    _pad: u32,
+}
+
+/// Boxes sorted by decreasing score into `segments` regions of `region` slots (a power of two,
+/// at least 256); `counts[s]` valid boxes lead region `s`.
+pub(crate) struct SortedBoxes {
+    pub boxes: GpuBuffer<[f32; 4]>,
+    pub classes: GpuBuffer<i32>,
+    pub scores: GpuBuffer<f32>,
+    pub payload: GpuBuffer<u32>,
+    pub counts: GpuBuffer<u32>,
+    pub region: usize,
+    pub segments: usize,
+}
+
+/// Boxes, classes and scores before sorting, indexed by the sort entries' payloads.
+#[derive(Clone, Copy)]
+pub(crate) struct Unsorted<'a> {
+    pub boxes: &'a GpuBuffer<[f32; 4]>,
+    pub classes: &'a GpuBuffer<i32>,
+    pub scores: &'a GpuBuffer<f32>,
+}
+
+/// What NMS kept, per segment: `keep[s * max_out + d]` is the slot (in score order) of the
+/// d-th kept box, `keep_scores` its (decayed) score, `kept[s]` how many (max_out as passed to
+/// `record_nms_sorted`).
+pub(crate) struct KeptSlots {
+    pub keep: GpuBuffer<u32>,
+    pub keep_scores: GpuBuffer<f32>,
+    pub kept: GpuBuffer<u32>,
+}
+
+/// The region size for segments of up to `n` boxes.
+pub(crate) fn region_for(n: usize) -> usize {
+    n.next_power_of_two().max(WG_SIZE as usize)
+}
+
+impl GpuContext {
+    /// Gathers boxes, classes and scores into sorted order from sorted `entries` (one region of
+    /// `region` entries per segment) and counts each segment's valid entries.
+    pub(crate) fn record_permute(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        entries: &GpuBuffer<SortEntry>,
+        items: &Unsorted<'_>,
+        region: usize,
+        segments: usize,
+    ) -> Result<SortedBoxes> {
+        let Unsorted {
+            boxes,
+            classes,
+            scores,
+        } = *items;
+        let total = region * segments;
+        let sorted = SortedBoxes {
+            boxes: self.zeros(total)?,
+            classes: self.zeros(total)?,
+            scores: self.zeros(total)?,
+            payload: self.zeros(total)?,
+            counts: self.zeros(segments)?,
+            region,
+            segments,
+        };
+        for (what, bytes) in [
+            ("boxes", sorted.boxes.byte_len()),
+            ("sort entries", entries.byte_len()),
+        ] {
+            check_whole_binding(self, what, bytes)?;
+        }
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<PermuteConfig>(self.limits());
+            let slot = uniforms.push(&PermuteConfig {
+                total: total as u32,
+                region: region as u32,
+                _pad: [0; 2],
+            });
+            let uniform_buffer = uniforms.into_buffer(self);
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            dispatch(
+                self,
+                &mut pass,
+                self.pipeline(Kernel::SortPermute)?,
+                &[
+                    uniform(&uniform_buffer, slot),
+                    whole(entries),
+                    whole(boxes),
+                    whole(classes),
+                    whole(scores),
+                    whole(&sorted.boxes),
+                    whole(&sorted.classes),
+                    whole(&sorted.scores),
+                    whole(&sorted.payload),
+                    whole(&sorted.counts),
+                ],
+                (total as u64).div_ceil(WG_SIZE) as u32,
+            );
+            Ok(())
+        })?;
+        Ok(sorted)
+    }
+
+    /// Records `nms` over boxes already sorted into regions; returns the kept slots. Boxes
+    /// interact only within a class; class-agnostic callers pass all-zero classes.
+    pub(crate) fn record_nms_sorted(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        nms: &Nms,
+        sorted: &SortedBoxes,
+        max_out: usize,
+    ) -> Result<KeptSlots> {
+        let (region, segments) = (sorted.region, sorted.segments);
+        let words = region / 32;
+        let out = KeptSlots {
+            keep: self.zeros(segments * max_out)?,
+            keep_scores: self.zeros(segments * max_out)?,
+            kept: self.zeros(segments)?,
+        };
+        let limits = self.limits();
+        let base = NmsConfig {
+            region: region as u32,
+            words: words as u32,
+            row_begin: 0,
+            row_end: region as u32,
+            num_segments: segments as u32,
+            groups_per_segment: (region as u64).div_ceil(WG_SIZE) as u32,
+            max_out: max_out as u32,
+            flags: 0,
+            iou_threshold: nms.iou_threshold,
+            score_threshold: nms.score_threshold,
+            sigma: 1.0,
+            _pad: 0,
+        };
+        let segments_u32 = segments as u32;
+        let per_box_groups = segments_u32 * base.groups_per_segment;
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<NmsConfig>(limits);
+            match nms.kind {
+                NmsKind::Hard => {
+                    let row_bytes = (segments * words * 4) as u64;
+                    let budget = limits.max_storage_binding.min(MASK_BUDGET);
+                    // The walk's iterations per 32 rows: 32 diagonal steps, then per later word
+                    // slice (words / 256 per invocation) one step per kept row (at most 32) + 1.
+                    let walk_rows = LOOP_BUDGET * 32 / (32 + (words as u64).div_ceil(WG_SIZE) * 33);
+                    let rows = ((budget / row_bytes).min(walk_rows) / WG_SIZE * WG_SIZE).max(WG_SIZE).min(region as u64);
+                    if rows * row_bytes > limits.max_storage_binding {
+                        return Err(Error::invalid(format!(
+                            "NMS: 256 rows of suppression mask ({row_bytes} bytes each) exceed the binding limit"
+                        )));
+                    }
+                    let mask = self.zeros::<u32>((rows * row_bytes / 4) as usize)?;
+                    let removed = self.zeros::<u32>(segments * words)?;
+                    let done = self.zeros::<u32>(segments)?;
+                    let mut passes = Vec::new();
+                    let mut begin = 0u64;
+                    while begin < region as u64 {
+                        let end = (begin + rows).min(region as u64);
+                        let row_tiles = (end - begin).div_ceil(WG_SIZE) as u32;
+                        let config = NmsConfig {
+                            row_begin: begin as u32,
+                            row_end: end as u32,
+                            groups_per_segment: row_tiles * words as u32,
+                            ..base
+                        };
+                        passes.push((uniforms.push(&config), segments_u32 * row_tiles * words as u32));
+                        begin = end;
+                    }
+                    let uniform_buffer = uniforms.into_buffer(self);
+                    let mask_pipeline = self.pipeline(Kernel::NmsMask)?;
+                    let gather_pipeline = self.pipeline(Kernel::NmsGather)?;
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nms"), timestamp_writes: None });
+                    for (slot, groups) in passes {
+                        dispatch(
+                            self,
+                            &mut pass,
+                            mask_pipeline,
+                            &[
+                                uniform(&uniform_buffer, slot),
+                                whole(&sorted.boxes),
+                                whole(&sorted.classes),
+                                whole(&sorted.counts),
+                                whole(&done),
+                                whole(&mask),
+                            ],
+                            groups,
+                        );
+                        dispatch(
+                            self,
+                            &mut pass,
+                            gather_pipeline,
+                            &[
+                                uniform(&uniform_buffer, slot),
+                                whole(&mask),
+                                whole(&sorted.counts),
+                                whole(&removed),
+                                whole(&out.kept),
+                                whole(&done),
+                                whole(&out.keep),
+                                whole(&sorted.scores),
+                                whole(&out.keep_scores),
+                            ],
+                            segments_u32,
+                        );
+                    }
+                }
+                NmsKind::SoftLinear | NmsKind::SoftGaussian { .. } => {
+                    let config = match nms.kind {
+                        NmsKind::SoftGaussian { sigma } => NmsConfig { flags: base.flags | FLAG_GAUSSIAN, sigma, ..base },
+                        _ => base,
+                    };
+                    // Each pick scans the region twice (argmax, decay) and reduces once.
+                    let picks = (LOOP_BUDGET / (2 * (region as u64).div_ceil(WG_SIZE) + 16)).max(1);
+                    let mut slots = Vec::new();
+                    let mut first = 0u64;
+                    while first < max_out as u64 {
+                        let end = (first + picks).min(max_out as u64);
+                        slots.push(uniforms.push(&NmsConfig { row_begin: first as u32, row_end: end as u32, ..config }));
+                        first = end;
+                    }
+                    let done = self.zeros::<u32>(segments)?;
+                    let uniform_buffer = uniforms.into_buffer(self);
+                    let pipeline = self.pipeline(Kernel::NmsSoft)?;
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("soft nms"), timestamp_writes: None });
+                    for slot in slots {
+                        dispatch(
+                            self,
+                            &mut pass,
+                            pipeline,
+                            &[
+                                uniform(&uniform_buffer, slot),
+                                whole(&sorted.boxes),
+                                whole(&sorted.classes),
+                                whole(&sorted.counts),
+                                whole(&sorted.scores),
+                                whole(&out.kept),
+                                whole(&out.keep),
+                                whole(&out.keep_scores),
+                                whole(&done),
+                            ],
+                            segments_u32,
+                        );
+                    }
+                }
+                NmsKind::Fast | NmsKind::Matrix { .. } => {
+                    let max_iou = self.zeros::<f32>(region * segments)?;
+                    let decays = self.zeros::<f32>(region * segments)?;
+                    let config = match nms.kind {
+                        NmsKind::Matrix { gaussian_sigma: Some(sigma) } => NmsConfig { flags: base.flags | FLAG_GAUSSIAN, sigma, ..base },
+                        _ => base,
+                    };
+                    let matrix = matches!(nms.kind, NmsKind::Matrix { .. });
+                    // Pairwise loops: every invocation visits `span` higher-scoring boxes per dispatch.
+                    let span = (LOOP_BUDGET / WG_SIZE).max(1) * WG_SIZE;
+                    let mut ranges = Vec::new();
+                    let mut first = 0u64;
+                    while first < region as u64 {
+                        let end = (first + span).min(region as u64);
+                        ranges.push(uniforms.push(&NmsConfig { row_begin: first as u32, row_end: end as u32, ..config }));
+                        first = end;
+                    }
+                    let compact_slot =
+                        uniforms.push(&NmsConfig { flags: config.flags | if matrix { FLAG_FROM_ENTRIES } else { 0 }, ..config });
+                    let uniform_buffer = uniforms.into_buffer(self);
+                    let entries = self.zeros::<SortEntry>(sort_len(region * segments))?;
+                    if matrix {
+                        // Entries past the last region sort after everything.
+                        let padding = vec![crate::gpu::sort::padding(u32::MAX); entries.len() - region * segments];
+                        if !padding.is_empty() {
+                            self.queue().write_buffer(entries.buffer(), (region * segments * 16) as u64, bytemuck::cast_slice(&padding));
+                        }
+                    }
+                    {
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fast/matrix nms"), timestamp_writes: None });
+                        let max_iou_pipeline = self.pipeline(Kernel::NmsMaxIou)?;
+                        for slot in &ranges {
+                            dispatch(
+                                self,
+                                &mut pass,
+                                max_iou_pipeline,
+                                &[
+                                    uniform(&uniform_buffer, *slot),
+                                    whole(&sorted.boxes),
+                                    whole(&sorted.classes),
+                                    whole(&sorted.counts),
+                                    whole(&max_iou),
+                                ],
+                                per_box_groups,
+                            );
+                        }
+                        if matrix {
+                            let matrix_pipeline = self.pipeline(Kernel::NmsMatrix)?;
+                            for slot in &ranges {
+                                dispatch(
+                                    self,
+                                    &mut pass,
+                                    matrix_pipeline,
+                                    &[
+                                        uniform(&uniform_buffer, *slot),
+                                        whole(&sorted.boxes),
+                                        whole(&sorted.classes),
+                                        whole(&sorted.counts),
+                                        whole(&max_iou),
+                                        whole(&sorted.scores),
+                                        whole(&decays),
+                                        whole(&entries),
+                                    ],
+                                    per_box_groups,
+                                );
+                            }
+                        }
+                    }
+                    if matrix {
+                        self.record_sort_entries(encoder, &entries)?;
+                    }
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("keep compact"), timestamp_writes: None });
+                    dispatch(
+                        self,
+                        &mut pass,
+                        self.pipeline(Kernel::KeepCompact)?,
+                        &[
+                            uniform(&uniform_buffer, compact_slot),
+                            whole(&sorted.counts),
+                            whole(&max_iou),
+                            whole(&entries),
+                            whole(&sorted.scores),
+                            whole(&out.kept),
+                            whole(&out.keep),
+                            whole(&out.keep_scores),
+                        ],
+                        segments_u32,
+                    );
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Records NMS over `boxes` and `scores` on the device (class-aware with `classes`): sorts
+    /// by score, suppresses, and writes the kept boxes' indices (decreasing score) and scores.
+    /// Returns `(keep, keep_scores, count)`: `keep[..count[0]]` are the kept indices.
+    pub fn record_nms(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        nms: &Nms,
+        boxes: &GpuBuffer<[f32; 4]>,
+        scores: &GpuBuffer<f32>,
+        classes: Option<&GpuBuffer<i32>>,
+    ) -> Result<(GpuBuffer<u32>, GpuBuffer<f32>, GpuBuffer<u32>)> {
+        nms.validate()?;
+        let n = boxes.len();
+        if scores.len() != n || classes.is_some_and(|c| c.len() != n) {
+            return Err(Error::shape(
+                "NMS",
+                format!(
+                    "{n} boxes but {} scores (or classes of another length)",
+                    scores.len()
+                ),
+            ));
+        }
+        let region = region_for(n);
+        let max_out = nms.max_output.unwrap_or(n).min(n).max(1);
+        let no_classes;
+        let classes = match classes {
+            Some(c) => c,
+            None => {
+                no_classes = self.zeros::<i32>(n)?;
+                &no_classes
+            }
+        };
+        let entries = self.zeros::<SortEntry>(sort_len(region))?;
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<EntriesConfig>(self.limits());
+            let slot = uniforms.push(&EntriesConfig {
+                n: n as u32,
+                total: entries.len() as u32,
+                _pad: [0; 2],
+            });
+            let uniform_buffer = uniforms.into_buffer(self);
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            dispatch(
+                self,
+                &mut pass,
+                self.pipeline(Kernel::SortEntriesInit)?,
+                &[
+                    uniform(&uniform_buffer, slot),
+                    whole(scores),
+                    whole(&entries),
+                ],
+                (entries.len() as u64).div_ceil(WG_SIZE) as u32,
+            );
+            Ok(())
+        })?;
+        self.record_sort_entries(encoder, &entries)?;
+        let sorted = self.record_permute(
+            encoder,
+            &entries,
+            &Unsorted {
+                boxes,
+                classes,
+                scores,
+            },
+            region,
+            1,
+        )?;
+        let kept = self.record_nms_sorted(encoder, nms, &sorted, max_out)?;
+        let out = self.zeros::<u32>(max_out)?;
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<MapConfig>(self.limits());
+            let slot = uniforms.push(&MapConfig {
+                num_segments: 1,
+                region: region as u32,
+                max_out: max_out as u32,
+                _pad: 0,
+            });
+            let uniform_buffer = uniforms.into_buffer(self);
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            dispatch(
+                self,
+                &mut pass,
+                self.pipeline(Kernel::KeepMap)?,
+                &[
+                    uniform(&uniform_buffer, slot),
+                    whole(&sorted.payload),
+                    whole(&kept.kept),
+                    whole(&kept.keep),
+                    whole(&out),
+                ],
+                (max_out as u64).div_ceil(WG_SIZE) as u32,
+            );
+            Ok(())
+        })?;
+        Ok((out, kept.keep_scores, kept.kept))
+    }
+}
+
+/// Host-slice NMS on the GPU.
+pub(crate) fn nms_host(
+    ctx: &GpuContext,
+    nms: &Nms,
+    boxes: &[[f32; 4]],
+    scores: &[f32],
+    classes: Option<&[i32]>,
+) -> Result<NmsOutput> {
+    let boxes_buf = ctx.upload(boxes)?;
+    let scores_buf = ctx.upload(scores)?;
+    let classes_buf = classes.map(|c| ctx.upload(c)).transpose()?;
+    let mut encoder = ctx.encoder("nms");
+    let (keep, keep_scores, count) = ctx.record_nms(
+        &mut encoder,
+        nms,
+        &boxes_buf,
+        &scores_buf,
+        classes_buf.as_ref(),
+    )?;
+    let mut readback = Readback::default();
+    let slots = (
+        readback.add(&keep),
+        readback.add(&keep_scores),
+        readback.add(&count),
+    );
+    let mut results = readback.run(ctx, encoder)?;
+    let n = results.take(slots.2)[0] as usize;
+    let mut keep = results.take(slots.0);
+    let mut scores = results.take(slots.1);
+    keep.truncate(n);
+    scores.truncate(n);
+    Ok(NmsOutput { keep, scores })
+}

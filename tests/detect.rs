@@ -1,0 +1,294 @@
+//! Detection post-processing: the CPU backend against an independent, torchvision-style
+//! reference; the GPU against the CPU for every NMS kind; the edge cases.
+
+mod common;
+
+use common::{Rng, gpu};
+use retina_wgpu::{
+    AnchorConfig, Backend, BoxCoder, Detection, DetectionInput, Error, Nms, NmsKind, PostProcess,
+};
+
+struct Batch {
+    logits: Vec<f32>,
+    deltas: Vec<[f32; 4]>,
+    anchors: Vec<[f32; 4]>,
+    offsets: Vec<usize>,
+    k: usize,
+    size: u32,
+}
+
+impl Batch {
+    fn input(&self) -> DetectionInput<'_> {
+        DetectionInput {
+            logits: &self.logits,
+            deltas: &self.deltas,
+            anchors: &self.anchors,
+            level_offsets: &self.offsets,
+            num_classes: self.k,
+            image_size: (self.size, self.size),
+        }
+    }
+}
+
+/// Mostly confident-background logits with clusters of confident detections, like a trained net.
+fn batch(rng: &mut Rng, images: usize, size: u32, k: usize) -> Batch {
+    let config = AnchorConfig::retinanet();
+    let anchors = config.generate(&Backend::Cpu, size, size).unwrap();
+    let offsets = config.level_offsets(size, size);
+    let a = anchors.len();
+    let mut logits: Vec<f32> = (0..images * a * k).map(|_| rng.normal() - 5.0).collect();
+    for _ in 0..images * 40 {
+        let (image, anchor, class) = (
+            rng.below(images as u64) as usize,
+            rng.below(a as u64) as usize,
+            rng.below(k as u64) as usize,
+        );
+        for d in 0..9 {
+            let neighbour = (anchor + d * 9).min(a - 1);
+            logits[(image * a + neighbour) * k + class] = rng.range(-1.0, 4.0);
+        }
+    }
+    let deltas = (0..images * a)
+        .map(|_| {
+            [
+                0.3 * rng.normal(),
+                0.3 * rng.normal(),
+                0.2 * rng.normal(),
+                0.2 * rng.normal(),
+            ]
+        })
+        .collect();
+    Batch {
+        logits,
+        deltas,
+        anchors,
+        offsets,
+        k,
+        size,
+    }
+}
+
+// ---- an independent reference: torchvision's postprocess_detections, written plainly ----
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f64 {
+    let (a, b) = (a.map(f64::from), b.map(f64::from));
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h;
+    if union > 0.0 { w * h / union } else { 0.0 }
+}
+
+fn reference(pp: &PostProcess, b: &Batch) -> Vec<Vec<Detection>> {
+    let a = b.anchors.len();
+    let coder = BoxCoder::default();
+    (0..b.logits.len() / (a * b.k))
+        .map(|image| {
+            let mut cands: Vec<(f32, [f32; 4], u32)> = Vec::new();
+            for level in b.offsets.windows(2) {
+                let mut scored: Vec<(f32, usize)> = (level[0] * b.k..level[1] * b.k)
+                    .map(|i| (1.0 / (1.0 + (-b.logits[image * a * b.k + i]).exp()), i))
+                    .filter(|&(s, _)| s > pp.score_threshold)
+                    .collect();
+                scored.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+                scored.truncate(pp.topk_per_level);
+                for (score, i) in scored {
+                    let anchor = i / b.k;
+                    let d = coder
+                        .decode(
+                            &Backend::Cpu,
+                            &[b.deltas[image * a + anchor]],
+                            &[b.anchors[anchor]],
+                        )
+                        .unwrap()[0];
+                    let s = b.size as f32;
+                    let clipped = [
+                        d[0].clamp(0.0, s),
+                        d[1].clamp(0.0, s),
+                        d[2].clamp(0.0, s),
+                        d[3].clamp(0.0, s),
+                    ];
+                    cands.push((score, clipped, (i % b.k) as u32));
+                }
+            }
+            cands.sort_by(|x, y| y.0.total_cmp(&x.0));
+            let mut kept: Vec<(f32, [f32; 4], u32)> = Vec::new();
+            for c in cands {
+                if !kept
+                    .iter()
+                    .any(|k| k.2 == c.2 && iou(k.1, c.1) > f64::from(pp.nms.iou_threshold))
+                {
+                    kept.push(c);
+                }
+            }
+            kept.truncate(pp.max_detections);
+            kept.into_iter()
+                .map(|(score, bbox, class)| Detection { bbox, score, class })
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_same_detections(what: &str, got: &[Vec<Detection>], want: &[Vec<Detection>]) {
+    assert_eq!(got.len(), want.len(), "{what}: images");
+    for (image, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            g.len(),
+            w.len(),
+            "{what}: image {image} has {} detections, want {}",
+            g.len(),
+            w.len()
+        );
+        for (d, (x, y)) in g.iter().zip(w).enumerate() {
+            let close = |p: f32, q: f32| (p - q).abs() <= 1e-4 * q.abs().max(1.0);
+            assert!(
+                x.class == y.class
+                    && close(x.score, y.score)
+                    && x.bbox.iter().zip(&y.bbox).all(|(&p, &q)| close(p, q)),
+                "{what}: image {image} detection {d}: {x:?} vs {y:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cpu_backend_matches_a_plain_torchvision_style_reference() {
+    let mut rng = Rng::new(1);
+    let b = batch(&mut rng, 3, 256, 20);
+    for pp in [
+        PostProcess::default(),
+        PostProcess {
+            topk_per_level: 7,
+            max_detections: 12,
+            ..Default::default()
+        },
+        PostProcess {
+            score_threshold: 0.5,
+            nms: Nms::hard(0.3),
+            ..Default::default()
+        },
+    ] {
+        let got = pp.run(&Backend::Cpu, &b.input()).unwrap();
+        assert!(
+            got.iter().map(Vec::len).sum::<usize>() > 20,
+            "the test batch should produce detections"
+        );
+        assert_same_detections(&format!("{pp:?}"), &got, &reference(&pp, &b));
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_for_every_nms_kind() {
+    let Some(ctx) = gpu() else { return };
+    let gpu_backend = Backend::Gpu(ctx);
+    let mut rng = Rng::new(2);
+    let b = batch(&mut rng, 4, 320, 30);
+    let kinds = [
+        NmsKind::Hard,
+        NmsKind::Fast,
+        NmsKind::SoftLinear,
+        NmsKind::SoftGaussian { sigma: 0.5 },
+        NmsKind::Matrix {
+            gaussian_sigma: None,
+        },
+        NmsKind::Matrix {
+            gaussian_sigma: Some(2.0),
+        },
+    ];
+    for kind in kinds {
+        for pp in [
+            PostProcess {
+                nms: Nms::hard(0.5).with_kind(kind).with_score_threshold(0.05),
+                ..Default::default()
+            },
+            PostProcess {
+                topk_per_level: 50,
+                max_detections: 10,
+                clip_to_image: false,
+                nms: Nms::hard(0.4).with_kind(kind).with_score_threshold(0.1),
+                ..Default::default()
+            },
+        ] {
+            let g = pp.run(&gpu_backend, &b.input()).unwrap();
+            let c = pp.run(&Backend::Cpu, &b.input()).unwrap();
+            assert_same_detections(&format!("{kind:?} topk {}", pp.topk_per_level), &g, &c);
+        }
+    }
+}
+
+#[test]
+fn edge_cases_and_bad_input() {
+    let mut rng = Rng::new(3);
+    let mut b = batch(&mut rng, 2, 128, 4);
+    let mut backends = vec![Backend::Cpu];
+    if let Some(ctx) = gpu() {
+        backends.push(Backend::Gpu(ctx));
+    }
+    for backend in &backends {
+        // Nothing above the threshold: no detections, not an error.
+        let none = PostProcess {
+            score_threshold: 0.999,
+            ..Default::default()
+        }
+        .run(backend, &b.input())
+        .unwrap();
+        assert!(none.iter().all(Vec::is_empty));
+        // Bad parameters and shapes.
+        for pp in [
+            PostProcess {
+                score_threshold: 1.0,
+                ..Default::default()
+            },
+            PostProcess {
+                topk_per_level: 0,
+                ..Default::default()
+            },
+            PostProcess {
+                max_detections: 0,
+                ..Default::default()
+            },
+            PostProcess {
+                nms: Nms::hard(2.0),
+                ..Default::default()
+            },
+        ] {
+            assert!(
+                matches!(
+                    pp.run(backend, &b.input()).unwrap_err(),
+                    Error::InvalidParameter(_)
+                ),
+                "{pp:?}"
+            );
+        }
+        let short = DetectionInput {
+            logits: &b.logits[1..],
+            ..b.input()
+        };
+        assert!(matches!(
+            PostProcess::default().run(backend, &short).unwrap_err(),
+            Error::ShapeMismatch { .. }
+        ));
+        let bad_offsets = [0, 5];
+        let offsets = DetectionInput {
+            level_offsets: &bad_offsets,
+            ..b.input()
+        };
+        assert!(matches!(
+            PostProcess::default().run(backend, &offsets).unwrap_err(),
+            Error::ShapeMismatch { .. }
+        ));
+    }
+    // NaN logits are never detections; the rest is unaffected.
+    let clean = PostProcess::default()
+        .run(&Backend::Cpu, &b.input())
+        .unwrap();
+    let a = b.anchors.len();
+    for i in (0..2 * a * 4).step_by(7) {
+        if b.logits[i] < -3.0 {
+            b.logits[i] = f32::NAN;
+        }
+    }
+    for backend in &backends {
+        let with_nan = PostProcess::default().run(backend, &b.input()).unwrap();
+        assert_same_detections(&format!("{} NaN logits", backend.kind()), &with_nan, &clean);
+    }
+}
