@@ -20,8 +20,7 @@ fn wgsl_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let root =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let shaders = root.join("shaders");
     println!("cargo:rerun-if-changed={}", shaders.display());
     let mut files = Vec::new();
@@ -34,15 +33,10 @@ fn main() {
             .expect("under shaders/")
             .to_string_lossy()
             .replace('\\', "/");
-        writeln!(
-            table,
-            "    ({name:?}, include_str!({:?})),",
-            path.display().to_string()
-        )
-        .expect("writing to a String");
+        writeln!(table, "    ({name:?}, include_str!({:?})),", path.display().to_string())
+            .expect("writing to a String");
     }
     table.push(']');
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .join("shader_files.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("shader_files.rs");
     std::fs::write(&out, table).unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
 }

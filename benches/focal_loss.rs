@@ -51,15 +51,7 @@ fn focal(c: &mut Criterion) {
         let normaliser = labels.iter().filter(|&&l| l >= 0).count().max(1) as f32;
         let mut grad = vec![0.0f32; n];
         group.bench_with_input(BenchmarkId::new("cpu", n), &n, |b, _| {
-            b.iter(|| {
-                retina_wgpu::cpu::focal::focal_loss(
-                    &loss,
-                    &input,
-                    1.0 / normaliser,
-                    Some(&mut grad),
-                    None,
-                )
-            })
+            b.iter(|| retina_wgpu::cpu::focal::focal_loss(&loss, &input, 1.0 / normaliser, Some(&mut grad), None))
         });
 
         let Some(ctx) = &gpu else { continue };
@@ -79,8 +71,7 @@ fn focal(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("gpu_resident", n), &n, |b, _| {
             b.iter(|| {
                 let mut encoder = ctx.device().create_command_encoder(&Default::default());
-                ctx.record_focal_loss(&mut encoder, &loss, &buffers)
-                    .unwrap();
+                ctx.record_focal_loss(&mut encoder, &loss, &buffers).unwrap();
                 let index = ctx.queue().submit([encoder.finish()]);
                 ctx.device()
                     .poll(retina_wgpu::wgpu::PollType::Wait {

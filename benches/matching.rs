@@ -25,10 +25,7 @@ fn ground_truth(count: usize) -> Vec<(Vec<[f32; 4]>, Vec<i32>)> {
                     [x, y, x + w, y + h]
                 })
                 .collect();
-            (
-                boxes,
-                (0..count).map(|_| (uniform() * 80.0) as i32).collect(),
-            )
+            (boxes, (0..count).map(|_| (uniform() * 80.0) as i32).collect())
         })
         .collect()
 }
@@ -46,13 +43,7 @@ fn matching(c: &mut Criterion) {
     group.throughput(Throughput::Elements((BATCH * a) as u64));
     for count in [1usize, 20, 100] {
         let gts = ground_truth(count);
-        let images: Vec<GroundTruth> = gts
-            .iter()
-            .map(|(b, c)| GroundTruth {
-                boxes: b,
-                classes: c,
-            })
-            .collect();
+        let images: Vec<GroundTruth> = gts.iter().map(|(b, c)| GroundTruth { boxes: b, classes: c }).collect();
         group.bench_with_input(BenchmarkId::new("cpu", count), &count, |b, _| {
             b.iter(|| assigner.assign(&Backend::Cpu, &anchors, &images).unwrap())
         });

@@ -1,12 +1,13 @@
 // Detection post-processing, candidates: for every (image, level, rank) slot filled by the
-// per-level top-k, the anchor and class of the selected logit, its score (sigmoid), its box
-// (decoded from the regression deltas, clipped to the image) and a sort entry
+// per-level top-k, the anchor and class of the selected logit, a record of its box (decoded
+// from the regression deltas, clipped to the image), score (sigmoid) and class, and a sort entry
 // (image, descending score key, slot within the image, slot in the batch). Unfilled slots get
 // padding entries, which sort after every candidate of their image; entries past the last image
 // sort after everything.
 
 //#include "shared/boxes.wgsl"
 //#include "shared/sort_keys.wgsl"
+//#include "shared/detection.wgsl"
 
 // Must stay in sync with `CandidateConfig` in src/gpu/detect.rs.
 struct Config {
@@ -42,10 +43,8 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(3) var<storage, read> candidates: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read> deltas: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> anchors: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> boxes: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> classes: array<i32>;
-@group(0) @binding(8) var<storage, read_write> scores: array<f32>;
-@group(0) @binding(9) var<storage, read_write> entries: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read_write> records: array<Detection>;
+@group(0) @binding(7) var<storage, read_write> entries: array<vec4<u32>>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -78,8 +77,6 @@ fn main(
     if cfg.clip != 0u {
         b = clamp(b, vec4(0.0), cfg.image_size.xyxy);
     }
-    boxes[i] = b;
-    classes[i] = i32(cand.y % cfg.num_classes);
-    scores[i] = score;
+    records[i] = Detection(b, score, i32(cand.y % cfg.num_classes), 0u, 0u);
     entries[i] = vec4(image, ~cand.x, slot, i);
 }

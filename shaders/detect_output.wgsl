@@ -2,6 +2,8 @@
 // score order, their classes, and their scores, decayed for Soft/Matrix NMS), packed as
 // (x1, y1, x2, y2, score, class) for a host application to bind; counts[b] is how many.
 
+//#include "shared/detection.wgsl"
+
 // Must stay in sync with `OutputConfig` in src/gpu/detect.rs.
 struct Config {
     batch: u32,
@@ -10,14 +12,6 @@ struct Config {
     _pad: u32,
 }
 
-// Must stay in sync with `GpuDetection` in src/gpu/detect.rs.
-struct Detection {
-    bbox: vec4<f32>,
-    score: f32,
-    label: i32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 const WG_SIZE: u32 = 256u;
 

@@ -23,6 +23,10 @@ struct Config {
     out_base16: u32,
     high: f32,
     low: f32,
+    num_boxes: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     weights: vec4<f32>,
 }
 
@@ -32,13 +36,13 @@ const FLAG_LOW_QUALITY: u32 = 1u;
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> anchors: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> gt_boxes: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> gt_classes: array<i32>;
-@group(0) @binding(4) var<storage, read> gt_offsets: array<u32>;
-@group(0) @binding(5) var<storage, read> gt_max: array<u32>;
-@group(0) @binding(6) var<storage, read_write> matches: array<i32>;
-@group(0) @binding(7) var<storage, read_write> labels: array<i32>;
-@group(0) @binding(8) var<storage, read_write> targets: array<vec4<f32>>;
-@group(0) @binding(9) var<storage, read_write> positives: array<atomic<u32>>;
+@group(0) @binding(3) var<storage, read> gt_offsets: array<u32>;
+// Per box: its highest IoU (bits, from match_gt_max.wgsl) at [g], its class at [boxes + g].
+@group(0) @binding(4) var<storage, read> gt_info: array<u32>;
+@group(0) @binding(5) var<storage, read_write> matches: array<i32>;
+@group(0) @binding(6) var<storage, read_write> labels: array<i32>;
+@group(0) @binding(7) var<storage, read_write> targets: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> positives: array<atomic<u32>>;
 
 var<workgroup> sh_gt: array<vec4<f32>, WG_SIZE>;
 var<workgroup> sh_best: array<f32, WG_SIZE>;
@@ -71,7 +75,7 @@ fn main(
         let count = min(WG_SIZE, g_end - g0);
         if lid < count {
             sh_gt[lid] = gt_boxes[g0 + lid];
-            sh_best[lid] = bitcast<f32>(gt_max[g0 + lid]);
+            sh_best[lid] = bitcast<f32>(gt_info[g0 + lid]);
         }
         workgroupBarrier();
         if valid {
@@ -103,7 +107,7 @@ fn main(
         var box_target = vec4(0.0);
         if m >= 0 {
             let g = g_begin + u32(m);
-            label = gt_classes[g];
+            label = bitcast<i32>(gt_info[cfg.num_boxes + g]);
             box_target = encode_box(gt_boxes[g], anchor, cfg.weights);
             atomicAdd(&sh_positives, 1u);
         }

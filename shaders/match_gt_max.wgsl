@@ -22,6 +22,10 @@ struct Config {
     out_base16: u32,
     high: f32,
     low: f32,
+    num_boxes: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     weights: vec4<f32>,
 }
 
@@ -31,6 +35,7 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(1) var<storage, read> anchors: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> gt_boxes: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> gt_offsets: array<u32>;
+// Per box: its highest IoU (bits) at [g]; match_assign.wgsl also finds the classes after them.
 @group(0) @binding(4) var<storage, read_write> gt_max: array<atomic<u32>>;
 
 var<workgroup> sh_gt: array<vec4<f32>, WG_SIZE>;

@@ -1,8 +1,10 @@
 // Sort entries for ranking scores: entry i = (0, descending key of scores[i], i, i) for i < n
-// and padding after (shared/sort_keys.wgsl). NaN scores get the largest key below padding:
-// they sort after every number and are never counted as valid by sort_permute.wgsl.
+// and padding after (shared/sort_keys.wgsl), and record i = (boxes[i], scores[i], classes[i])
+// for sort_permute.wgsl. NaN scores get the largest key below padding: they sort after every
+// number and are never counted as valid by sort_permute.wgsl.
 
 //#include "shared/sort_keys.wgsl"
+//#include "shared/detection.wgsl"
 
 // Must stay in sync with `EntriesConfig` in src/gpu/nms.rs.
 struct Config {
@@ -16,7 +18,10 @@ const WG_SIZE: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> scores: array<f32>;
-@group(0) @binding(2) var<storage, read_write> entries: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> boxes: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> classes: array<i32>;
+@group(0) @binding(4) var<storage, read_write> entries: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> records: array<Detection>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -30,6 +35,7 @@ fn main(
     }
     if i < cfg.n {
         entries[i] = vec4(0u, ~ordered_key(scores[i]), i, i);
+        records[i] = Detection(boxes[i], scores[i], classes[i], 0u, 0u);
     } else {
         entries[i] = vec4(0u, 0xffffffffu, 0xffffffffu, 0xffffffffu);
     }

@@ -33,9 +33,7 @@ pub use ops::anchors::AnchorConfig;
 pub use ops::box_loss::{BoxLoss, BoxLossInput, BoxLossKind, BoxLossOutput, BoxReduction};
 pub use ops::boxes::{BoxCoder, box_iou};
 pub use ops::detect::{Detection, DetectionInput, PostProcess};
-pub use ops::focal::{
-    FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, Reduction, Targets,
-};
+pub use ops::focal::{FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, Reduction, Targets};
 pub use ops::matcher::{AssignedTargets, GroundTruth, Matcher, TargetAssigner};
 pub use ops::nms::{Nms, NmsKind, NmsOutput, batched_nms, nms};
 pub use ops::sort::{sort_desc, top_k};

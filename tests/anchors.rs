@@ -40,10 +40,7 @@ fn anchors_follow_the_documented_order_and_geometry() {
                     let (bw, bh) = (b[2] - b[0], b[3] - b[1]);
                     let size = config.sizes[level] * config.scales[scale_index];
                     let ratio = config.aspect_ratios[ratio_index];
-                    assert!(
-                        (bw * bh - size * size).abs() <= 1e-3 * size * size,
-                        "area of {b:?}"
-                    );
+                    assert!((bw * bh - size * size).abs() <= 1e-3 * size * size, "area of {b:?}");
                     assert!((bh / bw - ratio).abs() <= 1e-4 * ratio, "ratio of {b:?}");
                 }
             }
@@ -55,10 +52,7 @@ fn anchors_follow_the_documented_order_and_geometry() {
 fn a_retinanet_at_800_px_has_120087_anchors() {
     let config = AnchorConfig::retinanet();
     // P3-P7 of 800 x 800: 100^2 + 50^2 + 25^2 + 13^2 + 7^2 cells, 9 anchors each.
-    assert_eq!(
-        config.num_anchors(800, 800),
-        9 * (10_000 + 2_500 + 625 + 169 + 49)
-    );
+    assert_eq!(config.num_anchors(800, 800), 9 * (10_000 + 2_500 + 625 + 169 + 49));
     // The small RetinaNet of DESIGN.md: 128 x 128 gives 3069 anchors.
     assert_eq!(AnchorConfig::small().num_anchors(128, 128), 3069);
 }
@@ -117,13 +111,8 @@ fn bad_configurations_are_clear_errors() {
     ];
     for config in bad {
         let err = config.generate(&Backend::Cpu, 100, 100).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidParameter(_)),
-            "{config:?}: {err}"
-        );
+        assert!(matches!(err, Error::InvalidParameter(_)), "{config:?}: {err}");
     }
-    let err = AnchorConfig::retinanet()
-        .generate(&Backend::Cpu, 0, 100)
-        .unwrap_err();
+    let err = AnchorConfig::retinanet().generate(&Backend::Cpu, 0, 100).unwrap_err();
     assert!(err.to_string().contains("image size"), "{err}");
 }

@@ -30,11 +30,7 @@ fn smooth_l1_64(p: [f64; 4], t: [f64; 4], beta: f64) -> f64 {
     (0..4)
         .map(|c| {
             let n = (p[c] - t[c]).abs();
-            if n < beta {
-                0.5 * n * n / beta
-            } else {
-                n - 0.5 * beta
-            }
+            if n < beta { 0.5 * n * n / beta } else { n - 0.5 * beta }
         })
         .sum()
 }
@@ -56,18 +52,9 @@ struct Problem {
 
 fn problem(seed: u64, images: usize) -> Problem {
     let mut rng = Rng::new(seed);
-    let anchors = AnchorConfig::small()
-        .generate(&Backend::Cpu, 64, 64)
-        .unwrap();
+    let anchors = AnchorConfig::small().generate(&Backend::Cpu, 64, 64).unwrap();
     let n = anchors.len() * images;
-    let mut delta = |s: f32| {
-        [
-            s * rng.normal(),
-            s * rng.normal(),
-            s * rng.normal(),
-            s * rng.normal(),
-        ]
-    };
+    let mut delta = |s: f32| [s * rng.normal(), s * rng.normal(), s * rng.normal(), s * rng.normal()];
     let pred = (0..n).map(|_| delta(0.5)).collect();
     let targets = (0..n).map(|_| delta(0.3)).collect();
     let labels = (0..n)
@@ -169,13 +156,7 @@ fn gpu_matches_cpu() {
             g.loss
         );
         let flat = |v: &[[f32; 4]]| v.iter().flatten().copied().collect::<Vec<f32>>();
-        assert_close(
-            &format!("{loss:?}"),
-            &flat(&g.grad),
-            &flat(&c.grad),
-            1e-4,
-            1e-6,
-        );
+        assert_close(&format!("{loss:?}"), &flat(&g.grad), &flat(&c.grad), 1e-4, 1e-6);
     }
 }
 
@@ -188,18 +169,14 @@ fn bad_input_is_a_clear_error() {
         labels: &p.labels,
         anchors: &p.anchors,
     };
-    let err = BoxLoss::smooth_l1(-1.0)
-        .compute(&Backend::Cpu, &input)
-        .unwrap_err();
+    let err = BoxLoss::smooth_l1(-1.0).compute(&Backend::Cpu, &input).unwrap_err();
     assert!(matches!(err, Error::InvalidParameter(_)), "{err}");
     let short = BoxLossInput {
         labels: &p.labels[1..],
         ..input
     };
     assert!(matches!(
-        BoxLoss::default()
-            .compute(&Backend::Cpu, &short)
-            .unwrap_err(),
+        BoxLoss::default().compute(&Backend::Cpu, &short).unwrap_err(),
         Error::ShapeMismatch { .. }
     ));
     let odd = BoxLossInput {

@@ -15,10 +15,7 @@ fn backends() -> Vec<Backend> {
 }
 
 fn boxes(v: &serde_json::Value) -> Vec<[f32; 4]> {
-    flat_f32(v)
-        .chunks(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect()
+    flat_f32(v).chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
 fn flatten(b: &[[f32; 4]]) -> Vec<f32> {
@@ -37,17 +34,9 @@ fn iou_encode_decode_match_torchvision_on_both_backends() {
     for backend in backends() {
         let what = backend.kind();
         let iou = box_iou(&backend, &a, &b).unwrap();
-        assert_close(
-            &format!("{what} iou"),
-            &iou,
-            &flat_f32(&file["iou"]),
-            1e-5,
-            1e-6,
-        );
+        assert_close(&format!("{what} iou"), &iou, &flat_f32(&file["iou"]), 1e-5, 1e-6);
         let anchors = boxes(&file["anchors"]);
-        let encoded = coder
-            .encode(&backend, &boxes(&file["gt"]), &anchors)
-            .unwrap();
+        let encoded = coder.encode(&backend, &boxes(&file["gt"]), &anchors).unwrap();
         assert_close(
             &format!("{what} encode"),
             &flatten(&encoded),
@@ -55,9 +44,7 @@ fn iou_encode_decode_match_torchvision_on_both_backends() {
             1e-5,
             1e-5,
         );
-        let decoded = coder
-            .decode(&backend, &boxes(&file["deltas"]), &anchors)
-            .unwrap();
+        let decoded = coder.decode(&backend, &boxes(&file["deltas"]), &anchors).unwrap();
         assert_close(
             &format!("{what} decode"),
             &flatten(&decoded),
@@ -97,8 +84,7 @@ fn gpu_matches_cpu_and_zero_area_boxes_have_iou_zero() {
     assert!(cpu.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
     for (i, ai) in a.iter().enumerate() {
         for (j, bj) in b.iter().enumerate() {
-            let zero_area = (ai[2] - ai[0]) * (ai[3] - ai[1]) == 0.0
-                || (bj[2] - bj[0]) * (bj[3] - bj[1]) == 0.0;
+            let zero_area = (ai[2] - ai[0]) * (ai[3] - ai[1]) == 0.0 || (bj[2] - bj[0]) * (bj[3] - bj[1]) == 0.0;
             if zero_area {
                 assert_eq!(cpu[i * b.len() + j], 0.0, "{ai:?} vs {bj:?}");
             }
@@ -116,21 +102,11 @@ fn gpu_matches_cpu_and_zero_area_boxes_have_iou_zero() {
         ..BoxCoder::default()
     };
     let c = coder.encode(&Backend::Cpu, &targets, &anchors).unwrap();
-    let g = coder
-        .encode(&Backend::Gpu(ctx.clone()), &targets, &anchors)
-        .unwrap();
+    let g = coder.encode(&Backend::Gpu(ctx.clone()), &targets, &anchors).unwrap();
     assert_close("encode", &flatten(&g), &flatten(&c), 1e-5, 1e-5);
     // Decoding the encoding gives the boxes back.
-    let back = coder
-        .decode(&Backend::Gpu(ctx.clone()), &g, &anchors)
-        .unwrap();
-    assert_close(
-        "round trip",
-        &flatten(&back),
-        &flatten(&targets),
-        1e-5,
-        1e-2,
-    );
+    let back = coder.decode(&Backend::Gpu(ctx.clone()), &g, &anchors).unwrap();
+    assert_close("round trip", &flatten(&back), &flatten(&targets), 1e-5, 1e-2);
     let wild: Vec<[f32; 4]> = (0..5000)
         .map(|_| {
             [
@@ -168,13 +144,9 @@ fn bad_boxes_are_clear_errors() {
             assert!(err.to_string().contains("box 0"), "{err}");
         }
         let coder = BoxCoder::default();
-        let err = coder
-            .encode(&backend, &[[0.0, 0.0, 0.0, 5.0]], &ok)
-            .unwrap_err();
+        let err = coder.encode(&backend, &[[0.0, 0.0, 0.0, 5.0]], &ok).unwrap_err();
         assert!(err.to_string().contains("positive width"), "{err}");
-        let err = coder
-            .decode(&backend, &[[0.0; 4], [0.0; 4]], &ok)
-            .unwrap_err();
+        let err = coder.decode(&backend, &[[0.0; 4], [0.0; 4]], &ok).unwrap_err();
         assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
         let err = BoxCoder {
             weights: [1.0, 0.0, 1.0, 1.0],
@@ -185,9 +157,7 @@ fn bad_boxes_are_clear_errors() {
         assert!(err.to_string().contains("weights"), "{err}");
         assert_eq!(box_iou(&backend, &[], &ok).unwrap(), Vec::<f32>::new());
         // NaN deltas decode to NaN boxes, not an error.
-        let nan = coder
-            .decode(&backend, &[[f32::NAN, 0.0, 0.0, 0.0]], &ok)
-            .unwrap();
+        let nan = coder.decode(&backend, &[[f32::NAN, 0.0, 0.0, 0.0]], &ok).unwrap();
         assert!(nan[0][0].is_nan());
     }
 }

@@ -13,11 +13,7 @@ fn retina(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bench_focal_json_rows_are_complete_and_consistent() {
-    let backend = if common::gpu().is_some() {
-        "both"
-    } else {
-        "cpu"
-    };
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
     let out = retina(&[
         "bench",
         "focal",
@@ -31,26 +27,13 @@ fn bench_focal_json_rows_are_complete_and_consistent() {
         "--backend",
         backend,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
     let rows = rows.as_array().unwrap();
     let expected = if backend == "both" { 6 } else { 2 };
     assert_eq!(rows.len(), expected, "{rows:?}");
     for row in rows {
-        for key in [
-            "op",
-            "backend",
-            "adapter",
-            "size",
-            "seconds",
-            "throughput",
-            "unit",
-        ] {
+        for key in ["op", "backend", "adapter", "size", "seconds", "throughput", "unit"] {
             assert!(row.get(key).is_some(), "row lacks {key}: {row}");
         }
         let size = row["size"].as_f64().unwrap();
@@ -58,21 +41,14 @@ fn bench_focal_json_rows_are_complete_and_consistent() {
         assert!([8000.0, 16000.0].contains(&size), "{row}");
         assert!(seconds > 0.0);
         let throughput = row["throughput"].as_f64().unwrap();
-        assert!(
-            (throughput - size / seconds).abs() <= 1e-6 * throughput,
-            "{row}"
-        );
+        assert!((throughput - size / seconds).abs() <= 1e-6 * throughput, "{row}");
         assert!(["gpu", "cpu"].contains(&row["backend"].as_str().unwrap()));
     }
 }
 
 #[test]
 fn bench_match_json_has_a_row_per_box_count_and_backend() {
-    let backend = if common::gpu().is_some() {
-        "both"
-    } else {
-        "cpu"
-    };
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
     let out = retina(&[
         "bench",
         "match",
@@ -88,13 +64,8 @@ fn bench_match_json_has_a_row_per_box_count_and_backend() {
         "--backend",
         backend,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), if backend == "both" { 6 } else { 2 });
     let anchors = retina_wgpu::AnchorConfig::retinanet().num_anchors(128, 128) as f64;
@@ -106,22 +77,50 @@ fn bench_match_json_has_a_row_per_box_count_and_backend() {
 }
 
 #[test]
+fn bench_nms_json_covers_plain_batched_and_postprocessing() {
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
+    let args = [
+        "bench",
+        "nms",
+        "--sizes",
+        "100,300",
+        "--classes",
+        "4",
+        "--batch",
+        "2",
+        "--image",
+        "128",
+        "--iters",
+        "1",
+    ];
+    let out = retina(&[&args[..], &["--json", "--backend", backend]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    let per_backend = 2 * 2 + 1;
+    assert_eq!(
+        rows.len(),
+        per_backend * if backend == "both" { 2 } else { 1 },
+        "{rows:?}"
+    );
+    let ops: Vec<&str> = rows.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert!(
+        ops.contains(&"nms") && ops.contains(&"batched_nms[4 classes]"),
+        "{ops:?}"
+    );
+    assert!(ops.iter().any(|op| op.starts_with("postprocess[2 x")), "{ops:?}");
+}
+
+#[test]
 fn info_names_the_chosen_adapter() {
     if common::gpu().is_none() {
         return;
     }
     let out = retina(&["info"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let ctx = common::gpu().unwrap();
-    assert!(
-        text.contains(&format!("Chosen: {}", ctx.adapter_info().name)),
-        "{text}"
-    );
+    assert!(text.contains(&format!("Chosen: {}", ctx.adapter_info().name)), "{text}");
     assert!(text.contains("max_storage_buffer_binding_size"), "{text}");
 }
 

@@ -4,9 +4,7 @@
 mod common;
 
 use common::{Rng, gpu};
-use retina_wgpu::{
-    AnchorConfig, Backend, BoxCoder, Detection, DetectionInput, Error, Nms, NmsKind, PostProcess,
-};
+use retina_wgpu::{AnchorConfig, Backend, BoxCoder, Detection, DetectionInput, Error, Nms, NmsKind, PostProcess};
 
 struct Batch {
     logits: Vec<f32>,
@@ -94,11 +92,7 @@ fn reference(pp: &PostProcess, b: &Batch) -> Vec<Vec<Detection>> {
                 for (score, i) in scored {
                     let anchor = i / b.k;
                     let d = coder
-                        .decode(
-                            &Backend::Cpu,
-                            &[b.deltas[image * a + anchor]],
-                            &[b.anchors[anchor]],
-                        )
+                        .decode(&Backend::Cpu, &[b.deltas[image * a + anchor]], &[b.anchors[anchor]])
                         .unwrap()[0];
                     let s = b.size as f32;
                     let clipped = [
@@ -141,9 +135,7 @@ fn assert_same_detections(what: &str, got: &[Vec<Detection>], want: &[Vec<Detect
         for (d, (x, y)) in g.iter().zip(w).enumerate() {
             let close = |p: f32, q: f32| (p - q).abs() <= 1e-4 * q.abs().max(1.0);
             assert!(
-                x.class == y.class
-                    && close(x.score, y.score)
-                    && x.bbox.iter().zip(&y.bbox).all(|(&p, &q)| close(p, q)),
+                x.class == y.class && close(x.score, y.score) && x.bbox.iter().zip(&y.bbox).all(|(&p, &q)| close(p, q)),
                 "{what}: image {image} detection {d}: {x:?} vs {y:?}"
             );
         }
@@ -187,9 +179,7 @@ fn gpu_matches_cpu_for_every_nms_kind() {
         NmsKind::Fast,
         NmsKind::SoftLinear,
         NmsKind::SoftGaussian { sigma: 0.5 },
-        NmsKind::Matrix {
-            gaussian_sigma: None,
-        },
+        NmsKind::Matrix { gaussian_sigma: None },
         NmsKind::Matrix {
             gaussian_sigma: Some(2.0),
         },
@@ -252,10 +242,7 @@ fn edge_cases_and_bad_input() {
             },
         ] {
             assert!(
-                matches!(
-                    pp.run(backend, &b.input()).unwrap_err(),
-                    Error::InvalidParameter(_)
-                ),
+                matches!(pp.run(backend, &b.input()).unwrap_err(), Error::InvalidParameter(_)),
                 "{pp:?}"
             );
         }
@@ -278,9 +265,7 @@ fn edge_cases_and_bad_input() {
         ));
     }
     // NaN logits are never detections; the rest is unaffected.
-    let clean = PostProcess::default()
-        .run(&Backend::Cpu, &b.input())
-        .unwrap();
+    let clean = PostProcess::default().run(&Backend::Cpu, &b.input()).unwrap();
     let a = b.anchors.len();
     for i in (0..2 * a * 4).step_by(7) {
         if b.logits[i] < -3.0 {

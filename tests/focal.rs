@@ -34,10 +34,7 @@ fn matches_torchvision_vectors_on_both_backends() {
             let what = format!("{} case {i}", backend.kind());
             let input = FocalInput::dense(&logits[..], &targets, 1);
 
-            let none = loss
-                .with_reduction(Reduction::None)
-                .compute(&backend, &input)
-                .unwrap();
+            let none = loss.with_reduction(Reduction::None).compute(&backend, &input).unwrap();
             assert_close(
                 &format!("{what} loss"),
                 none.elementwise.as_ref().unwrap(),
@@ -53,10 +50,7 @@ fn matches_torchvision_vectors_on_both_backends() {
                 1e-6,
             );
 
-            let sum = loss
-                .with_reduction(Reduction::Sum)
-                .compute(&backend, &input)
-                .unwrap();
+            let sum = loss.with_reduction(Reduction::Sum).compute(&backend, &input).unwrap();
             let want_sum = case["loss_sum"].as_f64().unwrap();
             assert!(
                 ((sum.loss as f64) - want_sum).abs() <= 1e-5 * want_sum,
@@ -64,10 +58,7 @@ fn matches_torchvision_vectors_on_both_backends() {
                 sum.loss
             );
 
-            let mean = loss
-                .with_reduction(Reduction::Mean)
-                .compute(&backend, &input)
-                .unwrap();
+            let mean = loss.with_reduction(Reduction::Mean).compute(&backend, &input).unwrap();
             let want_mean = case["loss_mean"].as_f64().unwrap();
             assert!(
                 ((mean.loss as f64) - want_mean).abs() <= 1e-5 * want_mean,
@@ -86,10 +77,7 @@ fn matches_torchvision_vectors_on_both_backends() {
 
             // The label form gives the same numbers when targets are hard (rows of one class).
             if targets.iter().all(|&t| t == 0.0 || t == 1.0) {
-                let labels: Vec<i32> = targets
-                    .iter()
-                    .map(|&t| if t == 1.0 { 0 } else { -1 })
-                    .collect();
+                let labels: Vec<i32> = targets.iter().map(|&t| if t == 1.0 { 0 } else { -1 }).collect();
                 let by_label = loss
                     .with_reduction(Reduction::None)
                     .compute(&backend, &FocalInput::labels(&logits[..], &labels, 1))
@@ -156,13 +144,7 @@ fn gradient_matches_f64_finite_differences_on_the_cpu() {
     let n = 600;
     let logits: Vec<f32> = (0..n).map(|_| rng.range(-12.0, 12.0)).collect();
     let soft: Vec<f32> = (0..n)
-        .map(|i| {
-            if i % 3 == 0 {
-                rng.uniform()
-            } else {
-                (i % 2) as f32
-            }
-        })
+        .map(|i| if i % 3 == 0 { rng.uniform() } else { (i % 2) as f32 })
         .collect();
     for gamma in [0.0f32, 0.3, 0.5, 1.0, 2.0, 4.5] {
         for alpha in [None, Some(0.25f32)] {
@@ -199,13 +181,7 @@ fn focal_star_matches_the_paper_and_its_finite_differences() {
     let n = 400;
     let logits: Vec<f32> = (0..n).map(|_| rng.range(-8.0, 8.0)).collect();
     let targets: Vec<f32> = (0..n)
-        .map(|i| {
-            if i % 4 == 0 {
-                rng.uniform()
-            } else {
-                (i % 2) as f32
-            }
-        })
+        .map(|i| if i % 4 == 0 { rng.uniform() } else { (i % 2) as f32 })
         .collect();
     for backend in backends() {
         for (gamma, beta) in [(4.0f32, 0.0f32), (2.0, 1.0), (0.5, -1.0)] {
@@ -270,12 +246,7 @@ fn finite_everywhere_up_to_1e4_for_every_gamma() {
                         values[i],
                         grad[i]
                     );
-                    let want = ref_focal(
-                        f64::from(logits[i]),
-                        f64::from(t),
-                        Some(0.25),
-                        f64::from(gamma),
-                    );
+                    let want = ref_focal(f64::from(logits[i]), f64::from(t), Some(0.25), f64::from(gamma));
                     assert!(
                         (f64::from(values[i]) - want).abs() <= 1e-5 * want.abs() + 1e-6,
                         "{what}: {} vs {want}",
@@ -418,14 +389,7 @@ fn gpu_matches_cpu_on_random_inputs() {
     let Some(ctx) = gpu() else { return };
     let gpu = Backend::Gpu(ctx);
     let mut rng = Rng::new(3);
-    for (rows, k) in [
-        (1, 1),
-        (7, 3),
-        (1000, 80),
-        (4097, 91),
-        (20_000, 20),
-        (3, 1000),
-    ] {
+    for (rows, k) in [(1, 1), (7, 3), (1000, 80), (4097, 91), (20_000, 20), (3, 1000)] {
         let (logits, labels) = random_problem(&mut rng, rows, k);
         let dense = dense_from_labels(&labels, k);
         let soft: Vec<f32> = (0..rows * k).map(|_| rng.uniform()).collect();
@@ -467,10 +431,7 @@ fn labels_and_dense_one_hot_targets_agree() {
     let mut rng = Rng::new(5);
     let (logits, labels) = random_problem(&mut rng, 500, 13);
     // Ignored rows have no dense equivalent: make them background for this comparison.
-    let labels: Vec<i32> = labels
-        .iter()
-        .map(|&l| if l == -2 { -1 } else { l })
-        .collect();
+    let labels: Vec<i32> = labels.iter().map(|&l| if l == -2 { -1 } else { l }).collect();
     let dense = dense_from_labels(&labels, 13);
     for backend in backends() {
         let loss = FocalLoss::retinanet();
@@ -482,13 +443,7 @@ fn labels_and_dense_one_hot_targets_agree() {
             .unwrap();
         assert_eq!(a.normaliser, b.normaliser);
         assert_close("loss", &[a.loss], &[b.loss], 1e-6, 0.0);
-        assert_close(
-            "grad",
-            a.grad.as_ref().unwrap(),
-            b.grad.as_ref().unwrap(),
-            1e-6,
-            0.0,
-        );
+        assert_close("grad", a.grad.as_ref().unwrap(), b.grad.as_ref().unwrap(), 1e-6, 0.0);
     }
 }
 
@@ -505,14 +460,10 @@ fn subgroup_and_workgroup_reductions_agree() {
     let mut rng = Rng::new(9);
     let (logits, labels) = random_problem(&mut rng, 30_000, 33);
     let input = FocalInput::labels(&logits[..], &labels, 33);
-    let cpu = FocalLoss::retinanet()
-        .compute(&Backend::Cpu, &input)
-        .unwrap();
+    let cpu = FocalLoss::retinanet().compute(&Backend::Cpu, &input).unwrap();
     for ctx in [plain, with] {
         let subgroups = ctx.uses_subgroups();
-        let out = FocalLoss::retinanet()
-            .compute(&Backend::Gpu(ctx), &input)
-            .unwrap();
+        let out = FocalLoss::retinanet().compute(&Backend::Gpu(ctx), &input).unwrap();
         assert_outputs_agree(&format!("subgroups {subgroups}"), &out, &cpu);
     }
 }
@@ -534,14 +485,8 @@ fn recorded_on_device_buffers_with_device_side_normalisers() {
     for (loss, external) in [
         (FocalLoss::retinanet(), None),
         (FocalLoss::retinanet(), Some((&external, 1))),
-        (
-            FocalLoss::new(Some(0.25), 2.0).with_reduction(Reduction::Mean),
-            None,
-        ),
-        (
-            FocalLoss::new(Some(0.25), 2.0).with_reduction(Reduction::Sum),
-            None,
-        ),
+        (FocalLoss::new(Some(0.25), 2.0).with_reduction(Reduction::Mean), None),
+        (FocalLoss::new(Some(0.25), 2.0).with_reduction(Reduction::Sum), None),
     ] {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         let buffers = FocalBuffers {
@@ -553,8 +498,7 @@ fn recorded_on_device_buffers_with_device_side_normalisers() {
             elementwise: None,
             positives: external,
         };
-        ctx.record_focal_loss(&mut encoder, &loss, &buffers)
-            .unwrap();
+        ctx.record_focal_loss(&mut encoder, &loss, &buffers).unwrap();
         ctx.queue().submit([encoder.finish()]);
         let out = ctx.download(&loss_buf).unwrap();
         let grad = ctx.download(&grad_buf).unwrap();
@@ -567,10 +511,7 @@ fn recorded_on_device_buffers_with_device_side_normalisers() {
             out[0],
             cpu.loss
         );
-        assert!(
-            (f64::from(out[1]) - cpu.sum).abs() <= 1e-5 * cpu.sum,
-            "{what}: sum"
-        );
+        assert!((f64::from(out[1]) - cpu.sum).abs() <= 1e-5 * cpu.sum, "{what}: sum");
         assert_close(&what, &grad, cpu.grad.as_ref().unwrap(), 1e-5, 1e-7);
     }
 
@@ -635,17 +576,11 @@ fn bad_parameters_and_shapes_are_clear_errors() {
         ];
         for input in shape_errors {
             let err = loss.compute(&backend, &input).unwrap_err();
-            assert!(
-                matches!(err, Error::ShapeMismatch { .. }),
-                "{input:?}: {err}"
-            );
+            assert!(matches!(err, Error::ShapeMismatch { .. }), "{input:?}: {err}");
         }
         for (input, word) in [
             (FocalInput::labels(&logits[..], &[3, -1], 3), "label 0 is 3"),
-            (
-                FocalInput::labels(&logits[..], &[0, -3], 3),
-                "label 1 is -3",
-            ),
+            (FocalInput::labels(&logits[..], &[0, -3], 3), "label 1 is -3"),
             (
                 FocalInput::dense(&logits[..], &[0.0, 0.0, 1.5, 0.0, 0.0, 0.0], 3),
                 "dense target 2",

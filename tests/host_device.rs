@@ -36,14 +36,11 @@ fn records_into_a_host_encoder_on_a_host_device() {
             mapped_at_creation: false,
         })
     };
-    let logits_buf =
-        GpuBuffer::<f32>::from_raw(host_buffer(logits.len() as u64 * 4), logits.len()).unwrap();
-    let labels_buf =
-        GpuBuffer::<i32>::from_raw(host_buffer(labels.len() as u64 * 4), labels.len()).unwrap();
+    let logits_buf = GpuBuffer::<f32>::from_raw(host_buffer(logits.len() as u64 * 4), logits.len()).unwrap();
+    let labels_buf = GpuBuffer::<i32>::from_raw(host_buffer(labels.len() as u64 * 4), labels.len()).unwrap();
     queue.write_buffer(logits_buf.buffer(), 0, bytemuck::cast_slice(&logits));
     queue.write_buffer(labels_buf.buffer(), 0, bytemuck::cast_slice(&labels));
-    let grad =
-        GpuBuffer::<f32>::from_raw(host_buffer(logits.len() as u64 * 4), logits.len()).unwrap();
+    let grad = GpuBuffer::<f32>::from_raw(host_buffer(logits.len() as u64 * 4), logits.len()).unwrap();
     let loss_out = GpuBuffer::<f32>::from_raw(host_buffer(16), 3).unwrap();
 
     let mut encoder = device.create_command_encoder(&Default::default());
@@ -97,11 +94,7 @@ fn a_missing_adapter_says_how_to_get_one() {
     .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, retina_wgpu::Error::NoAdapter(_)), "{text}");
-    for hint in [
-        "no-such-adapter-anywhere",
-        "mesa-vulkan-drivers",
-        "CPU backend",
-    ] {
+    for hint in ["no-such-adapter-anywhere", "mesa-vulkan-drivers", "CPU backend"] {
         assert!(text.contains(hint), "{text}");
     }
 }

@@ -18,9 +18,7 @@ fn capped(caps: LimitCaps) -> Option<retina_wgpu::GpuContext> {
 fn problem(rows: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
     let mut rng = Rng::new(seed);
     let logits = (0..rows * k).map(|_| 2.0 * rng.normal()).collect();
-    let labels = (0..rows)
-        .map(|_| rng.below(k as u64 + 2) as i32 - 2)
-        .collect();
+    let labels = (0..rows).map(|_| rng.below(k as u64 + 2) as i32 - 2).collect();
     (logits, labels)
 }
 
@@ -35,11 +33,7 @@ fn caps_are_applied_to_the_context() {
     };
     let l = ctx.limits();
     assert_eq!(
-        (
-            l.max_storage_binding,
-            l.max_workgroups_per_dim,
-            l.max_buffer_size
-        ),
+        (l.max_storage_binding, l.max_workgroups_per_dim, l.max_buffer_size),
         (16 * 1024, 3, 256 * 1024)
     );
     // A buffer over the cap is refused with the limit named, not a wgpu panic.
@@ -128,8 +122,7 @@ fn device_side_counting_and_reduction_are_chunked_too() {
             elementwise: None,
             positives: None,
         };
-        ctx.record_focal_loss(&mut encoder, &loss, &buffers)
-            .unwrap();
+        ctx.record_focal_loss(&mut encoder, &loss, &buffers).unwrap();
         ctx.queue().submit([encoder.finish()]);
         let out = ctx.download(&loss_buf).unwrap();
         let cpu = loss

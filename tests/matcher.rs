@@ -5,15 +5,11 @@ mod common;
 
 use common::{Rng, assert_close, flat_f32, golden, gpu, gpu_with, i32s};
 use retina_wgpu::{
-    AnchorConfig, AssignedTargets, Backend, Error, GpuOptions, GroundTruth, LimitCaps, Matcher,
-    TargetAssigner,
+    AnchorConfig, AssignedTargets, Backend, Error, GpuOptions, GroundTruth, LimitCaps, Matcher, TargetAssigner,
 };
 
 fn boxes(v: &serde_json::Value) -> Vec<[f32; 4]> {
-    flat_f32(v)
-        .chunks(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect()
+    flat_f32(v).chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
 fn backends() -> Vec<Backend> {
@@ -50,9 +46,7 @@ fn matches_torchvision_matcher_exactly_on_both_backends() {
                 )
                 .unwrap();
             let want = i32s(&case["matches"]);
-            let differ: Vec<usize> = (0..want.len())
-                .filter(|&k| out.matches[k] != want[k])
-                .collect();
+            let differ: Vec<usize> = (0..want.len()).filter(|&k| out.matches[k] != want[k]).collect();
             assert!(
                 differ.is_empty(),
                 "{} case {i}: {} labels differ, first at {:?}",
@@ -93,9 +87,7 @@ fn hard_batch(rng: &mut Rng, size: f32) -> Vec<(Vec<[f32; 4]>, Vec<i32>)> {
 }
 
 fn assert_targets_agree(what: &str, g: &AssignedTargets, c: &AssignedTargets) {
-    let differ: Vec<usize> = (0..c.matches.len())
-        .filter(|&k| g.matches[k] != c.matches[k])
-        .collect();
+    let differ: Vec<usize> = (0..c.matches.len()).filter(|&k| g.matches[k] != c.matches[k]).collect();
     assert!(
         differ.is_empty(),
         "{what}: {} matches differ, first at {:?}",
@@ -104,20 +96,8 @@ fn assert_targets_agree(what: &str, g: &AssignedTargets, c: &AssignedTargets) {
     );
     assert_eq!(g.labels, c.labels, "{what}: labels");
     assert_eq!(g.positives, c.positives, "{what}: positives");
-    let flat = |t: &AssignedTargets| {
-        t.box_targets
-            .iter()
-            .flatten()
-            .copied()
-            .collect::<Vec<f32>>()
-    };
-    assert_close(
-        &format!("{what} box targets"),
-        &flat(g),
-        &flat(c),
-        1e-5,
-        1e-5,
-    );
+    let flat = |t: &AssignedTargets| t.box_targets.iter().flatten().copied().collect::<Vec<f32>>();
+    assert_close(&format!("{what} box targets"), &flat(g), &flat(c), 1e-5, 1e-5);
 }
 
 #[test]
@@ -125,16 +105,11 @@ fn gpu_matches_cpu_on_batches_with_hard_cases() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(31);
     let size = 320;
-    let anchors = AnchorConfig::retinanet()
-        .generate(&Backend::Cpu, size, size)
-        .unwrap();
+    let anchors = AnchorConfig::retinanet().generate(&Backend::Cpu, size, size).unwrap();
     let batch = hard_batch(&mut rng, size as f32);
     let images: Vec<GroundTruth> = batch
         .iter()
-        .map(|(b, c)| GroundTruth {
-            boxes: b,
-            classes: c,
-        })
+        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
         .collect();
     for allow in [true, false] {
         let assigner = TargetAssigner {
@@ -145,9 +120,7 @@ fn gpu_matches_cpu_on_batches_with_hard_cases() {
             ..TargetAssigner::new(7)
         };
         let c = assigner.assign(&Backend::Cpu, &anchors, &images).unwrap();
-        let g = assigner
-            .assign(&Backend::Gpu(ctx.clone()), &anchors, &images)
-            .unwrap();
+        let g = assigner.assign(&Backend::Gpu(ctx.clone()), &anchors, &images).unwrap();
         assert_targets_agree(&format!("low quality {allow}"), &g, &c);
 
         let a = anchors.len();
@@ -184,14 +157,8 @@ fn gpu_matches_cpu_on_batches_with_hard_cases() {
                 .collect();
             let best = ious.iter().copied().fold(0.0f32, f32::max);
             let tied: Vec<usize> = (0..a).filter(|&k| ious[k] == best).collect();
-            assert!(
-                tied.len() > 1,
-                "the test box should tie between several anchors"
-            );
-            assert!(
-                tied.iter().all(|&k| third[k] >= 0),
-                "every tied anchor is a positive"
-            );
+            assert!(tied.len() > 1, "the test box should tie between several anchors");
+            assert!(tied.iter().all(|&k| third[k] >= 0), "every tied anchor is a positive");
         }
     }
 }
@@ -211,16 +178,11 @@ fn chunked_dispatch_under_small_limits_gives_the_same_targets() {
     };
     let mut rng = Rng::new(8);
     let size = 256; // 12276 anchors: 196 KB of targets per image, so images split into anchor ranges
-    let anchors = AnchorConfig::retinanet()
-        .generate(&Backend::Cpu, size, size)
-        .unwrap();
+    let anchors = AnchorConfig::retinanet().generate(&Backend::Cpu, size, size).unwrap();
     let batch = hard_batch(&mut rng, size as f32);
     let images: Vec<GroundTruth> = batch
         .iter()
-        .map(|(b, c)| GroundTruth {
-            boxes: b,
-            classes: c,
-        })
+        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
         .collect();
     let assigner = TargetAssigner::new(7);
     let c = assigner.assign(&Backend::Cpu, &anchors, &images).unwrap();
@@ -229,21 +191,15 @@ fn chunked_dispatch_under_small_limits_gives_the_same_targets() {
         .unwrap();
     assert_targets_agree("anchor-range chunks", &g, &c);
     // Small images: several whole images per chunk, at unaligned offsets.
-    let anchors = AnchorConfig::small()
-        .generate(&Backend::Cpu, 64, 64)
-        .unwrap();
+    let anchors = AnchorConfig::small().generate(&Backend::Cpu, 64, 64).unwrap();
     let c = assigner.assign(&Backend::Cpu, &anchors, &images).unwrap();
-    let g = assigner
-        .assign(&Backend::Gpu(small), &anchors, &images)
-        .unwrap();
+    let g = assigner.assign(&Backend::Gpu(small), &anchors, &images).unwrap();
     assert_targets_agree("image chunks", &g, &c);
 }
 
 #[test]
 fn bad_ground_truth_and_thresholds_are_clear_errors() {
-    let anchors = AnchorConfig::small()
-        .generate(&Backend::Cpu, 64, 64)
-        .unwrap();
+    let anchors = AnchorConfig::small().generate(&Backend::Cpu, 64, 64).unwrap();
     let good = [[0.0f32, 0.0, 10.0, 10.0]];
     for backend in backends() {
         let assigner = TargetAssigner::new(3);
@@ -281,19 +237,12 @@ fn bad_ground_truth_and_thresholds_are_clear_errors() {
             };
             let err = bad.assign(&backend, &anchors, &[]).unwrap_err();
             assert!(
-                matches!(err, Error::InvalidParameter(_))
-                    && err.to_string().contains("0 <= low <= high <= 1"),
+                matches!(err, Error::InvalidParameter(_)) && err.to_string().contains("0 <= low <= high <= 1"),
                 "{err}"
             );
         }
         // An empty batch and an image without boxes are fine.
-        assert!(
-            assigner
-                .assign(&backend, &anchors, &[])
-                .unwrap()
-                .matches
-                .is_empty()
-        );
+        assert!(assigner.assign(&backend, &anchors, &[]).unwrap().matches.is_empty());
         let out = assigner
             .assign(
                 &backend,

@@ -4,9 +4,7 @@
 mod common;
 
 use common::{Rng, flat_f32, golden, gpu, gpu_with, i32s};
-use retina_wgpu::{
-    Backend, Error, GpuOptions, LimitCaps, Nms, NmsKind, NmsOutput, batched_nms, nms,
-};
+use retina_wgpu::{Backend, Error, GpuOptions, LimitCaps, Nms, NmsKind, NmsOutput, batched_nms, nms};
 
 fn backends() -> Vec<Backend> {
     let mut out = vec![Backend::Cpu];
@@ -17,10 +15,7 @@ fn backends() -> Vec<Backend> {
 }
 
 fn boxes(v: &serde_json::Value) -> Vec<[f32; 4]> {
-    flat_f32(v)
-        .chunks(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect()
+    flat_f32(v).chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
 fn u32s(v: &serde_json::Value) -> Vec<u32> {
@@ -76,10 +71,8 @@ fn kinds() -> [Nms; 6] {
         base.with_kind(NmsKind::SoftLinear)
             .with_score_threshold(0.05)
             .with_max_output(300),
-        base.with_kind(NmsKind::Matrix {
-            gaussian_sigma: None,
-        })
-        .with_score_threshold(0.05),
+        base.with_kind(NmsKind::Matrix { gaussian_sigma: None })
+            .with_score_threshold(0.05),
         base.with_kind(NmsKind::Matrix {
             gaussian_sigma: Some(2.0),
         })
@@ -97,10 +90,7 @@ fn assert_same(what: &str, g: &NmsOutput, c: &NmsOutput) {
         c.keep.len()
     );
     for (a, b) in g.scores.iter().zip(&c.scores) {
-        assert!(
-            (a - b).abs() <= 1e-5 * b.abs() + 1e-7,
-            "{what}: score {a} vs {b}"
-        );
+        assert!((a - b).abs() <= 1e-5 * b.abs() + 1e-7, "{what}: score {a} vs {b}");
     }
 }
 
@@ -135,9 +125,7 @@ fn greedy_nms_up_to_100k_boxes_matches_the_cpu() {
         let s: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
         let c: Vec<i32> = (0..n).map(|_| rng.below(80) as i32).collect();
         let classes = with_classes.then_some(&c[..]);
-        let g = Nms::hard(0.5)
-            .run(&Backend::Gpu(ctx.clone()), &b, &s, classes)
-            .unwrap();
+        let g = Nms::hard(0.5).run(&Backend::Gpu(ctx.clone()), &b, &s, classes).unwrap();
         let cpu = Nms::hard(0.5).run(&Backend::Cpu, &b, &s, classes).unwrap();
         assert_same(&format!("{n} boxes, classes {with_classes}"), &g, &cpu);
     }
@@ -161,9 +149,7 @@ fn row_passes_under_a_small_binding_give_the_same_keep_list() {
     let b = random_boxes(&mut rng, 5000);
     let s: Vec<f32> = (0..5000).map(|_| rng.uniform()).collect();
     for kind in [Nms::hard(0.5), Nms::hard(0.3).with_max_output(700)] {
-        let g = kind
-            .run(&Backend::Gpu(small.clone()), &b, &s, None)
-            .unwrap();
+        let g = kind.run(&Backend::Gpu(small.clone()), &b, &s, None).unwrap();
         let c = kind.run(&Backend::Cpu, &b, &s, None).unwrap();
         assert_same("row passes", &g, &c);
     }
@@ -179,11 +165,7 @@ fn edge_cases_on_both_backends() {
         // All boxes identical: only the best survives; equal scores keep the lowest index.
         let same = vec![square; 50];
         let scores: Vec<f32> = (0..50).map(|i| if i == 17 { 0.9 } else { 0.5 }).collect();
-        assert_eq!(
-            nms(&backend, &same, &scores, 0.5).unwrap(),
-            vec![17],
-            "{what}"
-        );
+        assert_eq!(nms(&backend, &same, &scores, 0.5).unwrap(), vec![17], "{what}");
         assert_eq!(
             nms(&backend, &same, &[0.5; 50], 0.5).unwrap(),
             vec![0],
@@ -195,35 +177,21 @@ fn edge_cases_on_both_backends() {
             (0..50).collect::<Vec<u32>>(),
             "{what}"
         );
-        let touching = [
-            [0.0, 0.0, 10.0, 10.0],
-            [9.0, 9.0, 20.0, 20.0],
-            [10.0, 0.0, 20.0, 9.0],
-        ];
+        let touching = [[0.0, 0.0, 10.0, 10.0], [9.0, 9.0, 20.0, 20.0], [10.0, 0.0, 20.0, 9.0]];
         assert_eq!(
             nms(&backend, &touching, &[0.9, 0.8, 0.7], 0.0).unwrap(),
             vec![0, 2],
             "{what}: threshold 0"
         );
         // Zero-area boxes have IoU 0: never suppressed, suppress nothing.
-        let points = [
-            [5.0, 5.0, 5.0, 5.0],
-            [5.0, 5.0, 5.0, 5.0],
-            [0.0, 0.0, 10.0, 10.0],
-        ];
+        let points = [[5.0, 5.0, 5.0, 5.0], [5.0, 5.0, 5.0, 5.0], [0.0, 0.0, 10.0, 10.0]];
         assert_eq!(
             nms(&backend, &points, &[0.9, 0.8, 0.7], 0.1).unwrap(),
             vec![0, 1, 2],
             "{what}: zero area"
         );
         // NaN scores are never kept.
-        let nan = nms(
-            &backend,
-            &[square, [100.0, 100.0, 120.0, 120.0]],
-            &[f32::NAN, 0.3],
-            0.5,
-        )
-        .unwrap();
+        let nan = nms(&backend, &[square, [100.0, 100.0, 120.0, 120.0]], &[f32::NAN, 0.3], 0.5).unwrap();
         assert_eq!(nan, vec![1], "{what}: NaN");
         // Classes separate identical boxes.
         assert_eq!(

@@ -6,10 +6,7 @@ use std::path::Path;
 
 use retina_wgpu::gpu::shader::{KERNEL_FILES, SHADER_FILES, ShaderFeatures, compose, files_used};
 
-const VARIANTS: [ShaderFeatures; 2] = [
-    ShaderFeatures { subgroups: false },
-    ShaderFeatures { subgroups: true },
-];
+const VARIANTS: [ShaderFeatures; 2] = [ShaderFeatures { subgroups: false }, ShaderFeatures { subgroups: true }];
 
 /// The naga capabilities wgpu grants a device: for the plain variants, only what every
 /// WebGPU-compliant adapter has (SHADER_FLOAT16_IN_FLOAT32, the downlevel flag behind
@@ -30,16 +27,17 @@ fn validate(name: &str, source: &str, caps: naga::valid::Capabilities) {
     naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name} does not validate:\n{}", e.emit_to_string(source)));
-    let entry_points: Vec<_> = module
-        .entry_points
+    let storage = module
+        .global_variables
         .iter()
-        .map(|e| e.name.as_str())
-        .collect();
-    assert_eq!(
-        entry_points,
-        ["main"],
-        "{name}: a kernel has one entry point, `main`"
+        .filter(|(_, v)| matches!(v.space, naga::AddressSpace::Storage { .. }))
+        .count();
+    assert!(
+        storage <= 8,
+        "{name}: {storage} storage buffers; WebGPU's default limit per stage is 8"
     );
+    let entry_points: Vec<_> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(entry_points, ["main"], "{name}: a kernel has one entry point, `main`");
 }
 
 #[test]
@@ -47,11 +45,7 @@ fn every_kernel_validates_in_every_variant() {
     for kernel in KERNEL_FILES {
         for features in VARIANTS {
             let source = compose(kernel, features).unwrap();
-            validate(
-                &format!("{kernel} ({features:?})"),
-                &source,
-                capabilities(features),
-            );
+            validate(&format!("{kernel} ({features:?})"), &source, capabilities(features));
         }
     }
 }
@@ -61,17 +55,10 @@ fn every_file_in_shaders_is_embedded_and_used() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let mut on_disk = BTreeSet::new();
     for entry in walk(&dir) {
-        let rel = entry
-            .strip_prefix(&dir)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
+        let rel = entry.strip_prefix(&dir).unwrap().to_string_lossy().replace('\\', "/");
         on_disk.insert(rel);
     }
-    let embedded: BTreeSet<String> = SHADER_FILES
-        .iter()
-        .map(|(name, _)| name.to_string())
-        .collect();
+    let embedded: BTreeSet<String> = SHADER_FILES.iter().map(|(name, _)| name.to_string()).collect();
     assert_eq!(on_disk, embedded, "shaders/ and SHADER_FILES differ");
     for (name, text) in SHADER_FILES {
         let disk = std::fs::read_to_string(dir.join(name)).unwrap();

@@ -121,20 +121,14 @@ fn segmented_top_k_with_a_threshold_matches_the_cpu_even_under_small_limits() {
         for threshold in [None, Some(-0.5f32), Some(1e30)] {
             let buffer = ctx.upload(&values).unwrap();
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            let out = ctx
-                .record_top_k(&mut encoder, &buffer, &segments, threshold)
-                .unwrap();
+            let out = ctx.record_top_k(&mut encoder, &buffer, &segments, threshold).unwrap();
             ctx.queue().submit([encoder.finish()]);
             let selected = ctx.download(&out.selected).unwrap();
             let candidates = ctx.download(&out.candidates).unwrap();
             for (s, seg) in segments.iter().enumerate() {
-                let want = retina_wgpu::cpu::sort::top_k_segment(
-                    &values[seg.start..seg.start + seg.len],
-                    seg.k,
-                    threshold,
-                );
-                let got: Vec<(u32, u32)> = candidates
-                    [s * out.stride..s * out.stride + selected[s] as usize]
+                let want =
+                    retina_wgpu::cpu::sort::top_k_segment(&values[seg.start..seg.start + seg.len], seg.k, threshold);
+                let got: Vec<(u32, u32)> = candidates[s * out.stride..s * out.stride + selected[s] as usize]
                     .iter()
                     .map(|c| (c[0], c[1]))
                     .collect();

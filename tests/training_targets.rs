@@ -5,13 +5,8 @@
 mod common;
 
 use common::{Rng, assert_close, gpu};
-use retina_wgpu::gpu::{
-    AssignBuffers, BoxLossBuffers, FocalBuffers, GroundTruthBuffers, LogitsBuffer, TargetsBuffer,
-};
-use retina_wgpu::{
-    AnchorConfig, Backend, BoxLoss, BoxLossInput, FocalInput, FocalLoss, GroundTruth,
-    TargetAssigner,
-};
+use retina_wgpu::gpu::{AssignBuffers, BoxLossBuffers, FocalBuffers, GroundTruthBuffers, LogitsBuffer, TargetsBuffer};
+use retina_wgpu::{AnchorConfig, Backend, BoxLoss, BoxLossInput, FocalInput, FocalLoss, GroundTruth, TargetAssigner};
 
 #[test]
 fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
@@ -122,16 +117,8 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
 
     // CPU: the same chain.
     let anchors_cpu = config.generate(&Backend::Cpu, size, size).unwrap();
-    let images: Vec<GroundTruth> = gts
-        .iter()
-        .map(|(b, c)| GroundTruth {
-            boxes: b,
-            classes: c,
-        })
-        .collect();
-    let t = assigner
-        .assign(&Backend::Cpu, &anchors_cpu, &images)
-        .unwrap();
+    let images: Vec<GroundTruth> = gts.iter().map(|(b, c)| GroundTruth { boxes: b, classes: c }).collect();
+    let t = assigner.assign(&Backend::Cpu, &anchors_cpu, &images).unwrap();
     assert!(t.total_positives() > 0);
     let focal = FocalLoss::retinanet()
         .compute(&Backend::Cpu, &FocalInput::labels(&logits, &t.labels, k))
@@ -150,18 +137,9 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
 
     let device_cls = ctx.download(&cls_loss).unwrap();
     let device_box = ctx.download(&box_loss).unwrap();
-    assert_eq!(
-        ctx.download(&positives).unwrap()[batch],
-        t.total_positives()
-    );
+    assert_eq!(ctx.download(&positives).unwrap()[batch], t.total_positives());
     assert_eq!(device_cls[2], t.total_positives() as f32);
-    assert_close(
-        "classification loss",
-        &device_cls[..1],
-        &[focal.loss],
-        1e-5,
-        0.0,
-    );
+    assert_close("classification loss", &device_cls[..1], &[focal.loss], 1e-5, 0.0);
     assert_close("box loss", &device_box[..1], &[boxes.loss], 1e-5, 0.0);
     assert_close(
         "classification grad",

@@ -15,10 +15,7 @@ pub fn run() -> Result<()> {
     }
     let ctx = GpuContext::new()?;
     let info = ctx.adapter_info();
-    println!(
-        "\nChosen: {} ({:?}, {:?})",
-        info.name, info.backend, info.device_type
-    );
+    println!("\nChosen: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
     println!(
         "  subgroup size {}..{}, kernels use subgroups: {}",
         info.subgroup_min_size,
@@ -32,10 +29,7 @@ pub fn run() -> Result<()> {
         "  max_storage_buffer_binding_size     {:>14} bytes",
         l.max_storage_binding
     );
-    println!(
-        "  max_buffer_size                     {:>14} bytes",
-        l.max_buffer_size
-    );
+    println!("  max_buffer_size                     {:>14} bytes", l.max_buffer_size);
     println!(
         "  max_compute_workgroups_per_dimension {:>13}",
         l.max_workgroups_per_dim

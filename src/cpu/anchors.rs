@@ -8,21 +8,13 @@ use crate::ops::anchors::AnchorConfig;
 pub fn generate(config: &AnchorConfig, height: u32, width: u32) -> Vec<[f32; 4]> {
     let templates = config.cell_templates();
     let mut out = Vec::with_capacity(config.num_anchors(height, width));
-    for ((&stride, (rows, cols)), cell) in config
-        .strides
-        .iter()
-        .zip(config.grid(height, width))
-        .zip(&templates)
-    {
+    for ((&stride, (rows, cols)), cell) in config.strides.iter().zip(config.grid(height, width)).zip(&templates) {
         let stride = stride as f32;
         for y in 0..rows {
             let cy = (y as f32 + config.offset) * stride;
             for x in 0..cols {
                 let cx = (x as f32 + config.offset) * stride;
-                out.extend(
-                    cell.iter()
-                        .map(|t| [cx + t[0], cy + t[1], cx + t[2], cy + t[3]]),
-                );
+                out.extend(cell.iter().map(|t| [cx + t[0], cy + t[1], cx + t[2], cy + t[3]]));
             }
         }
     }

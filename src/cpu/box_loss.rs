@@ -83,12 +83,7 @@ fn giou(p: [f32; 4], t: [f32; 4]) -> (f32, [f32; 4]) {
 
 /// GIoU of decoded boxes with the gradient carried back to the deltas: the shader's
 /// `giou_deltas`.
-fn giou_deltas(
-    deltas: [f32; 4],
-    target: [f32; 4],
-    anchor: [f32; 4],
-    loss: &BoxLoss,
-) -> (f32, [f32; 4]) {
+fn giou_deltas(deltas: [f32; 4], target: [f32; 4], anchor: [f32; 4], loss: &BoxLoss) -> (f32, [f32; 4]) {
     let (w, clamp) = (loss.coder.weights, loss.coder.clamp);
     let p = decode(deltas, anchor, w, clamp);
     let t = decode(target, anchor, w, clamp);
@@ -114,12 +109,7 @@ fn giou_deltas(
 
 /// The loss sum over positive anchors; writes `d(loss)/d(pred) / normaliser` into `grad`
 /// (zero for other anchors). Inputs are assumed validated.
-pub fn box_loss(
-    loss: &BoxLoss,
-    input: &BoxLossInput<'_>,
-    normaliser: f32,
-    grad: &mut [[f32; 4]],
-) -> f64 {
+pub fn box_loss(loss: &BoxLoss, input: &BoxLossInput<'_>, normaliser: f32, grad: &mut [[f32; 4]]) -> f64 {
     let a = input.anchors.len();
     grad.par_chunks_mut(4096)
         .enumerate()
@@ -132,12 +122,8 @@ pub fn box_loss(
                     continue;
                 }
                 let (l, g) = match loss.kind {
-                    BoxLossKind::SmoothL1 { beta } => {
-                        smooth_l1(input.pred[i], input.targets[i], beta)
-                    }
-                    BoxLossKind::Giou => {
-                        giou_deltas(input.pred[i], input.targets[i], input.anchors[i % a], loss)
-                    }
+                    BoxLossKind::SmoothL1 { beta } => smooth_l1(input.pred[i], input.targets[i], beta),
+                    BoxLossKind::Giou => giou_deltas(input.pred[i], input.targets[i], input.anchors[i % a], loss),
                 };
                 *g_out = g.map(|v| v / normaliser);
                 sum += f64::from(l);

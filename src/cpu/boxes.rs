@@ -65,13 +65,11 @@ pub fn iou_matrix(a: &[[f32; 4]], b: &[[f32; 4]]) -> Vec<f32> {
     if b.is_empty() {
         return out;
     }
-    out.par_chunks_mut(b.len())
-        .zip(a.par_iter())
-        .for_each(|(row, &ai)| {
-            for (o, &bj) in row.iter_mut().zip(b) {
-                *o = iou(ai, bj);
-            }
-        });
+    out.par_chunks_mut(b.len()).zip(a.par_iter()).for_each(|(row, &ai)| {
+        for (o, &bj) in row.iter_mut().zip(b) {
+            *o = iou(ai, bj);
+        }
+    });
     out
 }
 
@@ -85,12 +83,7 @@ pub fn encode_all(boxes: &[[f32; 4]], anchors: &[[f32; 4]], weights: [f32; 4]) -
 }
 
 /// Decodes every delta against the anchor of the same index.
-pub fn decode_all(
-    deltas: &[[f32; 4]],
-    anchors: &[[f32; 4]],
-    weights: [f32; 4],
-    clamp: f32,
-) -> Vec<[f32; 4]> {
+pub fn decode_all(deltas: &[[f32; 4]], anchors: &[[f32; 4]], weights: [f32; 4], clamp: f32) -> Vec<[f32; 4]> {
     deltas
         .par_iter()
         .zip(anchors)

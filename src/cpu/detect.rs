@@ -46,10 +46,7 @@ pub fn postprocess(pp: &PostProcess, input: &DetectionInput<'_>) -> Vec<Vec<Dete
             order.sort_unstable_by_key(|&i| (!candidates[i].0, i));
             let boxes: Vec<[f32; 4]> = order.iter().map(|&i| candidates[i].1).collect();
             let classes: Vec<i32> = order.iter().map(|&i| candidates[i].2).collect();
-            let scores: Vec<f32> = order
-                .iter()
-                .map(|&i| sigmoid(key_to_float(candidates[i].0)))
-                .collect();
+            let scores: Vec<f32> = order.iter().map(|&i| sigmoid(key_to_float(candidates[i].0))).collect();
             crate::cpu::nms::nms_sorted(&pp.nms, &boxes, &scores, &classes, pp.max_detections)
                 .into_iter()
                 .map(|(slot, score)| Detection {

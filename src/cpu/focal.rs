@@ -8,9 +8,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::cpu::math::{NAN, exp, is_non_finite, log1p_unit, multiversion};
-use crate::ops::focal::{
-    FocalInput, FocalLoss, FocalVariant, LABEL_BACKGROUND, LABEL_IGNORE, Logits, Targets,
-};
+use crate::ops::focal::{FocalInput, FocalLoss, FocalVariant, LABEL_BACKGROUND, LABEL_IGNORE, Logits, Targets};
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough that a
 /// block's scratch stays in L2.
@@ -122,12 +120,7 @@ fn hard_element(x: f32, positive: bool, p: &Params) -> (f32, f32) {
 #[inline(always)]
 fn hard_loop(x: &[f32], targets: &[f32], p: &Params, loss: &mut [f32], grad: &mut [f32]) {
     let n = x.len();
-    for (((&xi, &ti), li), gi) in x
-        .iter()
-        .zip(&targets[..n])
-        .zip(&mut loss[..n])
-        .zip(&mut grad[..n])
-    {
+    for (((&xi, &ti), li), gi) in x.iter().zip(&targets[..n]).zip(&mut loss[..n]).zip(&mut grad[..n]) {
         (*li, *gi) = hard_element(xi, ti == 1.0, p);
     }
 }

@@ -32,10 +32,7 @@ impl AnchorColumns {
             y1: anchors.iter().map(|a| a[1]).collect(),
             x2: anchors.iter().map(|a| a[2]).collect(),
             y2: anchors.iter().map(|a| a[3]).collect(),
-            area: anchors
-                .iter()
-                .map(|&a| crate::cpu::boxes::area(a))
-                .collect(),
+            area: anchors.iter().map(|&a| crate::cpu::boxes::area(a)).collect(),
         }
     }
 }
@@ -139,11 +136,7 @@ fn low_quality(
 }
 
 /// Targets of a batch (inputs assumed validated).
-pub fn assign(
-    assigner: &TargetAssigner,
-    anchors: &[[f32; 4]],
-    images: &[GroundTruth<'_>],
-) -> AssignedTargets {
+pub fn assign(assigner: &TargetAssigner, anchors: &[[f32; 4]], images: &[GroundTruth<'_>]) -> AssignedTargets {
     let a = anchors.len();
     let b = images.len();
     let cols = AnchorColumns::new(anchors);
@@ -199,45 +192,42 @@ pub fn assign(
                 .zip(best.par_chunks(CHUNK))
                 .zip(per_chunk.par_iter())
                 .enumerate()
-                .map(
-                    |(c, ((((matches, labels), targets), best), chunk_highest))| {
-                        let start = c * CHUNK;
-                        let mut flags = vec![false; matches.len()];
-                        if assigner.matcher.allow_low_quality_matches {
-                            low_quality(
-                                &cols,
-                                start..start + matches.len(),
-                                gt.boxes,
-                                chunk_highest,
-                                &overall,
-                                &mut flags,
-                            );
+                .map(|(c, ((((matches, labels), targets), best), chunk_highest))| {
+                    let start = c * CHUNK;
+                    let mut flags = vec![false; matches.len()];
+                    if assigner.matcher.allow_low_quality_matches {
+                        low_quality(
+                            &cols,
+                            start..start + matches.len(),
+                            gt.boxes,
+                            chunk_highest,
+                            &overall,
+                            &mut flags,
+                        );
+                    }
+                    let mut count = 0;
+                    for k in 0..matches.len() {
+                        let arg = matches[k];
+                        let mut m = arg;
+                        if arg < 0 || best[k] < low {
+                            m = -1;
+                        } else if best[k] < high {
+                            m = -2;
                         }
-                        let mut count = 0;
-                        for k in 0..matches.len() {
-                            let arg = matches[k];
-                            let mut m = arg;
-                            if arg < 0 || best[k] < low {
-                                m = -1;
-                            } else if best[k] < high {
-                                m = -2;
-                            }
-                            if flags[k] {
-                                m = arg;
-                            }
-                            matches[k] = m;
-                            if m >= 0 {
-                                labels[k] = gt.classes[m as usize];
-                                targets[k] =
-                                    encode(gt.boxes[m as usize], anchors[start + k], weights);
-                                count += 1;
-                            } else {
-                                labels[k] = m;
-                            }
+                        if flags[k] {
+                            m = arg;
                         }
-                        count
-                    },
-                )
+                        matches[k] = m;
+                        if m >= 0 {
+                            labels[k] = gt.classes[m as usize];
+                            targets[k] = encode(gt.boxes[m as usize], anchors[start + k], weights);
+                            count += 1;
+                        } else {
+                            labels[k] = m;
+                        }
+                    }
+                    count
+                })
                 .sum()
         })
         .collect();

@@ -48,9 +48,7 @@ pub fn log1p_unit(e: f32) -> f32 {
     let series = 1.0
         + s2 * (1.0 / 3.0
             + s2 * (1.0 / 5.0
-                + s2 * (1.0 / 7.0
-                    + s2 * (1.0 / 9.0
-                        + s2 * (1.0 / 11.0 + s2 * (1.0 / 13.0 + s2 * (1.0 / 15.0)))))));
+                + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0 + s2 * (1.0 / 11.0 + s2 * (1.0 / 13.0 + s2 * (1.0 / 15.0)))))));
     2.0 * s * series
 }
 
@@ -115,8 +113,7 @@ mod tests {
             }
         }
         for e in [1e-30f32, 1e-12, 3e-8, 1e-5] {
-            let rel =
-                (f64::from(log1p_unit(e)) - f64::from(e).ln_1p()).abs() / f64::from(e).ln_1p();
+            let rel = (f64::from(log1p_unit(e)) - f64::from(e).ln_1p()).abs() / f64::from(e).ln_1p();
             worst = worst.max(rel);
         }
         assert!(worst < 3e-7, "worst relative error {worst}");

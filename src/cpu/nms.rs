@@ -49,11 +49,7 @@ impl Grid {
         }
         // Cells about twice the mean box size, at most 512 per side.
         let n = b.len() as f64;
-        let size = |extent: f32, mean: f64| {
-            (extent / 512.0)
-                .max((2.0 * mean / n) as f32)
-                .max(f32::MIN_POSITIVE)
-        };
+        let size = |extent: f32, mean: f64| (extent / 512.0).max((2.0 * mean / n) as f32).max(f32::MIN_POSITIVE);
         let cell = [size(hi[0] - lo[0], sum_w), size(hi[1] - lo[1], sum_h)];
         let dims = [
             ((hi[0] - lo[0]) / cell[0]) as usize + 1,
@@ -92,15 +88,8 @@ impl Grid {
 }
 
 /// Calls `f` with every grid cell that box `r` overlaps.
-fn cells_of(
-    origin: [f32; 2],
-    cell: [f32; 2],
-    dims: [usize; 2],
-    r: [f32; 4],
-    mut f: impl FnMut(usize),
-) {
-    let index =
-        |v: f32, axis: usize| (((v - origin[axis]) / cell[axis]) as usize).min(dims[axis] - 1);
+fn cells_of(origin: [f32; 2], cell: [f32; 2], dims: [usize; 2], r: [f32; 4], mut f: impl FnMut(usize)) {
+    let index = |v: f32, axis: usize| (((v - origin[axis]) / cell[axis]) as usize).min(dims[axis] - 1);
     for y in index(r[1], 1)..=index(r[3], 1) {
         for x in index(r[0], 0)..=index(r[2], 0) {
             f(y * dims[0] + x);
@@ -110,13 +99,7 @@ fn cells_of(
 
 /// Greedy NMS on one class, boxes in score order; stops after `max_out` kept. Large runs use a
 /// grid so that each kept box only checks the boxes around it.
-fn greedy(
-    boxes: &[[f32; 4]],
-    run: &ClassRun,
-    threshold: f32,
-    max_out: usize,
-    scores: &[f32],
-) -> Vec<Kept> {
+fn greedy(boxes: &[[f32; 4]], run: &ClassRun, threshold: f32, max_out: usize, scores: &[f32]) -> Vec<Kept> {
     let n = run.slots.len();
     let b: Vec<[f32; 4]> = run.slots.iter().map(|&s| boxes[s]).collect();
     let mut removed = vec![false; n];
@@ -154,13 +137,7 @@ fn greedy(
 }
 
 /// Soft-NMS on one class: the shader's `nms_soft` restricted to one class.
-fn soft(
-    boxes: &[[f32; 4]],
-    run: &ClassRun,
-    nms: &Nms,
-    max_out: usize,
-    scores: &[f32],
-) -> Vec<Kept> {
+fn soft(boxes: &[[f32; 4]], run: &ClassRun, nms: &Nms, max_out: usize, scores: &[f32]) -> Vec<Kept> {
     let sigma = match nms.kind {
         NmsKind::SoftGaussian { sigma } => Some(sigma),
         _ => None,
@@ -203,21 +180,13 @@ fn max_iou(boxes: &[[f32; 4]], run: &ClassRun) -> Vec<f32> {
         .into_par_iter()
         .map(|j| {
             let bj = boxes[run.slots[j]];
-            run.slots[..j]
-                .iter()
-                .fold(0.0f32, |m, &s| m.max(iou(boxes[s], bj)))
+            run.slots[..j].iter().fold(0.0f32, |m, &s| m.max(iou(boxes[s], bj)))
         })
         .collect()
 }
 
 /// Fast NMS on one class.
-fn fast(
-    boxes: &[[f32; 4]],
-    run: &ClassRun,
-    threshold: f32,
-    max_out: usize,
-    scores: &[f32],
-) -> Vec<Kept> {
+fn fast(boxes: &[[f32; 4]], run: &ClassRun, threshold: f32, max_out: usize, scores: &[f32]) -> Vec<Kept> {
     let highest = max_iou(boxes, run);
     run.slots
         .iter()
@@ -247,12 +216,9 @@ fn matrix(boxes: &[[f32; 4]], run: &ClassRun, nms: &Nms, scores: &[f32]) -> Vec<
         .into_par_iter()
         .filter_map(|j| {
             let bj = boxes[run.slots[j]];
-            let decay = run.slots[..j]
-                .iter()
-                .zip(&compensation)
-                .fold(1.0f32, |d, (&s, &c)| {
-                    d.min(kernel(iou(boxes[s], bj)) / kernel(c).max(1e-6))
-                });
+            let decay = run.slots[..j].iter().zip(&compensation).fold(1.0f32, |d, (&s, &c)| {
+                d.min(kernel(iou(boxes[s], bj)) / kernel(c).max(1e-6))
+            });
             let score = scores[run.slots[j]] * decay;
             (score >= nms.score_threshold).then_some(Kept {
                 slot: run.slots[j],
@@ -285,9 +251,7 @@ pub(crate) fn nms_sorted(
         .par_iter()
         .map(|(_, run)| match nms.kind {
             NmsKind::Hard => greedy(boxes, run, nms.iou_threshold, max_out, scores),
-            NmsKind::SoftLinear | NmsKind::SoftGaussian { .. } => {
-                soft(boxes, run, nms, max_out, scores)
-            }
+            NmsKind::SoftLinear | NmsKind::SoftGaussian { .. } => soft(boxes, run, nms, max_out, scores),
             NmsKind::Fast => fast(boxes, run, nms.iou_threshold, max_out, scores),
             NmsKind::Matrix { .. } => matrix(boxes, run, nms, scores),
         })

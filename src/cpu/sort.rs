@@ -10,11 +10,7 @@ pub fn ordered_key(x: f32) -> u32 {
     if u & 0x7fff_ffff > 0x7f80_0000 {
         return 0;
     }
-    if u & 0x8000_0000 != 0 {
-        !u
-    } else {
-        u | 0x8000_0000
-    }
+    if u & 0x8000_0000 != 0 { !u } else { u | 0x8000_0000 }
 }
 
 /// Inverse of [`ordered_key`] (key 0 gives NaN).
@@ -23,11 +19,7 @@ pub fn key_to_float(k: u32) -> f32 {
     if k == 0 {
         return f32::NAN;
     }
-    f32::from_bits(if k & 0x8000_0000 != 0 {
-        k & 0x7fff_ffff
-    } else {
-        !k
-    })
+    f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
 }
 
 /// The key the top-k ranks `value` by: 0 (excluded) for NaN and, with a threshold, for values

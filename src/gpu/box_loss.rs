@@ -126,11 +126,7 @@ impl GpuContext {
         };
         let (norm_flag, norm_index, norm_value, counts) = match normaliser {
             Normaliser::Constant(v) => (0, 0, v, None),
-            Normaliser::Count {
-                counts,
-                index,
-                scale,
-            } => (FLAG_NORM_FROM_COUNTS, index, scale, Some(counts)),
+            Normaliser::Count { counts, index, scale } => (FLAG_NORM_FROM_COUNTS, index, scale, Some(counts)),
         };
         let (kind_flag, beta) = match loss.kind {
             BoxLossKind::SmoothL1 { beta } => (0, beta),

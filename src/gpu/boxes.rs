@@ -163,10 +163,7 @@ impl GpuContext {
             let pipeline = self.pipeline(Kernel::BoxCoder)?;
             let mut pass = encoder.begin_compute_pass(&Default::default());
             for (chunk, slot) in plan.chunks.iter().zip(slots) {
-                let (start, len) = (
-                    chunk.rows.start * 16,
-                    (chunk.rows.end - chunk.rows.start) * 16,
-                );
+                let (start, len) = (chunk.rows.start * 16, (chunk.rows.end - chunk.rows.start) * 16);
                 dispatch(
                     self,
                     &mut pass,

@@ -135,23 +135,19 @@ impl GpuContext {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.scoped(|| {
             Ok(if bytes.len() as u64 == size {
-                self.inner
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("retina-wgpu upload"),
-                        contents: bytes,
-                        usage: BUFFER_USAGE,
-                    })
+                self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("retina-wgpu upload"),
+                    contents: bytes,
+                    usage: BUFFER_USAGE,
+                })
             } else {
                 let mut padded = bytes.to_vec();
                 padded.resize(size as usize, 0);
-                self.inner
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("retina-wgpu upload"),
-                        contents: &padded,
-                        usage: BUFFER_USAGE,
-                    })
+                self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("retina-wgpu upload"),
+                    contents: &padded,
+                    usage: BUFFER_USAGE,
+                })
             })
         })?;
         Ok(GpuBuffer {
@@ -225,11 +221,8 @@ impl ReadbackResults {
 impl<'a> Readback<'a> {
     /// Queues the whole of `buffer` for readback.
     pub(crate) fn add<T: Pod>(&mut self, buffer: &'a GpuBuffer<T>) -> ReadbackSlot<T> {
-        self.sources.push((
-            &buffer.buffer,
-            padded_bytes::<T>(buffer.len).max(4),
-            buffer.len,
-        ));
+        self.sources
+            .push((&buffer.buffer, padded_bytes::<T>(buffer.len).max(4), buffer.len));
         ReadbackSlot {
             index: self.sources.len() - 1,
             _element: PhantomData,
@@ -237,11 +230,7 @@ impl<'a> Readback<'a> {
     }
 
     /// Appends the copies to `encoder`, submits it, waits, and maps every staging buffer.
-    pub(crate) fn run(
-        self,
-        ctx: &GpuContext,
-        mut encoder: wgpu::CommandEncoder,
-    ) -> Result<ReadbackResults> {
+    pub(crate) fn run(self, ctx: &GpuContext, mut encoder: wgpu::CommandEncoder) -> Result<ReadbackResults> {
         let device = &ctx.inner.device;
         let staging = ctx.scoped(|| {
             let staging: Vec<wgpu::Buffer> = self
@@ -280,9 +269,7 @@ impl<'a> Readback<'a> {
                 .map_err(|e| Error::ReadbackFailed(format!("polling for buffer maps: {e}")))?;
             match receiver.recv_timeout(Duration::from_millis(1)) {
                 Ok((index, result)) => {
-                    result.map_err(|e| {
-                        Error::ReadbackFailed(format!("mapping staging buffer {index}: {e}"))
-                    })?;
+                    result.map_err(|e| Error::ReadbackFailed(format!("mapping staging buffer {index}: {e}")))?;
                     mapped += 1;
                 }
                 Err(RecvTimeoutError::Timeout) => {

@@ -155,8 +155,7 @@ pub fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
 
 /// The features the crate asks for when the adapter has them.
 fn wanted_features(adapter: wgpu::Features) -> wgpu::Features {
-    adapter
-        & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY)
+    adapter & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY)
 }
 
 impl GpuContext {
@@ -203,12 +202,7 @@ impl GpuContext {
             required_limits: adapter.limits(),
             ..Default::default()
         }))
-        .map_err(|e| {
-            Error::DeviceLost(format!(
-                "could not create a device on {}: {e}",
-                adapter.get_info().name
-            ))
-        })?;
+        .map_err(|e| Error::DeviceLost(format!("could not create a device on {}: {e}", adapter.get_info().name)))?;
         let lost = Arc::new(Mutex::new(None));
         let flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |reason, message| {
@@ -216,13 +210,7 @@ impl GpuContext {
                 *slot = Some(format!("{reason:?}: {message}"));
             }
         });
-        Ok(Self::build(
-            device,
-            queue,
-            adapter.get_info(),
-            Some(lost),
-            &options,
-        ))
+        Ok(Self::build(device, queue, adapter.get_info(), Some(lost), &options))
     }
 
     /// Wraps a device and queue that a host application owns (a game, a renderer).
@@ -231,13 +219,7 @@ impl GpuContext {
     /// used if it has `SUBGROUP`. Nothing global is installed on it: no uncaptured-error handler,
     /// no device-lost callback. Only `caps`, `subgroups` and `poll_timeout` of `options` apply.
     pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, options: &GpuOptions) -> Self {
-        Self::build(
-            device.clone(),
-            queue.clone(),
-            device.adapter_info(),
-            None,
-            options,
-        )
+        Self::build(device.clone(), queue.clone(), device.adapter_info(), None, options)
     }
 
     fn build(
@@ -346,9 +328,9 @@ impl GpuContext {
                 timeout: self.inner.poll_timeout,
             })
             .map_err(|e| {
-                self.check_lost().err().unwrap_or_else(|| {
-                    Error::ReadbackFailed(format!("waiting for the device: {e}"))
-                })
+                self.check_lost()
+                    .err()
+                    .unwrap_or_else(|| Error::ReadbackFailed(format!("waiting for the device: {e}")))
             })?;
         self.check_lost()
     }

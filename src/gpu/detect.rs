@@ -7,7 +7,7 @@ use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Uniforms, dispatch, uniform, whole};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::nms::{Unsorted, region_for};
+use crate::gpu::nms::region_for;
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::gpu::topk::TopkSegment;
 use crate::ops::detect::{Detection, DetectionInput, PostProcess};
@@ -16,7 +16,7 @@ const WG_SIZE: u64 = 256;
 
 /// One detection as the device stores it: `bbox` (x1, y1, x2, y2), `score`, `class` (-1 in
 /// unused slots), padded to 32 bytes. Must stay in sync with `Detection` in
-/// shaders/detect_output.wgsl.
+/// shaders/shared/detection.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GpuDetection {
@@ -118,11 +118,7 @@ impl GpuContext {
         pp.validate()?;
         let a = input.anchors.len();
         let k = input.num_classes;
-        if k == 0
-            || a == 0
-            || !input.deltas.len().is_multiple_of(a)
-            || input.logits.len() != input.deltas.len() * k
-        {
+        if k == 0 || a == 0 || !input.deltas.len().is_multiple_of(a) || input.logits.len() != input.deltas.len() * k {
             return Err(Error::shape(
                 "post-processing",
                 format!(
@@ -173,9 +169,7 @@ impl GpuContext {
         let topk = self.record_top_k(encoder, input.logits, &segments, pp.logit_threshold())?;
         let region = region_for(levels * topk.stride);
         let total = sort_len(region * batch);
-        let boxes = self.zeros::<[f32; 4]>(region * batch)?;
-        let classes = self.zeros::<i32>(region * batch)?;
-        let scores = self.zeros::<f32>(region * batch)?;
+        let records = self.zeros::<GpuDetection>(region * batch)?;
         let entries = self.zeros::<SortEntry>(total)?;
         let level_info: Vec<LevelInfo> = offsets[..levels]
             .iter()
@@ -214,9 +208,7 @@ impl GpuContext {
                     whole(&topk.candidates),
                     whole(input.deltas),
                     whole(input.anchors),
-                    whole(&boxes),
-                    whole(&classes),
-                    whole(&scores),
+                    whole(&records),
                     whole(&entries),
                 ],
                 (total as u64).div_ceil(WG_SIZE) as u32,
@@ -224,12 +216,7 @@ impl GpuContext {
             Ok(())
         })?;
         self.record_sort_entries(encoder, &entries)?;
-        let items = Unsorted {
-            boxes: &boxes,
-            classes: &classes,
-            scores: &scores,
-        };
-        let sorted = self.record_permute(encoder, &entries, &items, region, batch)?;
+        let sorted = self.record_permute(encoder, &entries, &records, region, batch)?;
         let kept = self.record_nms_sorted(encoder, &pp.nms, &sorted, pp.max_detections)?;
         self.scoped(|| {
             let mut uniforms = Uniforms::new::<OutputConfig>(self.limits());

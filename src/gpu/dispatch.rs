@@ -67,9 +67,7 @@ pub(crate) fn plan_chunks(limits: &DeviceLimits, layout: RowLayout<'_>) -> Resul
     let max_binding = limits.max_storage_binding;
     let max_wg = u64::from(limits.max_workgroups_per_dim).pow(2);
     // Each chunk's per-workgroup outputs are bound too.
-    let max_wg = max_binding
-        .checked_div(output_bytes)
-        .map_or(max_wg, |m| max_wg.min(m));
+    let max_wg = max_binding.checked_div(output_bytes).map_or(max_wg, |m| max_wg.min(m));
     // Element indices are u32 in the kernels; keep a tile of headroom.
     let max_elems = (max_wg * elems_per_workgroup).min(u64::from(u32::MAX) - elems_per_workgroup);
     let mut max_rows = max_elems / elems_per_row.max(1);
@@ -163,12 +161,11 @@ impl Uniforms {
     }
 
     pub(crate) fn into_buffer(self, ctx: &GpuContext) -> wgpu::Buffer {
-        ctx.device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("retina-wgpu uniforms"),
-                contents: &self.bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("retina-wgpu uniforms"),
+            contents: &self.bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 }
 
@@ -214,10 +211,7 @@ pub(crate) fn storage_window<'a>(
     let align = limits.storage_offset_alignment.max(1);
     let offset = start * elem_bytes / align * align;
     let base = (start * elem_bytes - offset) / elem_bytes;
-    (
-        storage(buffer, offset, (base + len) * elem_bytes),
-        base as u32,
-    )
+    (storage(buffer, offset, (base + len) * elem_bytes), base as u32)
 }
 
 /// Binds `resources` (binding i = resources[i]) to `pipeline` and dispatches `workgroups`
@@ -270,10 +264,7 @@ mod tests {
         for max in [1u32, 2, 3, 7, 65535] {
             for n in [1u32, 2, 5, 64, 1000, 70000] {
                 let (x, y) = fold_grid(n, max);
-                assert!(
-                    x <= max && y <= max.max(n.div_ceil(max)),
-                    "{n} over {max}: {x}x{y}"
-                );
+                assert!(x <= max && y <= max.max(n.div_ceil(max)), "{n} over {max}: {x}x{y}");
                 assert!(u64::from(x) * u64::from(y) >= u64::from(n));
                 // No whole idle row: folding wastes less than one row of workgroups.
                 assert!(u64::from(x) * u64::from(y - 1) < u64::from(n));

@@ -178,11 +178,7 @@ impl GpuContext {
         };
         let (normaliser, counted) = match &source {
             Source::Constant(v) => (Normaliser::Constant(*v), None),
-            Source::Counted {
-                counts,
-                index,
-                scale,
-            } => (
+            Source::Counted { counts, index, scale } => (
                 Normaliser::Count {
                     counts: counts.buffer(),
                     index: *index,
@@ -303,11 +299,7 @@ impl GpuContext {
         };
         let (norm_index, norm_value, counts_buffer) = match *normaliser {
             Normaliser::Constant(v) => (0, v, None),
-            Normaliser::Count {
-                counts,
-                index,
-                scale,
-            } => {
+            Normaliser::Count { counts, index, scale } => {
                 flags |= FLAG_NORM_FROM_COUNTS;
                 (index, scale, Some(counts))
             }
@@ -509,10 +501,7 @@ pub(crate) fn focal_loss_host(
         let n = elems.len();
         let loss_buffer = ctx.zeros::<f32>(3)?;
         let grad_buffer = grad.as_ref().map(|_| ctx.zeros::<f32>(n)).transpose()?;
-        let elem_buffer = elementwise
-            .as_ref()
-            .map(|_| ctx.zeros::<f32>(n))
-            .transpose()?;
+        let elem_buffer = elementwise.as_ref().map(|_| ctx.zeros::<f32>(n)).transpose()?;
         let buffers = FocalBuffers {
             logits,
             targets,

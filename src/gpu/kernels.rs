@@ -88,24 +88,21 @@ impl GpuContext {
         if let Some(pipeline) = slot.get() {
             return Ok(pipeline);
         }
-        let source = shader::compose(kernel.file(), self.inner.shader_features)
-            .map_err(Error::Validation)?;
+        let source = shader::compose(kernel.file(), self.inner.shader_features).map_err(Error::Validation)?;
         let device = &self.inner.device;
         let pipeline = self.scoped(|| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.file()),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-            Ok(
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(kernel.file()),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some("main"),
-                    compilation_options: Default::default(),
-                    cache: None,
-                }),
-            )
+            Ok(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.file()),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            }))
         })?;
         // Another thread may have compiled it meanwhile; either pipeline is the same program.
         Ok(slot.get_or_init(|| pipeline))

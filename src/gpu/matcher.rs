@@ -29,6 +29,8 @@ struct MatchConfig {
     out_base16: u32,
     high: f32,
     low: f32,
+    num_boxes: u32,
+    _pad: [u32; 3],
     weights: [f32; 4],
 }
 
@@ -134,11 +136,7 @@ impl GpuContext {
         if gt.boxes.len() != gt.classes.len() {
             return Err(Error::shape(
                 "target assignment",
-                format!(
-                    "{} ground-truth boxes but {} classes",
-                    gt.boxes.len(),
-                    gt.classes.len()
-                ),
+                format!("{} ground-truth boxes but {} classes", gt.boxes.len(), gt.classes.len()),
             ));
         }
         for (name, len) in [
@@ -178,8 +176,20 @@ impl GpuContext {
             if batch == 0 || a == 0 {
                 return Ok(());
             }
-            // One slot per box for its highest IoU; zero-initialised by wgpu.
-            let gt_max = self.zeros::<u32>(gt.boxes.len())?;
+            // Per box, its highest IoU (zero-initialised by wgpu), then a copy of its class: one
+            // binding instead of two keeps match_assign within WebGPU's default of eight
+            // storage buffers per stage.
+            let num_boxes = gt.boxes.len();
+            let gt_info = self.zeros::<u32>(2 * num_boxes)?;
+            if num_boxes > 0 {
+                encoder.copy_buffer_to_buffer(
+                    gt.classes.buffer(),
+                    0,
+                    gt_info.buffer(),
+                    (num_boxes * 4) as u64,
+                    (num_boxes * 4) as u64,
+                );
+            }
             let limits = self.limits();
             let mut uniforms = Uniforms::new::<MatchConfig>(limits);
             let mut bindings = Vec::with_capacity(chunks.len());
@@ -190,12 +200,9 @@ impl GpuContext {
                 let out_len = (images - 1) * a + count;
                 let (anchor_binding, anchor_base) =
                     storage_window(limits, anchors.buffer(), chunk.anchors.start, count, 16);
-                let (matches, base4) =
-                    storage_window(limits, out.matches.buffer(), out_start, out_len, 4);
-                let (labels, _) =
-                    storage_window(limits, out.labels.buffer(), out_start, out_len, 4);
-                let (targets, base16) =
-                    storage_window(limits, out.box_targets.buffer(), out_start, out_len, 16);
+                let (matches, base4) = storage_window(limits, out.matches.buffer(), out_start, out_len, 4);
+                let (labels, _) = storage_window(limits, out.labels.buffer(), out_start, out_len, 4);
+                let (targets, base16) = storage_window(limits, out.box_targets.buffer(), out_start, out_len, 16);
                 let slot = uniforms.push(&MatchConfig {
                     anchors_per_image: a as u32,
                     anchor_base,
@@ -213,6 +220,8 @@ impl GpuContext {
                     out_base16: base16,
                     high: assigner.matcher.high,
                     low: assigner.matcher.low,
+                    num_boxes: num_boxes as u32,
+                    _pad: [0; 3],
                     weights: assigner.coder.weights,
                 });
                 let workgroups = (images * count.div_ceil(WG_SIZE)) as u32;
@@ -235,7 +244,7 @@ impl GpuContext {
                             anchor_binding.clone(),
                             whole(gt.boxes),
                             whole(gt.offsets),
-                            whole(&gt_max),
+                            whole(&gt_info),
                         ],
                         *workgroups,
                     );
@@ -255,9 +264,8 @@ impl GpuContext {
                         uniform(&uniform_buffer, *slot),
                         anchor_binding.clone(),
                         whole(gt.boxes),
-                        whole(gt.classes),
                         whole(gt.offsets),
-                        whole(&gt_max),
+                        whole(&gt_info),
                         matches.clone(),
                         labels.clone(),
                         targets.clone(),

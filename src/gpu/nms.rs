@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
+use crate::gpu::detect::GpuDetection;
 use crate::gpu::dispatch::{Uniforms, dispatch, uniform, whole};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::sort::{SortEntry, sort_len};
@@ -79,14 +80,6 @@ pub(crate) struct SortedBoxes {
     pub segments: usize,
 }
 
-/// Boxes, classes and scores before sorting, indexed by the sort entries' payloads.
-#[derive(Clone, Copy)]
-pub(crate) struct Unsorted<'a> {
-    pub boxes: &'a GpuBuffer<[f32; 4]>,
-    pub classes: &'a GpuBuffer<i32>,
-    pub scores: &'a GpuBuffer<f32>,
-}
-
 /// What NMS kept, per segment: `keep[s * max_out + d]` is the slot (in score order) of the
 /// d-th kept box, `keep_scores` its (decayed) score, `kept[s]` how many (max_out as passed to
 /// `record_nms_sorted`).
@@ -103,20 +96,16 @@ pub(crate) fn region_for(n: usize) -> usize {
 
 impl GpuContext {
     /// Gathers boxes, classes and scores into sorted order from sorted `entries` (one region of
-    /// `region` entries per segment) and counts each segment's valid entries.
+    /// `region` entries per segment; payloads index `records`) and counts each segment's valid
+    /// entries.
     pub(crate) fn record_permute(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         entries: &GpuBuffer<SortEntry>,
-        items: &Unsorted<'_>,
+        records: &GpuBuffer<GpuDetection>,
         region: usize,
         segments: usize,
     ) -> Result<SortedBoxes> {
-        let Unsorted {
-            boxes,
-            classes,
-            scores,
-        } = *items;
         let total = region * segments;
         let sorted = SortedBoxes {
             boxes: self.zeros(total)?,
@@ -127,10 +116,7 @@ impl GpuContext {
             region,
             segments,
         };
-        for (what, bytes) in [
-            ("boxes", sorted.boxes.byte_len()),
-            ("sort entries", entries.byte_len()),
-        ] {
+        for (what, bytes) in [("boxes", sorted.boxes.byte_len()), ("sort entries", entries.byte_len())] {
             check_whole_binding(self, what, bytes)?;
         }
         self.scoped(|| {
@@ -149,9 +135,7 @@ impl GpuContext {
                 &[
                     uniform(&uniform_buffer, slot),
                     whole(entries),
-                    whole(boxes),
-                    whole(classes),
-                    whole(scores),
+                    whole(records),
                     whole(&sorted.boxes),
                     whole(&sorted.classes),
                     whole(&sorted.scores),
@@ -207,7 +191,9 @@ impl GpuContext {
                     // The walk's iterations per 32 rows: 32 diagonal steps, then per later word
                     // slice (words / 256 per invocation) one step per kept row (at most 32) + 1.
                     let walk_rows = LOOP_BUDGET * 32 / (32 + (words as u64).div_ceil(WG_SIZE) * 33);
-                    let rows = ((budget / row_bytes).min(walk_rows) / WG_SIZE * WG_SIZE).max(WG_SIZE).min(region as u64);
+                    let rows = ((budget / row_bytes).min(walk_rows) / WG_SIZE * WG_SIZE)
+                        .max(WG_SIZE)
+                        .min(region as u64);
                     if rows * row_bytes > limits.max_storage_binding {
                         return Err(Error::invalid(format!(
                             "NMS: 256 rows of suppression mask ({row_bytes} bytes each) exceed the binding limit"
@@ -233,7 +219,10 @@ impl GpuContext {
                     let uniform_buffer = uniforms.into_buffer(self);
                     let mask_pipeline = self.pipeline(Kernel::NmsMask)?;
                     let gather_pipeline = self.pipeline(Kernel::NmsGather)?;
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nms"), timestamp_writes: None });
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("nms"),
+                        timestamp_writes: None,
+                    });
                     for (slot, groups) in passes {
                         dispatch(
                             self,
@@ -270,7 +259,11 @@ impl GpuContext {
                 }
                 NmsKind::SoftLinear | NmsKind::SoftGaussian { .. } => {
                     let config = match nms.kind {
-                        NmsKind::SoftGaussian { sigma } => NmsConfig { flags: base.flags | FLAG_GAUSSIAN, sigma, ..base },
+                        NmsKind::SoftGaussian { sigma } => NmsConfig {
+                            flags: base.flags | FLAG_GAUSSIAN,
+                            sigma,
+                            ..base
+                        },
                         _ => base,
                     };
                     // Each pick scans the region twice (argmax, decay) and reduces once.
@@ -279,13 +272,20 @@ impl GpuContext {
                     let mut first = 0u64;
                     while first < max_out as u64 {
                         let end = (first + picks).min(max_out as u64);
-                        slots.push(uniforms.push(&NmsConfig { row_begin: first as u32, row_end: end as u32, ..config }));
+                        slots.push(uniforms.push(&NmsConfig {
+                            row_begin: first as u32,
+                            row_end: end as u32,
+                            ..config
+                        }));
                         first = end;
                     }
                     let done = self.zeros::<u32>(segments)?;
                     let uniform_buffer = uniforms.into_buffer(self);
                     let pipeline = self.pipeline(Kernel::NmsSoft)?;
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("soft nms"), timestamp_writes: None });
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("soft nms"),
+                        timestamp_writes: None,
+                    });
                     for slot in slots {
                         dispatch(
                             self,
@@ -310,7 +310,13 @@ impl GpuContext {
                     let max_iou = self.zeros::<f32>(region * segments)?;
                     let decays = self.zeros::<f32>(region * segments)?;
                     let config = match nms.kind {
-                        NmsKind::Matrix { gaussian_sigma: Some(sigma) } => NmsConfig { flags: base.flags | FLAG_GAUSSIAN, sigma, ..base },
+                        NmsKind::Matrix {
+                            gaussian_sigma: Some(sigma),
+                        } => NmsConfig {
+                            flags: base.flags | FLAG_GAUSSIAN,
+                            sigma,
+                            ..base
+                        },
                         _ => base,
                     };
                     let matrix = matches!(nms.kind, NmsKind::Matrix { .. });
@@ -320,22 +326,35 @@ impl GpuContext {
                     let mut first = 0u64;
                     while first < region as u64 {
                         let end = (first + span).min(region as u64);
-                        ranges.push(uniforms.push(&NmsConfig { row_begin: first as u32, row_end: end as u32, ..config }));
+                        ranges.push(uniforms.push(&NmsConfig {
+                            row_begin: first as u32,
+                            row_end: end as u32,
+                            ..config
+                        }));
                         first = end;
                     }
-                    let compact_slot =
-                        uniforms.push(&NmsConfig { flags: config.flags | if matrix { FLAG_FROM_ENTRIES } else { 0 }, ..config });
+                    let compact_slot = uniforms.push(&NmsConfig {
+                        flags: config.flags | if matrix { FLAG_FROM_ENTRIES } else { 0 },
+                        ..config
+                    });
                     let uniform_buffer = uniforms.into_buffer(self);
                     let entries = self.zeros::<SortEntry>(sort_len(region * segments))?;
                     if matrix {
                         // Entries past the last region sort after everything.
                         let padding = vec![crate::gpu::sort::padding(u32::MAX); entries.len() - region * segments];
                         if !padding.is_empty() {
-                            self.queue().write_buffer(entries.buffer(), (region * segments * 16) as u64, bytemuck::cast_slice(&padding));
+                            self.queue().write_buffer(
+                                entries.buffer(),
+                                (region * segments * 16) as u64,
+                                bytemuck::cast_slice(&padding),
+                            );
                         }
                     }
                     {
-                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fast/matrix nms"), timestamp_writes: None });
+                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("fast/matrix nms"),
+                            timestamp_writes: None,
+                        });
                         let max_iou_pipeline = self.pipeline(Kernel::NmsMaxIou)?;
                         for slot in &ranges {
                             dispatch(
@@ -377,7 +396,10 @@ impl GpuContext {
                     if matrix {
                         self.record_sort_entries(encoder, &entries)?;
                     }
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("keep compact"), timestamp_writes: None });
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("keep compact"),
+                        timestamp_writes: None,
+                    });
                     dispatch(
                         self,
                         &mut pass,
@@ -417,10 +439,7 @@ impl GpuContext {
         if scores.len() != n || classes.is_some_and(|c| c.len() != n) {
             return Err(Error::shape(
                 "NMS",
-                format!(
-                    "{n} boxes but {} scores (or classes of another length)",
-                    scores.len()
-                ),
+                format!("{n} boxes but {} scores (or classes of another length)", scores.len()),
             ));
         }
         let region = region_for(n);
@@ -434,6 +453,7 @@ impl GpuContext {
             }
         };
         let entries = self.zeros::<SortEntry>(sort_len(region))?;
+        let records = self.zeros::<GpuDetection>(n)?;
         self.scoped(|| {
             let mut uniforms = Uniforms::new::<EntriesConfig>(self.limits());
             let slot = uniforms.push(&EntriesConfig {
@@ -450,24 +470,17 @@ impl GpuContext {
                 &[
                     uniform(&uniform_buffer, slot),
                     whole(scores),
+                    whole(boxes),
+                    whole(classes),
                     whole(&entries),
+                    whole(&records),
                 ],
                 (entries.len() as u64).div_ceil(WG_SIZE) as u32,
             );
             Ok(())
         })?;
         self.record_sort_entries(encoder, &entries)?;
-        let sorted = self.record_permute(
-            encoder,
-            &entries,
-            &Unsorted {
-                boxes,
-                classes,
-                scores,
-            },
-            region,
-            1,
-        )?;
+        let sorted = self.record_permute(encoder, &entries, &records, region, 1)?;
         let kept = self.record_nms_sorted(encoder, nms, &sorted, max_out)?;
         let out = self.zeros::<u32>(max_out)?;
         self.scoped(|| {
@@ -511,19 +524,10 @@ pub(crate) fn nms_host(
     let scores_buf = ctx.upload(scores)?;
     let classes_buf = classes.map(|c| ctx.upload(c)).transpose()?;
     let mut encoder = ctx.encoder("nms");
-    let (keep, keep_scores, count) = ctx.record_nms(
-        &mut encoder,
-        nms,
-        &boxes_buf,
-        &scores_buf,
-        classes_buf.as_ref(),
-    )?;
+    let (keep, keep_scores, count) =
+        ctx.record_nms(&mut encoder, nms, &boxes_buf, &scores_buf, classes_buf.as_ref())?;
     let mut readback = Readback::default();
-    let slots = (
-        readback.add(&keep),
-        readback.add(&keep_scores),
-        readback.add(&count),
-    );
+    let slots = (readback.add(&keep), readback.add(&keep_scores), readback.add(&count));
     let mut results = readback.run(ctx, encoder)?;
     let n = results.take(slots.2)[0] as usize;
     let mut keep = results.take(slots.0);

@@ -48,11 +48,7 @@ pub(crate) fn record_sum(
     let pipeline = ctx.pipeline(Kernel::ReduceSum)?;
     let (norm_flags, norm_index, norm_value, counts) = match *normaliser {
         Normaliser::Constant(v) => (0, 0, v, None),
-        Normaliser::Count {
-            counts,
-            index,
-            scale,
-        } => (FLAG_NORM_FROM_COUNTS, index, scale, Some(counts)),
+        Normaliser::Count { counts, index, scale } => (FLAG_NORM_FROM_COUNTS, index, scale, Some(counts)),
     };
     let spare = ctx.zeros::<u32>(1)?;
     let counts = counts.unwrap_or(spare.buffer());

@@ -80,19 +80,13 @@ pub fn compose(path: &str, features: ShaderFeatures) -> Result<String, String> {
     Ok(body)
 }
 
-fn append(
-    path: &str,
-    features: ShaderFeatures,
-    body: &mut String,
-    seen: &mut Vec<String>,
-) -> Result<(), String> {
+fn append(path: &str, features: ShaderFeatures, body: &mut String, seen: &mut Vec<String>) -> Result<(), String> {
     let resolved = resolve(path, features);
     if seen.contains(&resolved) {
         return Ok(());
     }
     seen.push(resolved.clone());
-    let text =
-        file(&resolved).ok_or_else(|| format!("shader file `{resolved}` is not embedded"))?;
+    let text = file(&resolved).ok_or_else(|| format!("shader file `{resolved}` is not embedded"))?;
     for line in text.lines() {
         let trimmed = line.trim();
         if let Some(rest) = trimmed.strip_prefix(INCLUDE) {

@@ -42,8 +42,5 @@ pub(crate) fn top_k_host(ctx: &GpuContext, values: &[f32], k: usize) -> Result<V
     let (candidates, selected) = (readback.add(&out.candidates), readback.add(&out.selected));
     let mut results = readback.run(ctx, encoder)?;
     let n = results.take(selected)[0] as usize;
-    Ok(results.take(candidates)[..n]
-        .iter()
-        .map(|c| (c[0], c[1]))
-        .collect())
+    Ok(results.take(candidates)[..n].iter().map(|c| (c[0], c[1])).collect())
 }

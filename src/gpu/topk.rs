@@ -104,16 +104,11 @@ impl GpuContext {
             if s.k > s.len || s.start + s.len > values.len() {
                 return Err(Error::shape(
                     "top-k",
-                    format!(
-                        "segment {i} ({s:?}) does not fit {} values, or k > len",
-                        values.len()
-                    ),
+                    format!("segment {i} ({s:?}) does not fit {} values, or k > len", values.len()),
                 ));
             }
             let out_offset = i * stride;
-            if u32::try_from(s.start + s.len).is_err()
-                || u32::try_from(out_offset + stride).is_err()
-            {
+            if u32::try_from(s.start + s.len).is_err() || u32::try_from(out_offset + stride).is_err() {
                 return Err(Error::invalid("top-k: more than 2^32 elements"));
             }
             table.push(SegmentGpu {
@@ -198,8 +193,7 @@ impl GpuContext {
             // Per chunk: a key window and one uniform per radix pass, plus one for compaction.
             let mut windows = Vec::new();
             for c in &chunks {
-                let (binding, base) =
-                    storage_window(limits, values.buffer(), c.key_start, c.key_len, 4);
+                let (binding, base) = storage_window(limits, values.buffer(), c.key_start, c.key_len, 4);
                 let config = TopkConfig {
                     first_tile: c.first_tile,
                     n_tiles: c.n_tiles,

@@ -70,9 +70,7 @@ impl AnchorConfig {
             )));
         }
         if self.scales.is_empty() || self.aspect_ratios.is_empty() {
-            return Err(Error::invalid(
-                "anchors: at least one scale and one aspect ratio",
-            ));
+            return Err(Error::invalid("anchors: at least one scale and one aspect ratio"));
         }
         if let Some(s) = self.strides.iter().find(|&&s| s == 0) {
             return Err(Error::invalid(format!("anchors: stride {s} must be >= 1")));
@@ -83,9 +81,7 @@ impl AnchorConfig {
             ("aspect ratio", &self.aspect_ratios),
         ] {
             if let Some(v) = values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-                return Err(Error::invalid(format!(
-                    "anchors: {name} {v} must be finite and > 0"
-                )));
+                return Err(Error::invalid(format!("anchors: {name} {v} must be finite and > 0")));
             }
         }
         if !self.offset.is_finite() {
@@ -176,12 +172,7 @@ impl AnchorConfig {
 
     /// A cache key that identifies this configuration and size exactly.
     pub(crate) fn cache_key(&self, height: u32, width: u32) -> Vec<u32> {
-        let mut key = vec![
-            height,
-            width,
-            self.offset.to_bits(),
-            self.strides.len() as u32,
-        ];
+        let mut key = vec![height, width, self.offset.to_bits(), self.strides.len() as u32];
         key.extend(&self.strides);
         for values in [&self.sizes, &self.scales, &self.aspect_ratios] {
             key.push(values.len() as u32);

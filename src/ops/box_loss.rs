@@ -99,16 +99,12 @@ impl BoxLoss {
         let normaliser = match self.reduction {
             BoxReduction::Sum => 1.0,
             BoxReduction::Normalized(v) => v,
-            BoxReduction::PerPositive => {
-                (input.labels.iter().filter(|&&l| l >= 0).count() as f32).max(1.0)
-            }
+            BoxReduction::PerPositive => (input.labels.iter().filter(|&&l| l >= 0).count() as f32).max(1.0),
         };
         let mut grad = vec![[0.0f32; 4]; input.pred.len()];
         let sum = match backend {
             Backend::Cpu => crate::cpu::box_loss::box_loss(self, input, normaliser, &mut grad),
-            Backend::Gpu(ctx) => {
-                crate::gpu::box_loss::box_loss_host(ctx, self, input, normaliser, &mut grad)?
-            }
+            Backend::Gpu(ctx) => crate::gpu::box_loss::box_loss_host(ctx, self, input, normaliser, &mut grad)?,
         };
         Ok(BoxLossOutput {
             loss: (sum / f64::from(normaliser)) as f32,
@@ -149,10 +145,7 @@ impl BoxLossInput<'_> {
         if n > 0 && (self.anchors.is_empty() || !n.is_multiple_of(self.anchors.len())) {
             return Err(Error::shape(
                 "box loss",
-                format!(
-                    "{n} rows are not whole images of {} anchors",
-                    self.anchors.len()
-                ),
+                format!("{n} rows are not whole images of {} anchors", self.anchors.len()),
             ));
         }
         check_anchors("box loss", self.anchors)

@@ -9,9 +9,7 @@ use crate::error::{Error, Result};
 pub(crate) fn check_boxes(what: &str, boxes: &[[f32; 4]]) -> Result<()> {
     for (i, b) in boxes.iter().enumerate() {
         if b.iter().any(|v| !v.is_finite()) {
-            return Err(Error::invalid(format!(
-                "{what}: box {i} is {b:?}, which is not finite"
-            )));
+            return Err(Error::invalid(format!("{what}: box {i} is {b:?}, which is not finite")));
         }
         if b[2] < b[0] || b[3] < b[1] {
             return Err(Error::invalid(format!(
@@ -86,12 +84,7 @@ impl BoxCoder {
 
     /// Deltas of `boxes[i]` relative to `anchors[i]`. Boxes need positive width and height
     /// (their log is taken), like anchors.
-    pub fn encode(
-        &self,
-        backend: &Backend,
-        boxes: &[[f32; 4]],
-        anchors: &[[f32; 4]],
-    ) -> Result<Vec<[f32; 4]>> {
+    pub fn encode(&self, backend: &Backend, boxes: &[[f32; 4]], anchors: &[[f32; 4]]) -> Result<Vec<[f32; 4]>> {
         self.validate()?;
         if boxes.len() != anchors.len() {
             return Err(Error::shape(
@@ -108,12 +101,7 @@ impl BoxCoder {
     }
 
     /// Boxes that `deltas[i]` describe relative to `anchors[i]`. NaN deltas give NaN boxes.
-    pub fn decode(
-        &self,
-        backend: &Backend,
-        deltas: &[[f32; 4]],
-        anchors: &[[f32; 4]],
-    ) -> Result<Vec<[f32; 4]>> {
+    pub fn decode(&self, backend: &Backend, deltas: &[[f32; 4]], anchors: &[[f32; 4]]) -> Result<Vec<[f32; 4]>> {
         self.validate()?;
         if deltas.len() != anchors.len() {
             return Err(Error::shape(
@@ -123,12 +111,7 @@ impl BoxCoder {
         }
         check_anchors("BoxCoder::decode", anchors)?;
         match backend {
-            Backend::Cpu => Ok(crate::cpu::boxes::decode_all(
-                deltas,
-                anchors,
-                self.weights,
-                self.clamp,
-            )),
+            Backend::Cpu => Ok(crate::cpu::boxes::decode_all(deltas, anchors, self.weights, self.clamp)),
             Backend::Gpu(ctx) => crate::gpu::boxes::coder_host(ctx, self, deltas, anchors, true),
         }
     }

@@ -94,10 +94,7 @@ impl DetectionInput<'_> {
         if a == 0 || !self.deltas.len().is_multiple_of(a) {
             return Err(Error::shape(
                 "post-processing",
-                format!(
-                    "{} deltas are not whole images of {a} anchors",
-                    self.deltas.len()
-                ),
+                format!("{} deltas are not whole images of {a} anchors", self.deltas.len()),
             ));
         }
         if self.logits.len() != self.deltas.len() * k {
@@ -137,16 +134,10 @@ impl PostProcess {
             )));
         }
         if self.topk_per_level == 0 || self.max_detections == 0 {
-            return Err(Error::invalid(
-                "topk_per_level and max_detections must be >= 1",
-            ));
+            return Err(Error::invalid("topk_per_level and max_detections must be >= 1"));
         }
-        if u32::try_from(self.topk_per_level).is_err()
-            || u32::try_from(self.max_detections).is_err()
-        {
-            return Err(Error::invalid(
-                "topk_per_level and max_detections must fit in u32",
-            ));
+        if u32::try_from(self.topk_per_level).is_err() || u32::try_from(self.max_detections).is_err() {
+            return Err(Error::invalid("topk_per_level and max_detections must fit in u32"));
         }
         Ok(())
     }
@@ -158,11 +149,7 @@ impl PostProcess {
     }
 
     /// Detections of every image of the batch, in decreasing score order.
-    pub fn run(
-        &self,
-        backend: &Backend,
-        input: &DetectionInput<'_>,
-    ) -> Result<Vec<Vec<Detection>>> {
+    pub fn run(&self, backend: &Backend, input: &DetectionInput<'_>) -> Result<Vec<Vec<Detection>>> {
         self.validate()?;
         input.validate()?;
         match backend {

@@ -160,9 +160,7 @@ impl FocalLoss {
                 )));
             }
             if !beta.is_finite() {
-                return Err(Error::invalid(format!(
-                    "FL* beta must be finite, got {beta}"
-                )));
+                return Err(Error::invalid(format!("FL* beta must be finite, got {beta}")));
             }
         }
         if let Reduction::Normalized(v) = self.reduction
@@ -190,12 +188,7 @@ impl FocalLoss {
         self.run(backend, input, false)
     }
 
-    fn run(
-        &self,
-        backend: &Backend,
-        input: &FocalInput<'_>,
-        want_grad: bool,
-    ) -> Result<FocalOutput> {
+    fn run(&self, backend: &Backend, input: &FocalInput<'_>, want_grad: bool) -> Result<FocalOutput> {
         self.validate()?;
         input.validate()?;
         let normaliser = self.host_normaliser(input);
@@ -252,10 +245,7 @@ impl FocalLoss {
             }
             Reduction::PerPositive => {
                 let positives = match input.targets {
-                    Targets::Dense(t) => t
-                        .chunks(k.max(1))
-                        .filter(|row| row.iter().any(|&v| v > 0.0))
-                        .count(),
+                    Targets::Dense(t) => t.chunks(k.max(1)).filter(|row| row.iter().any(|&v| v > 0.0)).count(),
                     Targets::Labels(l) => l.iter().filter(|&&l| l >= 0).count(),
                 };
                 (positives as f32).max(1.0)
@@ -377,9 +367,7 @@ impl<'a> FocalInput<'a> {
             ));
         }
         if u32::try_from(k).is_err() {
-            return Err(Error::invalid(format!(
-                "focal loss: num_classes = {k} exceeds u32"
-            )));
+            return Err(Error::invalid(format!("focal loss: num_classes = {k} exceeds u32")));
         }
         match self.targets {
             Targets::Dense(t) => {
@@ -389,10 +377,7 @@ impl<'a> FocalInput<'a> {
                         format!("{n} logits but {} dense targets", t.len()),
                     ));
                 }
-                if let Some(i) = t
-                    .iter()
-                    .position(|&v| !v.is_nan() && !(0.0..=1.0).contains(&v))
-                {
+                if let Some(i) = t.iter().position(|&v| !v.is_nan() && !(0.0..=1.0).contains(&v)) {
                     return Err(Error::invalid(format!(
                         "focal loss: dense target {i} is {}, outside [0, 1]",
                         t[i]
@@ -403,11 +388,7 @@ impl<'a> FocalInput<'a> {
                 if l.len() != n / k {
                     return Err(Error::shape(
                         "focal loss",
-                        format!(
-                            "{n} logits are {} rows of {k}, but there are {} labels",
-                            n / k,
-                            l.len()
-                        ),
+                        format!("{n} logits are {} rows of {k}, but there are {} labels", n / k, l.len()),
                     ));
                 }
                 if let Some(i) = l.iter().position(|&v| v < LABEL_IGNORE || v >= k as i32) {

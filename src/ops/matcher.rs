@@ -119,11 +119,7 @@ impl TargetAssigner {
                     )));
                 }
             }
-            if let Some(i) = gt
-                .classes
-                .iter()
-                .position(|&c| c < 0 || c as usize >= self.num_classes)
-            {
+            if let Some(i) = gt.classes.iter().position(|&c| c < 0 || c as usize >= self.num_classes) {
                 return Err(Error::invalid(format!(
                     "ground truth of image {image}, box {i}: class {} outside [0, {})",
                     gt.classes[i], self.num_classes

@@ -110,9 +110,7 @@ impl Nms {
         if let Some(sigma) = sigma
             && !(sigma > 0.0 && sigma.is_finite())
         {
-            return Err(Error::invalid(format!(
-                "NMS sigma must be finite and > 0, got {sigma}"
-            )));
+            return Err(Error::invalid(format!("NMS sigma must be finite and > 0, got {sigma}")));
         }
         if self.max_output.is_some_and(|m| u32::try_from(m).is_err()) {
             return Err(Error::invalid("NMS max_output must fit in u32"));
@@ -164,15 +162,8 @@ pub struct NmsOutput {
 }
 
 /// torchvision's `nms`: indices of the boxes greedy NMS keeps, in decreasing score order.
-pub fn nms(
-    backend: &Backend,
-    boxes: &[[f32; 4]],
-    scores: &[f32],
-    iou_threshold: f32,
-) -> Result<Vec<u32>> {
-    Ok(Nms::hard(iou_threshold)
-        .run(backend, boxes, scores, None)?
-        .keep)
+pub fn nms(backend: &Backend, boxes: &[[f32; 4]], scores: &[f32], iou_threshold: f32) -> Result<Vec<u32>> {
+    Ok(Nms::hard(iou_threshold).run(backend, boxes, scores, None)?.keep)
 }
 
 /// torchvision's `batched_nms`: greedy NMS within each class.

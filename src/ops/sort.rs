@@ -6,11 +6,7 @@ use crate::error::{Error, Result};
 
 /// `keys` sorted in decreasing order with their `payloads` (ties: lower input index first; NaN
 /// keys last).
-pub fn sort_desc(
-    backend: &Backend,
-    keys: &[f32],
-    payloads: &[u32],
-) -> Result<(Vec<f32>, Vec<u32>)> {
+pub fn sort_desc(backend: &Backend, keys: &[f32], payloads: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
     if keys.len() != payloads.len() {
         return Err(Error::shape(
             "sort",
@@ -21,10 +17,7 @@ pub fn sort_desc(
         Backend::Cpu => crate::cpu::sort::argsort_desc(keys),
         Backend::Gpu(ctx) => crate::gpu::sort_ops::argsort_desc_host(ctx, keys)?,
     };
-    Ok(order
-        .iter()
-        .map(|&i| (keys[i as usize], payloads[i as usize]))
-        .unzip())
+    Ok(order.iter().map(|&i| (keys[i as usize], payloads[i as usize])).unzip())
 }
 
 /// The `k` largest values (NaN never; fewer if fewer are not NaN) in decreasing order, with
@@ -36,8 +29,5 @@ pub fn top_k(backend: &Backend, values: &[f32], k: usize) -> Result<(Vec<f32>, V
         Backend::Gpu(ctx) => crate::gpu::sort_ops::top_k_host(ctx, values, k)?,
     };
     selected.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    Ok(selected
-        .iter()
-        .map(|&(_, i)| (values[i as usize], i))
-        .unzip())
+    Ok(selected.iter().map(|&(_, i)| (values[i as usize], i)).unzip())
 }

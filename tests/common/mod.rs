@@ -16,8 +16,7 @@ pub fn golden_dir() -> PathBuf {
 /// Parses one vector file of the golden directory.
 pub fn golden(name: &str) -> serde_json::Value {
     let path = golden_dir().join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
@@ -134,9 +133,6 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
         } else {
             (g - w).abs() <= atol + rtol * w.abs()
         };
-        assert!(
-            ok,
-            "{what}[{i}]: got {g}, want {w} (rtol {rtol}, atol {atol})"
-        );
+        assert!(ok, "{what}[{i}]: got {g}, want {w} (rtol {rtol}, atol {atol})");
     }
 }

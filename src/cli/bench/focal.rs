@@ -44,8 +44,7 @@ pub fn run(args: FocalArgs) -> Result<()> {
     let k = args.classes.max(1);
     let backends = args.common.backend.backends()?;
     let loss = FocalLoss::retinanet();
-    let steps =
-        args.sizes.len() as u64 * args.common.iters.max(1) as u64 * (backends.len() as u64 + 1);
+    let steps = args.sizes.len() as u64 * args.common.iters.max(1) as u64 * (backends.len() as u64 + 1);
     let bar = progress(steps, "focal loss");
     let mut rows_out = Vec::new();
     for &size in &args.sizes {
@@ -86,22 +85,14 @@ pub fn run(args: FocalArgs) -> Result<()> {
                     })?;
                     rows_out.push(row("focal_loss", resident));
                     drop((logits_buf, labels_buf, grad, out));
-                    let transfer = median_seconds(args.common.iters, &bar, || {
-                        loss.compute(backend, &input).map(drop)
-                    })?;
+                    let transfer = median_seconds(args.common.iters, &bar, || loss.compute(backend, &input).map(drop))?;
                     rows_out.push(row("focal_loss_with_transfer", transfer));
                 }
                 Backend::Cpu => {
                     let normaliser = labels.iter().filter(|&&l| l >= 0).count().max(1) as f32;
                     let mut grad = vec![0.0f32; n];
                     let seconds = median_seconds(args.common.iters, &bar, || {
-                        retina_wgpu::cpu::focal::focal_loss(
-                            &loss,
-                            &input,
-                            1.0 / normaliser,
-                            Some(&mut grad),
-                            None,
-                        );
+                        retina_wgpu::cpu::focal::focal_loss(&loss, &input, 1.0 / normaliser, Some(&mut grad), None);
                         Ok(())
                     })?;
                     rows_out.push(row("focal_loss", seconds));

@@ -51,19 +51,12 @@ pub fn run(args: MatchArgs) -> Result<()> {
     let anchors = config.generate(&Backend::Cpu, args.image, args.image)?;
     let a = anchors.len();
     let assigner = TargetAssigner::new(80);
-    let steps =
-        args.boxes.len() as u64 * args.common.iters.max(1) as u64 * (backends.len() as u64 + 1);
+    let steps = args.boxes.len() as u64 * args.common.iters.max(1) as u64 * (backends.len() as u64 + 1);
     let bar = progress(steps, "target assignment");
     let mut rows = Vec::new();
     for &count in &args.boxes {
         let gts = ground_truth(args.batch, count, args.image as f32);
-        let images: Vec<GroundTruth> = gts
-            .iter()
-            .map(|(b, c)| GroundTruth {
-                boxes: b,
-                classes: c,
-            })
-            .collect();
+        let images: Vec<GroundTruth> = gts.iter().map(|(b, c)| GroundTruth { boxes: b, classes: c }).collect();
         let size = (args.batch * a) as u64;
         for backend in &backends {
             let row = |op: &str, seconds: f64| Row {
@@ -83,11 +76,7 @@ pub fn run(args: MatchArgs) -> Result<()> {
                     let boxes: Vec<[f32; 4]> = gts.iter().flat_map(|g| g.0.clone()).collect();
                     let classes: Vec<i32> = gts.iter().flat_map(|g| g.1.clone()).collect();
                     let offsets: Vec<u32> = (0..=args.batch).map(|i| (i * count) as u32).collect();
-                    let (boxes, classes, offsets) = (
-                        ctx.upload(&boxes)?,
-                        ctx.upload(&classes)?,
-                        ctx.upload(&offsets)?,
-                    );
+                    let (boxes, classes, offsets) = (ctx.upload(&boxes)?, ctx.upload(&classes)?, ctx.upload(&offsets)?);
                     let n = args.batch * a;
                     let (matches, labels) = (ctx.zeros::<i32>(n)?, ctx.zeros::<i32>(n)?);
                     let box_targets = ctx.zeros::<[f32; 4]>(n)?;

@@ -4,6 +4,7 @@
 
 mod focal;
 mod matching;
+mod nms;
 
 use std::time::Instant;
 
@@ -26,6 +27,8 @@ enum Which {
     Focal(focal::FocalArgs),
     /// Target assignment (IoU, matching, encoding) for a batch: GPU vs CPU.
     Match(matching::MatchArgs),
+    /// NMS (plain and class-aware) and the whole detection post-processing: GPU vs CPU.
+    Nms(nms::NmsArgs),
 }
 
 /// Options every bench takes.
@@ -46,6 +49,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Focal(a) => focal::run(a),
         Which::Match(a) => matching::run(a),
+        Which::Nms(a) => nms::run(a),
     }
 }
 
@@ -77,20 +81,14 @@ pub struct Row {
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total).with_message(what.to_string());
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}") {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
 }
 
 /// Runs `f` once to warm up, then `iters` times; returns the median seconds.
-pub fn median_seconds(
-    iters: usize,
-    bar: &ProgressBar,
-    mut f: impl FnMut() -> Result<()>,
-) -> Result<f64> {
+pub fn median_seconds(iters: usize, bar: &ProgressBar, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut times = Vec::with_capacity(iters.max(1));
     for _ in 0..iters.max(1) {
@@ -128,8 +126,8 @@ pub fn gpu_median_seconds(
 /// Prints `rows` as JSON or as a table with GPU/CPU ratios.
 pub fn report(rows: &[Row], json: bool) -> Result<()> {
     if json {
-        let text = serde_json::to_string_pretty(rows)
-            .map_err(|e| retina_wgpu::Error::InvalidParameter(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(rows).map_err(|e| retina_wgpu::Error::InvalidParameter(e.to_string()))?;
         println!("{text}");
         return Ok(());
     }
