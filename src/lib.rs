@@ -10,6 +10,10 @@
 //! - [`TargetAssigner`]: IoU matching (torchvision's [`Matcher`]) fused with class labels,
 //!   encoded box targets and positive counts for a batch, in one command buffer.
 //! - [`box_iou`], [`BoxCoder`] and [`BoxLoss`] (smooth L1 or GIoU, forward and backward).
+//! - [`sort_desc`], [`top_k`], [`nms`] / [`batched_nms`] / [`Nms`] (hard, soft, matrix, fast)
+//!   and [`PostProcess`]: RetinaNet's inference path from network outputs to detections.
+//! - [`nn`]: the layers of a small RetinaNet (convolution forward and backward, ReLU,
+//!   upsampling, the head permute, SGD) on a CPU or GPU [`nn::Engine`].
 //!
 //! Run an operation on a [`Backend`]: `Backend::gpu()?` creates a device of its own;
 //! [`GpuContext::from_device`] wraps a device and queue a host application already has, and the
@@ -24,6 +28,7 @@ mod backend;
 pub mod cpu;
 mod error;
 pub mod gpu;
+pub mod nn;
 pub mod ops;
 
 pub use backend::Backend;

@@ -4,9 +4,11 @@
 pub mod anchors;
 pub mod box_loss;
 pub mod boxes;
+pub mod conv;
 pub mod detect;
 pub mod focal;
 pub mod matcher;
 pub mod math;
 pub mod nms;
+pub mod nn;
 pub mod sort;

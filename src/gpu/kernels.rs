@@ -36,10 +36,25 @@ pub(crate) enum Kernel {
     DetectOutput,
     SortEntriesInit,
     KeepMap,
+    ConvForward,
+    ConvGradInput,
+    ConvGradWeight,
+    ConvReduce,
+    ChannelSum,
+    Relu,
+    ReluGrad,
+    Add,
+    Accumulate,
+    UpsampleForward,
+    UpsampleBackward,
+    PermuteHead,
+    PermuteHeadBackward,
+    Sgd,
+    SumSquares,
 }
 
 impl Kernel {
-    const COUNT: usize = 27;
+    const COUNT: usize = 42;
 
     fn file(self) -> &'static str {
         match self {
@@ -70,14 +85,56 @@ impl Kernel {
             Kernel::DetectOutput => "detect_output.wgsl",
             Kernel::SortEntriesInit => "sort_entries_init.wgsl",
             Kernel::KeepMap => "keep_map.wgsl",
+            Kernel::ConvForward => "conv_gemm.wgsl",
+            Kernel::ConvGradInput => "conv_gemm.wgsl",
+            Kernel::ConvGradWeight => "conv_gemm.wgsl",
+            Kernel::ConvReduce => "conv_reduce.wgsl",
+            Kernel::ChannelSum => "channel_sum.wgsl",
+            Kernel::Relu => "elementwise.wgsl",
+            Kernel::ReluGrad => "elementwise.wgsl",
+            Kernel::Add => "elementwise.wgsl",
+            Kernel::Accumulate => "elementwise.wgsl",
+            Kernel::UpsampleForward => "upsample_nearest.wgsl",
+            Kernel::UpsampleBackward => "upsample_nearest.wgsl",
+            Kernel::PermuteHead => "head_permute.wgsl",
+            Kernel::PermuteHeadBackward => "head_permute.wgsl",
+            Kernel::Sgd => "sgd.wgsl",
+            Kernel::SumSquares => "sum_squares.wgsl",
+        }
+    }
+}
+
+impl Kernel {
+    /// Pipeline-overridable constants that specialise a shared kernel file.
+    fn constants(self) -> &'static [(&'static str, f64)] {
+        match self {
+            Kernel::ConvForward => &[("MODE", 0.0)],
+            Kernel::ConvGradInput => &[("MODE", 1.0)],
+            Kernel::ConvGradWeight => &[("MODE", 2.0)],
+            Kernel::Relu => &[("OP", 0.0)],
+            Kernel::ReluGrad => &[("OP", 1.0)],
+            Kernel::Add => &[("OP", 2.0)],
+            Kernel::Accumulate => &[("OP", 3.0)],
+            Kernel::UpsampleForward => &[("BACKWARD", 0.0)],
+            Kernel::UpsampleBackward => &[("BACKWARD", 1.0)],
+            Kernel::PermuteHead => &[("BACKWARD", 0.0)],
+            Kernel::PermuteHeadBackward => &[("BACKWARD", 1.0)],
+            _ => &[],
         }
     }
 }
 
 /// Compiled pipelines, indexed by [`Kernel`].
-#[derive(Default)]
 pub(crate) struct Kernels {
     pipelines: [OnceLock<wgpu::ComputePipeline>; Kernel::COUNT],
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Self {
+            pipelines: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
 }
 
 impl GpuContext {
@@ -100,7 +157,10 @@ impl GpuContext {
                 layout: None,
                 module: &module,
                 entry_point: Some("main"),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: kernel.constants(),
+                    ..Default::default()
+                },
                 cache: None,
             }))
         })?;

@@ -12,6 +12,7 @@ pub(crate) mod focal;
 mod kernels;
 pub(crate) mod matcher;
 pub(crate) mod nms;
+pub(crate) mod nn;
 mod reduce;
 pub mod shader;
 mod sort;

@@ -41,6 +41,14 @@ pub const KERNEL_FILES: &[&str] = &[
     "detect_output.wgsl",
     "sort_entries_init.wgsl",
     "keep_map.wgsl",
+    "conv_gemm.wgsl",
+    "conv_reduce.wgsl",
+    "channel_sum.wgsl",
+    "elementwise.wgsl",
+    "upsample_nearest.wgsl",
+    "head_permute.wgsl",
+    "sgd.wgsl",
+    "sum_squares.wgsl",
 ];
 
 /// Device capabilities that select between variants of the shared helpers.

@@ -1,0 +1,245 @@
+// 2-D convolution as an implicit GEMM, one kernel for the three products of training:
+//   forward      Y[co, (b,oy,ox)]    = sum over (ci,ky,kx) of W[co, ci,ky,kx] * X[b, ci, oy*s-p+ky, ox*s-p+kx]
+//   grad input   dX[ci, (b,y,x)]     = sum over (co,ky,kx) of W[co, ci,ky,kx] * dY[b, co, (y+p-ky)/s, (x+p-kx)/s]
+//                                      (only where the division is exact and in range: no scatter, no atomics)
+//   grad weight  dW[co, (ci,ky,kx)]  = sum over (b,oy,ox) of dY[b, co, oy,ox] * X[b, ci, oy*s-p+ky, ox*s-p+kx]
+// The im2col matrix is never stored: tiles of it are gathered straight from NCHW tensors.
+//
+// Tiling: a workgroup computes a BM x BN tile of the output with 256 invocations, each a
+// TM x TN = 4 x 4 block in registers; the K dimension advances BK at a time through two
+// workgroup-memory tiles (A: BK x BM, B: BK x BN; 8 KiB, half of WebGPU's guaranteed 16 KiB).
+// 64 x 64 tiles give 16 multiply-adds per shared-memory load and still leave several
+// workgroups per multiprocessor; they need 256 invocations per workgroup (WebGPU's default
+// limit) and nothing beyond the default limits. Split-K: workgroups with different `split`
+// cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
+// sums over the whole batch, so its K is large); without splits the output is written directly,
+// with the bias in the forward pass. src/cpu/conv.rs computes the same with im2col and GEMM.
+
+// Which product; a pipeline-overridable constant, so each mode compiles to its own pipeline
+// with the other two branches folded away.
+override MODE: u32 = 0u;
+
+// Must stay in sync with `ConvConfig` in src/gpu/conv.rs.
+struct Config {
+    batch: u32,
+    in_channels: u32,
+    out_channels: u32,
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride: u32,
+    pad: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    // K per split, a multiple of BK.
+    k_split: u32,
+    splits: u32,
+    m_tiles: u32,
+    n_tiles: u32,
+    flags: u32,
+    _pad0: u32,
+}
+
+const MODE_FORWARD: u32 = 0u;
+const MODE_GRAD_INPUT: u32 = 1u;
+const MODE_GRAD_WEIGHT: u32 = 2u;
+const FLAG_BIAS: u32 = 1u;
+const FLAG_PARTIAL: u32 = 2u;
+
+const WG_SIZE: u32 = 256u;
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+const TM: u32 = 4u;
+const TN: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> cfg: Config;
+// forward, grad input: weights; grad weight: dY.
+@group(0) @binding(1) var<storage, read> a_src: array<f32>;
+// forward, grad weight: X; grad input: dY.
+@group(0) @binding(2) var<storage, read> b_src: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> sh_a: array<f32, BK * BM>;
+var<workgroup> sh_b: array<f32, BK * BN>;
+
+// Element (m, k) of the left matrix.
+fn load_a(m: u32, k: u32) -> f32 {
+    if m >= cfg.m || k >= cfg.k {
+        return 0.0;
+    }
+    let khw = cfg.kernel_h * cfg.kernel_w;
+    switch MODE {
+        case MODE_FORWARD: {
+            return a_src[m * cfg.k + k];
+        }
+        case MODE_GRAD_INPUT: {
+            // m = ci, k = (co, ky, kx).
+            let co = k / khw;
+            return a_src[(co * cfg.in_channels + m) * khw + k % khw];
+        }
+        default: {
+            // m = co, k = (b, oy, ox).
+            let hw = cfg.out_h * cfg.out_w;
+            let b = k / hw;
+            return a_src[(b * cfg.out_channels + m) * hw + k % hw];
+        }
+    }
+}
+
+// X[b, ci, y, x] with zero padding outside the image (y, x may be "negative" as wrapped u32).
+fn input_at(b: u32, ci: u32, y: u32, x: u32) -> f32 {
+    if y >= cfg.in_h || x >= cfg.in_w {
+        return 0.0;
+    }
+    return b_src[((b * cfg.in_channels + ci) * cfg.in_h + y) * cfg.in_w + x];
+}
+
+// Element (k, n) of the right matrix.
+fn load_b(k: u32, n: u32) -> f32 {
+    if k >= cfg.k || n >= cfg.n {
+        return 0.0;
+    }
+    let khw = cfg.kernel_h * cfg.kernel_w;
+    switch MODE {
+        case MODE_FORWARD: {
+            // k = (ci, ky, kx), n = (b, oy, ox).
+            let ci = k / khw;
+            let ky = (k % khw) / cfg.kernel_w;
+            let kx = k % cfg.kernel_w;
+            let hw = cfg.out_h * cfg.out_w;
+            let b = n / hw;
+            let oy = (n % hw) / cfg.out_w;
+            let ox = n % cfg.out_w;
+            return input_at(b, ci, oy * cfg.stride + ky - cfg.pad, ox * cfg.stride + kx - cfg.pad);
+        }
+        case MODE_GRAD_INPUT: {
+            // k = (co, ky, kx), n = (b, y, x): dY at ((y + p - ky) / s, (x + p - kx) / s).
+            let co = k / khw;
+            let ky = (k % khw) / cfg.kernel_w;
+            let kx = k % cfg.kernel_w;
+            let hw = cfg.in_h * cfg.in_w;
+            let b = n / hw;
+            let y = (n % hw) / cfg.in_w + cfg.pad;
+            let x = n % cfg.in_w + cfg.pad;
+            if y < ky || x < kx {
+                return 0.0;
+            }
+            let ty = y - ky;
+            let tx = x - kx;
+            if ty % cfg.stride != 0u || tx % cfg.stride != 0u {
+                return 0.0;
+            }
+            let oy = ty / cfg.stride;
+            let ox = tx / cfg.stride;
+            if oy >= cfg.out_h || ox >= cfg.out_w {
+                return 0.0;
+            }
+            return b_src[((b * cfg.out_channels + co) * cfg.out_h + oy) * cfg.out_w + ox];
+        }
+        default: {
+            // k = (b, oy, ox), n = (ci, ky, kx).
+            let hw = cfg.out_h * cfg.out_w;
+            let b = k / hw;
+            let oy = (k % hw) / cfg.out_w;
+            let ox = k % cfg.out_w;
+            let ci = n / khw;
+            let ky = (n % khw) / cfg.kernel_w;
+            let kx = n % cfg.kernel_w;
+            return input_at(b, ci, oy * cfg.stride + ky - cfg.pad, ox * cfg.stride + kx - cfg.pad);
+        }
+    }
+}
+
+// Where output element (m, n) lives in its NCHW (or row-major weight) tensor.
+fn out_index(m: u32, n: u32) -> u32 {
+    switch MODE {
+        case MODE_FORWARD: {
+            let hw = cfg.out_h * cfg.out_w;
+            return ((n / hw) * cfg.out_channels + m) * hw + n % hw;
+        }
+        case MODE_GRAD_INPUT: {
+            let hw = cfg.in_h * cfg.in_w;
+            return ((n / hw) * cfg.in_channels + m) * hw + n % hw;
+        }
+        default: {
+            return m * cfg.n + n;
+        }
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) num_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let index = wg.x + wg.y * num_wg.x;
+    let tiles = cfg.m_tiles * cfg.n_tiles;
+    let split = index / tiles;
+    if split >= cfg.splits {
+        return;
+    }
+    let tile = index % tiles;
+    let m0 = (tile / cfg.n_tiles) * BM;
+    let n0 = (tile % cfg.n_tiles) * BN;
+    let k_begin = split * cfg.k_split;
+    let k_end = min(cfg.k, k_begin + cfg.k_split);
+    // This invocation's 4 x 4 block of the tile.
+    let tm = (lid / (BN / TN)) * TM;
+    let tn = (lid % (BN / TN)) * TN;
+    var acc: array<f32, 16>;
+    for (var k0 = k_begin; k0 < k_end; k0 = k0 + BK) {
+        // Each invocation stages 4 elements of A and 4 of B; consecutive invocations take
+        // consecutive k of A (contiguous weights) and consecutive n of B (contiguous pixels).
+        for (var i = 0u; i < 4u; i = i + 1u) {
+            let e = lid + i * WG_SIZE;
+            let ak = e % BK;
+            let am = e / BK;
+            sh_a[ak * BM + am] = select(0.0, load_a(m0 + am, k0 + ak), k0 + ak < k_end);
+            let bk = e / BN;
+            let bn = e % BN;
+            sh_b[bk * BN + bn] = select(0.0, load_b(k0 + bk, n0 + bn), k0 + bk < k_end);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            let a = vec4(sh_a[kk * BM + tm], sh_a[kk * BM + tm + 1u], sh_a[kk * BM + tm + 2u], sh_a[kk * BM + tm + 3u]);
+            let b = vec4(sh_b[kk * BN + tn], sh_b[kk * BN + tn + 1u], sh_b[kk * BN + tn + 2u], sh_b[kk * BN + tn + 3u]);
+            for (var i = 0u; i < TM; i = i + 1u) {
+                acc[i * TN] = acc[i * TN] + a[i] * b.x;
+                acc[i * TN + 1u] = acc[i * TN + 1u] + a[i] * b.y;
+                acc[i * TN + 2u] = acc[i * TN + 2u] + a[i] * b.z;
+                acc[i * TN + 3u] = acc[i * TN + 3u] + a[i] * b.w;
+            }
+        }
+        workgroupBarrier();
+    }
+    let partial = (cfg.flags & FLAG_PARTIAL) != 0u;
+    let total = cfg.m * cfg.n;
+    for (var i = 0u; i < TM; i = i + 1u) {
+        let m = m0 + tm + i;
+        if m >= cfg.m {
+            continue;
+        }
+        var b = 0.0;
+        if !partial && (cfg.flags & FLAG_BIAS) != 0u {
+            b = bias[m];
+        }
+        for (var j = 0u; j < TN; j = j + 1u) {
+            let n = n0 + tn + j;
+            if n < cfg.n {
+                let o = out_index(m, n);
+                if partial {
+                    out[split * total + o] = acc[i * TN + j];
+                } else {
+                    out[o] = acc[i * TN + j] + b;
+                }
+            }
+        }
+    }
+}

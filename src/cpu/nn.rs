@@ -1,0 +1,489 @@
+//! The CPU backend of the network layers ([`crate::nn`]): pooled tensors and the layers, the
+//! twins of `shaders/conv_gemm.wgsl`, `elementwise.wgsl`, `upsample_nearest.wgsl`,
+//! `head_permute.wgsl` and `sgd.wgsl`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::cpu::conv::{self, Real};
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, ConvGrads, Engine, PoolStats, Sgd, Shape};
+
+/// Recycled vectors by length. Shared by the engine and its tensors, which return their storage
+/// when dropped.
+pub struct Pool<T> {
+    inner: Mutex<PoolInner<T>>,
+}
+
+struct PoolInner<T> {
+    free: HashMap<usize, Vec<Vec<T>>>,
+    stats: PoolStats,
+}
+
+impl<T: Real> Pool<T> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(PoolInner {
+                free: HashMap::new(),
+                stats: PoolStats::default(),
+            }),
+        })
+    }
+
+    /// Scratch space of `len` values (contents unspecified) that returns to the pool when
+    /// dropped.
+    pub(crate) fn take(&self, len: usize) -> PooledVec<'_, T> {
+        PooledVec {
+            data: self.take_vec(len, true),
+            pool: self,
+        }
+    }
+
+    fn take_vec(&self, len: usize, scratch: bool) -> Vec<T> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match inner.free.get_mut(&len).and_then(Vec::pop) {
+            Some(v) => {
+                inner.stats.reuses += 1;
+                v
+            }
+            None => {
+                if scratch {
+                    inner.stats.scratch_allocations += 1;
+                } else {
+                    inner.stats.allocations += 1;
+                }
+                vec![T::ZERO; len]
+            }
+        }
+    }
+
+    fn give(&self, v: Vec<T>) {
+        if v.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.free.entry(v.len()).or_default().push(v);
+    }
+
+    fn stats(&self) -> PoolStats {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).stats
+    }
+}
+
+/// Scratch space from a [`Pool`], returned on drop.
+pub(crate) struct PooledVec<'a, T: Real> {
+    data: Vec<T>,
+    pool: &'a Pool<T>,
+}
+
+impl<T: Real> std::ops::Deref for PooledVec<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.data
+    }
+}
+
+impl<T: Real> std::ops::DerefMut for PooledVec<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+}
+
+impl<T: Real> Drop for PooledVec<'_, T> {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
+    }
+}
+
+/// An NCHW tensor in host memory, from an engine's pool (returned there when dropped).
+pub struct CpuTensor<T: Real = f32> {
+    shape: Shape,
+    data: Vec<T>,
+    pool: Arc<Pool<T>>,
+}
+
+impl<T: Real> CpuTensor<T> {
+    /// The shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The values, row-major NCHW.
+    pub fn data(&self) -> &[T] {
+        &self.data
+    }
+
+    /// The values, mutable (for instance to perturb one in a gradient check).
+    pub fn data_mut(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+}
+
+impl<T: Real> std::fmt::Debug for CpuTensor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuTensor{}", self.shape)
+    }
+}
+
+impl<T: Real> Drop for CpuTensor<T> {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
+    }
+}
+
+/// The CPU backend of the layers, in f32 (training) or f64 (gradient checks).
+pub struct CpuEngine<T: Real = f32> {
+    pool: Arc<Pool<T>>,
+}
+
+impl<T: Real> Default for CpuEngine<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn check_same(op: &'static str, a: Shape, b: Shape) -> Result<()> {
+    if a != b {
+        return Err(Error::shape(op, format!("shapes {a} and {b} differ")));
+    }
+    Ok(())
+}
+
+impl<T: Real> CpuEngine<T> {
+    /// An engine with an empty pool.
+    pub fn new() -> Self {
+        Self { pool: Pool::new() }
+    }
+
+    /// A pooled tensor of `shape` (contents unspecified until written).
+    fn alloc(&self, shape: Shape) -> CpuTensor<T> {
+        CpuTensor {
+            shape,
+            data: self.pool.take_vec(shape.len(), false),
+            pool: Arc::clone(&self.pool),
+        }
+    }
+
+    /// A tensor holding `data` in the engine's own precision.
+    pub fn tensor_from(&mut self, shape: Shape, data: &[T]) -> Result<CpuTensor<T>> {
+        if data.len() != shape.len() {
+            return Err(Error::shape(
+                "tensor",
+                format!("{} values for a tensor of {shape}", data.len()),
+            ));
+        }
+        let mut t = self.alloc(shape);
+        t.data.copy_from_slice(data);
+        Ok(t)
+    }
+
+    fn map(&self, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> CpuTensor<T> {
+        let mut out = self.alloc(x.shape);
+        out.data
+            .par_iter_mut()
+            .zip(x.data.par_iter())
+            .for_each(|(o, &v)| *o = f(v));
+        out
+    }
+}
+
+/// Source index of the nearest-neighbour resize: `floor(i * from / to)`.
+fn nearest(i: usize, from: usize, to: usize) -> usize {
+    i * from / to
+}
+
+impl<T: Real> Engine for CpuEngine<T> {
+    type Tensor = CpuTensor<T>;
+
+    fn shape(tensor: &CpuTensor<T>) -> Shape {
+        tensor.shape
+    }
+
+    fn tensor(&mut self, shape: Shape, data: &[f32]) -> Result<CpuTensor<T>> {
+        if data.len() != shape.len() {
+            return Err(Error::shape(
+                "tensor",
+                format!("{} values for a tensor of {shape}", data.len()),
+            ));
+        }
+        let mut t = self.alloc(shape);
+        t.data.iter_mut().zip(data).for_each(|(o, &v)| *o = T::from_f32(v));
+        Ok(t)
+    }
+
+    fn zeros(&mut self, shape: Shape) -> Result<CpuTensor<T>> {
+        let mut t = self.alloc(shape);
+        t.data.fill(T::ZERO);
+        Ok(t)
+    }
+
+    fn read(&mut self, tensor: &CpuTensor<T>) -> Result<Vec<f32>> {
+        Ok(tensor.data.iter().map(|v| v.to_f32()).collect())
+    }
+
+    fn conv2d(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        bias: Option<&CpuTensor<T>>,
+    ) -> Result<CpuTensor<T>> {
+        let out = c.output_shape(x.shape)?;
+        check_same("conv2d weights", weight.shape, c.weight_shape())?;
+        if let Some(b) = bias {
+            check_same("conv2d bias", b.shape, c.bias_shape())?;
+        }
+        let mut y = self.alloc(out);
+        conv::forward(
+            c,
+            &x.data,
+            x.shape,
+            &weight.data,
+            bias.map(|b| &b.data[..]),
+            &mut y.data,
+            out,
+            &self.pool,
+        );
+        Ok(y)
+    }
+
+    fn conv2d_backward(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        grad_out: &CpuTensor<T>,
+        input_grad: bool,
+    ) -> Result<ConvGrads<CpuTensor<T>>> {
+        let out = c.output_shape(x.shape)?;
+        check_same("conv2d weights", weight.shape, c.weight_shape())?;
+        check_same("conv2d output gradient", grad_out.shape, out)?;
+        let mut dw = self.alloc(c.weight_shape());
+        let mut db = self.alloc(c.bias_shape());
+        let mut dx = input_grad.then(|| self.alloc(x.shape));
+        conv::backward(
+            c,
+            &x.data,
+            x.shape,
+            &weight.data,
+            &grad_out.data,
+            out,
+            &mut dw.data,
+            &mut db.data,
+            dx.as_mut().map(|t| &mut t.data[..]),
+            &self.pool,
+        );
+        Ok(ConvGrads {
+            input: dx,
+            weight: dw,
+            bias: db,
+        })
+    }
+
+    fn relu(&mut self, x: &CpuTensor<T>) -> Result<CpuTensor<T>> {
+        Ok(self.map(x, |v| if v > T::ZERO { v } else { T::ZERO }))
+    }
+
+    fn relu_backward(&mut self, x: &CpuTensor<T>, grad_out: &CpuTensor<T>) -> Result<CpuTensor<T>> {
+        check_same("relu backward", x.shape, grad_out.shape)?;
+        let mut out = self.alloc(x.shape);
+        out.data
+            .par_iter_mut()
+            .zip(x.data.par_iter().zip(grad_out.data.par_iter()))
+            .for_each(|(o, (&v, &g))| *o = if v > T::ZERO { g } else { T::ZERO });
+        Ok(out)
+    }
+
+    fn upsample_nearest(&mut self, x: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {
+        let s = x.shape;
+        if h < s.h || w < s.w || s.h == 0 || s.w == 0 {
+            return Err(Error::shape(
+                "upsample",
+                format!("{s} cannot be resized up to {h} x {w}"),
+            ));
+        }
+        let mut out = self.alloc(Shape::new(s.n, s.c, h, w));
+        out.data
+            .par_chunks_mut(h * w)
+            .zip(x.data.par_chunks(s.plane()))
+            .for_each(|(dst, src)| {
+                for y in 0..h {
+                    let row = &src[nearest(y, s.h, h) * s.w..];
+                    for (xx, d) in dst[y * w..(y + 1) * w].iter_mut().enumerate() {
+                        *d = row[nearest(xx, s.w, w)];
+                    }
+                }
+            });
+        Ok(out)
+    }
+
+    fn upsample_nearest_backward(&mut self, grad_out: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {
+        let s = grad_out.shape;
+        if h > s.h || w > s.w || h == 0 || w == 0 {
+            return Err(Error::shape(
+                "upsample backward",
+                format!("{s} did not come from {h} x {w}"),
+            ));
+        }
+        let mut out = self.alloc(Shape::new(s.n, s.c, h, w));
+        out.data
+            .par_chunks_mut(h * w)
+            .zip(grad_out.data.par_chunks(s.plane()))
+            .for_each(|(dst, src)| {
+                dst.fill(T::ZERO);
+                for y in 0..s.h {
+                    for x in 0..s.w {
+                        dst[nearest(y, h, s.h) * w + nearest(x, w, s.w)] += src[y * s.w + x];
+                    }
+                }
+            });
+        Ok(out)
+    }
+
+    fn add(&mut self, a: &CpuTensor<T>, b: &CpuTensor<T>) -> Result<CpuTensor<T>> {
+        check_same("add", a.shape, b.shape)?;
+        let mut out = self.alloc(a.shape);
+        out.data
+            .par_iter_mut()
+            .zip(a.data.par_iter().zip(b.data.par_iter()))
+            .for_each(|(o, (&x, &y))| *o = x + y);
+        Ok(out)
+    }
+
+    fn accumulate(&mut self, acc: &mut CpuTensor<T>, x: &CpuTensor<T>) -> Result<()> {
+        check_same("accumulate", acc.shape, x.shape)?;
+        acc.data
+            .par_iter_mut()
+            .zip(x.data.par_iter())
+            .for_each(|(a, &v)| *a += v);
+        Ok(())
+    }
+
+    fn permute_head(
+        &mut self,
+        head: &CpuTensor<T>,
+        anchors: usize,
+        rows: &mut CpuTensor<T>,
+        row_offset: usize,
+    ) -> Result<()> {
+        let (h, r) = (head.shape, rows.shape);
+        let values = check_permute(h, anchors, r, row_offset)?;
+        let plane = h.plane();
+        for b in 0..h.n {
+            for a in 0..anchors {
+                for c in 0..values {
+                    let src = &head.data[((b * h.c) + a * values + c) * plane..][..plane];
+                    for (pixel, &v) in src.iter().enumerate() {
+                        rows.data[(b * r.h + row_offset + pixel * anchors + a) * values + c] = v;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn permute_head_backward(
+        &mut self,
+        rows: &CpuTensor<T>,
+        anchors: usize,
+        row_offset: usize,
+        head: Shape,
+    ) -> Result<CpuTensor<T>> {
+        let r = rows.shape;
+        let values = check_permute(head, anchors, r, row_offset)?;
+        let mut out = self.alloc(head);
+        let plane = head.plane();
+        for b in 0..head.n {
+            for a in 0..anchors {
+                for c in 0..values {
+                    let dst = &mut out.data[((b * head.c) + a * values + c) * plane..][..plane];
+                    for (pixel, d) in dst.iter_mut().enumerate() {
+                        *d = rows.data[(b * r.h + row_offset + pixel * anchors + a) * values + c];
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sgd_step(
+        &mut self,
+        sgd: &Sgd,
+        lr: f32,
+        params: &mut [CpuTensor<T>],
+        grads: &[CpuTensor<T>],
+        velocity: &mut [CpuTensor<T>],
+    ) -> Result<()> {
+        sgd.validate()?;
+        check_sgd(params.len(), grads.len(), velocity.len())?;
+        for ((p, g), v) in params.iter().zip(grads).zip(velocity.iter()) {
+            check_same("sgd gradient", p.shape, g.shape)?;
+            check_same("sgd velocity", p.shape, v.shape)?;
+        }
+        // The global norm in f64, then the shader's update in T.
+        let norm_sq: f64 = grads
+            .iter()
+            .map(|g| g.data.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>())
+            .sum();
+        let clip = match sgd.max_grad_norm {
+            Some(max) => (max / ((norm_sq.sqrt() as f32) + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        let (clip, lr, momentum, decay) = (
+            T::from_f32(clip),
+            T::from_f32(lr),
+            T::from_f32(sgd.momentum),
+            T::from_f32(sgd.weight_decay),
+        );
+        for ((p, g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
+            p.data
+                .par_iter_mut()
+                .zip(v.data.par_iter_mut().zip(g.data.par_iter()))
+                .for_each(|(w, (vel, &grad))| {
+                    let gi = grad * clip + decay * *w;
+                    *vel = momentum * *vel + gi;
+                    *w = *w - lr * *vel;
+                });
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+}
+
+/// Checks a head permute's shapes; returns the values per anchor (C).
+pub(crate) fn check_permute(head: Shape, anchors: usize, rows: Shape, row_offset: usize) -> Result<usize> {
+    if anchors == 0 || !head.c.is_multiple_of(anchors) {
+        return Err(Error::shape(
+            "permute head",
+            format!("{head} does not hold {anchors} anchors per cell"),
+        ));
+    }
+    let values = head.c / anchors;
+    if rows.n != head.n || rows.c != 1 || rows.w != values || row_offset + head.plane() * anchors > rows.h {
+        return Err(Error::shape(
+            "permute head",
+            format!("a head of {head} with {anchors} anchors does not fit rows {rows} at row {row_offset}"),
+        ));
+    }
+    Ok(values)
+}
+
+/// Checks that SGD has one gradient and one velocity per parameter.
+pub(crate) fn check_sgd(params: usize, grads: usize, velocity: usize) -> Result<()> {
+    if params != grads || params != velocity {
+        return Err(Error::shape(
+            "sgd",
+            format!("{params} parameters, {grads} gradients and {velocity} velocities"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,743 @@
+//! The GPU backend of the network layers ([`crate::nn`]): pooled device tensors, an engine that
+//! records every layer into one command encoder, and the dispatch of `conv_gemm.wgsl` and the
+//! small layer kernels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytemuck::Pod;
+
+use crate::cpu::nn::{check_permute, check_sgd};
+use crate::error::{Error, Result};
+use crate::gpu::buffer::{BUFFER_USAGE, GpuBuffer};
+use crate::gpu::context::GpuContext;
+use crate::gpu::dispatch::{fold_grid, storage};
+use crate::gpu::kernels::Kernel;
+use crate::gpu::reduce::{Normaliser, record_sum};
+use crate::nn::{Conv2d, ConvGrads, Engine, PoolStats, Sgd, Shape};
+
+const WG_SIZE: u64 = 256;
+/// Output tile of conv_gemm.wgsl (BM = BN) and its K step (BK).
+const TILE: u64 = 64;
+const TILE_K: u64 = 16;
+/// Most of K one conv workgroup walks (per split): bounded loops (see `LOOP_BUDGET` in
+/// src/gpu/nms.rs) and enough splits to occupy a GPU when the output is a few tiles.
+const MAX_K_PER_SPLIT: u64 = 4096;
+const MIN_K_PER_SPLIT: u64 = 512;
+/// Aim for at least this many conv workgroups, splitting K when the output is small.
+const TARGET_WORKGROUPS: u64 = 64;
+/// Bytes of per-dispatch uniforms held before the encoder is submitted.
+const ARENA_BYTES: u64 = 1 << 20;
+
+/// Must stay in sync with `Config` in shaders/conv_gemm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvConfig {
+    batch: u32,
+    in_channels: u32,
+    out_channels: u32,
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride: u32,
+    pad: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    k_split: u32,
+    splits: u32,
+    m_tiles: u32,
+    n_tiles: u32,
+    flags: u32,
+    _pad: u32,
+}
+
+/// Must stay in sync with `Config` in shaders/conv_reduce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvReduceConfig {
+    total: u32,
+    splits: u32,
+    channel_stride: u32,
+    channels: u32,
+    flags: u32,
+    _pad: [u32; 3],
+}
+
+/// Must stay in sync with `Config` in shaders/channel_sum.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ChannelSumConfig {
+    batch: u32,
+    channels: u32,
+    plane: u32,
+    _pad: u32,
+}
+
+/// Must stay in sync with `Config` in shaders/elementwise.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ElementwiseConfig {
+    n: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/upsample_nearest.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct UpsampleConfig {
+    planes: u32,
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    _pad: [u32; 3],
+}
+
+/// Must stay in sync with `Config` in shaders/head_permute.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct PermuteHeadConfig {
+    batch: u32,
+    anchors: u32,
+    values: u32,
+    plane: u32,
+    rows_per_image: u32,
+    row_offset: u32,
+    _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/sgd.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct SgdConfig {
+    n: u32,
+    flags: u32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    max_norm: f32,
+    _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/sum_squares.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct SumSquaresConfig {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+/// Recycled device buffers by size.
+struct GpuPool {
+    free: Mutex<(HashMap<u64, Vec<wgpu::Buffer>>, PoolStats)>,
+}
+
+impl GpuPool {
+    fn take(&self, ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer> {
+        let bytes = bytes.div_ceil(4).max(4) * 4;
+        {
+            let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let (free, stats) = &mut *guard;
+            if let Some(buffer) = free.get_mut(&bytes).and_then(Vec::pop) {
+                stats.reuses += 1;
+                return Ok(buffer);
+            }
+            stats.allocations += 1;
+        }
+        if bytes > ctx.limits().max_storage_binding {
+            return Err(Error::invalid(format!(
+                "a tensor of {bytes} bytes exceeds the device's storage binding limit of {} bytes; use a smaller batch",
+                ctx.limits().max_storage_binding
+            )));
+        }
+        ctx.scoped(|| {
+            Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("retina-wgpu tensor"),
+                size: bytes,
+                usage: BUFFER_USAGE,
+                mapped_at_creation: false,
+            }))
+        })
+    }
+
+    fn give(&self, buffer: wgpu::Buffer) {
+        let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        guard.0.entry(buffer.size()).or_default().push(buffer);
+    }
+}
+
+/// An NCHW f32 tensor on the device, from an engine's pool (returned there when dropped; the
+/// device finishes any recorded use of it first, in submission order).
+pub struct GpuTensor {
+    shape: Shape,
+    buffer: Option<wgpu::Buffer>,
+    pool: Arc<GpuPool>,
+}
+
+impl GpuTensor {
+    /// The shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("a live tensor holds its buffer")
+    }
+
+    fn binding(&self) -> wgpu::BindingResource<'_> {
+        storage(self.buffer(), 0, (self.shape.len() * 4) as u64)
+    }
+}
+
+impl std::fmt::Debug for GpuTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuTensor{}", self.shape)
+    }
+}
+
+impl Drop for GpuTensor {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            self.pool.give(buffer);
+        }
+    }
+}
+
+/// The GPU backend of the layers: records every operation into one command encoder, submitted
+/// by [`Engine::sync`] or a read (or when its uniform arena fills).
+pub struct GpuEngine {
+    ctx: GpuContext,
+    pool: Arc<GpuPool>,
+    encoder: Option<wgpu::CommandEncoder>,
+    arena: wgpu::Buffer,
+    arena_bytes: Vec<u8>,
+    stride: usize,
+}
+
+impl GpuEngine {
+    /// An engine on `ctx`.
+    pub fn new(ctx: &GpuContext) -> Result<Self> {
+        let align = ctx.limits().uniform_offset_alignment.max(16) as usize;
+        let arena = ctx.scoped(|| {
+            Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("retina-wgpu layer uniforms"),
+                size: ARENA_BYTES,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            pool: Arc::new(GpuPool {
+                free: Mutex::new((HashMap::new(), PoolStats::default())),
+            }),
+            encoder: None,
+            arena,
+            arena_bytes: Vec::new(),
+            stride: 128usize.div_ceil(align) * align,
+        })
+    }
+
+    /// The context.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    fn alloc(&self, shape: Shape) -> Result<GpuTensor> {
+        let buffer = self.pool.take(&self.ctx, (shape.len() * 4) as u64)?;
+        Ok(GpuTensor {
+            shape,
+            buffer: Some(buffer),
+            pool: Arc::clone(&self.pool),
+        })
+    }
+
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        let ctx = &self.ctx;
+        self.encoder.get_or_insert_with(|| ctx.encoder("retina-wgpu layers"))
+    }
+
+    /// Records one dispatch of `kernel` with `config` at binding 0 and `resources` after it.
+    fn run<C: Pod>(
+        &mut self,
+        kernel: Kernel,
+        config: &C,
+        resources: &[wgpu::BindingResource<'_>],
+        workgroups: u64,
+    ) -> Result<()> {
+        if workgroups == 0 {
+            return Ok(());
+        }
+        if self.arena_bytes.len() + self.stride > ARENA_BYTES as usize {
+            self.sync()?;
+        }
+        let offset = self.arena_bytes.len();
+        self.arena_bytes.extend_from_slice(bytemuck::bytes_of(config));
+        self.arena_bytes.resize(offset + self.stride, 0);
+        let ctx = self.ctx.clone();
+        let pipeline = ctx.pipeline(kernel)?;
+        let arena = self.arena.clone();
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &arena,
+                offset: offset as u64,
+                size: wgpu::BufferSize::new(size_of::<C>() as u64),
+            }),
+        }];
+        entries.extend(resources.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: r.clone(),
+        }));
+        let max = ctx.limits().max_workgroups_per_dim;
+        let workgroups =
+            u32::try_from(workgroups).map_err(|_| Error::invalid("a layer needs more than 2^32 workgroups"))?;
+        let (x, y) = fold_grid(workgroups, max);
+        ctx.scoped(|| {
+            let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            let mut pass = self.encoder().begin_compute_pass(&Default::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+            Ok(())
+        })
+    }
+
+    /// Records a convolution product of conv_gemm.wgsl into `out` (split-K through a scratch
+    /// buffer and conv_reduce.wgsl when K is long or the output small).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_gemm(
+        &mut self,
+        kernel: Kernel,
+        base: ConvConfig,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        bias: Option<&GpuTensor>,
+        out: &GpuTensor,
+        channel_stride: usize,
+    ) -> Result<()> {
+        let (m, n, k) = (u64::from(base.m), u64::from(base.n), u64::from(base.k));
+        let m_tiles = m.div_ceil(TILE);
+        let n_tiles = n.div_ceil(TILE);
+        let tiles = m_tiles * n_tiles;
+        let wanted = TARGET_WORKGROUPS.div_ceil(tiles).min(k.div_ceil(MIN_K_PER_SPLIT));
+        let splits = k.div_ceil(MAX_K_PER_SPLIT).max(wanted).max(1);
+        let k_split = k.div_ceil(splits).div_ceil(TILE_K) * TILE_K;
+        let splits = k.div_ceil(k_split).max(1);
+        let config = ConvConfig {
+            k_split: k_split as u32,
+            splits: splits as u32,
+            m_tiles: m_tiles as u32,
+            n_tiles: n_tiles as u32,
+            flags: u32::from(bias.is_some()) | if splits > 1 { 2 } else { 0 },
+            ..base
+        };
+        let spare;
+        let bias_binding = match bias {
+            Some(b) => b.binding(),
+            None => {
+                spare = self.alloc(Shape::new(1, 1, 1, 1))?;
+                spare.binding()
+            }
+        };
+        if splits == 1 {
+            return self.run(
+                kernel,
+                &config,
+                &[a.binding(), b.binding(), bias_binding, out.binding()],
+                tiles,
+            );
+        }
+        let total = m * n;
+        let partial = self.alloc(Shape::new(1, 1, splits as usize, total as usize))?;
+        self.run(
+            kernel,
+            &config,
+            &[a.binding(), b.binding(), bias_binding.clone(), partial.binding()],
+            tiles * splits,
+        )?;
+        let reduce = ConvReduceConfig {
+            total: total as u32,
+            splits: splits as u32,
+            channel_stride: channel_stride as u32,
+            channels: base.out_channels,
+            flags: u32::from(bias.is_some()),
+            _pad: [0; 3],
+        };
+        self.run(
+            Kernel::ConvReduce,
+            &reduce,
+            &[partial.binding(), bias_binding, out.binding()],
+            total.div_ceil(WG_SIZE),
+        )
+    }
+
+    fn elementwise(&mut self, kernel: Kernel, n: usize, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
+        let config = ElementwiseConfig {
+            n: n as u32,
+            scale: 1.0,
+            _pad: [0; 2],
+        };
+        self.run(
+            kernel,
+            &config,
+            &[a.binding(), b.binding(), out.binding()],
+            (n as u64).div_ceil(WG_SIZE),
+        )
+    }
+}
+
+fn conv_base(c: &Conv2d, input: Shape, out: Shape) -> ConvConfig {
+    ConvConfig {
+        batch: input.n as u32,
+        in_channels: c.in_channels as u32,
+        out_channels: c.out_channels as u32,
+        in_h: input.h as u32,
+        in_w: input.w as u32,
+        out_h: out.h as u32,
+        out_w: out.w as u32,
+        kernel_h: c.kernel.0 as u32,
+        kernel_w: c.kernel.1 as u32,
+        stride: c.stride as u32,
+        pad: c.padding as u32,
+        ..Default::default()
+    }
+}
+
+fn check_same(op: &'static str, a: Shape, b: Shape) -> Result<()> {
+    if a != b {
+        return Err(Error::shape(op, format!("shapes {a} and {b} differ")));
+    }
+    Ok(())
+}
+
+impl Engine for GpuEngine {
+    type Tensor = GpuTensor;
+
+    fn shape(tensor: &GpuTensor) -> Shape {
+        tensor.shape
+    }
+
+    fn tensor(&mut self, shape: Shape, data: &[f32]) -> Result<GpuTensor> {
+        if data.len() != shape.len() {
+            return Err(Error::shape(
+                "tensor",
+                format!("{} values for a tensor of {shape}", data.len()),
+            ));
+        }
+        let t = self.alloc(shape)?;
+        if !data.is_empty() {
+            // Copied inside the encoder, not with a queued write: a queued write would land
+            // before the commands already recorded, and a pooled buffer may still be read by
+            // one of them.
+            let staging = self.ctx.upload(data)?;
+            let (src, dst) = (staging.buffer().clone(), t.buffer().clone());
+            self.encoder()
+                .copy_buffer_to_buffer(&src, 0, &dst, 0, (data.len() * 4) as u64);
+        }
+        Ok(t)
+    }
+
+    fn zeros(&mut self, shape: Shape) -> Result<GpuTensor> {
+        let t = self.alloc(shape)?;
+        let buffer = t.buffer().clone();
+        self.encoder().clear_buffer(&buffer, 0, None);
+        Ok(t)
+    }
+
+    fn read(&mut self, tensor: &GpuTensor) -> Result<Vec<f32>> {
+        self.sync()?;
+        let raw = GpuBuffer::<f32>::from_raw(tensor.buffer().clone(), tensor.shape.len())?;
+        self.ctx.download(&raw)
+    }
+
+    fn conv2d(&mut self, c: &Conv2d, x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>) -> Result<GpuTensor> {
+        let out = c.output_shape(x.shape)?;
+        check_same("conv2d weights", weight.shape, c.weight_shape())?;
+        if let Some(b) = bias {
+            check_same("conv2d bias", b.shape, c.bias_shape())?;
+        }
+        let y = self.alloc(out)?;
+        let base = ConvConfig {
+            m: out.c as u32,
+            n: (out.n * out.plane()) as u32,
+            k: c.fan_in() as u32,
+            ..conv_base(c, x.shape, out)
+        };
+        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane())?;
+        Ok(y)
+    }
+
+    fn conv2d_backward(
+        &mut self,
+        c: &Conv2d,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        grad_out: &GpuTensor,
+        input_grad: bool,
+    ) -> Result<ConvGrads<GpuTensor>> {
+        let out = c.output_shape(x.shape)?;
+        check_same("conv2d weights", weight.shape, c.weight_shape())?;
+        check_same("conv2d output gradient", grad_out.shape, out)?;
+        let base = conv_base(c, x.shape, out);
+        let dw = self.alloc(c.weight_shape())?;
+        let weight_gemm = ConvConfig {
+            m: out.c as u32,
+            n: c.fan_in() as u32,
+            k: (out.n * out.plane()) as u32,
+            ..base
+        };
+        self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1)?;
+        let db = self.alloc(c.bias_shape())?;
+        let sums = ChannelSumConfig {
+            batch: out.n as u32,
+            channels: out.c as u32,
+            plane: out.plane() as u32,
+            _pad: 0,
+        };
+        self.run(
+            Kernel::ChannelSum,
+            &sums,
+            &[grad_out.binding(), db.binding()],
+            out.c as u64,
+        )?;
+        let dx = if input_grad {
+            let dx = self.alloc(x.shape)?;
+            let input_gemm = ConvConfig {
+                m: x.shape.c as u32,
+                n: (x.shape.n * x.shape.plane()) as u32,
+                k: (out.c * c.kernel.0 * c.kernel.1) as u32,
+                ..base
+            };
+            self.conv_gemm(
+                Kernel::ConvGradInput,
+                input_gemm,
+                weight,
+                grad_out,
+                None,
+                &dx,
+                x.shape.plane(),
+            )?;
+            Some(dx)
+        } else {
+            None
+        };
+        Ok(ConvGrads {
+            input: dx,
+            weight: dw,
+            bias: db,
+        })
+    }
+
+    fn relu(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
+        let out = self.alloc(x.shape)?;
+        self.elementwise(Kernel::Relu, x.shape.len(), x, x, &out)?;
+        Ok(out)
+    }
+
+    fn relu_backward(&mut self, x: &GpuTensor, grad_out: &GpuTensor) -> Result<GpuTensor> {
+        check_same("relu backward", x.shape, grad_out.shape)?;
+        let out = self.alloc(x.shape)?;
+        self.elementwise(Kernel::ReluGrad, x.shape.len(), x, grad_out, &out)?;
+        Ok(out)
+    }
+
+    fn upsample_nearest(&mut self, x: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {
+        let s = x.shape;
+        if h < s.h || w < s.w || s.h == 0 || s.w == 0 {
+            return Err(Error::shape(
+                "upsample",
+                format!("{s} cannot be resized up to {h} x {w}"),
+            ));
+        }
+        let out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        let config = UpsampleConfig {
+            planes: (s.n * s.c) as u32,
+            in_h: s.h as u32,
+            in_w: s.w as u32,
+            out_h: h as u32,
+            out_w: w as u32,
+            _pad: [0; 3],
+        };
+        self.run(
+            Kernel::UpsampleForward,
+            &config,
+            &[x.binding(), out.binding()],
+            (out.shape.len() as u64).div_ceil(WG_SIZE),
+        )?;
+        Ok(out)
+    }
+
+    fn upsample_nearest_backward(&mut self, grad_out: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {
+        let s = grad_out.shape;
+        if h > s.h || w > s.w || h == 0 || w == 0 {
+            return Err(Error::shape(
+                "upsample backward",
+                format!("{s} did not come from {h} x {w}"),
+            ));
+        }
+        let out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        let config = UpsampleConfig {
+            planes: (s.n * s.c) as u32,
+            in_h: h as u32,
+            in_w: w as u32,
+            out_h: s.h as u32,
+            out_w: s.w as u32,
+            _pad: [0; 3],
+        };
+        self.run(
+            Kernel::UpsampleBackward,
+            &config,
+            &[grad_out.binding(), out.binding()],
+            (out.shape.len() as u64).div_ceil(WG_SIZE),
+        )?;
+        Ok(out)
+    }
+
+    fn add(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
+        check_same("add", a.shape, b.shape)?;
+        let out = self.alloc(a.shape)?;
+        self.elementwise(Kernel::Add, a.shape.len(), a, b, &out)?;
+        Ok(out)
+    }
+
+    fn accumulate(&mut self, acc: &mut GpuTensor, x: &GpuTensor) -> Result<()> {
+        check_same("accumulate", acc.shape, x.shape)?;
+        self.elementwise(Kernel::Accumulate, x.shape.len(), x, x, acc)
+    }
+
+    fn permute_head(
+        &mut self,
+        head: &GpuTensor,
+        anchors: usize,
+        rows: &mut GpuTensor,
+        row_offset: usize,
+    ) -> Result<()> {
+        let values = check_permute(head.shape, anchors, rows.shape, row_offset)?;
+        let config = PermuteHeadConfig {
+            batch: head.shape.n as u32,
+            anchors: anchors as u32,
+            values: values as u32,
+            plane: head.shape.plane() as u32,
+            rows_per_image: rows.shape.h as u32,
+            row_offset: row_offset as u32,
+            _pad: [0; 2],
+        };
+        self.run(
+            Kernel::PermuteHead,
+            &config,
+            &[head.binding(), rows.binding()],
+            (head.shape.len() as u64).div_ceil(WG_SIZE),
+        )
+    }
+
+    fn permute_head_backward(
+        &mut self,
+        rows: &GpuTensor,
+        anchors: usize,
+        row_offset: usize,
+        head: Shape,
+    ) -> Result<GpuTensor> {
+        let values = check_permute(head, anchors, rows.shape, row_offset)?;
+        let out = self.alloc(head)?;
+        let config = PermuteHeadConfig {
+            batch: head.n as u32,
+            anchors: anchors as u32,
+            values: values as u32,
+            plane: head.plane() as u32,
+            rows_per_image: rows.shape.h as u32,
+            row_offset: row_offset as u32,
+            _pad: [0; 2],
+        };
+        self.run(
+            Kernel::PermuteHeadBackward,
+            &config,
+            &[rows.binding(), out.binding()],
+            (head.len() as u64).div_ceil(WG_SIZE),
+        )?;
+        Ok(out)
+    }
+
+    fn sgd_step(
+        &mut self,
+        sgd: &Sgd,
+        lr: f32,
+        params: &mut [GpuTensor],
+        grads: &[GpuTensor],
+        velocity: &mut [GpuTensor],
+    ) -> Result<()> {
+        sgd.validate()?;
+        check_sgd(params.len(), grads.len(), velocity.len())?;
+        for ((p, g), v) in params.iter().zip(grads).zip(velocity.iter()) {
+            check_same("sgd gradient", p.shape, g.shape)?;
+            check_same("sgd velocity", p.shape, v.shape)?;
+        }
+        // Global gradient norm: per-parameter partial sums of squares, then one tree sum.
+        let norm_sq = self.ctx.zeros::<f32>(3)?;
+        if sgd.max_grad_norm.is_some() {
+            // Each parameter's partials start at an aligned slot; the gaps stay zero.
+            let align = (self.ctx.limits().storage_offset_alignment / 4).max(1);
+            let tiles: Vec<u64> = grads
+                .iter()
+                .map(|g| (g.shape.len() as u64).div_ceil(4 * WG_SIZE))
+                .collect();
+            let slots: u64 = tiles.iter().map(|t| t.div_ceil(align) * align).sum();
+            let partials = self.ctx.zeros::<f32>(slots as usize)?;
+            let mut offset = 0;
+            for (g, &t) in grads.iter().zip(&tiles) {
+                let config = SumSquaresConfig {
+                    n: g.shape.len() as u32,
+                    _pad: [0; 3],
+                };
+                let out = storage(partials.buffer(), offset * 4, t * 4);
+                self.run(Kernel::SumSquares, &config, &[g.binding(), out], t)?;
+                offset += t.div_ceil(align) * align;
+            }
+            let ctx = self.ctx.clone();
+            record_sum(&ctx, self.encoder(), &partials, &Normaliser::Constant(1.0), &norm_sq)?;
+        }
+        for ((p, g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
+            let config = SgdConfig {
+                n: p.shape.len() as u32,
+                flags: u32::from(sgd.max_grad_norm.is_some()),
+                lr,
+                momentum: sgd.momentum,
+                weight_decay: sgd.weight_decay,
+                max_norm: sgd.max_grad_norm.unwrap_or(0.0),
+                _pad: [0; 2],
+            };
+            let norm = storage(norm_sq.buffer(), 0, 12);
+            self.run(
+                Kernel::Sgd,
+                &config,
+                &[g.binding(), norm, p.binding(), v.binding()],
+                (p.shape.len() as u64).div_ceil(WG_SIZE),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if !self.arena_bytes.is_empty() {
+            self.ctx.queue().write_buffer(&self.arena, 0, &self.arena_bytes);
+            self.arena_bytes.clear();
+        }
+        match self.encoder.take() {
+            Some(encoder) => self.ctx.scoped(|| self.ctx.submit_and_wait(encoder)),
+            None => Ok(()),
+        }
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+}

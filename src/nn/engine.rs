@@ -1,0 +1,121 @@
+//! The layer operations, written once for both backends.
+
+use crate::error::Result;
+use crate::nn::{Conv2d, Sgd, Shape};
+
+/// Gradients of a convolution.
+#[derive(Debug)]
+pub struct ConvGrads<T> {
+    /// d(loss)/d(input), when asked for (the first layer does not need it).
+    pub input: Option<T>,
+    /// d(loss)/d(weights), `[out, in, kh, kw]`.
+    pub weight: T,
+    /// d(loss)/d(bias), `[1, out, 1, 1]`.
+    pub bias: T,
+}
+
+/// How a tensor pool has served requests: after the first training step, `allocations` stops
+/// growing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Tensors created because the pool had none of that size.
+    pub allocations: usize,
+    /// Tensors served from the pool.
+    pub reuses: usize,
+    /// Scratch buffers (the CPU's im2col matrices) created: one per size and per worker thread
+    /// that needed one at the same time, so it settles once every thread has had its own.
+    pub scratch_allocations: usize,
+}
+
+/// A backend for the network's layers. Every operation checks shapes and returns an error that
+/// names the layer and the shapes; on the GPU, operations are recorded and run at [`Engine::sync`]
+/// (or when a result is read).
+pub trait Engine {
+    /// The backend's NCHW tensor.
+    type Tensor;
+
+    /// The tensor's shape.
+    fn shape(tensor: &Self::Tensor) -> Shape;
+
+    /// A tensor holding `data` (`shape.len()` values).
+    fn tensor(&mut self, shape: Shape, data: &[f32]) -> Result<Self::Tensor>;
+
+    /// A zero-filled tensor.
+    fn zeros(&mut self, shape: Shape) -> Result<Self::Tensor>;
+
+    /// The tensor's values (runs pending work first).
+    fn read(&mut self, tensor: &Self::Tensor) -> Result<Vec<f32>>;
+
+    /// `conv(x) + bias`.
+    fn conv2d(
+        &mut self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// Gradients of a convolution with respect to its weights, bias and (if `input_grad`) input.
+    fn conv2d_backward(
+        &mut self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        grad_out: &Self::Tensor,
+        input_grad: bool,
+    ) -> Result<ConvGrads<Self::Tensor>>;
+
+    /// `max(x, 0)`.
+    fn relu(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// The gradient of ReLU at `x`: `grad_out` where `x > 0`, else 0.
+    fn relu_backward(&mut self, x: &Self::Tensor, grad_out: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Nearest-neighbour resize to `h x w` (at least the input size; FPN uses x2).
+    fn upsample_nearest(&mut self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
+
+    /// The gradient of [`Engine::upsample_nearest`] back to an input of `h x w`.
+    fn upsample_nearest_backward(&mut self, grad_out: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
+
+    /// `a + b`.
+    fn add(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `acc += x` (summing gradients).
+    fn accumulate(&mut self, acc: &mut Self::Tensor, x: &Self::Tensor) -> Result<()>;
+
+    /// Writes a head's output `[B, A*C, H, W]` into `rows` (`[B, 1, R, C]`) as anchor rows
+    /// `row_offset + (h*W + w)*A + a` in the crate's anchor order.
+    fn permute_head(
+        &mut self,
+        head: &Self::Tensor,
+        anchors: usize,
+        rows: &mut Self::Tensor,
+        row_offset: usize,
+    ) -> Result<()>;
+
+    /// The gradient of [`Engine::permute_head`]: the rows' gradient back in a head's layout.
+    fn permute_head_backward(
+        &mut self,
+        rows: &Self::Tensor,
+        anchors: usize,
+        row_offset: usize,
+        head: Shape,
+    ) -> Result<Self::Tensor>;
+
+    /// One SGD step over every parameter, with the global gradient norm clipped when the
+    /// optimiser says so (computed on the device, no readback).
+    fn sgd_step(
+        &mut self,
+        sgd: &Sgd,
+        lr: f32,
+        params: &mut [Self::Tensor],
+        grads: &[Self::Tensor],
+        velocity: &mut [Self::Tensor],
+    ) -> Result<()>;
+
+    /// Runs the recorded work and waits for it (a no-op on the CPU).
+    fn sync(&mut self) -> Result<()>;
+
+    /// How the tensor pool has served requests.
+    fn pool_stats(&self) -> PoolStats;
+}
