@@ -112,6 +112,36 @@ fn bench_nms_json_covers_plain_batched_and_postprocessing() {
 }
 
 #[test]
+fn bench_conv_json_reports_flops_of_every_distinct_layer() {
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
+    let args = [
+        "bench",
+        "conv",
+        "--batch",
+        "1",
+        "--size",
+        "32",
+        "--classes",
+        "2",
+        "--iters",
+        "1",
+        "--json",
+    ];
+    let out = retina(&[&args[..], &["--backend", backend]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len().is_multiple_of(2));
+    // The first backbone convolution: 3 -> 16, 3x3, stride 2 on 32 x 32: 2 * 16 * 16 * 16 * 27 FLOP.
+    let first = rows
+        .iter()
+        .find(|r| r["op"] == "conv_forward[conv 3x3 3->16 stride 2 pad 1 @32x32]")
+        .expect("first layer row");
+    assert_eq!(first["size"].as_f64().unwrap(), 2.0 * 16.0 * 16.0 * 16.0 * 27.0);
+    assert_eq!(first["unit"], "FLOP/s");
+}
+
+#[test]
 fn info_names_the_chosen_adapter() {
     if common::gpu().is_none() {
         return;

@@ -682,16 +682,16 @@ impl Engine for GpuEngine {
             check_same("sgd velocity", p.shape, v.shape)?;
         }
         // Global gradient norm: per-parameter partial sums of squares, then one tree sum.
-        let norm_sq = self.ctx.zeros::<f32>(3)?;
+        let norm_sq = self.alloc(Shape::new(1, 1, 1, 3))?;
         if sgd.max_grad_norm.is_some() {
-            // Each parameter's partials start at an aligned slot; the gaps stay zero.
+            // Each parameter's partials start at an aligned slot; the gaps must be zero.
             let align = (self.ctx.limits().storage_offset_alignment / 4).max(1);
             let tiles: Vec<u64> = grads
                 .iter()
                 .map(|g| (g.shape.len() as u64).div_ceil(4 * WG_SIZE))
                 .collect();
             let slots: u64 = tiles.iter().map(|t| t.div_ceil(align) * align).sum();
-            let partials = self.ctx.zeros::<f32>(slots as usize)?;
+            let partials = self.zeros(Shape::new(1, 1, 1, slots as usize))?;
             let mut offset = 0;
             for (g, &t) in grads.iter().zip(&tiles) {
                 let config = SumSquaresConfig {
@@ -703,7 +703,15 @@ impl Engine for GpuEngine {
                 offset += t.div_ceil(align) * align;
             }
             let ctx = self.ctx.clone();
-            record_sum(&ctx, self.encoder(), &partials, &Normaliser::Constant(1.0), &norm_sq)?;
+            let partials_view = GpuBuffer::<f32>::from_raw(partials.buffer().clone(), slots as usize)?;
+            let norm_view = GpuBuffer::<f32>::from_raw(norm_sq.buffer().clone(), 3)?;
+            record_sum(
+                &ctx,
+                self.encoder(),
+                &partials_view,
+                &Normaliser::Constant(1.0),
+                &norm_view,
+            )?;
         }
         for ((p, g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
             let config = SgdConfig {

@@ -10,10 +10,12 @@
 
 mod engine;
 mod init;
+mod retinanet;
 mod sgd;
 
 pub use engine::{ConvGrads, Engine, PoolStats};
 pub use init::{Init, SeededRng};
+pub use retinanet::{ConvUse, small_retinanet_convs};
 pub use sgd::{LrSchedule, Sgd};
 
 pub use crate::cpu::nn::{CpuEngine, CpuTensor};

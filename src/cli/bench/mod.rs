@@ -2,6 +2,7 @@
 //! run. Prints a table, or with `--json` one JSON array of rows
 //! `{"op", "backend", "adapter", "size", "seconds", "throughput", "unit"}` (seconds: median).
 
+mod conv;
 mod focal;
 mod matching;
 mod nms;
@@ -25,6 +26,8 @@ pub struct BenchArgs {
 enum Which {
     /// Focal loss forward + backward: GPU (data resident, and with upload + readback) vs CPU.
     Focal(focal::FocalArgs),
+    /// Every convolution of the small RetinaNet, forward and backward: GPU vs CPU, in FLOP/s.
+    Conv(conv::ConvArgs),
     /// Target assignment (IoU, matching, encoding) for a batch: GPU vs CPU.
     Match(matching::MatchArgs),
     /// NMS (plain and class-aware) and the whole detection post-processing: GPU vs CPU.
@@ -48,6 +51,7 @@ pub struct Common {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Focal(a) => focal::run(a),
+        Which::Conv(a) => conv::run(a),
         Which::Match(a) => matching::run(a),
         Which::Nms(a) => nms::run(a),
     }
