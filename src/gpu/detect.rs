@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Uniforms, dispatch, uniform, whole};
+use crate::gpu::dispatch::whole;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::nms::region_for;
 use crate::gpu::sort::{SortEntry, sort_len};
@@ -178,74 +178,57 @@ impl GpuContext {
                 _pad: [0; 3],
             })
             .collect();
-        self.scoped(|| {
-            let level_buf = self.upload(&level_info)?;
-            let mut uniforms = Uniforms::new::<CandidateConfig>(self.limits());
-            let slot = uniforms.push(&CandidateConfig {
-                batch: batch as u32,
-                levels: levels as u32,
-                topk: topk.stride as u32,
-                region: region as u32,
-                anchors_per_image: a as u32,
-                num_classes: k as u32,
-                clip: u32::from(pp.clip_to_image),
-                total: total as u32,
-                image_size: [input.image_size.1 as f32, input.image_size.0 as f32],
-                clamp: pp.coder.clamp,
-                _pad: 0,
-                weights: pp.coder.weights,
-            });
-            let uniform_buffer = uniforms.into_buffer(self);
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            dispatch(
-                self,
-                &mut pass,
-                self.pipeline(Kernel::DetectCandidates)?,
-                &[
-                    uniform(&uniform_buffer, slot),
-                    whole(&level_buf),
-                    whole(&topk.selected),
-                    whole(&topk.candidates),
-                    whole(input.deltas),
-                    whole(input.anchors),
-                    whole(&records),
-                    whole(&entries),
-                ],
-                (total as u64).div_ceil(WG_SIZE) as u32,
-            );
-            Ok(())
-        })?;
+        let level_buf = self.upload(&level_info)?;
+        let config = CandidateConfig {
+            batch: batch as u32,
+            levels: levels as u32,
+            topk: topk.stride as u32,
+            region: region as u32,
+            anchors_per_image: a as u32,
+            num_classes: k as u32,
+            clip: u32::from(pp.clip_to_image),
+            total: total as u32,
+            image_size: [input.image_size.1 as f32, input.image_size.0 as f32],
+            clamp: pp.coder.clamp,
+            _pad: 0,
+            weights: pp.coder.weights,
+        };
+        let bindings = [
+            whole(&level_buf),
+            whole(&topk.selected),
+            whole(&topk.candidates),
+            whole(input.deltas),
+            whole(input.anchors),
+            whole(&records),
+            whole(&entries),
+        ];
+        self.record_dispatch(
+            encoder,
+            Kernel::DetectCandidates,
+            &config,
+            &bindings,
+            (total as u64).div_ceil(WG_SIZE),
+        )?;
         self.record_sort_entries(encoder, &entries)?;
         let sorted = self.record_permute(encoder, &entries, &records, region, batch)?;
         let kept = self.record_nms_sorted(encoder, &pp.nms, &sorted, pp.max_detections)?;
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<OutputConfig>(self.limits());
-            let slot = uniforms.push(&OutputConfig {
-                batch: batch as u32,
-                region: region as u32,
-                max_out: pp.max_detections as u32,
-                _pad: 0,
-            });
-            let uniform_buffer = uniforms.into_buffer(self);
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            dispatch(
-                self,
-                &mut pass,
-                self.pipeline(Kernel::DetectOutput)?,
-                &[
-                    uniform(&uniform_buffer, slot),
-                    whole(&sorted.boxes),
-                    whole(&sorted.classes),
-                    whole(&kept.kept),
-                    whole(&kept.keep),
-                    whole(&kept.keep_scores),
-                    whole(&out.detections),
-                    whole(&out.counts),
-                ],
-                ((batch * pp.max_detections) as u64).div_ceil(WG_SIZE) as u32,
-            );
-            Ok(())
-        })
+        let config = OutputConfig {
+            batch: batch as u32,
+            region: region as u32,
+            max_out: pp.max_detections as u32,
+            _pad: 0,
+        };
+        let bindings = [
+            whole(&sorted.boxes),
+            whole(&sorted.classes),
+            whole(&kept.kept),
+            whole(&kept.keep),
+            whole(&kept.keep_scores),
+            whole(&out.detections),
+            whole(&out.counts),
+        ];
+        let workgroups = ((batch * pp.max_detections) as u64).div_ceil(WG_SIZE);
+        self.record_dispatch(encoder, Kernel::DetectOutput, &config, &bindings, workgroups)
     }
 }
 

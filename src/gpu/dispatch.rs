@@ -9,6 +9,7 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::{DeviceLimits, GpuContext};
+use crate::gpu::kernels::Kernel;
 
 /// One dispatch's share of a row-major input.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,6 +213,37 @@ pub(crate) fn storage_window<'a>(
     let offset = start * elem_bytes / align * align;
     let base = (start * elem_bytes - offset) / elem_bytes;
     (storage(buffer, offset, (base + len) * elem_bytes), base as u32)
+}
+
+impl GpuContext {
+    /// Records one dispatch of `kernel` in a compute pass of its own: `config` as its uniform
+    /// (binding 0), `resources` as bindings 1, 2, ..., `workgroups` folded into a 2-D grid.
+    /// Validation errors come back as [`crate::Error`].
+    pub(crate) fn record_dispatch<C: Pod>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        config: &C,
+        resources: &[wgpu::BindingResource<'_>],
+        workgroups: u64,
+    ) -> Result<()> {
+        let workgroups =
+            u32::try_from(workgroups).map_err(|_| Error::invalid("a dispatch of more than 2^32 workgroups"))?;
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<C>(self.limits());
+            let slot = uniforms.push(config);
+            let buffer = uniforms.into_buffer(self);
+            let mut bindings = vec![uniform(&buffer, slot)];
+            bindings.extend(resources.iter().cloned());
+            let pipeline = self.pipeline(kernel)?;
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.file()),
+                timestamp_writes: None,
+            });
+            dispatch(self, &mut pass, pipeline, &bindings, workgroups);
+            Ok(())
+        })
+    }
 }
 
 /// Binds `resources` (binding i = resources[i]) to `pipeline` and dispatches `workgroups`

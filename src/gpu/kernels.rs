@@ -56,7 +56,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     const COUNT: usize = 42;
 
-    fn file(self) -> &'static str {
+    pub(crate) fn file(self) -> &'static str {
         match self {
             Kernel::FocalLoss => "focal_loss.wgsl",
             Kernel::ReduceSum => "reduce_sum.wgsl",

@@ -119,33 +119,27 @@ impl GpuContext {
         for (what, bytes) in [("boxes", sorted.boxes.byte_len()), ("sort entries", entries.byte_len())] {
             check_whole_binding(self, what, bytes)?;
         }
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<PermuteConfig>(self.limits());
-            let slot = uniforms.push(&PermuteConfig {
-                total: total as u32,
-                region: region as u32,
-                _pad: [0; 2],
-            });
-            let uniform_buffer = uniforms.into_buffer(self);
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            dispatch(
-                self,
-                &mut pass,
-                self.pipeline(Kernel::SortPermute)?,
-                &[
-                    uniform(&uniform_buffer, slot),
-                    whole(entries),
-                    whole(records),
-                    whole(&sorted.boxes),
-                    whole(&sorted.classes),
-                    whole(&sorted.scores),
-                    whole(&sorted.payload),
-                    whole(&sorted.counts),
-                ],
-                (total as u64).div_ceil(WG_SIZE) as u32,
-            );
-            Ok(())
-        })?;
+        let config = PermuteConfig {
+            total: total as u32,
+            region: region as u32,
+            _pad: [0; 2],
+        };
+        let bindings = [
+            whole(entries),
+            whole(records),
+            whole(&sorted.boxes),
+            whole(&sorted.classes),
+            whole(&sorted.scores),
+            whole(&sorted.payload),
+            whole(&sorted.counts),
+        ];
+        self.record_dispatch(
+            encoder,
+            Kernel::SortPermute,
+            &config,
+            &bindings,
+            (total as u64).div_ceil(WG_SIZE),
+        )?;
         Ok(sorted)
     }
 
@@ -454,60 +448,48 @@ impl GpuContext {
         };
         let entries = self.zeros::<SortEntry>(sort_len(region))?;
         let records = self.zeros::<GpuDetection>(n)?;
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<EntriesConfig>(self.limits());
-            let slot = uniforms.push(&EntriesConfig {
-                n: n as u32,
-                total: entries.len() as u32,
-                _pad: [0; 2],
-            });
-            let uniform_buffer = uniforms.into_buffer(self);
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            dispatch(
-                self,
-                &mut pass,
-                self.pipeline(Kernel::SortEntriesInit)?,
-                &[
-                    uniform(&uniform_buffer, slot),
-                    whole(scores),
-                    whole(boxes),
-                    whole(classes),
-                    whole(&entries),
-                    whole(&records),
-                ],
-                (entries.len() as u64).div_ceil(WG_SIZE) as u32,
-            );
-            Ok(())
-        })?;
+        let config = EntriesConfig {
+            n: n as u32,
+            total: entries.len() as u32,
+            _pad: [0; 2],
+        };
+        let bindings = [
+            whole(scores),
+            whole(boxes),
+            whole(classes),
+            whole(&entries),
+            whole(&records),
+        ];
+        self.record_dispatch(
+            encoder,
+            Kernel::SortEntriesInit,
+            &config,
+            &bindings,
+            (entries.len() as u64).div_ceil(WG_SIZE),
+        )?;
         self.record_sort_entries(encoder, &entries)?;
         let sorted = self.record_permute(encoder, &entries, &records, region, 1)?;
         let kept = self.record_nms_sorted(encoder, nms, &sorted, max_out)?;
         let out = self.zeros::<u32>(max_out)?;
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<MapConfig>(self.limits());
-            let slot = uniforms.push(&MapConfig {
-                num_segments: 1,
-                region: region as u32,
-                max_out: max_out as u32,
-                _pad: 0,
-            });
-            let uniform_buffer = uniforms.into_buffer(self);
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            dispatch(
-                self,
-                &mut pass,
-                self.pipeline(Kernel::KeepMap)?,
-                &[
-                    uniform(&uniform_buffer, slot),
-                    whole(&sorted.payload),
-                    whole(&kept.kept),
-                    whole(&kept.keep),
-                    whole(&out),
-                ],
-                (max_out as u64).div_ceil(WG_SIZE) as u32,
-            );
-            Ok(())
-        })?;
+        let config = MapConfig {
+            num_segments: 1,
+            region: region as u32,
+            max_out: max_out as u32,
+            _pad: 0,
+        };
+        let bindings = [
+            whole(&sorted.payload),
+            whole(&kept.kept),
+            whole(&kept.keep),
+            whole(&out),
+        ];
+        self.record_dispatch(
+            encoder,
+            Kernel::KeepMap,
+            &config,
+            &bindings,
+            (max_out as u64).div_ceil(WG_SIZE),
+        )?;
         Ok((out, kept.keep_scores, kept.kept))
     }
 }

@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
-/// Checks that every box is finite with `x2 >= y1`-style ordering (`x1 <= x2`, `y1 <= y2`);
+/// Checks that every box is finite with `x1 <= x2` and `y1 <= y2`;
 /// errors name the argument and the box.
 pub(crate) fn check_boxes(what: &str, boxes: &[[f32; 4]]) -> Result<()> {
     for (i, b) in boxes.iter().enumerate() {
