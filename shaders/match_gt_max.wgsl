@@ -6,35 +6,9 @@
 // No IoU matrix is stored; match_assign.wgsl recomputes the IoUs. src/cpu/matcher.rs is the twin.
 
 //#include "shared/boxes.wgsl"
+//#include "shared/match_common.wgsl"
 //#include "shared/workgroup_reduce.wgsl"
 
-// Must stay in sync with `MatchConfig` in src/gpu/matcher.rs (shared with match_assign.wgsl).
-struct Config {
-    anchors_per_image: u32,
-    anchor_base: u32,
-    chunk_anchors: u32,
-    tiles_per_image: u32,
-    image_first: u32,
-    num_images: u32,
-    batch: u32,
-    flags: u32,
-    out_base4: u32,
-    out_base16: u32,
-    high: f32,
-    low: f32,
-    num_boxes: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    weights: vec4<f32>,
-}
-
-const WG_SIZE: u32 = 256u;
-
-@group(0) @binding(0) var<uniform> cfg: Config;
-@group(0) @binding(1) var<storage, read> anchors: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> gt_boxes: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> gt_offsets: array<u32>;
 // Per box: its highest IoU (bits) at [g]; match_assign.wgsl also finds the classes after them.
 @group(0) @binding(4) var<storage, read_write> gt_max: array<atomic<u32>>;
 

@@ -10,7 +10,7 @@ use crate::gpu::kernels::Kernel;
 use crate::gpu::nms::region_for;
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::gpu::topk::TopkSegment;
-use crate::ops::detect::{Detection, DetectionInput, PostProcess};
+use crate::ops::detect::{Detection, DetectionInput, PostProcess, check_shapes};
 
 const WG_SIZE: u64 = 256;
 
@@ -118,28 +118,8 @@ impl GpuContext {
         pp.validate()?;
         let a = input.anchors.len();
         let k = input.num_classes;
-        if k == 0 || a == 0 || !input.deltas.len().is_multiple_of(a) || input.logits.len() != input.deltas.len() * k {
-            return Err(Error::shape(
-                "post-processing",
-                format!(
-                    "{} logits, {} deltas, {a} anchors and {k} classes do not agree",
-                    input.logits.len(),
-                    input.deltas.len()
-                ),
-            ));
-        }
         let offsets = input.level_offsets;
-        if offsets.len() < 2
-            || offsets[0] != 0
-            || offsets[offsets.len() - 1] != a
-            || offsets.windows(2).any(|w| w[0] > w[1])
-        {
-            return Err(Error::shape(
-                "post-processing",
-                format!("level offsets {offsets:?} must rise from 0 to {a}"),
-            ));
-        }
-        let batch = input.deltas.len() / a;
+        let batch = check_shapes(input.logits.len(), input.deltas.len(), a, k, offsets)?;
         if out.max_detections != pp.max_detections
             || out.counts.len() != batch
             || out.detections.len() != batch * pp.max_detections

@@ -13,7 +13,7 @@ use crate::ops::matcher::{AssignedTargets, GroundTruth, TargetAssigner};
 const WG_SIZE: u64 = 256;
 const FLAG_LOW_QUALITY: u32 = 1;
 
-/// Must stay in sync with `Config` in shaders/match_gt_max.wgsl and shaders/match_assign.wgsl.
+/// Must stay in sync with `Config` in shaders/shared/match_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct MatchConfig {

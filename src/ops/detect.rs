@@ -86,38 +86,13 @@ impl DetectionInput<'_> {
 
     /// Checks shapes and offsets.
     pub fn validate(&self) -> Result<()> {
-        let a = self.anchors.len();
-        let k = self.num_classes;
-        if k == 0 {
-            return Err(Error::invalid("post-processing: num_classes must be >= 1"));
-        }
-        if a == 0 || !self.deltas.len().is_multiple_of(a) {
-            return Err(Error::shape(
-                "post-processing",
-                format!("{} deltas are not whole images of {a} anchors", self.deltas.len()),
-            ));
-        }
-        if self.logits.len() != self.deltas.len() * k {
-            return Err(Error::shape(
-                "post-processing",
-                format!(
-                    "{} logits but {} deltas x {k} classes",
-                    self.logits.len(),
-                    self.deltas.len()
-                ),
-            ));
-        }
-        let offsets = self.level_offsets;
-        if offsets.len() < 2
-            || offsets[0] != 0
-            || offsets[offsets.len() - 1] != a
-            || offsets.windows(2).any(|w| w[0] > w[1])
-        {
-            return Err(Error::shape(
-                "post-processing",
-                format!("level offsets {offsets:?} must rise from 0 to the {a} anchors"),
-            ));
-        }
+        check_shapes(
+            self.logits.len(),
+            self.deltas.len(),
+            self.anchors.len(),
+            self.num_classes,
+            self.level_offsets,
+        )?;
         check_anchors("post-processing", self.anchors)
     }
 }
@@ -157,4 +132,43 @@ impl PostProcess {
             Backend::Gpu(ctx) => crate::gpu::detect::postprocess_host(ctx, self, input),
         }
     }
+}
+
+/// The shape rules of post-processing, shared by the host and the device-buffer paths: `logits`
+/// holds `deltas / 4 * num_classes` values, the deltas are whole images of `anchors` boxes, and
+/// the level offsets rise from 0 to the anchor count. Counts are in elements of each buffer's
+/// own type (one delta or anchor is one box). Returns the batch size.
+pub(crate) fn check_shapes(
+    logits: usize,
+    deltas: usize,
+    anchors: usize,
+    num_classes: usize,
+    offsets: &[usize],
+) -> Result<usize> {
+    if num_classes == 0 {
+        return Err(Error::invalid("post-processing: num_classes must be >= 1"));
+    }
+    if anchors == 0 || !deltas.is_multiple_of(anchors) {
+        return Err(Error::shape(
+            "post-processing",
+            format!("{deltas} deltas are not whole images of {anchors} anchors"),
+        ));
+    }
+    if logits != deltas * num_classes {
+        return Err(Error::shape(
+            "post-processing",
+            format!("{logits} logits but {deltas} deltas x {num_classes} classes"),
+        ));
+    }
+    if offsets.len() < 2
+        || offsets[0] != 0
+        || offsets[offsets.len() - 1] != anchors
+        || offsets.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(Error::shape(
+            "post-processing",
+            format!("level offsets {offsets:?} must rise from 0 to the {anchors} anchors"),
+        ));
+    }
+    Ok(deltas / anchors)
 }
