@@ -44,7 +44,8 @@ fn reference_conv(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32]) -> Vec<
 }
 
 /// Convolutions with the cases that break implementations: stride 2 on odd sizes, 1x1
-/// kernels, 1x1 images, one channel, non-square kernels and images, no padding.
+/// kernels, 1x1 images, one channel, non-square kernels and images, no padding, padding wider
+/// than the kernel.
 fn odd_convs() -> Vec<(Conv2d, Shape)> {
     vec![
         (Conv2d::new(3, 5, 3, 2), Shape::new(2, 3, 7, 5)),
@@ -63,6 +64,37 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         ),
         (Conv2d::new(5, 4, 3, 1), Shape::new(1, 5, 6, 9)),
         (Conv2d::new(2, 70, 3, 2), Shape::new(2, 2, 13, 11)),
+        // Padding wider than the kernel's reach: whole rows and columns of taps see only zeros.
+        (
+            Conv2d {
+                in_channels: 2,
+                out_channels: 3,
+                kernel: (3, 3),
+                stride: 2,
+                padding: 2,
+            },
+            Shape::new(2, 2, 5, 4),
+        ),
+        (
+            Conv2d {
+                in_channels: 3,
+                out_channels: 2,
+                kernel: (1, 1),
+                stride: 1,
+                padding: 1,
+            },
+            Shape::new(2, 3, 4, 3),
+        ),
+        (
+            Conv2d {
+                in_channels: 1,
+                out_channels: 2,
+                kernel: (5, 5),
+                stride: 1,
+                padding: 1,
+            },
+            Shape::new(2, 1, 3, 3),
+        ),
     ]
 }
 

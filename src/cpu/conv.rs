@@ -134,6 +134,49 @@ fn matmul_strided<T: Real>(
     }
 }
 
+/// The output columns `ox0..ox0 + len` of one kernel tap `kx` read input columns
+/// `ox * stride - padding + kx`: the sub-range of `0..len` that falls inside `0..in_w`, and
+/// the input column of its first element.
+fn valid_span(len: usize, in_w: usize, ox0: usize, stride: usize, padding: usize, kx: usize) -> (usize, usize, usize) {
+    let first = (ox0 * stride + kx) as isize - padding as isize;
+    let s = stride as isize;
+    // Smallest i with first + i*s >= 0, and smallest i with first + i*s >= in_w.
+    let lo = if first >= 0 { 0 } else { ((-first + s - 1) / s) as usize };
+    let end = in_w as isize - first;
+    let hi = if end <= 0 { 0 } else { ((end + s - 1) / s) as usize };
+    let (lo, hi) = (lo.min(len), hi.min(len).max(lo.min(len)));
+    (lo, hi, (first + (lo as isize) * s).max(0) as usize)
+}
+
+/// `dst[i] = src[(ox0 + i) * stride - padding + kx]`, zero where that is outside the row.
+fn gather_row<T: Real>(dst: &mut [T], src: &[T], ox0: usize, stride: usize, padding: usize, kx: usize) {
+    let (lo, hi, start) = valid_span(dst.len(), src.len(), ox0, stride, padding, kx);
+    dst[..lo].fill(T::ZERO);
+    dst[hi..].fill(T::ZERO);
+    if stride == 1 {
+        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
+    } else {
+        for (d, &v) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(stride)) {
+            *d = v;
+        }
+    }
+}
+
+/// The adjoint of [`gather_row`]: `dst[(ox0 + i) * stride - padding + kx] += src[i]` where that
+/// is inside the row.
+fn scatter_row<T: Real>(dst: &mut [T], src: &[T], ox0: usize, stride: usize, padding: usize, kx: usize) {
+    let (lo, hi, start) = valid_span(src.len(), dst.len(), ox0, stride, padding, kx);
+    if stride == 1 {
+        for (d, &v) in dst[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
+            *d += v;
+        }
+    } else {
+        for (d, &v) in dst[start..].iter_mut().step_by(stride).zip(&src[lo..hi]) {
+            *d += v;
+        }
+    }
+}
+
 /// The im2col columns of one image written into a batch-wide matrix: `col[(ci, ky, kx)]` rows
 /// of `row_stride` values, this image's `(oy, ox)` columns starting at `col_offset`, zero
 /// outside the image.
@@ -162,14 +205,7 @@ fn im2col<T: Real>(
                         continue;
                     }
                     let src = &plane[y as usize * input.w..(y as usize + 1) * input.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let x = ox as isize * s - p + kx as isize;
-                        *d = if x >= 0 && x < input.w as isize {
-                            src[x as usize]
-                        } else {
-                            T::ZERO
-                        };
-                    }
+                    gather_row(dst, src, 0, conv.stride, conv.padding, kx);
                 }
             }
         }
@@ -202,29 +238,65 @@ fn col2im<T: Real>(
                         continue;
                     }
                     let dst = &mut plane[y as usize * input.w..(y as usize + 1) * input.w];
-                    for (ox, &g) in row[oy * out.w..(oy + 1) * out.w].iter().enumerate() {
-                        let x = ox as isize * s - p + kx as isize;
-                        if x >= 0 && x < input.w as isize {
-                            dst[x as usize] += g;
-                        }
-                    }
+                    scatter_row(
+                        dst,
+                        &row[oy * out.w..(oy + 1) * out.w],
+                        0,
+                        conv.stride,
+                        conv.padding,
+                        kx,
+                    );
                 }
             }
         }
     }
 }
 
-/// Parallelism inside the GEMMs: all of rayon's threads.
-fn parallel() -> Parallelism {
-    Parallelism::Rayon(rayon::current_num_threads())
+/// Convolutions (of the batched path) with fewer multiply-adds than this run on the calling
+/// thread alone: handing work to rayon's pool and waking its threads costs tens of microseconds
+/// per parallel region on a small VM, more than such a GEMM takes on one core (measured on the
+/// small RetinaNet's layers on 2 cores: serial halves the time of the 1x1- and 2x2-pixel head
+/// convolutions, and loses from about 4M multiply-adds up).
+const SERIAL_MAX_MACS: usize = 1 << 22;
+
+/// Parallelism inside a GEMM: all of rayon's threads, or none for small work.
+fn gemm_parallelism(serial: bool) -> Parallelism {
+    if serial {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
 }
 
-/// The batch's im2col matrix `[K x (B * Ho*Wo)]`, images side by side (images in parallel).
-fn batch_columns<'p, T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, pool: &'p Pool<T>) -> PooledVec<'p, T> {
+/// `f(i, chunk)` over `data.chunks_mut(size)`: on rayon's threads, or on this one (`serial`).
+fn for_each_chunk<T: Send>(data: &mut [T], size: usize, serial: bool, f: impl Fn(usize, &mut [T]) + Send + Sync) {
+    if serial {
+        data.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    } else {
+        data.par_chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// The batch's im2col matrix `[K x (B * Ho*Wo)]`, images side by side (images in parallel
+/// unless `serial`).
+fn batch_columns<'p, T: Real>(
+    conv: &Conv2d,
+    x: &[T],
+    input: Shape,
+    out: Shape,
+    pool: &'p Pool<T>,
+    serial: bool,
+) -> PooledVec<'p, T> {
     let (k, n) = (conv.fan_in(), out.plane());
     let bn = input.n * n;
     let mut col = pool.take(k * bn);
     let per_in = input.len() / input.n.max(1);
+    if serial {
+        for b in 0..input.n {
+            im2col(conv, &x[b * per_in..(b + 1) * per_in], input, out, &mut col, bn, b * n);
+        }
+        return col;
+    }
     // Each image owns the columns b*N..(b+1)*N of every row: hand out disjoint row segments.
     let segments = SendPtr(col.as_mut_ptr());
     (0..input.n).into_par_iter().for_each(|b| {
@@ -312,10 +384,20 @@ fn forward_batched<T: Real>(
 ) {
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let bn = input.n * n;
-    let col = batch_columns(conv, x, input, out, pool);
+    let serial = cout * bn * k < SERIAL_MAX_MACS;
+    let col = batch_columns(conv, x, input, out, pool, serial);
     let mut y_t = pool.take(cout * bn);
-    matmul(cout, bn, k, &mut y_t, (w, k, 1), (&col, bn, 1), false, parallel());
-    y.par_chunks_mut(cout * n).enumerate().for_each(|(b, yb)| {
+    matmul(
+        cout,
+        bn,
+        k,
+        &mut y_t,
+        (w, k, 1),
+        (&col, bn, 1),
+        false,
+        gemm_parallelism(serial),
+    );
+    for_each_chunk(y, cout * n, serial, |b, yb| {
         for (co, row) in yb.chunks_mut(n).enumerate() {
             let bc = bias.map_or(T::ZERO, |bias| bias[co]);
             for (v, &t) in row.iter_mut().zip(&y_t[co * bn + b * n..][..n]) {
@@ -341,30 +423,49 @@ fn backward_batched<T: Real>(
 ) {
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let bn = input.n * n;
+    let serial = cout * bn * k < SERIAL_MAX_MACS;
     // dY as [Cout x B*N]: rows per channel, images side by side.
     let mut dy_t = pool.take(cout * bn);
-    dy_t.par_chunks_mut(bn).enumerate().for_each(|(co, row)| {
+    for_each_chunk(&mut dy_t, bn, serial, |co, row| {
         for b in 0..input.n {
             row[b * n..(b + 1) * n].copy_from_slice(&dy[(b * cout + co) * n..][..n]);
         }
     });
-    db.par_iter_mut()
-        .zip(dy_t.par_chunks(bn))
-        .for_each(|(d, row)| *d = row.iter().fold(T::ZERO, |a, &v| a + v));
+    for_each_chunk(db, 1, serial, |co, d| {
+        d[0] = dy_t[co * bn..(co + 1) * bn].iter().fold(T::ZERO, |a, &v| a + v);
+    });
 
     // dW = dY [Cout x BN] x col^T [BN x K].
-    let col = batch_columns(conv, x, input, out, pool);
-    matmul(cout, k, bn, dw, (&dy_t, bn, 1), (&col, 1, bn), false, parallel());
+    let col = batch_columns(conv, x, input, out, pool, serial);
+    matmul(
+        cout,
+        k,
+        bn,
+        dw,
+        (&dy_t, bn, 1),
+        (&col, 1, bn),
+        false,
+        gemm_parallelism(serial),
+    );
     drop(col);
 
     // dX: W^T [K x Cout] x dY [Cout x BN], then col2im per image.
     if let Some(dx) = dx {
         let mut dcol = pool.take(k * bn);
-        matmul(k, bn, cout, &mut dcol, (w, 1, k), (&dy_t, bn, 1), false, parallel());
+        matmul(
+            k,
+            bn,
+            cout,
+            &mut dcol,
+            (w, 1, k),
+            (&dy_t, bn, 1),
+            false,
+            gemm_parallelism(serial),
+        );
         let per_in = input.len() / input.n.max(1);
-        dx.par_chunks_mut(per_in)
-            .enumerate()
-            .for_each(|(b, dxb)| col2im(conv, &dcol, bn, b * n, input, out, dxb));
+        for_each_chunk(dx, per_in, serial, |b, dxb| {
+            col2im(conv, &dcol, bn, b * n, input, out, dxb)
+        });
     }
 }
 
@@ -389,14 +490,7 @@ fn im2col_block<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: u
                         dst.fill(T::ZERO);
                     } else {
                         let src = &plane[y as usize * input.w..(y as usize + 1) * input.w];
-                        for (d, ox) in dst.iter_mut().zip(ox0..ox1) {
-                            let xi = ox as isize * s - p + kx as isize;
-                            *d = if xi >= 0 && xi < input.w as isize {
-                                src[xi as usize]
-                            } else {
-                                T::ZERO
-                            };
-                        }
+                        gather_row(dst, src, ox0, conv.stride, conv.padding, kx);
                     }
                     c += ox1 - ox0;
                 }
@@ -422,12 +516,14 @@ fn col2im_block<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: 
                     let y = oy as isize * s - p + ky as isize;
                     if y >= 0 && y < input.h as isize {
                         let dst = &mut plane[y as usize * input.w..(y as usize + 1) * input.w];
-                        for (&g, ox) in row[c - c0..c - c0 + ox1 - ox0].iter().zip(ox0..ox1) {
-                            let xi = ox as isize * s - p + kx as isize;
-                            if xi >= 0 && xi < input.w as isize {
-                                dst[xi as usize] += g;
-                            }
-                        }
+                        scatter_row(
+                            dst,
+                            &row[c - c0..c - c0 + ox1 - ox0],
+                            ox0,
+                            conv.stride,
+                            conv.padding,
+                            kx,
+                        );
                     }
                     c += ox1 - ox0;
                 }
@@ -436,11 +532,16 @@ fn col2im_block<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: 
     }
 }
 
-/// Output pixels per im2col block: about 128 KiB of columns, so that a block stays in cache
-/// between being written and being read by the GEMM (the whole im2col matrix of a large image
-/// would stream through memory twice).
+/// Values per im2col block (512 KiB of f32): a block stays in cache between being written and
+/// being read by the GEMM (the whole im2col matrix of a large image would stream through memory
+/// twice), and is wide enough that the GEMM's packing is paid back. Measured on the small
+/// RetinaNet's layers on a 2-core Zen 4 (1 MiB L2): 32 Ki values is up to 2x slower on the
+/// few-channel layers, 1 Mi values slower again; 128-256 Ki is the plateau.
+const BLOCK_VALUES: usize = 128 * 1024;
+
+/// Output pixels per im2col block of `k` rows (see [`BLOCK_VALUES`]).
 fn block_width(k: usize, n: usize) -> usize {
-    (32 * 1024 / k.max(1)).clamp(32, n.max(1))
+    (BLOCK_VALUES / k.max(1)).clamp(32, n.max(1))
 }
 
 /// Forward pass, per image and per block of output pixels: `[Cout x K] x [K x block]` GEMMs
