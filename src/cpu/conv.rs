@@ -134,23 +134,39 @@ fn matmul_strided<T: Real>(
     }
 }
 
-/// The output columns `ox0..ox0 + len` of one kernel tap `kx` read input columns
-/// `ox * stride - padding + kx`: the sub-range of `0..len` that falls inside `0..in_w`, and
-/// the input column of its first element.
-fn valid_span(len: usize, in_w: usize, ox0: usize, stride: usize, padding: usize, kx: usize) -> (usize, usize, usize) {
-    let first = (ox0 * stride + kx) as isize - padding as isize;
-    let s = stride as isize;
-    // Smallest i with first + i*s >= 0, and smallest i with first + i*s >= in_w.
-    let lo = if first >= 0 { 0 } else { ((-first + s - 1) / s) as usize };
-    let end = in_w as isize - first;
-    let hi = if end <= 0 { 0 } else { ((end + s - 1) / s) as usize };
-    let (lo, hi) = (lo.min(len), hi.min(len).max(lo.min(len)));
-    (lo, hi, (first + (lo as isize) * s).max(0) as usize)
+/// Where one kernel tap reads a row: output columns `ox0..ox0 + len` of tap `kx` read input
+/// columns `ox * stride - padding + kx`; `lo..hi` (relative to `ox0`) are those that fall inside
+/// the input row, the first of them at input column `start`. Computed once per tap for whole
+/// rows: small images have rows of a few pixels, where per-row divisions would cost more than
+/// the copy.
+#[derive(Clone, Copy)]
+struct Span {
+    lo: usize,
+    hi: usize,
+    start: usize,
+}
+
+impl Span {
+    fn new(len: usize, in_w: usize, ox0: usize, stride: usize, padding: usize, kx: usize) -> Span {
+        let first = (ox0 * stride + kx) as isize - padding as isize;
+        let s = stride as isize;
+        // Smallest i with first + i*s >= 0, and smallest i with first + i*s >= in_w.
+        let lo = if first >= 0 { 0 } else { ((-first + s - 1) / s) as usize };
+        let end = in_w as isize - first;
+        let hi = if end <= 0 { 0 } else { ((end + s - 1) / s) as usize };
+        let lo = lo.min(len);
+        let hi = hi.clamp(lo, len);
+        Span {
+            lo,
+            hi,
+            start: (first + lo as isize * s).max(0) as usize,
+        }
+    }
 }
 
 /// `dst[i] = src[(ox0 + i) * stride - padding + kx]`, zero where that is outside the row.
-fn gather_row<T: Real>(dst: &mut [T], src: &[T], ox0: usize, stride: usize, padding: usize, kx: usize) {
-    let (lo, hi, start) = valid_span(dst.len(), src.len(), ox0, stride, padding, kx);
+fn gather_row<T: Real>(dst: &mut [T], src: &[T], span: Span, stride: usize) {
+    let Span { lo, hi, start } = span;
     dst[..lo].fill(T::ZERO);
     dst[hi..].fill(T::ZERO);
     if stride == 1 {
@@ -164,8 +180,8 @@ fn gather_row<T: Real>(dst: &mut [T], src: &[T], ox0: usize, stride: usize, padd
 
 /// The adjoint of [`gather_row`]: `dst[(ox0 + i) * stride - padding + kx] += src[i]` where that
 /// is inside the row.
-fn scatter_row<T: Real>(dst: &mut [T], src: &[T], ox0: usize, stride: usize, padding: usize, kx: usize) {
-    let (lo, hi, start) = valid_span(src.len(), dst.len(), ox0, stride, padding, kx);
+fn scatter_row<T: Real>(dst: &mut [T], src: &[T], span: Span, stride: usize) {
+    let Span { lo, hi, start } = span;
     if stride == 1 {
         for (d, &v) in dst[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
             *d += v;
@@ -197,6 +213,7 @@ fn im2col<T: Real>(
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &mut col[((ci * kh + ky) * kw + kx) * row_stride + col_offset..][..n];
+                let span = Span::new(out.w, input.w, 0, conv.stride, conv.padding, kx);
                 for oy in 0..out.h {
                     let y = oy as isize * s - p + ky as isize;
                     let dst = &mut row[oy * out.w..(oy + 1) * out.w];
@@ -205,7 +222,7 @@ fn im2col<T: Real>(
                         continue;
                     }
                     let src = &plane[y as usize * input.w..(y as usize + 1) * input.w];
-                    gather_row(dst, src, 0, conv.stride, conv.padding, kx);
+                    gather_row(dst, src, span, conv.stride);
                 }
             }
         }
@@ -232,20 +249,14 @@ fn col2im<T: Real>(
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &col[((ci * kh + ky) * kw + kx) * row_stride + col_offset..][..n];
+                let span = Span::new(out.w, input.w, 0, conv.stride, conv.padding, kx);
                 for oy in 0..out.h {
                     let y = oy as isize * s - p + ky as isize;
                     if y < 0 || y >= input.h as isize {
                         continue;
                     }
                     let dst = &mut plane[y as usize * input.w..(y as usize + 1) * input.w];
-                    scatter_row(
-                        dst,
-                        &row[oy * out.w..(oy + 1) * out.w],
-                        0,
-                        conv.stride,
-                        conv.padding,
-                        kx,
-                    );
+                    scatter_row(dst, &row[oy * out.w..(oy + 1) * out.w], span, conv.stride);
                 }
             }
         }
@@ -480,6 +491,7 @@ fn im2col_block<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: u
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &mut col[((ci * kh + ky) * kw + kx) * width..][..width];
+                let full = Span::new(out.w, input.w, 0, conv.stride, conv.padding, kx);
                 let mut c = c0;
                 while c < c1 {
                     let (oy, ox0) = (c / out.w, c % out.w);
@@ -490,7 +502,12 @@ fn im2col_block<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: u
                         dst.fill(T::ZERO);
                     } else {
                         let src = &plane[y as usize * input.w..(y as usize + 1) * input.w];
-                        gather_row(dst, src, ox0, conv.stride, conv.padding, kx);
+                        let span = if ox1 - ox0 == out.w {
+                            full
+                        } else {
+                            Span::new(ox1 - ox0, input.w, ox0, conv.stride, conv.padding, kx)
+                        };
+                        gather_row(dst, src, span, conv.stride);
                     }
                     c += ox1 - ox0;
                 }
@@ -509,6 +526,7 @@ fn col2im_block<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: 
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = &col[((ci * kh + ky) * kw + kx) * width..][..width];
+                let full = Span::new(out.w, input.w, 0, conv.stride, conv.padding, kx);
                 let mut c = c0;
                 while c < c1 {
                     let (oy, ox0) = (c / out.w, c % out.w);
@@ -516,14 +534,12 @@ fn col2im_block<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: 
                     let y = oy as isize * s - p + ky as isize;
                     if y >= 0 && y < input.h as isize {
                         let dst = &mut plane[y as usize * input.w..(y as usize + 1) * input.w];
-                        scatter_row(
-                            dst,
-                            &row[c - c0..c - c0 + ox1 - ox0],
-                            ox0,
-                            conv.stride,
-                            conv.padding,
-                            kx,
-                        );
+                        let span = if ox1 - ox0 == out.w {
+                            full
+                        } else {
+                            Span::new(ox1 - ox0, input.w, ox0, conv.stride, conv.padding, kx)
+                        };
+                        scatter_row(dst, &row[c - c0..c - c0 + ox1 - ox0], span, conv.stride);
                     }
                     c += ox1 - ox0;
                 }
