@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every `retina bench`, GPU and CPU backend side by side, on a machine with a real GPU: the
+# script to run once on a lent accelerator machine. Builds in release mode, records the
+# adapter, and writes one JSON file per benchmark (rows as documented in README.md) into $OUT
+# (default: ./gpu-bench); progress goes to stderr.
+#
+#   OUT=/tmp/results scripts/gpu_bench.sh
+#
+# Budget: about 2-3 minutes to build on 16 cores, then 2-4 minutes of benchmarks on a
+# data-centre GPU (the CPU side dominates).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-gpu-bench}"
+mkdir -p "$out"
+
+cargo build --release --quiet
+bin=target/release/retina
+"$bin" info | tee "$out/info.txt"
+
+run() {
+    local name=$1
+    shift
+    echo "== retina bench $name $*" >&2
+    "$bin" bench "$name" "$@" --json >"$out/$name.json"
+}
+
+run focal --iters 5
+run match --iters 5
+run nms --iters 3
+run conv --iters 5
+echo "results in $out"
