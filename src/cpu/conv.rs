@@ -340,59 +340,60 @@ fn per_image(input: Shape, out: Shape) -> bool {
     out.plane() >= PER_IMAGE_MIN_PIXELS && input.n >= rayon::current_num_threads()
 }
 
-/// Forward pass into `y` (`out` shaped).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn forward<T: Real>(
-    conv: &Conv2d,
-    x: &[T],
-    input: Shape,
-    w: &[T],
-    bias: Option<&[T]>,
-    y: &mut [T],
-    out: Shape,
-    pool: &Pool<T>,
-) {
-    if per_image(input, out) {
-        forward_per_image(conv, x, input, w, bias, y, out, pool);
+/// One convolution's operands, shared by its forward and backward passes: the layer, its input
+/// and weights, the output shape, and the engine's scratch pool.
+pub(crate) struct ConvProblem<'a, T> {
+    /// The layer.
+    pub conv: &'a Conv2d,
+    /// The input, `input` shaped.
+    pub x: &'a [T],
+    /// The input's shape.
+    pub input: Shape,
+    /// The weights, `conv.weight_shape()`.
+    pub w: &'a [T],
+    /// The output's shape.
+    pub out: Shape,
+    /// Scratch.
+    pub pool: &'a Pool<T>,
+}
+
+impl<T> Clone for ConvProblem<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for ConvProblem<'_, T> {}
+
+/// Forward pass into `y` (`p.out` shaped).
+pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut [T]) {
+    if per_image(p.input, p.out) {
+        forward_per_image(p, bias, y);
     } else {
-        forward_batched(conv, x, input, w, bias, y, out, pool);
+        forward_batched(p, bias, y);
     }
 }
 
 /// Backward pass: writes `dw` and `db` (overwritten) and `dx` if given.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward<T: Real>(
-    conv: &Conv2d,
-    x: &[T],
-    input: Shape,
-    w: &[T],
-    dy: &[T],
-    out: Shape,
-    dw: &mut [T],
-    db: &mut [T],
-    dx: Option<&mut [T]>,
-    pool: &Pool<T>,
-) {
-    if per_image(input, out) {
-        backward_per_image(conv, x, input, w, dy, out, dw, db, dx, pool);
+pub(crate) fn backward<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], db: &mut [T], dx: Option<&mut [T]>) {
+    if per_image(p.input, p.out) {
+        backward_per_image(p, dy, dw, db, dx);
     } else {
-        backward_batched(conv, x, input, w, dy, out, dw, db, dx, pool);
+        backward_batched(p, dy, dw, db, dx);
     }
 }
 
 /// Forward pass, the whole batch as one GEMM, `[Cout x K] x [K x B*Ho*Wo]`, then the result
 /// scattered to NCHW with the bias.
-#[allow(clippy::too_many_arguments)]
-fn forward_batched<T: Real>(
-    conv: &Conv2d,
-    x: &[T],
-    input: Shape,
-    w: &[T],
-    bias: Option<&[T]>,
-    y: &mut [T],
-    out: Shape,
-    pool: &Pool<T>,
-) {
+fn forward_batched<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut [T]) {
+    let ConvProblem {
+        conv,
+        x,
+        input,
+        w,
+        out,
+        pool,
+    } = *p;
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let bn = input.n * n;
     let serial = cout * bn * k < SERIAL_MAX_MACS;
@@ -419,19 +420,15 @@ fn forward_batched<T: Real>(
 }
 
 /// Backward pass, one GEMM over the whole batch for each of the weight and input gradients.
-#[allow(clippy::too_many_arguments)]
-fn backward_batched<T: Real>(
-    conv: &Conv2d,
-    x: &[T],
-    input: Shape,
-    w: &[T],
-    dy: &[T],
-    out: Shape,
-    dw: &mut [T],
-    db: &mut [T],
-    dx: Option<&mut [T]>,
-    pool: &Pool<T>,
-) {
+fn backward_batched<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], db: &mut [T], dx: Option<&mut [T]>) {
+    let ConvProblem {
+        conv,
+        x,
+        input,
+        w,
+        out,
+        pool,
+    } = *p;
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let bn = input.n * n;
     let serial = cout * bn * k < SERIAL_MAX_MACS;
@@ -562,17 +559,15 @@ fn block_width(k: usize, n: usize) -> usize {
 
 /// Forward pass, per image and per block of output pixels: `[Cout x K] x [K x block]` GEMMs
 /// on cache-resident im2col blocks, images in parallel.
-#[allow(clippy::too_many_arguments)]
-fn forward_per_image<T: Real>(
-    conv: &Conv2d,
-    x: &[T],
-    input: Shape,
-    w: &[T],
-    bias: Option<&[T]>,
-    y: &mut [T],
-    out: Shape,
-    pool: &Pool<T>,
-) {
+fn forward_per_image<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut [T]) {
+    let ConvProblem {
+        conv,
+        x,
+        input,
+        w,
+        out,
+        pool,
+    } = *p;
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let nb = block_width(k, n);
     let per_in = input.len() / input.n.max(1);
@@ -633,19 +628,15 @@ fn workers(images: usize) -> usize {
 
 /// Backward pass, per image and per block of output pixels (see [`forward_per_image`]); each
 /// worker sums its images' weight gradients, then the workers' sums are added.
-#[allow(clippy::too_many_arguments)]
-fn backward_per_image<T: Real>(
-    conv: &Conv2d,
-    x: &[T],
-    input: Shape,
-    w: &[T],
-    dy: &[T],
-    out: Shape,
-    dw: &mut [T],
-    db: &mut [T],
-    dx: Option<&mut [T]>,
-    pool: &Pool<T>,
-) {
+fn backward_per_image<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], db: &mut [T], dx: Option<&mut [T]>) {
+    let ConvProblem {
+        conv,
+        x,
+        input,
+        w,
+        out,
+        pool,
+    } = *p;
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let nb = block_width(k, n);
     let per_in = input.len() / input.n.max(1);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{self, Real};
+use crate::cpu::conv::{self, ConvProblem, Real};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, ConvGrads, Engine, PoolStats, Sgd, Shape};
 
@@ -236,16 +236,15 @@ impl<T: Real> Engine for CpuEngine<T> {
             check_same("conv2d bias", b.shape, c.bias_shape())?;
         }
         let mut y = self.alloc(out);
-        conv::forward(
-            c,
-            &x.data,
-            x.shape,
-            &weight.data,
-            bias.map(|b| &b.data[..]),
-            &mut y.data,
+        let problem = ConvProblem {
+            conv: c,
+            x: &x.data,
+            input: x.shape,
+            w: &weight.data,
             out,
-            &self.pool,
-        );
+            pool: &self.pool,
+        };
+        conv::forward(&problem, bias.map(|b| &b.data[..]), &mut y.data);
         Ok(y)
     }
 
@@ -263,18 +262,16 @@ impl<T: Real> Engine for CpuEngine<T> {
         let mut dw = self.alloc(c.weight_shape());
         let mut db = self.alloc(c.bias_shape());
         let mut dx = input_grad.then(|| self.alloc(x.shape));
-        conv::backward(
-            c,
-            &x.data,
-            x.shape,
-            &weight.data,
-            &grad_out.data,
+        let problem = ConvProblem {
+            conv: c,
+            x: &x.data,
+            input: x.shape,
+            w: &weight.data,
             out,
-            &mut dw.data,
-            &mut db.data,
-            dx.as_mut().map(|t| &mut t.data[..]),
-            &self.pool,
-        );
+            pool: &self.pool,
+        };
+        let dx_data = dx.as_mut().map(|t| &mut t.data[..]);
+        conv::backward(&problem, &grad_out.data, &mut dw.data, &mut db.data, dx_data);
         Ok(ConvGrads {
             input: dx,
             weight: dw,
