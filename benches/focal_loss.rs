@@ -4,32 +4,9 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use retina_wgpu::gpu::{FocalBuffers, LogitsBuffer, TargetsBuffer};
-use retina_wgpu::{Backend, FocalInput, FocalLoss, GpuContext};
+use retina_wgpu::{Backend, FocalInput, FocalLoss, GpuContext, workloads};
 
 const K: usize = 80;
-
-fn problem(rows: usize) -> (Vec<f32>, Vec<i32>) {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let logits = (0..rows * K)
-        .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 * 10.0 - 7.0)
-        .collect();
-    let labels = (0..rows)
-        .map(|_| {
-            if next() % 50 == 0 {
-                (next() % K as u64) as i32
-            } else {
-                -1
-            }
-        })
-        .collect();
-    (logits, labels)
-}
 
 fn focal(c: &mut Criterion) {
     let gpu = match GpuContext::new() {
@@ -44,7 +21,7 @@ fn focal(c: &mut Criterion) {
     group.sample_size(10);
     for n in [1_000_000usize, 16_000_000] {
         let rows = n / K;
-        let (logits, labels) = problem(rows);
+        let (logits, labels) = workloads::focal_problem(rows, K);
         let input = FocalInput::labels(&logits, &labels, K);
         group.throughput(Throughput::Elements(n as u64));
 

@@ -4,31 +4,9 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use retina_wgpu::gpu::{AssignBuffers, GroundTruthBuffers};
-use retina_wgpu::{AnchorConfig, Backend, GpuContext, GroundTruth, TargetAssigner};
+use retina_wgpu::{AnchorConfig, Backend, GpuContext, GroundTruth, TargetAssigner, workloads};
 
 const BATCH: usize = 8;
-
-fn ground_truth(count: usize) -> Vec<(Vec<[f32; 4]>, Vec<i32>)> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    };
-    (0..BATCH)
-        .map(|_| {
-            let boxes = (0..count)
-                .map(|_| {
-                    let (w, h) = (20.0 + 380.0 * uniform(), 20.0 + 380.0 * uniform());
-                    let (x, y) = ((800.0 - w) * uniform(), (800.0 - h) * uniform());
-                    [x, y, x + w, y + h]
-                })
-                .collect();
-            (boxes, (0..count).map(|_| (uniform() * 80.0) as i32).collect())
-        })
-        .collect()
-}
 
 fn matching(c: &mut Criterion) {
     let gpu = GpuContext::new()
@@ -42,7 +20,7 @@ fn matching(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements((BATCH * a) as u64));
     for count in [1usize, 20, 100] {
-        let gts = ground_truth(count);
+        let gts = workloads::ground_truth(BATCH, count, 800.0);
         let images: Vec<GroundTruth> = gts.iter().map(|(b, c)| GroundTruth { boxes: b, classes: c }).collect();
         group.bench_with_input(BenchmarkId::new("cpu", count), &count, |b, _| {
             b.iter(|| assigner.assign(&Backend::Cpu, &anchors, &images).unwrap())

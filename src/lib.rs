@@ -30,6 +30,7 @@ mod error;
 pub mod gpu;
 pub mod nn;
 pub mod ops;
+pub mod workloads;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

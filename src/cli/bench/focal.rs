@@ -2,7 +2,7 @@
 
 use clap::Args;
 use retina_wgpu::gpu::{FocalBuffers, LogitsBuffer, TargetsBuffer};
-use retina_wgpu::{Backend, FocalInput, FocalLoss, Result};
+use retina_wgpu::{Backend, FocalInput, FocalLoss, Result, workloads};
 
 use super::{Common, Row, gpu_median_seconds, median_seconds, parse_size, progress, report};
 
@@ -18,28 +18,6 @@ pub struct FocalArgs {
     common: Common,
 }
 
-/// Deterministic logits and RetinaNet-like labels (one positive in 50, one ignored in 20).
-fn problem(rows: usize, k: usize) -> (Vec<f32>, Vec<i32>) {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let logits = (0..rows * k)
-        .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32) * 10.0 - 7.0)
-        .collect();
-    let labels = (0..rows)
-        .map(|_| match next() % 100 {
-            0 | 1 => (next() % k as u64) as i32,
-            2..=6 => -2,
-            _ => -1,
-        })
-        .collect();
-    (logits, labels)
-}
-
 pub fn run(args: FocalArgs) -> Result<()> {
     let k = args.classes.max(1);
     let backends = args.common.backend.backends()?;
@@ -50,7 +28,7 @@ pub fn run(args: FocalArgs) -> Result<()> {
     for &size in &args.sizes {
         let rows = (size as usize / k).max(1);
         let n = rows * k;
-        let (logits, labels) = problem(rows, k);
+        let (logits, labels) = workloads::focal_problem(rows, k);
         let input = FocalInput::labels(&logits[..], &labels, k);
         let bytes = (n * 4 + rows * 4) as f64;
         for backend in &backends {

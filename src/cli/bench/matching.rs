@@ -2,7 +2,7 @@
 
 use clap::Args;
 use retina_wgpu::gpu::{AssignBuffers, GroundTruthBuffers};
-use retina_wgpu::{AnchorConfig, Backend, GroundTruth, Result, TargetAssigner};
+use retina_wgpu::{AnchorConfig, Backend, GroundTruth, Result, TargetAssigner, workloads};
 
 use super::{Common, Row, gpu_median_seconds, median_seconds, progress, report};
 
@@ -21,30 +21,6 @@ pub struct MatchArgs {
     common: Common,
 }
 
-/// Deterministic ground truth: `count` boxes of 20-400 px per image, 80 classes.
-fn ground_truth(images: usize, count: usize, side: f32) -> Vec<(Vec<[f32; 4]>, Vec<i32>)> {
-    let mut state = 0x853c_49e6_748f_ea9bu64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    };
-    (0..images)
-        .map(|_| {
-            let boxes = (0..count)
-                .map(|_| {
-                    let (w, h) = (20.0 + 380.0 * uniform(), 20.0 + 380.0 * uniform());
-                    let (x, y) = ((side - w) * uniform(), (side - h) * uniform());
-                    [x, y, x + w, y + h]
-                })
-                .collect();
-            let classes = (0..count).map(|_| (uniform() * 80.0) as i32).collect();
-            (boxes, classes)
-        })
-        .collect()
-}
-
 pub fn run(args: MatchArgs) -> Result<()> {
     let backends = args.common.backend.backends()?;
     let config = AnchorConfig::retinanet();
@@ -55,7 +31,7 @@ pub fn run(args: MatchArgs) -> Result<()> {
     let bar = progress(steps, "target assignment");
     let mut rows = Vec::new();
     for &count in &args.boxes {
-        let gts = ground_truth(args.batch, count, args.image as f32);
+        let gts = workloads::ground_truth(args.batch, count, args.image as f32);
         let images: Vec<GroundTruth> = gts.iter().map(|(b, c)| GroundTruth { boxes: b, classes: c }).collect();
         let size = (args.batch * a) as u64;
         for backend in &backends {

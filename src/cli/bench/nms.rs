@@ -2,7 +2,7 @@
 
 use clap::Args;
 use retina_wgpu::gpu::DetectionBuffers;
-use retina_wgpu::{AnchorConfig, Backend, DetectionInput, Nms, PostProcess, Result};
+use retina_wgpu::{AnchorConfig, Backend, DetectionInput, Nms, PostProcess, Result, workloads};
 
 use super::{Common, Row, gpu_median_seconds, median_seconds, parse_size, progress, report};
 
@@ -24,36 +24,6 @@ pub struct NmsArgs {
     common: Common,
 }
 
-/// A deterministic generator for the inputs.
-struct XorShift(u64);
-
-impl XorShift {
-    fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
-/// `n` boxes with centres uniform in a 1000 x 1000 image and sides of 10-100 px, uniform
-/// scores, classes uniform in `0..classes`.
-fn boxes(n: usize, classes: usize) -> (Vec<[f32; 4]>, Vec<f32>, Vec<i32>) {
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    let b = (0..n)
-        .map(|_| {
-            let (cx, cy) = (1000.0 * rng.uniform(), 1000.0 * rng.uniform());
-            let (w, h) = (10.0 + 90.0 * rng.uniform(), 10.0 + 90.0 * rng.uniform());
-            [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
-        })
-        .collect();
-    let s = (0..n).map(|_| rng.uniform()).collect();
-    let c = (0..n)
-        .map(|_| (rng.uniform() * classes as f32) as i32 % classes as i32)
-        .collect();
-    (b, s, c)
-}
-
 pub fn run(args: NmsArgs) -> Result<()> {
     let backends = args.common.backend.backends()?;
     let iters = args.common.iters.max(1) as u64;
@@ -63,7 +33,7 @@ pub fn run(args: NmsArgs) -> Result<()> {
     let nms = Nms::hard(0.5);
     for &n in &args.sizes {
         let n = n as usize;
-        let (b, s, c) = boxes(n, args.classes.max(1));
+        let (b, s, c) = workloads::random_boxes(n, args.classes);
         for (op, classes) in [("nms", None), ("batched_nms", Some(&c[..]))] {
             let op = match classes {
                 Some(_) => format!("{op}[{} classes]", args.classes),
@@ -110,19 +80,7 @@ fn postprocess_rows(args: &NmsArgs, backends: &[Backend], bar: &indicatif::Progr
     let anchors = config.generate(&Backend::Cpu, args.image, args.image)?;
     let offsets = config.level_offsets(args.image, args.image);
     let (a, k) = (anchors.len(), args.classes.max(1));
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
-    // Like a trained detector: nearly every score far below 0.05, a few hundred confident ones.
-    let logits: Vec<f32> = (0..args.batch * a * k)
-        .map(|_| {
-            let u = rng.uniform();
-            if u < 2e-4 {
-                6.0 * rng.uniform() - 2.0
-            } else {
-                -4.0 - 4.0 * u
-            }
-        })
-        .collect();
-    let deltas: Vec<[f32; 4]> = (0..args.batch * a).map(|_| [0.2 * rng.uniform() - 0.1; 4]).collect();
+    let (logits, deltas) = workloads::detector_outputs(args.batch, a, k);
     let input = DetectionInput {
         logits: &logits,
         deltas: &deltas,
