@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform};
+use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
 use crate::gpu::kernels::Kernel;
 use crate::ops::anchors::AnchorConfig;
 
@@ -86,43 +86,25 @@ impl GpuContext {
                 output_bytes: 0,
             },
         )?;
-        let mut uniforms = Uniforms::new::<AnchorConfigGpu>(limits);
-        let slots: Vec<_> = plan
-            .chunks
-            .iter()
-            .map(|c| {
-                uniforms.push(&AnchorConfigGpu {
-                    n_anchors: (c.rows.end - c.rows.start) as u32,
-                    first: c.rows.start as u32,
-                    num_levels: levels.len() as u32,
-                    anchors_per_cell: per_cell as u32,
-                    offset: config.offset,
-                    _pad: [0; 3],
-                })
-            })
-            .collect();
+        let chunk_config = |c: &Chunk| AnchorConfigGpu {
+            n_anchors: (c.rows.end - c.rows.start) as u32,
+            first: c.rows.start as u32,
+            num_levels: levels.len() as u32,
+            anchors_per_cell: per_cell as u32,
+            offset: config.offset,
+            _pad: [0; 3],
+        };
+        // The submission stays in the scope: encoding errors surface when the encoder finishes.
         self.scoped(|| {
-            let uniform_buffer = uniforms.into_buffer(self);
-            let pipeline = self.pipeline(Kernel::Anchors)?;
             let mut encoder = self.encoder("anchors");
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                for (chunk, slot) in plan.chunks.iter().zip(slots) {
-                    let rows = chunk.rows.end - chunk.rows.start;
-                    dispatch(
-                        self,
-                        &mut pass,
-                        pipeline,
-                        &[
-                            uniform(&uniform_buffer, slot),
-                            storage(levels_buf.buffer(), 0, levels_buf.byte_len()),
-                            storage(templates_buf.buffer(), 0, templates_buf.byte_len()),
-                            storage(out.buffer(), chunk.rows.start * 16, rows * 16),
-                        ],
-                        chunk.workgroups,
-                    );
-                }
-            }
+            self.record_chunks(&mut encoder, Kernel::Anchors, &plan, chunk_config, |chunk| {
+                let rows = chunk.rows.end - chunk.rows.start;
+                vec![
+                    storage(levels_buf.buffer(), 0, levels_buf.byte_len()),
+                    storage(templates_buf.buffer(), 0, templates_buf.byte_len()),
+                    storage(out.buffer(), chunk.rows.start * 16, rows * 16),
+                ]
+            })?;
             self.submit_and_wait(encoder)
         })?;
         Ok(out)

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform};
+use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::ops::box_loss::{BoxLoss, BoxLossInput, BoxLossKind, BoxReduction};
@@ -153,59 +153,37 @@ impl GpuContext {
             let spare_counts = self.zeros::<u32>(1)?;
             let spare_grad = self.zeros::<[f32; 4]>(1)?;
             let counts = counts.unwrap_or(spare_counts.buffer());
-            let mut uniforms = Uniforms::new::<BoxLossConfig>(limits);
-            let slots: Vec<_> = plan
-                .chunks
-                .iter()
-                .map(|c| {
-                    uniforms.push(&BoxLossConfig {
-                        n_rows: (c.rows.end - c.rows.start) as u32,
-                        anchors_per_image: a as u32,
-                        first_row: (c.rows.start % a) as u32,
-                        flags,
-                        beta,
-                        clamp: loss.coder.clamp,
-                        norm_index,
-                        norm_value,
-                        weights: loss.coder.weights,
-                    })
-                })
-                .collect();
-            let uniform_buffer = uniforms.into_buffer(self);
-            let pipeline = self.pipeline(Kernel::BoxLoss)?;
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("box loss"),
-                    timestamp_writes: None,
-                });
-                for (chunk, slot) in plan.chunks.iter().zip(slots) {
-                    let (first, rows) = (chunk.rows.start, chunk.rows.end - chunk.rows.start);
-                    let grad = match b.grad {
-                        Some(g) => storage(g.buffer(), first * 16, rows * 16),
-                        None => storage(spare_grad.buffer(), 0, 16),
-                    };
-                    dispatch(
-                        self,
-                        &mut pass,
-                        pipeline,
-                        &[
-                            uniform(&uniform_buffer, slot),
-                            storage(b.pred.buffer(), first * 16, rows * 16),
-                            storage(b.targets.buffer(), first * 16, rows * 16),
-                            storage(b.labels.buffer(), first * 4, rows * 4),
-                            storage(b.anchors.buffer(), 0, b.anchors.byte_len()),
-                            storage(counts, 0, counts.size().min(limits.max_storage_binding)),
-                            grad,
-                            storage(
-                                partials.buffer(),
-                                chunk.output_offset * 4,
-                                u64::from(chunk.workgroups) * 4,
-                            ),
-                        ],
-                        chunk.workgroups,
-                    );
-                }
-            }
+            let config = |c: &Chunk| BoxLossConfig {
+                n_rows: (c.rows.end - c.rows.start) as u32,
+                anchors_per_image: a as u32,
+                first_row: (c.rows.start % a) as u32,
+                flags,
+                beta,
+                clamp: loss.coder.clamp,
+                norm_index,
+                norm_value,
+                weights: loss.coder.weights,
+            };
+            self.record_chunks(encoder, Kernel::BoxLoss, &plan, config, |chunk| {
+                let (first, rows) = (chunk.rows.start, chunk.rows.end - chunk.rows.start);
+                let grad = match b.grad {
+                    Some(g) => storage(g.buffer(), first * 16, rows * 16),
+                    None => storage(spare_grad.buffer(), 0, 16),
+                };
+                vec![
+                    storage(b.pred.buffer(), first * 16, rows * 16),
+                    storage(b.targets.buffer(), first * 16, rows * 16),
+                    storage(b.labels.buffer(), first * 4, rows * 4),
+                    storage(b.anchors.buffer(), 0, b.anchors.byte_len()),
+                    storage(counts, 0, counts.size().min(limits.max_storage_binding)),
+                    grad,
+                    storage(
+                        partials.buffer(),
+                        chunk.output_offset * 4,
+                        u64::from(chunk.workgroups) * 4,
+                    ),
+                ]
+            })?;
             record_sum(self, encoder, &partials, &normaliser, b.loss)
         })
     }

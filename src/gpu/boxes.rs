@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform};
+use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
 use crate::gpu::kernels::Kernel;
 use crate::ops::boxes::BoxCoder;
 
@@ -72,38 +72,18 @@ impl GpuContext {
                 output_bytes: 0,
             },
         )?;
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<IouConfig>(limits);
-            let slots: Vec<_> = plan
-                .chunks
-                .iter()
-                .map(|c| {
-                    uniforms.push(&IouConfig {
-                        n_elements: ((c.rows.end - c.rows.start) * m) as u32,
-                        cols: m as u32,
-                        _pad: [0; 2],
-                    })
-                })
-                .collect();
-            let uniform_buffer = uniforms.into_buffer(self);
-            let pipeline = self.pipeline(Kernel::BoxIou)?;
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for (chunk, slot) in plan.chunks.iter().zip(slots) {
-                let rows = chunk.rows.end - chunk.rows.start;
-                dispatch(
-                    self,
-                    &mut pass,
-                    pipeline,
-                    &[
-                        uniform(&uniform_buffer, slot),
-                        storage(a.buffer(), chunk.rows.start * 16, rows * 16),
-                        storage(b.buffer(), 0, b.byte_len()),
-                        storage(out.buffer(), chunk.rows.start * m * 4, rows * m * 4),
-                    ],
-                    chunk.workgroups,
-                );
-            }
-            Ok(())
+        let config = |c: &Chunk| IouConfig {
+            n_elements: ((c.rows.end - c.rows.start) * m) as u32,
+            cols: m as u32,
+            _pad: [0; 2],
+        };
+        self.record_chunks(encoder, Kernel::BoxIou, &plan, config, |chunk| {
+            let rows = chunk.rows.end - chunk.rows.start;
+            vec![
+                storage(a.buffer(), chunk.rows.start * 16, rows * 16),
+                storage(b.buffer(), 0, b.byte_len()),
+                storage(out.buffer(), chunk.rows.start * m * 4, rows * m * 4),
+            ]
         })
     }
 
@@ -144,40 +124,20 @@ impl GpuContext {
                 output_bytes: 0,
             },
         )?;
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<CoderConfig>(limits);
-            let slots: Vec<_> = plan
-                .chunks
-                .iter()
-                .map(|c| {
-                    uniforms.push(&CoderConfig {
-                        n: (c.rows.end - c.rows.start) as u32,
-                        decode: u32::from(decode),
-                        clamp: coder.clamp,
-                        _pad: 0,
-                        weights: coder.weights,
-                    })
-                })
-                .collect();
-            let uniform_buffer = uniforms.into_buffer(self);
-            let pipeline = self.pipeline(Kernel::BoxCoder)?;
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            for (chunk, slot) in plan.chunks.iter().zip(slots) {
-                let (start, len) = (chunk.rows.start * 16, (chunk.rows.end - chunk.rows.start) * 16);
-                dispatch(
-                    self,
-                    &mut pass,
-                    pipeline,
-                    &[
-                        uniform(&uniform_buffer, slot),
-                        storage(input.buffer(), start, len),
-                        storage(anchors.buffer(), start, len),
-                        storage(out.buffer(), start, len),
-                    ],
-                    chunk.workgroups,
-                );
-            }
-            Ok(())
+        let config = |c: &Chunk| CoderConfig {
+            n: (c.rows.end - c.rows.start) as u32,
+            decode: u32::from(decode),
+            clamp: coder.clamp,
+            _pad: 0,
+            weights: coder.weights,
+        };
+        self.record_chunks(encoder, Kernel::BoxCoder, &plan, config, |chunk| {
+            let (start, len) = (chunk.rows.start * 16, (chunk.rows.end - chunk.rows.start) * 16);
+            vec![
+                storage(input.buffer(), start, len),
+                storage(anchors.buffer(), start, len),
+                storage(out.buffer(), start, len),
+            ]
         })
     }
 }

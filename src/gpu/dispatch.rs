@@ -246,6 +246,37 @@ impl GpuContext {
     }
 }
 
+impl GpuContext {
+    /// Records one dispatch of `kernel` per chunk of `plan`, all in one compute pass:
+    /// `config(chunk)` as that dispatch's uniform (binding 0; the uniforms share one buffer),
+    /// `resources(chunk)` as bindings 1, 2, ... Validation errors come back as [`crate::Error`].
+    pub(crate) fn record_chunks<'r, C: Pod>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        plan: &ChunkPlan,
+        config: impl Fn(&Chunk) -> C,
+        resources: impl Fn(&Chunk) -> Vec<wgpu::BindingResource<'r>>,
+    ) -> Result<()> {
+        self.scoped(|| {
+            let mut uniforms = Uniforms::new::<C>(self.limits());
+            let slots: Vec<_> = plan.chunks.iter().map(|c| uniforms.push(&config(c))).collect();
+            let buffer = uniforms.into_buffer(self);
+            let pipeline = self.pipeline(kernel)?;
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.file()),
+                timestamp_writes: None,
+            });
+            for (chunk, slot) in plan.chunks.iter().zip(slots) {
+                let mut bindings = vec![uniform(&buffer, slot)];
+                bindings.extend(resources(chunk));
+                dispatch(self, &mut pass, pipeline, &bindings, chunk.workgroups);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Binds `resources` (binding i = resources[i]) to `pipeline` and dispatches `workgroups`
 /// workgroups, folded into a 2-D grid when they exceed the per-dimension limit.
 pub(crate) fn dispatch(

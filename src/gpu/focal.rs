@@ -6,7 +6,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform};
+use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::ops::focal::{FocalInput, FocalLoss, FocalVariant, Logits, Reduction, Targets};
@@ -223,40 +223,19 @@ impl GpuContext {
                 output_bytes: 0,
             },
         )?;
-        let mut uniforms = Uniforms::new::<CountConfig>(limits);
-        let slots: Vec<_> = plan
-            .chunks
-            .iter()
-            .map(|c| {
-                uniforms.push(&CountConfig {
-                    n_rows: (c.rows.end - c.rows.start) as u32,
-                    num_classes: k as u32,
-                    _pad: [0; 2],
-                })
-            })
-            .collect();
-        let uniform_buffer = uniforms.into_buffer(self);
-        let pipeline = self.pipeline(Kernel::CountLabels)?;
+        let config = |c: &Chunk| CountConfig {
+            n_rows: (c.rows.end - c.rows.start) as u32,
+            num_classes: k as u32,
+            _pad: [0; 2],
+        };
         encoder.clear_buffer(counts.buffer(), 0, None);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("count labels"),
-            timestamp_writes: None,
-        });
-        for (chunk, slot) in plan.chunks.iter().zip(slots) {
+        self.record_chunks(encoder, Kernel::CountLabels, &plan, config, |chunk| {
             let rows = chunk.rows.end - chunk.rows.start;
-            dispatch(
-                self,
-                &mut pass,
-                pipeline,
-                &[
-                    uniform(&uniform_buffer, slot),
-                    storage(labels.buffer(), chunk.rows.start * 4, rows * 4),
-                    storage(counts.buffer(), 0, 8),
-                ],
-                chunk.workgroups,
-            );
-        }
-        Ok(())
+            vec![
+                storage(labels.buffer(), chunk.rows.start * 4, rows * 4),
+                storage(counts.buffer(), 0, 8),
+            ]
+        })
     }
 
     /// The fused per-element pass; returns the buffer of per-workgroup partial sums.
@@ -315,36 +294,23 @@ impl GpuContext {
             },
         )?;
         let partials = self.zeros::<f32>(plan.output_slots as usize)?;
-        let mut uniforms = Uniforms::new::<FocalConfig>(limits);
-        let slots: Vec<_> = plan
-            .chunks
-            .iter()
-            .map(|c| {
-                uniforms.push(&FocalConfig {
-                    n_elements: ((c.rows.end - c.rows.start) * k) as u32,
-                    num_classes: k as u32,
-                    flags,
-                    norm_index,
-                    alpha: loss.alpha.unwrap_or(1.0),
-                    gamma: loss.gamma,
-                    beta,
-                    norm_value,
-                })
-            })
-            .collect();
-        let uniform_buffer = uniforms.into_buffer(self);
-        let pipeline = self.pipeline(Kernel::FocalLoss)?;
+        let config = |c: &Chunk| FocalConfig {
+            n_elements: ((c.rows.end - c.rows.start) * k) as u32,
+            num_classes: k as u32,
+            flags,
+            norm_index,
+            alpha: loss.alpha.unwrap_or(1.0),
+            gamma: loss.gamma,
+            beta,
+            norm_value,
+        };
         // Unused bindings still need a buffer: a scratch word each (read-only and writable
         // bindings must not share one).
         let spare_read = self.zeros::<u32>(1)?;
         let spare_grad = self.zeros::<f32>(1)?;
         let spare_elementwise = self.zeros::<f32>(1)?;
         let counts = counts_buffer.unwrap_or(spare_read.buffer());
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("focal loss"),
-            timestamp_writes: None,
-        });
-        for (chunk, slot) in plan.chunks.iter().zip(slots) {
+        self.record_chunks(encoder, Kernel::FocalLoss, &plan, config, |chunk| {
             let first = chunk.rows.start;
             let count = chunk.rows.end - chunk.rows.start;
             let elements = |bytes: u64| storage_range(first, count, k, bytes);
@@ -361,26 +327,19 @@ impl GpuContext {
                 TargetsBuffer::Labels(_) => (first * 4, count * 4),
             };
             let logit_range = elements(logit_bytes);
-            dispatch(
-                self,
-                &mut pass,
-                pipeline,
-                &[
-                    uniform(&uniform_buffer, slot),
-                    storage(buffers.logits.buffer(), logit_range.0, logit_range.1),
-                    storage(target_buffer, target_range.0, target_range.1),
-                    storage(counts, 0, counts.size().min(limits.max_storage_binding)),
-                    storage(grad_buffer, grad_range.0, grad_range.1),
-                    storage(elem_buffer, elem_range.0, elem_range.1),
-                    storage(
-                        partials.buffer(),
-                        chunk.output_offset * 4,
-                        u64::from(chunk.workgroups) * 4,
-                    ),
-                ],
-                chunk.workgroups,
-            );
-        }
+            vec![
+                storage(buffers.logits.buffer(), logit_range.0, logit_range.1),
+                storage(target_buffer, target_range.0, target_range.1),
+                storage(counts, 0, counts.size().min(limits.max_storage_binding)),
+                storage(grad_buffer, grad_range.0, grad_range.1),
+                storage(elem_buffer, elem_range.0, elem_range.1),
+                storage(
+                    partials.buffer(),
+                    chunk.output_offset * 4,
+                    u64::from(chunk.workgroups) * 4,
+                ),
+            ]
+        })?;
         Ok(partials)
     }
 }
