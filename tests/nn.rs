@@ -43,6 +43,17 @@ fn reference_conv(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32]) -> Vec<
     y
 }
 
+/// A convolution with every field given.
+fn conv(in_channels: usize, out_channels: usize, kernel: (usize, usize), stride: usize, padding: usize) -> Conv2d {
+    Conv2d {
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
 /// Convolutions with the cases that break implementations: stride 2 on odd sizes, 1x1
 /// kernels, 1x1 images, one channel, non-square kernels and images, no padding, padding wider
 /// than the kernel.
@@ -52,49 +63,13 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         (Conv2d::new(4, 6, 1, 1), Shape::new(2, 4, 7, 5)),
         (Conv2d::new(1, 1, 3, 1), Shape::new(1, 1, 1, 1)),
         (Conv2d::new(1, 3, 3, 2), Shape::new(3, 1, 1, 1)),
-        (
-            Conv2d {
-                in_channels: 2,
-                out_channels: 3,
-                kernel: (3, 2),
-                stride: 2,
-                padding: 0,
-            },
-            Shape::new(2, 2, 9, 6),
-        ),
+        (conv(2, 3, (3, 2), 2, 0), Shape::new(2, 2, 9, 6)),
         (Conv2d::new(5, 4, 3, 1), Shape::new(1, 5, 6, 9)),
         (Conv2d::new(2, 70, 3, 2), Shape::new(2, 2, 13, 11)),
         // Padding wider than the kernel's reach: whole rows and columns of taps see only zeros.
-        (
-            Conv2d {
-                in_channels: 2,
-                out_channels: 3,
-                kernel: (3, 3),
-                stride: 2,
-                padding: 2,
-            },
-            Shape::new(2, 2, 5, 4),
-        ),
-        (
-            Conv2d {
-                in_channels: 3,
-                out_channels: 2,
-                kernel: (1, 1),
-                stride: 1,
-                padding: 1,
-            },
-            Shape::new(2, 3, 4, 3),
-        ),
-        (
-            Conv2d {
-                in_channels: 1,
-                out_channels: 2,
-                kernel: (5, 5),
-                stride: 1,
-                padding: 1,
-            },
-            Shape::new(2, 1, 3, 3),
-        ),
+        (conv(2, 3, (3, 3), 2, 2), Shape::new(2, 2, 5, 4)),
+        (conv(3, 2, (1, 1), 1, 1), Shape::new(2, 3, 4, 3)),
+        (conv(1, 2, (5, 5), 1, 1), Shape::new(2, 1, 3, 3)),
     ]
 }
 
