@@ -46,6 +46,16 @@ pub enum Error {
     #[error("GPU readback failed: {0}")]
     ReadbackFailed(String),
 
+    /// A file's content is not what it must be (malformed JSON, a missing field, an id that is not
+    /// defined, a box with a negative size, a corrupt image, ...).
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file (or the name of the in-memory input).
+        path: String,
+        /// What is wrong, and where in the file when that is known.
+        detail: String,
+    },
+
     /// Reading or writing a file (vectors, checkpoints, images) failed.
     #[error("{path}: {source}")]
     Io {
@@ -71,6 +81,22 @@ impl Error {
         Error::ShapeMismatch {
             op,
             detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Format`].
+    pub(crate) fn format(path: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Io`].
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
         }
     }
 

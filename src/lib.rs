@@ -12,6 +12,8 @@
 //! - [`box_iou`], [`BoxCoder`] and [`BoxLoss`] (smooth L1 or GIoU, forward and backward).
 //! - [`sort_desc`], [`top_k`], [`nms`] / [`batched_nms`] / [`Nms`] (hard, soft, matrix, fast)
 //!   and [`PostProcess`]: RetinaNet's inference path from network outputs to detections.
+//! - [`coco`]: COCO's instances and results formats and the bbox evaluation, exact to
+//!   pycocotools and parallel over categories.
 //! - [`nn`]: the layers of a small RetinaNet (convolution forward and backward, ReLU,
 //!   upsampling, the head permute, SGD) on a CPU or GPU [`nn::Engine`].
 //!
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod coco;
 pub mod cpu;
 mod error;
 pub mod gpu;

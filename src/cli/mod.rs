@@ -1,6 +1,7 @@
 //! Command-line definitions and dispatch.
 
 mod bench;
+mod eval;
 mod info;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -20,6 +21,8 @@ enum Command {
     Info,
     /// Measures a kernel on the GPU against the CPU backend.
     Bench(bench::BenchArgs),
+    /// Evaluates COCO bbox results against ground truth, exactly as pycocotools does.
+    Eval(eval::EvalArgs),
 }
 
 /// Which backends a command runs on.
@@ -52,5 +55,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(),
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
