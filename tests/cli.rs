@@ -163,3 +163,55 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
 }
+
+fn coco_file(name: &str) -> String {
+    format!("{}/tests/coco/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn eval_prints_cocoeval_summary_verbatim_and_writes_json() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(coco_file("expected.json")).unwrap()).unwrap();
+    let case = &expected["cases"]["val2014_100"];
+    let json_out = std::env::temp_dir().join(format!("retina-eval-{}.json", std::process::id()));
+    let out = retina(&[
+        "eval",
+        "--gt",
+        &coco_file("instances_val2014_100.json"),
+        "--results",
+        &coco_file("instances_val2014_fakebbox100_results.json"),
+        "--per-class",
+        "--json",
+        json_out.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (table, per_class) = stdout.split_once("\n\n").expect("summary, blank line, per-class table");
+    assert_eq!(table.trim_end(), case["summary"].as_str().unwrap().trim_end());
+    // Header plus one row per category; person (id 1) has the AP pycocotools gives it.
+    assert_eq!(per_class.lines().count(), 81);
+    let person = per_class.lines().find(|l| l.contains(" person ")).expect("a row for person");
+    let ap = case["per_category"][0]["ap"].as_f64().unwrap();
+    assert!(person.contains(&format!("{ap:.3}")), "{person}");
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    assert_eq!(written["stats"], case["stats"]);
+    std::fs::remove_file(&json_out).unwrap();
+}
+
+#[test]
+fn eval_with_results_from_another_set_fails_naming_the_file() {
+    let results = std::env::temp_dir().join(format!("retina-eval-bad-{}.json", std::process::id()));
+    std::fs::write(&results, r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]"#).unwrap();
+    let out = retina(&[
+        "eval",
+        "--gt",
+        &coco_file("instances_val2014_100.json"),
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(results.to_str().unwrap()) && stderr.contains("image_id 1"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_file(&results).unwrap();
+}
