@@ -215,3 +215,17 @@ fn eval_with_results_from_another_set_fails_naming_the_file() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     std::fs::remove_file(&results).unwrap();
 }
+
+#[test]
+fn bench_eval_json_rows_time_a_generated_workload() {
+    let out = retina(&["bench", "eval", "--images", "60", "--iters", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let ops: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["coco_parse_gt", "coco_parse_results", "coco_evaluate", "coco_eval_total"]);
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["backend"], "cpu");
+        assert!(row["size"].as_u64().unwrap() > 60, "{row}");
+        assert!(row["seconds"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn pairwise_sum_matches_a_plain_sum_on_exact_values() {
-        for n in [0, 1, 7, 8, 9, 128, 129, 1000] {
+        for n in [0usize, 1, 7, 8, 9, 128, 129, 1000] {
             let v: Vec<f64> = (0..n).map(|i| i as f64).collect();
             assert_eq!(pairwise_sum(&v), (n * n.saturating_sub(1) / 2) as f64, "n = {n}");
         }

@@ -14,9 +14,11 @@
 
 mod eval;
 mod format;
+mod workload;
 
 pub use eval::{AreaRange, CategoryAp, EvalParams, Evaluation, STAT_NAMES, evaluate, evaluate_with};
 pub use format::{
     Annotation, BboxResult, Category, Image, Instances, check_results, load_results, results_from_json,
     results_to_json, save_results, write_file,
 };
+pub use workload::{CocoWorkload, coco_categories, coco_category_ids, val2017_like, write_val2017_like};

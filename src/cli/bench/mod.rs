@@ -3,6 +3,7 @@
 //! `{"op", "backend", "adapter", "size", "seconds", "throughput", "unit"}` (seconds: median).
 
 mod conv;
+mod eval;
 mod focal;
 mod matching;
 mod nms;
@@ -32,6 +33,8 @@ enum Which {
     Match(matching::MatchArgs),
     /// NMS (plain and class-aware) and the whole detection post-processing: GPU vs CPU.
     Nms(nms::NmsArgs),
+    /// COCO bbox evaluation of a val2017-sized workload: parsing, evaluating, the whole run.
+    Eval(eval::EvalArgs),
 }
 
 /// Options every bench takes.
@@ -54,6 +57,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Conv(a) => conv::run(a),
         Which::Match(a) => matching::run(a),
         Which::Nms(a) => nms::run(a),
+        Which::Eval(a) => eval::run(a),
     }
 }
 
