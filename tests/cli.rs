@@ -190,7 +190,10 @@ fn eval_prints_cocoeval_summary_verbatim_and_writes_json() {
     assert_eq!(table.trim_end(), case["summary"].as_str().unwrap().trim_end());
     // Header plus one row per category; person (id 1) has the AP pycocotools gives it.
     assert_eq!(per_class.lines().count(), 81);
-    let person = per_class.lines().find(|l| l.contains(" person ")).expect("a row for person");
+    let person = per_class
+        .lines()
+        .find(|l| l.contains(" person "))
+        .expect("a row for person");
     let ap = case["per_category"][0]["ap"].as_f64().unwrap();
     assert!(person.contains(&format!("{ap:.3}")), "{person}");
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
@@ -201,7 +204,11 @@ fn eval_prints_cocoeval_summary_verbatim_and_writes_json() {
 #[test]
 fn eval_with_results_from_another_set_fails_naming_the_file() {
     let results = std::env::temp_dir().join(format!("retina-eval-bad-{}.json", std::process::id()));
-    std::fs::write(&results, r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]"#).unwrap();
+    std::fs::write(
+        &results,
+        r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]"#,
+    )
+    .unwrap();
     let out = retina(&[
         "eval",
         "--gt",
@@ -211,7 +218,10 @@ fn eval_with_results_from_another_set_fails_naming_the_file() {
     ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(results.to_str().unwrap()) && stderr.contains("image_id 1"), "{stderr}");
+    assert!(
+        stderr.contains(results.to_str().unwrap()) && stderr.contains("image_id 1"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     std::fs::remove_file(&results).unwrap();
 }
@@ -221,8 +231,21 @@ fn bench_eval_json_rows_time_a_generated_workload() {
     let out = retina(&["bench", "eval", "--images", "60", "--iters", "1", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
-    let ops: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["op"].as_str().unwrap()).collect();
-    assert_eq!(ops, ["coco_parse_gt", "coco_parse_results", "coco_evaluate", "coco_eval_total"]);
+    let ops: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "coco_parse_gt",
+            "coco_parse_results",
+            "coco_evaluate",
+            "coco_eval_total"
+        ]
+    );
     for row in rows.as_array().unwrap() {
         assert_eq!(row["backend"], "cpu");
         assert!(row["size"].as_u64().unwrap() > 60, "{row}");

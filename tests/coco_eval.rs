@@ -19,7 +19,11 @@ fn expected(case: &str) -> serde_json::Value {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
@@ -40,8 +44,16 @@ fn check_case(case: &str) -> Evaluation {
     let eval = coco::evaluate(&gt, &results).unwrap();
 
     assert_close(&format!("{case} stats"), &eval.stats, &floats(&want["stats"]), 1e-9);
-    assert_eq!(eval.summary(), want["summary"].as_str().unwrap().trim_end().to_owned() + "\n");
-    let ids: Vec<i64> = want["category_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(
+        eval.summary(),
+        want["summary"].as_str().unwrap().trim_end().to_owned() + "\n"
+    );
+    let ids: Vec<i64> = want["category_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
     assert_eq!(eval.category_ids, ids);
     assert_eq!(eval.image_ids.len() as u64, want["image_count"].as_u64().unwrap());
     let shape: Vec<usize> = floats(&want["shape_precision"]).iter().map(|&v| v as usize).collect();
@@ -232,11 +244,26 @@ fn results_outside_the_ground_truth_are_errors() {
         path
     };
     let cases = [
-        (r#"[{"image_id": 3, "category_id": 7, "bbox": [0, 0, 1, 1], "score": 0.5}]"#, "image_id 3"),
-        (r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]"#, "category_id 1"),
-        (r#"[{"image_id": 1, "category_id": 7, "bbox": [0, 0, -1, 1], "score": 0.5}]"#, "negative width"),
-        (r#"[{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1e999], "score": 0.5}]"#, "line 1"),
-        (r#"[{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1], "score": 0.5}]"#, "line 1"),
+        (
+            r#"[{"image_id": 3, "category_id": 7, "bbox": [0, 0, 1, 1], "score": 0.5}]"#,
+            "image_id 3",
+        ),
+        (
+            r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]"#,
+            "category_id 1",
+        ),
+        (
+            r#"[{"image_id": 1, "category_id": 7, "bbox": [0, 0, -1, 1], "score": 0.5}]"#,
+            "negative width",
+        ),
+        (
+            r#"[{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1e999], "score": 0.5}]"#,
+            "line 1",
+        ),
+        (
+            r#"[{"image_id": 1, "category_id": 7, "bbox": [0, 0, 1], "score": 0.5}]"#,
+            "line 1",
+        ),
         (r#"{"image_id": 1}"#, "invalid type"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
@@ -277,7 +304,10 @@ fn a_perfect_detector_scores_one_and_ties_keep_file_order() {
         bbox,
         score,
     };
-    let perfect = [hit(1, [10.0, 10.0, 20.0, 20.0], 0.9), hit(2, [0.0, 0.0, 50.0, 50.0], 0.8)];
+    let perfect = [
+        hit(1, [10.0, 10.0, 20.0, 20.0], 0.9),
+        hit(2, [0.0, 0.0, 50.0, 50.0], 0.8),
+    ];
     let eval = coco::evaluate(&gt, &perfect).unwrap();
     assert_eq!(eval.stats[0], 1.0);
     assert_eq!(eval.stats[8], 1.0);

@@ -89,7 +89,9 @@ impl EvalParams {
     fn check(&self) -> Result<()> {
         let unit = |v: &f64| (0.0..=1.0).contains(v);
         if self.iou_thresholds.is_empty() || !self.iou_thresholds.iter().all(unit) {
-            return Err(Error::invalid("COCO evaluation: IoU thresholds must be non-empty, in [0, 1]"));
+            return Err(Error::invalid(
+                "COCO evaluation: IoU thresholds must be non-empty, in [0, 1]",
+            ));
         }
         if self.recall_thresholds.is_empty()
             || !self.recall_thresholds.iter().all(unit)
@@ -105,7 +107,9 @@ impl EvalParams {
             ));
         }
         if self.area_ranges.is_empty() || self.area_ranges.iter().any(|r| r.min.is_nan() || r.max.is_nan()) {
-            return Err(Error::invalid("COCO evaluation: area ranges must be non-empty and not NaN"));
+            return Err(Error::invalid(
+                "COCO evaluation: area ranges must be non-empty and not NaN",
+            ));
         }
         Ok(())
     }
@@ -181,7 +185,9 @@ pub fn evaluate_with(gt: &Instances, results: &[BboxResult], params: &EvalParams
         for (n, (image_id, category_id)) in items.enumerate() {
             lists[category_rank[&category_id]].push((image_rank[&image_id], n as u32));
         }
-        lists.par_iter_mut().for_each(|list| list.sort_by_key(|&(image, _)| image));
+        lists
+            .par_iter_mut()
+            .for_each(|list| list.sort_by_key(|&(image, _)| image));
         lists
     };
     let gt_by_category = group(&mut gt.annotations.iter().map(|a| (a.image_id, a.category_id)));
@@ -235,7 +241,10 @@ pub fn evaluate_with(gt: &Instances, results: &[BboxResult], params: &EvalParams
         .iter()
         .enumerate()
         .map(|(k, &id)| {
-            let name = gt.category_position(id).map(|p| gt.categories[p].name.clone()).unwrap_or_default();
+            let name = gt
+                .category_position(id)
+                .map(|p| gt.categories[p].name.clone())
+                .unwrap_or_default();
             let at = |iou: Option<f64>| eval.mean_precision(iou, "all", eval.params.max_dets[2], Some(k));
             CategoryAp {
                 category_id: id,
@@ -382,7 +391,11 @@ fn bb_iou(dt: &[f64; 4], gt: &[f64; 4], crowd: bool) -> f64 {
     }
     let inter = w * h;
     let dt_area = dt[2] * dt[3];
-    let union = if crowd { dt_area } else { dt_area + gt[2] * gt[3] - inter };
+    let union = if crowd {
+        dt_area
+    } else {
+        dt_area + gt[2] * gt[3] - inter
+    };
     inter / union
 }
 
@@ -521,7 +534,9 @@ impl Evaluation {
         let ts = (0..p.iou_thresholds.len())
             .filter(|&t| iou.is_none_or(|v| p.iou_thresholds[t] == v))
             .collect();
-        let areas = (0..p.area_ranges.len()).filter(|&a| p.area_ranges[a].label == area).collect();
+        let areas = (0..p.area_ranges.len())
+            .filter(|&a| p.area_ranges[a].label == area)
+            .collect();
         let ms = (0..p.max_dets.len()).filter(|&m| p.max_dets[m] == max_det).collect();
         (ts, areas, ms)
     }
@@ -593,7 +608,10 @@ impl Evaluation {
     /// category has no ground truth.
     pub fn per_category_table(&self) -> String {
         let width = self.per_category.iter().map(|c| c.name.len()).max().unwrap_or(0).max(8);
-        let mut out = format!("{:>6}  {:<width$}  {:>6}  {:>6}  {:>6}\n", "id", "category", "AP", "AP50", "AP75");
+        let mut out = format!(
+            "{:>6}  {:<width$}  {:>6}  {:>6}  {:>6}\n",
+            "id", "category", "AP", "AP50", "AP75"
+        );
         let cell = |v: f64| if v < 0.0 { "-".to_string() } else { format!("{v:.3}") };
         for c in &self.per_category {
             out += &format!(

@@ -115,7 +115,10 @@ impl Instances {
         let mut image_index = HashMap::with_capacity(images.len());
         for (i, image) in images.iter().enumerate() {
             if image_index.insert(image.id, i).is_some() {
-                return Err(Error::format(source, format!("images[{i}]: duplicate image id {}", image.id)));
+                return Err(Error::format(
+                    source,
+                    format!("images[{i}]: duplicate image id {}", image.id),
+                ));
             }
         }
         let mut category_index = HashMap::with_capacity(categories.len());
@@ -213,7 +216,10 @@ pub fn results_from_json(bytes: &[u8], source: &str) -> Result<Vec<BboxResult>> 
     for (i, r) in results.iter().enumerate() {
         check_bbox(&r.bbox).map_err(|why| Error::format(source, format!("results[{i}]: {why}")))?;
         if !r.score.is_finite() {
-            return Err(Error::format(source, format!("results[{i}]: score {} is not finite", r.score)));
+            return Err(Error::format(
+                source,
+                format!("results[{i}]: score {} is not finite", r.score),
+            ));
         }
     }
     Ok(results)
@@ -248,12 +254,18 @@ pub fn check_results(gt: &Instances, results: &[BboxResult], source: &str) -> Re
         if gt.category_position(r.category_id).is_none() {
             return Err(Error::format(
                 source,
-                format!("results[{i}]: category_id {} is not a category of the ground truth", r.category_id),
+                format!(
+                    "results[{i}]: category_id {} is not a category of the ground truth",
+                    r.category_id
+                ),
             ));
         }
         check_bbox(&r.bbox).map_err(|why| Error::format(source, format!("results[{i}]: {why}")))?;
         if !r.score.is_finite() {
-            return Err(Error::format(source, format!("results[{i}]: score {} is not finite", r.score)));
+            return Err(Error::format(
+                source,
+                format!("results[{i}]: score {} is not finite", r.score),
+            ));
         }
     }
     Ok(())

@@ -12,10 +12,15 @@
 //! # Ok::<(), retina_wgpu::Error>(())
 //! ```
 
+mod dataset;
 mod eval;
 mod format;
 mod workload;
 
+pub use dataset::{
+    CategoryMap, CocoDataset, DatasetOptions, Letterbox, LoadReport, Normalize, Sample, SizeMismatch, SkippedImage,
+    detections_to_results,
+};
 pub use eval::{AreaRange, CategoryAp, EvalParams, Evaluation, STAT_NAMES, evaluate, evaluate_with};
 pub use format::{
     Annotation, BboxResult, Category, Image, Instances, check_results, load_results, results_from_json,

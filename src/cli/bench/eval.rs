@@ -46,7 +46,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (Some(gt), Some(results)) => (gt.clone(), results.clone()),
         _ => {
             if args.images == 0 {
-                return Err(Error::InvalidParameter("bench eval: --images must be at least 1".into()));
+                return Err(Error::InvalidParameter(
+                    "bench eval: --images must be at least 1".into(),
+                ));
             }
             let val2017 = CocoWorkload::default();
             let workload = CocoWorkload {
