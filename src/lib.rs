@@ -14,8 +14,8 @@
 //!   and [`PostProcess`]: RetinaNet's inference path from network outputs to detections.
 //! - [`coco`]: COCO's instances and results formats and the bbox evaluation, exact to
 //!   pycocotools and parallel over categories.
-//! - [`nn`]: the layers of a small RetinaNet (convolution forward and backward, ReLU,
-//!   upsampling, the head permute, SGD) on a CPU or GPU [`nn::Engine`].
+//! - [`nn`]: the layers of a small RetinaNet (convolution and GroupNorm forward and backward,
+//!   ReLU, upsampling, the head permute, SGD) on a CPU or GPU [`nn::Engine`].
 //!
 //! Run an operation on a [`Backend`]: `Backend::gpu()?` creates a device of its own;
 //! [`GpuContext::from_device`] wraps a device and queue a host application already has, and the

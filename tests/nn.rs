@@ -487,7 +487,7 @@ fn sgd_follows_pytorch_and_clips_the_global_norm() {
         let g = vec![e.tensor(s, g0).unwrap()];
         let mut v = vec![e.zeros(s).unwrap()];
         for _ in 0..steps {
-            e.sgd_step(&sgd, 0.1, &mut p, &g, &mut v).unwrap();
+            e.sgd_step(&sgd, 0.1, &mut p, &g, &mut v, &[]).unwrap();
         }
         e.read(&p[0]).unwrap()
     }
@@ -561,6 +561,7 @@ fn step<E: Engine>(e: &mut E, params: &mut [E::Tensor], velocity: &mut [E::Tenso
         params,
         &grads,
         velocity,
+        &[],
     )
     .unwrap();
     e.sync().unwrap();

@@ -30,6 +30,8 @@ pub trait Real:
     const ONE: Self;
     /// From f32.
     fn from_f32(v: f32) -> Self;
+    /// From f64 (rounded to nearest in f32).
+    fn from_f64(v: f64) -> Self;
     /// To f32.
     fn to_f32(self) -> f32;
     /// To f64.
@@ -41,6 +43,9 @@ impl Real for f32 {
     const ONE: Self = 1.0;
     fn from_f32(v: f32) -> Self {
         v
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
     }
     fn to_f32(self) -> f32 {
         self
@@ -55,6 +60,9 @@ impl Real for f64 {
     const ONE: Self = 1.0;
     fn from_f32(v: f32) -> Self {
         f64::from(v)
+    }
+    fn from_f64(v: f64) -> Self {
+        v
     }
     fn to_f32(self) -> f32 {
         self as f32

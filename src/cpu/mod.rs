@@ -7,6 +7,7 @@ pub mod boxes;
 pub mod conv;
 pub mod detect;
 pub mod focal;
+pub(crate) mod group_norm;
 pub mod matcher;
 pub mod math;
 pub mod nms;

@@ -1,6 +1,6 @@
 //! The CPU backend of the network layers ([`crate::nn`]): pooled tensors and the layers, the
 //! twins of `shaders/conv_gemm.wgsl`, `elementwise.wgsl`, `upsample_nearest.wgsl`,
-//! `head_permute.wgsl` and `sgd.wgsl`.
+//! `head_permute.wgsl` and `sgd.wgsl` (GroupNorm's twins are in `src/cpu/group_norm.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::cpu::conv::{self, ConvProblem, Real};
+use crate::cpu::group_norm;
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, ConvGrads, Engine, PoolStats, Sgd, Shape};
+use crate::nn::{Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape};
 
 /// Recycled vectors by length. Shared by the engine and its tensors, which return their storage
 /// when dropped.
@@ -279,6 +280,60 @@ impl<T: Real> Engine for CpuEngine<T> {
         })
     }
 
+    fn group_norm(
+        &mut self,
+        gn: &GroupNorm,
+        x: &CpuTensor<T>,
+        gamma: &CpuTensor<T>,
+        beta: &CpuTensor<T>,
+    ) -> Result<GroupNormOut<CpuTensor<T>>> {
+        gn.check_forward(x.shape, gamma.shape, beta.shape)?;
+        let mut y = self.alloc(x.shape);
+        let mut stats = self.alloc(gn.stats_shape(x.shape.n));
+        group_norm::forward(
+            gn,
+            x.shape,
+            &x.data,
+            &gamma.data,
+            &beta.data,
+            &mut y.data,
+            &mut stats.data,
+        );
+        Ok(GroupNormOut { y, stats })
+    }
+
+    fn group_norm_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &CpuTensor<T>,
+        gamma: &CpuTensor<T>,
+        stats: &CpuTensor<T>,
+        grad_out: &CpuTensor<T>,
+    ) -> Result<GroupNormGrads<CpuTensor<T>>> {
+        gn.check_backward(x.shape, gamma.shape, stats.shape, grad_out.shape)?;
+        let mut dx = self.alloc(x.shape);
+        let mut dgamma = self.alloc(gn.param_shape());
+        let mut dbeta = self.alloc(gn.param_shape());
+        let mut sums = self.pool.take(2 * x.shape.n * x.shape.c);
+        group_norm::backward(
+            gn,
+            x.shape,
+            &x.data,
+            &gamma.data,
+            &stats.data,
+            &grad_out.data,
+            &mut dx.data,
+            &mut dgamma.data,
+            &mut dbeta.data,
+            &mut sums,
+        );
+        Ok(GroupNormGrads {
+            input: dx,
+            gamma: dgamma,
+            beta: dbeta,
+        })
+    }
+
     fn relu(&mut self, x: &CpuTensor<T>) -> Result<CpuTensor<T>> {
         Ok(self.map(x, |v| if v > T::ZERO { v } else { T::ZERO }))
     }
@@ -412,9 +467,10 @@ impl<T: Real> Engine for CpuEngine<T> {
         params: &mut [CpuTensor<T>],
         grads: &[CpuTensor<T>],
         velocity: &mut [CpuTensor<T>],
+        decay: &[bool],
     ) -> Result<()> {
         sgd.validate()?;
-        check_sgd(params.len(), grads.len(), velocity.len())?;
+        check_sgd(params.len(), grads.len(), velocity.len(), decay.len())?;
         for ((p, g), v) in params.iter().zip(grads).zip(velocity.iter()) {
             check_same("sgd gradient", p.shape, g.shape)?;
             check_same("sgd velocity", p.shape, v.shape)?;
@@ -428,13 +484,13 @@ impl<T: Real> Engine for CpuEngine<T> {
             Some(max) => (max / ((norm_sq.sqrt() as f32) + 1e-6)).min(1.0),
             None => 1.0,
         };
-        let (clip, lr, momentum, decay) = (
-            T::from_f32(clip),
-            T::from_f32(lr),
-            T::from_f32(sgd.momentum),
-            T::from_f32(sgd.weight_decay),
-        );
-        for ((p, g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
+        let (clip, lr, momentum) = (T::from_f32(clip), T::from_f32(lr), T::from_f32(sgd.momentum));
+        for (i, ((p, g), v)) in params.iter_mut().zip(grads).zip(velocity.iter_mut()).enumerate() {
+            let decay = T::from_f32(if decay.get(i).copied().unwrap_or(true) {
+                sgd.weight_decay
+            } else {
+                0.0
+            });
             p.data
                 .par_iter_mut()
                 .zip(v.data.par_iter_mut().zip(g.data.par_iter()))
@@ -475,11 +531,11 @@ pub(crate) fn check_permute(head: Shape, anchors: usize, rows: Shape, row_offset
 }
 
 /// Checks that SGD has one gradient and one velocity per parameter.
-pub(crate) fn check_sgd(params: usize, grads: usize, velocity: usize) -> Result<()> {
-    if params != grads || params != velocity {
+pub(crate) fn check_sgd(params: usize, grads: usize, velocity: usize, decay: usize) -> Result<()> {
+    if params != grads || params != velocity || (decay != 0 && decay != params) {
         return Err(Error::shape(
             "sgd",
-            format!("{params} parameters, {grads} gradients and {velocity} velocities"),
+            format!("{params} parameters, {grads} gradients, {velocity} velocities and {decay} decay flags"),
         ));
     }
     Ok(())

@@ -51,10 +51,14 @@ pub(crate) enum Kernel {
     PermuteHeadBackward,
     Sgd,
     SumSquares,
+    GroupNormStats,
+    GroupNormApply,
+    GroupNormGradSums,
+    GroupNormGradCoef,
 }
 
 impl Kernel {
-    const COUNT: usize = 42;
+    const COUNT: usize = 46;
 
     pub(crate) fn file(self) -> &'static str {
         match self {
@@ -100,6 +104,10 @@ impl Kernel {
             Kernel::PermuteHeadBackward => "head_permute.wgsl",
             Kernel::Sgd => "sgd.wgsl",
             Kernel::SumSquares => "sum_squares.wgsl",
+            Kernel::GroupNormStats => "group_norm_stats.wgsl",
+            Kernel::GroupNormApply => "group_norm_apply.wgsl",
+            Kernel::GroupNormGradSums => "group_norm_grad_sums.wgsl",
+            Kernel::GroupNormGradCoef => "group_norm_grad_coef.wgsl",
         }
     }
 }

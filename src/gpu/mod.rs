@@ -9,6 +9,7 @@ mod context;
 pub(crate) mod detect;
 mod dispatch;
 pub(crate) mod focal;
+mod group_norm;
 mod kernels;
 pub(crate) mod matcher;
 pub(crate) mod nms;

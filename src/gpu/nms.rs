@@ -20,7 +20,7 @@ const MASK_BUDGET: u64 = 256 << 20;
 /// 65,535 loop iterations in all, and real drivers reset devices whose dispatches run for
 /// seconds; so the sequential parts (the greedy walk, Soft-NMS picks, the pairwise IoU loops of
 /// Fast and Matrix NMS) are split into dispatches of bounded work, their state kept in buffers.
-const LOOP_BUDGET: u64 = 60_000;
+pub(crate) const LOOP_BUDGET: u64 = 60_000;
 
 /// Must stay in sync with `Config` in shaders/shared/nms_common.wgsl.
 #[repr(C)]

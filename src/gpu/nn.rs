@@ -14,7 +14,7 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{fold_grid, storage};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::reduce::{Normaliser, record_sum};
-use crate::nn::{Conv2d, ConvGrads, Engine, PoolStats, Sgd, Shape};
+use crate::nn::{Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape};
 
 const WG_SIZE: u64 = 256;
 /// Output tile of conv_gemm.wgsl (BM = BN) and its K step (BK).
@@ -185,11 +185,17 @@ impl GpuTensor {
         self.shape
     }
 
-    fn buffer(&self) -> &wgpu::Buffer {
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
         self.buffer.as_ref().expect("a live tensor holds its buffer")
     }
 
-    fn binding(&self) -> wgpu::BindingResource<'_> {
+    /// The tensor's buffer viewed as `len` elements of `T` for the crate's `record_*` ops
+    /// (the view shares the buffer; the tensor stays the owner).
+    pub(crate) fn view<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        GpuBuffer::from_raw(self.buffer().clone(), len)
+    }
+
+    pub(super) fn binding(&self) -> wgpu::BindingResource<'_> {
         storage(self.buffer(), 0, (self.shape.len() * 4) as u64)
     }
 }
@@ -248,7 +254,7 @@ impl GpuEngine {
         &self.ctx
     }
 
-    fn alloc(&self, shape: Shape) -> Result<GpuTensor> {
+    pub(super) fn alloc(&self, shape: Shape) -> Result<GpuTensor> {
         let buffer = self.pool.take(&self.ctx, (shape.len() * 4) as u64)?;
         Ok(GpuTensor {
             shape,
@@ -257,13 +263,14 @@ impl GpuEngine {
         })
     }
 
-    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+    /// The engine's open command encoder (opened on first use; submitted at [`Engine::sync`]).
+    pub(crate) fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
         let ctx = &self.ctx;
         self.encoder.get_or_insert_with(|| ctx.encoder("retina-wgpu layers"))
     }
 
     /// Records one dispatch of `kernel` with `config` at binding 0 and `resources` after it.
-    fn run<C: Pod>(
+    pub(super) fn run<C: Pod>(
         &mut self,
         kernel: Kernel,
         config: &C,
@@ -538,6 +545,27 @@ impl Engine for GpuEngine {
         })
     }
 
+    fn group_norm(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+    ) -> Result<GroupNormOut<GpuTensor>> {
+        self.record_group_norm(gn, x, gamma, beta)
+    }
+
+    fn group_norm_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        stats: &GpuTensor,
+        grad_out: &GpuTensor,
+    ) -> Result<GroupNormGrads<GpuTensor>> {
+        self.record_group_norm_backward(gn, x, gamma, stats, grad_out)
+    }
+
     fn relu(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
         let out = self.alloc(x.shape)?;
         self.elementwise(Kernel::Relu, x.shape.len(), x, x, &out)?;
@@ -674,9 +702,10 @@ impl Engine for GpuEngine {
         params: &mut [GpuTensor],
         grads: &[GpuTensor],
         velocity: &mut [GpuTensor],
+        decay: &[bool],
     ) -> Result<()> {
         sgd.validate()?;
-        check_sgd(params.len(), grads.len(), velocity.len())?;
+        check_sgd(params.len(), grads.len(), velocity.len(), decay.len())?;
         for ((p, g), v) in params.iter().zip(grads).zip(velocity.iter()) {
             check_same("sgd gradient", p.shape, g.shape)?;
             check_same("sgd velocity", p.shape, v.shape)?;
@@ -713,13 +742,17 @@ impl Engine for GpuEngine {
                 &norm_view,
             )?;
         }
-        for ((p, g), v) in params.iter_mut().zip(grads).zip(velocity.iter_mut()) {
+        for (i, ((p, g), v)) in params.iter_mut().zip(grads).zip(velocity.iter_mut()).enumerate() {
             let config = SgdConfig {
                 n: p.shape.len() as u32,
                 flags: u32::from(sgd.max_grad_norm.is_some()),
                 lr,
                 momentum: sgd.momentum,
-                weight_decay: sgd.weight_decay,
+                weight_decay: if decay.get(i).copied().unwrap_or(true) {
+                    sgd.weight_decay
+                } else {
+                    0.0
+                },
                 max_norm: sgd.max_grad_norm.unwrap_or(0.0),
                 _pad: [0; 2],
             };

@@ -49,6 +49,10 @@ pub const KERNEL_FILES: &[&str] = &[
     "head_permute.wgsl",
     "sgd.wgsl",
     "sum_squares.wgsl",
+    "group_norm_stats.wgsl",
+    "group_norm_apply.wgsl",
+    "group_norm_grad_sums.wgsl",
+    "group_norm_grad_coef.wgsl",
 ];
 
 /// Device capabilities that select between variants of the shared helpers.

@@ -1,7 +1,7 @@
 //! The layer operations, written once for both backends.
 
 use crate::error::Result;
-use crate::nn::{Conv2d, Sgd, Shape};
+use crate::nn::{Conv2d, GroupNorm, Sgd, Shape};
 
 /// Gradients of a convolution.
 #[derive(Debug)]
@@ -12,6 +12,27 @@ pub struct ConvGrads<T> {
     pub weight: T,
     /// d(loss)/d(bias), `[1, out, 1, 1]`.
     pub bias: T,
+}
+
+/// The outputs of [`Engine::group_norm`].
+#[derive(Debug)]
+pub struct GroupNormOut<T> {
+    /// The normalised and scaled output, shaped like the input.
+    pub y: T,
+    /// The statistics the backward pass needs, [`GroupNorm::stats_shape`] `[N, groups, 1, 2]`:
+    /// mean and 1/sqrt(var + eps) per image and group.
+    pub stats: T,
+}
+
+/// Gradients of a GroupNorm.
+#[derive(Debug)]
+pub struct GroupNormGrads<T> {
+    /// d(loss)/d(input), shaped like the input.
+    pub input: T,
+    /// d(loss)/d(gamma), `[1, channels, 1, 1]`.
+    pub gamma: T,
+    /// d(loss)/d(beta), `[1, channels, 1, 1]`.
+    pub beta: T,
 }
 
 /// How a tensor pool has served requests: after the first training step, `allocations` stops
@@ -65,6 +86,29 @@ pub trait Engine {
         input_grad: bool,
     ) -> Result<ConvGrads<Self::Tensor>>;
 
+    /// GroupNorm (PyTorch's `nn.GroupNorm`: biased variance, eps inside the square root, a
+    /// per-channel affine map): `y = gamma[c] * (x - mean) / sqrt(var + eps) + beta[c]`, with the
+    /// mean and variance of each image's group of channels. `gamma` and `beta` are
+    /// [`GroupNorm::param_shape`]. An empty batch gives empty tensors.
+    fn group_norm(
+        &mut self,
+        gn: &GroupNorm,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+    ) -> Result<GroupNormOut<Self::Tensor>>;
+
+    /// Gradients of [`Engine::group_norm`] with respect to its input, `gamma` and `beta`, from the
+    /// input, `gamma`, the statistics the forward pass saved and the output gradient.
+    fn group_norm_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        stats: &Self::Tensor,
+        grad_out: &Self::Tensor,
+    ) -> Result<GroupNormGrads<Self::Tensor>>;
+
     /// `max(x, 0)`.
     fn relu(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
 
@@ -103,7 +147,9 @@ pub trait Engine {
     ) -> Result<Self::Tensor>;
 
     /// One SGD step over every parameter, with the global gradient norm clipped when the
-    /// optimiser says so (computed on the device, no readback).
+    /// optimiser says so (computed on the device, no readback). `decay[i]` says whether the
+    /// optimiser's weight decay applies to parameter `i` (RetinaNet exempts biases and
+    /// GroupNorm's scale and shift); empty means every parameter.
     fn sgd_step(
         &mut self,
         sgd: &Sgd,
@@ -111,6 +157,7 @@ pub trait Engine {
         params: &mut [Self::Tensor],
         grads: &[Self::Tensor],
         velocity: &mut [Self::Tensor],
+        decay: &[bool],
     ) -> Result<()>;
 
     /// Runs the recorded work and waits for it (a no-op on the CPU).

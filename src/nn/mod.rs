@@ -1,6 +1,7 @@
 //! The layers a small convolutional RetinaNet is made of, on both backends: 2-D convolution
 //! (forward, and backward to input, weights and bias), ReLU, nearest upsampling, elementwise
-//! addition, the head permute into anchor rows, parameter initialisation and SGD.
+//! addition, GroupNorm (forward and backward), the head permute into anchor rows, parameter
+//! initialisation and SGD.
 //!
 //! Tensors are NCHW f32 ([`Shape`]). Each backend is an [`Engine`]: [`CpuEngine`] runs the
 //! layers with im2col and a real GEMM (the `gemm` crate), rayon-parallel, and is generic over
@@ -9,11 +10,13 @@
 //! Both take tensors from a pool: after the first training step, a step allocates no tensor.
 
 mod engine;
+mod group_norm;
 mod init;
 mod retinanet;
 mod sgd;
 
-pub use engine::{ConvGrads, Engine, PoolStats};
+pub use engine::{ConvGrads, Engine, GroupNormGrads, GroupNormOut, PoolStats};
+pub use group_norm::GroupNorm;
 pub use init::{Init, SeededRng};
 pub use retinanet::{ConvUse, small_retinanet_convs};
 pub use sgd::{LrSchedule, Sgd};

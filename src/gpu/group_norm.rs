@@ -1,0 +1,152 @@
+//! GroupNorm on the GPU: records `shaders/group_norm_stats.wgsl` then `group_norm_apply.wgsl`
+//! (forward), and `group_norm_grad_sums.wgsl`, `group_norm_grad_coef.wgsl` then
+//! `group_norm_apply.wgsl` (backward) into a [`GpuEngine`]'s encoder. No float atomics: every
+//! sum has one owner (a workgroup's tree, or one invocation's bounded loop).
+
+use crate::error::{Error, Result};
+use crate::gpu::kernels::Kernel;
+use crate::gpu::nms::LOOP_BUDGET;
+use crate::gpu::nn::{GpuEngine, GpuTensor};
+use crate::nn::{Engine, GroupNorm, GroupNormGrads, GroupNormOut, Shape};
+
+const WG_SIZE: u64 = 256;
+
+/// Must stay in sync with `Config` in shaders/shared/group_norm_config.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct GroupNormConfig {
+    batch: u32,
+    channels: u32,
+    groups: u32,
+    group_channels: u32,
+    plane: u32,
+    eps: f32,
+    _pad: [u32; 2],
+}
+
+/// The uniform of every GroupNorm kernel for an input of `x`, after checking that no
+/// invocation loops more than [`LOOP_BUDGET`] times: the statistics walk each group twice in
+/// steps of `WG_SIZE`, the gradient sums each plane once, the coefficients loop over the batch
+/// or over a group's channels twice.
+fn config(gn: &GroupNorm, x: Shape) -> Result<GroupNormConfig> {
+    let group = (gn.channels_per_group() * x.plane()) as u64;
+    let steps = (2 * group.div_ceil(WG_SIZE))
+        .max(x.n as u64)
+        .max(2 * gn.channels_per_group() as u64);
+    if steps > LOOP_BUDGET {
+        return Err(Error::invalid(format!(
+            "group norm: {gn} on {x} needs {steps} loop steps per GPU invocation, more than the \
+             {LOOP_BUDGET} a device runs reliably; use more groups, a smaller batch or the CPU"
+        )));
+    }
+    let narrow = |v: usize| u32::try_from(v).map_err(|_| Error::invalid(format!("group norm: {x} is too large")));
+    Ok(GroupNormConfig {
+        batch: narrow(x.n)?,
+        channels: narrow(x.c)?,
+        groups: narrow(gn.groups)?,
+        group_channels: narrow(gn.channels_per_group())?,
+        plane: narrow(x.plane())?,
+        eps: gn.eps,
+        _pad: [0; 2],
+    })
+}
+
+impl GpuEngine {
+    /// [`crate::nn::Engine::group_norm`] on the GPU.
+    pub(super) fn record_group_norm(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+    ) -> Result<GroupNormOut<GpuTensor>> {
+        let s = x.shape();
+        gn.check_forward(s, gamma.shape(), beta.shape())?;
+        let config = config(gn, s)?;
+        let y = self.alloc(s)?;
+        let stats = self.alloc(gn.stats_shape(s.n))?;
+        if s.is_empty() {
+            return Ok(GroupNormOut { y, stats });
+        }
+        // Per (image, channel): the map group_norm_apply.wgsl applies.
+        let coef = self.alloc(Shape::new(s.n, s.c, 1, 4))?;
+        self.run(
+            Kernel::GroupNormStats,
+            &config,
+            &[
+                x.binding(),
+                gamma.binding(),
+                beta.binding(),
+                stats.binding(),
+                coef.binding(),
+            ],
+            (s.n * gn.groups) as u64,
+        )?;
+        self.run(
+            Kernel::GroupNormApply,
+            &config,
+            &[coef.binding(), x.binding(), x.binding(), y.binding()],
+            (s.len() as u64).div_ceil(WG_SIZE),
+        )?;
+        Ok(GroupNormOut { y, stats })
+    }
+
+    /// [`crate::nn::Engine::group_norm_backward`] on the GPU.
+    pub(super) fn record_group_norm_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        stats: &GpuTensor,
+        grad_out: &GpuTensor,
+    ) -> Result<GroupNormGrads<GpuTensor>> {
+        let s = x.shape();
+        gn.check_backward(s, gamma.shape(), stats.shape(), grad_out.shape())?;
+        let config = config(gn, s)?;
+        let dx = self.alloc(s)?;
+        if s.is_empty() {
+            // Sums over no image.
+            let dgamma = self.zeros(gn.param_shape())?;
+            let dbeta = self.zeros(gn.param_shape())?;
+            return Ok(GroupNormGrads {
+                input: dx,
+                gamma: dgamma,
+                beta: dbeta,
+            });
+        }
+        let dgamma = self.alloc(gn.param_shape())?;
+        let dbeta = self.alloc(gn.param_shape())?;
+        let sums = self.alloc(Shape::new(s.n, s.c, 1, 2))?;
+        let coef = self.alloc(Shape::new(s.n, s.c, 1, 4))?;
+        self.run(
+            Kernel::GroupNormGradSums,
+            &config,
+            &[x.binding(), stats.binding(), grad_out.binding(), sums.binding()],
+            (s.n * s.c) as u64,
+        )?;
+        self.run(
+            Kernel::GroupNormGradCoef,
+            &config,
+            &[
+                gamma.binding(),
+                stats.binding(),
+                sums.binding(),
+                dgamma.binding(),
+                dbeta.binding(),
+                coef.binding(),
+            ],
+            ((s.c + s.n * gn.groups) as u64).div_ceil(WG_SIZE),
+        )?;
+        self.run(
+            Kernel::GroupNormApply,
+            &config,
+            &[coef.binding(), grad_out.binding(), x.binding(), dx.binding()],
+            (s.len() as u64).div_ceil(WG_SIZE),
+        )?;
+        Ok(GroupNormGrads {
+            input: dx,
+            gamma: dgamma,
+            beta: dbeta,
+        })
+    }
+}
