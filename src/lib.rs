@@ -14,6 +14,8 @@
 //!   and [`PostProcess`]: RetinaNet's inference path from network outputs to detections.
 //! - [`coco`]: COCO's instances and results formats and the bbox evaluation, exact to
 //!   pycocotools and parallel over categories.
+//! - [`data`]: deterministic synthetic scenes (shapes on textured backgrounds, exact boxes)
+//!   written as COCO datasets, their anchor statistics, and box and label drawing.
 //! - [`nn`]: the layers of a small RetinaNet (convolution and GroupNorm forward and backward,
 //!   ReLU, upsampling, the head permute, SGD) on a CPU or GPU [`nn::Engine`].
 //!
@@ -29,6 +31,7 @@
 mod backend;
 pub mod coco;
 pub mod cpu;
+pub mod data;
 mod error;
 pub mod gpu;
 pub mod nn;

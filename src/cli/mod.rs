@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod info;
+mod synth;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use retina_wgpu::{Backend, Result};
@@ -23,6 +24,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Evaluates COCO bbox results against ground truth, exactly as pycocotools does.
     Eval(eval::EvalArgs),
+    /// Writes a synthetic COCO dataset (shapes on textured backgrounds) and its anchor statistics.
+    Synth(synth::SynthArgs),
 }
 
 /// Which backends a command runs on.
@@ -56,5 +59,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info => info::run(),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }
