@@ -85,7 +85,7 @@ impl Error {
     }
 
     /// Shorthand for [`Error::Format`].
-    pub(crate) fn format(path: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub fn format(path: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Format {
             path: path.into(),
             detail: detail.into(),
@@ -93,7 +93,7 @@ impl Error {
     }
 
     /// Shorthand for [`Error::Io`].
-    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().display().to_string(),
             source,

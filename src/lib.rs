@@ -14,8 +14,10 @@
 //!   and [`PostProcess`]: RetinaNet's inference path from network outputs to detections.
 //! - [`coco`]: COCO's instances and results formats and the bbox evaluation, exact to
 //!   pycocotools and parallel over categories.
+//! - [`model`]: the small RetinaNet over [`nn::Engine`] (forward, backward, its training loss).
 //! - [`data`]: deterministic synthetic scenes (shapes on textured backgrounds, exact boxes)
 //!   written as COCO datasets, their anchor statistics, and box and label drawing.
+//! - [`train`]: the training loop on either engine, with checkpoints that resume exactly.
 //! - [`nn`]: the layers of a small RetinaNet (convolution and GroupNorm forward and backward,
 //!   ReLU, upsampling, the head permute, SGD) on a CPU or GPU [`nn::Engine`].
 //!
@@ -34,8 +36,10 @@ pub mod cpu;
 pub mod data;
 mod error;
 pub mod gpu;
+pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod train;
 pub mod workloads;
 
 pub use backend::Backend;

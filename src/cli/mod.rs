@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod info;
 mod synth;
+mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use retina_wgpu::{Backend, Result};
@@ -26,6 +27,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Writes a synthetic COCO dataset (shapes on textured backgrounds) and its anchor statistics.
     Synth(synth::SynthArgs),
+    /// Trains the small RetinaNet on synthetic scenes or a COCO dataset, on the GPU or the CPU.
+    Train(train::TrainArgs),
 }
 
 /// Which backends a command runs on.
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info => info::run(),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
         Command::Synth(args) => synth::run(args),
     }
 }

@@ -1,0 +1,176 @@
+//! Inference: the network's forward pass, then RetinaNet's post-processing ([`PostProcess`]:
+//! score threshold, top-k per level, decoding, class-aware NMS, at most 100 per image). On the
+//! GPU the post-processing is recorded into the engine's encoder behind the forward pass, over
+//! the network's own output tensors; the detections are the one readback of a batch.
+
+use crate::backend::Backend;
+use crate::cpu::nn::{CpuEngine, CpuTensor};
+use crate::error::{Error, Result};
+use crate::gpu::DetectionBuffers;
+use crate::model::{AnchorSet, RetinaNet};
+use crate::nn::{Engine, GpuEngine, GpuTensor, Shape};
+use crate::ops::detect::{Detection, DetectionInput, PostProcess};
+
+/// An engine that turns the network's row outputs into detections.
+pub trait DetectEngine: Engine {
+    /// Detections per image from `class_rows` `[B, 1, R, K]` and `box_rows` `[B, 1, R, 4]`.
+    fn postprocess(
+        &mut self,
+        pp: &PostProcess,
+        anchors: &AnchorSet,
+        level_offsets: &[usize],
+        class_rows: &Self::Tensor,
+        box_rows: &Self::Tensor,
+    ) -> Result<Vec<Vec<Detection>>>;
+}
+
+fn rows_shape(class_rows: Shape, box_rows: Shape, anchors: &AnchorSet) -> Result<(usize, usize)> {
+    let r = anchors.boxes.len();
+    if class_rows.h != r || box_rows.h != r || box_rows.w != 4 || class_rows.n != box_rows.n {
+        return Err(Error::shape(
+            "detection",
+            format!("class rows {class_rows} and box rows {box_rows} for {r} anchors"),
+        ));
+    }
+    Ok((class_rows.n, class_rows.w))
+}
+
+impl DetectEngine for CpuEngine<f32> {
+    fn postprocess(
+        &mut self,
+        pp: &PostProcess,
+        anchors: &AnchorSet,
+        level_offsets: &[usize],
+        class_rows: &CpuTensor<f32>,
+        box_rows: &CpuTensor<f32>,
+    ) -> Result<Vec<Vec<Detection>>> {
+        let (_, k) = rows_shape(class_rows.shape(), box_rows.shape(), anchors)?;
+        pp.run(
+            &Backend::Cpu,
+            &DetectionInput {
+                logits: class_rows.data(),
+                deltas: bytemuck::cast_slice(box_rows.data()),
+                anchors: &anchors.boxes,
+                level_offsets,
+                num_classes: k,
+                image_size: (anchors.height, anchors.width),
+            },
+        )
+    }
+}
+
+impl DetectEngine for GpuEngine {
+    fn postprocess(
+        &mut self,
+        pp: &PostProcess,
+        anchors: &AnchorSet,
+        level_offsets: &[usize],
+        class_rows: &GpuTensor,
+        box_rows: &GpuTensor,
+    ) -> Result<Vec<Vec<Detection>>> {
+        let (batch, k) = rows_shape(class_rows.shape(), box_rows.shape(), anchors)?;
+        let ctx = self.context().clone();
+        let anchor_buf = ctx.anchors(&anchors.config, anchors.height, anchors.width)?;
+        let logits = class_rows.view::<f32>(class_rows.shape().len())?;
+        let deltas = box_rows.view::<[f32; 4]>(batch * anchors.boxes.len())?;
+        let out = ctx.detection_output(batch, pp.max_detections)?;
+        ctx.record_postprocess(
+            self.encoder(),
+            pp,
+            &DetectionBuffers {
+                logits: &logits,
+                deltas: &deltas,
+                anchors: &anchor_buf,
+                level_offsets,
+                num_classes: k,
+                image_size: (anchors.height, anchors.width),
+            },
+            &out,
+        )?;
+        self.sync()?;
+        let detections = ctx.download(&out.detections)?;
+        let counts = ctx.download(&out.counts)?;
+        Ok((0..batch)
+            .map(|image| {
+                detections[image * pp.max_detections..][..counts[image] as usize]
+                    .iter()
+                    .map(|d| Detection {
+                        bbox: d.bbox,
+                        score: d.score,
+                        class: d.class as u32,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// A trained network ready to detect: its parameters on an engine, the anchors of its input
+/// size and the post-processing.
+pub struct Detector<E: DetectEngine> {
+    net: RetinaNet,
+    engine: E,
+    params: Vec<E::Tensor>,
+    anchors: AnchorSet,
+    /// The post-processing (torchvision's RetinaNet defaults).
+    pub postprocess: PostProcess,
+}
+
+impl<E: DetectEngine> Detector<E> {
+    /// A detector of `net` with `values` (in [`RetinaNet::params`] order) on `engine`.
+    pub fn new(mut engine: E, net: RetinaNet, values: &[Vec<f32>]) -> Result<Self> {
+        if values.len() != net.params().len() {
+            return Err(Error::shape(
+                "detector",
+                format!(
+                    "{} parameter tensors for a network of {}",
+                    values.len(),
+                    net.params().len()
+                ),
+            ));
+        }
+        let params = net
+            .params()
+            .iter()
+            .zip(values)
+            .map(|(p, v)| engine.tensor(p.shape, v))
+            .collect::<Result<Vec<_>>>()?;
+        let s = net.config().input_size as u32;
+        let anchors = AnchorSet::new(net.config().anchors(), s, s)?;
+        Ok(Self {
+            net,
+            engine,
+            params,
+            anchors,
+            postprocess: PostProcess::default(),
+        })
+    }
+
+    /// The network.
+    pub fn net(&self) -> &RetinaNet {
+        &self.net
+    }
+
+    /// Detections in network pixels for a batch of normalised CHW images (`batch * 3 * S * S`
+    /// values), per image in decreasing score order.
+    pub fn detect(&mut self, images: &[f32]) -> Result<Vec<Vec<Detection>>> {
+        let s = self.net.config().input_size;
+        let plane = 3 * s * s;
+        if images.is_empty() || !images.len().is_multiple_of(plane) {
+            return Err(Error::shape(
+                "detector",
+                format!("{} input values are not whole images of 3 x {s} x {s}", images.len()),
+            ));
+        }
+        let x = self.engine.tensor(Shape::new(images.len() / plane, 3, s, s), images)?;
+        let tape = self.net.forward(&mut self.engine, &self.params, x)?;
+        let offsets = self.net.level_offsets().to_vec();
+        self.engine.postprocess(
+            &self.postprocess,
+            &self.anchors,
+            &offsets,
+            &tape.class_rows,
+            &tape.box_rows,
+        )
+    }
+}

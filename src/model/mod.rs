@@ -1,0 +1,11 @@
+//! The detector: the small RetinaNet of DESIGN.md over [`crate::nn::Engine`], and its training
+//! loss.
+
+pub mod checkpoint;
+mod detect;
+mod loss;
+mod retinanet;
+
+pub use detect::{DetectEngine, Detector};
+pub use loss::{AnchorSet, ClassLoss, DetectionLoss, EngineLoss, HostLoss, LossEngine, LossValues};
+pub use retinanet::{ParamSpec, RetinaNet, RetinaNetConfig, Tape};

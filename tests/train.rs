@@ -1,0 +1,174 @@
+//! The training loop: exact resume on the CPU backend, checkpoints that round-trip and refuse
+//! what does not belong to them, and clear errors for data that cannot train the network.
+
+use std::path::PathBuf;
+
+use retina_wgpu::Error;
+use retina_wgpu::coco::Normalize;
+use retina_wgpu::data::SceneConfig;
+use retina_wgpu::model::checkpoint::{self, ModelDir};
+use retina_wgpu::model::{RetinaNet, RetinaNetConfig};
+use retina_wgpu::nn::CpuEngine;
+use retina_wgpu::train::{SyntheticData, TrainData, TrainOptions, Trainer};
+
+fn tiny() -> RetinaNetConfig {
+    RetinaNetConfig {
+        input_size: 64,
+        num_classes: 4,
+        backbone_channels: [4, 8, 8, 16, 16],
+        fpn_channels: 16,
+        head_convs: 1,
+        head_channels: 16,
+        ..RetinaNetConfig::default()
+    }
+}
+
+fn data() -> SyntheticData {
+    SyntheticData {
+        config: SceneConfig {
+            size: 64,
+            ..SceneConfig::default()
+        },
+        seed: 3,
+        normalize: Normalize::IMAGENET,
+    }
+}
+
+fn options(steps: usize) -> TrainOptions {
+    TrainOptions {
+        steps,
+        batch: 2,
+        warmup_steps: 2,
+        decay_at: vec![0.5],
+        log_every: 1,
+        ..TrainOptions::default()
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("retina-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn resumed_training_gives_the_same_weights_bit_for_bit() {
+    let net = RetinaNet::new(tiny()).unwrap();
+    let init = net.init(1);
+    let data = data();
+    let total = 6;
+
+    let mut straight = Trainer::new(CpuEngine::new(), net.clone(), &init, options(total)).unwrap();
+    for _ in 0..total {
+        let loss = straight.step(&data, true).unwrap().unwrap();
+        assert!(loss.total().is_finite());
+    }
+    let straight = straight.param_values().unwrap();
+
+    let dir = temp_dir("resume");
+    let mut first = Trainer::new(CpuEngine::new(), net.clone(), &init, options(total)).unwrap();
+    for _ in 0..4 {
+        first.step(&data, false).unwrap();
+    }
+    first.save(&dir).unwrap();
+    drop(first);
+    let (loaded, values) = checkpoint::load_model(&dir).unwrap();
+    assert_eq!(loaded.config(), net.config());
+    let mut second = Trainer::new(CpuEngine::new(), loaded, &values, options(total)).unwrap();
+    second.restore_optimizer(&dir).unwrap();
+    assert_eq!(second.step_count(), 4);
+    for _ in 4..total {
+        second.step(&data, false).unwrap();
+    }
+    let resumed = second.param_values().unwrap();
+    assert_eq!(resumed, straight, "resumed weights differ");
+    // Training moved the weights.
+    assert_ne!(resumed, init);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoints_store_pytorch_shapes_and_reject_what_is_not_theirs() {
+    let net = RetinaNet::new(tiny()).unwrap();
+    let values = net.init(5);
+    let dir = temp_dir("checkpoint");
+    checkpoint::save_model(&dir, &net, &values).unwrap();
+    let (_, back) = checkpoint::load_model(&dir).unwrap();
+    assert_eq!(back, values);
+    let paths = ModelDir(dir.clone());
+    // Shapes as PyTorch's state dict has them: biases 1-D, convolution weights 4-D.
+    let bytes = std::fs::read(paths.weights()).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header["fpn.p6.conv.bias"]["shape"], serde_json::json!([16]));
+    assert_eq!(header["fpn.p6.conv.weight"]["shape"], serde_json::json!([16, 16, 3, 3]));
+    assert_eq!(header["head.cls.output.conv.weight"]["dtype"], "F32");
+
+    let format_error = |r: retina_wgpu::Result<(RetinaNet, Vec<Vec<f32>>)>, needle: &str| match r {
+        Err(Error::Format { path, detail }) => {
+            assert!(detail.contains(needle), "{path}: {detail}");
+            path
+        }
+        other => panic!("expected a format error about {needle}, got {:?}", other.map(|_| ())),
+    };
+    // A truncated weights file.
+    std::fs::write(paths.weights(), &bytes[..bytes.len() / 2]).unwrap();
+    let path = format_error(checkpoint::load_model(&dir), "safetensors");
+    assert!(path.ends_with("model.safetensors"));
+    // Weights of another configuration.
+    let other = RetinaNet::new(RetinaNetConfig {
+        num_classes: 3,
+        ..tiny()
+    })
+    .unwrap();
+    checkpoint::save_model(&dir, &other, &other.init(1)).unwrap();
+    std::fs::write(paths.config(), serde_json::to_vec(&tiny()).unwrap()).unwrap();
+    format_error(checkpoint::load_model(&dir), "head.cls.output.conv.weight");
+    // A configuration that is not one.
+    std::fs::write(paths.config(), br#"{"input_size": 100}"#).unwrap();
+    let path = format_error(checkpoint::load_model(&dir), "multiple of 32");
+    assert!(path.ends_with("config.json"));
+    std::fs::write(paths.config(), b"{ not json").unwrap();
+    format_error(checkpoint::load_model(&dir), "line 1");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(checkpoint::load_model(&dir), Err(Error::Io { .. })));
+}
+
+/// A dataset of `n` images.
+struct Few(usize);
+
+impl TrainData for Few {
+    fn images(&self) -> Option<usize> {
+        Some(self.0)
+    }
+    fn size(&self) -> usize {
+        64
+    }
+    fn num_classes(&self) -> usize {
+        4
+    }
+    fn sample(&self, index: u64, out: &mut [f32]) -> retina_wgpu::Result<(Vec<[f32; 4]>, Vec<i32>)> {
+        data().sample(index, out)
+    }
+}
+
+#[test]
+fn data_that_cannot_train_the_network_is_an_error() {
+    let net = RetinaNet::new(tiny()).unwrap();
+    let init = net.init(1);
+    let mut t = Trainer::new(CpuEngine::new(), net.clone(), &init, options(4)).unwrap();
+    let invalid = |r: retina_wgpu::Result<_>, needle: &str| match r {
+        Err(Error::InvalidParameter(m)) => assert!(m.contains(needle), "{m}"),
+        other => panic!("expected an error about {needle}, got {other:?}"),
+    };
+    invalid(t.step(&Few(0), false), "no image");
+    invalid(t.step(&Few(1), false), "larger than the dataset");
+    let mut wrong_size = data();
+    wrong_size.config.size = 96;
+    invalid(t.step(&wrong_size, false), "96");
+    assert_eq!(t.step_count(), 0);
+    // A dataset of exactly one batch trains.
+    assert!(t.step(&Few(2), true).unwrap().is_some());
+    let bad = TrainOptions { batch: 0, ..options(4) };
+    assert!(Trainer::new(CpuEngine::new(), net, &init, bad).is_err());
+}
