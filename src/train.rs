@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::coco::{CocoDataset, Normalize, write_file};
+use crate::coco::{Category, CocoDataset, Normalize, write_file};
 use crate::data::SceneConfig;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{ModelDir, from_safetensors, save_model, to_safetensors};
@@ -31,6 +31,8 @@ pub trait TrainData: Sync {
     fn size(&self) -> usize;
     /// Classes.
     fn num_classes(&self) -> usize;
+    /// The categories of the classes, in class order (COCO's ids and names).
+    fn categories(&self) -> Vec<Category>;
     /// Writes image `index` (CHW, normalised) into `out` (`3 * size * size` values) and returns
     /// its boxes `[x1, y1, x2, y2]` and classes.
     fn sample(&self, index: u64, out: &mut [f32]) -> Result<(Vec<[f32; 4]>, Vec<i32>)>;
@@ -46,6 +48,20 @@ pub fn rgb_to_chw(rgb: &[u8], normalize: &Normalize, out: &mut [f32]) {
             *o = (f32::from(px[c]) / 255.0 - m) / s;
         }
     }
+}
+
+/// The categories `retina synth` writes for `config`: ids 1..=K named after the shapes.
+pub fn synthetic_categories(config: &SceneConfig) -> Vec<Category> {
+    config
+        .class_names()
+        .into_iter()
+        .enumerate()
+        .map(|(k, name)| Category {
+            id: k as i64 + 1,
+            name: name.to_string(),
+            supercategory: "shape".to_string(),
+        })
+        .collect()
 }
 
 /// The endless synthetic scene generator ([`SceneConfig`]) as training data.
@@ -72,6 +88,10 @@ impl TrainData for SyntheticData {
         self.config.num_classes()
     }
 
+    fn categories(&self) -> Vec<Category> {
+        synthetic_categories(&self.config)
+    }
+
     fn sample(&self, index: u64, out: &mut [f32]) -> Result<(Vec<[f32; 4]>, Vec<i32>)> {
         let scene = self.config.scene(self.seed, index)?;
         rgb_to_chw(&scene.pixels, &self.normalize, out);
@@ -90,7 +110,18 @@ impl TrainData for CocoDataset {
     }
 
     fn num_classes(&self) -> usize {
-        self.categories().len()
+        CocoDataset::categories(self).len()
+    }
+
+    fn categories(&self) -> Vec<Category> {
+        let map = CocoDataset::categories(self);
+        (0..map.len())
+            .map(|k| Category {
+                id: map.category_id(k).expect("class in range"),
+                name: map.name(k).unwrap_or_default().to_string(),
+                supercategory: String::new(),
+            })
+            .collect()
     }
 
     fn sample(&self, index: u64, out: &mut [f32]) -> Result<(Vec<[f32; 4]>, Vec<i32>)> {

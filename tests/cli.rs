@@ -252,3 +252,172 @@ fn bench_eval_json_rows_time_a_generated_workload() {
         assert!(row["seconds"].as_f64().unwrap() > 0.0);
     }
 }
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("retina-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn train_detect_and_eval_a_model_end_to_end() {
+    let dir = scratch("train");
+    let model = dir.join("model");
+    let common = ["--backend", "cpu"];
+    let out = retina(
+        &[
+            &[
+                "train",
+                "--steps",
+                "4",
+                "--batch",
+                "2",
+                "--log-every",
+                "2",
+                "--quiet",
+                "--out",
+            ][..],
+            &[model.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(model.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+    let line: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(line["step"], 4);
+    assert!(line["loss"].as_f64().unwrap() > 0.0);
+    // A second run into the same directory must not overwrite it without --resume.
+    let again = retina(
+        &[
+            &["train", "--steps", "6", "--batch", "2", "--quiet", "--out"][..],
+            &[model.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = retina(
+        &[
+            &["train", "--steps", "6", "--batch", "2", "--quiet", "--resume", "--out"][..],
+            &[model.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("6 steps"));
+
+    // Detect on two synthetic images, with drawing.
+    let data = dir.join("synth");
+    let synth = retina(&["synth", "--out", data.to_str().unwrap(), "--images", "3"]);
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    let detections = dir.join("detections");
+    let image = data.join("images/000000.png");
+    let out = retina(
+        &[
+            &[
+                "detect",
+                "--model",
+                model.to_str().unwrap(),
+                "--out",
+                detections.to_str().unwrap(),
+            ][..],
+            &["--score", "0.01", "--draw", image.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(detections.join("results.json")).unwrap()).unwrap();
+    for r in results.as_array().unwrap() {
+        assert_eq!(r["image_id"], 1);
+        assert!((1..=4).contains(&r["category_id"].as_i64().unwrap()), "{r}");
+    }
+    assert!(detections.join("000000.detections.png").is_file());
+
+    // Evaluate the model on the dataset on disk: the 12-line table.
+    let out = retina(
+        &[
+            &[
+                "eval",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ][..],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("maxDets="))
+            .count(),
+        12
+    );
+
+    // A missing image and a corrupt checkpoint are errors naming the file.
+    let out = retina(
+        &[
+            &["detect", "--model", model.to_str().unwrap(), "absent.png"][..],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("absent.png"));
+    std::fs::write(model.join("model.safetensors"), b"not a checkpoint").unwrap();
+    let out = retina(
+        &[
+            &["detect", "--model", model.to_str().unwrap(), image.to_str().unwrap()][..],
+            &common,
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("model.safetensors") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn demo_writes_its_pictures_and_numbers() {
+    let dir = scratch("demo");
+    let out = retina(&[
+        "demo",
+        "--steps",
+        "3",
+        "--val-images",
+        "8",
+        "--backend",
+        "cpu",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Average Precision  (AP) @[ IoU=0.50:0.95"), "{stdout}");
+    for file in [
+        "detections.png",
+        "loss.png",
+        "metrics.json",
+        "val_results.json",
+        "model/model.safetensors",
+        "val/annotations.json",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["training"]["steps"], 3);
+    assert!(metrics["coco"]["AP50"].as_f64().unwrap() >= 0.0);
+    let grid = image::open(dir.join("detections.png")).unwrap();
+    assert!(grid.width() >= 4 * 384, "{} px wide", grid.width());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

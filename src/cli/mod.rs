@@ -1,6 +1,8 @@
 //! Command-line definitions and dispatch.
 
 mod bench;
+mod demo;
+mod detect;
 mod eval;
 mod info;
 mod synth;
@@ -19,6 +21,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Trains a detector on synthetic shapes in about five minutes, evaluates it and draws its
+    /// detections and loss curves (the place to start).
+    Demo(demo::DemoArgs),
     /// Lists the adapters wgpu sees, the one chosen, its limits and features.
     Info,
     /// Measures a kernel on the GPU against the CPU backend.
@@ -29,6 +34,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Trains the small RetinaNet on synthetic scenes or a COCO dataset, on the GPU or the CPU.
     Train(train::TrainArgs),
+    /// Runs a trained model on images: COCO results, and the images with their detections drawn.
+    Detect(detect::DetectArgs),
 }
 
 /// Which backends a command runs on.
@@ -59,10 +66,12 @@ impl BackendChoice {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Info => info::run(),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::Detect(args) => detect::run(args),
         Command::Synth(args) => synth::run(args),
     }
 }

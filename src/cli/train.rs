@@ -134,6 +134,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     config.input_size = args.size;
     config.num_classes = data.num_classes();
+    config.categories = data.categories();
     let options = TrainOptions {
         steps: args.steps,
         batch: args.batch,
@@ -297,11 +298,14 @@ fn train_with<E: LossEngine>(
         let values = trainer.step(data, read)?;
         let done = trainer.step_count() - first_step;
         let seconds = start.elapsed().as_secs_f64();
-        if let (Some(minutes), true) = (run.minutes, trainer.step_count() == calibrate) {
-            // Fix the run's length from the speed so far; the schedule follows it.
+        // A time budget: the run's length follows the speed so far, re-estimated until three
+        // quarters of it are done (before the schedule's first decay point at 80%).
+        let estimating = trainer.step_count() == calibrate
+            || (trainer.step_count() > calibrate && values.is_some() && 4 * done < 3 * (total_steps - first_step));
+        if let (Some(minutes), true) = (run.minutes, estimating) {
             let rate = done as f64 / seconds;
-            total_steps = first_step + (rate * minutes * 60.0) as usize;
-            total_steps = total_steps.max(trainer.step_count() + 1);
+            let left = (minutes * 60.0 - seconds).max(0.0);
+            total_steps = (trainer.step_count() + (rate * left) as usize).max(trainer.step_count() + 1);
             trainer.set_total_steps(total_steps)?;
             bar.set_length(total_steps as u64);
         }

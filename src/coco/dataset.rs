@@ -275,6 +275,32 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// An image file on its own (no annotations), letterboxed to `input_size`, with image id
+    /// `image_id`: what a detector runs on.
+    pub fn open(path: impl AsRef<Path>, image_id: i64, input_size: u32) -> Result<Self> {
+        let path = path.as_ref();
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let file_name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let image = Image {
+            id: image_id,
+            file_name: file_name.clone(),
+            width: 0,
+            height: 0,
+        };
+        let (rgb, letterbox) = decode_letterboxed(dir, &image, input_size)?;
+        Ok(Self {
+            image_id,
+            file_name,
+            letterbox,
+            rgb,
+            boxes: Vec::new(),
+            classes: Vec::new(),
+        })
+    }
+
     /// The COCO image id.
     pub fn image_id(&self) -> i64 {
         self.image_id

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod draw;
+pub mod plot;
 mod synth;
 
 pub use synth::{Background, Scene, SceneConfig, Shape, SizeBin, SynthStats, anchor_statistics, write_coco};

@@ -174,3 +174,73 @@ impl<E: DetectEngine> Detector<E> {
         )
     }
 }
+
+/// Detects every image of `dataset` (in batches of `batch`) and returns the detections as COCO
+/// results in the original images' coordinates, with COCO's category ids.
+pub fn detect_dataset<E: DetectEngine>(
+    detector: &mut Detector<E>,
+    dataset: &crate::coco::CocoDataset,
+    batch: usize,
+    progress: bool,
+) -> Result<Vec<crate::coco::BboxResult>> {
+    let s = detector.net().config().input_size;
+    if dataset.options().input_size as usize != s {
+        return Err(Error::invalid(format!(
+            "the dataset was loaded at {} px, the network takes {s} px",
+            dataset.options().input_size
+        )));
+    }
+    if dataset.categories().len() != detector.net().config().num_classes {
+        return Err(Error::invalid(format!(
+            "the dataset has {} categories, the network {} classes",
+            dataset.categories().len(),
+            detector.net().config().num_classes
+        )));
+    }
+    let batch = batch.max(1);
+    let plane = 3 * s * s;
+    let bar = if progress {
+        indicatif::ProgressBar::new(dataset.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} detect [{bar:30}] {pos}/{len} images (ETA {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let normalize = dataset.options().normalize;
+    let mut results = Vec::new();
+    let mut images = vec![0f32; batch * plane];
+    for samples in dataset.samples().chunks(batch) {
+        let images = &mut images[..samples.len() * plane];
+        for (sample, out) in samples.iter().zip(images.chunks_exact_mut(plane)) {
+            sample.write_chw(&normalize, out)?;
+        }
+        let detections = detector.detect(images)?;
+        for (sample, dets) in samples.iter().zip(&detections) {
+            results.extend(crate::coco::detections_to_results(
+                dets,
+                sample.image_id(),
+                sample.letterbox(),
+                dataset.categories(),
+            )?);
+        }
+        bar.inc(samples.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(results)
+}
+
+/// Detects every image of `dataset` and evaluates the detections against its ground truth
+/// with COCO's bbox evaluation.
+pub fn evaluate_dataset<E: DetectEngine>(
+    detector: &mut Detector<E>,
+    dataset: &crate::coco::CocoDataset,
+    batch: usize,
+    progress: bool,
+) -> Result<(crate::coco::Evaluation, Vec<crate::coco::BboxResult>)> {
+    let results = detect_dataset(detector, dataset, batch, progress)?;
+    let eval = crate::coco::evaluate(dataset.instances(), &results)?;
+    Ok((eval, results))
+}

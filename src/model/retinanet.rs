@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::coco::Category;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Engine, GroupNorm, Init, SeededRng, Shape};
 use crate::ops::anchors::AnchorConfig;
@@ -37,6 +38,9 @@ pub struct RetinaNetConfig {
     pub prior: f32,
     /// Base anchor size on P3 (16); doubles per level, 3 scales x 3 ratios.
     pub anchor_base: f32,
+    /// The categories the classes stand for, in class order (COCO's ids and names); empty
+    /// means ids 1..=K named `class 0`, `class 1`, ...
+    pub categories: Vec<Category>,
 }
 
 impl Default for RetinaNetConfig {
@@ -51,6 +55,7 @@ impl Default for RetinaNetConfig {
             group_norm: true,
             prior: 0.01,
             anchor_base: 16.0,
+            categories: Vec::new(),
         }
     }
 }
@@ -82,12 +87,34 @@ impl RetinaNetConfig {
                 self.anchor_base
             )));
         }
+        if !self.categories.is_empty() && self.categories.len() != self.num_classes {
+            return Err(Error::invalid(format!(
+                "RetinaNet has {} classes but {} categories",
+                self.num_classes,
+                self.categories.len()
+            )));
+        }
         if self.group_norm {
             for c in self.backbone_channels.iter().chain([&self.head_channels]) {
                 GroupNorm::small_retinanet(*c).validate()?;
             }
         }
         Ok(())
+    }
+
+    /// The categories of the classes: [`RetinaNetConfig::categories`], or ids 1..=K named
+    /// `class k` when it is empty.
+    pub fn category_list(&self) -> Vec<Category> {
+        if !self.categories.is_empty() {
+            return self.categories.clone();
+        }
+        (0..self.num_classes)
+            .map(|k| Category {
+                id: k as i64 + 1,
+                name: format!("class {k}"),
+                supercategory: String::new(),
+            })
+            .collect()
     }
 
     /// The anchors: P3-P7 (strides 8-128), base sizes `anchor_base * 2^level`.

@@ -7,6 +7,7 @@ mod eval;
 mod focal;
 mod matching;
 mod nms;
+mod train;
 
 use std::time::Instant;
 
@@ -35,6 +36,8 @@ enum Which {
     Nms(nms::NmsArgs),
     /// COCO bbox evaluation of a val2017-sized workload: parsing, evaluating, the whole run.
     Eval(eval::EvalArgs),
+    /// The small RetinaNet's training step and inference at batch 8: GPU vs CPU, images/s.
+    Train(train::TrainArgs),
 }
 
 /// Options every bench takes.
@@ -58,6 +61,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Match(a) => matching::run(a),
         Which::Nms(a) => nms::run(a),
         Which::Eval(a) => eval::run(a),
+        Which::Train(a) => train::run(a),
     }
 }
 

@@ -1,0 +1,118 @@
+//! `retina bench train`: the small RetinaNet's training step (forward, matching, focal and box
+//! losses, backward, SGD) and its inference (forward and post-processing) at batch 8 on fresh
+//! synthetic scenes, in images per second, GPU against the CPU backend.
+
+use clap::Args;
+use retina_wgpu::Result;
+use retina_wgpu::coco::Normalize;
+use retina_wgpu::data::SceneConfig;
+use retina_wgpu::model::{DetectEngine, Detector, LossEngine, RetinaNet, RetinaNetConfig};
+use retina_wgpu::nn::{CpuEngine, GpuEngine};
+use retina_wgpu::train::{SyntheticData, TrainData, TrainOptions, Trainer};
+
+use super::{Common, Row, median_seconds, progress, report};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Square input size (a multiple of 32).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Without GroupNorm (DESIGN.md's plain network).
+    #[arg(long)]
+    no_group_norm: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let data = SyntheticData {
+        config: SceneConfig {
+            size: args.size as u32,
+            ..SceneConfig::default()
+        },
+        seed: 0,
+        normalize: Normalize::IMAGENET,
+    };
+    let config = RetinaNetConfig {
+        input_size: args.size,
+        num_classes: data.num_classes(),
+        group_norm: !args.no_group_norm,
+        ..RetinaNetConfig::default()
+    };
+    let net = RetinaNet::new(config)?;
+    let values = net.init(0);
+    let options = TrainOptions {
+        batch: args.batch,
+        steps: 1_000_000,
+        ..TrainOptions::default()
+    };
+    let bar = progress(4 * (args.common.iters as u64 + 1), "bench train");
+    let mut rows = Vec::new();
+    for backend in args.common.backend.backends()? {
+        let (name, adapter) = match &backend {
+            retina_wgpu::Backend::Gpu(ctx) => ("gpu", ctx.adapter_name()),
+            retina_wgpu::Backend::Cpu => ("cpu", format!("{} threads", rayon::current_num_threads())),
+        };
+        let (train, infer) = match &backend {
+            retina_wgpu::Backend::Gpu(ctx) => measure(
+                || GpuEngine::new(ctx),
+                &net,
+                &values,
+                &options,
+                &data,
+                args.common.iters,
+                &bar,
+            )?,
+            retina_wgpu::Backend::Cpu => measure(
+                || Ok(CpuEngine::new()),
+                &net,
+                &values,
+                &options,
+                &data,
+                args.common.iters,
+                &bar,
+            )?,
+        };
+        for (op, seconds) in [("train_step", train), ("inference", infer)] {
+            rows.push(Row {
+                op: op.to_string(),
+                backend: name,
+                adapter: adapter.clone(),
+                size: args.batch as u64,
+                seconds,
+                throughput: args.batch as f64 / seconds,
+                unit: "images/s".into(),
+                bytes: None,
+                compare: op.to_string(),
+            });
+        }
+    }
+    bar.finish_and_clear();
+    report(&rows, args.common.json)
+}
+
+/// Median seconds of a training step and of detecting a batch.
+fn measure<E: LossEngine + DetectEngine>(
+    engine: impl Fn() -> Result<E>,
+    net: &RetinaNet,
+    values: &[Vec<f32>],
+    options: &TrainOptions,
+    data: &SyntheticData,
+    iters: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<(f64, f64)> {
+    let mut trainer = Trainer::new(engine()?, net.clone(), values, options.clone())?;
+    // The step waits for the device each time (no loss readback), as training does.
+    let train = median_seconds(iters, bar, || trainer.step(data, false).map(drop))?;
+    let mut detector = Detector::new(engine()?, net.clone(), values)?;
+    let s = net.config().input_size;
+    let mut images = vec![0f32; options.batch * 3 * s * s];
+    for (i, out) in images.chunks_exact_mut(3 * s * s).enumerate() {
+        data.sample(i as u64, out)?;
+    }
+    let infer = median_seconds(iters, bar, || detector.detect(&images).map(drop))?;
+    Ok((train, infer))
+}

@@ -1,0 +1,134 @@
+//! `retina detect`: runs a trained model on image files and writes COCO results (with an
+//! `images.json` naming the files by id) and, with `--draw`, each image with its detections.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use image::RgbImage;
+use retina_wgpu::coco::{self, CategoryMap, Image, Normalize, Sample};
+use retina_wgpu::data::draw;
+use retina_wgpu::model::{DetectEngine, Detector, checkpoint};
+use retina_wgpu::nn::{CpuEngine, GpuEngine};
+use retina_wgpu::{Error, Result};
+
+use crate::cli::train::EngineChoice;
+
+#[derive(Args, Debug)]
+pub struct DetectArgs {
+    /// A trained model directory (`config.json`, `model.safetensors`).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Images (PNG or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Where `results.json`, `images.json` and the drawn images go.
+    #[arg(long, default_value = "detections")]
+    out: PathBuf,
+    /// Keep detections scoring at least this.
+    #[arg(long, default_value_t = 0.3)]
+    score: f32,
+    /// Also write each image with its boxes, class names and scores drawn.
+    #[arg(long)]
+    draw: bool,
+    /// The engine.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: EngineChoice,
+}
+
+pub fn run(args: DetectArgs) -> Result<()> {
+    if !(0.0..1.0).contains(&args.score) {
+        return Err(Error::InvalidParameter(format!(
+            "--score must be in [0, 1), got {}",
+            args.score
+        )));
+    }
+    let (net, values) = checkpoint::load_model(&args.model)?;
+    let size = net.config().input_size as u32;
+    let categories = CategoryMap::new(&net.config().category_list())?;
+    let samples = args
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, path)| Sample::open(path, i as i64 + 1, size))
+        .collect::<Result<Vec<_>>>()?;
+    let detections = match args.backend.resolve()? {
+        Some(ctx) => detect_all(Detector::new(GpuEngine::new(&ctx)?, net, &values)?, &samples)?,
+        None => detect_all(Detector::new(CpuEngine::new(), net, &values)?, &samples)?,
+    };
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let mut results = Vec::new();
+    let mut images = Vec::new();
+    for ((sample, dets), path) in samples.iter().zip(&detections).zip(&args.images) {
+        let kept: Vec<_> = dets.iter().filter(|d| d.score >= args.score).copied().collect();
+        let found = coco::detections_to_results(&kept, sample.image_id(), sample.letterbox(), &categories)?;
+        println!("{}: {} detections", path.display(), found.len());
+        for r in &found {
+            let name = categories
+                .class_of(r.category_id)
+                .and_then(|k| categories.name(k))
+                .unwrap_or("?");
+            println!(
+                "  {name:<10} {:.3}  [{:.1}, {:.1}, {:.1}, {:.1}]",
+                r.score, r.bbox[0], r.bbox[1], r.bbox[2], r.bbox[3]
+            );
+        }
+        let (w, h) = (sample.letterbox().width(), sample.letterbox().height());
+        images.push(Image {
+            id: sample.image_id(),
+            file_name: path.display().to_string(),
+            width: w,
+            height: h,
+        });
+        if args.draw {
+            let original = image::open(path)
+                .map_err(|e| Error::format(path.display().to_string(), format!("cannot decode the image: {e}")))?
+                .into_rgb8();
+            let drawn = draw_results(original, &found, &categories);
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let target = args.out.join(format!("{name}.detections.png"));
+            draw::save_png(&target, &drawn)?;
+        }
+        results.extend(found);
+    }
+    coco::save_results(args.out.join("results.json"), &results)?;
+    let images_json = serde_json::to_vec_pretty(&images).expect("images serialise");
+    coco::write_file(&args.out.join("images.json"), &images_json)?;
+    println!(
+        "{} detections in {} images: {}",
+        results.len(),
+        samples.len(),
+        args.out.join("results.json").display()
+    );
+    Ok(())
+}
+
+fn detect_all<E: DetectEngine>(
+    mut detector: Detector<E>,
+    samples: &[Sample],
+) -> Result<Vec<Vec<retina_wgpu::Detection>>> {
+    let normalize = Normalize::IMAGENET;
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(16) {
+        let images: Vec<f32> = chunk.iter().flat_map(|s| s.to_chw(&normalize)).collect();
+        out.extend(detector.detect(&images)?);
+    }
+    Ok(out)
+}
+
+/// `image` with each result's box, class name and score drawn in its class's colour.
+pub fn draw_results(mut image: RgbImage, results: &[coco::BboxResult], categories: &CategoryMap) -> RgbImage {
+    let scale = if image.width().max(image.height()) >= 400 { 2 } else { 1 };
+    for r in results {
+        let class = categories.class_of(r.category_id).unwrap_or(0);
+        let name = categories.name(class).unwrap_or("?");
+        let b = r.bbox;
+        let bbox = [b[0] as f32, b[1] as f32, (b[0] + b[2]) as f32, (b[1] + b[3]) as f32];
+        let colour = draw::palette(class);
+        draw::draw_box(&mut image, bbox, colour, scale);
+        draw::draw_label(&mut image, bbox, &format!("{name} {:.2}", r.score), colour, scale);
+    }
+    image
+}
