@@ -147,6 +147,9 @@ impl TrainData for Few {
     fn num_classes(&self) -> usize {
         4
     }
+    fn categories(&self) -> Vec<retina_wgpu::coco::Category> {
+        data().categories()
+    }
     fn sample(&self, index: u64, out: &mut [f32]) -> retina_wgpu::Result<(Vec<[f32; 4]>, Vec<i32>)> {
         data().sample(index, out)
     }
