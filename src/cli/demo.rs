@@ -144,7 +144,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// The first `count` validation images, enlarged, with their detections (score >= 0.3) drawn.
+/// The first `count` validation images, enlarged, with their confident detections (score >= 0.5)
+/// drawn.
 fn detection_grid(val_dir: &Path, results: &[BboxResult], categories: &CategoryMap, count: usize) -> Result<RgbImage> {
     const ZOOM: u32 = 3;
     let instances = coco::Instances::load(val_dir.join("annotations.json"))?;
@@ -155,7 +156,7 @@ fn detection_grid(val_dir: &Path, results: &[BboxResult], categories: &CategoryM
             .map_err(|e| Error::format(path.display().to_string(), format!("cannot decode the image: {e}")))?
             .into_rgb8();
         let mut tile = draw::upscale(&picture, ZOOM);
-        for r in results.iter().filter(|r| r.image_id == image.id && r.score >= 0.3) {
+        for r in results.iter().filter(|r| r.image_id == image.id && r.score >= 0.5) {
             let class = categories.class_of(r.category_id).unwrap_or(0);
             let name = categories.name(class).unwrap_or("?");
             let z = f64::from(ZOOM);
