@@ -362,6 +362,32 @@ fn train_detect_and_eval_a_model_end_to_end() {
         12
     );
 
+    // The same data named by file and directory; a missing image fails naming it, or is
+    // skipped and counted with --skip-unreadable.
+    std::fs::remove_file(data.join("images/000002.png")).unwrap();
+    let annotations = data.join("annotations.json");
+    let images = data.join("images");
+    let by_files = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--annotations",
+        annotations.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ];
+    let out = retina(&by_files);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("000002.png"));
+    let out = retina(&[&by_files[..], &["--skip-unreadable"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("000002.png"),
+        "the skipped file is named"
+    );
+
     // A missing image and a corrupt checkpoint are errors naming the file.
     let out = retina(
         &[

@@ -16,7 +16,7 @@ use retina_wgpu::train::{SyntheticData, TrainOptions, synthetic_categories};
 use retina_wgpu::{Error, Result};
 
 use crate::cli::eval::{evaluate_model, print_evaluation};
-use crate::cli::train::{EngineChoice, RunSettings, train};
+use crate::cli::train::{DataArgs, EngineChoice, RunSettings, train};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -95,14 +95,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let (net, values) = checkpoint::load_model(&model_dir)?;
     let categories = CategoryMap::new(&net.config().category_list())?;
-    let (eval, results, what) = evaluate_model(
-        net,
-        &values,
-        &val_dir.display().to_string(),
-        args.val_images,
-        VAL_SEED,
-        args.backend,
-    )?;
+    let val = DataArgs {
+        data: val_dir.display().to_string(),
+        annotations: None,
+        images: None,
+        skip_unreadable: false,
+    };
+    let (eval, results, what) = evaluate_model(net, &values, &val, args.val_images, VAL_SEED, args.backend)?;
     println!("\nCOCO evaluation on {what}:");
     print_evaluation(&eval, true);
     coco::save_results(out.join("val_results.json"), &results)?;

@@ -12,7 +12,7 @@ use retina_wgpu::model::{DetectEngine, Detector, RetinaNet, checkpoint, evaluate
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::{Error, Result};
 
-use crate::cli::train::EngineChoice;
+use crate::cli::train::{DataArgs, EngineChoice};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -25,13 +25,13 @@ pub struct EvalArgs {
     /// A trained model directory (`config.json`, `model.safetensors`) to run and evaluate.
     #[arg(long, value_name = "DIR", required_unless_present = "gt")]
     model: Option<PathBuf>,
-    /// With --model: a COCO dataset directory (`annotations.json`, `images/`) or `synthetic`
-    /// (fresh scenes the model has not seen: --images of them, from --seed).
-    #[arg(long, default_value = "synthetic")]
-    data: String,
+    /// With --model: the data (`synthetic`: --scenes fresh scenes the model has not seen, from
+    /// --seed).
+    #[command(flatten)]
+    data: DataArgs,
     /// With --model --data synthetic: how many scenes.
     #[arg(long, default_value_t = 500)]
-    images: usize,
+    scenes: usize,
     /// With --model --data synthetic: the scenes' seed (training uses 0 by default).
     #[arg(long, default_value_t = 1_000_003)]
     seed: u64,
@@ -66,7 +66,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         (_, _, Some(model)) => {
             let (net, values) = checkpoint::load_model(model)?;
-            let (eval, results, what) = evaluate_model(net, &values, &args.data, args.images, args.seed, args.backend)?;
+            let (eval, results, what) = evaluate_model(net, &values, &args.data, args.scenes, args.seed, args.backend)?;
             if let Some(path) = &args.save_results {
                 coco::save_results(path, &results)?;
             }
@@ -97,48 +97,43 @@ pub fn print_evaluation(eval: &Evaluation, per_class: bool) {
     }
 }
 
-/// The dataset of `--data`: a directory, or `images` fresh synthetic scenes written to a
-/// temporary directory (removed afterwards by the caller).
-pub fn open_eval_data(data: &str, size: usize, images: usize, seed: u64, scratch: &Path) -> Result<CocoDataset> {
+/// The dataset the arguments name, or `scenes` fresh synthetic scenes written to `scratch`.
+pub fn open_eval_data(data: &DataArgs, size: usize, scenes: usize, seed: u64, scratch: &Path) -> Result<CocoDataset> {
+    if let Some(dataset) = data.open(size)? {
+        return Ok(dataset);
+    }
+    let config = SceneConfig {
+        size: size as u32,
+        ..SceneConfig::default()
+    };
+    data::write_coco(scratch, &config, scenes, seed)?;
     let options = DatasetOptions {
         input_size: size as u32,
-        progress: true,
         ..DatasetOptions::default()
     };
-    if data == "synthetic" {
-        let config = SceneConfig {
-            size: size as u32,
-            ..SceneConfig::default()
-        };
-        data::write_coco(scratch, &config, images, seed)?;
-        CocoDataset::open_dir(scratch, &options)
-    } else {
-        CocoDataset::open_dir(data, &options)
-    }
+    CocoDataset::open_dir(scratch, &options)
 }
 
 /// Runs `net` with `values` over the data and evaluates it.
 pub fn evaluate_model(
     net: RetinaNet,
     values: &[Vec<f32>],
-    data: &str,
-    images: usize,
+    data: &DataArgs,
+    scenes: usize,
     seed: u64,
     backend: EngineChoice,
 ) -> Result<(Evaluation, Vec<coco::BboxResult>, String)> {
     let scratch = std::env::temp_dir().join(format!("retina-eval-{}", std::process::id()));
-    let dataset = open_eval_data(data, net.config().input_size, images, seed, &scratch);
+    let dataset = open_eval_data(data, net.config().input_size, scenes, seed, &scratch);
     let outcome = dataset.and_then(|dataset| {
-        let what = format!("{} images of {}", dataset.len(), data);
+        let what = format!("{} images of {}", dataset.len(), data.describe());
         let (eval, results) = match backend.resolve()? {
             Some(ctx) => run_detector(Detector::new(GpuEngine::new(&ctx)?, net, values)?, &dataset)?,
             None => run_detector(Detector::new(CpuEngine::new(), net, values)?, &dataset)?,
         };
         Ok((eval, results, what))
     });
-    if data == "synthetic" {
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
+    let _ = std::fs::remove_dir_all(&scratch);
     outcome
 }
 

@@ -46,10 +46,8 @@ impl EngineChoice {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// `synthetic` (the built-in scene generator) or a COCO dataset directory
-    /// (`DIR/annotations.json` + `DIR/images/`, as `retina synth` writes).
-    #[arg(long, default_value = "synthetic")]
-    data: String,
+    #[command(flatten)]
+    data: DataArgs,
     /// Where the model, optimiser state and metrics go.
     #[arg(long, default_value = "retina-out")]
     out: PathBuf,
@@ -90,6 +88,52 @@ pub struct TrainArgs {
     /// No progress bar (log lines only).
     #[arg(long)]
     quiet: bool,
+}
+
+/// Where images and ground truth come from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// `synthetic` (the built-in scene generator) or a COCO dataset directory
+    /// (`DIR/annotations.json` + `DIR/images/`, as `retina synth` writes).
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// A COCO instances file (with --images), instead of --data.
+    #[arg(long, value_name = "FILE", requires = "images")]
+    pub annotations: Option<PathBuf>,
+    /// The directory of the images that --annotations names.
+    #[arg(long, value_name = "DIR", requires = "annotations")]
+    pub images: Option<PathBuf>,
+    /// Skip missing or corrupt image files (they are counted and named) instead of failing.
+    #[arg(long)]
+    pub skip_unreadable: bool,
+}
+
+impl DataArgs {
+    /// The dataset on disk these arguments name, loaded at `size` px, or `None` for the
+    /// synthetic generator.
+    pub fn open(&self, size: usize) -> Result<Option<CocoDataset>> {
+        let options = DatasetOptions {
+            input_size: size as u32,
+            progress: true,
+            skip_unreadable: self.skip_unreadable,
+            ..DatasetOptions::default()
+        };
+        let dataset = match (&self.annotations, &self.images) {
+            (Some(annotations), Some(images)) => CocoDataset::load(annotations, images, &options)?,
+            _ if self.data == "synthetic" => return Ok(None),
+            _ => CocoDataset::open_dir(&self.data, &options)?,
+        };
+        eprintln!("{}", dataset.report());
+        Ok(Some(dataset))
+    }
+
+    /// A short name of the data for messages.
+    pub fn describe(&self) -> String {
+        match &self.annotations {
+            Some(annotations) => annotations.display().to_string(),
+            None => self.data.clone(),
+        }
+    }
 }
 
 /// One line of `metrics.jsonl`.
@@ -167,26 +211,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The data of `--data`: the synthetic generator or a dataset directory.
-pub fn open_data(data: &str, size: usize, seed: u64) -> Result<Box<dyn TrainData>> {
-    if data == "synthetic" {
-        return Ok(Box::new(SyntheticData {
+/// The training data the arguments name: the synthetic generator or a dataset on disk.
+pub fn open_data(data: &DataArgs, size: usize, seed: u64) -> Result<Box<dyn TrainData>> {
+    Ok(match data.open(size)? {
+        Some(dataset) => Box::new(dataset),
+        None => Box::new(SyntheticData {
             config: SceneConfig {
                 size: size as u32,
                 ..SceneConfig::default()
             },
             seed,
             normalize: Normalize::IMAGENET,
-        }));
-    }
-    let options = DatasetOptions {
-        input_size: size as u32,
-        progress: true,
-        ..DatasetOptions::default()
-    };
-    let dataset = CocoDataset::open_dir(data, &options)?;
-    eprintln!("{}", dataset.report());
-    Ok(Box::new(dataset))
+        }),
+    })
 }
 
 /// Where and how a run writes.

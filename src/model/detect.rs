@@ -233,7 +233,8 @@ pub fn detect_dataset<E: DetectEngine>(
 }
 
 /// Detects every image of `dataset` and evaluates the detections against its ground truth
-/// with COCO's bbox evaluation.
+/// with COCO's bbox evaluation. Images the dataset skipped (unreadable files) are left out of
+/// the evaluation, so that their objects do not count as misses.
 pub fn evaluate_dataset<E: DetectEngine>(
     detector: &mut Detector<E>,
     dataset: &crate::coco::CocoDataset,
@@ -241,6 +242,28 @@ pub fn evaluate_dataset<E: DetectEngine>(
     progress: bool,
 ) -> Result<(crate::coco::Evaluation, Vec<crate::coco::BboxResult>)> {
     let results = detect_dataset(detector, dataset, batch, progress)?;
-    let eval = crate::coco::evaluate(dataset.instances(), &results)?;
+    let instances = dataset.instances();
+    let eval = if dataset.report().skipped.is_empty() {
+        crate::coco::evaluate(instances, &results)?
+    } else {
+        let loaded: std::collections::HashSet<i64> = dataset.samples().iter().map(|s| s.image_id()).collect();
+        let gt = crate::coco::Instances::new(
+            instances
+                .images
+                .iter()
+                .filter(|i| loaded.contains(&i.id))
+                .cloned()
+                .collect(),
+            instances
+                .annotations
+                .iter()
+                .filter(|a| loaded.contains(&a.image_id))
+                .cloned()
+                .collect(),
+            instances.categories.clone(),
+            "the loaded images",
+        )?;
+        crate::coco::evaluate(&gt, &results)?
+    };
     Ok((eval, results))
 }
