@@ -242,22 +242,7 @@ impl<E: LossEngine> Trainer<E> {
     /// A run starting at step 0 from `values` (in [`RetinaNet::params`] order).
     pub fn new(mut engine: E, net: RetinaNet, values: &[Vec<f32>], options: TrainOptions) -> Result<Self> {
         options.validate()?;
-        if values.len() != net.params().len() {
-            return Err(Error::shape(
-                "trainer",
-                format!(
-                    "{} parameter tensors for a network of {}",
-                    values.len(),
-                    net.params().len()
-                ),
-            ));
-        }
-        let params = net
-            .params()
-            .iter()
-            .zip(values)
-            .map(|(p, v)| engine.tensor(p.shape, v))
-            .collect::<Result<Vec<_>>>()?;
+        let params = net.upload(&mut engine, values)?;
         let velocity = net
             .params()
             .iter()

@@ -242,9 +242,21 @@ pub(crate) fn postprocess_host(
     let mut results = readback.run(ctx, encoder)?;
     let detections = results.take(detections);
     let counts = results.take(counts);
-    Ok((0..batch)
-        .map(|image| {
-            detections[image * pp.max_detections..][..counts[image] as usize]
+    debug_assert_eq!(counts.len(), batch);
+    Ok(unpack_detections(&detections, &counts, pp.max_detections))
+}
+
+/// The packed output of [`GpuContext::record_postprocess`], read back, as detections per image.
+pub(crate) fn unpack_detections(
+    detections: &[GpuDetection],
+    counts: &[u32],
+    max_detections: usize,
+) -> Vec<Vec<Detection>> {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(image, &count)| {
+            detections[image * max_detections..][..count as usize]
                 .iter()
                 .map(|d| Detection {
                     bbox: d.bbox,
@@ -253,5 +265,5 @@ pub(crate) fn postprocess_host(
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }

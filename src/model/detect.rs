@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::cpu::nn::{CpuEngine, CpuTensor};
 use crate::error::{Error, Result};
 use crate::gpu::DetectionBuffers;
+use crate::gpu::detect::unpack_detections;
 use crate::model::{AnchorSet, RetinaNet};
 use crate::nn::{Engine, GpuEngine, GpuTensor, Shape};
 use crate::ops::detect::{Detection, DetectionInput, PostProcess};
@@ -90,18 +91,7 @@ impl DetectEngine for GpuEngine {
         self.sync()?;
         let detections = ctx.download(&out.detections)?;
         let counts = ctx.download(&out.counts)?;
-        Ok((0..batch)
-            .map(|image| {
-                detections[image * pp.max_detections..][..counts[image] as usize]
-                    .iter()
-                    .map(|d| Detection {
-                        bbox: d.bbox,
-                        score: d.score,
-                        class: d.class as u32,
-                    })
-                    .collect()
-            })
-            .collect())
+        Ok(unpack_detections(&detections, &counts, pp.max_detections))
     }
 }
 
@@ -119,22 +109,7 @@ pub struct Detector<E: DetectEngine> {
 impl<E: DetectEngine> Detector<E> {
     /// A detector of `net` with `values` (in [`RetinaNet::params`] order) on `engine`.
     pub fn new(mut engine: E, net: RetinaNet, values: &[Vec<f32>]) -> Result<Self> {
-        if values.len() != net.params().len() {
-            return Err(Error::shape(
-                "detector",
-                format!(
-                    "{} parameter tensors for a network of {}",
-                    values.len(),
-                    net.params().len()
-                ),
-            ));
-        }
-        let params = net
-            .params()
-            .iter()
-            .zip(values)
-            .map(|(p, v)| engine.tensor(p.shape, v))
-            .collect::<Result<Vec<_>>>()?;
+        let params = net.upload(&mut engine, values)?;
         let s = net.config().input_size as u32;
         let anchors = AnchorSet::new(net.config().anchors(), s, s)?;
         Ok(Self {

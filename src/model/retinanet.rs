@@ -372,6 +372,26 @@ impl RetinaNet {
             .collect()
     }
 
+    /// `values` (in [`RetinaNet::params`] order, e.g. [`RetinaNet::init`] or a checkpoint's) as
+    /// tensors of `engine`, each checked against its parameter's shape.
+    pub fn upload<E: Engine>(&self, engine: &mut E, values: &[Vec<f32>]) -> Result<Vec<E::Tensor>> {
+        if values.len() != self.params.len() {
+            return Err(Error::shape(
+                "RetinaNet",
+                format!(
+                    "{} parameter tensors for a network of {}",
+                    values.len(),
+                    self.params.len()
+                ),
+            ));
+        }
+        self.params
+            .iter()
+            .zip(values)
+            .map(|(p, v)| engine.tensor(p.shape, v))
+            .collect()
+    }
+
     /// Index of the first anchor row of each level, and the total at the end.
     pub fn level_offsets(&self) -> &[usize] {
         &self.level_offsets
