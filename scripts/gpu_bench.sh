@@ -7,7 +7,8 @@
 #   OUT=/tmp/results scripts/gpu_bench.sh
 #
 # Budget: about 2-3 minutes to build on 16 cores, then 2-4 minutes of benchmarks on a
-# data-centre GPU (the CPU side dominates).
+# data-centre GPU (the CPU side dominates), then a 3-minute demo training on the GPU (its
+# detections.png, loss.png and metrics.json land in $OUT/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-bench}"
@@ -28,4 +29,7 @@ run focal --iters 5
 run match --iters 5
 run nms --iters 3
 run conv --iters 5
+run train --iters 10
+echo "== retina demo --backend gpu --minutes 3" >&2
+"$bin" demo --backend gpu --minutes 3 --out "$out/demo" >"$out/demo.txt"
 echo "results in $out"
