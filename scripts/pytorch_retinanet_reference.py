@@ -289,7 +289,7 @@ def detection_loss(cls_rows, box_rows, anchors, targets, alpha=0.25, gamma=2.0, 
         positive = labels >= 0
         valid = labels != -2
         onehot = torch.zeros(b, r, k)
-        onehot[positive] = F.one_hot(labels[positive], k).float()
+        onehot[positive] = F.one_hot(labels[positive], k).to(onehot.dtype)
         normaliser = max(1, int(positive.sum()))
     # torchvision.ops.sigmoid_focal_loss, summed over the non-ignored anchors.
     logits = cls_rows[valid]
