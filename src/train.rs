@@ -440,6 +440,22 @@ impl<E: LossEngine> Trainer<E> {
     }
 }
 
+/// The options a run saved with its checkpoint in `dir` (`optimizer.safetensors`), so that a
+/// resumed run keeps its schedule, batch, seed and data order.
+pub fn saved_options(dir: impl AsRef<Path>) -> Result<TrainOptions> {
+    let path = ModelDir(dir.as_ref().to_path_buf()).optimizer();
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let source = path.display().to_string();
+    let (_, header) = safetensors::tensor::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(&source, format!("not a readable safetensors file: {e}")))?;
+    let options = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("options"))
+        .ok_or_else(|| Error::format(&source, "metadata has no `options`"))?;
+    serde_json::from_str(options).map_err(|e| Error::format(&source, format!("invalid `options`: {e}")))
+}
+
 /// The order of epoch `epoch` over `n` images (Fisher-Yates from the seed and epoch).
 fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
     let mut rng = SeededRng::new(seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d);

@@ -74,7 +74,9 @@ fn resumed_training_gives_the_same_weights_bit_for_bit() {
     drop(first);
     let (loaded, values) = checkpoint::load_model(&dir).unwrap();
     assert_eq!(loaded.config(), net.config());
-    let mut second = Trainer::new(CpuEngine::new(), loaded, &values, options(total)).unwrap();
+    let saved = retina_wgpu::train::saved_options(&dir).unwrap();
+    assert_eq!(saved, options(total));
+    let mut second = Trainer::new(CpuEngine::new(), loaded, &values, saved).unwrap();
     second.restore_optimizer(&dir).unwrap();
     assert_eq!(second.step_count(), 4);
     for _ in 4..total {

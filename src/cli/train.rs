@@ -54,9 +54,10 @@ pub struct TrainArgs {
     /// The engine.
     #[arg(long, value_enum, default_value = "auto")]
     backend: EngineChoice,
-    /// SGD steps (ignored with --minutes).
-    #[arg(long, default_value_t = 3000)]
-    steps: usize,
+    /// SGD steps in all (default 3000; ignored with --minutes). With --resume, the saved run's
+    /// count unless given.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Train for about this many minutes instead: the step count (and so the schedule) is set
     /// from the speed of the first steps.
     #[arg(long)]
@@ -76,7 +77,9 @@ pub struct TrainArgs {
     /// A network configuration (JSON of `RetinaNetConfig`) instead of the default.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Continue the run in --out from its checkpoint (weights, momentum, step and schedule).
+    /// Continue the run in --out from its checkpoint: weights, momentum, step, and the saved
+    /// learning rate, schedule, batch and seed (the options given here are ignored, except
+    /// --steps, --minutes and --log-every).
     #[arg(long)]
     resume: bool,
     /// Read the loss and log every this many steps.
@@ -179,14 +182,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     config.input_size = args.size;
     config.num_classes = data.num_classes();
     config.categories = data.categories();
-    let options = TrainOptions {
-        steps: args.steps,
-        batch: args.batch,
-        lr: args.lr,
-        warmup_steps: (args.steps / 20).max(1),
-        seed: args.seed,
-        log_every: args.log_every,
-        ..TrainOptions::default()
+    let options = if args.resume {
+        let saved = retina_wgpu::train::saved_options(&args.out)?;
+        TrainOptions {
+            steps: args.steps.unwrap_or(saved.steps),
+            log_every: args.log_every,
+            ..saved
+        }
+    } else {
+        let steps = args.steps.unwrap_or(3000);
+        TrainOptions {
+            steps,
+            batch: args.batch,
+            lr: args.lr,
+            warmup_steps: (steps / 20).max(1),
+            seed: args.seed,
+            log_every: args.log_every,
+            ..TrainOptions::default()
+        }
     };
     let run = RunSettings {
         out: args.out.clone(),
