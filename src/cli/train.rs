@@ -66,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Learning rate after warmup.
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.03)]
     lr: f32,
     /// Seed of the initial weights, the data order and the flips.
     #[arg(long, default_value_t = 0)]
