@@ -5,13 +5,9 @@
 
 mod common;
 
-use common::{Rng, gpu, gpu_with};
-use retina_wgpu::nn::{CpuEngine, CpuTensor, Engine, GpuEngine, GroupNorm, Shape};
+use common::{Rng, assert_gradient, dot, finite_differences, gpu, gpu_with, random};
+use retina_wgpu::nn::{CpuEngine, Engine, GpuEngine, GroupNorm, Shape};
 use retina_wgpu::{Error, GpuOptions, LimitCaps};
-
-fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.normal()).collect()
-}
 
 fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
@@ -137,50 +133,6 @@ fn forward_matches_a_direct_f64_reference() {
             check_f64(&format!("gpu {what} y"), &y, &want_y, tol);
             check_f64(&format!("gpu {what} stats"), &stats, &want_stats, 1e-6);
         }
-    }
-}
-
-/// d(sum(y * r))/d(v) by central differences in f64, for `k` random entries of `v` (all of them
-/// when `v` has at most `k`).
-fn finite_differences(
-    rng: &mut Rng,
-    v: &mut CpuTensor<f64>,
-    k: usize,
-    loss: &mut dyn FnMut(&CpuTensor<f64>) -> f64,
-) -> Vec<(usize, f64)> {
-    let n = v.data().len();
-    let picks: Vec<usize> = if n <= k {
-        (0..n).collect()
-    } else {
-        (0..k).map(|_| rng.below(n as u64) as usize).collect()
-    };
-    picks
-        .into_iter()
-        .map(|i| {
-            let original = v.data()[i];
-            let h = 1e-6 * original.abs().max(1.0);
-            v.data_mut()[i] = original + h;
-            let up = loss(v);
-            v.data_mut()[i] = original - h;
-            let down = loss(v);
-            v.data_mut()[i] = original;
-            (i, (up - down) / (2.0 * h))
-        })
-        .collect()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-#[track_caller]
-fn assert_gradient(what: &str, analytic: &[f64], numeric: &[(usize, f64)]) {
-    for &(i, fd) in numeric {
-        let g = analytic[i];
-        assert!(
-            (g - fd).abs() <= 1e-6 * fd.abs().max(1.0),
-            "{what}: d/d[{i}] analytic {g} vs finite difference {fd}"
-        );
     }
 }
 

@@ -160,6 +160,15 @@ fn scaled_error(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// One `GroundTruth` view per image.
+fn ground_truths<'a>(boxes: &'a [Vec<[f32; 4]>], classes: &'a [Vec<i32>]) -> Vec<GroundTruth<'a>> {
+    boxes
+        .iter()
+        .zip(classes)
+        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
+        .collect()
+}
+
 fn ground_truth() -> (Vec<Vec<[f32; 4]>>, Vec<Vec<i32>>) {
     (
         vec![
@@ -178,11 +187,7 @@ fn gpu_matches_cpu_on_forward_backward_and_loss() {
     let mut rng = Rng::new(5);
     let image = normal(&mut rng, 2 * 3 * 128 * 128, 1.0);
     let (boxes, classes) = ground_truth();
-    let images: Vec<GroundTruth> = boxes
-        .iter()
-        .zip(&classes)
-        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
-        .collect();
+    let images = ground_truths(&boxes, &classes);
     let anchors = AnchorSet::new(net.config().anchors(), 128, 128).unwrap();
     let loss = DetectionLoss::retinanet(4);
 
@@ -256,11 +261,7 @@ fn detection_loss_is_the_sum_of_its_parts() {
     let net = RetinaNet::new(RetinaNetConfig::default()).unwrap();
     let anchors = AnchorSet::new(net.config().anchors(), 128, 128).unwrap();
     let (boxes, classes) = ground_truth();
-    let images: Vec<GroundTruth> = boxes
-        .iter()
-        .zip(&classes)
-        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
-        .collect();
+    let images = ground_truths(&boxes, &classes);
     let mut rng = Rng::new(9);
     let r = anchors.boxes.len();
     let logits = normal(&mut rng, 2 * r * 4, 2.0);
@@ -342,11 +343,7 @@ fn sgd_steps_fit_one_batch_on_the_cpu() {
             }
         }
     }
-    let images: Vec<GroundTruth> = boxes
-        .iter()
-        .zip(&classes)
-        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
-        .collect();
+    let images = ground_truths(&boxes, &classes);
     let anchors = AnchorSet::new(net.config().anchors(), 64, 64).unwrap();
     let loss = DetectionLoss::retinanet(2);
     let sgd = Sgd::default();

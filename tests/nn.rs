@@ -4,13 +4,9 @@
 
 mod common;
 
-use common::{Rng, gpu};
+use common::{Rng, assert_gradient, dot, finite_differences, gpu, random};
 use retina_wgpu::Error;
-use retina_wgpu::nn::{Conv2d, CpuEngine, CpuTensor, Engine, GpuEngine, Init, LrSchedule, SeededRng, Sgd, Shape};
-
-fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.normal()).collect()
-}
+use retina_wgpu::nn::{Conv2d, CpuEngine, Engine, GpuEngine, Init, LrSchedule, SeededRng, Sgd, Shape};
 
 /// A direct convolution in f64: the textbook seven loops.
 fn reference_conv(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32]) -> Vec<f64> {
@@ -140,44 +136,6 @@ fn convolution_matches_a_direct_f64_reference() {
             let y = g.conv2d(&c, &xt, &wt, Some(&bt)).unwrap();
             check(g.read(&y).unwrap(), "gpu");
         }
-    }
-}
-
-/// d(sum(y * r))/d(v) by central differences in f64, for `k` random entries of `v`.
-fn finite_differences(
-    rng: &mut Rng,
-    v: &mut CpuTensor<f64>,
-    k: usize,
-    loss: &mut dyn FnMut(&CpuTensor<f64>) -> f64,
-) -> Vec<(usize, f64)> {
-    let n = v.data().len();
-    (0..k.min(n))
-        .map(|_| {
-            let i = rng.below(n as u64) as usize;
-            let original = v.data()[i];
-            let h = 1e-6 * original.abs().max(1.0);
-            v.data_mut()[i] = original + h;
-            let up = loss(v);
-            v.data_mut()[i] = original - h;
-            let down = loss(v);
-            v.data_mut()[i] = original;
-            (i, (up - down) / (2.0 * h))
-        })
-        .collect()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-#[track_caller]
-fn assert_gradient(what: &str, analytic: &[f64], numeric: &[(usize, f64)]) {
-    for &(i, fd) in numeric {
-        let g = analytic[i];
-        assert!(
-            (g - fd).abs() <= 1e-6 * fd.abs().max(1.0),
-            "{what}: d/d[{i}] analytic {g} vs finite difference {fd}"
-        );
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use retina_wgpu::nn::CpuTensor;
 use retina_wgpu::{GpuContext, GpuOptions};
 
 /// The directory of reference vectors: `RETINA_GOLDEN_DIR` when set, else tests/golden/.
@@ -134,5 +135,54 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32)
             (g - w).abs() <= atol + rtol * w.abs()
         };
         assert!(ok, "{what}[{i}]: got {g}, want {w} (rtol {rtol}, atol {atol})");
+    }
+}
+
+/// `n` standard normal values.
+pub fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// d(sum(y * r))/d(v) by central differences in f64, for `k` random entries of `v` (all of them
+/// when `v` has at most `k`).
+pub fn finite_differences(
+    rng: &mut Rng,
+    v: &mut CpuTensor<f64>,
+    k: usize,
+    loss: &mut dyn FnMut(&CpuTensor<f64>) -> f64,
+) -> Vec<(usize, f64)> {
+    let n = v.data().len();
+    let picks: Vec<usize> = if n <= k {
+        (0..n).collect()
+    } else {
+        (0..k).map(|_| rng.below(n as u64) as usize).collect()
+    };
+    picks
+        .into_iter()
+        .map(|i| {
+            let original = v.data()[i];
+            let h = 1e-6 * original.abs().max(1.0);
+            v.data_mut()[i] = original + h;
+            let up = loss(v);
+            v.data_mut()[i] = original - h;
+            let down = loss(v);
+            v.data_mut()[i] = original;
+            (i, (up - down) / (2.0 * h))
+        })
+        .collect()
+}
+
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[track_caller]
+pub fn assert_gradient(what: &str, analytic: &[f64], numeric: &[(usize, f64)]) {
+    for &(i, fd) in numeric {
+        let g = analytic[i];
+        assert!(
+            (g - fd).abs() <= 1e-6 * fd.abs().max(1.0),
+            "{what}: d/d[{i}] analytic {g} vs finite difference {fd}"
+        );
     }
 }
