@@ -38,18 +38,6 @@ pub trait TrainData: Sync {
     fn sample(&self, index: u64, out: &mut [f32]) -> Result<(Vec<[f32; 4]>, Vec<i32>)>;
 }
 
-/// Writes an interleaved RGB image as normalised CHW planes.
-pub fn rgb_to_chw(rgb: &[u8], normalize: &Normalize, out: &mut [f32]) {
-    let plane = rgb.len() / 3;
-    let (mean, std) = (normalize.mean(), normalize.std());
-    for c in 0..3 {
-        let (m, s) = (mean[c], std[c]);
-        for (o, px) in out[c * plane..(c + 1) * plane].iter_mut().zip(rgb.chunks_exact(3)) {
-            *o = (f32::from(px[c]) / 255.0 - m) / s;
-        }
-    }
-}
-
 /// The categories `retina synth` writes for `config`: ids 1..=K named after the shapes.
 pub fn synthetic_categories(config: &SceneConfig) -> Vec<Category> {
     config
@@ -94,7 +82,8 @@ impl TrainData for SyntheticData {
 
     fn sample(&self, index: u64, out: &mut [f32]) -> Result<(Vec<[f32; 4]>, Vec<i32>)> {
         let scene = self.config.scene(self.seed, index)?;
-        rgb_to_chw(&scene.pixels, &self.normalize, out);
+        let side = self.config.size as usize;
+        self.normalize.write_chw(&scene.pixels, side, side, out)?;
         let classes = scene.classes_i32();
         Ok((scene.boxes, classes))
     }

@@ -110,6 +110,37 @@ impl Normalize {
     pub fn std(&self) -> [f32; 3] {
         self.std
     }
+
+    /// Writes interleaved RGB rows `width` pixels wide into `out`, the network input
+    /// `[3, side, side]` (R, G, B planes, rows top to bottom): the image at the top left, each
+    /// pixel normalised, the rest 0.0 (the mean colour after normalisation, as torchvision pads
+    /// after normalising).
+    pub fn write_chw(&self, rgb: &[u8], width: usize, side: usize, out: &mut [f32]) -> Result<()> {
+        let rows = if width == 0 { 0 } else { rgb.len() / (3 * width) };
+        if out.len() != 3 * side * side || width > side || rows > side || rows * 3 * width != rgb.len() {
+            return Err(Error::shape(
+                "Normalize::write_chw",
+                format!(
+                    "{} RGB bytes in rows of {width} pixels into {} values of a 3x{side}x{side} input",
+                    rgb.len(),
+                    out.len()
+                ),
+            ));
+        }
+        out.fill(0.0);
+        if width == 0 {
+            return Ok(());
+        }
+        for (c, plane) in out.chunks_exact_mut(side * side).enumerate() {
+            let value: [f32; 256] = std::array::from_fn(|p| (p as f32 / 255.0 - self.mean[c]) / self.std[c]);
+            for (row, pixels) in plane.chunks_exact_mut(side).zip(rgb.chunks_exact(3 * width)) {
+                for (out, pixel) in row.iter_mut().zip(pixels.chunks_exact(3)) {
+                    *out = value[usize::from(pixel[c])];
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How one image was fitted into the square network input: scaled so that its longer side is
@@ -351,23 +382,7 @@ impl Sample {
     /// 0.0 (the mean colour after normalisation, as torchvision pads after normalising).
     pub fn write_chw(&self, normalize: &Normalize, out: &mut [f32]) -> Result<()> {
         let side = self.letterbox.input_size as usize;
-        if out.len() != self.chw_len() {
-            return Err(Error::shape(
-                "Sample::write_chw",
-                format!("output of {} values for a 3x{side}x{side} input", out.len()),
-            ));
-        }
-        let width = self.letterbox.resized_width as usize;
-        out.fill(0.0);
-        for (c, plane) in out.chunks_exact_mut(side * side).enumerate() {
-            let value: [f32; 256] = std::array::from_fn(|p| (p as f32 / 255.0 - normalize.mean[c]) / normalize.std[c]);
-            for (row, pixels) in plane.chunks_exact_mut(side).zip(self.rgb.chunks_exact(3 * width)) {
-                for (out, pixel) in row.iter_mut().zip(pixels.chunks_exact(3)) {
-                    *out = value[usize::from(pixel[c])];
-                }
-            }
-        }
-        Ok(())
+        normalize.write_chw(&self.rgb, self.letterbox.resized_width as usize, side, out)
     }
 
     /// The network input as a new vector (see [`Sample::write_chw`]).
