@@ -15,6 +15,7 @@ use retina_wgpu::model::{RetinaNetConfig, checkpoint};
 use retina_wgpu::train::{SyntheticData, TrainOptions, synthetic_categories};
 use retina_wgpu::{Error, Result};
 
+use crate::cli::detect::draw_results;
 use crate::cli::eval::{evaluate_model, print_evaluation};
 use crate::cli::train::{DataArgs, EngineChoice, RunSettings, train};
 
@@ -155,21 +156,8 @@ fn detection_grid(val_dir: &Path, results: &[BboxResult], categories: &CategoryM
             .map_err(|e| Error::format(path.display().to_string(), format!("cannot decode the image: {e}")))?
             .into_rgb8();
         let mut tile = draw::upscale(&picture, ZOOM);
-        for r in results.iter().filter(|r| r.image_id == image.id && r.score >= 0.5) {
-            let class = categories.class_of(r.category_id).unwrap_or(0);
-            let name = categories.name(class).unwrap_or("?");
-            let z = f64::from(ZOOM);
-            let b = r.bbox;
-            let bbox = [
-                (b[0] * z) as f32,
-                (b[1] * z) as f32,
-                ((b[0] + b[2]) * z) as f32,
-                ((b[1] + b[3]) * z) as f32,
-            ];
-            let colour = draw::palette(class);
-            draw::draw_box(&mut tile, bbox, colour, 2);
-            draw::draw_label(&mut tile, bbox, &format!("{name} {:.2}", r.score), colour, 1);
-        }
+        let confident = results.iter().filter(|r| r.image_id == image.id && r.score >= 0.5);
+        draw_results(&mut tile, confident, categories, ZOOM, 2, 1);
         tiles.push(tile);
     }
     Ok(draw::grid(&tiles, 4, 6, [255, 255, 255]))

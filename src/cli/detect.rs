@@ -80,10 +80,11 @@ pub fn run(args: DetectArgs) -> Result<()> {
             height: h,
         });
         if args.draw {
-            let original = image::open(path)
+            let mut drawn = image::open(path)
                 .map_err(|e| Error::format(path.display().to_string(), format!("cannot decode the image: {e}")))?
                 .into_rgb8();
-            let drawn = draw_results(original, &found, &categories);
+            let scale = if drawn.width().max(drawn.height()) >= 400 { 2 } else { 1 };
+            draw_results(&mut drawn, &found, &categories, 1, scale, scale);
             let name = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -118,17 +119,24 @@ fn detect_all<E: DetectEngine>(
     Ok(out)
 }
 
-/// `image` with each result's box, class name and score drawn in its class's colour.
-pub fn draw_results(mut image: RgbImage, results: &[coco::BboxResult], categories: &CategoryMap) -> RgbImage {
-    let scale = if image.width().max(image.height()) >= 400 { 2 } else { 1 };
+/// Draws each result's box, class name and score in its class's colour on `image`, whose pixels
+/// are `zoom` times the results' coordinates: lines `thickness` px wide, text at `text_scale`.
+pub fn draw_results<'a>(
+    image: &mut RgbImage,
+    results: impl IntoIterator<Item = &'a coco::BboxResult>,
+    categories: &CategoryMap,
+    zoom: u32,
+    thickness: u32,
+    text_scale: u32,
+) {
+    let z = f64::from(zoom);
     for r in results {
         let class = categories.class_of(r.category_id).unwrap_or(0);
         let name = categories.name(class).unwrap_or("?");
-        let b = r.bbox;
-        let bbox = [b[0] as f32, b[1] as f32, (b[0] + b[2]) as f32, (b[1] + b[3]) as f32];
+        let [x, y, w, h] = r.bbox.map(|v| v * z);
+        let bbox = [x as f32, y as f32, (x + w) as f32, (y + h) as f32];
         let colour = draw::palette(class);
-        draw::draw_box(&mut image, bbox, colour, scale);
-        draw::draw_label(&mut image, bbox, &format!("{name} {:.2}", r.score), colour, scale);
+        draw::draw_box(image, bbox, colour, thickness);
+        draw::draw_label(image, bbox, &format!("{name} {:.2}", r.score), colour, text_scale);
     }
-    image
 }
