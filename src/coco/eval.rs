@@ -213,7 +213,7 @@ pub fn evaluate_with(gt: &Instances, results: &[BboxResult], params: &EvalParams
     let mut scores = vec![-1.0; precision.len()];
     let mut recall = vec![-1.0; t_len * k_len * a_len * m_len];
     for (k, curves) in per_category.iter().enumerate() {
-        for (a, m, t, curve) in curves.iter() {
+        for &(a, m, t, ref curve) in curves {
             recall[((t * k_len + k) * a_len + a) * m_len + m] = curve.recall;
             for r in 0..r_len {
                 let at = (((t * r_len + r) * k_len + k) * a_len + a) * m_len + m;
@@ -407,19 +407,13 @@ struct Curve {
 }
 
 /// The curves of one category, keyed by (area, maxDets, threshold); absent ones stay -1.
-struct CategoryCurves(Vec<(usize, usize, usize, Curve)>);
-
-impl CategoryCurves {
-    fn iter(&self) -> impl Iterator<Item = (usize, usize, usize, &Curve)> {
-        self.0.iter().map(|(a, m, t, c)| (*a, *m, *t, c))
-    }
-}
+type CategoryCurves = Vec<(usize, usize, usize, Curve)>;
 
 /// pycocotools' `accumulate` for one category over all its images.
 fn accumulate_category(cells: &[(u32, Cell)], params: &EvalParams) -> CategoryCurves {
     let mut out = Vec::new();
     if cells.is_empty() {
-        return CategoryCurves(out);
+        return out;
     }
     let t_len = params.iou_thresholds.len();
     let mut order: Vec<(usize, usize)> = Vec::new();
@@ -491,7 +485,7 @@ fn accumulate_category(cells: &[(u32, Cell)], params: &EvalParams) -> CategoryCu
             }
         }
     }
-    CategoryCurves(out)
+    out
 }
 
 /// The stats' names, in `COCOeval.stats` order.

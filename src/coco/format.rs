@@ -214,13 +214,7 @@ impl Instances {
 pub fn results_from_json(bytes: &[u8], source: &str) -> Result<Vec<BboxResult>> {
     let results: Vec<BboxResult> = parse_json(bytes, source)?;
     for (i, r) in results.iter().enumerate() {
-        check_bbox(&r.bbox).map_err(|why| Error::format(source, format!("results[{i}]: {why}")))?;
-        if !r.score.is_finite() {
-            return Err(Error::format(
-                source,
-                format!("results[{i}]: score {} is not finite", r.score),
-            ));
-        }
+        check_result_values(i, r, source)?;
     }
     Ok(results)
 }
@@ -230,7 +224,7 @@ pub fn load_results(path: impl AsRef<Path>, gt: &Instances) -> Result<Vec<BboxRe
     let path = path.as_ref();
     let source = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let results = results_from_json(&bytes, &source)?;
+    let results: Vec<BboxResult> = parse_json(&bytes, &source)?;
     check_results(gt, &results, &source)?;
     Ok(results)
 }
@@ -260,13 +254,19 @@ pub fn check_results(gt: &Instances, results: &[BboxResult], source: &str) -> Re
                 ),
             ));
         }
-        check_bbox(&r.bbox).map_err(|why| Error::format(source, format!("results[{i}]: {why}")))?;
-        if !r.score.is_finite() {
-            return Err(Error::format(
-                source,
-                format!("results[{i}]: score {} is not finite", r.score),
-            ));
-        }
+        check_result_values(i, r, source)?;
+    }
+    Ok(())
+}
+
+/// Result `i` on its own: a finite box of non-negative size and a finite score.
+fn check_result_values(i: usize, r: &BboxResult, source: &str) -> Result<()> {
+    check_bbox(&r.bbox).map_err(|why| Error::format(source, format!("results[{i}]: {why}")))?;
+    if !r.score.is_finite() {
+        return Err(Error::format(
+            source,
+            format!("results[{i}]: score {} is not finite", r.score),
+        ));
     }
     Ok(())
 }
