@@ -306,12 +306,19 @@ impl<E: LossEngine> Trainer<E> {
             Some(n) if n < b => Err(Error::invalid(format!(
                 "training: a batch of {b} is larger than the dataset ({n} images)"
             ))),
-            Some(n) => Ok((first..first + b as u64)
-                .map(|k| {
-                    let (epoch, i) = (k / n as u64, (k % n as u64) as usize);
-                    epoch_order(self.options.seed, epoch, n)[i] as u64
-                })
-                .collect()),
+            Some(n) => {
+                // A batch spans at most two epochs (b <= n): shuffle each once.
+                let mut order: Option<(u64, Vec<usize>)> = None;
+                Ok((first..first + b as u64)
+                    .map(|k| {
+                        let (epoch, i) = (k / n as u64, (k % n as u64) as usize);
+                        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                            order = Some((epoch, epoch_order(self.options.seed, epoch, n)));
+                        }
+                        order.as_ref().expect("set above").1[i] as u64
+                    })
+                    .collect())
+            }
         }
     }
 

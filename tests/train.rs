@@ -240,3 +240,48 @@ fn a_tiny_network_learns_to_detect_held_out_shapes() {
     // same on every machine of a kind; the bar leaves room for another CPU's rounding.
     assert!(eval.stats[1] >= 0.2, "AP50 {} after {steps} steps", eval.stats[1]);
 }
+
+/// A dataset of 5 images that records which ones the trainer asks for.
+struct Recorded(std::sync::Mutex<Vec<u64>>);
+
+impl TrainData for Recorded {
+    fn images(&self) -> Option<usize> {
+        Some(5)
+    }
+    fn size(&self) -> usize {
+        64
+    }
+    fn num_classes(&self) -> usize {
+        4
+    }
+    fn categories(&self) -> Vec<retina_wgpu::coco::Category> {
+        data().categories()
+    }
+    fn sample(&self, index: u64, out: &mut [f32]) -> retina_wgpu::Result<(Vec<[f32; 4]>, Vec<i32>)> {
+        self.0.lock().unwrap().push(index);
+        data().sample(index, out)
+    }
+}
+
+#[test]
+fn a_dataset_on_disk_is_walked_once_per_epoch_in_a_shuffled_order() {
+    let net = RetinaNet::new(tiny()).unwrap();
+    let data = Recorded(std::sync::Mutex::new(Vec::new()));
+    let mut t = Trainer::new(CpuEngine::new(), net.clone(), &net.init(1), options(10)).unwrap();
+    for _ in 0..10 {
+        t.step(&data, false).unwrap();
+    }
+    // 10 steps of 2 images: 4 whole epochs of 5, batches crossing epoch boundaries.
+    let seen = data.0.into_inner().unwrap();
+    assert_eq!(seen.len(), 20);
+    let epochs: Vec<Vec<u64>> = seen.chunks(5).map(<[u64]>::to_vec).collect();
+    for epoch in &epochs {
+        let mut sorted = epoch.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1, 2, 3, 4], "every image once per epoch: {seen:?}");
+    }
+    assert!(
+        epochs.windows(2).any(|w| w[0] != w[1]),
+        "the order changes between epochs: {seen:?}"
+    );
+}
