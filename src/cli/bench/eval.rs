@@ -93,7 +93,7 @@ fn measure(args: &EvalArgs, gt_path: &PathBuf, results_path: &PathBuf) -> Result
     let row = |op: &str, seconds: f64| Row {
         op: op.to_string(),
         backend: "cpu",
-        adapter: format!("{} threads", rayon::current_num_threads()),
+        adapter: retina_wgpu::Backend::Cpu.describe(),
         size: n,
         seconds,
         throughput: n as f64 / seconds,

@@ -52,35 +52,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let bar = progress(4 * (args.common.iters as u64 + 1), "bench train");
     let mut rows = Vec::new();
     for backend in args.common.backend.backends()? {
-        let (name, adapter) = match &backend {
-            retina_wgpu::Backend::Gpu(ctx) => ("gpu", ctx.adapter_name()),
-            retina_wgpu::Backend::Cpu => ("cpu", format!("{} threads", rayon::current_num_threads())),
-        };
         let (train, infer) = match &backend {
-            retina_wgpu::Backend::Gpu(ctx) => measure(
-                || GpuEngine::new(ctx),
-                &net,
-                &values,
-                &options,
-                &data,
-                args.common.iters,
-                &bar,
-            )?,
-            retina_wgpu::Backend::Cpu => measure(
-                || Ok(CpuEngine::new()),
-                &net,
-                &values,
-                &options,
-                &data,
-                args.common.iters,
-                &bar,
-            )?,
+            retina_wgpu::Backend::Gpu(ctx) => {
+                measure(|| GpuEngine::new(ctx), &net, &values, &options, &data, &args, &bar)?
+            }
+            retina_wgpu::Backend::Cpu => measure(|| Ok(CpuEngine::new()), &net, &values, &options, &data, &args, &bar)?,
         };
         for (op, seconds) in [("train_step", train), ("inference", infer)] {
             rows.push(Row {
                 op: op.to_string(),
-                backend: name,
-                adapter: adapter.clone(),
+                backend: backend.kind(),
+                adapter: backend.describe(),
                 size: args.batch as u64,
                 seconds,
                 throughput: args.batch as f64 / seconds,
@@ -101,9 +83,10 @@ fn measure<E: LossEngine + DetectEngine>(
     values: &[Vec<f32>],
     options: &TrainOptions,
     data: &SyntheticData,
-    iters: usize,
+    args: &TrainArgs,
     bar: &indicatif::ProgressBar,
 ) -> Result<(f64, f64)> {
+    let iters = args.common.iters;
     let mut trainer = Trainer::new(engine()?, net.clone(), values, options.clone())?;
     // The step waits for the device each time (no loss readback), as training does.
     let train = median_seconds(iters, bar, || trainer.step(data, false).map(drop))?;
