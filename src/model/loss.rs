@@ -228,7 +228,7 @@ impl LossEngine for CpuEngine<f32> {
     }
 }
 
-/// Checks the row tensors against the anchors, classes and batch; returns their shapes.
+/// Checks the row tensors' shapes against the anchors, classes and batch; returns them.
 fn check_rows(
     loss: &DetectionLoss,
     anchors: &AnchorSet,
@@ -247,7 +247,6 @@ fn check_rows(
             ),
         ));
     }
-    loss.assigner.validate(&anchors.boxes, images)?;
     Ok((cs, bs))
 }
 
@@ -264,6 +263,9 @@ impl LossEngine for GpuEngine {
         images: &[GroundTruth<'_>],
     ) -> Result<EngineLoss<GpuTensor>> {
         let (cs, bs) = check_rows(loss, anchors, class_rows.shape(), box_rows.shape(), images)?;
+        // The device does not check host data: the ground truth and anchors are checked here
+        // (on the CPU, `TargetAssigner::assign` does it).
+        loss.assigner.validate(&anchors.boxes, images)?;
         let (b, r, k) = (images.len(), anchors.boxes.len(), loss.assigner.num_classes);
         let ctx = self.context().clone();
         let anchor_buf = ctx.anchors(&anchors.config, anchors.height, anchors.width)?;
