@@ -193,7 +193,8 @@ pub struct Tape<T> {
     input: T,
     backbone: Vec<BlockTape<T>>,
     laterals: [BlockTape<T>; 3],
-    merged: [Option<T>; 2],
+    /// The top-down sums M3 and M4 (M5 is lateral 5 itself).
+    merged: [T; 2],
     outputs: [BlockTape<T>; 3],
     p6: BlockTape<T>,
     p6_relu: T,
@@ -547,7 +548,7 @@ impl RetinaNet {
             input: images,
             backbone,
             laterals,
-            merged: [Some(m3), Some(m4)],
+            merged: [m3, m4],
             outputs,
             p6,
             p6_relu,
@@ -608,14 +609,9 @@ impl RetinaNet {
             }
             level_grads.push(total.expect("two branches"));
         }
-        let mut level_grads = level_grads.into_iter();
-        let (d3, d4, d5, d6, d7) = (
-            level_grads.next().expect("5 levels"),
-            level_grads.next().expect("5 levels"),
-            level_grads.next().expect("5 levels"),
-            level_grads.next().expect("5 levels"),
-            level_grads.next().expect("5 levels"),
-        );
+        let Ok([d3, d4, d5, d6, d7]) = <[E::Tensor; 5]>::try_from(level_grads) else {
+            unreachable!("the tape holds the heads of five levels");
+        };
 
         // P7 and P6 back to C5.
         let c = |i: usize| tape.backbone[2 * i + 1].out();
@@ -629,7 +625,6 @@ impl RetinaNet {
 
         // FPN outputs back to the merged maps, then top-down in reverse.
         let [m3, m4] = &tape.merged;
-        let (m3, m4) = (m3.as_ref().expect("kept"), m4.as_ref().expect("kept"));
         let dm3 = Self::block_backward(
             e,
             &self.outputs[0],
