@@ -177,11 +177,30 @@ fn gather_row<T: Real>(dst: &mut [T], src: &[T], span: Span, stride: usize) {
     let Span { lo, hi, start } = span;
     dst[..lo].fill(T::ZERO);
     dst[hi..].fill(T::ZERO);
-    if stride == 1 {
-        dst[lo..hi].copy_from_slice(&src[start..start + hi - lo]);
-    } else {
-        for (d, &v) in dst[lo..hi].iter_mut().zip(src[start..].iter().step_by(stride)) {
-            *d = v;
+    // A tap may miss the row altogether (a kernel overhanging a small input by more than the
+    // padding): then `start` can lie past its end.
+    if hi == lo {
+        return;
+    }
+    let dst = &mut dst[lo..hi];
+    match stride {
+        1 => dst.copy_from_slice(&src[start..start + dst.len()]),
+        // Every other pixel: pairs, so that the loop has no stride arithmetic (the backbone's
+        // five downsampling convolutions).
+        2 => {
+            let src = &src[start..];
+            let pairs = dst.len().min(src.len() / 2);
+            for (d, pair) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = pair[0];
+            }
+            if pairs < dst.len() {
+                dst[pairs] = src[2 * pairs];
+            }
+        }
+        _ => {
+            for (d, &v) in dst.iter_mut().zip(src[start..].iter().step_by(stride)) {
+                *d = v;
+            }
         }
     }
 }
@@ -190,6 +209,9 @@ fn gather_row<T: Real>(dst: &mut [T], src: &[T], span: Span, stride: usize) {
 /// is inside the row.
 fn scatter_row<T: Real>(dst: &mut [T], src: &[T], span: Span, stride: usize) {
     let Span { lo, hi, start } = span;
+    if hi == lo {
+        return;
+    }
     if stride == 1 {
         for (d, &v) in dst[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
             *d += v;
@@ -488,6 +510,14 @@ fn backward_batched<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], db:
 /// The im2col rows of one image restricted to output pixels `c0..c1`: `col[(ci, ky, kx)]` rows of
 /// `c1 - c0` values.
 fn im2col_block<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: usize, c1: usize, col: &mut [T]) {
+    match SameTaps::new(conv, input, out) {
+        Some(same) => same.im2col(x, c0, c1, col),
+        None => im2col_rows(conv, x, input, out, c0, c1, col),
+    }
+}
+
+/// [`im2col_block`] for any convolution, row by row.
+fn im2col_rows<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: usize, c1: usize, col: &mut [T]) {
     let (kh, kw) = conv.kernel;
     let (s, p) = (conv.stride as isize, conv.padding as isize);
     let width = c1 - c0;
@@ -522,7 +552,17 @@ fn im2col_block<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: u
 }
 
 /// Adds an im2col-shaped gradient of output pixels `c0..c1` onto the image (accumulating).
-fn col2im_block<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: Shape, out: Shape, dx: &mut [T]) {
+/// `col` is scratch: the fast path for stride-1 "same" convolutions zeroes its entries that
+/// fall outside the image before adding.
+fn col2im_block<T: Real>(conv: &Conv2d, col: &mut [T], c0: usize, c1: usize, input: Shape, out: Shape, dx: &mut [T]) {
+    match SameTaps::new(conv, input, out) {
+        Some(same) => same.col2im(col, c0, c1, dx),
+        None => col2im_rows(conv, col, c0, c1, input, out, dx),
+    }
+}
+
+/// [`col2im_block`] for any convolution, row by row.
+fn col2im_rows<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: Shape, out: Shape, dx: &mut [T]) {
     let (kh, kw) = conv.kernel;
     let (s, p) = (conv.stride as isize, conv.padding as isize);
     let width = c1 - c0;
@@ -553,6 +593,107 @@ fn col2im_block<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: 
     }
 }
 
+/// A stride-1 convolution whose output has the input's size (3x3 with padding 1, 5x5 with 2, ...)
+/// and whose kernel reaches at most one row beyond either side: in the flattened plane, tap
+/// `(ky, kx)` of output pixel `q` reads input pixel `q + (ky - p) * W + (kx - p)`, so each im2col
+/// row is one contiguous copy of the plane, shifted, plus zeros where the shift leaves the plane
+/// and in the one or two columns per row where it wraps into the neighbouring row. This turns
+/// the per-row gathers of the general path (rows of 16-64 pixels here) into one copy per tap.
+struct SameTaps {
+    kernel: (usize, usize),
+    padding: isize,
+    channels: usize,
+    w: usize,
+    plane: usize,
+}
+
+impl SameTaps {
+    fn new(conv: &Conv2d, input: Shape, out: Shape) -> Option<SameTaps> {
+        let (kh, kw) = conv.kernel;
+        let p = conv.padding;
+        let same = conv.stride == 1 && out.h == input.h && out.w == input.w && kh == 2 * p + 1 && kw == kh;
+        // A column shift of up to p must stay within the neighbouring row.
+        (same && p < input.w).then_some(SameTaps {
+            kernel: (kh, kw),
+            padding: p as isize,
+            channels: input.c,
+            w: input.w,
+            plane: input.plane(),
+        })
+    }
+
+    /// The taps in im2col row order: (row, flat shift, column shift).
+    fn taps(&self) -> impl Iterator<Item = (usize, isize, isize)> + '_ {
+        let (kh, kw) = self.kernel;
+        let w = self.w as isize;
+        (0..self.channels * kh * kw).map(move |r| {
+            let (ky, kx) = ((r / kw) % kh, r % kw);
+            let (dy, dx) = (ky as isize - self.padding, kx as isize - self.padding);
+            (r, dy * w + dx, dx)
+        })
+    }
+
+    /// Block positions `lo..hi` of output pixels `c0..c0 + width` whose shifted pixel
+    /// `c + shift` lies inside the plane.
+    fn inside(&self, c0: usize, width: usize, shift: isize) -> (usize, usize) {
+        let lo = (-shift - c0 as isize).clamp(0, width as isize) as usize;
+        let hi = (self.plane as isize - shift - c0 as isize).clamp(lo as isize, width as isize) as usize;
+        (lo, hi)
+    }
+
+    /// Calls `f(block position)` for the output pixels of `c0..c1` whose column shift `dx`
+    /// wraps into the neighbouring row.
+    fn wrapped(&self, c0: usize, c1: usize, dx: isize, mut f: impl FnMut(usize)) {
+        if dx == 0 || c0 >= c1 {
+            return;
+        }
+        let w = self.w;
+        let cols = if dx < 0 { 0..(-dx) as usize } else { w - dx as usize..w };
+        for oy in c0 / w..=(c1 - 1) / w {
+            for ox in cols.clone() {
+                let c = oy * w + ox;
+                if (c0..c1).contains(&c) {
+                    f(c - c0);
+                }
+            }
+        }
+    }
+
+    fn im2col<T: Real>(&self, x: &[T], c0: usize, c1: usize, col: &mut [T]) {
+        let width = c1 - c0;
+        for (r, shift, dx) in self.taps() {
+            let ci = r / (self.kernel.0 * self.kernel.1);
+            let plane = &x[ci * self.plane..(ci + 1) * self.plane];
+            let row = &mut col[r * width..(r + 1) * width];
+            let (lo, hi) = self.inside(c0, width, shift);
+            row[..lo].fill(T::ZERO);
+            row[hi..].fill(T::ZERO);
+            let start = (c0 + lo) as isize + shift;
+            if hi > lo {
+                row[lo..hi].copy_from_slice(&plane[start as usize..start as usize + hi - lo]);
+            }
+            self.wrapped(c0, c1, dx, |i| row[i] = T::ZERO);
+        }
+    }
+
+    fn col2im<T: Real>(&self, col: &mut [T], c0: usize, c1: usize, dx_img: &mut [T]) {
+        let width = c1 - c0;
+        for (r, shift, dx) in self.taps() {
+            let ci = r / (self.kernel.0 * self.kernel.1);
+            let plane = &mut dx_img[ci * self.plane..(ci + 1) * self.plane];
+            let row = &mut col[r * width..(r + 1) * width];
+            self.wrapped(c0, c1, dx, |i| row[i] = T::ZERO);
+            let (lo, hi) = self.inside(c0, width, shift);
+            if hi > lo {
+                let start = ((c0 + lo) as isize + shift) as usize;
+                for (d, &v) in plane[start..start + hi - lo].iter_mut().zip(&row[lo..hi]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
 /// Values per im2col block (512 KiB of f32): a block stays in cache between being written and
 /// being read by the GEMM (the whole im2col matrix of a large image would stream through memory
 /// twice), and is wide enough that the GEMM's packing is paid back. Measured on the small
@@ -560,9 +701,11 @@ fn col2im_block<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: 
 /// few-channel layers, 1 Mi values slower again; 128-256 Ki is the plateau.
 const BLOCK_VALUES: usize = 128 * 1024;
 
-/// Output pixels per im2col block of `k` rows (see [`BLOCK_VALUES`]).
+/// Output pixels per im2col block of `k` rows (see [`BLOCK_VALUES`]), split evenly over the
+/// image: 256 pixels of 576 rows take two blocks of 128, not 227 and a slow 29.
 fn block_width(k: usize, n: usize) -> usize {
-    (BLOCK_VALUES / k.max(1)).clamp(32, n.max(1))
+    let widest = (BLOCK_VALUES / k.max(1)).clamp(32, n.max(1));
+    n.max(1).div_ceil(n.max(1).div_ceil(widest))
 }
 
 /// Forward pass, per image and per block of output pixels: `[Cout x K] x [K x block]` GEMMs
@@ -731,4 +874,67 @@ fn zeroed<T: Real>(pool: &Pool<T>, len: usize) -> PooledVec<'_, T> {
     let mut v = pool.take(len);
     v.fill(T::ZERO);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shifted-copy path of "same" convolutions against the row-by-row path, on blocks that
+    /// start and end mid-row, for kernels that reach one and two pixels out and rows as narrow
+    /// as the shift allows.
+    #[test]
+    fn same_taps_match_the_row_by_row_path() {
+        for (k, p) in [(3, 1), (5, 2)] {
+            for (h, w) in [(2, 2), (3, 5), (7, 3), (8, 8), (5, 9)] {
+                if p >= w {
+                    continue;
+                }
+                let conv = Conv2d::new(2, 3, k, 1);
+                assert_eq!(conv.padding, p);
+                let input = Shape::new(1, 2, h, w);
+                let out = conv.output_shape(input).unwrap();
+                let same = SameTaps::new(&conv, input, out).expect("a same convolution");
+                let x: Vec<f64> = (0..input.len()).map(|i| (i as f64 * 0.37).sin()).collect();
+                let n = out.plane();
+                for (c0, c1) in [(0, n), (1, n - 1), (w - 1, (2 * w + 1).min(n)), (n / 2, n)] {
+                    let width = c1 - c0;
+                    let rows = conv.fan_in();
+                    let mut fast = vec![f64::NAN; rows * width];
+                    let mut slow = vec![f64::NAN; rows * width];
+                    same.im2col(&x, c0, c1, &mut fast);
+                    im2col_rows(&conv, &x, input, out, c0, c1, &mut slow);
+                    assert_eq!(fast, slow, "im2col {k}x{k} on {h}x{w}, pixels {c0}..{c1}");
+
+                    let g: Vec<f64> = (0..rows * width).map(|i| (i as f64 * 0.11).cos()).collect();
+                    let (mut dx_fast, mut dx_slow) = (vec![0.5; input.len()], vec![0.5; input.len()]);
+                    same.col2im(&mut g.clone(), c0, c1, &mut dx_fast);
+                    col2im_rows(&conv, &g, c0, c1, input, out, &mut dx_slow);
+                    assert_eq!(dx_fast, dx_slow, "col2im {k}x{k} on {h}x{w}, pixels {c0}..{c1}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn same_taps_leave_other_convolutions_to_the_general_path() {
+        let input = Shape::new(1, 2, 8, 8);
+        for conv in [
+            Conv2d::new(2, 3, 3, 2),
+            Conv2d {
+                padding: 0,
+                ..Conv2d::new(2, 3, 3, 1)
+            },
+            Conv2d {
+                kernel: (1, 3),
+                ..Conv2d::new(2, 3, 3, 1)
+            },
+        ] {
+            let out = conv.output_shape(input).unwrap();
+            assert!(SameTaps::new(&conv, input, out).is_none(), "{conv:?}");
+        }
+        let tiny = Shape::new(1, 2, 1, 1);
+        let conv = Conv2d::new(2, 3, 3, 1);
+        assert!(SameTaps::new(&conv, tiny, conv.output_shape(tiny).unwrap()).is_none());
+    }
 }
