@@ -9,6 +9,7 @@
 //! own to resume: on the CPU backend, N steps, a checkpoint and M resumed steps give the same
 //! weights, bit for bit, as N + M steps in one run.
 
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -334,21 +335,32 @@ impl<E: LossEngine> Trainer<E> {
         }
         let plane = 3 * s * s;
         let indices = self.indices(data, step)?;
+        let (flip, seed) = (self.options.flip, self.options.seed);
         let mut batch = Batch {
             images: vec![0.0; indices.len() * plane],
             boxes: Vec::with_capacity(indices.len()),
             classes: Vec::with_capacity(indices.len()),
         };
-        for (slot, (&index, out)) in indices.iter().zip(batch.images.chunks_exact_mut(plane)).enumerate() {
-            let (mut boxes, classes) = data.sample(index, out)?;
-            if self.options.flip && flip_drawn(self.options.seed, step, slot) {
-                for row in out.chunks_exact_mut(s) {
-                    row.reverse();
+        // Images are drawn or decoded in parallel: on two cores, a serial batch leaves one idle
+        // for about a tenth of a step.
+        let samples: Vec<_> = indices
+            .par_iter()
+            .zip(batch.images.par_chunks_exact_mut(plane))
+            .enumerate()
+            .map(|(slot, (&index, out))| -> Result<_> {
+                let (mut boxes, classes) = data.sample(index, out)?;
+                if flip && flip_drawn(seed, step, slot) {
+                    for row in out.chunks_exact_mut(s) {
+                        row.reverse();
+                    }
+                    for b in &mut boxes {
+                        *b = [s as f32 - b[2], b[1], s as f32 - b[0], b[3]];
+                    }
                 }
-                for b in &mut boxes {
-                    *b = [s as f32 - b[2], b[1], s as f32 - b[0], b[3]];
-                }
-            }
+                Ok((boxes, classes))
+            })
+            .collect::<Result<_>>()?;
+        for (boxes, classes) in samples {
             batch.boxes.push(boxes);
             batch.classes.push(classes);
         }
