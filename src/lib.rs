@@ -18,6 +18,8 @@
 //! - [`data`]: deterministic synthetic scenes (shapes on textured backgrounds, exact boxes)
 //!   written as COCO datasets, their anchor statistics, and box and label drawing.
 //! - [`train`]: the training loop on either engine, with checkpoints that resume exactly.
+//! - [`ablate`]: the paper's experiment (focal loss against cross entropy, FL* and OHEM) as
+//!   tables and plots.
 //! - [`nn`]: the layers of a small RetinaNet (convolution and GroupNorm forward and backward,
 //!   ReLU, upsampling, the head permute, SGD) on a CPU or GPU [`nn::Engine`].
 //!
@@ -30,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ablate;
 mod backend;
 pub mod coco;
 pub mod cpu;

@@ -19,7 +19,7 @@ use crate::coco::{Category, CocoDataset, Normalize, write_file};
 use crate::data::SceneConfig;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{ModelDir, from_safetensors, save_model, to_safetensors};
-use crate::model::{AnchorSet, DetectionLoss, LossEngine, LossValues, RetinaNet};
+use crate::model::{AnchorSet, ClassLoss, DetectionLoss, LossEngine, LossValues, RetinaNet};
 use crate::nn::{LrSchedule, SeededRng, Sgd, Shape};
 use crate::ops::matcher::GroundTruth;
 
@@ -262,6 +262,18 @@ impl<E: LossEngine> Trainer<E> {
     /// The engine.
     pub fn engine(&mut self) -> &mut E {
         &mut self.engine
+    }
+
+    /// Trains with another classification loss (focal loss with alpha 0.25 and gamma 2 by
+    /// default): cross entropy, FL* or OHEM for the paper's experiment. Its parameters are
+    /// checked when the next step computes the loss.
+    pub fn set_class_loss(&mut self, class_loss: ClassLoss) {
+        self.loss.class_loss = class_loss;
+    }
+
+    /// The loss the run trains with.
+    pub fn loss(&self) -> &DetectionLoss {
+        &self.loss
     }
 
     /// The options.

@@ -447,3 +447,120 @@ fn demo_writes_its_pictures_and_numbers() {
     assert!(grid.width() >= 4 * 384, "{} px wide", grid.width());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Mean of the AP column `col` (7 = AP) over the rows of `label` in runs.csv, in percent.
+fn csv_mean(runs: &str, label: &str, col: usize) -> f64 {
+    let values: Vec<f64> = runs
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[1] == label)
+        .map(|f| f[col].parse::<f64>().unwrap())
+        .collect();
+    assert!(!values.is_empty(), "no row of {label}");
+    100.0 * values.iter().sum::<f64>() / values.len() as f64
+}
+
+#[test]
+fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
+    let dir = scratch("ablate");
+    let args = [
+        "ablate",
+        "--grid",
+        "tiny",
+        "--backend",
+        "cpu",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    let out = retina(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in [
+        "runs.csv",
+        "curves.csv",
+        "results.md",
+        "fig1_loss_vs_pt.png",
+        "fig4_positive.png",
+        "fig4_negative.png",
+        "ap_vs_gamma.png",
+        "loss_curves.png",
+        "reference_model/model.safetensors",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    for png in [
+        "fig1_loss_vs_pt.png",
+        "fig4_positive.png",
+        "ap_vs_gamma.png",
+        "loss_curves.png",
+    ] {
+        assert_eq!(image::open(dir.join(png)).unwrap().width(), 800, "{png}");
+    }
+    let runs = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
+    assert_eq!(runs.lines().count(), 1 + 2 * 2, "two settings x two seeds:\n{runs}");
+    let curves = std::fs::read_to_string(dir.join("curves.csv")).unwrap();
+    assert!(
+        curves.lines().count() > 4 * 10,
+        "a loss point every few steps of each run"
+    );
+
+    // The table's cells are the mean of the runs' rows (to the printed 0.1 AP).
+    let table = std::fs::read_to_string(dir.join("results.md")).unwrap();
+    for (label, alpha_row) in [("CE a=0.75", "| 0.75 | "), ("FL g=2 a=0.25", "| 2 | 0.25 | ")] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(alpha_row))
+            .unwrap_or_else(|| panic!("no row {alpha_row} in\n{table}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let first = if label.starts_with("CE") { 2 } else { 3 };
+        for (k, col) in [7, 8, 9].into_iter().enumerate() {
+            let mean: f64 = cells[first + k].split(' ').next().unwrap().parse().unwrap();
+            let want = csv_mean(&runs, label, col);
+            assert!(
+                (mean - want).abs() <= 0.05 + 1e-9,
+                "{label} column {col}: table {mean}, runs {want}"
+            );
+        }
+    }
+
+    // The AP of the saved reference run (FL, seed 0) is what an independent evaluation of that
+    // model on the same validation scenes gives.
+    let json = dir.join("eval.json");
+    let out = retina(&[
+        "eval",
+        "--model",
+        dir.join("reference_model").to_str().unwrap(),
+        "--data",
+        dir.join("val").to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let row: Vec<&str> = runs
+        .lines()
+        .find(|l| l.starts_with("focal,FL g=2 a=0.25,") && l.split(',').nth(5) == Some("0"))
+        .unwrap()
+        .split(',')
+        .collect();
+    let stats = eval["stats"].as_array().unwrap();
+    for (i, col) in [7, 8, 9].into_iter().enumerate() {
+        let ran: f64 = row[col].parse().unwrap();
+        assert!(
+            (ran - stats[i].as_f64().unwrap()).abs() < 1e-6,
+            "stat {i}: {ran} vs {}",
+            stats[i]
+        );
+    }
+
+    // Never overwritten without --resume; with it, nothing is left to run.
+    let again = retina(&args);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = retina(&[&args[..], &["--resume"]].concat());
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("0 runs to do"));
+    assert_eq!(std::fs::read_to_string(dir.join("runs.csv")).unwrap(), runs);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch.
 
+mod ablate;
 mod bench;
 mod demo;
 mod detect;
@@ -24,6 +25,9 @@ enum Command {
     /// Trains a detector on synthetic shapes in about five minutes, evaluates it and draws its
     /// detections and loss curves (the place to start).
     Demo(demo::DemoArgs),
+    /// The paper's experiment: focal loss against cross entropy, FL* and OHEM, same data,
+    /// schedule and seeds; tables and plots.
+    Ablate(ablate::AblateArgs),
     /// Lists the adapters wgpu sees, the one chosen, its limits and features.
     Info,
     /// Measures a kernel on the GPU against the CPU backend.
@@ -67,6 +71,7 @@ impl BackendChoice {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Ablate(args) => ablate::run(args),
         Command::Info => info::run(),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
