@@ -475,31 +475,34 @@ impl<T: Real> Engine for CpuEngine<T> {
             check_same("sgd gradient", p.shape, g.shape)?;
             check_same("sgd velocity", p.shape, v.shape)?;
         }
-        // The global norm in f64, then the shader's update in T.
-        let norm_sq: f64 = grads
-            .iter()
-            .map(|g| g.data.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>())
-            .sum();
+        // The global norm in f64 (tensors in parallel, their sums added in order), then the
+        // shader's update in T.
+        let sums: Vec<f64> = grads.par_iter().map(|g| sum_squares(&g.data)).collect();
+        let norm_sq: f64 = sums.iter().sum();
         let clip = match sgd.max_grad_norm {
             Some(max) => (max / ((norm_sq.sqrt() as f32) + 1e-6)).min(1.0),
             None => 1.0,
         };
         let (clip, lr, momentum) = (T::from_f32(clip), T::from_f32(lr), T::from_f32(sgd.momentum));
-        for (i, ((p, g), v)) in params.iter_mut().zip(grads).zip(velocity.iter_mut()).enumerate() {
-            let decay = T::from_f32(if decay.get(i).copied().unwrap_or(true) {
-                sgd.weight_decay
-            } else {
-                0.0
-            });
-            p.data
-                .par_iter_mut()
-                .zip(v.data.par_iter_mut().zip(g.data.par_iter()))
-                .for_each(|(w, (vel, &grad))| {
+        // One parallel loop over the tensors (most are small: a parallel loop each would cost
+        // more in scheduling than the update).
+        params
+            .par_iter_mut()
+            .zip(grads.par_iter())
+            .zip(velocity.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, ((p, g), v))| {
+                let decay = T::from_f32(if decay.get(i).copied().unwrap_or(true) {
+                    sgd.weight_decay
+                } else {
+                    0.0
+                });
+                for (w, (vel, &grad)) in p.data.iter_mut().zip(v.data.iter_mut().zip(g.data.iter())) {
                     let gi = grad * clip + decay * *w;
                     *vel = momentum * *vel + gi;
                     *w = *w - lr * *vel;
-                });
-        }
+                }
+            });
         Ok(())
     }
 
@@ -510,6 +513,21 @@ impl<T: Real> Engine for CpuEngine<T> {
     fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
     }
+}
+
+/// The sum of squares of `v` in f64, over eight independent accumulators (a single running
+/// sum is a chain of dependent additions, several times slower).
+fn sum_squares<T: Real>(v: &[T]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            let x = x.to_f64();
+            *a += x * x;
+        }
+    }
+    rest.iter().fold(acc.iter().sum::<f64>(), |s, x| s + x.to_f64() * x.to_f64())
 }
 
 /// Checks a head permute's shapes; returns the values per anchor (C).
