@@ -53,7 +53,7 @@ fn postprocess(c: &mut Criterion, gpu: Option<&GpuContext>) {
     const CLASSES: usize = 80;
     let config = AnchorConfig::retinanet();
     let anchors = config.generate(&Backend::Cpu, SIDE, SIDE).unwrap();
-    let offsets = config.level_offsets(SIDE, SIDE);
+    let offsets = config.level_offsets(SIDE, SIDE).unwrap();
     let (logits, deltas) = workloads::detector_outputs(BATCH, anchors.len(), CLASSES);
     let input = DetectionInput {
         logits: &logits,

@@ -86,7 +86,7 @@ fn main() -> retina_wgpu::Result<()> {
     let anchors = ctx.anchors(&config, SIZE, SIZE)?;
     let outputs = network_outputs(&config.generate(&Backend::Cpu, SIZE, SIZE)?)?;
     let (logits, deltas) = (ctx.upload(&outputs.logits)?, ctx.upload(&outputs.deltas)?);
-    let offsets = config.level_offsets(SIZE, SIZE);
+    let offsets = config.level_offsets(SIZE, SIZE)?;
     let pp = PostProcess {
         coder: BoxCoder::default(),
         ..PostProcess::default()

@@ -73,8 +73,10 @@ fn main(
     let anchor = levels[level].first_anchor + cand.y / cfg.num_classes;
     let logit = key_to_float(cand.x);
     let score = 1.0 / (1.0 + exp(-logit));
-    var b = decode_box(deltas[image * cfg.anchors_per_image + anchor], anchors[anchor], cfg.weights, cfg.clamp);
-    if cfg.clip != 0u {
+    let d = deltas[image * cfg.anchors_per_image + anchor];
+    var b = decode_box(d, anchors[anchor], cfg.weights, cfg.clamp);
+    // A NaN delta keeps its all-NaN box through the clip (clamp of NaN is undefined in WGSL).
+    if cfg.clip != 0u && !box_has_nan(d) {
         b = clamp(b, vec4(0.0), cfg.image_size.xyxy);
     }
     records[i] = Detection(b, score, i32(cand.y % cfg.num_classes), 0u, 0u);

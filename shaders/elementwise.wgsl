@@ -1,6 +1,6 @@
 // Elementwise layers of the network, one invocation per element, selected by an overridable
 // constant (one pipeline each):
-//   RELU          out = max(a, 0)
+//   RELU          out = a if a > 0 else 0     (0 for NaN, as on the CPU)
 //   RELU_GRAD     out = b if a > 0 else 0         (a: the layer's input, b: the output gradient)
 //   ADD           out = a + b
 //   ACCUMULATE    out = out + a                   (summing gradients in place)
@@ -41,7 +41,9 @@ fn main(
     }
     switch OP {
         case RELU: {
-            out[i] = max(a[i], 0.0);
+            // Not max(x, 0): WGSL leaves max with a NaN undefined; this is the CPU's rule
+            // (NaN gives 0) on every device.
+            out[i] = select(0.0, a[i], a[i] > 0.0);
         }
         case RELU_GRAD: {
             out[i] = select(0.0, b[i], a[i] > 0.0);

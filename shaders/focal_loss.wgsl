@@ -120,7 +120,8 @@ fn focal_soft(x: f32, t: f32) -> vec2<f32> {
     let zero_pow = select(0.0, 1.0, cfg.gamma == 0.0);
     let mg = select(zero_pow, exp(cfg.gamma * log(m)), positive);
     let ratio = select(0.0, p * q / m, positive);
-    let g = mg * ((p * (1.0 - t) - q * t) + cfg.gamma * ce * ratio * (1.0 - 2.0 * t));
+    // gamma * (ce * ratio), not (gamma * ce) * ratio, which overflows for logits near f32::MAX.
+    let g = mg * ((p * (1.0 - t) - q * t) + cfg.gamma * (ce * ratio) * (1.0 - 2.0 * t));
     return vec2(mg * ce, g);
 }
 

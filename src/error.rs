@@ -33,8 +33,10 @@ pub enum Error {
     #[error("GPU device lost or unusable: {0}")]
     DeviceLost(String),
 
-    /// The device ran out of memory for a buffer or a pipeline.
-    #[error("GPU out of memory: {0}")]
+    /// Memory ran out: the GPU device's for a buffer or a pipeline, or the host's for a CPU
+    /// tensor or result (the message says which, and how large the request was). CPU requests
+    /// over [`crate::nn::MAX_HOST_BYTES`] are refused without trying.
+    #[error("out of memory: {0}")]
     OutOfMemory(String),
 
     /// wgpu rejected a command (a validation error); this is a bug in the crate or a buffer
@@ -103,7 +105,7 @@ impl Error {
     /// Converts an error captured by a wgpu error scope.
     pub(crate) fn from_wgpu(err: wgpu::Error) -> Self {
         match err {
-            wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(err.to_string()),
+            wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory(format!("GPU: {err}")),
             wgpu::Error::Validation { description, .. } => Error::Validation(description),
             other => Error::DeviceLost(other.to_string()),
         }

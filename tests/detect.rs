@@ -32,7 +32,7 @@ impl Batch {
 fn batch(rng: &mut Rng, images: usize, size: u32, k: usize) -> Batch {
     let config = AnchorConfig::retinanet();
     let anchors = config.generate(&Backend::Cpu, size, size).unwrap();
-    let offsets = config.level_offsets(size, size);
+    let offsets = config.level_offsets(size, size).unwrap();
     let a = anchors.len();
     let mut logits: Vec<f32> = (0..images * a * k).map(|_| rng.normal() - 5.0).collect();
     for _ in 0..images * 40 {

@@ -30,7 +30,7 @@ fn normal(rng: &mut Rng, len: usize, std: f32) -> Vec<f32> {
 #[test]
 fn default_network_has_the_layout_of_design_md() {
     let net = RetinaNet::new(RetinaNetConfig::default()).unwrap();
-    assert_eq!(net.config().num_anchors(), 3069);
+    assert_eq!(net.config().num_anchors().unwrap(), 3069);
     assert_eq!(net.level_offsets(), &[0, 2304, 2880, 3024, 3060, 3069]);
     let names: std::collections::HashSet<&str> = net.params().iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names.len(), net.params().len(), "parameter names are unique");
@@ -120,7 +120,7 @@ fn backward_matches_finite_differences_for_every_parameter() {
             .collect();
         let s = net.config().input_size;
         let image = to64(&normal(&mut rng, 2 * 3 * s * s, 1.0));
-        let rows = net.config().num_anchors();
+        let rows = net.config().num_anchors().unwrap();
         let r1 = to64(&normal(&mut rng, 2 * rows * 2, 1.0));
         let r2 = to64(&normal(&mut rng, 2 * rows * 4, 1.0));
 

@@ -35,9 +35,24 @@ fn encode_box(gt: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>) -> vec4<f32>
     );
 }
 
+// True when a component is NaN. Tests the bits: shader compilers may assume that NaNs never
+// occur and fold `x != x` to false, but they cannot fold an integer test.
+fn box_has_nan(v: vec4<f32>) -> bool {
+    return any((bitcast<vec4<u32>>(v) & vec4(0x7fffffffu)) > vec4(0x7f800000u));
+}
+
+// A box of four quiet NaNs, built from bits.
+fn nan_box() -> vec4<f32> {
+    return bitcast<vec4<f32>>(vec4(0x7fc00000u));
+}
+
 // The box that `deltas` describe relative to `anchor` (torchvision's BoxCoder.decode_single):
-// dw and dh are clamped at `clamp` before exp.
+// dw and dh are clamped at `clamp` before exp. A NaN anywhere in the deltas gives an all-NaN
+// box (GPU min/max/clamp with NaN are undefined, so the rule is explicit on both backends).
 fn decode_box(deltas: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>, clamp: f32) -> vec4<f32> {
+    if box_has_nan(deltas) {
+        return nan_box();
+    }
     let aw = anchor.z - anchor.x;
     let ah = anchor.w - anchor.y;
     let acx = anchor.x + 0.5 * aw;

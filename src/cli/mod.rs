@@ -10,7 +10,7 @@ mod synth;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use retina_wgpu::{Backend, Result};
+use retina_wgpu::{Backend, Error, Result};
 
 /// RetinaNet's focal loss, anchor matching and NMS as WGSL compute shaders on any GPU.
 #[derive(Parser, Debug)]
@@ -54,11 +54,19 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
-    /// The backends to run on, GPU first; a missing GPU is an error unless only the CPU is asked.
+    /// The backends to run on, GPU first. A missing GPU is an error when only the GPU is asked
+    /// for; with `both`, the CPU half runs alone and a line on stderr says that the GPU half was
+    /// skipped and why. A GPU configuration error (a bad `WGPU_BACKEND`) is an error either way.
     pub fn backends(self) -> Result<Vec<Backend>> {
         let mut out = Vec::new();
         if self != BackendChoice::Cpu {
-            out.push(Backend::gpu()?);
+            match Backend::gpu() {
+                Ok(gpu) => out.push(gpu),
+                Err(e @ (Error::NoAdapter(_) | Error::DeviceLost(_))) if self == BackendChoice::Both => {
+                    eprintln!("skipping the GPU half of --backend both: {e}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         if self != BackendChoice::Gpu {
             out.push(Backend::Cpu);

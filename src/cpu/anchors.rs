@@ -1,14 +1,23 @@
 //! CPU twin of `shaders/anchors.wgsl`.
 
+use crate::error::{Error, Result};
 use crate::ops::anchors::AnchorConfig;
 
 /// The anchors of an image of `height x width` in the documented order (the configuration is
-/// assumed valid): cell centre `((col + offset) stride, (row + offset) stride)` plus the cell's
-/// templates, computed in f32 exactly as the shader does.
-pub fn generate(config: &AnchorConfig, height: u32, width: u32) -> Vec<[f32; 4]> {
+/// assumed valid; a stride of 0 or a count the host cannot hold is an error): cell centre
+/// `((col + offset) stride, (row + offset) stride)` plus the cell's templates, computed in f32
+/// exactly as the shader does.
+pub fn generate(config: &AnchorConfig, height: u32, width: u32) -> Result<Vec<[f32; 4]>> {
     let templates = config.cell_templates();
-    let mut out = Vec::with_capacity(config.num_anchors(height, width));
-    for ((&stride, (rows, cols)), cell) in config.strides.iter().zip(config.grid(height, width)).zip(&templates) {
+    let n = config.num_anchors(height, width)?;
+    let mut out = Vec::new();
+    let bytes = n as u128 * 16;
+    if bytes > u128::from(crate::nn::MAX_HOST_BYTES) || out.try_reserve_exact(n).is_err() {
+        return Err(Error::OutOfMemory(format!(
+            "CPU: {n} anchors ({bytes} bytes) for {height} x {width} do not fit in host memory"
+        )));
+    }
+    for ((&stride, (rows, cols)), cell) in config.strides.iter().zip(config.grid(height, width)?).zip(&templates) {
         let stride = stride as f32;
         for y in 0..rows {
             let cy = (y as f32 + config.offset) * stride;
@@ -18,5 +27,5 @@ pub fn generate(config: &AnchorConfig, height: u32, width: u32) -> Vec<[f32; 4]>
             }
         }
     }
-    out
+    Ok(out)
 }

@@ -40,8 +40,12 @@ pub fn encode(gt: [f32; 4], anchor: [f32; 4], weights: [f32; 4]) -> [f32; 4] {
 }
 
 /// The box `deltas` describe relative to `anchor`; dw and dh are clamped at `clamp` before exp.
+/// A NaN anywhere in the deltas gives an all-NaN box (the shader's rule).
 #[inline(always)]
 pub fn decode(deltas: [f32; 4], anchor: [f32; 4], weights: [f32; 4], clamp: f32) -> [f32; 4] {
+    if deltas.iter().any(|d| d.is_nan()) {
+        return [f32::NAN; 4];
+    }
     let aw = anchor[2] - anchor[0];
     let ah = anchor[3] - anchor[1];
     let acx = anchor[0] + 0.5 * aw;
@@ -62,15 +66,20 @@ pub fn decode(deltas: [f32; 4], anchor: [f32; 4], weights: [f32; 4], clamp: f32)
 /// IoU matrix `[a.len() x b.len()]`, row-major, rows in parallel.
 pub fn iou_matrix(a: &[[f32; 4]], b: &[[f32; 4]]) -> Vec<f32> {
     let mut out = vec![0.0; a.len() * b.len()];
+    iou_matrix_into(a, b, &mut out);
+    out
+}
+
+/// [`iou_matrix`] into `out` (`a.len() * b.len()` values).
+pub fn iou_matrix_into(a: &[[f32; 4]], b: &[[f32; 4]], out: &mut [f32]) {
     if b.is_empty() {
-        return out;
+        return;
     }
     out.par_chunks_mut(b.len()).zip(a.par_iter()).for_each(|(row, &ai)| {
         for (o, &bj) in row.iter_mut().zip(b) {
             *o = iou(ai, bj);
         }
     });
-    out
 }
 
 /// Encodes every box against the anchor of the same index.

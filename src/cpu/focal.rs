@@ -76,7 +76,9 @@ fn focal_soft(x: f32, t: f32, gamma: f32) -> (f32, f32) {
     } else {
         (if gamma == 0.0 { 1.0 } else { 0.0 }, 0.0)
     };
-    let g = mg * ((p * (1.0 - t) - q * t) + gamma * ce * ratio * (1.0 - 2.0 * t));
+    // gamma * (ce * ratio): ce is up to |x| and ratio is tiny where ce is huge; multiplying
+    // gamma in first would overflow for logits near f32::MAX.
+    let g = mg * ((p * (1.0 - t) - q * t) + gamma * (ce * ratio) * (1.0 - 2.0 * t));
     (mg * ce, g)
 }
 

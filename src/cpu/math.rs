@@ -15,7 +15,9 @@ pub fn is_non_finite(x: f32) -> bool {
 
 /// `exp(x)`, within 2 ulp of the true value for x in [-87, 88] (Cephes `expf`): x = n ln2 + r
 /// with |r| <= ln2 / 2, a degree-6 polynomial for exp(r), and 2^n from exponent bits.
-/// Below -87.3 it returns 2^-126-ish instead of a denormal (an absolute error under 2e-38).
+/// Below -87.3 (where the result would be a denormal) it returns 0, as GPUs that flush
+/// denormals do: a clamped 2^-126 would turn `exp(-x) * x` into a number of order 1 for x near
+/// `f32::MAX`, where it is 0.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -36,7 +38,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r * r + r + 1.0;
     // `shifted` holds n in its low mantissa bits: 2^n without a float-to-int conversion.
     let scale = f32::from_bits((shifted.to_bits().wrapping_sub(0x4b40_0000 - 127)) << 23);
-    p * scale
+    if x <= -87.336_55 { 0.0 } else { p * scale }
 }
 
 /// `log(1 + e)` for e in [0, 1], as `2 atanh(e / (2 + e))` by its series (see

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::cpu::conv::{self, ConvProblem, Real};
 use crate::cpu::group_norm;
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape};
+use crate::nn::{Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, host_vec};
 
 /// Recycled vectors by length. Shared by the engine and its tensors, which return their storage
 /// when dropped.
@@ -37,27 +37,31 @@ impl<T: Real> Pool<T> {
     /// dropped.
     pub(crate) fn take(&self, len: usize) -> PooledVec<'_, T> {
         PooledVec {
-            data: self.take_vec(len, true),
+            data: self.take_vec(len, true).unwrap_or_default(),
             pool: self,
         }
     }
 
-    fn take_vec(&self, len: usize, scratch: bool) -> Vec<T> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.free.get_mut(&len).and_then(Vec::pop) {
-            Some(v) => {
+    /// A vector of `len` values from the pool, or a new zero-filled one: fallibly for tensors
+    /// (an [`Error::OutOfMemory`] beyond [`crate::nn::MAX_HOST_BYTES`] or when the allocator
+    /// refuses), infallibly for the conv's scratch blocks, whose sizes are bounded by its tiling.
+    fn take_vec(&self, len: usize, scratch: bool) -> Result<Vec<T>> {
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = inner.free.get_mut(&len).and_then(Vec::pop) {
                 inner.stats.reuses += 1;
-                v
+                return Ok(v);
             }
-            None => {
-                if scratch {
-                    inner.stats.scratch_allocations += 1;
-                } else {
-                    inner.stats.allocations += 1;
-                }
-                vec![T::ZERO; len]
+            if scratch {
+                inner.stats.scratch_allocations += 1;
+            } else {
+                inner.stats.allocations += 1;
             }
         }
+        if scratch {
+            return Ok(vec![T::ZERO; len]);
+        }
+        host_vec(len, T::ZERO, "a CPU tensor")
     }
 
     fn give(&self, v: Vec<T>) {
@@ -158,13 +162,14 @@ impl<T: Real> CpuEngine<T> {
         Self { pool: Pool::new() }
     }
 
-    /// A pooled tensor of `shape` (contents unspecified until written).
-    fn alloc(&self, shape: Shape) -> CpuTensor<T> {
-        CpuTensor {
+    /// A pooled tensor of `shape` (contents unspecified until written); an error when the
+    /// shape's element count overflows or the host cannot hold it.
+    fn alloc(&self, shape: Shape) -> Result<CpuTensor<T>> {
+        Ok(CpuTensor {
             shape,
-            data: self.pool.take_vec(shape.len(), false),
+            data: self.pool.take_vec(shape.checked_len()?, false)?,
             pool: Arc::clone(&self.pool),
-        }
+        })
     }
 
     /// A tensor holding `data` in the engine's own precision.
@@ -175,18 +180,18 @@ impl<T: Real> CpuEngine<T> {
                 format!("{} values for a tensor of {shape}", data.len()),
             ));
         }
-        let mut t = self.alloc(shape);
+        let mut t = self.alloc(shape)?;
         t.data.copy_from_slice(data);
         Ok(t)
     }
 
-    fn map(&self, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> CpuTensor<T> {
-        let mut out = self.alloc(x.shape);
+    fn map(&self, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> Result<CpuTensor<T>> {
+        let mut out = self.alloc(x.shape)?;
         out.data
             .par_iter_mut()
             .zip(x.data.par_iter())
             .for_each(|(o, &v)| *o = f(v));
-        out
+        Ok(out)
     }
 }
 
@@ -209,13 +214,13 @@ impl<T: Real> Engine for CpuEngine<T> {
                 format!("{} values for a tensor of {shape}", data.len()),
             ));
         }
-        let mut t = self.alloc(shape);
+        let mut t = self.alloc(shape)?;
         t.data.iter_mut().zip(data).for_each(|(o, &v)| *o = T::from_f32(v));
         Ok(t)
     }
 
     fn zeros(&mut self, shape: Shape) -> Result<CpuTensor<T>> {
-        let mut t = self.alloc(shape);
+        let mut t = self.alloc(shape)?;
         t.data.fill(T::ZERO);
         Ok(t)
     }
@@ -236,7 +241,11 @@ impl<T: Real> Engine for CpuEngine<T> {
         if let Some(b) = bias {
             check_same("conv2d bias", b.shape, c.bias_shape())?;
         }
-        let mut y = self.alloc(out);
+        let mut y = self.alloc(out)?;
+        if out.is_empty() {
+            // A batch of no images: nothing to compute.
+            return Ok(y);
+        }
         let problem = ConvProblem {
             conv: c,
             x: &x.data,
@@ -260,9 +269,19 @@ impl<T: Real> Engine for CpuEngine<T> {
         let out = c.output_shape(x.shape)?;
         check_same("conv2d weights", weight.shape, c.weight_shape())?;
         check_same("conv2d output gradient", grad_out.shape, out)?;
-        let mut dw = self.alloc(c.weight_shape());
-        let mut db = self.alloc(c.bias_shape());
-        let mut dx = input_grad.then(|| self.alloc(x.shape));
+        let mut dw = self.alloc(c.weight_shape())?;
+        let mut db = self.alloc(c.bias_shape())?;
+        let mut dx = input_grad.then(|| self.alloc(x.shape)).transpose()?;
+        if out.is_empty() {
+            // A batch of no images: no gradient flows to the weights or the bias.
+            dw.data.fill(T::ZERO);
+            db.data.fill(T::ZERO);
+            return Ok(ConvGrads {
+                input: dx,
+                weight: dw,
+                bias: db,
+            });
+        }
         let problem = ConvProblem {
             conv: c,
             x: &x.data,
@@ -288,8 +307,8 @@ impl<T: Real> Engine for CpuEngine<T> {
         beta: &CpuTensor<T>,
     ) -> Result<GroupNormOut<CpuTensor<T>>> {
         gn.check_forward(x.shape, gamma.shape, beta.shape)?;
-        let mut y = self.alloc(x.shape);
-        let mut stats = self.alloc(gn.stats_shape(x.shape.n));
+        let mut y = self.alloc(x.shape)?;
+        let mut stats = self.alloc(gn.stats_shape(x.shape.n))?;
         group_norm::forward(
             gn,
             x.shape,
@@ -311,9 +330,9 @@ impl<T: Real> Engine for CpuEngine<T> {
         grad_out: &CpuTensor<T>,
     ) -> Result<GroupNormGrads<CpuTensor<T>>> {
         gn.check_backward(x.shape, gamma.shape, stats.shape, grad_out.shape)?;
-        let mut dx = self.alloc(x.shape);
-        let mut dgamma = self.alloc(gn.param_shape());
-        let mut dbeta = self.alloc(gn.param_shape());
+        let mut dx = self.alloc(x.shape)?;
+        let mut dgamma = self.alloc(gn.param_shape())?;
+        let mut dbeta = self.alloc(gn.param_shape())?;
         let mut sums = self.pool.take(2 * x.shape.n * x.shape.c);
         group_norm::backward(
             gn,
@@ -335,12 +354,12 @@ impl<T: Real> Engine for CpuEngine<T> {
     }
 
     fn relu(&mut self, x: &CpuTensor<T>) -> Result<CpuTensor<T>> {
-        Ok(self.map(x, |v| if v > T::ZERO { v } else { T::ZERO }))
+        self.map(x, |v| if v > T::ZERO { v } else { T::ZERO })
     }
 
     fn relu_backward(&mut self, x: &CpuTensor<T>, grad_out: &CpuTensor<T>) -> Result<CpuTensor<T>> {
         check_same("relu backward", x.shape, grad_out.shape)?;
-        let mut out = self.alloc(x.shape);
+        let mut out = self.alloc(x.shape)?;
         out.data
             .par_iter_mut()
             .zip(x.data.par_iter().zip(grad_out.data.par_iter()))
@@ -350,13 +369,11 @@ impl<T: Real> Engine for CpuEngine<T> {
 
     fn upsample_nearest(&mut self, x: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {
         let s = x.shape;
-        if h < s.h || w < s.w || s.h == 0 || s.w == 0 {
-            return Err(Error::shape(
-                "upsample",
-                format!("{s} cannot be resized up to {h} x {w}"),
-            ));
+        check_upsample(s, h, w)?;
+        let mut out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        if out.data.is_empty() {
+            return Ok(out);
         }
-        let mut out = self.alloc(Shape::new(s.n, s.c, h, w));
         out.data
             .par_chunks_mut(h * w)
             .zip(x.data.par_chunks(s.plane()))
@@ -373,13 +390,11 @@ impl<T: Real> Engine for CpuEngine<T> {
 
     fn upsample_nearest_backward(&mut self, grad_out: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {
         let s = grad_out.shape;
-        if h > s.h || w > s.w || h == 0 || w == 0 {
-            return Err(Error::shape(
-                "upsample backward",
-                format!("{s} did not come from {h} x {w}"),
-            ));
+        check_upsample_backward(s, h, w)?;
+        let mut out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        if out.data.is_empty() {
+            return Ok(out);
         }
-        let mut out = self.alloc(Shape::new(s.n, s.c, h, w));
         out.data
             .par_chunks_mut(h * w)
             .zip(grad_out.data.par_chunks(s.plane()))
@@ -396,7 +411,7 @@ impl<T: Real> Engine for CpuEngine<T> {
 
     fn add(&mut self, a: &CpuTensor<T>, b: &CpuTensor<T>) -> Result<CpuTensor<T>> {
         check_same("add", a.shape, b.shape)?;
-        let mut out = self.alloc(a.shape);
+        let mut out = self.alloc(a.shape)?;
         out.data
             .par_iter_mut()
             .zip(a.data.par_iter().zip(b.data.par_iter()))
@@ -445,7 +460,7 @@ impl<T: Real> Engine for CpuEngine<T> {
     ) -> Result<CpuTensor<T>> {
         let r = rows.shape;
         let values = check_permute(head, anchors, r, row_offset)?;
-        let mut out = self.alloc(head);
+        let mut out = self.alloc(head)?;
         let plane = head.plane();
         for b in 0..head.n {
             for a in 0..anchors {
@@ -470,6 +485,7 @@ impl<T: Real> Engine for CpuEngine<T> {
         decay: &[bool],
     ) -> Result<()> {
         sgd.validate()?;
+        Sgd::check_lr(lr)?;
         check_sgd(params.len(), grads.len(), velocity.len(), decay.len())?;
         for ((p, g), v) in params.iter().zip(grads).zip(velocity.iter()) {
             check_same("sgd gradient", p.shape, g.shape)?;
@@ -527,7 +543,8 @@ fn sum_squares<T: Real>(v: &[T]) -> f64 {
             *a += x * x;
         }
     }
-    rest.iter().fold(acc.iter().sum::<f64>(), |s, x| s + x.to_f64() * x.to_f64())
+    rest.iter()
+        .fold(acc.iter().sum::<f64>(), |s, x| s + x.to_f64() * x.to_f64())
 }
 
 /// Checks a head permute's shapes; returns the values per anchor (C).
@@ -539,13 +556,45 @@ pub(crate) fn check_permute(head: Shape, anchors: usize, rows: Shape, row_offset
         ));
     }
     let values = head.c / anchors;
-    if rows.n != head.n || rows.c != 1 || rows.w != values || row_offset + head.plane() * anchors > rows.h {
+    head.checked_len()?;
+    rows.checked_len()?;
+    let end = head
+        .h
+        .checked_mul(head.w)
+        .and_then(|p| p.checked_mul(anchors))
+        .and_then(|cells| cells.checked_add(row_offset));
+    if rows.n != head.n || rows.c != 1 || rows.w != values || end.is_none_or(|end| end > rows.h) {
         return Err(Error::shape(
             "permute head",
             format!("a head of {head} with {anchors} anchors does not fit rows {rows} at row {row_offset}"),
         ));
     }
     Ok(values)
+}
+
+/// Checks a nearest upsampling of `s` to `h x w`: at least the input size, the input not empty
+/// in height or width, and an output whose size can be counted.
+pub(crate) fn check_upsample(s: Shape, h: usize, w: usize) -> Result<()> {
+    if h < s.h || w < s.w || s.h == 0 || s.w == 0 {
+        return Err(Error::shape(
+            "upsample",
+            format!("{s} cannot be resized up to {h} x {w}"),
+        ));
+    }
+    Shape::new(s.n, s.c, h, w).checked_len()?;
+    Ok(())
+}
+
+/// Checks the gradient of an upsampling from `h x w` to `s`.
+pub(crate) fn check_upsample_backward(s: Shape, h: usize, w: usize) -> Result<()> {
+    if h > s.h || w > s.w || h == 0 || w == 0 {
+        return Err(Error::shape(
+            "upsample backward",
+            format!("{s} did not come from {h} x {w}"),
+        ));
+    }
+    s.checked_len()?;
+    Ok(())
 }
 
 /// Checks that SGD has one gradient and one velocity per parameter.

@@ -56,11 +56,11 @@ impl GpuContext {
     }
 
     fn generate_anchors(&self, config: &AnchorConfig, height: u32, width: u32) -> Result<GpuBuffer<[f32; 4]>> {
-        let n = config.num_anchors(height, width);
+        let n = config.num_anchors(height, width)?;
         let per_cell = config.anchors_per_cell();
-        let offsets = config.level_offsets(height, width);
+        let offsets = config.level_offsets(height, width)?;
         let levels: Vec<LevelGpu> = config
-            .grid(height, width)
+            .grid(height, width)?
             .iter()
             .zip(&config.strides)
             .zip(&offsets)

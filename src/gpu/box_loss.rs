@@ -59,6 +59,18 @@ impl GpuContext {
         b: &BoxLossBuffers<'_>,
     ) -> Result<()> {
         loss.validate()?;
+        let op = "GpuContext::record_box_loss";
+        self.check_buffer(op, "pred", b.pred)?;
+        self.check_buffer(op, "targets", b.targets)?;
+        self.check_buffer(op, "labels", b.labels)?;
+        self.check_buffer(op, "anchors", b.anchors)?;
+        self.check_buffer(op, "loss", b.loss)?;
+        if let Some(g) = b.grad {
+            self.check_buffer(op, "grad", g)?;
+        }
+        if let Some((p, _)) = b.positives {
+            self.check_buffer(op, "positives", p)?;
+        }
         let n = b.pred.len() as u64;
         let a = b.anchors.len() as u64;
         if b.targets.len() as u64 != n || b.labels.len() as u64 != n {

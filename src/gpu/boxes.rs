@@ -50,8 +50,12 @@ impl GpuContext {
         b: &GpuBuffer<[f32; 4]>,
         out: &GpuBuffer<f32>,
     ) -> Result<()> {
+        let op = "GpuContext::record_box_iou";
+        self.check_buffer(op, "a", a)?;
+        self.check_buffer(op, "b", b)?;
+        self.check_buffer(op, "out", out)?;
         let (n, m) = (a.len() as u64, b.len() as u64);
-        if out.len() as u64 != n * m {
+        if n.checked_mul(m) != Some(out.len() as u64) {
             return Err(Error::shape(
                 "box_iou",
                 format!("{n} x {m} boxes but an output of {}", out.len()),
@@ -99,6 +103,10 @@ impl GpuContext {
         out: &GpuBuffer<[f32; 4]>,
     ) -> Result<()> {
         coder.validate()?;
+        let op = "GpuContext::record_box_coder";
+        self.check_buffer(op, "input", input)?;
+        self.check_buffer(op, "anchors", anchors)?;
+        self.check_buffer(op, "out", out)?;
         let n = input.len();
         if anchors.len() != n || out.len() != n {
             return Err(Error::shape(

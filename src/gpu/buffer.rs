@@ -18,11 +18,18 @@ pub const BUFFER_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 /// A device buffer of `len` elements of `T`.
 ///
 /// The underlying [`wgpu::Buffer`] may be larger (sizes are rounded up to whole 4-byte words,
-/// and an empty buffer still holds one word); a host application can hand in its own buffer
+/// and an empty buffer still holds one element); a host application can hand in its own buffer
 /// with [`GpuBuffer::from_raw`] and bind [`GpuBuffer::buffer`] in its own passes.
+///
+/// A buffer made by a [`GpuContext`] remembers the context: handing it to another context is an
+/// [`Error::InvalidParameter`], not a wrong answer or a wgpu panic. (A buffer wrapped with
+/// [`GpuBuffer::from_raw`] cannot be checked; it must belong to the device of the context it is
+/// used with.)
 pub struct GpuBuffer<T: Pod> {
     buffer: wgpu::Buffer,
     len: usize,
+    /// [`GpuContext`]'s id of the context that made it; `None` for a wrapped host buffer.
+    context: Option<u64>,
     _element: PhantomData<T>,
 }
 
@@ -36,15 +43,19 @@ impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
     }
 }
 
-/// Bytes of `len` elements of `T`, rounded up to whole words.
+/// Bytes of `len` elements of `T`, rounded up to whole words (saturating at `u64::MAX`, which
+/// no device can hold).
 pub(crate) fn padded_bytes<T>(len: usize) -> u64 {
-    ((len * size_of::<T>()) as u64).div_ceil(4) * 4
+    (len as u64)
+        .checked_mul(size_of::<T>() as u64)
+        .and_then(|b| b.checked_add(3))
+        .map_or(u64::MAX, |b| b / 4 * 4)
 }
 
-/// Bytes the crate allocates for `len` elements of `T`: whole words, and at least 16 bytes so
-/// that even an empty buffer can be bound as an array of `vec4<f32>`.
+/// Bytes the crate allocates for `len` elements of `T`: whole words, and at least 16 bytes and
+/// one element, so that even an empty buffer can be bound as an array of `vec4<f32>` or of `T`.
 pub(crate) fn alloc_bytes<T>(len: usize) -> u64 {
-    padded_bytes::<T>(len).max(16)
+    padded_bytes::<T>(len).max(16).max(padded_bytes::<T>(1))
 }
 
 impl<T: Pod> GpuBuffer<T> {
@@ -52,6 +63,15 @@ impl<T: Pod> GpuBuffer<T> {
     /// It needs the usages `STORAGE | COPY_SRC | COPY_DST` and at least `len` elements of room
     /// (rounded up to a whole 4-byte word).
     pub fn from_raw(buffer: wgpu::Buffer, len: usize) -> Result<Self> {
+        Self::wrap(buffer, len, None)
+    }
+
+    /// [`GpuBuffer::from_raw`] for a buffer known to belong to the context of id `context`.
+    pub(crate) fn from_raw_on(buffer: wgpu::Buffer, len: usize, context: u64) -> Result<Self> {
+        Self::wrap(buffer, len, Some(context))
+    }
+
+    fn wrap(buffer: wgpu::Buffer, len: usize, context: Option<u64>) -> Result<Self> {
         let need = padded_bytes::<T>(len);
         if buffer.size() < need {
             return Err(Error::shape(
@@ -72,6 +92,7 @@ impl<T: Pod> GpuBuffer<T> {
         Ok(Self {
             buffer,
             len,
+            context,
             _element: PhantomData,
         })
     }
@@ -93,17 +114,43 @@ impl<T: Pod> GpuBuffer<T> {
 
     /// Size of the elements in bytes (not rounded).
     pub fn byte_len(&self) -> u64 {
-        (self.len * size_of::<T>()) as u64
+        // The buffer exists, so its element bytes fit in u64.
+        self.len as u64 * size_of::<T>() as u64
+    }
+
+    /// The id of the context that made the buffer, when the crate made it.
+    pub(crate) fn context_id(&self) -> Option<u64> {
+        self.context
     }
 }
 
 impl GpuContext {
-    fn check_buffer_size(&self, bytes: u64) -> Result<()> {
+    /// Refuses a buffer made by another context: `op` and `name` say which call and argument.
+    pub(crate) fn check_buffer<T: Pod>(&self, op: &str, name: &str, buffer: &GpuBuffer<T>) -> Result<()> {
+        match buffer.context_id() {
+            Some(id) if id != self.id() => Err(Error::invalid(format!(
+                "{op}: `{name}` was made by another GpuContext (another GPU device) than this one \
+                 on {}; buffers cannot move between contexts (clone one context to share them)",
+                self.adapter_name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses `len` elements of `T` (`bytes` once padded) beyond the device's buffer limit,
+    /// naming both.
+    fn check_buffer_size<T>(&self, len: usize, bytes: u64) -> Result<()> {
         let max = self.inner.limits.max_buffer_size;
         if bytes > max {
+            let shown = if bytes == u64::MAX {
+                "more than 2^64 bytes".to_string()
+            } else {
+                format!("{bytes} bytes")
+            };
             return Err(Error::invalid(format!(
-                "a buffer of {bytes} bytes exceeds the device's max_buffer_size of {max} bytes; \
-                 split the input (the host-slice APIs do this themselves)"
+                "a buffer of {len} elements of {} ({shown}) exceeds the device's max_buffer_size \
+                 of {max} bytes; split the input (the host-slice APIs do this themselves)",
+                std::any::type_name::<T>()
             )));
         }
         Ok(())
@@ -112,7 +159,7 @@ impl GpuContext {
     /// A zero-filled buffer of `len` elements.
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
         let size = alloc_bytes::<T>(len);
-        self.check_buffer_size(size)?;
+        self.check_buffer_size::<T>(len, size)?;
         let buffer = self.scoped(|| {
             Ok(self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("retina-wgpu buffer"),
@@ -124,6 +171,7 @@ impl GpuContext {
         Ok(GpuBuffer {
             buffer,
             len,
+            context: Some(self.id()),
             _element: PhantomData,
         })
     }
@@ -131,7 +179,7 @@ impl GpuContext {
     /// A buffer holding a copy of `data`.
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
         let size = alloc_bytes::<T>(data.len());
-        self.check_buffer_size(size)?;
+        self.check_buffer_size::<T>(data.len(), size)?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buffer = self.scoped(|| {
             Ok(if bytes.len() as u64 == size {
@@ -153,12 +201,14 @@ impl GpuContext {
         Ok(GpuBuffer {
             buffer,
             len: data.len(),
+            context: Some(self.id()),
             _element: PhantomData,
         })
     }
 
     /// Overwrites the start of `buffer` with `data` (queued; takes effect at the next submit).
     pub fn write<T: Pod>(&self, buffer: &GpuBuffer<T>, data: &[T]) -> Result<()> {
+        self.check_buffer("GpuContext::write", "buffer", buffer)?;
         if data.len() > buffer.len {
             return Err(Error::shape(
                 "GpuContext::write",
@@ -180,6 +230,7 @@ impl GpuContext {
 
     /// Reads a whole buffer back (one submit, one wait).
     pub fn download<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
+        self.check_buffer("GpuContext::download", "buffer", buffer)?;
         let mut readback = Readback::default();
         let slot = readback.add(buffer);
         let mut results = readback.run(self, self.encoder("retina-wgpu readback"))?;

@@ -99,6 +99,9 @@ impl DeviceLimits {
 }
 
 pub(crate) struct Inner {
+    /// Unique per context made by `new_with` or `from_device` (clones share it): the buffers
+    /// and tensors a context makes carry it, and other contexts refuse them.
+    pub(crate) id: u64,
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     pub(crate) info: wgpu::AdapterInfo,
@@ -118,6 +121,11 @@ pub(crate) struct Inner {
 /// [`GpuContext::from_device`] wraps a device and queue that a host application already owns;
 /// then the crate installs no handler of its own on the device and catches its errors with error
 /// scopes. Pipelines are compiled once per context, the first time a kernel is used.
+///
+/// The buffers and tensors a context makes belong to it and its clones: handing them to
+/// another context is an [`Error::InvalidParameter`] (wgpu could otherwise read another
+/// device's memory, or panic). Two contexts made with `from_device` on one host device are two
+/// contexts: make one and clone it to share buffers.
 #[derive(Clone)]
 pub struct GpuContext {
     pub(crate) inner: Arc<Inner>,
@@ -134,12 +142,38 @@ impl fmt::Debug for GpuContext {
     }
 }
 
-/// The backends searched when neither the options nor `WGPU_BACKEND` name any.
-fn backends_for(options: &GpuOptions) -> wgpu::Backends {
-    options
-        .backends
-        .or_else(wgpu::Backends::from_env)
-        .unwrap_or(wgpu::Backends::PRIMARY)
+/// The backends to search: the options', else `WGPU_BACKEND`'s, else the primary ones.
+fn backends_for(options: &GpuOptions) -> Result<wgpu::Backends> {
+    if let Some(backends) = options.backends {
+        if backends.is_empty() {
+            return Err(Error::invalid(
+                "GpuOptions::backends is empty: name at least one backend, or None for the default",
+            ));
+        }
+        return Ok(backends);
+    }
+    match std::env::var("WGPU_BACKEND") {
+        Ok(value) if !value.trim().is_empty() => parse_backends(&value),
+        _ => Ok(wgpu::Backends::PRIMARY),
+    }
+}
+
+/// Parses a `WGPU_BACKEND` value, a comma-separated list of backend names; unlike wgpu, which
+/// skips unknown names (and then searches no backend at all), any unknown name is an error that
+/// quotes it.
+pub(crate) fn parse_backends(value: &str) -> Result<wgpu::Backends> {
+    const NAMES: &str = "vulkan (vk), metal (mtl), dx12 (d3d12), gl (opengl, gles), webgpu, noop";
+    let mut backends = wgpu::Backends::empty();
+    for name in value.split(',').map(str::trim) {
+        let parsed = wgpu::Backends::from_comma_list(name);
+        if name.is_empty() || parsed.is_empty() {
+            return Err(Error::invalid(format!(
+                "WGPU_BACKEND={value:?}: {name:?} is not a backend; use a comma-separated list of {NAMES}"
+            )));
+        }
+        backends |= parsed;
+    }
+    Ok(backends)
 }
 
 fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
@@ -169,7 +203,7 @@ impl GpuContext {
     /// the adapter's own limits (large bindings, not the 128 MiB default) and the features
     /// `SHADER_F16`, `SUBGROUP` and `TIMESTAMP_QUERY` when the adapter has them.
     pub fn new_with(options: GpuOptions) -> Result<Self> {
-        let backends = backends_for(&options);
+        let backends = backends_for(&options)?;
         let instance = instance_for(backends);
         let name = options
             .adapter_name
@@ -234,8 +268,10 @@ impl GpuContext {
             subgroups: options.subgroups && features.contains(wgpu::Features::SUBGROUP),
         };
         let limits = DeviceLimits::new(&device.limits(), options.caps);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 device,
                 queue,
                 info,
@@ -248,6 +284,11 @@ impl GpuContext {
                 poll_timeout: options.poll_timeout,
             }),
         }
+    }
+
+    /// The identity that the context's buffers and tensors carry.
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// The wgpu device.

@@ -98,8 +98,13 @@ impl GpuContext {
     /// Allocates the output of [`GpuContext::record_postprocess`] for `batch` images (once; it
     /// is reused every frame).
     pub fn detection_output(&self, batch: usize, max_detections: usize) -> Result<DetectionOutput> {
+        let slots = batch.checked_mul(max_detections).ok_or_else(|| {
+            Error::invalid(format!(
+                "detection output: {batch} images x {max_detections} detections overflow"
+            ))
+        })?;
         Ok(DetectionOutput {
-            detections: self.zeros(batch * max_detections)?,
+            detections: self.zeros(slots)?,
             counts: self.zeros(batch)?,
             max_detections,
         })
@@ -107,7 +112,10 @@ impl GpuContext {
 
     /// Records the whole post-processing of a batch into `encoder`: per-level top-k of the
     /// logits above the score threshold, decoding, a sort per image, class-aware NMS and the
-    /// packed detections in `out`, with no readback.
+    /// packed detections in `out`, with no readback. A batch of no images records nothing.
+    ///
+    /// A NaN in an anchor's deltas gives that candidate an all-NaN box (clipped or not), as on
+    /// the CPU; it keeps its score and suppresses nothing.
     pub fn record_postprocess(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -116,13 +124,19 @@ impl GpuContext {
         out: &DetectionOutput,
     ) -> Result<()> {
         pp.validate()?;
+        let op = "GpuContext::record_postprocess";
+        self.check_buffer(op, "logits", input.logits)?;
+        self.check_buffer(op, "deltas", input.deltas)?;
+        self.check_buffer(op, "anchors", input.anchors)?;
+        self.check_buffer(op, "out.detections", &out.detections)?;
+        self.check_buffer(op, "out.counts", &out.counts)?;
         let a = input.anchors.len();
         let k = input.num_classes;
         let offsets = input.level_offsets;
         let batch = check_shapes(input.logits.len(), input.deltas.len(), a, k, offsets)?;
         if out.max_detections != pp.max_detections
             || out.counts.len() != batch
-            || out.detections.len() != batch * pp.max_detections
+            || Some(out.detections.len()) != batch.checked_mul(pp.max_detections)
         {
             return Err(Error::shape(
                 "post-processing",
@@ -134,7 +148,26 @@ impl GpuContext {
                 ),
             ));
         }
+        if batch == 0 {
+            return Ok(());
+        }
         let levels = offsets.len() - 1;
+        // Slots per image (a power of two) and in the batch, within the kernels' u32 indices.
+        let top = pp
+            .topk_per_level
+            .min(offsets.windows(2).map(|l| (l[1] - l[0]) * k).max().unwrap_or(0));
+        let per_image = levels.checked_mul(top.max(1)).filter(|&n| n <= 1 << 31);
+        let fits = per_image.is_some_and(|n| {
+            region_for(n)
+                .checked_mul(batch)
+                .is_some_and(|total| total <= 1 << 31 && u32::try_from(batch * pp.max_detections).is_ok())
+        });
+        if !fits || u32::try_from(a).is_err() || u32::try_from(input.logits.len()).is_err() {
+            return Err(Error::invalid(format!(
+                "post-processing: {batch} images x {levels} levels x {top} candidates (or {a} anchors x {k} \
+                 classes) exceed the GPU's 32-bit indices; split the batch"
+            )));
+        }
         let mut segments = Vec::with_capacity(batch * levels);
         for image in 0..batch {
             for level in offsets.windows(2) {
@@ -222,6 +255,9 @@ pub(crate) fn postprocess_host(
     let deltas = ctx.upload(input.deltas)?;
     let anchors = ctx.upload(input.anchors)?;
     let batch = input.batch();
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
     let out = ctx.detection_output(batch, pp.max_detections)?;
     let mut encoder = ctx.encoder("post-processing");
     ctx.record_postprocess(
@@ -256,7 +292,9 @@ pub(crate) fn unpack_detections(
         .iter()
         .enumerate()
         .map(|(image, &count)| {
-            detections[image * max_detections..][..count as usize]
+            let start = (image * max_detections).min(detections.len());
+            let slots = &detections[start..];
+            slots[..(count as usize).min(max_detections).min(slots.len())]
                 .iter()
                 .map(|d| Detection {
                     bbox: d.bbox,

@@ -184,7 +184,7 @@ pub(crate) fn uniform(buffer: &wgpu::Buffer, slot: UniformSlot) -> wgpu::Binding
 /// of its array even when the kernel reads none).
 pub(crate) fn storage(buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> wgpu::BindingResource<'_> {
     let size = bytes.div_ceil(4).max(4) * 4;
-    let size = size.min(buffer.size() - offset);
+    let size = size.min(buffer.size().saturating_sub(offset));
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer,
         offset,
@@ -192,9 +192,10 @@ pub(crate) fn storage(buffer: &wgpu::Buffer, offset: u64, bytes: u64) -> wgpu::B
     })
 }
 
-/// A storage binding of the whole of `buffer`'s elements.
+/// A storage binding of the whole of `buffer`'s elements (at least one element, which every
+/// buffer the crate allocates has room for, so that an empty buffer still binds as `array<T>`).
 pub(crate) fn whole<T: bytemuck::Pod>(buffer: &GpuBuffer<T>) -> wgpu::BindingResource<'_> {
-    storage(buffer.buffer(), 0, buffer.byte_len())
+    storage(buffer.buffer(), 0, buffer.byte_len().max(size_of::<T>() as u64))
 }
 
 /// A storage binding that covers elements `start..start + len` (of `elem_bytes` each) of

@@ -117,6 +117,14 @@ impl GpuContext {
     /// [`FocalBuffers::positives`]. Inputs larger than the device's binding limit are split into
     /// chunks; grids longer than its dispatch limit are folded. Empty input clears `loss` to
     /// zeros without a dispatch.
+    ///
+    /// Labels already on the device are not checked (that would need a readback): a label
+    /// outside `[-2, K)` makes every loss and gradient element of its row NaN, so the reduced
+    /// loss is NaN and says so, and it is not counted as a positive. Host labels are checked by
+    /// [`crate::FocalInput::validate`] instead. Per element, the loss and gradient are finite for
+    /// every finite logit (for FL*, while `gamma * x + beta` is finite); the reduced loss is a
+    /// sum in f32 and overflows to infinity only when the per-element losses add up past
+    /// `f32::MAX` (logits of order `1e38 / N`).
     pub fn record_focal_loss(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -124,6 +132,7 @@ impl GpuContext {
         buffers: &FocalBuffers<'_>,
     ) -> Result<()> {
         loss.validate()?;
+        self.check_focal_buffers(buffers)?;
         let n = buffers.logits.len();
         let k = buffers.num_classes;
         let rows = check_shapes(buffers)?;
@@ -202,6 +211,30 @@ impl GpuContext {
             let partials = self.record_focal_pass(encoder, loss, buffers, rows, &normaliser)?;
             record_sum(self, encoder, &partials, &normaliser, buffers.loss)
         })
+    }
+
+    /// Refuses buffers of another device.
+    fn check_focal_buffers(&self, b: &FocalBuffers<'_>) -> Result<()> {
+        let op = "GpuContext::record_focal_loss";
+        match b.logits {
+            LogitsBuffer::F32(l) => self.check_buffer(op, "logits", l)?,
+            LogitsBuffer::F16(l) => self.check_buffer(op, "logits", l)?,
+        }
+        match b.targets {
+            TargetsBuffer::Dense(t) => self.check_buffer(op, "targets", t)?,
+            TargetsBuffer::Labels(t) => self.check_buffer(op, "labels", t)?,
+        }
+        self.check_buffer(op, "loss", b.loss)?;
+        if let Some(g) = b.grad {
+            self.check_buffer(op, "grad", g)?;
+        }
+        if let Some(e) = b.elementwise {
+            self.check_buffer(op, "elementwise", e)?;
+        }
+        if let Some((p, _)) = b.positives {
+            self.check_buffer(op, "positives", p)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn record_count_labels(

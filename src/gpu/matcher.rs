@@ -76,6 +76,10 @@ fn plan(ctx: &GpuContext, batch: u64, anchors: u64) -> Result<Vec<MatchChunk>> {
     let max_workgroups = u64::from(limits.max_workgroups_per_dim).pow(2);
     let tiles = anchors.div_ceil(WG_SIZE);
     let mut chunks = Vec::new();
+    if batch == 0 || anchors == 0 {
+        // Nothing to match: no dispatch.
+        return Ok(chunks);
+    }
     if anchors * 16 <= room && tiles <= max_workgroups {
         let per_chunk = (room / (anchors * 16)).min(max_workgroups / tiles).max(1);
         let mut first = 0;
@@ -125,6 +129,15 @@ impl GpuContext {
     ) -> Result<()> {
         assigner.matcher.validate()?;
         assigner.coder.validate()?;
+        let op = "GpuContext::record_assign_targets";
+        self.check_buffer(op, "anchors", anchors)?;
+        self.check_buffer(op, "gt.boxes", gt.boxes)?;
+        self.check_buffer(op, "gt.classes", gt.classes)?;
+        self.check_buffer(op, "gt.offsets", gt.offsets)?;
+        self.check_buffer(op, "out.matches", out.matches)?;
+        self.check_buffer(op, "out.labels", out.labels)?;
+        self.check_buffer(op, "out.box_targets", out.box_targets)?;
+        self.check_buffer(op, "out.positives", out.positives)?;
         let a = anchors.len() as u64;
         if gt.offsets.is_empty() {
             return Err(Error::shape(
@@ -139,17 +152,22 @@ impl GpuContext {
                 format!("{} ground-truth boxes but {} classes", gt.boxes.len(), gt.classes.len()),
             ));
         }
+        let Some(total) = batch.checked_mul(a) else {
+            return Err(Error::invalid(format!(
+                "target assignment: {batch} images x {a} anchors overflow"
+            )));
+        };
         for (name, len) in [
             ("matches", out.matches.len()),
             ("labels", out.labels.len()),
             ("box_targets", out.box_targets.len()),
         ] {
-            if len as u64 != batch * a {
+            if len as u64 != total {
                 return Err(Error::shape(
                     "target assignment",
                     format!(
                         "{name} holds {len} entries; {batch} images x {a} anchors need {}",
-                        batch * a
+                        total
                     ),
                 ));
             }
@@ -164,7 +182,7 @@ impl GpuContext {
                 ),
             ));
         }
-        if u32::try_from(batch * a).is_err() {
+        if u32::try_from(total).is_err() || u32::try_from(gt.boxes.len()).is_err() {
             return Err(Error::invalid(format!(
                 "target assignment: {batch} x {a} anchors exceed 2^32"
             )));

@@ -419,7 +419,10 @@ impl GpuContext {
 
     /// Records NMS over `boxes` and `scores` on the device (class-aware with `classes`): sorts
     /// by score, suppresses, and writes the kept boxes' indices (decreasing score) and scores.
-    /// Returns `(keep, keep_scores, count)`: `keep[..count[0]]` are the kept indices.
+    /// Returns `(keep, keep_scores, count)`: `keep[..count[0]]` are the kept indices. No boxes
+    /// (or `max_output` 0) give empty `keep` and `keep_scores` and a zero count, with no
+    /// dispatch. Boxes are not validated on the device (see [`crate::ops::nms`] for the valid
+    /// range); a box with a NaN coordinate has IoU 0 with everything.
     pub fn record_nms(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -429,12 +432,26 @@ impl GpuContext {
         classes: Option<&GpuBuffer<i32>>,
     ) -> Result<(GpuBuffer<u32>, GpuBuffer<f32>, GpuBuffer<u32>)> {
         nms.validate()?;
+        let op = "GpuContext::record_nms";
+        self.check_buffer(op, "boxes", boxes)?;
+        self.check_buffer(op, "scores", scores)?;
+        if let Some(c) = classes {
+            self.check_buffer(op, "classes", c)?;
+        }
         let n = boxes.len();
         if scores.len() != n || classes.is_some_and(|c| c.len() != n) {
             return Err(Error::shape(
                 "NMS",
                 format!("{n} boxes but {} scores (or classes of another length)", scores.len()),
             ));
+        }
+        if u32::try_from(n).is_err() || u32::try_from(sort_len(region_for(n))).is_err() {
+            return Err(Error::invalid(format!(
+                "NMS: {n} boxes exceed the GPU's 32-bit indices"
+            )));
+        }
+        if n == 0 || nms.max_output == Some(0) {
+            return Ok((self.zeros(0)?, self.zeros(0)?, self.zeros(1)?));
         }
         let region = region_for(n);
         let max_out = nms.max_output.unwrap_or(n).min(n).max(1);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
 
-use crate::cpu::nn::{check_permute, check_sgd};
+use crate::cpu::nn::{check_permute, check_sgd, check_upsample, check_upsample_backward};
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{BUFFER_USAGE, GpuBuffer};
 use crate::gpu::context::GpuContext;
@@ -129,17 +129,29 @@ struct SgdConfig {
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct SumSquaresConfig {
     n: u32,
-    _pad: [u32; 3],
+    flags: u32,
+    _pad: [u32; 2],
 }
 
-/// Recycled device buffers by size.
+/// sum_squares.wgsl: squares scaled by the power of two above the sum of |g| (else that sum).
+const FLAG_SCALED_SQUARES: u32 = 1;
+
+/// Recycled device buffers by size, all of one context.
 struct GpuPool {
     free: Mutex<(HashMap<u64, Vec<wgpu::Buffer>>, PoolStats)>,
+    /// The id of the context the buffers belong to: a tensor of another context is refused.
+    context: u64,
 }
 
 impl GpuPool {
     fn take(&self, ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer> {
         let bytes = bytes.div_ceil(4).max(4) * 4;
+        if bytes > ctx.limits().max_storage_binding {
+            return Err(Error::invalid(format!(
+                "a tensor of {bytes} bytes exceeds the device's storage binding limit of {} bytes; use a smaller batch",
+                ctx.limits().max_storage_binding
+            )));
+        }
         {
             let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
             let (free, stats) = &mut *guard;
@@ -148,12 +160,6 @@ impl GpuPool {
                 return Ok(buffer);
             }
             stats.allocations += 1;
-        }
-        if bytes > ctx.limits().max_storage_binding {
-            return Err(Error::invalid(format!(
-                "a tensor of {bytes} bytes exceeds the device's storage binding limit of {} bytes; use a smaller batch",
-                ctx.limits().max_storage_binding
-            )));
         }
         ctx.scoped(|| {
             Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -192,7 +198,7 @@ impl GpuTensor {
     /// The tensor's buffer viewed as `len` elements of `T` for the crate's `record_*` ops
     /// (the view shares the buffer; the tensor stays the owner).
     pub(crate) fn view<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
-        GpuBuffer::from_raw(self.buffer().clone(), len)
+        GpuBuffer::from_raw_on(self.buffer().clone(), len, self.pool.context)
     }
 
     pub(super) fn binding(&self) -> wgpu::BindingResource<'_> {
@@ -241,6 +247,7 @@ impl GpuEngine {
             ctx: ctx.clone(),
             pool: Arc::new(GpuPool {
                 free: Mutex::new((HashMap::new(), PoolStats::default())),
+                context: ctx.id(),
             }),
             encoder: None,
             arena,
@@ -255,12 +262,31 @@ impl GpuEngine {
     }
 
     pub(super) fn alloc(&self, shape: Shape) -> Result<GpuTensor> {
-        let buffer = self.pool.take(&self.ctx, (shape.len() * 4) as u64)?;
+        let bytes = (shape.checked_len()? as u64)
+            .checked_mul(4)
+            .ok_or_else(|| Error::invalid(format!("a tensor of {shape} holds more than 2^62 elements")))?;
+        let buffer = self.pool.take(&self.ctx, bytes)?;
         Ok(GpuTensor {
             shape,
             buffer: Some(buffer),
             pool: Arc::clone(&self.pool),
         })
+    }
+
+    /// Refuses tensors of another context (their buffers cannot be bound here; wgpu would read
+    /// this device's memory instead, or panic).
+    pub(crate) fn check_tensors(&self, op: &str, tensors: &[&GpuTensor]) -> Result<()> {
+        for (i, t) in tensors.iter().enumerate() {
+            if t.pool.context != self.ctx.id() {
+                return Err(Error::invalid(format!(
+                    "{op}: tensor {i} ({}) belongs to another GpuContext (another GPU device) than \
+                     this engine's on {}; tensors cannot move between contexts",
+                    t.shape,
+                    self.ctx.adapter_name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The engine's open command encoder (opened on first use; submitted at [`Engine::sync`]).
@@ -390,7 +416,7 @@ impl GpuEngine {
 
     fn elementwise(&mut self, kernel: Kernel, n: usize, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
         let config = ElementwiseConfig {
-            n: n as u32,
+            n: u32_of("elementwise length", n)?,
             scale: 1.0,
             _pad: [0; 2],
         };
@@ -403,21 +429,26 @@ impl GpuEngine {
     }
 }
 
-fn conv_base(c: &Conv2d, input: Shape, out: Shape) -> ConvConfig {
-    ConvConfig {
-        batch: input.n as u32,
-        in_channels: c.in_channels as u32,
-        out_channels: c.out_channels as u32,
-        in_h: input.h as u32,
-        in_w: input.w as u32,
-        out_h: out.h as u32,
-        out_w: out.w as u32,
-        kernel_h: c.kernel.0 as u32,
-        kernel_w: c.kernel.1 as u32,
-        stride: c.stride as u32,
-        pad: c.padding as u32,
+/// `v` as a u32 for a shader's config, or an error naming the layer's value.
+fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::invalid(format!("{what} {v} does not fit the GPU's 32-bit indices")))
+}
+
+fn conv_base(c: &Conv2d, input: Shape, out: Shape) -> Result<ConvConfig> {
+    Ok(ConvConfig {
+        batch: u32_of("conv2d batch", input.n)?,
+        in_channels: u32_of("conv2d input channels", c.in_channels)?,
+        out_channels: u32_of("conv2d output channels", c.out_channels)?,
+        in_h: u32_of("conv2d input height", input.h)?,
+        in_w: u32_of("conv2d input width", input.w)?,
+        out_h: u32_of("conv2d output height", out.h)?,
+        out_w: u32_of("conv2d output width", out.w)?,
+        kernel_h: u32_of("conv2d kernel height", c.kernel.0)?,
+        kernel_w: u32_of("conv2d kernel width", c.kernel.1)?,
+        stride: u32_of("conv2d stride", c.stride)?,
+        pad: u32_of("conv2d padding", c.padding)?,
         ..Default::default()
-    }
+    })
 }
 
 fn check_same(op: &'static str, a: Shape, b: Shape) -> Result<()> {
@@ -435,6 +466,7 @@ impl Engine for GpuEngine {
     }
 
     fn tensor(&mut self, shape: Shape, data: &[f32]) -> Result<GpuTensor> {
+        shape.checked_len()?;
         if data.len() != shape.len() {
             return Err(Error::shape(
                 "tensor",
@@ -462,8 +494,9 @@ impl Engine for GpuEngine {
     }
 
     fn read(&mut self, tensor: &GpuTensor) -> Result<Vec<f32>> {
+        self.check_tensors("read", &[tensor])?;
         self.sync()?;
-        let raw = GpuBuffer::<f32>::from_raw(tensor.buffer().clone(), tensor.shape.len())?;
+        let raw = tensor.view::<f32>(tensor.shape.len())?;
         self.ctx.download(&raw)
     }
 
@@ -472,13 +505,19 @@ impl Engine for GpuEngine {
         check_same("conv2d weights", weight.shape, c.weight_shape())?;
         if let Some(b) = bias {
             check_same("conv2d bias", b.shape, c.bias_shape())?;
+            self.check_tensors("conv2d", &[b])?;
         }
+        self.check_tensors("conv2d", &[x, weight])?;
         let y = self.alloc(out)?;
+        if out.is_empty() {
+            // A batch of no images: nothing to dispatch.
+            return Ok(y);
+        }
         let base = ConvConfig {
-            m: out.c as u32,
-            n: (out.n * out.plane()) as u32,
-            k: c.fan_in() as u32,
-            ..conv_base(c, x.shape, out)
+            m: u32_of("conv2d output channels", out.c)?,
+            n: u32_of("conv2d output pixels", out.n * out.plane())?,
+            k: u32_of("conv2d fan-in", c.fan_in())?,
+            ..conv_base(c, x.shape, out)?
         };
         self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane())?;
         Ok(y)
@@ -495,12 +534,21 @@ impl Engine for GpuEngine {
         let out = c.output_shape(x.shape)?;
         check_same("conv2d weights", weight.shape, c.weight_shape())?;
         check_same("conv2d output gradient", grad_out.shape, out)?;
-        let base = conv_base(c, x.shape, out);
+        self.check_tensors("conv2d backward", &[x, weight, grad_out])?;
+        if out.is_empty() {
+            // A batch of no images: no gradient flows to the weights or the bias.
+            return Ok(ConvGrads {
+                input: input_grad.then(|| self.alloc(x.shape)).transpose()?,
+                weight: self.zeros(c.weight_shape())?,
+                bias: self.zeros(c.bias_shape())?,
+            });
+        }
+        let base = conv_base(c, x.shape, out)?;
         let dw = self.alloc(c.weight_shape())?;
         let weight_gemm = ConvConfig {
-            m: out.c as u32,
-            n: c.fan_in() as u32,
-            k: (out.n * out.plane()) as u32,
+            m: u32_of("conv2d output channels", out.c)?,
+            n: u32_of("conv2d fan-in", c.fan_in())?,
+            k: u32_of("conv2d output pixels", out.n * out.plane())?,
             ..base
         };
         self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1)?;
@@ -520,9 +568,9 @@ impl Engine for GpuEngine {
         let dx = if input_grad {
             let dx = self.alloc(x.shape)?;
             let input_gemm = ConvConfig {
-                m: x.shape.c as u32,
-                n: (x.shape.n * x.shape.plane()) as u32,
-                k: (out.c * c.kernel.0 * c.kernel.1) as u32,
+                m: u32_of("conv2d input channels", x.shape.c)?,
+                n: u32_of("conv2d input pixels", x.shape.n * x.shape.plane())?,
+                k: u32_of("conv2d transposed fan-in", out.c * c.kernel.0 * c.kernel.1)?,
                 ..base
             };
             self.conv_gemm(
@@ -552,6 +600,7 @@ impl Engine for GpuEngine {
         gamma: &GpuTensor,
         beta: &GpuTensor,
     ) -> Result<GroupNormOut<GpuTensor>> {
+        self.check_tensors("group norm", &[x, gamma, beta])?;
         self.record_group_norm(gn, x, gamma, beta)
     }
 
@@ -563,10 +612,12 @@ impl Engine for GpuEngine {
         stats: &GpuTensor,
         grad_out: &GpuTensor,
     ) -> Result<GroupNormGrads<GpuTensor>> {
+        self.check_tensors("group norm backward", &[x, gamma, stats, grad_out])?;
         self.record_group_norm_backward(gn, x, gamma, stats, grad_out)
     }
 
     fn relu(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
+        self.check_tensors("relu", &[x])?;
         let out = self.alloc(x.shape)?;
         self.elementwise(Kernel::Relu, x.shape.len(), x, x, &out)?;
         Ok(out)
@@ -574,6 +625,7 @@ impl Engine for GpuEngine {
 
     fn relu_backward(&mut self, x: &GpuTensor, grad_out: &GpuTensor) -> Result<GpuTensor> {
         check_same("relu backward", x.shape, grad_out.shape)?;
+        self.check_tensors("relu backward", &[x, grad_out])?;
         let out = self.alloc(x.shape)?;
         self.elementwise(Kernel::ReluGrad, x.shape.len(), x, grad_out, &out)?;
         Ok(out)
@@ -581,19 +633,18 @@ impl Engine for GpuEngine {
 
     fn upsample_nearest(&mut self, x: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {
         let s = x.shape;
-        if h < s.h || w < s.w || s.h == 0 || s.w == 0 {
-            return Err(Error::shape(
-                "upsample",
-                format!("{s} cannot be resized up to {h} x {w}"),
-            ));
-        }
+        check_upsample(s, h, w)?;
+        self.check_tensors("upsample", &[x])?;
         let out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        if out.shape.is_empty() {
+            return Ok(out);
+        }
         let config = UpsampleConfig {
-            planes: (s.n * s.c) as u32,
+            planes: u32_of("upsample planes", s.n * s.c)?,
             in_h: s.h as u32,
             in_w: s.w as u32,
-            out_h: h as u32,
-            out_w: w as u32,
+            out_h: u32_of("upsample height", h)?,
+            out_w: u32_of("upsample width", w)?,
             _pad: [0; 3],
         };
         self.run(
@@ -607,15 +658,14 @@ impl Engine for GpuEngine {
 
     fn upsample_nearest_backward(&mut self, grad_out: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {
         let s = grad_out.shape;
-        if h > s.h || w > s.w || h == 0 || w == 0 {
-            return Err(Error::shape(
-                "upsample backward",
-                format!("{s} did not come from {h} x {w}"),
-            ));
-        }
+        check_upsample_backward(s, h, w)?;
+        self.check_tensors("upsample backward", &[grad_out])?;
         let out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        if out.shape.is_empty() {
+            return Ok(out);
+        }
         let config = UpsampleConfig {
-            planes: (s.n * s.c) as u32,
+            planes: u32_of("upsample planes", s.n * s.c)?,
             in_h: h as u32,
             in_w: w as u32,
             out_h: s.h as u32,
@@ -633,6 +683,7 @@ impl Engine for GpuEngine {
 
     fn add(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
         check_same("add", a.shape, b.shape)?;
+        self.check_tensors("add", &[a, b])?;
         let out = self.alloc(a.shape)?;
         self.elementwise(Kernel::Add, a.shape.len(), a, b, &out)?;
         Ok(out)
@@ -640,6 +691,7 @@ impl Engine for GpuEngine {
 
     fn accumulate(&mut self, acc: &mut GpuTensor, x: &GpuTensor) -> Result<()> {
         check_same("accumulate", acc.shape, x.shape)?;
+        self.check_tensors("accumulate", &[acc, x])?;
         self.elementwise(Kernel::Accumulate, x.shape.len(), x, x, acc)
     }
 
@@ -651,13 +703,14 @@ impl Engine for GpuEngine {
         row_offset: usize,
     ) -> Result<()> {
         let values = check_permute(head.shape, anchors, rows.shape, row_offset)?;
+        self.check_tensors("permute head", &[head, rows])?;
         let config = PermuteHeadConfig {
-            batch: head.shape.n as u32,
-            anchors: anchors as u32,
-            values: values as u32,
-            plane: head.shape.plane() as u32,
-            rows_per_image: rows.shape.h as u32,
-            row_offset: row_offset as u32,
+            batch: u32_of("permute head batch", head.shape.n)?,
+            anchors: u32_of("permute head anchors", anchors)?,
+            values: u32_of("permute head values", values)?,
+            plane: u32_of("permute head plane", head.shape.plane())?,
+            rows_per_image: u32_of("permute head rows", rows.shape.h)?,
+            row_offset: u32_of("permute head row offset", row_offset)?,
             _pad: [0; 2],
         };
         self.run(
@@ -676,14 +729,15 @@ impl Engine for GpuEngine {
         head: Shape,
     ) -> Result<GpuTensor> {
         let values = check_permute(head, anchors, rows.shape, row_offset)?;
+        self.check_tensors("permute head backward", &[rows])?;
         let out = self.alloc(head)?;
         let config = PermuteHeadConfig {
-            batch: head.n as u32,
-            anchors: anchors as u32,
-            values: values as u32,
-            plane: head.plane() as u32,
-            rows_per_image: rows.shape.h as u32,
-            row_offset: row_offset as u32,
+            batch: u32_of("permute head batch", head.n)?,
+            anchors: u32_of("permute head anchors", anchors)?,
+            values: u32_of("permute head values", values)?,
+            plane: u32_of("permute head plane", head.plane())?,
+            rows_per_image: u32_of("permute head rows", rows.shape.h)?,
+            row_offset: u32_of("permute head row offset", row_offset)?,
             _pad: [0; 2],
         };
         self.run(
@@ -705,13 +759,18 @@ impl Engine for GpuEngine {
         decay: &[bool],
     ) -> Result<()> {
         sgd.validate()?;
+        Sgd::check_lr(lr)?;
         check_sgd(params.len(), grads.len(), velocity.len(), decay.len())?;
         for ((p, g), v) in params.iter().zip(grads).zip(velocity.iter()) {
             check_same("sgd gradient", p.shape, g.shape)?;
             check_same("sgd velocity", p.shape, v.shape)?;
+            self.check_tensors("sgd", &[p, g, v])?;
         }
-        // Global gradient norm: per-parameter partial sums of squares, then one tree sum.
-        let norm_sq = self.alloc(Shape::new(1, 1, 1, 3))?;
+        // Global gradient norm, in two passes so that no square overflows f32 (see
+        // shaders/sum_squares.wgsl): S = sum |g|, then q = sum (g 2^-e)^2 with 2^e just above
+        // S; the norm is 2^e sqrt(q). Each pass writes per-parameter partials, then one tree sum.
+        let norm_sq = self.zeros(Shape::new(1, 1, 1, 3))?;
+        let abs_sum = self.zeros(Shape::new(1, 1, 1, 3))?;
         if sgd.max_grad_norm.is_some() {
             // Each parameter's partials start at an aligned slot; the gaps must be zero.
             let align = (self.ctx.limits().storage_offset_alignment / 4).max(1);
@@ -720,27 +779,31 @@ impl Engine for GpuEngine {
                 .map(|g| (g.shape.len() as u64).div_ceil(4 * WG_SIZE))
                 .collect();
             let slots: u64 = tiles.iter().map(|t| t.div_ceil(align) * align).sum();
-            let partials = self.zeros(Shape::new(1, 1, 1, slots as usize))?;
-            let mut offset = 0;
-            for (g, &t) in grads.iter().zip(&tiles) {
-                let config = SumSquaresConfig {
-                    n: g.shape.len() as u32,
-                    _pad: [0; 3],
-                };
-                let out = storage(partials.buffer(), offset * 4, t * 4);
-                self.run(Kernel::SumSquares, &config, &[g.binding(), out], t)?;
-                offset += t.div_ceil(align) * align;
-            }
             let ctx = self.ctx.clone();
-            let partials_view = GpuBuffer::<f32>::from_raw(partials.buffer().clone(), slots as usize)?;
-            let norm_view = GpuBuffer::<f32>::from_raw(norm_sq.buffer().clone(), 3)?;
-            record_sum(
-                &ctx,
-                self.encoder(),
-                &partials_view,
-                &Normaliser::Constant(1.0),
-                &norm_view,
-            )?;
+            for (flags, total) in [(0, &abs_sum), (FLAG_SCALED_SQUARES, &norm_sq)] {
+                let partials = self.zeros(Shape::new(1, 1, 1, slots as usize))?;
+                let mut offset = 0;
+                for (g, &t) in grads.iter().zip(&tiles) {
+                    let config = SumSquaresConfig {
+                        n: g.shape.len() as u32,
+                        flags,
+                        _pad: [0; 2],
+                    };
+                    let out = storage(partials.buffer(), offset * 4, t * 4);
+                    let scale = storage(abs_sum.buffer(), 0, 12);
+                    self.run(Kernel::SumSquares, &config, &[g.binding(), out, scale], t)?;
+                    offset += t.div_ceil(align) * align;
+                }
+                let partials_view = partials.view::<f32>(slots as usize)?;
+                let total_view = total.view::<f32>(3)?;
+                record_sum(
+                    &ctx,
+                    self.encoder(),
+                    &partials_view,
+                    &Normaliser::Constant(1.0),
+                    &total_view,
+                )?;
+            }
         }
         for (i, ((p, g), v)) in params.iter_mut().zip(grads).zip(velocity.iter_mut()).enumerate() {
             let config = SgdConfig {
@@ -757,10 +820,11 @@ impl Engine for GpuEngine {
                 _pad: [0; 2],
             };
             let norm = storage(norm_sq.buffer(), 0, 12);
+            let scale = storage(abs_sum.buffer(), 0, 12);
             self.run(
                 Kernel::Sgd,
                 &config,
-                &[g.binding(), norm, p.binding(), v.binding()],
+                &[g.binding(), norm, p.binding(), v.binding(), scale],
                 (p.shape.len() as u64).div_ceil(WG_SIZE),
             )?;
         }

@@ -44,6 +44,7 @@ impl GpuContext {
         encoder: &mut wgpu::CommandEncoder,
         entries: &GpuBuffer<SortEntry>,
     ) -> Result<()> {
+        self.check_buffer("GpuContext::record_sort_entries", "entries", entries)?;
         let n = entries.len();
         if !n.is_power_of_two() || n < SORT_BLOCK {
             return Err(Error::invalid(format!(

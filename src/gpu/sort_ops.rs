@@ -1,7 +1,7 @@
 //! Host-slice paths of [`crate::ops::sort`] on the GPU.
 
 use crate::cpu::sort::ordered_key;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::buffer::Readback;
 use crate::gpu::context::GpuContext;
 use crate::gpu::sort::{SortEntry, padding, sort_len};
@@ -9,6 +9,15 @@ use crate::gpu::topk::TopkSegment;
 
 /// Indices of `keys` in decreasing key order (ties by index, NaN last), sorted on the device.
 pub(crate) fn argsort_desc_host(ctx: &GpuContext, keys: &[f32]) -> Result<Vec<u32>> {
+    if u32::try_from(keys.len()).is_err() || keys.len() > 1 << 31 {
+        return Err(Error::invalid(format!(
+            "sort: {} keys exceed the GPU sort's 2^31 entries",
+            keys.len()
+        )));
+    }
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut entries: Vec<SortEntry> = keys
         .iter()
         .enumerate()
@@ -26,6 +35,9 @@ pub(crate) fn argsort_desc_host(ctx: &GpuContext, keys: &[f32]) -> Result<Vec<u3
 
 /// The top-k of `values` selected on the device, as `(key, index)` in index order.
 pub(crate) fn top_k_host(ctx: &GpuContext, values: &[f32], k: usize) -> Result<Vec<(u32, u32)>> {
+    if values.is_empty() || k == 0 {
+        return Ok(Vec::new());
+    }
     let buffer = ctx.upload(values)?;
     let mut encoder = ctx.encoder("top-k");
     let out = ctx.record_top_k(
@@ -42,5 +54,9 @@ pub(crate) fn top_k_host(ctx: &GpuContext, values: &[f32], k: usize) -> Result<V
     let (candidates, selected) = (readback.add(&out.candidates), readback.add(&out.selected));
     let mut results = readback.run(ctx, encoder)?;
     let n = results.take(selected)[0] as usize;
-    Ok(results.take(candidates)[..n].iter().map(|c| (c[0], c[1])).collect())
+    let candidates = results.take(candidates);
+    Ok(candidates[..n.min(candidates.len())]
+        .iter()
+        .map(|c| (c[0], c[1]))
+        .collect())
 }

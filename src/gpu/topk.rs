@@ -95,22 +95,33 @@ impl GpuContext {
         segments: &[TopkSegment],
         threshold: Option<f32>,
     ) -> Result<TopkOutput> {
+        self.check_buffer("GpuContext::record_top_k", "values", values)?;
         let limits = self.limits();
         let stride = segments.iter().map(|s| s.k).max().unwrap_or(0).max(1);
         let mut table = Vec::with_capacity(segments.len());
         let mut states = Vec::with_capacity(segments.len());
         let mut tiles = 0u64;
+        if u32::try_from(segments.len()).is_err() {
+            return Err(Error::invalid(format!(
+                "top-k: {} segments exceed 2^32",
+                segments.len()
+            )));
+        }
         for (i, s) in segments.iter().enumerate() {
-            if s.k > s.len || s.start + s.len > values.len() {
+            let end = s.start.checked_add(s.len);
+            if s.k > s.len || end.is_none_or(|end| end > values.len()) {
                 return Err(Error::shape(
                     "top-k",
                     format!("segment {i} ({s:?}) does not fit {} values, or k > len", values.len()),
                 ));
             }
-            let out_offset = i * stride;
-            if u32::try_from(s.start + s.len).is_err() || u32::try_from(out_offset + stride).is_err() {
-                return Err(Error::invalid("top-k: more than 2^32 elements"));
+            let out_end = i.checked_mul(stride).and_then(|o| o.checked_add(stride));
+            if u32::try_from(s.start + s.len).is_err() || out_end.is_none_or(|e| u32::try_from(e).is_err()) {
+                return Err(Error::invalid(format!(
+                    "top-k: segment {i} ({s:?}) reaches past 2^32 elements (input or output)"
+                )));
             }
+            let out_offset = i * stride;
             table.push(SegmentGpu {
                 start: s.start as u32,
                 len: s.len as u32,

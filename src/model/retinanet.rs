@@ -129,10 +129,16 @@ impl RetinaNetConfig {
         self.anchors().anchors_per_cell()
     }
 
-    /// Anchor rows per image (3069 at 128 x 128).
-    pub fn num_anchors(&self) -> usize {
-        let s = self.input_size as u32;
+    /// Anchor rows per image (3069 at 128 x 128); an error for an input size beyond `u32`.
+    pub fn num_anchors(&self) -> Result<usize> {
+        let s = self.input_side()?;
         self.anchors().num_anchors(s, s)
+    }
+
+    /// The input side as the anchors take it.
+    fn input_side(&self) -> Result<u32> {
+        u32::try_from(self.input_size)
+            .map_err(|_| Error::invalid(format!("RetinaNet input size {} exceeds 2^32", self.input_size)))
     }
 }
 
@@ -333,8 +339,8 @@ impl RetinaNet {
         };
         let class_head = head("cls", a * config.num_classes, Init::prior(config.prior));
         let box_head = head("box", a * 4, zero);
-        let s = config.input_size as u32;
-        let level_offsets = config.anchors().level_offsets(s, s);
+        let s = config.input_side()?;
+        let level_offsets = config.anchors().level_offsets(s, s)?;
         Ok(Self {
             config,
             params: b.params,
@@ -514,7 +520,7 @@ impl RetinaNet {
         let p7 = Self::block_forward(e, &self.p7, params, &p6_relu)?;
 
         let a = self.config.anchors_per_cell();
-        let rows = self.config.num_anchors();
+        let rows = self.config.num_anchors()?;
         let k = self.config.num_classes;
         let mut class_rows = e.zeros(Shape::new(batch, 1, rows, k))?;
         let mut box_rows = e.zeros(Shape::new(batch, 1, rows, 4))?;

@@ -147,7 +147,9 @@ pub trait Engine {
     ) -> Result<Self::Tensor>;
 
     /// One SGD step over every parameter, with the global gradient norm clipped when the
-    /// optimiser says so (computed on the device, no readback). `decay[i]` says whether the
+    /// optimiser says so (computed on the device, no readback, scaled so that no square
+    /// overflows: the backends agree for norms up to `f32::MAX`). `lr` must be finite and >= 0
+    /// ([`Sgd::check_lr`]). `decay[i]` says whether the
     /// optimiser's weight decay applies to parameter `i` (RetinaNet exempts biases and
     /// GroupNorm's scale and shift); empty means every parameter.
     fn sgd_step(

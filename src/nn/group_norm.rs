@@ -48,6 +48,9 @@ impl GroupNorm {
 
     /// Channels in each group (`channels / groups`).
     pub const fn channels_per_group(&self) -> usize {
+        if self.groups == 0 {
+            return 0;
+        }
         self.channels / self.groups
     }
 
@@ -128,6 +131,7 @@ impl GroupNorm {
                 format!("{self} needs at least one pixel per channel, the input is {x}"),
             ));
         }
+        x.checked_len()?;
         Ok(())
     }
 

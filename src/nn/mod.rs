@@ -26,6 +26,28 @@ pub use crate::gpu::nn::{GpuEngine, GpuTensor};
 
 use crate::error::{Error, Result};
 
+/// The most bytes the CPU backend asks for in one tensor or result (64 GiB). Larger requests are
+/// refused with [`Error::OutOfMemory`] before anything is allocated; smaller ones are reserved
+/// fallibly, so a request the host cannot serve is an error too, not an abort.
+pub const MAX_HOST_BYTES: u64 = 1 << 36;
+
+/// A zero-filled vector of `len` values for the CPU backend: [`Error::OutOfMemory`] (naming
+/// `what` and the size) beyond [`MAX_HOST_BYTES`] or when the allocator refuses.
+pub(crate) fn host_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let bytes = (len as u128) * (size_of::<T>() as u128);
+    if bytes > u128::from(MAX_HOST_BYTES) {
+        return Err(Error::OutOfMemory(format!(
+            "CPU: {what} of {len} elements ({bytes} bytes) exceeds the CPU backend's limit of \
+             {MAX_HOST_BYTES} bytes"
+        )));
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|e| Error::OutOfMemory(format!("CPU: {what} of {len} elements ({bytes} bytes): {e}")))?;
+    v.resize(len, value);
+    Ok(v)
+}
+
 /// An NCHW shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
@@ -45,19 +67,35 @@ impl Shape {
         Self { n, c, h, w }
     }
 
-    /// Number of elements.
+    /// Number of elements, saturating at `usize::MAX` when the product overflows (engines
+    /// refuse such shapes; [`Shape::checked_len`] says so as an error).
     pub const fn len(&self) -> usize {
-        self.n * self.c * self.h * self.w
+        if self.is_empty() {
+            return 0;
+        }
+        self.n
+            .saturating_mul(self.c)
+            .saturating_mul(self.h)
+            .saturating_mul(self.w)
     }
 
-    /// True when the tensor holds no element.
+    /// Number of elements, or an error naming the shape when the product overflows `usize`.
+    pub fn checked_len(&self) -> Result<usize> {
+        self.n
+            .checked_mul(self.c)
+            .and_then(|v| v.checked_mul(self.h))
+            .and_then(|v| v.checked_mul(self.w))
+            .ok_or_else(|| Error::invalid(format!("a tensor of {self} holds more than usize::MAX elements")))
+    }
+
+    /// True when the tensor holds no element (some dimension is 0).
     pub const fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.n == 0 || self.c == 0 || self.h == 0 || self.w == 0
     }
 
-    /// `h * w`.
+    /// `h * w` (saturating, like [`Shape::len`]).
     pub const fn plane(&self) -> usize {
-        self.h * self.w
+        self.h.saturating_mul(self.w)
     }
 }
 
@@ -97,8 +135,11 @@ impl Conv2d {
     }
 
     /// Weights per output channel: `in_channels * kernel_h * kernel_w` (the GEMM's K).
+    /// Saturates at `usize::MAX` ([`Conv2d::output_shape`] refuses such a layer).
     pub const fn fan_in(&self) -> usize {
-        self.in_channels * self.kernel.0 * self.kernel.1
+        self.in_channels
+            .saturating_mul(self.kernel.0)
+            .saturating_mul(self.kernel.1)
     }
 
     /// Shape of the weights, as an NCHW tensor.
@@ -111,7 +152,9 @@ impl Conv2d {
         Shape::new(1, self.out_channels, 1, 1)
     }
 
-    /// Output shape for `input`, or an error naming the layer and the shapes.
+    /// Output shape for `input`, or an error naming the layer and the shapes. The input needs
+    /// at least one row and one column (a batch of 0 images is fine and gives an empty output);
+    /// sizes whose arithmetic overflows are an error.
     pub fn output_shape(&self, input: Shape) -> Result<Shape> {
         self.validate()?;
         if input.c != self.in_channels {
@@ -120,12 +163,31 @@ impl Conv2d {
                 format!("{self} takes {} input channels, the input is {input}", self.in_channels),
             ));
         }
-        let out = |size: usize, k: usize| (size + 2 * self.padding).checked_sub(k).map(|v| v / self.stride + 1);
+        if input.h == 0 || input.w == 0 {
+            return Err(Error::shape(
+                "conv2d",
+                format!("the input {input} has no pixels; a convolution needs at least 1 x 1"),
+            ));
+        }
+        input.checked_len()?;
+        let out = |size: usize, k: usize| {
+            self.padding
+                .checked_mul(2)
+                .and_then(|p| p.checked_add(size))
+                .and_then(|s| s.checked_sub(k))
+                .map(|v| v / self.stride + 1)
+        };
         match (out(input.h, self.kernel.0), out(input.w, self.kernel.1)) {
-            (Some(h), Some(w)) if h > 0 && w > 0 => Ok(Shape::new(input.n, self.out_channels, h, w)),
+            (Some(h), Some(w)) if h > 0 && w > 0 => {
+                let out = Shape::new(input.n, self.out_channels, h, w);
+                out.checked_len()?;
+                // The weights, and the GEMM's K, must be countable too.
+                self.weight_shape().checked_len()?;
+                Ok(out)
+            }
             _ => Err(Error::shape(
                 "conv2d",
-                format!("{self} cannot cover an input of {input}"),
+                format!("{self} cannot cover an input of {input} (or the padded size overflows)"),
             )),
         }
     }

@@ -95,13 +95,14 @@ pub fn small_retinanet_convs(batch: usize, size: usize, anchors: usize, classes:
         });
         out.push(ConvUse {
             name: "class head output",
-            conv: Conv2d::new(64, anchors * classes, 3, 1),
+            // Saturating: an impossible width is refused by `Conv2d::output_shape`.
+            conv: Conv2d::new(64, anchors.saturating_mul(classes), 3, 1),
             input,
             count: 1,
         });
         out.push(ConvUse {
             name: "box head output",
-            conv: Conv2d::new(64, anchors * 4, 3, 1),
+            conv: Conv2d::new(64, anchors.saturating_mul(4), 3, 1),
             input,
             count: 1,
         });

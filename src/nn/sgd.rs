@@ -49,6 +49,17 @@ impl Sgd {
         }
         Ok(())
     }
+
+    /// Checks a step's learning rate: finite and >= 0 (a NaN or infinite rate would turn every
+    /// parameter into NaN). Both engines' `sgd_step` call it.
+    pub fn check_lr(lr: f32) -> Result<()> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::invalid(format!(
+                "SGD learning rate must be finite and >= 0, got {lr}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Learning rate by step: linear warmup from `base * warmup_factor` to `base` over

@@ -57,7 +57,7 @@ impl AnchorConfig {
 
     /// Anchors per cell (`scales x ratios`).
     pub fn anchors_per_cell(&self) -> usize {
-        self.scales.len() * self.aspect_ratios.len()
+        self.scales.len().saturating_mul(self.aspect_ratios.len())
     }
 
     /// Checks that the levels agree and every number is positive and finite.
@@ -93,31 +93,46 @@ impl AnchorConfig {
         Ok(())
     }
 
-    /// Cells `(rows, cols)` of each level for an image of `height x width`.
-    pub fn grid(&self, height: u32, width: u32) -> Vec<(u32, u32)> {
+    /// Cells `(rows, cols)` of each level for an image of `height x width`; a stride of 0 is
+    /// an error.
+    pub fn grid(&self, height: u32, width: u32) -> Result<Vec<(u32, u32)>> {
         self.strides
             .iter()
-            .map(|&s| (height.div_ceil(s), width.div_ceil(s)))
+            .map(|&s| {
+                if s == 0 {
+                    return Err(Error::invalid("anchors: stride 0 must be >= 1"));
+                }
+                Ok((height.div_ceil(s), width.div_ceil(s)))
+            })
             .collect()
     }
 
-    /// Number of anchors for an image of `height x width`.
-    pub fn num_anchors(&self, height: u32, width: u32) -> usize {
-        self.grid(height, width)
-            .iter()
-            .map(|&(h, w)| h as usize * w as usize)
-            .sum::<usize>()
-            * self.anchors_per_cell()
+    /// Number of anchors for an image of `height x width`; an error for a stride of 0 or a
+    /// count that overflows `usize`.
+    pub fn num_anchors(&self, height: u32, width: u32) -> Result<usize> {
+        let offsets = self.level_offsets(height, width)?;
+        Ok(offsets.last().copied().unwrap_or(0))
     }
 
-    /// Index of the first anchor of each level, and the total at the end.
-    pub fn level_offsets(&self, height: u32, width: u32) -> Vec<usize> {
+    /// Index of the first anchor of each level, and the total at the end; an error for a stride
+    /// of 0 or a count that overflows `usize`.
+    pub fn level_offsets(&self, height: u32, width: u32) -> Result<Vec<usize>> {
         let a = self.anchors_per_cell();
-        let mut offsets = vec![0];
-        for (h, w) in self.grid(height, width) {
-            offsets.push(offsets.last().copied().unwrap_or(0) + h as usize * w as usize * a);
+        let mut offsets = vec![0usize];
+        for (h, w) in self.grid(height, width)? {
+            let last = offsets.last().copied().unwrap_or(0);
+            let next = (h as usize)
+                .checked_mul(w as usize)
+                .and_then(|cells| cells.checked_mul(a))
+                .and_then(|n| n.checked_add(last))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "anchors: {height} x {width} with {a} anchors per cell gives more than usize::MAX anchors"
+                    ))
+                })?;
+            offsets.push(next);
         }
-        offsets
+        Ok(offsets)
     }
 
     /// The anchors of one cell of each level, centred at the origin: `[level][a]`.
@@ -148,7 +163,7 @@ impl AnchorConfig {
                 "anchors: image size {height} x {width} must be positive"
             )));
         }
-        if u32::try_from(self.num_anchors(height, width)).is_err() {
+        if u32::try_from(self.num_anchors(height, width)?).is_err() {
             return Err(Error::invalid(format!(
                 "anchors: {height} x {width} gives more than 2^32 anchors"
             )));
@@ -162,7 +177,7 @@ impl AnchorConfig {
     pub fn generate(&self, backend: &Backend, height: u32, width: u32) -> Result<Vec<[f32; 4]>> {
         self.check_size(height, width)?;
         match backend {
-            Backend::Cpu => Ok(crate::cpu::anchors::generate(self, height, width)),
+            Backend::Cpu => crate::cpu::anchors::generate(self, height, width),
             Backend::Gpu(ctx) => {
                 let anchors = ctx.anchors(self, height, width)?;
                 ctx.download(&anchors)

@@ -30,6 +30,10 @@ pub enum BoxReduction {
 }
 
 /// A box regression loss.
+///
+/// Valid input: finite deltas with `|d| <= 1e28` (and anchors as [`crate::BoxCoder`] takes
+/// them); NaN in gives NaN out. Beyond `1e28` the per-element losses are finite, but a sum past
+/// `f32::MAX` is infinite on the GPU while the CPU's f64 sum may not be.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BoxLoss {
     /// Smooth L1 or GIoU.

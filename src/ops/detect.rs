@@ -123,7 +123,10 @@ impl PostProcess {
         (t > 0.0).then(|| (t / (1.0 - t)).ln())
     }
 
-    /// Detections of every image of the batch, in decreasing score order.
+    /// Detections of every image of the batch, in decreasing score order. A batch of no images
+    /// gives no result on either backend (and no dispatch). A NaN in an anchor's deltas gives
+    /// that candidate an all-NaN box on both backends (clipped or not), which keeps its score
+    /// and suppresses nothing; NaN logits are never selected.
     pub fn run(&self, backend: &Backend, input: &DetectionInput<'_>) -> Result<Vec<Vec<Detection>>> {
         self.validate()?;
         input.validate()?;
@@ -154,7 +157,7 @@ pub(crate) fn check_shapes(
             format!("{deltas} deltas are not whole images of {anchors} anchors"),
         ));
     }
-    if logits != deltas * num_classes {
+    if deltas.checked_mul(num_classes) != Some(logits) {
         return Err(Error::shape(
             "post-processing",
             format!("{logits} logits but {deltas} deltas x {num_classes} classes"),

@@ -66,6 +66,12 @@ pub enum FocalVariant {
 
 /// Parameters of the focal loss. Build with [`FocalLoss::new`], [`FocalLoss::retinanet`],
 /// [`FocalLoss::cross_entropy`] or [`FocalLoss::star`], then adjust with the `with_` methods.
+///
+/// Valid input: finite logits with `|x| <= 1e28`. Per element, loss and gradient are finite for
+/// every finite logit (for FL*, while `gamma x + beta` is finite) and NaN for NaN or infinite
+/// ones; within `1e28` the reduced loss is also finite (N <= 2^32 elements) and both backends
+/// agree. Beyond it the per-element values stay finite, but a sum past `f32::MAX` is infinite
+/// on the GPU (an f32 tree) while the CPU (an f64 sum) may still give a finite loss.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FocalLoss {
     /// Weight of the positive class, in [0, 1]; `None` weighs both classes 1 (torchvision's

@@ -12,7 +12,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::ops::boxes::{BoxCoder, check_anchors};
+use crate::ops::boxes::{BoxCoder, MAX_BOX_COORD, check_anchors};
 
 /// IoU thresholds of the matcher (torchvision's RetinaNet: 0.5, 0.4, low-quality matches on).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -113,6 +113,12 @@ impl TargetAssigner {
                         "ground truth of image {image}, box {i}: {b:?} is not finite"
                     )));
                 }
+                if b.iter().any(|v| v.abs() > MAX_BOX_COORD) {
+                    return Err(Error::invalid(format!(
+                        "ground truth of image {image}, box {i}: {b:?} is outside the valid \
+                         coordinate range [-1e18, 1e18]"
+                    )));
+                }
                 if b[2] < b[0] || b[3] < b[1] {
                     return Err(Error::invalid(format!(
                         "ground truth of image {image}, box {i}: {b:?} has x2 < x1 or y2 < y1"
@@ -139,6 +145,17 @@ impl TargetAssigner {
         images: &[GroundTruth<'_>],
     ) -> Result<AssignedTargets> {
         self.validate(anchors, images)?;
+        // matches, labels and box targets: 24 bytes per (image, anchor), on the host.
+        let bytes = anchors.len() as u128 * images.len() as u128 * 24;
+        if bytes > u128::from(crate::nn::MAX_HOST_BYTES) {
+            return Err(Error::OutOfMemory(format!(
+                "target assignment of {} images x {} anchors needs {bytes} bytes of host memory, \
+                 more than the CPU backend's cap of {} bytes",
+                images.len(),
+                anchors.len(),
+                crate::nn::MAX_HOST_BYTES
+            )));
+        }
         match backend {
             Backend::Cpu => Ok(crate::cpu::matcher::assign(self, anchors, images)),
             Backend::Gpu(ctx) => crate::gpu::matcher::assign_host(ctx, self, anchors, images),

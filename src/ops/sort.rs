@@ -4,6 +4,16 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
+/// Indices are u32: at most `u32::MAX` values.
+fn check_len(op: &str, n: usize) -> Result<()> {
+    if u32::try_from(n).is_err() {
+        return Err(Error::invalid(format!(
+            "{op}: {n} values exceed the u32 indices (at most 2^32 - 1)"
+        )));
+    }
+    Ok(())
+}
+
 /// `keys` sorted in decreasing order with their `payloads` (ties: lower input index first; NaN
 /// keys last).
 pub fn sort_desc(backend: &Backend, keys: &[f32], payloads: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
@@ -13,21 +23,35 @@ pub fn sort_desc(backend: &Backend, keys: &[f32], payloads: &[u32]) -> Result<(V
             format!("{} keys but {} payloads", keys.len(), payloads.len()),
         ));
     }
+    check_len("sort", keys.len())?;
+    if keys.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let order = match backend {
         Backend::Cpu => crate::cpu::sort::argsort_desc(keys),
         Backend::Gpu(ctx) => crate::gpu::sort_ops::argsort_desc_host(ctx, keys)?,
     };
-    Ok(order.iter().map(|&i| (keys[i as usize], payloads[i as usize])).unzip())
+    Ok(order
+        .iter()
+        .filter_map(|&i| Some((*keys.get(i as usize)?, *payloads.get(i as usize)?)))
+        .unzip())
 }
 
 /// The `k` largest values (NaN never; fewer if fewer are not NaN) in decreasing order, with
 /// their indices (ties: lower index first). Radix select on the GPU, then a sort of the k.
 pub fn top_k(backend: &Backend, values: &[f32], k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+    check_len("top-k", values.len())?;
     let k = k.min(values.len());
+    if k == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let mut selected: Vec<(u32, u32)> = match backend {
         Backend::Cpu => crate::cpu::sort::top_k_segment(values, k, None),
         Backend::Gpu(ctx) => crate::gpu::sort_ops::top_k_host(ctx, values, k)?,
     };
     selected.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    Ok(selected.iter().map(|&(_, i)| (values[i as usize], i)).unzip())
+    Ok(selected
+        .iter()
+        .filter_map(|&(_, i)| Some((*values.get(i as usize)?, i)))
+        .unzip())
 }

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use retina_wgpu::nn::{ConvUse, CpuEngine, Engine, GpuEngine, Init, SeededRng, small_retinanet_convs};
-use retina_wgpu::{Backend, Result};
+use retina_wgpu::{Backend, Error, Result};
 
-use super::{Common, Row, human, median_seconds, progress, report};
+use super::{Common, Row, check_workload, human, median_seconds, progress, report};
 
 #[derive(Args, Debug)]
 pub struct ConvArgs {
@@ -51,8 +51,26 @@ fn time_conv<E: Engine>(engine: &mut E, u: &ConvUse, iters: usize, bar: &indicat
 }
 
 pub fn run(args: ConvArgs) -> Result<()> {
-    let backends = args.common.backend.backends()?;
+    if args.batch == 0 || args.size == 0 || args.classes == 0 {
+        return Err(Error::InvalidParameter(format!(
+            "bench conv: --batch, --size and --classes must be at least 1, got {}, {} and {}",
+            args.batch, args.size, args.classes
+        )));
+    }
     let convs = small_retinanet_convs(args.batch, args.size, 9, args.classes);
+    // The largest convolution's input, weights and output gradient, generated on the host.
+    let mut largest = 0u128;
+    for u in &convs {
+        let out = u.conv.output_shape(u.input)?;
+        let values = [
+            u.input.checked_len()?,
+            u.conv.weight_shape().checked_len()?,
+            out.checked_len()?,
+        ];
+        largest = largest.max(values.iter().map(|&v| v as u128 * 4).sum());
+    }
+    check_workload("the largest convolution of bench conv", largest)?;
+    let backends = args.common.backend.backends()?;
     // Distinct shapes, with how often each runs per step.
     let mut distinct: BTreeMap<String, (ConvUse, usize)> = BTreeMap::new();
     for u in &convs {

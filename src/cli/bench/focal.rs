@@ -4,7 +4,7 @@ use clap::Args;
 use retina_wgpu::gpu::{FocalBuffers, LogitsBuffer, TargetsBuffer};
 use retina_wgpu::{Backend, FocalInput, FocalLoss, Result, workloads};
 
-use super::{Common, Row, gpu_median_seconds, median_seconds, parse_size, progress, report};
+use super::{Common, Row, check_workload, gpu_median_seconds, median_seconds, parse_size, progress, report};
 
 #[derive(Args, Debug)]
 pub struct FocalArgs {
@@ -26,7 +26,14 @@ pub fn run(args: FocalArgs) -> Result<()> {
     let bar = progress(steps, "focal loss");
     let mut rows_out = Vec::new();
     for &size in &args.sizes {
-        let rows = (size as usize / k).max(1);
+        let rows = (size / k as u64).max(1);
+        // Logits, labels and, on the CPU, the gradient.
+        check_workload(
+            &format!("a focal-loss problem of {size} elements"),
+            u128::from(rows) * (k as u128 * 8 + 4),
+        )?;
+        let rows = usize::try_from(rows)
+            .map_err(|_| retina_wgpu::Error::InvalidParameter(format!("size {size} too large")))?;
         let n = rows * k;
         let (logits, labels) = workloads::focal_problem(rows, k);
         let input = FocalInput::labels(&logits[..], &labels, k);

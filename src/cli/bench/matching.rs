@@ -4,7 +4,7 @@ use clap::Args;
 use retina_wgpu::gpu::{AssignBuffers, GroundTruthBuffers};
 use retina_wgpu::{AnchorConfig, Backend, GroundTruth, Result, TargetAssigner, workloads};
 
-use super::{Common, Row, gpu_median_seconds, median_seconds, progress, report};
+use super::{Common, Row, check_workload, gpu_median_seconds, median_seconds, progress, report};
 
 #[derive(Args, Debug)]
 pub struct MatchArgs {
@@ -26,6 +26,21 @@ pub fn run(args: MatchArgs) -> Result<()> {
     let config = AnchorConfig::retinanet();
     let anchors = config.generate(&Backend::Cpu, args.image, args.image)?;
     let a = anchors.len();
+    for &count in &args.boxes {
+        check_workload(
+            &format!(
+                "target assignment of {} images x {a} anchors x {count} boxes",
+                args.batch
+            ),
+            args.batch as u128 * (a as u128 * 24 + count as u128 * 20),
+        )?;
+        if u32::try_from(args.batch as u128 * count as u128).is_err() {
+            return Err(retina_wgpu::Error::InvalidParameter(format!(
+                "bench match: {} images x {count} boxes exceed 2^32 boxes",
+                args.batch
+            )));
+        }
+    }
     let assigner = TargetAssigner::new(80);
     let steps = args.boxes.len() as u64 * args.common.iters.max(1) as u64 * (backends.len() as u64 + 1);
     let bar = progress(steps, "target assignment");

@@ -204,6 +204,22 @@ fn format_seconds(s: f64) -> String {
     }
 }
 
+/// Refuses a generated workload of `bytes` bytes in host memory before generating it: beyond
+/// [`retina_wgpu::nn::MAX_HOST_BYTES`], or more than the allocator will reserve, is an
+/// out-of-memory error naming `what`, not an abort.
+pub fn check_workload(what: &str, bytes: u128) -> Result<()> {
+    let max = retina_wgpu::nn::MAX_HOST_BYTES;
+    let fits = u64::try_from(bytes).is_ok_and(|b| b <= max)
+        && usize::try_from(bytes).is_ok_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok());
+    if !fits {
+        return Err(retina_wgpu::Error::OutOfMemory(format!(
+            "CPU: {what} needs {bytes} bytes of host memory, more than this machine will reserve \
+             (the CPU backend's cap is {max} bytes); choose a smaller size"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses sizes like "1M,16M,64M", "5000", "20k" (decimal multipliers).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();

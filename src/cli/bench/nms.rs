@@ -4,7 +4,7 @@ use clap::Args;
 use retina_wgpu::gpu::DetectionBuffers;
 use retina_wgpu::{AnchorConfig, Backend, DetectionInput, Nms, PostProcess, Result, workloads};
 
-use super::{Common, Row, gpu_median_seconds, median_seconds, parse_size, progress, report};
+use super::{Common, Row, check_workload, gpu_median_seconds, median_seconds, parse_size, progress, report};
 
 #[derive(Args, Debug)]
 pub struct NmsArgs {
@@ -32,6 +32,7 @@ pub fn run(args: NmsArgs) -> Result<()> {
     let mut rows = Vec::new();
     let nms = Nms::hard(0.5);
     for &n in &args.sizes {
+        check_workload(&format!("{n} boxes"), u128::from(n) * 24)?;
         let n = n as usize;
         let (b, s, c) = workloads::random_boxes(n, args.classes);
         for (op, classes) in [("nms", None), ("batched_nms", Some(&c[..]))] {
@@ -78,8 +79,12 @@ pub fn run(args: NmsArgs) -> Result<()> {
 fn postprocess_rows(args: &NmsArgs, backends: &[Backend], bar: &indicatif::ProgressBar) -> Result<Vec<Row>> {
     let config = AnchorConfig::retinanet();
     let anchors = config.generate(&Backend::Cpu, args.image, args.image)?;
-    let offsets = config.level_offsets(args.image, args.image);
+    let offsets = config.level_offsets(args.image, args.image)?;
     let (a, k) = (anchors.len(), args.classes.max(1));
+    check_workload(
+        &format!("a post-processing batch of {} x {a} anchors x {k} classes", args.batch),
+        args.batch as u128 * a as u128 * (k as u128 * 4 + 16),
+    )?;
     let (logits, deltas) = workloads::detector_outputs(args.batch, a, k);
     let input = DetectionInput {
         logits: &logits,
