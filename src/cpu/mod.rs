@@ -12,4 +12,5 @@ pub mod matcher;
 pub mod math;
 pub mod nms;
 pub mod nn;
+pub mod ohem;
 pub mod sort;

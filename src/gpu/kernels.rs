@@ -55,10 +55,14 @@ pub(crate) enum Kernel {
     GroupNormApply,
     GroupNormGradSums,
     GroupNormGradCoef,
+    OhemRowLoss,
+    OhemEntries,
+    OhemSelect,
+    OhemScale,
 }
 
 impl Kernel {
-    const COUNT: usize = 46;
+    const COUNT: usize = 50;
 
     pub(crate) fn file(self) -> &'static str {
         match self {
@@ -108,6 +112,10 @@ impl Kernel {
             Kernel::GroupNormApply => "group_norm_apply.wgsl",
             Kernel::GroupNormGradSums => "group_norm_grad_sums.wgsl",
             Kernel::GroupNormGradCoef => "group_norm_grad_coef.wgsl",
+            Kernel::OhemRowLoss => "ohem_row_loss.wgsl",
+            Kernel::OhemEntries => "ohem_entries.wgsl",
+            Kernel::OhemSelect => "ohem_select.wgsl",
+            Kernel::OhemScale => "ohem_scale.wgsl",
         }
     }
 }

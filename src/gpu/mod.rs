@@ -14,6 +14,7 @@ mod kernels;
 pub(crate) mod matcher;
 pub(crate) mod nms;
 pub(crate) mod nn;
+pub(crate) mod ohem;
 mod reduce;
 pub mod shader;
 mod sort;
@@ -26,5 +27,6 @@ pub use context::{DeviceLimits, GpuContext, GpuOptions, LimitCaps, enumerate_ada
 pub use detect::{DetectionBuffers, DetectionOutput, GpuDetection};
 pub use focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
 pub use matcher::{AssignBuffers, GroundTruthBuffers};
+pub use ohem::OhemBuffers;
 pub use sort::SortEntry;
 pub use topk::{TopkOutput, TopkSegment};

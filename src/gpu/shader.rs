@@ -53,6 +53,10 @@ pub const KERNEL_FILES: &[&str] = &[
     "group_norm_apply.wgsl",
     "group_norm_grad_sums.wgsl",
     "group_norm_grad_coef.wgsl",
+    "ohem_row_loss.wgsl",
+    "ohem_entries.wgsl",
+    "ohem_select.wgsl",
+    "ohem_scale.wgsl",
 ];
 
 /// Device capabilities that select between variants of the shared helpers.

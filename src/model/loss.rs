@@ -3,19 +3,23 @@
 //! L1 (beta 1/9) on the encoded box targets of positive anchors, both divided by max(1, positive
 //! anchors in the batch).
 //!
-//! The classification loss is a [`ClassLoss`], so that other losses (cross entropy, OHEM) plug
-//! in without touching the model. An engine computes the loss through [`LossEngine`]: the
-//! loss values stay in a small tensor that a training loop reads only when it logs.
+//! The classification loss is a [`ClassLoss`] (focal loss, or OHEM as the paper's baseline), so
+//! that other losses plug in without touching the model. An engine computes the loss through
+//! [`LossEngine`]: the loss values stay in a small tensor that a training loop reads only when
+//! it logs.
 
 use crate::backend::Backend;
 use crate::cpu::nn::{CpuEngine, CpuTensor};
 use crate::error::{Error, Result};
-use crate::gpu::{AssignBuffers, BoxLossBuffers, FocalBuffers, GroundTruthBuffers, LogitsBuffer, TargetsBuffer};
+use crate::gpu::{
+    AssignBuffers, BoxLossBuffers, FocalBuffers, GroundTruthBuffers, LogitsBuffer, OhemBuffers, TargetsBuffer,
+};
 use crate::nn::{Engine, GpuEngine, GpuTensor, Shape};
 use crate::ops::anchors::AnchorConfig;
 use crate::ops::box_loss::{BoxLoss, BoxLossInput, BoxReduction};
 use crate::ops::focal::{FocalInput, FocalLoss, Reduction};
 use crate::ops::matcher::{GroundTruth, TargetAssigner};
+use crate::ops::ohem::{Ohem, OhemInput};
 
 /// One image size's anchors: the configuration (the GPU uses its cached device copy) and the
 /// boxes on the host.
@@ -48,8 +52,13 @@ impl AnchorSet {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ClassLoss {
     /// Sigmoid focal loss with any alpha and gamma, FL*, or (gamma 0) alpha-balanced cross
-    /// entropy, over every non-ignored anchor.
+    /// entropy, over every non-ignored anchor, divided by max(1, positive anchors).
     Focal(FocalLoss),
+    /// Online hard example mining, the paper's baseline (Table 1d): (alpha-balanced) cross
+    /// entropy over the `per_image` highest-loss anchors of each image, after NMS over the
+    /// anchors' boxes and with an optional positive quota, divided by max(1, anchors selected in
+    /// the batch); see [`crate::ops::ohem`] for the exact rule. The box loss is unchanged.
+    Ohem(Ohem),
 }
 
 impl Default for ClassLoss {
@@ -105,9 +114,17 @@ impl DetectionLoss {
         }
         let targets = self.assigner.assign(backend, anchors, images)?;
         let normaliser = targets.total_positives().max(1) as f32;
-        let ClassLoss::Focal(focal) = self.class_loss;
-        let focal = focal.with_reduction(Reduction::Normalized(normaliser));
-        let class = focal.compute(backend, &FocalInput::labels(class_rows, &targets.labels, k))?;
+        let (class_value, class_grad) = match self.class_loss {
+            ClassLoss::Focal(focal) => {
+                let focal = focal.with_reduction(Reduction::Normalized(normaliser));
+                let class = focal.compute(backend, &FocalInput::labels(class_rows, &targets.labels, k))?;
+                (class.loss, class.grad.expect("the focal loss returns its gradient"))
+            }
+            ClassLoss::Ohem(ohem) => {
+                let class = ohem.compute(backend, &OhemInput::new(class_rows, &targets.labels, k, anchors))?;
+                (class.loss, class.grad)
+            }
+        };
         let boxes = self
             .box_loss
             .with_reduction(BoxReduction::Normalized(normaliser))
@@ -122,11 +139,11 @@ impl DetectionLoss {
             )?;
         Ok(HostLoss {
             values: LossValues {
-                class: class.loss,
+                class: class_value,
                 boxes: boxes.loss,
                 normaliser,
             },
-            class_grad: class.grad.expect("the focal loss returns its gradient"),
+            class_grad,
             box_grad: boxes.grad,
         })
     }
@@ -135,11 +152,13 @@ impl DetectionLoss {
 /// The loss of one batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossValues {
-    /// Classification loss (already divided by max(1, positives)).
+    /// Classification loss (already divided by max(1, positives); with
+    /// [`ClassLoss::Ohem`], by max(1, anchors selected in the batch)).
     pub class: f32,
     /// Box loss (already divided by max(1, positives)).
     pub boxes: f32,
-    /// What both were divided by: max(1, positive anchors in the batch).
+    /// What the box loss (and the focal loss) was divided by: max(1, positive anchors in the
+    /// batch).
     pub normaliser: f32,
 }
 
@@ -288,8 +307,6 @@ impl LossEngine for GpuEngine {
         let pred = box_rows.view::<[f32; 4]>(b * r)?;
         let class_grad_view = class_grad.view::<f32>(cs.len())?;
         let box_grad_view = box_grad.view::<[f32; 4]>(b * r)?;
-        let ClassLoss::Focal(focal) = loss.class_loss;
-        let focal = focal.with_reduction(Reduction::PerPositive);
         let box_loss = loss.box_loss.with_reduction(BoxReduction::PerPositive);
         let encoder = self.encoder();
         let gt = GroundTruthBuffers {
@@ -305,16 +322,32 @@ impl LossEngine for GpuEngine {
         };
         ctx.record_assign_targets(encoder, &loss.assigner, &anchor_buf, &gt, &assigned)?;
         let total = Some((&positives, b as u32));
-        let focal_buffers = FocalBuffers {
-            logits: LogitsBuffer::F32(&logits),
-            targets: TargetsBuffer::Labels(&labels),
-            num_classes: k,
-            loss: &class_out,
-            grad: Some(&class_grad_view),
-            elementwise: None,
-            positives: total,
-        };
-        ctx.record_focal_loss(encoder, &focal, &focal_buffers)?;
+        match loss.class_loss {
+            ClassLoss::Focal(focal) => {
+                let focal_buffers = FocalBuffers {
+                    logits: LogitsBuffer::F32(&logits),
+                    targets: TargetsBuffer::Labels(&labels),
+                    num_classes: k,
+                    loss: &class_out,
+                    grad: Some(&class_grad_view),
+                    elementwise: None,
+                    positives: total,
+                };
+                ctx.record_focal_loss(encoder, &focal.with_reduction(Reduction::PerPositive), &focal_buffers)?;
+            }
+            ClassLoss::Ohem(ohem) => {
+                let ohem_buffers = OhemBuffers {
+                    logits: LogitsBuffer::F32(&logits),
+                    labels: &labels,
+                    anchors: &anchor_buf,
+                    num_classes: k,
+                    loss: &class_out,
+                    grad: &class_grad_view,
+                    selected: None,
+                };
+                ctx.record_ohem(encoder, &ohem, &ohem_buffers)?;
+            }
+        }
         let box_buffers = BoxLossBuffers {
             pred: &pred,
             targets: &box_targets,
@@ -325,10 +358,11 @@ impl LossEngine for GpuEngine {
             positives: total,
         };
         ctx.record_box_loss(encoder, &box_loss, &box_buffers)?;
-        // [loss, sum, normaliser] of each: values = [class loss, box loss, normaliser].
+        // [loss, sum, normaliser] of each: values = [class loss, box loss, normaliser], the
+        // normaliser being the box loss's (the focal loss shares it; OHEM's is its own count).
         encoder.copy_buffer_to_buffer(class_out.buffer(), 0, values.buffer(), 0, 4);
         encoder.copy_buffer_to_buffer(box_out.buffer(), 0, values.buffer(), 4, 4);
-        encoder.copy_buffer_to_buffer(class_out.buffer(), 8, values.buffer(), 8, 4);
+        encoder.copy_buffer_to_buffer(box_out.buffer(), 8, values.buffer(), 8, 4);
         Ok(EngineLoss {
             values,
             class_grad,

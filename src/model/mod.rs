@@ -6,6 +6,7 @@ mod detect;
 mod loss;
 mod retinanet;
 
+pub use crate::ops::ohem::Ohem;
 pub use detect::{DetectEngine, Detector, detect_dataset, evaluate_dataset};
 pub use loss::{AnchorSet, ClassLoss, DetectionLoss, EngineLoss, HostLoss, LossEngine, LossValues};
 pub use retinanet::{ParamSpec, RetinaNet, RetinaNetConfig, Tape};

@@ -7,4 +7,5 @@ pub mod detect;
 pub mod focal;
 pub mod matcher;
 pub mod nms;
+pub mod ohem;
 pub mod sort;
