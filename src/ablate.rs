@@ -36,7 +36,7 @@ use crate::cpu::nn::CpuEngine;
 use crate::data::SceneConfig;
 use crate::data::plot::{Chart, Series};
 use crate::error::{Error, Result};
-use crate::model::{AnchorSet, ClassLoss, DetectEngine, Detector, LossEngine, RetinaNet, RetinaNetConfig};
+use crate::model::{AnchorSet, ClassLoss, DetectEngine, Detector, LossEngine, Ohem, RetinaNet, RetinaNetConfig};
 use crate::nn::{Engine, Shape};
 use crate::ops::focal::{FocalInput, FocalLoss, LABEL_BACKGROUND, Reduction};
 use crate::ops::matcher::{GroundTruth, TargetAssigner};
@@ -67,6 +67,9 @@ pub enum LossSetting {
         /// Shift.
         beta: f32,
     },
+    /// Online hard example mining over cross entropy (Table 1d): the B highest-loss anchors
+    /// per image after NMS over the anchors by loss, optionally 1:3 positive:negative.
+    Ohem(Ohem),
 }
 
 impl LossSetting {
@@ -82,6 +85,7 @@ impl LossSetting {
             LossSetting::FocalStar { gamma, beta } => {
                 ClassLoss::Focal(FocalLoss::star(gamma, beta).with_reduction(Reduction::PerPositive))
             }
+            LossSetting::Ohem(ohem) => ClassLoss::Ohem(ohem),
         }
     }
 
@@ -91,6 +95,7 @@ impl LossSetting {
             LossSetting::CrossEntropy { .. } => "cross_entropy",
             LossSetting::Focal { .. } => "focal",
             LossSetting::FocalStar { .. } => "focal_star",
+            LossSetting::Ohem(_) => "ohem",
         }
     }
 
@@ -100,16 +105,38 @@ impl LossSetting {
             LossSetting::CrossEntropy { alpha } => format!("CE a={}", alpha_text(alpha)),
             LossSetting::Focal { alpha, gamma } => format!("FL g={gamma} a={}", alpha_text(alpha)),
             LossSetting::FocalStar { gamma, beta } => format!("FL* g={gamma} b={beta}"),
+            LossSetting::Ohem(o) => format!(
+                "OHEM{} B={} nms={}",
+                if o.positive_fraction == Some(0.25) {
+                    " 1:3".to_string()
+                } else {
+                    o.positive_fraction.map_or(String::new(), |f| format!(" f={f}"))
+                },
+                o.per_image,
+                o.nms_threshold.map_or("none".to_string(), |t| t.to_string())
+            ),
         }
     }
 
-    /// `(alpha, gamma, beta)` as they go in `runs.csv` (empty where the loss has none).
-    fn params(&self) -> [String; 3] {
+    /// `(alpha, gamma, beta, ohem_per_image, ohem_nms, ohem_positive_fraction)` as they go in
+    /// `runs.csv` (empty where the loss has none).
+    fn params(&self) -> [String; 6] {
         let num = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
+        let none = String::new;
         match *self {
-            LossSetting::CrossEntropy { alpha } => [num(alpha), "0".into(), String::new()],
-            LossSetting::Focal { alpha, gamma } => [num(alpha), gamma.to_string(), String::new()],
-            LossSetting::FocalStar { gamma, beta } => [String::new(), gamma.to_string(), beta.to_string()],
+            LossSetting::CrossEntropy { alpha } => [num(alpha), "0".into(), none(), none(), none(), none()],
+            LossSetting::Focal { alpha, gamma } => [num(alpha), gamma.to_string(), none(), none(), none(), none()],
+            LossSetting::FocalStar { gamma, beta } => {
+                [none(), gamma.to_string(), beta.to_string(), none(), none(), none()]
+            }
+            LossSetting::Ohem(o) => [
+                num(o.alpha),
+                "0".into(),
+                none(),
+                o.per_image.to_string(),
+                num(o.nms_threshold),
+                num(o.positive_fraction),
+            ],
         }
     }
 
@@ -118,7 +145,7 @@ impl LossSetting {
         match *self {
             LossSetting::CrossEntropy { .. } => Some(0.0),
             LossSetting::Focal { gamma, .. } => Some(gamma),
-            LossSetting::FocalStar { .. } => None,
+            LossSetting::FocalStar { .. } | LossSetting::Ohem(_) => None,
         }
     }
 }
@@ -164,9 +191,9 @@ impl Grid {
         }
     }
 
-    /// The reduced grid of `retina ablate --quick`: the best setting of each table (CE with
-    /// alpha 0.75, FL with gamma 2 and alpha 0.25, FL* with gamma 4 and beta 0) and FL with
-    /// gamma 1, over 3 seeds, 1,500 steps each.
+    /// The reduced grid of `retina ablate --quick`: the paper's best setting of each table (CE
+    /// with alpha 0.75, FL with gamma 2 and alpha 0.25, FL* with gamma 4 and beta 0, OHEM with
+    /// B = 128 and NMS at 0.5) and FL with gamma 1, over 3 seeds, 1,500 steps each.
     pub fn quick() -> Self {
         Self {
             name: "quick".into(),
@@ -181,6 +208,7 @@ impl Grid {
                     gamma: 2.0,
                 },
                 LossSetting::FocalStar { gamma: 4.0, beta: 0.0 },
+                LossSetting::Ohem(Ohem::new(128).with_nms(0.5)),
             ],
             seeds: vec![0, 1, 2],
             steps: 1500,
@@ -192,7 +220,9 @@ impl Grid {
     }
 
     /// The whole grid: Table 1a (cross entropy, alpha 0.25 to 0.99), Table 1b (gamma 0 to 5
-    /// with the paper's alpha for each), FL*, and the quick grid's schedule and seeds.
+    /// with the paper's alpha for each), FL*, Table 1d (OHEM with B = 128 or 512 and NMS at 0.7
+    /// or 0.5, and the 1:3 variant with B = 128 at 0.5), with the quick grid's schedule and
+    /// seeds.
     pub fn full() -> Self {
         let ce = [0.25, 0.5, 0.75, 0.9, 0.99].map(|a| LossSetting::CrossEntropy { alpha: Some(a) });
         // Table 1b's gamma with the alpha the paper found best for each.
@@ -210,6 +240,12 @@ impl Grid {
         });
         let mut settings: Vec<LossSetting> = ce.into_iter().chain(fl).collect();
         settings.push(LossSetting::FocalStar { gamma: 4.0, beta: 0.0 });
+        for (b, nms) in [(128, 0.7), (128, 0.5), (512, 0.7), (512, 0.5)] {
+            settings.push(LossSetting::Ohem(Ohem::new(b).with_nms(nms)));
+        }
+        settings.push(LossSetting::Ohem(
+            Ohem::new(128).with_nms(0.5).with_positive_fraction(0.25),
+        ));
         Self {
             name: "full".into(),
             settings,
@@ -217,8 +253,8 @@ impl Grid {
         }
     }
 
-    /// A grid that runs in seconds (tests): two settings, two seeds, 100 steps of 2 images on
-    /// 64 x 64 scenes (enough for a nonzero AP).
+    /// A grid that runs in seconds (tests): CE, FL and OHEM, two seeds, 100 steps of 2 images
+    /// on 64 x 64 scenes (enough for a nonzero AP).
     pub fn tiny() -> Self {
         Self {
             name: "tiny".into(),
@@ -228,6 +264,7 @@ impl Grid {
                     alpha: Some(0.25),
                     gamma: 2.0,
                 },
+                LossSetting::Ohem(Ohem::new(32).with_nms(0.7)),
             ],
             seeds: vec![0, 1],
             steps: 100,
@@ -430,17 +467,17 @@ pub fn summarize(grid: &Grid, runs: &[RunRecord]) -> Vec<Summary> {
 }
 
 /// The header of [`runs_csv`].
-pub const RUNS_HEADER: &str = "loss,label,alpha,gamma,beta,seed,steps,ap,ap50,ap75,train_seconds,diverged";
+pub const RUNS_HEADER: &str = "loss,label,alpha,gamma,beta,ohem_per_image,ohem_nms,ohem_positive_fraction,seed,steps,ap,ap50,ap75,train_seconds,diverged";
 
 /// `runs.csv`: one row per training run (see [`RUNS_HEADER`]); AP values with 6 decimals.
 pub fn runs_csv(runs: &[RunRecord]) -> String {
     let mut out = String::from(RUNS_HEADER);
     out.push('\n');
     for r in runs {
-        let [alpha, gamma, beta] = r.setting.params();
+        let [alpha, gamma, beta, per_image, nms, fraction] = r.setting.params();
         let _ = writeln!(
             out,
-            "{},{},{alpha},{gamma},{beta},{},{},{:.6},{:.6},{:.6},{:.2},{}",
+            "{},{},{alpha},{gamma},{beta},{per_image},{nms},{fraction},{},{},{:.6},{:.6},{:.6},{:.2},{}",
             r.setting.kind(),
             r.setting.label(),
             r.seed,
@@ -485,8 +522,8 @@ pub fn read_runs(grid: &Grid, runs_csv: &str, curves_csv: Option<&str>) -> Resul
     let mut runs = Vec::new();
     for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 12 {
-            return Err(bad(i + 2, "expected 12 fields"));
+        if f.len() != 15 {
+            return Err(bad(i + 2, "expected 15 fields"));
         }
         let Some(setting) = grid.settings.iter().find(|s| s.label() == f[1]) else {
             continue;
@@ -494,11 +531,11 @@ pub fn read_runs(grid: &Grid, runs_csv: &str, curves_csv: Option<&str>) -> Resul
         let num = |s: &str| s.parse::<f64>().map_err(|_| bad(i + 2, "a number does not parse"));
         runs.push(RunRecord {
             setting: *setting,
-            seed: f[5].parse().map_err(|_| bad(i + 2, "bad seed"))?,
-            steps: f[6].parse().map_err(|_| bad(i + 2, "bad steps"))?,
-            ap: [num(f[7])?, num(f[8])?, num(f[9])?],
-            seconds: num(f[10])?,
-            diverged: f[11] == "true",
+            seed: f[8].parse().map_err(|_| bad(i + 2, "bad seed"))?,
+            steps: f[9].parse().map_err(|_| bad(i + 2, "bad steps"))?,
+            ap: [num(f[10])?, num(f[11])?, num(f[12])?],
+            seconds: num(f[13])?,
+            diverged: f[14] == "true",
             curve: Vec::new(),
         });
     }
@@ -606,7 +643,26 @@ pub fn markdown(grid: &Grid, runs: &[RunRecord]) -> String {
         }
         out.push('\n');
     }
-    let bests: Vec<&Summary> = ["cross_entropy", "focal", "focal_star"]
+    if of("ohem").next().is_some() {
+        out.push_str(
+            "**Table 1d: OHEM against focal loss**\n\n| method | batch size | nms thr | AP | AP50 | AP75 | runs |\n|---|---|---|---|---|---|---|\n",
+        );
+        for s in of("ohem") {
+            let LossSetting::Ohem(o) = s.setting else { continue };
+            let method = if o.positive_fraction.is_some() {
+                "OHEM 1:3"
+            } else {
+                "OHEM"
+            };
+            let nms = o.nms_threshold.map_or("none".to_string(), |t| t.to_string());
+            let _ = writeln!(out, "| {method} | {} | {nms} | {} |", o.per_image, ap_cells(s));
+        }
+        if let Some(fl) = best(of("focal")) {
+            let _ = writeln!(out, "| {} | n/a | n/a | {} |", fl.setting.label(), ap_cells(fl));
+        }
+        out.push('\n');
+    }
+    let bests: Vec<&Summary> = ["cross_entropy", "focal", "focal_star", "ohem"]
         .iter()
         .filter_map(|k| best(of(k)))
         .collect();
@@ -886,6 +942,7 @@ mod tests {
         let runs = vec![
             record(grid.settings[0], 0, [0.25, 0.5, 0.125]),
             record(grid.settings[7], 2, [0.375, 0.625, 0.0625]),
+            record(*grid.settings.last().unwrap(), 1, [0.5, 0.75, 0.25]),
         ];
         let back = read_runs(&grid, &runs_csv(&runs), Some(&curves_csv(&runs))).unwrap();
         assert_eq!(back, runs);
@@ -933,6 +990,24 @@ mod tests {
             vec![(0.0, 0.0), (0.25, 0.1), (0.5, 0.3), (0.75, 0.6), (1.0, 1.0)]
         );
         assert!(cumulative(vec![0.0; 4]).is_empty());
+    }
+
+    #[test]
+    fn ohem_settings_are_labelled_and_listed_with_their_parameters() {
+        let setting = LossSetting::Ohem(Ohem::new(128).with_nms(0.5).with_positive_fraction(0.25));
+        assert_eq!(setting.label(), "OHEM 1:3 B=128 nms=0.5");
+        assert_eq!(setting.kind(), "ohem");
+        let row = runs_csv(&[record(setting, 3, [0.5, 0.75, 0.25])]);
+        let row = row.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("ohem,OHEM 1:3 B=128 nms=0.5,,0,,128,0.5,0.25,3,100,0.500000,"),
+            "{row}"
+        );
+        let table = markdown(&Grid::full(), &[record(setting, 3, [0.5, 0.75, 0.25])]);
+        assert!(
+            table.contains("| OHEM 1:3 | 128 | 0.5 | 50.0 | 75.0 | 25.0 | 1 |"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn bench_match_json_has_a_row_per_box_count_and_backend() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), if backend == "both" { 6 } else { 2 });
-    let anchors = retina_wgpu::AnchorConfig::retinanet().num_anchors(128, 128) as f64;
+    let anchors = retina_wgpu::AnchorConfig::retinanet().num_anchors(128, 128).unwrap() as f64;
     for row in rows {
         assert_eq!(row["size"].as_f64().unwrap(), 2.0 * anchors, "{row}");
         assert_eq!(row["unit"], "anchors/s");
@@ -448,7 +448,7 @@ fn demo_writes_its_pictures_and_numbers() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Mean of the AP column `col` (7 = AP) over the rows of `label` in runs.csv, in percent.
+/// Mean of the AP column `col` (10 = AP) over the rows of `label` in runs.csv, in percent.
 fn csv_mean(runs: &str, label: &str, col: usize) -> f64 {
     let values: Vec<f64> = runs
         .lines()
@@ -497,7 +497,9 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
         assert_eq!(image::open(dir.join(png)).unwrap().width(), 800, "{png}");
     }
     let runs = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
-    assert_eq!(runs.lines().count(), 1 + 2 * 2, "two settings x two seeds:\n{runs}");
+    let table = std::fs::read_to_string(dir.join("results.md")).unwrap();
+    assert_eq!(runs.lines().count(), 1 + 3 * 2, "three settings x two seeds:\n{runs}");
+    assert!(runs.contains("\nohem,OHEM B=32 nms=0.7,,0,,32,0.7,,0,100,"), "{runs}");
     let curves = std::fs::read_to_string(dir.join("curves.csv")).unwrap();
     assert!(
         curves.lines().count() > 4 * 10,
@@ -505,7 +507,6 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
     );
 
     // The table's cells are the mean of the runs' rows (to the printed 0.1 AP).
-    let table = std::fs::read_to_string(dir.join("results.md")).unwrap();
     for (label, alpha_row) in [("CE a=0.75", "| 0.75 | "), ("FL g=2 a=0.25", "| 2 | 0.25 | ")] {
         let row = table
             .lines()
@@ -513,7 +514,7 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
             .unwrap_or_else(|| panic!("no row {alpha_row} in\n{table}"));
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let first = if label.starts_with("CE") { 2 } else { 3 };
-        for (k, col) in [7, 8, 9].into_iter().enumerate() {
+        for (k, col) in [10, 11, 12].into_iter().enumerate() {
             let mean: f64 = cells[first + k].split(' ').next().unwrap().parse().unwrap();
             let want = csv_mean(&runs, label, col);
             assert!(
@@ -541,12 +542,12 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
     let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let row: Vec<&str> = runs
         .lines()
-        .find(|l| l.starts_with("focal,FL g=2 a=0.25,") && l.split(',').nth(5) == Some("0"))
+        .find(|l| l.starts_with("focal,FL g=2 a=0.25,") && l.split(',').nth(8) == Some("0"))
         .unwrap()
         .split(',')
         .collect();
     let stats = eval["stats"].as_array().unwrap();
-    for (i, col) in [7, 8, 9].into_iter().enumerate() {
+    for (i, col) in [10, 11, 12].into_iter().enumerate() {
         let ran: f64 = row[col].parse().unwrap();
         assert!(
             (ran - stats[i].as_f64().unwrap()).abs() < 1e-6,

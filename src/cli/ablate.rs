@@ -24,7 +24,7 @@ pub enum GridChoice {
     Full,
     /// The best setting of each loss, 3 seeds (at most 30 minutes on a 2-core CPU).
     Quick,
-    /// Two settings, two seeds, a few steps on tiny scenes: a smoke test in seconds.
+    /// CE, FL and OHEM, two seeds, 100 steps on tiny scenes: a smoke test in seconds.
     Tiny,
 }
 
@@ -49,7 +49,7 @@ pub struct AblateArgs {
     #[arg(long)]
     val_images: Option<usize>,
     /// Only the settings whose label contains this text (labels look like `CE a=0.75`,
-    /// `FL g=2 a=0.25`, `FL* g=4 b=0`).
+    /// `FL g=2 a=0.25`, `FL* g=4 b=0`, `OHEM B=128 nms=0.5`, `OHEM 1:3 B=128 nms=0.5`).
     #[arg(long)]
     only: Option<String>,
     /// Keep the runs already in --out (same grid) and run only the missing ones.
