@@ -193,14 +193,15 @@ impl Grid {
 
     /// The reduced grid of `retina ablate --quick`: the paper's best setting of each table (CE
     /// with alpha 0.75, FL with gamma 2 and alpha 0.25, FL* with gamma 4 and beta 0, OHEM with
-    /// B = 128 and NMS at 0.5) and FL with gamma 1, over 3 seeds, 1,500 steps each.
+    /// B = 128 and NMS at 0.5) and FL with gamma 1 and alpha 0.25, over 3 seeds, 1,500 steps
+    /// each.
     pub fn quick() -> Self {
         Self {
             name: "quick".into(),
             settings: vec![
                 LossSetting::CrossEntropy { alpha: Some(0.75) },
                 LossSetting::Focal {
-                    alpha: Some(0.5),
+                    alpha: Some(0.25),
                     gamma: 1.0,
                 },
                 LossSetting::Focal {
@@ -225,11 +226,13 @@ impl Grid {
     /// seeds.
     pub fn full() -> Self {
         let ce = [0.25, 0.5, 0.75, 0.9, 0.99].map(|a| LossSetting::CrossEntropy { alpha: Some(a) });
-        // Table 1b's gamma with the alpha the paper found best for each.
+        // Table 1b's gamma with the alpha the paper found best for each, and gamma 1 with alpha
+        // 0.5 as well (between the paper's choices at gamma 0.5 and 2).
         let fl = [
             (0.1, 0.75),
             (0.2, 0.75),
             (0.5, 0.5),
+            (1.0, 0.25),
             (1.0, 0.5),
             (2.0, 0.25),
             (5.0, 0.25),
@@ -297,6 +300,7 @@ impl Grid {
             )));
         }
         self.scenes.validate()?;
+        self.network()?;
         self.options(0).validate()
     }
 
@@ -860,7 +864,7 @@ pub fn ap_against_gamma(grid: &Grid, runs: &[RunRecord]) -> Option<Chart> {
         Series::new(name, colour(c), points)
     };
     Some(Chart {
-        title: "AP against gamma (best alpha at each gamma; mean and ± one std over seeds)".into(),
+        title: "AP against gamma (best alpha at each gamma, over seeds)".into(),
         x_label: "gamma".into(),
         y_label: "AP (%)".into(),
         log_y: false,
@@ -874,11 +878,12 @@ pub fn ap_against_gamma(grid: &Grid, runs: &[RunRecord]) -> Option<Chart> {
     })
 }
 
-/// The classification loss during training, per setting (mean over its seeds at each logged
-/// step; log scale).
-pub fn loss_curves(grid: &Grid, runs: &[RunRecord]) -> Chart {
+/// The classification loss during training of the settings whose [`LossSetting::kind`] is in
+/// `kinds` (mean over each setting's seeds at each logged step; log scale): one chart per
+/// family keeps the legend readable.
+pub fn loss_curves(grid: &Grid, runs: &[RunRecord], kinds: &[&str]) -> Chart {
     let mut series = Vec::new();
-    for (i, setting) in grid.settings.iter().enumerate() {
+    for setting in grid.settings.iter().filter(|s| kinds.contains(&s.kind())) {
         let mine: Vec<&RunRecord> = runs
             .iter()
             .filter(|r| r.setting == *setting && !r.curve.is_empty())
@@ -897,10 +902,11 @@ pub fn loss_curves(grid: &Grid, runs: &[RunRecord]) -> Chart {
                 (p.step as f64, at.iter().sum::<f64>() / at.len() as f64)
             })
             .collect();
-        series.push(Series::new(setting.label(), colour(i), points));
+        let colour = colour(series.len());
+        series.push(Series::new(setting.label(), colour, points));
     }
     Chart {
-        title: "Training classification loss (mean over seeds)".into(),
+        title: format!("Training classification loss: {} (mean over seeds)", kinds.join(", ")),
         x_label: "step".into(),
         y_label: "classification loss".into(),
         log_y: true,
@@ -1018,5 +1024,8 @@ mod tests {
         let mut twice = Grid::tiny();
         twice.settings.push(twice.settings[0]);
         assert!(twice.validate().is_err());
+        let mut odd = Grid::tiny();
+        odd.scenes.size = 100;
+        assert!(odd.validate().unwrap_err().to_string().contains("32"));
     }
 }

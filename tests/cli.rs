@@ -483,7 +483,9 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
         "fig4_positive.png",
         "fig4_negative.png",
         "ap_vs_gamma.png",
-        "loss_curves.png",
+        "loss_curves_ce.png",
+        "loss_curves_focal.png",
+        "loss_curves_ohem.png",
         "reference_model/model.safetensors",
     ] {
         assert!(dir.join(file).is_file(), "{file} missing");
@@ -492,7 +494,7 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
         "fig1_loss_vs_pt.png",
         "fig4_positive.png",
         "ap_vs_gamma.png",
-        "loss_curves.png",
+        "loss_curves_ohem.png",
     ] {
         assert_eq!(image::open(dir.join(png)).unwrap().width(), 800, "{png}");
     }
