@@ -1,6 +1,6 @@
 //! CPU twin of `shaders/anchors.wgsl`.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::anchors::AnchorConfig;
 
 /// The anchors of an image of `height x width` in the documented order (the configuration is
@@ -10,13 +10,7 @@ use crate::ops::anchors::AnchorConfig;
 pub fn generate(config: &AnchorConfig, height: u32, width: u32) -> Result<Vec<[f32; 4]>> {
     let templates = config.cell_templates();
     let n = config.num_anchors(height, width)?;
-    let mut out = Vec::new();
-    let bytes = n as u128 * 16;
-    if bytes > u128::from(crate::nn::MAX_HOST_BYTES) || out.try_reserve_exact(n).is_err() {
-        return Err(Error::OutOfMemory(format!(
-            "CPU: {n} anchors ({bytes} bytes) for {height} x {width} do not fit in host memory"
-        )));
-    }
+    let mut out = crate::nn::host_capacity(n, &format!("anchors for {height} x {width}"))?;
     for ((&stride, (rows, cols)), cell) in config.strides.iter().zip(config.grid(height, width)?).zip(&templates) {
         let stride = stride as f32;
         for y in 0..rows {

@@ -31,19 +31,31 @@ use crate::error::{Error, Result};
 /// fallibly, so a request the host cannot serve is an error too, not an abort.
 pub const MAX_HOST_BYTES: u64 = 1 << 36;
 
-/// A zero-filled vector of `len` values for the CPU backend: [`Error::OutOfMemory`] (naming
-/// `what` and the size) beyond [`MAX_HOST_BYTES`] or when the allocator refuses.
-pub(crate) fn host_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
-    let bytes = (len as u128) * (size_of::<T>() as u128);
+/// Refuses `bytes` of host memory for `what` beyond [`MAX_HOST_BYTES`] with
+/// [`Error::OutOfMemory`] naming both, before anything is allocated.
+pub(crate) fn check_host_bytes(what: &str, bytes: u128) -> Result<()> {
     if bytes > u128::from(MAX_HOST_BYTES) {
         return Err(Error::OutOfMemory(format!(
-            "CPU: {what} of {len} elements ({bytes} bytes) exceeds the CPU backend's limit of \
-             {MAX_HOST_BYTES} bytes"
+            "CPU: {what} needs {bytes} bytes, more than the CPU backend's limit of {MAX_HOST_BYTES} bytes"
         )));
     }
+    Ok(())
+}
+
+/// An empty vector with room for `len` values for the CPU backend: [`Error::OutOfMemory`]
+/// (naming `what` and the size) beyond [`MAX_HOST_BYTES`] or when the allocator refuses.
+pub(crate) fn host_capacity<T>(len: usize, what: &str) -> Result<Vec<T>> {
+    let bytes = (len as u128) * (size_of::<T>() as u128);
+    check_host_bytes(&format!("{what} of {len} elements"), bytes)?;
     let mut v = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|e| Error::OutOfMemory(format!("CPU: {what} of {len} elements ({bytes} bytes): {e}")))?;
+    Ok(v)
+}
+
+/// A zero-filled vector of `len` values for the CPU backend (see [`host_capacity`]).
+pub(crate) fn host_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = host_capacity(len, what)?;
     v.resize(len, value);
     Ok(v)
 }

@@ -147,15 +147,14 @@ impl TargetAssigner {
         self.validate(anchors, images)?;
         // matches, labels and box targets: 24 bytes per (image, anchor), on the host.
         let bytes = anchors.len() as u128 * images.len() as u128 * 24;
-        if bytes > u128::from(crate::nn::MAX_HOST_BYTES) {
-            return Err(Error::OutOfMemory(format!(
-                "target assignment of {} images x {} anchors needs {bytes} bytes of host memory, \
-                 more than the CPU backend's cap of {} bytes",
+        crate::nn::check_host_bytes(
+            &format!(
+                "target assignment of {} images x {} anchors",
                 images.len(),
-                anchors.len(),
-                crate::nn::MAX_HOST_BYTES
-            )));
-        }
+                anchors.len()
+            ),
+            bytes,
+        )?;
         match backend {
             Backend::Cpu => Ok(crate::cpu::matcher::assign(self, anchors, images)),
             Backend::Gpu(ctx) => crate::gpu::matcher::assign_host(ctx, self, anchors, images),
