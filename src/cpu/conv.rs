@@ -622,14 +622,14 @@ impl SameTaps {
         })
     }
 
-    /// The taps in im2col row order: (row, flat shift, column shift).
-    fn taps(&self) -> impl Iterator<Item = (usize, isize, isize)> + '_ {
+    /// The taps in im2col row order: (row, input channel, flat shift, column shift).
+    fn taps(&self) -> impl Iterator<Item = (usize, usize, isize, isize)> + '_ {
         let (kh, kw) = self.kernel;
         let w = self.w as isize;
         (0..self.channels * kh * kw).map(move |r| {
-            let (ky, kx) = ((r / kw) % kh, r % kw);
+            let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
             let (dy, dx) = (ky as isize - self.padding, kx as isize - self.padding);
-            (r, dy * w + dx, dx)
+            (r, ci, dy * w + dx, dx)
         })
     }
 
@@ -661,8 +661,7 @@ impl SameTaps {
 
     fn im2col<T: Real>(&self, x: &[T], c0: usize, c1: usize, col: &mut [T]) {
         let width = c1 - c0;
-        for (r, shift, dx) in self.taps() {
-            let ci = r / (self.kernel.0 * self.kernel.1);
+        for (r, ci, shift, dx) in self.taps() {
             let plane = &x[ci * self.plane..(ci + 1) * self.plane];
             let row = &mut col[r * width..(r + 1) * width];
             let (lo, hi) = self.inside(c0, width, shift);
@@ -678,8 +677,7 @@ impl SameTaps {
 
     fn col2im<T: Real>(&self, col: &mut [T], c0: usize, c1: usize, dx_img: &mut [T]) {
         let width = c1 - c0;
-        for (r, shift, dx) in self.taps() {
-            let ci = r / (self.kernel.0 * self.kernel.1);
+        for (r, ci, shift, dx) in self.taps() {
             let plane = &mut dx_img[ci * self.plane..(ci + 1) * self.plane];
             let row = &mut col[r * width..(r + 1) * width];
             self.wrapped(c0, c1, dx, |i| row[i] = T::ZERO);
