@@ -407,7 +407,7 @@ pub fn train_and_evaluate<E: LossEngine + DetectEngine>(
         [0.0; 3]
     } else {
         let mut detector = Detector::new(engines.1, net, &values)?;
-        let (eval, _) = crate::model::evaluate_dataset(&mut detector, val, 16, false)?;
+        let (eval, _) = crate::model::evaluate_dataset(&mut detector, val, 16, &crate::NoProgress)?;
         [eval.stats[0], eval.stats[1], eval.stats[2]]
     };
     let record = RunRecord {

@@ -28,7 +28,13 @@
 //! `record_*` methods of [`GpuContext`] record into that application's command encoder over
 //! [`GpuBuffer`]s, leaving results on the device.
 //!
-//! Every error is an [`Error`]; nothing panics on bad input or device trouble.
+//! Every error is an [`Error`]; nothing panics on bad input or device trouble. Long operations
+//! (loading a dataset, detecting over it, writing synthetic scenes) report to a [`Progress`]
+//! instead of drawing on the terminal.
+//!
+//! The default feature `cli` builds the `retina` command line and its own dependencies
+//! (argument parsing, progress bars, Ctrl-C handling); the library needs none of them, so an
+//! application depends with `default-features = false`.
 
 #![warn(missing_docs)]
 
@@ -42,7 +48,11 @@ pub mod gpu;
 pub mod model;
 pub mod nn;
 pub mod ops;
+mod progress;
 pub mod train;
+// Public for `retina bench` and the criterion benches, which measure the same inputs; not part
+// of the library's API.
+#[doc(hidden)]
 pub mod workloads;
 
 pub use backend::Backend;
@@ -56,6 +66,7 @@ pub use ops::focal::{FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, R
 pub use ops::matcher::{AssignedTargets, GroundTruth, Matcher, TargetAssigner};
 pub use ops::nms::{Nms, NmsKind, NmsOutput, batched_nms, nms};
 pub use ops::sort::{sort_desc, top_k};
+pub use progress::{NoProgress, Progress};
 
 /// Re-exported so that users name the same `f16` type the crate uses.
 pub use half::f16;

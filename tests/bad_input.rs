@@ -1765,6 +1765,7 @@ fn buffers_and_tensors_of_another_context_are_refused() {
 
 // --- The command line ------------------------------------------------------------------------
 
+#[cfg(feature = "cli")]
 fn retina(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_retina"));
     cmd.args(args)
@@ -1777,6 +1778,7 @@ fn retina(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn the_command_line_refuses_bad_options_without_panicking() {
     for args in [
         &["bench", "conv", "--batch", "0", "--iters", "1", "--backend", "cpu"][..],
@@ -1805,6 +1807,7 @@ fn the_command_line_refuses_bad_options_without_panicking() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn a_bad_wgpu_backend_is_named_and_both_backends_fall_back_to_the_cpu() {
     let out = retina(
         &["bench", "focal", "--sizes", "1000", "--iters", "1", "--backend", "gpu"],

@@ -2,13 +2,15 @@
 //! turned into detections and evaluated, unreadable images, the letterbox and the input tensor.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::{GrayImage, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use retina_wgpu::coco::{
     self, Annotation, Category, CocoDataset, DatasetOptions, Image, Instances, Letterbox, Normalize,
     detections_to_results,
 };
-use retina_wgpu::{Detection, Error};
+use retina_wgpu::{Detection, Error, Progress};
 
 /// A directory under the system's temporary directory, removed when dropped.
 struct TempDir(PathBuf);
@@ -314,6 +316,59 @@ fn unreadable_images_are_errors_naming_the_file_or_skipped_and_counted() {
     assert!(
         text.contains("1 images loaded, 2 skipped") && text.contains("missing.png"),
         "{text}"
+    );
+}
+
+/// Records what a load reports: (label, total) of each start, the units advanced, the finishes.
+#[derive(Default)]
+struct Recorder {
+    starts: Mutex<Vec<(String, u64)>>,
+    units: AtomicU64,
+    finishes: AtomicU64,
+}
+
+impl Progress for Recorder {
+    fn start(&self, label: &str, total: u64) {
+        self.starts.lock().unwrap().push((label.to_string(), total));
+    }
+
+    fn advance(&self, units: u64) {
+        self.units.fetch_add(units, Ordering::SeqCst);
+    }
+
+    fn finish(&self) {
+        self.finishes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn loading_reports_progress_in_images_and_finishes_on_errors_too() {
+    let dir = TempDir::new("progress");
+    std::fs::write(dir.image("corrupt.png"), b"this is not a PNG").unwrap();
+    dataset_with(&dir, &["corrupt.png", "missing.png"]);
+    let load = |skip_unreadable: bool, progress: &Recorder| {
+        let instances = Instances::load(dir.0.join("annotations.json")).unwrap();
+        let options = DatasetOptions {
+            skip_unreadable,
+            ..Default::default()
+        };
+        CocoDataset::from_instances_with_progress(instances, dir.0.join("images"), &options, progress)
+    };
+
+    let progress = Recorder::default();
+    let data = load(true, &progress).unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(*progress.starts.lock().unwrap(), [("decoding images".to_string(), 3)]);
+    assert_eq!(progress.units.load(Ordering::SeqCst), 3, "every image, read or skipped");
+    assert_eq!(progress.finishes.load(Ordering::SeqCst), 1);
+
+    let progress = Recorder::default();
+    assert!(load(false, &progress).is_err());
+    assert_eq!(progress.starts.lock().unwrap().len(), 1);
+    assert_eq!(
+        progress.finishes.load(Ordering::SeqCst),
+        1,
+        "an error finishes the report"
     );
 }
 

@@ -2,7 +2,6 @@
 //! statistics of its boxes, and the drawing helpers. No GPU.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use rayon::prelude::*;
 use retina_wgpu::coco::{CocoDataset, DatasetOptions, Instances};
@@ -435,7 +434,10 @@ fn text_is_drawn_in_the_built_in_font() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn retina_synth_writes_the_dataset_and_prints_the_statistics() {
+    use std::process::Command;
+
     let dir = temp_dir("cli");
     let preview = dir.join("preview.png");
     let out = Command::new(env!("CARGO_BIN_EXE_retina"))

@@ -230,7 +230,7 @@ fn a_tiny_network_learns_to_detect_held_out_shapes() {
     };
     let val = CocoDataset::open_dir(&dir, &options).unwrap();
     let mut detector = Detector::new(CpuEngine::new(), net, &values).unwrap();
-    let (eval, _) = evaluate_dataset(&mut detector, &val, 16, false).unwrap();
+    let (eval, _) = evaluate_dataset(&mut detector, &val, 16, &retina_wgpu::NoProgress).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     eprintln!(
         "{steps} steps in {trained:?}: AP {:.3} AP50 {:.3}",

@@ -15,6 +15,7 @@ use retina_wgpu::model::checkpoint;
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::{Error, Result};
 
+use crate::cli::Bar;
 use crate::cli::train::EngineChoice;
 
 /// Which grid runs.
@@ -125,7 +126,13 @@ pub fn run(args: AblateArgs) -> Result<()> {
         if val_dir.exists() {
             std::fs::remove_dir_all(&val_dir).map_err(|e| Error::io(&val_dir, e))?;
         }
-        retina_wgpu::data::write_coco(&val_dir, &grid.scenes, grid.val_images, ablate::VAL_SEED)?;
+        retina_wgpu::data::write_coco_with_progress(
+            &val_dir,
+            &grid.scenes,
+            grid.val_images,
+            ablate::VAL_SEED,
+            &Bar::new(grid.val_images >= 200),
+        )?;
     }
     let val = CocoDataset::open_dir(
         &val_dir,

@@ -15,6 +15,7 @@ use retina_wgpu::model::{RetinaNetConfig, checkpoint};
 use retina_wgpu::train::{SyntheticData, TrainOptions, synthetic_categories};
 use retina_wgpu::{Error, Result};
 
+use crate::cli::Bar;
 use crate::cli::detect::draw_results;
 use crate::cli::eval::{evaluate_model, print_evaluation};
 use crate::cli::train::{DataArgs, EngineChoice, RunSettings, train};
@@ -59,7 +60,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         scenes.num_classes(),
         scenes.class_names().join(", ")
     );
-    data::write_coco(&val_dir, &scenes, args.val_images, VAL_SEED)?;
+    data::write_coco_with_progress(
+        &val_dir,
+        &scenes,
+        args.val_images,
+        VAL_SEED,
+        &Bar::new(args.val_images >= 200),
+    )?;
     println!("validation set: {} images in {}", args.val_images, val_dir.display());
 
     let config = RetinaNetConfig {

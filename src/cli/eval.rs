@@ -12,6 +12,7 @@ use retina_wgpu::model::{DetectEngine, Detector, RetinaNet, checkpoint, evaluate
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::{Error, Result};
 
+use crate::cli::Bar;
 use crate::cli::train::{DataArgs, EngineChoice};
 
 #[derive(Args, Debug)]
@@ -106,7 +107,7 @@ pub fn open_eval_data(data: &DataArgs, size: usize, scenes: usize, seed: u64, sc
         size: size as u32,
         ..SceneConfig::default()
     };
-    data::write_coco(scratch, &config, scenes, seed)?;
+    data::write_coco_with_progress(scratch, &config, scenes, seed, &Bar::new(scenes >= 200))?;
     let options = DatasetOptions {
         input_size: size as u32,
         ..DatasetOptions::default()
@@ -141,5 +142,5 @@ fn run_detector<E: DetectEngine>(
     mut detector: Detector<E>,
     dataset: &CocoDataset,
 ) -> Result<(Evaluation, Vec<coco::BboxResult>)> {
-    evaluate_dataset(&mut detector, dataset, 16, true)
+    evaluate_dataset(&mut detector, dataset, 16, &Bar::new(true))
 }

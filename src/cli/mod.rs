@@ -10,7 +10,8 @@ mod synth;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use retina_wgpu::{Backend, Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use retina_wgpu::{Backend, Error, Progress, Result};
 
 /// RetinaNet's focal loss, anchor matching and NMS as WGSL compute shaders on any GPU.
 #[derive(Parser, Debug)]
@@ -86,5 +87,41 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Detect(args) => detect::run(args),
         Command::Synth(args) => synth::run(args),
+    }
+}
+
+/// The library's progress reports drawn as a bar on stderr (not drawn when stderr is not a
+/// terminal), or not at all when hidden.
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// A bar that draws when `show`, else draws nothing.
+    pub fn new(show: bool) -> Self {
+        Self(if show {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        })
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, label: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(label.to_string());
+        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}") {
+            self.0.set_style(style.progress_chars("=> "));
+        }
+        self.0.reset_elapsed();
+        self.0.reset_eta();
+    }
+
+    fn advance(&self, units: u64) {
+        self.0.inc(units);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
     }
 }

@@ -7,6 +7,8 @@ use clap::Args;
 use retina_wgpu::data::{self, SceneConfig, SynthStats, draw};
 use retina_wgpu::{AnchorConfig, Backend, Error, GroundTruth, Result, TargetAssigner};
 
+use crate::cli::Bar;
+
 #[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Directory to write: annotations.json, images/000000.png ... and synth.json (the recipe).
@@ -56,7 +58,13 @@ pub fn run(args: SynthArgs) -> Result<()> {
         config.size = size;
     }
     let start = Instant::now();
-    let instances = data::write_coco(&args.out, &config, args.images, args.seed)?;
+    let instances = data::write_coco_with_progress(
+        &args.out,
+        &config,
+        args.images,
+        args.seed,
+        &Bar::new(args.images >= 200),
+    )?;
     let seconds = start.elapsed().as_secs_f64();
 
     let names = config.class_names();

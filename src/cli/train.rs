@@ -3,14 +3,14 @@
 //! and checkpoints written atomically (periodically, at the end, and on Ctrl-C).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use retina_wgpu::coco::{CocoDataset, DatasetOptions, Normalize};
+use retina_wgpu::coco::{CocoDataset, DatasetOptions, Instances, Normalize};
 use retina_wgpu::data::SceneConfig;
 use retina_wgpu::model::checkpoint::{self, ModelDir};
 use retina_wgpu::model::{LossEngine, LossValues, RetinaNet, RetinaNetConfig};
@@ -18,6 +18,8 @@ use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::train::{SyntheticData, TrainData, TrainOptions, Trainer};
 use retina_wgpu::{Error, GpuContext, Result};
 use serde::Serialize;
+
+use crate::cli::Bar;
 
 /// Which engine trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -117,15 +119,19 @@ impl DataArgs {
     pub fn open(&self, size: usize) -> Result<Option<CocoDataset>> {
         let options = DatasetOptions {
             input_size: size as u32,
-            progress: true,
             skip_unreadable: self.skip_unreadable,
             ..DatasetOptions::default()
         };
-        let dataset = match (&self.annotations, &self.images) {
-            (Some(annotations), Some(images)) => CocoDataset::load(annotations, images, &options)?,
+        let (annotations, images) = match (&self.annotations, &self.images) {
+            (Some(annotations), Some(images)) => (annotations.clone(), images.clone()),
             _ if self.data == "synthetic" => return Ok(None),
-            _ => CocoDataset::open_dir(&self.data, &options)?,
+            _ => (
+                Path::new(&self.data).join("annotations.json"),
+                Path::new(&self.data).join("images"),
+            ),
         };
+        let instances = Instances::load(annotations)?;
+        let dataset = CocoDataset::from_instances_with_progress(instances, images, &options, &Bar::new(true))?;
         eprintln!("{}", dataset.report());
         Ok(Some(dataset))
     }

@@ -5,7 +5,7 @@
 //! ```no_run
 //! use retina_wgpu::coco::{self, CocoDataset, DatasetOptions};
 //!
-//! let options = DatasetOptions { input_size: 128, progress: true, ..Default::default() };
+//! let options = DatasetOptions { input_size: 128, ..Default::default() };
 //! let data = CocoDataset::open_dir("scenes/val", &options)?; // annotations.json + images/
 //! print!("{}", data.report());
 //! let sample = &data.samples()[0];
@@ -29,13 +29,13 @@ use std::fmt;
 use std::path::Path;
 
 use image::imageops::{self, FilterType};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::format::{Annotation, BboxResult, Category, Image, Instances};
 use crate::error::{Error, Result};
 use crate::ops::detect::Detection;
 use crate::ops::matcher::GroundTruth;
+use crate::progress::{Finish, NoProgress, Progress};
 
 /// How a [`CocoDataset`] is loaded and what its samples become.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,9 +47,6 @@ pub struct DatasetOptions {
     /// Skip an image whose file is missing or cannot be decoded, and list it in
     /// [`LoadReport::skipped`], instead of failing (default false).
     pub skip_unreadable: bool,
-    /// Show a progress bar on stderr while decoding (default false; never shown when stderr is
-    /// not a terminal).
-    pub progress: bool,
 }
 
 impl Default for DatasetOptions {
@@ -58,7 +55,6 @@ impl Default for DatasetOptions {
             input_size: 128,
             normalize: Normalize::IMAGENET,
             skip_unreadable: false,
-            progress: false,
         }
     }
 }
@@ -512,16 +508,26 @@ impl CocoDataset {
         images_dir: impl AsRef<Path>,
         options: &DatasetOptions,
     ) -> Result<Self> {
+        Self::from_instances_with_progress(instances, images_dir, options, &NoProgress)
+    }
+
+    /// [`CocoDataset::from_instances`], reporting the decoding to `progress` in images.
+    pub fn from_instances_with_progress(
+        instances: Instances,
+        images_dir: impl AsRef<Path>,
+        options: &DatasetOptions,
+        progress: &dyn Progress,
+    ) -> Result<Self> {
         if options.input_size == 0 {
             return Err(Error::invalid("the input size must be positive"));
         }
         let dir = images_dir.as_ref();
         let categories = CategoryMap::new(&instances.categories)?;
 
-        let bar = progress_bar(options.progress, instances.images.len());
+        let finish = Finish::start(progress, "decoding images", instances.images.len() as u64);
         let decode = |image: &Image| {
             let decoded = decode_letterboxed(dir, image, options.input_size);
-            bar.inc(1);
+            progress.advance(1);
             decoded
         };
         let decoded: Result<Vec<Result<Decoded>>> = if options.skip_unreadable {
@@ -530,7 +536,7 @@ impl CocoDataset {
             // Stops at the first error instead of decoding everything first.
             instances.images.par_iter().map(|image| decode(image).map(Ok)).collect()
         };
-        bar.finish_and_clear();
+        drop(finish);
         let decoded = decoded?;
 
         let mut per_image: Vec<Vec<&Annotation>> = vec![Vec::new(); instances.images.len()];
@@ -719,18 +725,6 @@ fn target_box(bbox: [f64; 4], letterbox: &Letterbox) -> Option<([f32; 4], bool)>
     ];
     let b = letterbox.to_network_f64(clipped);
     (b[2] > b[0] && b[3] > b[1]).then_some((b, clipped != raw))
-}
-
-fn progress_bar(show: bool, len: usize) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    // ProgressBar::new draws on stderr, and not at all when stderr is not a terminal.
-    let bar = ProgressBar::new(len as u64).with_message("decoding images");
-    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
 }
 
 #[cfg(test)]

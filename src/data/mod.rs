@@ -16,4 +16,6 @@ pub mod draw;
 pub mod plot;
 mod synth;
 
-pub use synth::{Background, Scene, SceneConfig, Shape, SizeBin, SynthStats, anchor_statistics, write_coco};
+pub use synth::{
+    Background, Scene, SceneConfig, Shape, SizeBin, SynthStats, anchor_statistics, write_coco, write_coco_with_progress,
+};

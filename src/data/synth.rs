@@ -15,7 +15,6 @@
 use std::path::Path;
 
 use image::{ImageEncoder, RgbImage};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::nn::SeededRng;
 use crate::ops::anchors::AnchorConfig;
 use crate::ops::matcher::{GroundTruth, TargetAssigner};
+use crate::progress::{Finish, NoProgress, Progress};
 
 /// A shape class of the synthetic scenes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -714,11 +714,21 @@ impl<'a> Painter<'a> {
 /// `i` is image id `i` and file `{i:06}.png`), then `dir/annotations.json` (categories `1..=K`
 /// named by [`SceneConfig::class_names`]; `bbox` the tight box; `area` the visible pixel count;
 /// `iscrowd` 0) and `dir/synth.json` (the seed, the count and the configuration, to regenerate
-/// it). Scenes are generated and encoded in parallel, with a progress bar on a terminal for
-/// large counts; every file is written through a temporary file renamed into place, and the
-/// annotations last, so a dataset with `annotations.json` is complete. Returns the instances
-/// written.
+/// it). Scenes are generated and encoded in parallel; every file is written through a
+/// temporary file renamed into place, and the annotations last, so a dataset with
+/// `annotations.json` is complete. Returns the instances written.
 pub fn write_coco(dir: impl AsRef<Path>, config: &SceneConfig, images: usize, seed: u64) -> Result<Instances> {
+    write_coco_with_progress(dir, config, images, seed, &NoProgress)
+}
+
+/// [`write_coco`], reporting to `progress` in scenes written.
+pub fn write_coco_with_progress(
+    dir: impl AsRef<Path>,
+    config: &SceneConfig,
+    images: usize,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<Instances> {
     config.validate()?;
     if images == 0 {
         return Err(Error::invalid("synthetic dataset: the image count must be at least 1"));
@@ -727,15 +737,7 @@ pub fn write_coco(dir: impl AsRef<Path>, config: &SceneConfig, images: usize, se
     let image_dir = dir.join("images");
     std::fs::create_dir_all(&image_dir).map_err(|e| Error::io(&image_dir, e))?;
 
-    let bar = if images >= 200 {
-        let bar = ProgressBar::new(images as u64).with_message("writing scenes");
-        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed} eta {eta}") {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let finish = Finish::start(progress, "writing scenes", images as u64);
     let scenes: Result<Vec<(Image, Scene)>> = (0..images)
         .into_par_iter()
         .map(|i| {
@@ -746,7 +748,7 @@ pub fn write_coco(dir: impl AsRef<Path>, config: &SceneConfig, images: usize, se
                 .map_err(|e| Error::format(path.display().to_string(), e))?;
             coco::write_file(&path, &png)?;
             scene.pixels = Vec::new();
-            bar.inc(1);
+            progress.advance(1);
             let image = Image {
                 id: i as i64,
                 file_name,
@@ -756,7 +758,7 @@ pub fn write_coco(dir: impl AsRef<Path>, config: &SceneConfig, images: usize, se
             Ok((image, scene))
         })
         .collect();
-    bar.finish_and_clear();
+    drop(finish);
     let scenes = scenes?;
 
     let categories = config

@@ -16,6 +16,7 @@ pub(crate) mod nms;
 pub(crate) mod nn;
 pub(crate) mod ohem;
 mod reduce;
+#[doc(hidden)] // public for tests/shaders.rs, not part of the API
 pub mod shader;
 mod sort;
 pub(crate) mod sort_ops;

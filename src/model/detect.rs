@@ -11,6 +11,7 @@ use crate::gpu::detect::unpack_detections;
 use crate::model::{AnchorSet, RetinaNet};
 use crate::nn::{Engine, GpuEngine, GpuTensor, Shape};
 use crate::ops::detect::{Detection, DetectionInput, PostProcess};
+use crate::progress::{Finish, Progress};
 
 /// An engine that turns the network's row outputs into detections.
 pub trait DetectEngine: Engine {
@@ -151,12 +152,13 @@ impl<E: DetectEngine> Detector<E> {
 }
 
 /// Detects every image of `dataset` (in batches of `batch`) and returns the detections as COCO
-/// results in the original images' coordinates, with COCO's category ids.
+/// results in the original images' coordinates, with COCO's category ids. Reports to
+/// `progress` in images ([`NoProgress`](crate::NoProgress) for none).
 pub fn detect_dataset<E: DetectEngine>(
     detector: &mut Detector<E>,
     dataset: &crate::coco::CocoDataset,
     batch: usize,
-    progress: bool,
+    progress: &dyn Progress,
 ) -> Result<Vec<crate::coco::BboxResult>> {
     let s = detector.net().config().input_size;
     if dataset.options().input_size as usize != s {
@@ -174,16 +176,7 @@ pub fn detect_dataset<E: DetectEngine>(
     }
     let batch = batch.max(1);
     let plane = 3 * s * s;
-    let bar = if progress {
-        indicatif::ProgressBar::new(dataset.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} detect [{bar:30}] {pos}/{len} images (ETA {eta})")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
+    let _finish = Finish::start(progress, "detecting", dataset.len() as u64);
     let normalize = dataset.options().normalize;
     let mut results = Vec::new();
     let mut images = vec![0f32; batch * plane];
@@ -201,20 +194,20 @@ pub fn detect_dataset<E: DetectEngine>(
                 dataset.categories(),
             )?);
         }
-        bar.inc(samples.len() as u64);
+        progress.advance(samples.len() as u64);
     }
-    bar.finish_and_clear();
     Ok(results)
 }
 
 /// Detects every image of `dataset` and evaluates the detections against its ground truth
 /// with COCO's bbox evaluation. Images the dataset skipped (unreadable files) are left out of
-/// the evaluation, so that their objects do not count as misses.
+/// the evaluation, so that their objects do not count as misses. Reports the detection to
+/// `progress` as [`detect_dataset`] does.
 pub fn evaluate_dataset<E: DetectEngine>(
     detector: &mut Detector<E>,
     dataset: &crate::coco::CocoDataset,
     batch: usize,
-    progress: bool,
+    progress: &dyn Progress,
 ) -> Result<(crate::coco::Evaluation, Vec<crate::coco::BboxResult>)> {
     let results = detect_dataset(detector, dataset, batch, progress)?;
     let instances = dataset.instances();
