@@ -1,14 +1,15 @@
 //! A host application's device, end to end on the GPU: the application creates its own wgpu
 //! device (as a renderer would), records RetinaNet's post-processing into its own command
-//! encoder, and draws the detections as rectangles straight from the detections buffer (an
-//! instanced vertex buffer, with the instance count copied from the device-side count into an
-//! indirect draw): no readback between the network outputs and the picture. It reads back once,
-//! at the end, only to print what it drew.
+//! encoder with a prepared post-processing, and draws the detections as rectangles straight
+//! from the crate's buffers: the detections buffer is the instance-rate vertex buffer and the
+//! post-processing writes the indirect draw arguments itself, so there is no copy and no
+//! readback between the network outputs and the picture. It reads back once, at the end, only
+//! to print what it drew.
 //!
 //! Run: `cargo run --release --example host_device`
 
-use retina_wgpu::gpu::{DetectionBuffers, GpuDetection};
-use retina_wgpu::wgpu::{self, util::DeviceExt};
+use retina_wgpu::gpu::{DetectionBuffers, GpuDetection, OutputOptions, PreparedPostProcess};
+use retina_wgpu::wgpu;
 use retina_wgpu::{AnchorConfig, Backend, BoxCoder, GpuContext, GpuOptions, GroundTruth, PostProcess, TargetAssigner};
 
 const SIZE: u32 = 320;
@@ -79,7 +80,7 @@ fn main() -> retina_wgpu::Result<()> {
         .map_err(|e| retina_wgpu::Error::NoAdapter(format!(" ({e})")))?;
     let (device, queue) = pollster::block_on(adapter.request_device(&Default::default()))
         .map_err(|e| retina_wgpu::Error::DeviceLost(e.to_string()))?;
-    let ctx = GpuContext::from_device(&device, &queue, &GpuOptions::default());
+    let ctx = GpuContext::from_device(&device, &queue, &GpuOptions::default())?;
 
     // The network's outputs, on the device.
     let config = AnchorConfig::retinanet();
@@ -91,7 +92,19 @@ fn main() -> retina_wgpu::Result<()> {
         coder: BoxCoder::default(),
         ..PostProcess::default()
     };
-    let detections = ctx.detection_output(1, pp.max_detections)?;
+    // Output buffers the renderer binds as they are: the detections as an instance-rate vertex
+    // buffer, and indirect draw arguments (8 vertices per box) written with them.
+    let detections = ctx.detection_output_with(
+        1,
+        pp.max_detections,
+        &OutputOptions {
+            extra_usage: wgpu::BufferUsages::VERTEX,
+            draw_vertices: Some(8),
+        },
+    )?;
+    let draw_args = detections.draw_args.as_ref().expect("asked for draw arguments");
+    // Prepared once: pipelines compiled now, buffers and bind groups kept between frames.
+    let mut postprocess = PreparedPostProcess::new(&ctx, &pp)?;
 
     // The application's render resources.
     let target = device.create_texture(&wgpu::TextureDescriptor {
@@ -107,18 +120,6 @@ fn main() -> retina_wgpu::Result<()> {
         format: wgpu::TextureFormat::Rgba8Unorm,
         usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
         view_formats: &[],
-    });
-    let vertices = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("box instances"),
-        size: detections.detections.buffer().size(),
-        usage: wgpu::BufferUsages::VERTEX | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    // draw_indirect arguments: 8 vertices, instance count filled on the device.
-    let indirect = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("draw args"),
-        contents: bytemuck::cast_slice(&[8u32, 0, 0, 0]),
-        usage: wgpu::BufferUsages::INDIRECT | wgpu::BufferUsages::COPY_DST,
     });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("draw boxes"),
@@ -153,11 +154,10 @@ fn main() -> retina_wgpu::Result<()> {
         cache: None,
     });
 
-    // One encoder: post-processing, then the draw that consumes its output.
+    // One encoder: post-processing, then the draw that consumes its output, with no copy.
     let mut encoder = device.create_command_encoder(&Default::default());
-    ctx.record_postprocess(
+    postprocess.record(
         &mut encoder,
-        &pp,
         &DetectionBuffers {
             logits: &logits,
             deltas: &deltas,
@@ -168,8 +168,6 @@ fn main() -> retina_wgpu::Result<()> {
         },
         &detections,
     )?;
-    encoder.copy_buffer_to_buffer(detections.detections.buffer(), 0, &vertices, 0, vertices.size());
-    encoder.copy_buffer_to_buffer(detections.counts.buffer(), 0, &indirect, 4, 4);
     {
         let view = target.create_view(&Default::default());
         let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
@@ -186,8 +184,8 @@ fn main() -> retina_wgpu::Result<()> {
             ..Default::default()
         });
         pass.set_pipeline(&pipeline);
-        pass.set_vertex_buffer(0, vertices.slice(..));
-        pass.draw_indirect(&indirect, 0);
+        pass.set_vertex_buffer(0, detections.detections.buffer().slice(..));
+        pass.draw_indirect(draw_args.buffer.buffer(), 0);
     }
     queue.submit([encoder.finish()]);
 

@@ -1,6 +1,8 @@
 // Detection post-processing, output: image b's detection d is the d-th box NMS kept (boxes in
 // score order, their classes, and their scores, decayed for Soft/Matrix NMS), packed as
-// (x1, y1, x2, y2, score, class) for a host application to bind; counts[b] is how many.
+// (x1, y1, x2, y2, score, class) for a host application to bind; counts[b] is how many. With
+// draw_vertices > 0, draw_args[b] also gets image b's indirect draw arguments (draw_vertices
+// vertices, one instance per detection), so a host draws the detections with no copy.
 
 //#include "shared/detection.wgsl"
 
@@ -9,7 +11,7 @@ struct Config {
     batch: u32,
     region: u32,
     max_out: u32,
-    _pad: u32,
+    draw_vertices: u32,
 }
 
 
@@ -23,6 +25,8 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(5) var<storage, read> keep_scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> detections: array<Detection>;
 @group(0) @binding(7) var<storage, read_write> counts: array<u32>;
+// (vertex_count, instance_count, first_vertex, first_instance) per image.
+@group(0) @binding(8) var<storage, read_write> draw_args: array<vec4<u32>>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -39,6 +43,9 @@ fn main(
     let n = kept[image];
     if d == 0u {
         counts[image] = n;
+        if cfg.draw_vertices > 0u {
+            draw_args[image] = vec4(cfg.draw_vertices, n, 0u, 0u);
+        }
     }
     var det = Detection(vec4(0.0), 0.0, -1, 0u, 0u);
     if d < n {

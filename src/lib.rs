@@ -28,7 +28,10 @@
 //! `record_*` methods of [`GpuContext`] record into that application's command encoder over
 //! [`GpuBuffer`]s, leaving results on the device.
 //!
-//! Every error is an [`Error`]; nothing panics on bad input or device trouble. Long operations
+//! Every error is an [`Error`]; nothing panics on bad input or device trouble. Work recorded
+//! into a host's encoder is checked before it is recorded; an error inside the recorded
+//! commands surfaces when the host finishes its encoder (see [`gpu::PreparedPostProcess`] and
+//! the prepared objects, which also record frame after frame creating nothing). Long operations
 //! (loading a dataset, detecting over it, writing synthetic scenes) report to a [`Progress`]
 //! instead of drawing on the terminal.
 //!

@@ -16,7 +16,7 @@ fn records_into_a_host_encoder_on_a_host_device() {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
     let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
     let (device, queue) = pollster::block_on(adapter.request_device(&Default::default())).unwrap();
-    let ctx = GpuContext::from_device(&device, &queue, &GpuOptions::default());
+    let ctx = GpuContext::from_device(&device, &queue, &GpuOptions::default()).unwrap();
     assert!(
         !ctx.uses_subgroups(),
         "the host did not enable SUBGROUP, so the crate must not use it"

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use retina_wgpu::gpu::shader::{KERNEL_FILES, SHADER_FILES, ShaderFeatures, compose, files_used};
+use retina_wgpu::gpu::shader::{SHADER_FILES, ShaderFeatures, compose, files_used, kernel_files};
 
 const VARIANTS: [ShaderFeatures; 2] = [ShaderFeatures { subgroups: false }, ShaderFeatures { subgroups: true }];
 
@@ -42,7 +42,7 @@ fn validate(name: &str, source: &str, caps: naga::valid::Capabilities) {
 
 #[test]
 fn every_kernel_validates_in_every_variant() {
-    for kernel in KERNEL_FILES {
+    for kernel in kernel_files() {
         for features in VARIANTS {
             let source = compose(kernel, features).unwrap();
             validate(&format!("{kernel} ({features:?})"), &source, capabilities(features));
@@ -65,7 +65,7 @@ fn every_file_in_shaders_is_embedded_and_used() {
         assert_eq!(&disk, text, "{name}: embedded copy is stale");
     }
     let mut used = BTreeSet::new();
-    for kernel in KERNEL_FILES {
+    for kernel in kernel_files() {
         for features in VARIANTS {
             used.extend(files_used(kernel, features).unwrap());
         }

@@ -7,32 +7,29 @@ use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::ops::anchors::AnchorConfig;
-
-/// Anchors one workgroup generates.
-const WG_SIZE: u64 = 256;
 
 /// Must stay in sync with `Config` in shaders/anchors.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct AnchorConfigGpu {
-    n_anchors: u32,
-    first: u32,
-    num_levels: u32,
-    anchors_per_cell: u32,
-    offset: f32,
-    _pad: [u32; 3],
+pub(crate) struct AnchorConfigGpu {
+    pub(crate) n_anchors: u32,
+    pub(crate) first: u32,
+    pub(crate) num_levels: u32,
+    pub(crate) anchors_per_cell: u32,
+    pub(crate) offset: f32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Must stay in sync with `Level` in shaders/anchors.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct LevelGpu {
-    first_anchor: u32,
-    grid_w: u32,
-    grid_h: u32,
-    stride: f32,
+pub(crate) struct LevelGpu {
+    pub(crate) first_anchor: u32,
+    pub(crate) grid_w: u32,
+    pub(crate) grid_h: u32,
+    pub(crate) stride: f32,
 }
 
 /// Anchors already generated on this device, by configuration and image size.

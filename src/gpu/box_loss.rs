@@ -5,11 +5,10 @@ use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::ops::box_loss::{BoxLoss, BoxLossInput, BoxLossKind, BoxReduction};
 
-const WG_SIZE: u64 = 256;
 const FLAG_GIOU: u32 = 1;
 const FLAG_GRAD: u32 = 2;
 const FLAG_NORM_FROM_COUNTS: u32 = 4;
@@ -17,16 +16,16 @@ const FLAG_NORM_FROM_COUNTS: u32 = 4;
 /// Must stay in sync with `Config` in shaders/box_loss.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct BoxLossConfig {
-    n_rows: u32,
-    anchors_per_image: u32,
-    first_row: u32,
-    flags: u32,
-    beta: f32,
-    clamp: f32,
-    norm_index: u32,
-    norm_value: f32,
-    weights: [f32; 4],
+pub(crate) struct BoxLossConfig {
+    pub(crate) n_rows: u32,
+    pub(crate) anchors_per_image: u32,
+    pub(crate) first_row: u32,
+    pub(crate) flags: u32,
+    pub(crate) beta: f32,
+    pub(crate) clamp: f32,
+    pub(crate) norm_index: u32,
+    pub(crate) norm_value: f32,
+    pub(crate) weights: [f32; 4],
 }
 
 /// The buffers of a box loss recorded with [`GpuContext::record_box_loss`].

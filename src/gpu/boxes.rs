@@ -4,29 +4,27 @@ use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::ops::boxes::BoxCoder;
-
-const WG_SIZE: u64 = 256;
 
 /// Must stay in sync with `Config` in shaders/box_iou.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct IouConfig {
-    n_elements: u32,
-    cols: u32,
-    _pad: [u32; 2],
+pub(crate) struct IouConfig {
+    pub(crate) n_elements: u32,
+    pub(crate) cols: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/box_coder.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct CoderConfig {
-    n: u32,
-    decode: u32,
-    clamp: f32,
-    _pad: u32,
-    weights: [f32; 4],
+pub(crate) struct CoderConfig {
+    pub(crate) n: u32,
+    pub(crate) decode: u32,
+    pub(crate) clamp: f32,
+    pub(crate) _pad: u32,
+    pub(crate) weights: [f32; 4],
 }
 
 /// Errors unless a buffer bound whole fits one binding.

@@ -5,7 +5,6 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
@@ -158,16 +157,15 @@ impl GpuContext {
 
     /// A zero-filled buffer of `len` elements.
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        self.zeros_with_usage(len, wgpu::BufferUsages::empty())
+    }
+
+    /// A zero-filled buffer of `len` elements with usages beyond [`BUFFER_USAGE`] (for example
+    /// `VERTEX`, `INDIRECT` or `UNIFORM`), so that a host can bind it in its own passes.
+    pub fn zeros_with_usage<T: Pod>(&self, len: usize, extra: wgpu::BufferUsages) -> Result<GpuBuffer<T>> {
         let size = alloc_bytes::<T>(len);
         self.check_buffer_size::<T>(len, size)?;
-        let buffer = self.scoped(|| {
-            Ok(self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("retina-wgpu buffer"),
-                size,
-                usage: BUFFER_USAGE,
-                mapped_at_creation: false,
-            }))
-        })?;
+        let buffer = self.request_buffer(size, BUFFER_USAGE | extra, None)?;
         Ok(GpuBuffer {
             buffer,
             len,
@@ -177,27 +175,13 @@ impl GpuContext {
     }
 
     /// A buffer holding a copy of `data`.
+    ///
+    /// On a prepared object's context the buffer is a constant of the frame: no kernel may
+    /// write to it (the frame cache reuses it while `data` stays the same).
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
         let size = alloc_bytes::<T>(data.len());
         self.check_buffer_size::<T>(data.len(), size)?;
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        let buffer = self.scoped(|| {
-            Ok(if bytes.len() as u64 == size {
-                self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("retina-wgpu upload"),
-                    contents: bytes,
-                    usage: BUFFER_USAGE,
-                })
-            } else {
-                let mut padded = bytes.to_vec();
-                padded.resize(size as usize, 0);
-                self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("retina-wgpu upload"),
-                    contents: &padded,
-                    usage: BUFFER_USAGE,
-                })
-            })
-        })?;
+        let buffer = self.request_buffer(size, BUFFER_USAGE, Some(bytemuck::cast_slice(data)))?;
         Ok(GpuBuffer {
             buffer,
             len: data.len(),
@@ -218,11 +202,11 @@ impl GpuContext {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         self.scoped(|| {
             if bytes.len().is_multiple_of(4) {
-                self.inner.queue.write_buffer(&buffer.buffer, 0, bytes);
+                self.queue_write(&buffer.buffer, 0, bytes);
             } else {
                 let mut padded = bytes.to_vec();
                 padded.resize(bytes.len().div_ceil(4) * 4, 0);
-                self.inner.queue.write_buffer(&buffer.buffer, 0, &padded);
+                self.queue_write(&buffer.buffer, 0, &padded);
             }
             Ok(())
         })
@@ -294,6 +278,7 @@ impl<'a> Readback<'a> {
                         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                         mapped_at_creation: false,
                     });
+                    ctx.inner.counters.add(crate::gpu::frame::Count::Buffer);
                     encoder.copy_buffer_to_buffer(source, 0, &buffer, 0, size);
                     buffer
                 })

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::anchors::AnchorCache;
-use crate::gpu::kernels::Kernels;
+use crate::gpu::frame::{Count, Counters, FrameCache, ResourceStats};
+use crate::gpu::kernels::{Kernel, Kernels};
 use crate::gpu::shader::ShaderFeatures;
 
 /// Caps that lower the device's limits, so that chunking and grid folding can be exercised on
@@ -43,6 +44,14 @@ pub struct GpuOptions {
     /// Longest wait for the device in a blocking call before it fails with
     /// [`Error::ReadbackFailed`]. `None` waits indefinitely.
     pub poll_timeout: Option<Duration>,
+    /// Compile every kernel when the context is made instead of on first use, so that no later
+    /// call (a host's first frame) stalls on shader compilation. Default false: a context
+    /// that runs two kernels compiles two.
+    pub precompile: bool,
+    /// A pipeline cache to compile through (`Features::PIPELINE_CACHE`, Vulkan): made by the
+    /// host with `Device::create_pipeline_cache` from the bytes a previous run saved with
+    /// [`wgpu::PipelineCache::get_data`], it lets a second run skip the driver's compilation.
+    pub pipeline_cache: Option<wgpu::PipelineCache>,
 }
 
 impl Default for GpuOptions {
@@ -54,6 +63,8 @@ impl Default for GpuOptions {
             caps: LimitCaps::default(),
             subgroups: true,
             poll_timeout: Some(Duration::from_secs(600)),
+            precompile: false,
+            pipeline_cache: None,
         }
     }
 }
@@ -113,6 +124,8 @@ pub(crate) struct Inner {
     /// Set by the device-lost callback; only installed on devices the crate created itself.
     lost: Option<Arc<Mutex<Option<String>>>>,
     pub(crate) poll_timeout: Option<Duration>,
+    pub(crate) pipeline_cache: Option<wgpu::PipelineCache>,
+    pub(crate) counters: Counters,
 }
 
 /// A wgpu device and queue with the crate's kernels.
@@ -129,6 +142,9 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct GpuContext {
     pub(crate) inner: Arc<Inner>,
+    /// Set on the context of a prepared object: its requests for buffers and bind groups are
+    /// served from this cache ([`crate::gpu::frame`]).
+    pub(crate) frame: Option<Arc<Mutex<FrameCache>>>,
 }
 
 impl fmt::Debug for GpuContext {
@@ -189,7 +205,11 @@ pub fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
 
 /// The features the crate asks for when the adapter has them.
 fn wanted_features(adapter: wgpu::Features) -> wgpu::Features {
-    adapter & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY)
+    adapter
+        & (wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::PIPELINE_CACHE)
 }
 
 impl GpuContext {
@@ -201,7 +221,8 @@ impl GpuContext {
 
     /// Creates a context on its own device, chosen and configured by `options`. The device gets
     /// the adapter's own limits (large bindings, not the 128 MiB default) and the features
-    /// `SHADER_F16`, `SUBGROUP` and `TIMESTAMP_QUERY` when the adapter has them.
+    /// `SHADER_F16`, `SUBGROUP`, `TIMESTAMP_QUERY` and `PIPELINE_CACHE` when the adapter has
+    /// them.
     pub fn new_with(options: GpuOptions) -> Result<Self> {
         let backends = backends_for(&options)?;
         let instance = instance_for(backends);
@@ -244,15 +265,16 @@ impl GpuContext {
                 *slot = Some(format!("{reason:?}: {message}"));
             }
         });
-        Ok(Self::build(device, queue, adapter.get_info(), Some(lost), &options))
+        Self::build(device, queue, adapter.get_info(), Some(lost), &options)
     }
 
     /// Wraps a device and queue that a host application owns (a game, a renderer).
     ///
     /// The device keeps whatever features and limits the host created it with; subgroups are
     /// used if it has `SUBGROUP`. Nothing global is installed on it: no uncaptured-error handler,
-    /// no device-lost callback. Only `caps`, `subgroups` and `poll_timeout` of `options` apply.
-    pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, options: &GpuOptions) -> Self {
+    /// no device-lost callback. Only `caps`, `subgroups`, `poll_timeout`, `precompile` and
+    /// `pipeline_cache` of `options` apply; an error can only come from precompiling.
+    pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue, options: &GpuOptions) -> Result<Self> {
         Self::build(device.clone(), queue.clone(), device.adapter_info(), None, options)
     }
 
@@ -262,14 +284,14 @@ impl GpuContext {
         info: wgpu::AdapterInfo,
         lost: Option<Arc<Mutex<Option<String>>>>,
         options: &GpuOptions,
-    ) -> Self {
+    ) -> Result<Self> {
         let features = device.features();
         let shader_features = ShaderFeatures {
             subgroups: options.subgroups && features.contains(wgpu::Features::SUBGROUP),
         };
         let limits = DeviceLimits::new(&device.limits(), options.caps);
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        Self {
+        let ctx = Self {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 device,
@@ -282,8 +304,162 @@ impl GpuContext {
                 anchor_cache: AnchorCache::default(),
                 lost,
                 poll_timeout: options.poll_timeout,
+                pipeline_cache: options.pipeline_cache.clone(),
+                counters: Counters::default(),
             }),
+            frame: None,
+        };
+        if options.precompile {
+            ctx.precompile(Kernel::ALL)?;
         }
+        Ok(ctx)
+    }
+
+    /// Compiles the pipelines of `kernels` now (those already compiled are skipped).
+    pub(crate) fn precompile(&self, kernels: &[Kernel]) -> Result<()> {
+        for &kernel in kernels {
+            self.pipeline(kernel)?;
+        }
+        Ok(())
+    }
+
+    /// Compiles every kernel of the crate now, if not already compiled: a host calls this
+    /// during loading (or sets [`GpuOptions::precompile`]) so that no frame pays for it.
+    pub fn precompile_all(&self) -> Result<()> {
+        self.precompile(Kernel::ALL)
+    }
+
+    /// What this context (and every clone of it) has created and queued so far.
+    pub fn resource_stats(&self) -> ResourceStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// A clone of this context whose buffer and bind group requests go through a new
+    /// [`FrameCache`] (the context of a prepared object).
+    pub(crate) fn frame_context(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            frame: Some(Arc::new(Mutex::new(FrameCache::default()))),
+        }
+    }
+
+    /// Records one frame of a frame context: [`FrameCache::begin_frame`], `f`, then
+    /// [`FrameCache::end_frame`] (also when `f` fails).
+    pub(crate) fn frame<R>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<R>,
+    ) -> Result<R> {
+        if let Some(frame) = &self.frame {
+            frame.lock().unwrap_or_else(|e| e.into_inner()).begin_frame(encoder);
+        }
+        let result = f(encoder);
+        if let Some(frame) = &self.frame {
+            frame.lock().unwrap_or_else(|e| e.into_inner()).end_frame();
+        }
+        result
+    }
+
+    /// Creates a buffer of `size` bytes inside error scopes (filled with `contents` when given;
+    /// its length must equal `size`), counting it.
+    pub(crate) fn create_buffer_scoped(
+        &self,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        contents: Option<&[u8]>,
+    ) -> Result<wgpu::Buffer> {
+        use wgpu::util::DeviceExt;
+        let device = &self.inner.device;
+        let buffer = self.scoped_always(|| {
+            Ok(match contents {
+                Some(bytes) if bytes.len() as u64 == size => {
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("retina-wgpu buffer"),
+                        contents: bytes,
+                        usage,
+                    })
+                }
+                Some(bytes) => {
+                    let mut padded = bytes.to_vec();
+                    padded.resize(size as usize, 0);
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("retina-wgpu buffer"),
+                        contents: &padded,
+                        usage,
+                    })
+                }
+                None => device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("retina-wgpu buffer"),
+                    size,
+                    usage,
+                    mapped_at_creation: false,
+                }),
+            })
+        })?;
+        self.inner.counters.add(Count::Buffer);
+        Ok(buffer)
+    }
+
+    /// A buffer for a request: from the frame cache on a frame context, else newly created.
+    pub(crate) fn request_buffer(
+        &self,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        contents: Option<&[u8]>,
+    ) -> Result<wgpu::Buffer> {
+        use crate::gpu::frame::Request;
+        match &self.frame {
+            Some(frame) => {
+                let request = contents.map_or(Request::Zeroed, Request::Bytes);
+                frame
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .buffer(self, size, usage, request)
+            }
+            None => self.create_buffer_scoped(size, usage, contents),
+        }
+    }
+
+    /// Creates a bind group inside error scopes, counting it.
+    pub(crate) fn create_bind_group_scoped(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        let group = self.scoped_always(|| {
+            Ok(self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout,
+                entries,
+            }))
+        })?;
+        self.inner.counters.add(Count::BindGroup);
+        Ok(group)
+    }
+
+    /// A bind group of `pipeline`'s group 0 over `entries`: from the frame cache on a frame
+    /// context, else newly created.
+    pub(crate) fn request_bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        match &self.frame {
+            Some(frame) => {
+                let layout = pipeline.get_bind_group_layout(0);
+                frame
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bind_group(self, Some(pipeline), &layout, entries)
+            }
+            None => self.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries),
+        }
+    }
+
+    /// Queues a write of `bytes` into `buffer` at `offset`, counting it.
+    pub(crate) fn queue_write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.inner.queue.write_buffer(buffer, offset, bytes);
+        self.inner.counters.add(Count::QueueWrite);
     }
 
     /// The identity that the context's buffers and tensors carry.
@@ -328,7 +504,21 @@ impl GpuContext {
 
     /// Runs `f` inside validation, out-of-memory and internal error scopes and turns anything
     /// they catch (or a lost device) into the crate's [`Error`].
+    ///
+    /// On a frame context (a prepared object's) `f` runs without scopes: its recording creates
+    /// nothing the scopes could report on (the frame cache scopes each creation itself), and a
+    /// frame must not wait on the device. Errors in recorded commands surface when the host
+    /// finishes its encoder.
     pub(crate) fn scoped<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        if self.frame.is_some() {
+            self.check_lost()?;
+            return f();
+        }
+        self.scoped_always(f)
+    }
+
+    /// [`GpuContext::scoped`], with scopes on a frame context too.
+    pub(crate) fn scoped_always<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
         let device = &self.inner.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);

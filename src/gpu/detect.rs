@@ -6,13 +6,11 @@ use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::whole;
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nms::region_for;
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::gpu::topk::TopkSegment;
 use crate::ops::detect::{Detection, DetectionInput, PostProcess, check_shapes};
-
-const WG_SIZE: u64 = 256;
 
 /// One detection as the device stores it: `bbox` (x1, y1, x2, y2), `score`, `class` (-1 in
 /// unused slots), padded to 32 bytes. Must stay in sync with `Detection` in
@@ -33,37 +31,37 @@ pub struct GpuDetection {
 /// Must stay in sync with `Config` in shaders/detect_candidates.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct CandidateConfig {
-    batch: u32,
-    levels: u32,
-    topk: u32,
-    region: u32,
-    anchors_per_image: u32,
-    num_classes: u32,
-    clip: u32,
-    total: u32,
-    image_size: [f32; 2],
-    clamp: f32,
-    _pad: u32,
-    weights: [f32; 4],
+pub(crate) struct CandidateConfig {
+    pub(crate) batch: u32,
+    pub(crate) levels: u32,
+    pub(crate) topk: u32,
+    pub(crate) region: u32,
+    pub(crate) anchors_per_image: u32,
+    pub(crate) num_classes: u32,
+    pub(crate) clip: u32,
+    pub(crate) total: u32,
+    pub(crate) image_size: [f32; 2],
+    pub(crate) clamp: f32,
+    pub(crate) _pad: u32,
+    pub(crate) weights: [f32; 4],
 }
 
 /// Must stay in sync with `Level` in shaders/detect_candidates.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct LevelInfo {
-    first_anchor: u32,
-    _pad: [u32; 3],
+pub(crate) struct LevelInfo {
+    pub(crate) first_anchor: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Must stay in sync with `Config` in shaders/detect_output.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct OutputConfig {
-    batch: u32,
-    region: u32,
-    max_out: u32,
-    _pad: u32,
+pub(crate) struct OutputConfig {
+    pub(crate) batch: u32,
+    pub(crate) region: u32,
+    pub(crate) max_out: u32,
+    pub(crate) draw_vertices: u32,
 }
 
 /// The network outputs of a batch on the device.
@@ -84,6 +82,10 @@ pub struct DetectionBuffers<'a> {
 }
 
 /// Where detections land: `detections[image * max_detections + d]` for `d < counts[image]`.
+///
+/// Made by [`GpuContext::detection_output`], or [`GpuContext::detection_output_with`] for
+/// buffers a host binds directly (a vertex buffer of detections and indirect draw arguments),
+/// or from a host's own buffers wrapped with [`GpuBuffer::from_raw`].
 #[derive(Debug)]
 pub struct DetectionOutput {
     /// Packed detections, `batch * max_detections`.
@@ -92,21 +94,75 @@ pub struct DetectionOutput {
     pub counts: GpuBuffer<u32>,
     /// Slots per image.
     pub max_detections: usize,
+    /// Indirect draw arguments per image, written with the detections when present.
+    pub draw_args: Option<DrawArgs>,
+}
+
+/// Per-image indirect draw arguments written by the post-processing: image `b`'s entry is
+/// `[vertices_per_detection, counts[b], 0, 0]` (`wgpu::util::DrawIndirectArgs`'s layout), so
+/// `draw_indirect(buffer, 16 * b)` with the detections buffer bound as an instance-rate vertex
+/// buffer from byte `32 * max_detections * b` draws image `b`'s detections, one instance each.
+#[derive(Debug)]
+pub struct DrawArgs {
+    /// `[vertex_count, instance_count, first_vertex, first_instance]` per image; usages include
+    /// `INDIRECT`.
+    pub buffer: GpuBuffer<[u32; 4]>,
+    /// Vertices drawn per detection (for example 8 for a rectangle as a line list).
+    pub vertices_per_detection: u32,
+}
+
+/// How [`GpuContext::detection_output_with`] makes its buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputOptions {
+    /// Usages added to the detections and counts buffers (for example `VERTEX` to bind the
+    /// detections as an instance buffer, `UNIFORM` or `INDIRECT`).
+    pub extra_usage: wgpu::BufferUsages,
+    /// Write indirect draw arguments with this many vertices per detection ([`DrawArgs`]).
+    pub draw_vertices: Option<u32>,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        Self {
+            extra_usage: wgpu::BufferUsages::empty(),
+            draw_vertices: None,
+        }
+    }
 }
 
 impl GpuContext {
     /// Allocates the output of [`GpuContext::record_postprocess`] for `batch` images (once; it
     /// is reused every frame).
     pub fn detection_output(&self, batch: usize, max_detections: usize) -> Result<DetectionOutput> {
+        self.detection_output_with(batch, max_detections, &OutputOptions::default())
+    }
+
+    /// [`GpuContext::detection_output`] with buffers a host can bind in its own passes: extra
+    /// usages, and indirect draw arguments when asked for (see [`OutputOptions`]).
+    pub fn detection_output_with(
+        &self,
+        batch: usize,
+        max_detections: usize,
+        options: &OutputOptions,
+    ) -> Result<DetectionOutput> {
         let slots = batch.checked_mul(max_detections).ok_or_else(|| {
             Error::invalid(format!(
                 "detection output: {batch} images x {max_detections} detections overflow"
             ))
         })?;
+        let draw_args = match options.draw_vertices {
+            Some(0) => return Err(Error::invalid("OutputOptions::draw_vertices must be at least 1")),
+            Some(vertices) => Some(DrawArgs {
+                buffer: self.zeros_with_usage(batch, wgpu::BufferUsages::INDIRECT | options.extra_usage)?,
+                vertices_per_detection: vertices,
+            }),
+            None => None,
+        };
         Ok(DetectionOutput {
-            detections: self.zeros(slots)?,
-            counts: self.zeros(batch)?,
+            detections: self.zeros_with_usage(slots, options.extra_usage)?,
+            counts: self.zeros_with_usage(batch, options.extra_usage)?,
             max_detections,
+            draw_args,
         })
     }
 
@@ -130,6 +186,19 @@ impl GpuContext {
         self.check_buffer(op, "anchors", input.anchors)?;
         self.check_buffer(op, "out.detections", &out.detections)?;
         self.check_buffer(op, "out.counts", &out.counts)?;
+        if let Some(args) = &out.draw_args {
+            self.check_buffer(op, "out.draw_args", &args.buffer)?;
+            if args.vertices_per_detection == 0 || args.buffer.len() < out.counts.len() {
+                return Err(Error::shape(
+                    "post-processing",
+                    format!(
+                        "draw arguments for {} images with {} vertices each; one entry per image and at least 1 vertex needed",
+                        args.buffer.len(),
+                        args.vertices_per_detection
+                    ),
+                ));
+            }
+        }
         let a = input.anchors.len();
         let k = input.num_classes;
         let offsets = input.level_offsets;
@@ -229,7 +298,15 @@ impl GpuContext {
             batch: batch as u32,
             region: region as u32,
             max_out: pp.max_detections as u32,
-            _pad: 0,
+            draw_vertices: out.draw_args.as_ref().map_or(0, |a| a.vertices_per_detection),
+        };
+        let no_draw_args;
+        let draw_args = match &out.draw_args {
+            Some(args) => &args.buffer,
+            None => {
+                no_draw_args = self.zeros::<[u32; 4]>(1)?;
+                &no_draw_args
+            }
         };
         let bindings = [
             whole(&sorted.boxes),
@@ -239,6 +316,7 @@ impl GpuContext {
             whole(&kept.keep_scores),
             whole(&out.detections),
             whole(&out.counts),
+            whole(draw_args),
         ];
         let workgroups = ((batch * pp.max_detections) as u64).div_ceil(WG_SIZE);
         self.record_dispatch(encoder, Kernel::DetectOutput, &config, &bindings, workgroups)

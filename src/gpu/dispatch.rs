@@ -4,7 +4,6 @@
 use std::ops::Range;
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::buffer::GpuBuffer;
@@ -161,12 +160,19 @@ impl Uniforms {
         }
     }
 
-    pub(crate) fn into_buffer(self, ctx: &GpuContext) -> wgpu::Buffer {
-        ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("retina-wgpu uniforms"),
-            contents: &self.bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+    /// The uniform buffer holding every pushed struct (on a prepared object's context, the
+    /// previous frame's when the bytes are the same).
+    pub(crate) fn into_buffer(self, ctx: &GpuContext) -> Result<wgpu::Buffer> {
+        let bytes = if self.bytes.is_empty() {
+            vec![0; self.stride.max(16)]
+        } else {
+            self.bytes
+        };
+        ctx.request_buffer(
+            bytes.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            Some(&bytes),
+        )
     }
 }
 
@@ -233,7 +239,7 @@ impl GpuContext {
         self.scoped(|| {
             let mut uniforms = Uniforms::new::<C>(self.limits());
             let slot = uniforms.push(config);
-            let buffer = uniforms.into_buffer(self);
+            let buffer = uniforms.into_buffer(self)?;
             let mut bindings = vec![uniform(&buffer, slot)];
             bindings.extend(resources.iter().cloned());
             let pipeline = self.pipeline(kernel)?;
@@ -241,8 +247,7 @@ impl GpuContext {
                 label: Some(kernel.file()),
                 timestamp_writes: None,
             });
-            dispatch(self, &mut pass, pipeline, &bindings, workgroups);
-            Ok(())
+            dispatch(self, &mut pass, pipeline, &bindings, workgroups)
         })
     }
 }
@@ -262,7 +267,7 @@ impl GpuContext {
         self.scoped(|| {
             let mut uniforms = Uniforms::new::<C>(self.limits());
             let slots: Vec<_> = plan.chunks.iter().map(|c| uniforms.push(&config(c))).collect();
-            let buffer = uniforms.into_buffer(self);
+            let buffer = uniforms.into_buffer(self)?;
             let pipeline = self.pipeline(kernel)?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.file()),
@@ -271,7 +276,7 @@ impl GpuContext {
             for (chunk, slot) in plan.chunks.iter().zip(slots) {
                 let mut bindings = vec![uniform(&buffer, slot)];
                 bindings.extend(resources(chunk));
-                dispatch(self, &mut pass, pipeline, &bindings, chunk.workgroups);
+                dispatch(self, &mut pass, pipeline, &bindings, chunk.workgroups)?;
             }
             Ok(())
         })
@@ -279,16 +284,17 @@ impl GpuContext {
 }
 
 /// Binds `resources` (binding i = resources[i]) to `pipeline` and dispatches `workgroups`
-/// workgroups, folded into a 2-D grid when they exceed the per-dimension limit.
+/// workgroups, folded into a 2-D grid when they exceed the per-dimension limit. The bind group
+/// comes from the frame cache on a prepared object's context.
 pub(crate) fn dispatch(
     ctx: &GpuContext,
     pass: &mut wgpu::ComputePass<'_>,
     pipeline: &wgpu::ComputePipeline,
     resources: &[wgpu::BindingResource<'_>],
     workgroups: u32,
-) {
+) -> Result<()> {
     if workgroups == 0 {
-        return;
+        return Ok(());
     }
     let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
         .iter()
@@ -298,15 +304,12 @@ pub(crate) fn dispatch(
             resource: resource.clone(),
         })
         .collect();
-    let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    });
+    let bind_group = ctx.request_bind_group(pipeline, &entries)?;
     let (x, y) = fold_grid(workgroups, ctx.limits().max_workgroups_per_dim);
     pass.set_pipeline(pipeline);
     pass.set_bind_group(0, &bind_group, &[]);
     pass.dispatch_workgroups(x, y, 1);
+    Ok(())
 }
 
 #[cfg(test)]

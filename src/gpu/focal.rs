@@ -27,24 +27,24 @@ const FLAG_NORM_FROM_COUNTS: u32 = 64;
 /// Must stay in sync with `Config` in shaders/focal_loss.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct FocalConfig {
-    n_elements: u32,
-    num_classes: u32,
-    flags: u32,
-    norm_index: u32,
-    alpha: f32,
-    gamma: f32,
-    beta: f32,
-    norm_value: f32,
+pub(crate) struct FocalConfig {
+    pub(crate) n_elements: u32,
+    pub(crate) num_classes: u32,
+    pub(crate) flags: u32,
+    pub(crate) norm_index: u32,
+    pub(crate) alpha: f32,
+    pub(crate) gamma: f32,
+    pub(crate) beta: f32,
+    pub(crate) norm_value: f32,
 }
 
 /// Must stay in sync with `Config` in shaders/count_labels.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct CountConfig {
-    n_rows: u32,
-    num_classes: u32,
-    _pad: [u32; 2],
+pub(crate) struct CountConfig {
+    pub(crate) n_rows: u32,
+    pub(crate) num_classes: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Logits on the device.

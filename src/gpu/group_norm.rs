@@ -4,25 +4,24 @@
 //! sum has one owner (a workgroup's tree, or one invocation's bounded loop).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nms::LOOP_BUDGET;
 use crate::gpu::nn::{GpuEngine, GpuTensor};
 use crate::nn::{Engine, GroupNorm, GroupNormGrads, GroupNormOut, Shape};
 
-const WG_SIZE: u64 = 256;
-
 /// Must stay in sync with `Config` in shaders/shared/group_norm_config.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct GroupNormConfig {
-    batch: u32,
-    channels: u32,
-    groups: u32,
-    group_channels: u32,
-    plane: u32,
-    eps: f32,
-    _pad: [u32; 2],
+pub(crate) struct GroupNormConfig {
+    pub(crate) batch: u32,
+    pub(crate) channels: u32,
+    pub(crate) groups: u32,
+    pub(crate) group_channels: u32,
+    pub(crate) plane: u32,
+    pub(crate) eps: f32,
+    pub(crate) _pad: [u32; 2],
 }
+const _: () = assert!(size_of::<GroupNormConfig>() <= super::nn::ARENA_STRIDE);
 
 /// The uniform of every GroupNorm kernel for an input of `x`, after checking that no
 /// invocation loops more than [`LOOP_BUDGET`] times: the statistics walk each group twice in

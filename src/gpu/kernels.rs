@@ -6,138 +6,96 @@ use crate::error::{Error, Result};
 use crate::gpu::context::GpuContext;
 use crate::gpu::shader;
 
-/// A compute kernel of the crate, named after its file in `shaders/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kernel {
-    FocalLoss,
-    ReduceSum,
-    CountLabels,
-    Anchors,
-    BoxIou,
-    BoxCoder,
-    MatchGtMax,
-    MatchAssign,
-    BoxLoss,
-    BitonicLocal,
-    BitonicGlobal,
-    TopkHistogram,
-    TopkSelect,
-    TopkCount,
-    TopkScan,
-    TopkGather,
-    SortPermute,
-    NmsMask,
-    NmsGather,
-    NmsSoft,
-    NmsMaxIou,
-    NmsMatrix,
-    KeepCompact,
-    DetectCandidates,
-    DetectOutput,
-    SortEntriesInit,
-    KeepMap,
-    ConvForward,
-    ConvGradInput,
-    ConvGradWeight,
-    ConvReduce,
-    ChannelSum,
-    Relu,
-    ReluGrad,
-    Add,
-    Accumulate,
-    UpsampleForward,
-    UpsampleBackward,
-    PermuteHead,
-    PermuteHeadBackward,
-    Sgd,
-    SumSquares,
-    GroupNormStats,
-    GroupNormApply,
-    GroupNormGradSums,
-    GroupNormGradCoef,
-    OhemRowLoss,
-    OhemEntries,
-    OhemSelect,
-    OhemScale,
+/// Workgroup size of the 1-D kernels (`WG_SIZE` in their WGSL).
+pub(crate) const WG_SIZE: u64 = 256;
+
+/// Declares the kernel table once: each line names a variant, its file in `shaders/` and the
+/// pipeline-overridable constants that specialise a shared file. The enum, [`Kernel::COUNT`],
+/// [`Kernel::ALL`], `file()` and `constants()` all come from the one list, so a new kernel is
+/// one line and the count cannot be wrong.
+macro_rules! kernels {
+    ($($variant:ident => $file:literal, [$(($name:literal, $value:expr)),*],)*) => {
+        /// A compute kernel of the crate, named after its file in `shaders/`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum Kernel {
+            $($variant,)*
+        }
+
+        impl Kernel {
+            /// Every kernel, in declaration order (`ALL[k as usize] == k`).
+            pub(crate) const ALL: &'static [Kernel] = &[$(Kernel::$variant,)*];
+            /// Number of kernels.
+            pub(crate) const COUNT: usize = Self::ALL.len();
+
+            /// The kernel's file in `shaders/`.
+            pub(crate) fn file(self) -> &'static str {
+                match self {
+                    $(Kernel::$variant => $file,)*
+                }
+            }
+
+            /// Pipeline-overridable constants that specialise a shared kernel file.
+            fn constants(self) -> &'static [(&'static str, f64)] {
+                match self {
+                    $(Kernel::$variant => &[$(($name, $value)),*],)*
+                }
+            }
+        }
+    };
 }
 
-impl Kernel {
-    const COUNT: usize = 50;
-
-    pub(crate) fn file(self) -> &'static str {
-        match self {
-            Kernel::FocalLoss => "focal_loss.wgsl",
-            Kernel::ReduceSum => "reduce_sum.wgsl",
-            Kernel::CountLabels => "count_labels.wgsl",
-            Kernel::Anchors => "anchors.wgsl",
-            Kernel::BoxIou => "box_iou.wgsl",
-            Kernel::BoxCoder => "box_coder.wgsl",
-            Kernel::MatchGtMax => "match_gt_max.wgsl",
-            Kernel::MatchAssign => "match_assign.wgsl",
-            Kernel::BoxLoss => "box_loss.wgsl",
-            Kernel::BitonicLocal => "bitonic_local.wgsl",
-            Kernel::BitonicGlobal => "bitonic_global.wgsl",
-            Kernel::TopkHistogram => "topk_histogram.wgsl",
-            Kernel::TopkSelect => "topk_select.wgsl",
-            Kernel::TopkCount => "topk_count.wgsl",
-            Kernel::TopkScan => "topk_scan.wgsl",
-            Kernel::TopkGather => "topk_gather.wgsl",
-            Kernel::SortPermute => "sort_permute.wgsl",
-            Kernel::NmsMask => "nms_mask.wgsl",
-            Kernel::NmsGather => "nms_gather.wgsl",
-            Kernel::NmsSoft => "nms_soft.wgsl",
-            Kernel::NmsMaxIou => "nms_max_iou.wgsl",
-            Kernel::NmsMatrix => "nms_matrix.wgsl",
-            Kernel::KeepCompact => "keep_compact.wgsl",
-            Kernel::DetectCandidates => "detect_candidates.wgsl",
-            Kernel::DetectOutput => "detect_output.wgsl",
-            Kernel::SortEntriesInit => "sort_entries_init.wgsl",
-            Kernel::KeepMap => "keep_map.wgsl",
-            Kernel::ConvForward => "conv_gemm.wgsl",
-            Kernel::ConvGradInput => "conv_gemm.wgsl",
-            Kernel::ConvGradWeight => "conv_gemm.wgsl",
-            Kernel::ConvReduce => "conv_reduce.wgsl",
-            Kernel::ChannelSum => "channel_sum.wgsl",
-            Kernel::Relu => "elementwise.wgsl",
-            Kernel::ReluGrad => "elementwise.wgsl",
-            Kernel::Add => "elementwise.wgsl",
-            Kernel::Accumulate => "elementwise.wgsl",
-            Kernel::UpsampleForward => "upsample_nearest.wgsl",
-            Kernel::UpsampleBackward => "upsample_nearest.wgsl",
-            Kernel::PermuteHead => "head_permute.wgsl",
-            Kernel::PermuteHeadBackward => "head_permute.wgsl",
-            Kernel::Sgd => "sgd.wgsl",
-            Kernel::SumSquares => "sum_squares.wgsl",
-            Kernel::GroupNormStats => "group_norm_stats.wgsl",
-            Kernel::GroupNormApply => "group_norm_apply.wgsl",
-            Kernel::GroupNormGradSums => "group_norm_grad_sums.wgsl",
-            Kernel::GroupNormGradCoef => "group_norm_grad_coef.wgsl",
-            Kernel::OhemRowLoss => "ohem_row_loss.wgsl",
-            Kernel::OhemEntries => "ohem_entries.wgsl",
-            Kernel::OhemSelect => "ohem_select.wgsl",
-            Kernel::OhemScale => "ohem_scale.wgsl",
-        }
-    }
-}
-
-impl Kernel {
-    /// Pipeline-overridable constants that specialise a shared kernel file.
-    fn constants(self) -> &'static [(&'static str, f64)] {
-        match self {
-            Kernel::ConvForward => &[("MODE", 0.0)],
-            Kernel::ConvGradInput => &[("MODE", 1.0)],
-            Kernel::ConvGradWeight => &[("MODE", 2.0)],
-            Kernel::Relu => &[("OP", 0.0)],
-            Kernel::ReluGrad => &[("OP", 1.0)],
-            Kernel::Add => &[("OP", 2.0)],
-            Kernel::Accumulate => &[("OP", 3.0)],
-            Kernel::UpsampleForward => &[("BACKWARD", 0.0)],
-            Kernel::UpsampleBackward => &[("BACKWARD", 1.0)],
-            Kernel::PermuteHead => &[("BACKWARD", 0.0)],
-            Kernel::PermuteHeadBackward => &[("BACKWARD", 1.0)],
-            _ => &[],
-        }
-    }
+kernels! {
+    FocalLoss => "focal_loss.wgsl", [],
+    ReduceSum => "reduce_sum.wgsl", [],
+    CountLabels => "count_labels.wgsl", [],
+    Anchors => "anchors.wgsl", [],
+    BoxIou => "box_iou.wgsl", [],
+    BoxCoder => "box_coder.wgsl", [],
+    MatchGtMax => "match_gt_max.wgsl", [],
+    MatchAssign => "match_assign.wgsl", [],
+    BoxLoss => "box_loss.wgsl", [],
+    BitonicLocal => "bitonic_local.wgsl", [],
+    BitonicGlobal => "bitonic_global.wgsl", [],
+    TopkHistogram => "topk_histogram.wgsl", [],
+    TopkSelect => "topk_select.wgsl", [],
+    TopkCount => "topk_count.wgsl", [],
+    TopkScan => "topk_scan.wgsl", [],
+    TopkGather => "topk_gather.wgsl", [],
+    SortPermute => "sort_permute.wgsl", [],
+    NmsMask => "nms_mask.wgsl", [],
+    NmsGather => "nms_gather.wgsl", [],
+    NmsSoft => "nms_soft.wgsl", [],
+    NmsMaxIou => "nms_max_iou.wgsl", [],
+    NmsMatrix => "nms_matrix.wgsl", [],
+    KeepCompact => "keep_compact.wgsl", [],
+    DetectCandidates => "detect_candidates.wgsl", [],
+    DetectOutput => "detect_output.wgsl", [],
+    SortEntriesInit => "sort_entries_init.wgsl", [],
+    KeepMap => "keep_map.wgsl", [],
+    ConvForward => "conv_gemm.wgsl", [("MODE", 0.0)],
+    ConvGradInput => "conv_gemm.wgsl", [("MODE", 1.0)],
+    ConvGradWeight => "conv_gemm.wgsl", [("MODE", 2.0)],
+    ConvReduce => "conv_reduce.wgsl", [],
+    ChannelSum => "channel_sum.wgsl", [],
+    Relu => "elementwise.wgsl", [("OP", 0.0)],
+    ReluGrad => "elementwise.wgsl", [("OP", 1.0)],
+    Add => "elementwise.wgsl", [("OP", 2.0)],
+    Accumulate => "elementwise.wgsl", [("OP", 3.0)],
+    UpsampleForward => "upsample_nearest.wgsl", [("BACKWARD", 0.0)],
+    UpsampleBackward => "upsample_nearest.wgsl", [("BACKWARD", 1.0)],
+    PermuteHead => "head_permute.wgsl", [("BACKWARD", 0.0)],
+    PermuteHeadBackward => "head_permute.wgsl", [("BACKWARD", 1.0)],
+    Sgd => "sgd.wgsl", [],
+    SumSquares => "sum_squares.wgsl", [],
+    GroupNormStats => "group_norm_stats.wgsl", [],
+    GroupNormApply => "group_norm_apply.wgsl", [],
+    GroupNormGradSums => "group_norm_grad_sums.wgsl", [],
+    GroupNormGradCoef => "group_norm_grad_coef.wgsl", [],
+    OhemRowLoss => "ohem_row_loss.wgsl", [],
+    OhemEntries => "ohem_entries.wgsl", [],
+    OhemSelect => "ohem_select.wgsl", [],
+    OhemScale => "ohem_scale.wgsl", [],
+    ImageToTensor => "image_to_tensor.wgsl", [],
 }
 
 /// Compiled pipelines, indexed by [`Kernel`].
@@ -163,7 +121,7 @@ impl GpuContext {
         }
         let source = shader::compose(kernel.file(), self.inner.shader_features).map_err(Error::Validation)?;
         let device = &self.inner.device;
-        let pipeline = self.scoped(|| {
+        let pipeline = self.scoped_always(|| {
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.file()),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -177,9 +135,10 @@ impl GpuContext {
                     constants: kernel.constants(),
                     ..Default::default()
                 },
-                cache: None,
+                cache: self.inner.pipeline_cache.as_ref(),
             }))
         })?;
+        self.inner.counters.add(crate::gpu::frame::Count::Pipeline);
         // Another thread may have compiled it meanwhile; either pipeline is the same program.
         Ok(slot.get_or_init(|| pipeline))
     }

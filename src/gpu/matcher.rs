@@ -6,32 +6,30 @@ use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Uniforms, dispatch, storage_window, uniform, whole};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::ops::matcher::{AssignedTargets, GroundTruth, TargetAssigner};
 
-/// Anchors one workgroup handles.
-const WG_SIZE: u64 = 256;
 const FLAG_LOW_QUALITY: u32 = 1;
 
 /// Must stay in sync with `Config` in shaders/shared/match_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct MatchConfig {
-    anchors_per_image: u32,
-    anchor_base: u32,
-    chunk_anchors: u32,
-    tiles_per_image: u32,
-    image_first: u32,
-    num_images: u32,
-    batch: u32,
-    flags: u32,
-    out_base4: u32,
-    out_base16: u32,
-    high: f32,
-    low: f32,
-    num_boxes: u32,
-    _pad: [u32; 3],
-    weights: [f32; 4],
+pub(crate) struct MatchConfig {
+    pub(crate) anchors_per_image: u32,
+    pub(crate) anchor_base: u32,
+    pub(crate) chunk_anchors: u32,
+    pub(crate) tiles_per_image: u32,
+    pub(crate) image_first: u32,
+    pub(crate) num_images: u32,
+    pub(crate) batch: u32,
+    pub(crate) flags: u32,
+    pub(crate) out_base4: u32,
+    pub(crate) out_base16: u32,
+    pub(crate) high: f32,
+    pub(crate) low: f32,
+    pub(crate) num_boxes: u32,
+    pub(crate) _pad: [u32; 3],
+    pub(crate) weights: [f32; 4],
 }
 
 /// Ground truth of a batch on the device: every image's boxes and classes concatenated, and
@@ -245,7 +243,7 @@ impl GpuContext {
                 let workgroups = (images * count.div_ceil(WG_SIZE)) as u32;
                 bindings.push((slot, anchor_binding, matches, labels, targets, workgroups));
             }
-            let uniform_buffer = uniforms.into_buffer(self);
+            let uniform_buffer = uniforms.into_buffer(self)?;
             {
                 let pipeline = self.pipeline(Kernel::MatchGtMax)?;
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -265,7 +263,7 @@ impl GpuContext {
                             whole(&gt_info),
                         ],
                         *workgroups,
-                    );
+                    )?;
                 }
             }
             let pipeline = self.pipeline(Kernel::MatchAssign)?;
@@ -290,7 +288,7 @@ impl GpuContext {
                         whole(out.positives),
                     ],
                     *workgroups,
-                );
+                )?;
             }
             Ok(())
         })

@@ -7,11 +7,10 @@ use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::detect::GpuDetection;
 use crate::gpu::dispatch::{Uniforms, dispatch, uniform, whole};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::ops::nms::{Nms, NmsKind, NmsOutput};
 
-const WG_SIZE: u64 = 256;
 const FLAG_GAUSSIAN: u32 = 2;
 const FLAG_FROM_ENTRIES: u32 = 4;
 /// Most bytes of suppression mask held at once; larger inputs take several row passes.
@@ -25,47 +24,47 @@ pub(crate) const LOOP_BUDGET: u64 = 60_000;
 /// Must stay in sync with `Config` in shaders/shared/nms_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct NmsConfig {
-    region: u32,
-    words: u32,
-    row_begin: u32,
-    row_end: u32,
-    num_segments: u32,
-    groups_per_segment: u32,
-    max_out: u32,
-    flags: u32,
-    iou_threshold: f32,
-    score_threshold: f32,
-    sigma: f32,
-    _pad: u32,
+pub(crate) struct NmsConfig {
+    pub(crate) region: u32,
+    pub(crate) words: u32,
+    pub(crate) row_begin: u32,
+    pub(crate) row_end: u32,
+    pub(crate) num_segments: u32,
+    pub(crate) groups_per_segment: u32,
+    pub(crate) max_out: u32,
+    pub(crate) flags: u32,
+    pub(crate) iou_threshold: f32,
+    pub(crate) score_threshold: f32,
+    pub(crate) sigma: f32,
+    pub(crate) _pad: u32,
 }
 
 /// Must stay in sync with `Config` in shaders/sort_permute.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct PermuteConfig {
-    total: u32,
-    region: u32,
-    _pad: [u32; 2],
+pub(crate) struct PermuteConfig {
+    pub(crate) total: u32,
+    pub(crate) region: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/sort_entries_init.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct EntriesConfig {
-    n: u32,
-    total: u32,
-    _pad: [u32; 2],
+pub(crate) struct EntriesConfig {
+    pub(crate) n: u32,
+    pub(crate) total: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/keep_map.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct MapConfig {
-    num_segments: u32,
-    region: u32,
-    max_out: u32,
-    _pad: u32,
+pub(crate) struct MapConfig {
+    pub(crate) num_segments: u32,
+    pub(crate) region: u32,
+    pub(crate) max_out: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Boxes sorted by decreasing score into `segments` regions of `region` slots (a power of two,
@@ -210,7 +209,7 @@ impl GpuContext {
                         passes.push((uniforms.push(&config), segments_u32 * row_tiles * words as u32));
                         begin = end;
                     }
-                    let uniform_buffer = uniforms.into_buffer(self);
+                    let uniform_buffer = uniforms.into_buffer(self)?;
                     let mask_pipeline = self.pipeline(Kernel::NmsMask)?;
                     let gather_pipeline = self.pipeline(Kernel::NmsGather)?;
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -231,7 +230,7 @@ impl GpuContext {
                                 whole(&mask),
                             ],
                             groups,
-                        );
+                        )?;
                         dispatch(
                             self,
                             &mut pass,
@@ -248,7 +247,7 @@ impl GpuContext {
                                 whole(&out.keep_scores),
                             ],
                             segments_u32,
-                        );
+                        )?;
                     }
                 }
                 NmsKind::SoftLinear | NmsKind::SoftGaussian { .. } => {
@@ -274,7 +273,7 @@ impl GpuContext {
                         first = end;
                     }
                     let done = self.zeros::<u32>(segments)?;
-                    let uniform_buffer = uniforms.into_buffer(self);
+                    let uniform_buffer = uniforms.into_buffer(self)?;
                     let pipeline = self.pipeline(Kernel::NmsSoft)?;
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("soft nms"),
@@ -297,7 +296,7 @@ impl GpuContext {
                                 whole(&done),
                             ],
                             segments_u32,
-                        );
+                        )?;
                     }
                 }
                 NmsKind::Fast | NmsKind::Matrix { .. } => {
@@ -331,16 +330,20 @@ impl GpuContext {
                         flags: config.flags | if matrix { FLAG_FROM_ENTRIES } else { 0 },
                         ..config
                     });
-                    let uniform_buffer = uniforms.into_buffer(self);
+                    let uniform_buffer = uniforms.into_buffer(self)?;
                     let entries = self.zeros::<SortEntry>(sort_len(region * segments))?;
                     if matrix {
-                        // Entries past the last region sort after everything.
+                        // Entries past the last region sort after everything: copied in the
+                        // encoder from a constant buffer (no queued write in a recording).
                         let padding = vec![crate::gpu::sort::padding(u32::MAX); entries.len() - region * segments];
                         if !padding.is_empty() {
-                            self.queue().write_buffer(
+                            let constant = self.upload(&padding)?;
+                            encoder.copy_buffer_to_buffer(
+                                constant.buffer(),
+                                0,
                                 entries.buffer(),
                                 (region * segments * 16) as u64,
-                                bytemuck::cast_slice(&padding),
+                                (padding.len() * 16) as u64,
                             );
                         }
                     }
@@ -363,7 +366,7 @@ impl GpuContext {
                                     whole(&max_iou),
                                 ],
                                 per_box_groups,
-                            );
+                            )?;
                         }
                         if matrix {
                             let matrix_pipeline = self.pipeline(Kernel::NmsMatrix)?;
@@ -383,7 +386,7 @@ impl GpuContext {
                                         whole(&entries),
                                     ],
                                     per_box_groups,
-                                );
+                                )?;
                             }
                         }
                     }
@@ -409,7 +412,7 @@ impl GpuContext {
                             whole(&out.keep_scores),
                         ],
                         segments_u32,
-                    );
+                    )?;
                 }
             }
             Ok(())

@@ -2,7 +2,7 @@
 //! records every layer into one command encoder, and the dispatch of `conv_gemm.wgsl` and the
 //! small layer kernels.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
@@ -12,11 +12,10 @@ use crate::error::{Error, Result};
 use crate::gpu::buffer::{BUFFER_USAGE, GpuBuffer};
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{fold_grid, storage};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::nn::{Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape};
 
-const WG_SIZE: u64 = 256;
 /// Output tile of conv_gemm.wgsl (BM = BN) and its K step (BK).
 const TILE: u64 = 64;
 const TILE_K: u64 = 16;
@@ -28,117 +27,135 @@ const MIN_K_PER_SPLIT: u64 = 512;
 const TARGET_WORKGROUPS: u64 = 64;
 /// Bytes of per-dispatch uniforms held before the encoder is submitted.
 const ARENA_BYTES: u64 = 1 << 20;
+/// Bytes per dispatch in the uniform arena (rounded up to the uniform offset alignment): every
+/// layer config must fit, which the assertions below check when the crate compiles.
+pub(super) const ARENA_STRIDE: usize = 128;
+const _: () = {
+    assert!(size_of::<ConvConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<ConvReduceConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<ChannelSumConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<ElementwiseConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<UpsampleConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<PermuteHeadConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<SgdConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<SumSquaresConfig>() <= ARENA_STRIDE);
+};
 
 /// Must stay in sync with `Config` in shaders/conv_gemm.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct ConvConfig {
-    batch: u32,
-    in_channels: u32,
-    out_channels: u32,
-    in_h: u32,
-    in_w: u32,
-    out_h: u32,
-    out_w: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    stride: u32,
-    pad: u32,
-    m: u32,
-    n: u32,
-    k: u32,
-    k_split: u32,
-    splits: u32,
-    m_tiles: u32,
-    n_tiles: u32,
-    flags: u32,
-    _pad: u32,
+pub(crate) struct ConvConfig {
+    pub(crate) batch: u32,
+    pub(crate) in_channels: u32,
+    pub(crate) out_channels: u32,
+    pub(crate) in_h: u32,
+    pub(crate) in_w: u32,
+    pub(crate) out_h: u32,
+    pub(crate) out_w: u32,
+    pub(crate) kernel_h: u32,
+    pub(crate) kernel_w: u32,
+    pub(crate) stride: u32,
+    pub(crate) pad: u32,
+    pub(crate) m: u32,
+    pub(crate) n: u32,
+    pub(crate) k: u32,
+    pub(crate) k_split: u32,
+    pub(crate) splits: u32,
+    pub(crate) m_tiles: u32,
+    pub(crate) n_tiles: u32,
+    pub(crate) flags: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Must stay in sync with `Config` in shaders/conv_reduce.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ConvReduceConfig {
-    total: u32,
-    splits: u32,
-    channel_stride: u32,
-    channels: u32,
-    flags: u32,
-    _pad: [u32; 3],
+pub(crate) struct ConvReduceConfig {
+    pub(crate) total: u32,
+    pub(crate) splits: u32,
+    pub(crate) channel_stride: u32,
+    pub(crate) channels: u32,
+    pub(crate) flags: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Must stay in sync with `Config` in shaders/channel_sum.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ChannelSumConfig {
-    batch: u32,
-    channels: u32,
-    plane: u32,
-    _pad: u32,
+pub(crate) struct ChannelSumConfig {
+    pub(crate) batch: u32,
+    pub(crate) channels: u32,
+    pub(crate) plane: u32,
+    pub(crate) _pad: u32,
 }
 
 /// Must stay in sync with `Config` in shaders/elementwise.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ElementwiseConfig {
-    n: u32,
-    scale: f32,
-    _pad: [u32; 2],
+pub(crate) struct ElementwiseConfig {
+    pub(crate) n: u32,
+    pub(crate) scale: f32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/upsample_nearest.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct UpsampleConfig {
-    planes: u32,
-    in_h: u32,
-    in_w: u32,
-    out_h: u32,
-    out_w: u32,
-    _pad: [u32; 3],
+pub(crate) struct UpsampleConfig {
+    pub(crate) planes: u32,
+    pub(crate) in_h: u32,
+    pub(crate) in_w: u32,
+    pub(crate) out_h: u32,
+    pub(crate) out_w: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Must stay in sync with `Config` in shaders/head_permute.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct PermuteHeadConfig {
-    batch: u32,
-    anchors: u32,
-    values: u32,
-    plane: u32,
-    rows_per_image: u32,
-    row_offset: u32,
-    _pad: [u32; 2],
+pub(crate) struct PermuteHeadConfig {
+    pub(crate) batch: u32,
+    pub(crate) anchors: u32,
+    pub(crate) values: u32,
+    pub(crate) plane: u32,
+    pub(crate) rows_per_image: u32,
+    pub(crate) row_offset: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/sgd.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct SgdConfig {
-    n: u32,
-    flags: u32,
-    lr: f32,
-    momentum: f32,
-    weight_decay: f32,
-    max_norm: f32,
-    _pad: [u32; 2],
+pub(crate) struct SgdConfig {
+    pub(crate) n: u32,
+    pub(crate) flags: u32,
+    pub(crate) lr: f32,
+    pub(crate) momentum: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) max_norm: f32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/sum_squares.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct SumSquaresConfig {
-    n: u32,
-    flags: u32,
-    _pad: [u32; 2],
+pub(crate) struct SumSquaresConfig {
+    pub(crate) n: u32,
+    pub(crate) flags: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// sum_squares.wgsl: squares scaled by the power of two above the sum of |g| (else that sum).
 const FLAG_SCALED_SQUARES: u32 = 1;
 
 /// Recycled device buffers by size, all of one context.
+///
+/// A request takes the least free buffer of its size in the buffers' own order, a choice that
+/// depends only on which buffers are free: a frame that allocates and drops its tensors as the
+/// previous frame did gets the same buffers for the same tensors, so the bind groups of a
+/// prepared detector are found again in its frame cache.
 struct GpuPool {
-    free: Mutex<(HashMap<u64, Vec<wgpu::Buffer>>, PoolStats)>,
+    free: Mutex<(HashMap<u64, BTreeSet<wgpu::Buffer>>, PoolStats)>,
     /// The id of the context the buffers belong to: a tensor of another context is refused.
     context: u64,
 }
@@ -155,25 +172,18 @@ impl GpuPool {
         {
             let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
             let (free, stats) = &mut *guard;
-            if let Some(buffer) = free.get_mut(&bytes).and_then(Vec::pop) {
+            if let Some(buffer) = free.get_mut(&bytes).and_then(BTreeSet::pop_first) {
                 stats.reuses += 1;
                 return Ok(buffer);
             }
             stats.allocations += 1;
         }
-        ctx.scoped(|| {
-            Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("retina-wgpu tensor"),
-                size: bytes,
-                usage: BUFFER_USAGE,
-                mapped_at_creation: false,
-            }))
-        })
+        ctx.create_buffer_scoped(bytes, BUFFER_USAGE, None)
     }
 
     fn give(&self, buffer: wgpu::Buffer) {
         let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        guard.0.entry(buffer.size()).or_default().push(buffer);
+        guard.0.entry(buffer.size()).or_default().insert(buffer);
     }
 }
 
@@ -228,21 +238,24 @@ pub struct GpuEngine {
     encoder: Option<wgpu::CommandEncoder>,
     arena: wgpu::Buffer,
     arena_bytes: Vec<u8>,
+    /// What the arena on the device holds (the last write), so that an unchanged frame of
+    /// uniforms is not written again.
+    arena_written: Vec<u8>,
     stride: usize,
+    /// True while recording into a host's encoder ([`GpuEngine::record_into`]): nothing may be
+    /// submitted then.
+    recording: bool,
 }
 
 impl GpuEngine {
     /// An engine on `ctx`.
     pub fn new(ctx: &GpuContext) -> Result<Self> {
         let align = ctx.limits().uniform_offset_alignment.max(16) as usize;
-        let arena = ctx.scoped(|| {
-            Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("retina-wgpu layer uniforms"),
-                size: ARENA_BYTES,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }))
-        })?;
+        let arena = ctx.create_buffer_scoped(
+            ARENA_BYTES,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            None,
+        )?;
         Ok(Self {
             ctx: ctx.clone(),
             pool: Arc::new(GpuPool {
@@ -252,8 +265,79 @@ impl GpuEngine {
             encoder: None,
             arena,
             arena_bytes: Vec::new(),
-            stride: 128usize.div_ceil(align) * align,
+            arena_written: Vec::new(),
+            stride: ARENA_STRIDE.div_ceil(align) * align,
+            recording: false,
         })
+    }
+
+    /// Runs `f`, which records layers, into the host's `encoder` instead of the engine's own:
+    /// the engine's work goes where the host submits it, and nothing is submitted or waited
+    /// on. `spare` is an empty encoder the caller keeps between frames (the engine swaps it with
+    /// the host's while recording, so that no encoder is created per frame). At the end the
+    /// frame's layer uniforms are written to the queue unless they equal the last ones written;
+    /// the host must submit this frame before recording the next.
+    pub(crate) fn record_into<R>(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        spare: &mut Option<wgpu::CommandEncoder>,
+        f: impl FnOnce(&mut Self) -> Result<R>,
+    ) -> Result<R> {
+        self.sync()?;
+        let mut own = match spare.take() {
+            Some(e) => e,
+            None => self.ctx.encoder("retina-wgpu spare"),
+        };
+        std::mem::swap(&mut own, encoder);
+        self.encoder = Some(own);
+        self.recording = true;
+        let result = f(self);
+        self.recording = false;
+        let mut own = self
+            .encoder
+            .take()
+            .expect("the engine holds the host's encoder while recording");
+        std::mem::swap(&mut own, encoder);
+        *spare = Some(own);
+        self.write_arena();
+        result
+    }
+
+    /// A tensor of `shape` holding a copy of `source`'s first `shape.len()` values, copied inside
+    /// the engine's encoder (no queued write, no staging buffer).
+    pub(crate) fn tensor_from_buffer(&mut self, shape: Shape, source: &GpuBuffer<f32>) -> Result<GpuTensor> {
+        let len = shape.checked_len()?;
+        self.ctx
+            .check_buffer("GpuEngine::tensor_from_buffer", "source", source)?;
+        if source.len() < len {
+            return Err(Error::shape(
+                "tensor_from_buffer",
+                format!("{} values in the buffer for a tensor of {shape}", source.len()),
+            ));
+        }
+        let t = self.alloc(shape)?;
+        if len > 0 {
+            let (src, dst) = (source.buffer().clone(), t.buffer().clone());
+            self.encoder().copy_buffer_to_buffer(&src, 0, &dst, 0, (len * 4) as u64);
+        }
+        Ok(t)
+    }
+
+    /// Moves the engine onto a frame context of its context (the one of a prepared detector),
+    /// so that its bind groups and the post-processing's buffers come from a frame cache.
+    pub(crate) fn use_frame_context(&mut self) {
+        self.ctx = self.ctx.frame_context();
+    }
+
+    /// Writes the pending layer uniforms to the arena (unless the device already holds them).
+    fn write_arena(&mut self) {
+        if !self.arena_bytes.is_empty() {
+            if self.arena_bytes != self.arena_written {
+                self.ctx.queue_write(&self.arena, 0, &self.arena_bytes);
+                std::mem::swap(&mut self.arena_written, &mut self.arena_bytes);
+            }
+            self.arena_bytes.clear();
+        }
     }
 
     /// The context.
@@ -306,7 +390,20 @@ impl GpuEngine {
         if workgroups == 0 {
             return Ok(());
         }
+        if size_of::<C>() > self.stride {
+            return Err(Error::invalid(format!(
+                "a layer config of {} bytes does not fit the uniform arena's {}-byte stride",
+                size_of::<C>(),
+                self.stride
+            )));
+        }
         if self.arena_bytes.len() + self.stride > ARENA_BYTES as usize {
+            if self.recording {
+                return Err(Error::invalid(format!(
+                    "a frame recorded into a host encoder needs more than the {ARENA_BYTES} bytes of layer \
+                     uniforms the engine holds; record a smaller network or batch per frame"
+                )));
+            }
             self.sync()?;
         }
         let offset = self.arena_bytes.len();
@@ -332,11 +429,7 @@ impl GpuEngine {
             u32::try_from(workgroups).map_err(|_| Error::invalid("a layer needs more than 2^32 workgroups"))?;
         let (x, y) = fold_grid(workgroups, max);
         ctx.scoped(|| {
-            let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
+            let bind_group = ctx.request_bind_group(pipeline, &entries)?;
             let mut pass = self.encoder().begin_compute_pass(&Default::default());
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
@@ -832,10 +925,13 @@ impl Engine for GpuEngine {
     }
 
     fn sync(&mut self) -> Result<()> {
-        if !self.arena_bytes.is_empty() {
-            self.ctx.queue().write_buffer(&self.arena, 0, &self.arena_bytes);
-            self.arena_bytes.clear();
+        if self.recording {
+            return Err(Error::invalid(
+                "a read or sync while recording into a host encoder: a frame records only; read \
+                 its outputs after the host has submitted it",
+            ));
         }
+        self.write_arena();
         match self.encoder.take() {
             Some(encoder) => self.ctx.scoped(|| self.ctx.submit_and_wait(encoder)),
             None => Ok(()),

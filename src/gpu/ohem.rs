@@ -19,14 +19,13 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::detect::GpuDetection;
 use crate::gpu::dispatch::{Chunk, RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform, whole};
 use crate::gpu::focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nms::{LOOP_BUDGET, region_for};
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::ops::nms::Nms;
 use crate::ops::ohem::{Ohem, OhemInput};
 
-const WG_SIZE: u64 = 256;
 const FLAG_QUOTA: u32 = 1;
 const FLAG_COUNT: u32 = 2;
 /// Bytes per anchor slot of a group's largest bindings: the NMS mask's 256 rows of one bit per
@@ -40,58 +39,58 @@ const SELECT_SPAN: u64 = LOOP_BUDGET / 16 * WG_SIZE;
 /// Must stay in sync with `Config` in shaders/ohem_row_loss.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct RowLossConfig {
-    n_rows: u32,
-    num_classes: u32,
-    _pad: [u32; 2],
+pub(crate) struct RowLossConfig {
+    pub(crate) n_rows: u32,
+    pub(crate) num_classes: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/ohem_entries.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct EntriesConfig {
-    n_entries: u32,
-    region: u32,
-    anchors_per_image: u32,
-    group_images: u32,
-    row_offset: u32,
-    _pad: [u32; 3],
+pub(crate) struct EntriesConfig {
+    pub(crate) n_entries: u32,
+    pub(crate) region: u32,
+    pub(crate) anchors_per_image: u32,
+    pub(crate) group_images: u32,
+    pub(crate) row_offset: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Must stay in sync with `Config` in shaders/ohem_select.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct SelectConfig {
-    group_images: u32,
-    stride: u32,
-    anchors_per_image: u32,
-    first_image: u32,
-    per_image: u32,
-    positive_quota: u32,
-    flags: u32,
-    begin: u32,
-    end: u32,
-    total_index: u32,
-    _pad: [u32; 2],
+pub(crate) struct SelectConfig {
+    pub(crate) group_images: u32,
+    pub(crate) stride: u32,
+    pub(crate) anchors_per_image: u32,
+    pub(crate) first_image: u32,
+    pub(crate) per_image: u32,
+    pub(crate) positive_quota: u32,
+    pub(crate) flags: u32,
+    pub(crate) begin: u32,
+    pub(crate) end: u32,
+    pub(crate) total_index: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/ohem_scale.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ScaleConfig {
-    n_elements: u32,
-    num_classes: u32,
-    _pad: [u32; 2],
+pub(crate) struct ScaleConfig {
+    pub(crate) n_elements: u32,
+    pub(crate) num_classes: u32,
+    pub(crate) _pad: [u32; 2],
 }
 
 /// Must stay in sync with `Config` in shaders/keep_map.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct MapConfig {
-    num_segments: u32,
-    region: u32,
-    max_out: u32,
-    _pad: u32,
+pub(crate) struct MapConfig {
+    pub(crate) num_segments: u32,
+    pub(crate) region: u32,
+    pub(crate) max_out: u32,
+    pub(crate) _pad: u32,
 }
 
 /// The buffers of OHEM recorded with [`GpuContext::record_ohem`].
@@ -286,7 +285,7 @@ impl GpuContext {
                         begin = end;
                     }
                 }
-                let uniform_buffer = uniforms.into_buffer(self);
+                let uniform_buffer = uniforms.into_buffer(self)?;
                 let pipeline = self.pipeline(Kernel::OhemSelect)?;
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("ohem select"),
@@ -308,7 +307,7 @@ impl GpuContext {
                             whole(&image_loss),
                         ],
                         count as u32,
-                    );
+                    )?;
                 }
                 drop(pass);
                 first += count;

@@ -16,11 +16,11 @@ const FLAG_NORM_FROM_COUNTS: u32 = 2;
 /// Must stay in sync with `Config` in shaders/reduce_sum.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ReduceConfig {
-    n: u32,
-    flags: u32,
-    norm_index: u32,
-    norm_value: f32,
+pub(crate) struct ReduceConfig {
+    pub(crate) n: u32,
+    pub(crate) flags: u32,
+    pub(crate) norm_index: u32,
+    pub(crate) norm_value: f32,
 }
 
 /// What a sum is divided by.
@@ -95,7 +95,7 @@ pub(crate) fn record_sum(
         norm_index,
         norm_value,
     });
-    let uniform_buffer = uniforms.into_buffer(ctx);
+    let uniform_buffer = uniforms.into_buffer(ctx)?;
 
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("reduce sum"),
@@ -120,7 +120,7 @@ pub(crate) fn record_sum(
                     ),
                 ],
                 chunk.workgroups,
-            );
+            )?;
         }
         input = output;
     }
@@ -135,6 +135,6 @@ pub(crate) fn record_sum(
             storage(out.buffer(), 0, 12),
         ],
         1,
-    );
+    )?;
     Ok(())
 }

@@ -9,55 +9,22 @@
 //! Every file is embedded in the binary, so the crate needs no files at run time; the test
 //! `tests/shaders.rs` validates every composition with naga on any machine, GPU or not.
 
+use crate::gpu::kernels::Kernel;
+
 /// Every WGSL file of the crate: (path relative to `shaders/`, contents), embedded by build.rs.
 pub const SHADER_FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/shader_files.rs"));
 
-/// The kernels (files with an entry point `main`), in `shaders/`.
-pub const KERNEL_FILES: &[&str] = &[
-    "focal_loss.wgsl",
-    "reduce_sum.wgsl",
-    "count_labels.wgsl",
-    "anchors.wgsl",
-    "box_iou.wgsl",
-    "box_coder.wgsl",
-    "match_gt_max.wgsl",
-    "match_assign.wgsl",
-    "box_loss.wgsl",
-    "bitonic_local.wgsl",
-    "bitonic_global.wgsl",
-    "topk_histogram.wgsl",
-    "topk_select.wgsl",
-    "topk_count.wgsl",
-    "topk_scan.wgsl",
-    "topk_gather.wgsl",
-    "sort_permute.wgsl",
-    "nms_mask.wgsl",
-    "nms_gather.wgsl",
-    "nms_soft.wgsl",
-    "nms_max_iou.wgsl",
-    "nms_matrix.wgsl",
-    "keep_compact.wgsl",
-    "detect_candidates.wgsl",
-    "detect_output.wgsl",
-    "sort_entries_init.wgsl",
-    "keep_map.wgsl",
-    "conv_gemm.wgsl",
-    "conv_reduce.wgsl",
-    "channel_sum.wgsl",
-    "elementwise.wgsl",
-    "upsample_nearest.wgsl",
-    "head_permute.wgsl",
-    "sgd.wgsl",
-    "sum_squares.wgsl",
-    "group_norm_stats.wgsl",
-    "group_norm_apply.wgsl",
-    "group_norm_grad_sums.wgsl",
-    "group_norm_grad_coef.wgsl",
-    "ohem_row_loss.wgsl",
-    "ohem_entries.wgsl",
-    "ohem_select.wgsl",
-    "ohem_scale.wgsl",
-];
+/// The kernel files (those with an entry point `main`) in `shaders/`, each once, in the order of
+/// the kernel table (`Kernel` in src/gpu/kernels.rs), which names the file of every kernel.
+pub fn kernel_files() -> Vec<&'static str> {
+    let mut files: Vec<&'static str> = Vec::new();
+    for kernel in Kernel::ALL {
+        if !files.contains(&kernel.file()) {
+            files.push(kernel.file());
+        }
+    }
+    files
+}
 
 /// Device capabilities that select between variants of the shared helpers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,4 +91,55 @@ pub fn files_used(path: &str, features: ShaderFeatures) -> Result<Vec<String>, S
     let mut seen = Vec::new();
     append(path, features, &mut String::new(), &mut seen)?;
     Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::gpu::kernels::WG_SIZE;
+
+    /// The kernel table and `shaders/` agree: every top-level `.wgsl` file (helpers live in
+    /// `shaders/shared/`) is some kernel's file, and every kernel's file exists.
+    #[test]
+    fn every_kernel_file_exists_and_every_top_level_shader_is_a_kernel() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "wgsl"))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let in_table: BTreeSet<String> = Kernel::ALL.iter().map(|k| k.file().to_string()).collect();
+        let missing: Vec<_> = in_table.difference(&on_disk).collect();
+        assert!(missing.is_empty(), "kernels whose file is not in shaders/: {missing:?}");
+        let unused: Vec<_> = on_disk.difference(&in_table).collect();
+        assert!(
+            unused.is_empty(),
+            "files in shaders/ that no kernel compiles: {unused:?}"
+        );
+        assert_eq!(kernel_files().len(), in_table.len());
+    }
+
+    /// `Kernel as usize` indexes the pipeline table: the enum's order is `ALL`'s.
+    #[test]
+    fn kernel_all_is_in_declaration_order() {
+        assert_eq!(Kernel::ALL.len(), Kernel::COUNT);
+        for (i, kernel) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(*kernel as usize, i, "{kernel:?}");
+        }
+    }
+
+    /// Every kernel runs `WG_SIZE` invocations per workgroup, the size the host divides its
+    /// work by.
+    #[test]
+    fn every_kernel_has_the_hosts_workgroup_size() {
+        for file in kernel_files() {
+            let source = compose(file, ShaderFeatures::default()).unwrap();
+            let module = naga::front::wgsl::parse_str(&source).unwrap();
+            let main = module.entry_points.iter().find(|e| e.name == "main").unwrap();
+            assert_eq!(main.workgroup_size, [WG_SIZE as u32, 1, 1], "{file}");
+        }
+    }
 }

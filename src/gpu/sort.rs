@@ -6,11 +6,10 @@ use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Uniforms, dispatch, storage, uniform};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 
 /// Entries one workgroup sorts in workgroup memory (`BLOCK` in bitonic_local.wgsl).
 pub(crate) const SORT_BLOCK: usize = 512;
-const WG_SIZE: u64 = 256;
 
 /// A sort entry: `[segment, descending key, tie-break, payload]`, ordered lexicographically on
 /// the first three (see `shaders/shared/sort_keys.wgsl`).
@@ -24,11 +23,11 @@ pub(crate) fn padding(segment: u32) -> SortEntry {
 /// Must stay in sync with `Config` in shaders/bitonic_local.wgsl and bitonic_global.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct BitonicConfig {
-    n: u32,
-    k: u32,
-    j: u32,
-    _pad: u32,
+pub(crate) struct BitonicConfig {
+    pub(crate) n: u32,
+    pub(crate) k: u32,
+    pub(crate) j: u32,
+    pub(crate) _pad: u32,
 }
 
 /// The length a sort needs for `n` entries: a power of two, at least one block.
@@ -94,7 +93,7 @@ impl GpuContext {
             k *= 2;
         }
         self.scoped(|| {
-            let uniform_buffer = uniforms.into_buffer(self);
+            let uniform_buffer = uniforms.into_buffer(self)?;
             let local = self.pipeline(Kernel::BitonicLocal)?;
             let global = self.pipeline(Kernel::BitonicGlobal)?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -116,7 +115,7 @@ impl GpuContext {
                         storage(entries.buffer(), 0, entries.byte_len()),
                     ],
                     workgroups,
-                );
+                )?;
             }
             Ok(())
         })

@@ -15,41 +15,41 @@ const FLAG_THRESHOLD: u32 = 1;
 /// Must stay in sync with `Config` in shaders/shared/topk_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct TopkConfig {
-    first_tile: u32,
-    n_tiles: u32,
-    num_segments: u32,
-    key_offset: u32,
-    shift: u32,
-    flags: u32,
-    threshold: f32,
-    _pad: u32,
+pub(crate) struct TopkConfig {
+    pub(crate) first_tile: u32,
+    pub(crate) n_tiles: u32,
+    pub(crate) num_segments: u32,
+    pub(crate) key_offset: u32,
+    pub(crate) shift: u32,
+    pub(crate) flags: u32,
+    pub(crate) threshold: f32,
+    pub(crate) _pad: u32,
 }
 
 /// Must stay in sync with `Segment` in shaders/shared/topk_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct SegmentGpu {
-    start: u32,
-    len: u32,
-    k: u32,
-    first_tile: u32,
-    out_offset: u32,
-    _pad: [u32; 3],
+pub(crate) struct SegmentGpu {
+    pub(crate) start: u32,
+    pub(crate) len: u32,
+    pub(crate) k: u32,
+    pub(crate) first_tile: u32,
+    pub(crate) out_offset: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Must stay in sync with `SelectState` in shaders/shared/topk_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct SelectState {
-    prefix: u32,
-    mask: u32,
-    remaining: u32,
-    greater: u32,
-    done: u32,
-    threshold: u32,
-    need_eq: u32,
-    selected: u32,
+pub(crate) struct SelectState {
+    pub(crate) prefix: u32,
+    pub(crate) mask: u32,
+    pub(crate) remaining: u32,
+    pub(crate) greater: u32,
+    pub(crate) done: u32,
+    pub(crate) threshold: u32,
+    pub(crate) need_eq: u32,
+    pub(crate) selected: u32,
 }
 
 /// One segment of a top-k: `len` elements from `start`, of which the `k` largest are kept.
@@ -231,7 +231,7 @@ impl GpuContext {
                 })
                 .collect();
             let scan_slot = uniforms.push(&base_config);
-            let uniform_buffer = uniforms.into_buffer(self);
+            let uniform_buffer = uniforms.into_buffer(self)?;
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("top-k"),
                 timestamp_writes: None,
@@ -252,7 +252,7 @@ impl GpuContext {
                             whole(&histogram),
                         ],
                         *n_tiles,
-                    );
+                    )?;
                 }
                 dispatch(
                     self,
@@ -264,7 +264,7 @@ impl GpuContext {
                         whole(&histogram),
                     ],
                     num_segments,
-                );
+                )?;
             }
             let count_pipeline = self.pipeline(Kernel::TopkCount)?;
             for (binding, _, compact, n_tiles) in &windows {
@@ -280,7 +280,7 @@ impl GpuContext {
                         whole(&tile_counts),
                     ],
                     *n_tiles,
-                );
+                )?;
             }
             dispatch(
                 self,
@@ -294,7 +294,7 @@ impl GpuContext {
                     whole(&selected),
                 ],
                 num_segments,
-            );
+            )?;
             let gather_pipeline = self.pipeline(Kernel::TopkGather)?;
             for (binding, _, compact, n_tiles) in &windows {
                 dispatch(
@@ -310,7 +310,7 @@ impl GpuContext {
                         whole(&candidates),
                     ],
                     *n_tiles,
-                );
+                )?;
             }
             Ok(())
         })?;

@@ -6,8 +6,8 @@
 use crate::backend::Backend;
 use crate::cpu::nn::{CpuEngine, CpuTensor};
 use crate::error::{Error, Result};
-use crate::gpu::DetectionBuffers;
 use crate::gpu::detect::unpack_detections;
+use crate::gpu::{DetectionBuffers, DetectionOutput, GpuBuffer, GpuContext, OutputOptions};
 use crate::model::{AnchorSet, RetinaNet};
 use crate::nn::{Engine, GpuEngine, GpuTensor, Shape};
 use crate::ops::detect::{Detection, DetectionInput, PostProcess};
@@ -148,6 +148,165 @@ impl<E: DetectEngine> Detector<E> {
             &tape.class_rows,
             &tape.box_rows,
         )
+    }
+}
+
+/// A trained detector prepared for a GPU frame loop: the forward pass and the post-processing of
+/// a batch of images already on the device, recorded into the host's encoder with nothing
+/// created, queued or waited on after the first frame (see [`crate::gpu::PreparedPostProcess`]
+/// for the contract). The images come from the host (for example a rendered frame turned into
+/// the network's input by [`GpuContext::record_image_to_tensor`]); the detections land in a
+/// [`DetectionOutput`] the host can bind.
+pub struct PreparedDetector {
+    net: RetinaNet,
+    /// The context the detector was made on (the engine holds a frame context of it, whose
+    /// buffers are recycled frame to frame: outputs are made here instead).
+    ctx: GpuContext,
+    engine: GpuEngine,
+    params: Vec<GpuTensor>,
+    anchors: std::sync::Arc<GpuBuffer<[f32; 4]>>,
+    /// The post-processing (torchvision's RetinaNet defaults unless changed).
+    pub postprocess: PostProcess,
+    spare: Option<wgpu::CommandEncoder>,
+}
+
+impl PreparedDetector {
+    /// Uploads `net`'s parameters `values` (in [`RetinaNet::params`] order) to `ctx`, makes its
+    /// anchors and compiles every kernel of inference.
+    pub fn new(ctx: &GpuContext, net: RetinaNet, values: &[Vec<f32>]) -> Result<Self> {
+        let mut engine = GpuEngine::new(ctx)?;
+        let params = net.upload(&mut engine, values)?;
+        engine.sync()?;
+        engine.use_frame_context();
+        for kernels in crate::gpu::prepared::inference_kernels() {
+            ctx.precompile(kernels)?;
+        }
+        let s = net.config().input_size as u32;
+        let anchors = ctx.anchors(&net.config().anchors(), s, s)?;
+        Ok(Self {
+            net,
+            ctx: ctx.clone(),
+            engine,
+            params,
+            anchors,
+            postprocess: PostProcess::default(),
+            spare: None,
+        })
+    }
+
+    /// The network.
+    pub fn net(&self) -> &RetinaNet {
+        &self.net
+    }
+
+    /// The side of the square input images, in pixels.
+    pub fn input_size(&self) -> usize {
+        self.net.config().input_size
+    }
+
+    /// A detection output for `batch` images, with `options` (extra usages, draw arguments).
+    pub fn output(&self, batch: usize, options: &OutputOptions) -> Result<DetectionOutput> {
+        self.ctx
+            .detection_output_with(batch, self.postprocess.max_detections, options)
+    }
+
+    /// Records detection over `images` (normalised CHW images, `batch * 3 * S * S` values, as
+    /// [`crate::coco::Normalize`] makes them) into `encoder`, leaving the detections in network
+    /// pixels in `out`.
+    pub fn record(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        images: &GpuBuffer<f32>,
+        out: &DetectionOutput,
+    ) -> Result<()> {
+        let batch = self.check(images.len(), out)?;
+        let ctx = self.engine.context().clone();
+        ctx.frame(encoder, |encoder| self.record_images(encoder, batch, images, out))
+    }
+
+    /// Records detection over one rendered frame into `encoder`: `frame` (a `width` x
+    /// `height` view, see [`GpuContext::record_image_to_tensor`]) becomes the network's input
+    /// on the device, fitted with its aspect kept, and the detections land in `out` (one image)
+    /// in network pixels: multiply by [`crate::gpu::frame_scale`] for frame pixels.
+    pub fn record_frame(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        frame: &wgpu::TextureView,
+        (width, height): (u32, u32),
+        normalize: &crate::coco::Normalize,
+        out: &DetectionOutput,
+    ) -> Result<()> {
+        let s = self.input_size();
+        self.check(3 * s * s, out)?;
+        if width == 0 || height == 0 {
+            return Err(Error::invalid("PreparedDetector::record_frame: the frame is empty"));
+        }
+        let ctx = self.engine.context().clone();
+        ctx.frame(encoder, |encoder| {
+            let input = ctx.zeros::<f32>(3 * s * s)?;
+            ctx.record_image_to_tensor(encoder, frame, (width, height), normalize, s, 0, &input)?;
+            self.record_images(encoder, 1, &input, out)
+        })
+    }
+
+    /// The batch of `values` input values, after checking them and `out`.
+    fn check(&self, values: usize, out: &DetectionOutput) -> Result<usize> {
+        let s = self.input_size();
+        let plane = 3 * s * s;
+        if values == 0 || !values.is_multiple_of(plane) {
+            return Err(Error::shape(
+                "PreparedDetector::record",
+                format!("{values} input values are not whole images of 3 x {s} x {s}"),
+            ));
+        }
+        let batch = values / plane;
+        if out.counts.len() != batch || out.max_detections != self.postprocess.max_detections {
+            return Err(Error::shape(
+                "PreparedDetector::record",
+                format!(
+                    "the output holds {} images x {} detections; {batch} x {} needed",
+                    out.counts.len(),
+                    out.max_detections,
+                    self.postprocess.max_detections
+                ),
+            ));
+        }
+        self.postprocess.validate()?;
+        Ok(batch)
+    }
+
+    fn record_images(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: usize,
+        images: &GpuBuffer<f32>,
+        out: &DetectionOutput,
+    ) -> Result<()> {
+        let s = self.input_size();
+        let ctx = self.engine.context().clone();
+        let (net, params, anchors, pp) = (&self.net, &self.params, &self.anchors, &self.postprocess);
+        let level_offsets = net.level_offsets();
+        self.engine.record_into(encoder, &mut self.spare, |engine| {
+            let x = engine.tensor_from_buffer(Shape::new(batch, 3, s, s), images)?;
+            let tape = net.forward(engine, params, x)?;
+            let (class_rows, box_rows) = (&tape.class_rows, &tape.box_rows);
+            let k = class_rows.shape().w;
+            let logits = class_rows.view::<f32>(class_rows.shape().len())?;
+            let deltas = box_rows.view::<[f32; 4]>(batch * anchors.len())?;
+            ctx.record_postprocess(
+                engine.encoder(),
+                pp,
+                &DetectionBuffers {
+                    logits: &logits,
+                    deltas: &deltas,
+                    anchors,
+                    level_offsets,
+                    num_classes: k,
+                    image_size: (s as u32, s as u32),
+                },
+                out,
+            )
+        })
     }
 }
 

@@ -7,6 +7,6 @@ mod loss;
 mod retinanet;
 
 pub use crate::ops::ohem::Ohem;
-pub use detect::{DetectEngine, Detector, detect_dataset, evaluate_dataset};
+pub use detect::{DetectEngine, Detector, PreparedDetector, detect_dataset, evaluate_dataset};
 pub use loss::{AnchorSet, ClassLoss, DetectionLoss, EngineLoss, HostLoss, LossEngine, LossValues};
 pub use retinanet::{ParamSpec, RetinaNet, RetinaNetConfig, Tape};

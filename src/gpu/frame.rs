@@ -1,0 +1,275 @@
+//! Resource counters, and the frame cache behind the prepared objects
+//! ([`crate::gpu::PreparedPostProcess`] and the others).
+//!
+//! A `record_*` call of the crate asks its context for scratch buffers, uniform buffers and bind
+//! groups. On a plain context each request creates a new wgpu object. On a context made by
+//! [`GpuContext::frame_context`] the requests go through a [`FrameCache`] instead: the n-th
+//! request of a frame is served by the object that answered the n-th request of the previous
+//! frame when it still fits (a buffer at least as large with the same usages, a uniform buffer
+//! with the same bytes, a bind group over the same resources), and a new object is created only
+//! when it does not. A frame with the shapes and parameters of the previous one therefore
+//! creates nothing, writes nothing to the queue and waits on nothing; a larger shape grows the
+//! affected buffers once (never shrinks them).
+//!
+//! Reused scratch buffers must look as fresh ones do (zero-filled, since kernels count with
+//! atomics into them): [`FrameCache::begin_frame`] records a `clear_buffer` of each into the
+//! frame's encoder before any of the frame's work.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::Result;
+use crate::gpu::context::GpuContext;
+
+/// What a context has created and written since it was made: a test reads it before and after a
+/// frame to prove that a prepared object's frame created nothing.
+///
+/// Counts are per device context and shared by its clones (and by the frame contexts of the
+/// prepared objects made from it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResourceStats {
+    /// Buffers created (scratch, uniform, staging, tensors, outputs).
+    pub buffers_created: u64,
+    /// Bind groups created.
+    pub bind_groups_created: u64,
+    /// Writes queued with `Queue::write_buffer`.
+    pub queue_writes: u64,
+    /// Compute pipelines compiled.
+    pub pipelines_compiled: u64,
+}
+
+/// The atomic counters behind [`ResourceStats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    buffers: AtomicU64,
+    bind_groups: AtomicU64,
+    queue_writes: AtomicU64,
+    pipelines: AtomicU64,
+}
+
+/// What a counter counts.
+#[derive(Clone, Copy)]
+pub(crate) enum Count {
+    Buffer,
+    BindGroup,
+    QueueWrite,
+    Pipeline,
+}
+
+impl Counters {
+    pub(crate) fn add(&self, what: Count) {
+        let counter = match what {
+            Count::Buffer => &self.buffers,
+            Count::BindGroup => &self.bind_groups,
+            Count::QueueWrite => &self.queue_writes,
+            Count::Pipeline => &self.pipelines,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> ResourceStats {
+        ResourceStats {
+            buffers_created: self.buffers.load(Ordering::Relaxed),
+            bind_groups_created: self.bind_groups.load(Ordering::Relaxed),
+            queue_writes: self.queue_writes.load(Ordering::Relaxed),
+            pipelines_compiled: self.pipelines.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a cached buffer holds between frames.
+enum Contents {
+    /// Scratch: cleared at the start of each frame that may reuse it.
+    Zeroed,
+    /// Bytes written at creation (or by the last queued write) that no kernel modifies:
+    /// uniforms and constant tables.
+    Bytes(Vec<u8>),
+}
+
+struct CachedBuffer {
+    buffer: wgpu::Buffer,
+    contents: Contents,
+}
+
+/// One resource of a bind group key.
+#[derive(Clone, PartialEq, Eq)]
+enum KeyEntry {
+    Buffer(wgpu::Buffer, u64, Option<wgpu::BufferSize>),
+    Texture(wgpu::TextureView),
+    Sampler(wgpu::Sampler),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct BindKey {
+    pipeline: PipelineKey,
+    entries: Vec<KeyEntry>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum PipelineKey {
+    Compute(wgpu::ComputePipeline),
+    Layout(wgpu::BindGroupLayout),
+}
+
+/// Bind groups kept per request slot: a few keys each, so that a host alternating between two
+/// shapes (or two input buffers) does not create bind groups every frame.
+const KEYS_PER_SLOT: usize = 4;
+
+/// The per-frame memo of buffers and bind groups of one prepared object (see the module docs).
+#[derive(Default)]
+pub(crate) struct FrameCache {
+    buffers: Vec<CachedBuffer>,
+    bind_groups: Vec<Vec<(BindKey, wgpu::BindGroup)>>,
+    next_buffer: usize,
+    next_bind_group: usize,
+    /// Between [`FrameCache::begin_frame`] and [`FrameCache::end_frame`]: only then are
+    /// requests served from the cache (a request outside a frame gets a new object, so that
+    /// nothing made outside a frame is recycled under its owner).
+    active: bool,
+}
+
+/// A buffer request.
+#[derive(Clone, Copy)]
+pub(crate) enum Request<'a> {
+    /// Zero-filled scratch of at least this many bytes.
+    Zeroed,
+    /// A buffer holding exactly these bytes (not modified by any kernel).
+    Bytes(&'a [u8]),
+}
+
+impl FrameCache {
+    /// Starts a frame: request slots count from zero again, and every scratch buffer that the
+    /// frame may reuse is cleared (recorded into `encoder`, ahead of the frame's work).
+    pub(crate) fn begin_frame(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        self.next_buffer = 0;
+        self.next_bind_group = 0;
+        self.active = true;
+        for cached in &self.buffers {
+            if matches!(cached.contents, Contents::Zeroed) {
+                encoder.clear_buffer(&cached.buffer, 0, None);
+            }
+        }
+    }
+
+    /// Ends a frame: later requests, until the next frame, are not cached.
+    pub(crate) fn end_frame(&mut self) {
+        self.active = false;
+    }
+
+    /// Serves a buffer request of `size` bytes (a multiple of 4) and `usage`.
+    pub(crate) fn buffer(
+        &mut self,
+        ctx: &GpuContext,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        request: Request<'_>,
+    ) -> Result<wgpu::Buffer> {
+        if !self.active {
+            let contents = match request {
+                Request::Zeroed => None,
+                Request::Bytes(bytes) => Some(bytes),
+            };
+            return ctx.create_buffer_scoped(size, usage, contents);
+        }
+        let slot = self.next_buffer;
+        self.next_buffer += 1;
+        if let Some(cached) = self.buffers.get_mut(slot)
+            && cached.buffer.size() >= size
+            && cached.buffer.usage() == usage
+        {
+            match (&mut cached.contents, request) {
+                (Contents::Zeroed, Request::Zeroed) => return Ok(cached.buffer.clone()),
+                (Contents::Bytes(old), Request::Bytes(new)) if usage.contains(wgpu::BufferUsages::COPY_DST) => {
+                    if old.as_slice() != new {
+                        ctx.queue().write_buffer(&cached.buffer, 0, new);
+                        ctx.inner.counters.add(Count::QueueWrite);
+                        old.clear();
+                        old.extend_from_slice(new);
+                    }
+                    return Ok(cached.buffer.clone());
+                }
+                _ => {}
+            }
+        }
+        let (buffer, contents) = match request {
+            Request::Zeroed => (ctx.create_buffer_scoped(size, usage, None)?, Contents::Zeroed),
+            Request::Bytes(bytes) => (
+                ctx.create_buffer_scoped(size, usage, Some(bytes))?,
+                Contents::Bytes(bytes.to_vec()),
+            ),
+        };
+        let cached = CachedBuffer {
+            buffer: buffer.clone(),
+            contents,
+        };
+        if slot < self.buffers.len() {
+            self.buffers[slot] = cached;
+        } else {
+            self.buffers.push(cached);
+        }
+        Ok(buffer)
+    }
+
+    /// Serves a bind group request: the cached group when this slot saw the same pipeline and
+    /// resources before, else a new one (`None` when a resource cannot be keyed; the caller then
+    /// creates the group itself).
+    pub(crate) fn bind_group(
+        &mut self,
+        ctx: &GpuContext,
+        pipeline: Option<&wgpu::ComputePipeline>,
+        layout: &wgpu::BindGroupLayout,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        if !self.active {
+            return ctx.create_bind_group_scoped(layout, entries);
+        }
+        let slot = self.next_bind_group;
+        self.next_bind_group += 1;
+        let key = key_of(pipeline, layout, entries);
+        if self.bind_groups.len() <= slot {
+            self.bind_groups.resize_with(slot + 1, Vec::new);
+        }
+        let kept = &mut self.bind_groups[slot];
+        if let Some(key) = &key
+            && let Some(i) = kept.iter().position(|(k, _)| k == key)
+        {
+            // Most recently used first.
+            let hit = kept.remove(i);
+            let group = hit.1.clone();
+            kept.insert(0, hit);
+            return Ok(group);
+        }
+        let group = ctx.create_bind_group_scoped(layout, entries)?;
+        if let Some(key) = key {
+            kept.insert(0, (key, group.clone()));
+            kept.truncate(KEYS_PER_SLOT);
+        }
+        Ok(group)
+    }
+}
+
+fn key_of(
+    pipeline: Option<&wgpu::ComputePipeline>,
+    layout: &wgpu::BindGroupLayout,
+    entries: &[wgpu::BindGroupEntry<'_>],
+) -> Option<BindKey> {
+    let mut keyed = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        // Keys assume bindings 0, 1, 2, ... in order, which is how the crate builds them.
+        if entry.binding as usize != i {
+            return None;
+        }
+        keyed.push(match &entry.resource {
+            wgpu::BindingResource::Buffer(b) => KeyEntry::Buffer(b.buffer.clone(), b.offset, b.size),
+            wgpu::BindingResource::TextureView(view) => KeyEntry::Texture((*view).clone()),
+            wgpu::BindingResource::Sampler(sampler) => KeyEntry::Sampler((*sampler).clone()),
+            _ => return None,
+        });
+    }
+    Some(BindKey {
+        pipeline: match pipeline {
+            Some(p) => PipelineKey::Compute(p.clone()),
+            None => PipelineKey::Layout(layout.clone()),
+        },
+        entries: keyed,
+    })
+}

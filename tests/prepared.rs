@@ -1,0 +1,467 @@
+//! Prepared objects in a frame loop: recorded ten times into host-made encoders, frames 2-10
+//! create no buffer or bind group and queue no write (the context's counters prove it), and
+//! every frame's results equal the one-shot path's.
+
+mod common;
+
+use common::{Rng, gpu, gpu_with};
+use retina_wgpu::coco::Normalize;
+use retina_wgpu::gpu::{DetectionBuffers, OutputOptions, PreparedNms, PreparedPostProcess, PreparedTopK, TopkSegment};
+use retina_wgpu::model::{Detector, PreparedDetector, RetinaNet, RetinaNetConfig};
+use retina_wgpu::nn::GpuEngine;
+use retina_wgpu::{AnchorConfig, Backend, Detection, DetectionInput, GpuContext, GpuOptions, Nms, PostProcess, wgpu};
+
+/// Network outputs with a few confident anchors over a background of low scores.
+struct Outputs {
+    logits: Vec<f32>,
+    deltas: Vec<[f32; 4]>,
+    anchors: Vec<[f32; 4]>,
+    offsets: Vec<usize>,
+    classes: usize,
+    size: (u32, u32),
+}
+
+fn outputs(batch: usize, seed: u64) -> Outputs {
+    let config = AnchorConfig::default();
+    let size = (128u32, 128u32);
+    let anchors = config.generate(&Backend::Cpu, size.0, size.1).unwrap();
+    let offsets = config.level_offsets(size.0, size.1).unwrap();
+    let classes = 4;
+    let mut rng = Rng::new(seed);
+    let a = anchors.len();
+    let logits = (0..batch * a * classes)
+        .map(|_| {
+            if rng.below(50) == 0 {
+                3.0 * rng.normal()
+            } else {
+                -4.0 + rng.normal()
+            }
+        })
+        .collect();
+    let deltas = (0..batch * a)
+        .map(|_| {
+            [
+                0.3 * rng.normal(),
+                0.3 * rng.normal(),
+                0.2 * rng.normal(),
+                0.2 * rng.normal(),
+            ]
+        })
+        .collect();
+    Outputs {
+        logits,
+        deltas,
+        anchors,
+        offsets,
+        classes,
+        size,
+    }
+}
+
+fn same_detections(a: &[Vec<Detection>], b: &[Vec<Detection>], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: images");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x.len(), y.len(), "{what}: image {i} count");
+        for (d, e) in x.iter().zip(y) {
+            assert_eq!(d.class, e.class, "{what}: image {i}");
+            assert!((d.score - e.score).abs() <= 1e-5, "{what}: image {i} {d:?} vs {e:?}");
+            for k in 0..4 {
+                assert!(
+                    (d.bbox[k] - e.bbox[k]).abs() <= 1e-3,
+                    "{what}: image {i} {d:?} vs {e:?}"
+                );
+            }
+        }
+    }
+}
+
+fn read_detections(ctx: &GpuContext, out: &retina_wgpu::gpu::DetectionOutput) -> Vec<Vec<Detection>> {
+    let dets = ctx.download(&out.detections).unwrap();
+    let counts = ctx.download(&out.counts).unwrap();
+    counts
+        .iter()
+        .enumerate()
+        .map(|(image, &n)| {
+            dets[image * out.max_detections..][..n as usize]
+                .iter()
+                .map(|d| Detection {
+                    bbox: d.bbox,
+                    score: d.score,
+                    class: d.class as u32,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn prepared_postprocess_frames_two_to_ten_create_nothing_and_match_the_cpu() {
+    // A context of its own: the counters are per context, and other tests share `gpu()`'s.
+    let Some(ctx) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    let batch = 2;
+    let o = outputs(batch, 11);
+    let logits = ctx.upload(&o.logits).unwrap();
+    let deltas = ctx.upload(&o.deltas).unwrap();
+    let anchors = ctx.upload(&o.anchors).unwrap();
+    let input = DetectionBuffers {
+        logits: &logits,
+        deltas: &deltas,
+        anchors: &anchors,
+        level_offsets: &o.offsets,
+        num_classes: o.classes,
+        image_size: o.size,
+    };
+    let pp = PostProcess::default();
+    let expected = pp
+        .run(
+            &Backend::Cpu,
+            &DetectionInput {
+                logits: &o.logits,
+                deltas: &o.deltas,
+                anchors: &o.anchors,
+                level_offsets: &o.offsets,
+                num_classes: o.classes,
+                image_size: o.size,
+            },
+        )
+        .unwrap();
+    assert!(expected.iter().all(|d| !d.is_empty()), "the scene must give detections");
+
+    let mut prepared = PreparedPostProcess::new(&ctx, &pp).unwrap();
+    let out = ctx.detection_output(batch, pp.max_detections).unwrap();
+    let compiled = ctx.resource_stats().pipelines_compiled;
+    let mut after_first = None;
+    for frame in 1..=10 {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let before = ctx.resource_stats();
+        prepared.record(&mut encoder, &input, &out).unwrap();
+        let after = ctx.resource_stats();
+        assert_eq!(after.pipelines_compiled, compiled, "frame {frame} compiled a pipeline");
+        if frame == 1 {
+            after_first = Some(after);
+            assert!(
+                after.buffers_created > before.buffers_created,
+                "frame 1 makes its buffers"
+            );
+        } else {
+            assert_eq!(
+                after.buffers_created, before.buffers_created,
+                "frame {frame} created buffers"
+            );
+            assert_eq!(
+                after.bind_groups_created, before.bind_groups_created,
+                "frame {frame} created bind groups"
+            );
+            assert_eq!(after.queue_writes, before.queue_writes, "frame {frame} queued writes");
+        }
+        ctx.queue().submit([encoder.finish()]);
+        same_detections(&read_detections(&ctx, &out), &expected, &format!("frame {frame}"));
+    }
+    assert!(after_first.is_some());
+
+    // New parameters: the frame updates uniforms (queued writes) but creates no buffer.
+    let strict = PostProcess {
+        score_threshold: 0.5,
+        ..pp
+    };
+    prepared.set_postprocess(&strict).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let before = ctx.resource_stats();
+    prepared.record(&mut encoder, &input, &out).unwrap();
+    let after = ctx.resource_stats();
+    assert_eq!(after.buffers_created, before.buffers_created);
+    assert!(after.queue_writes > before.queue_writes, "changed uniforms are written");
+    ctx.queue().submit([encoder.finish()]);
+    let strict_expected = strict
+        .run(
+            &Backend::Cpu,
+            &DetectionInput {
+                logits: &o.logits,
+                deltas: &o.deltas,
+                anchors: &o.anchors,
+                level_offsets: &o.offsets,
+                num_classes: o.classes,
+                image_size: o.size,
+            },
+        )
+        .unwrap();
+    same_detections(&read_detections(&ctx, &out), &strict_expected, "score threshold 0.5");
+}
+
+#[test]
+fn draw_arguments_count_each_images_detections() {
+    let Some(ctx) = gpu() else { return };
+    let batch = 3;
+    let o = outputs(batch, 5);
+    let logits = ctx.upload(&o.logits).unwrap();
+    let deltas = ctx.upload(&o.deltas).unwrap();
+    let anchors = ctx.upload(&o.anchors).unwrap();
+    let pp = PostProcess::default();
+    let out = ctx
+        .detection_output_with(
+            batch,
+            pp.max_detections,
+            &OutputOptions {
+                extra_usage: wgpu::BufferUsages::VERTEX,
+                draw_vertices: Some(8),
+            },
+        )
+        .unwrap();
+    assert!(out.detections.buffer().usage().contains(wgpu::BufferUsages::VERTEX));
+    let args = out.draw_args.as_ref().unwrap();
+    assert!(args.buffer.buffer().usage().contains(wgpu::BufferUsages::INDIRECT));
+    let mut prepared = PreparedPostProcess::new(&ctx, &pp).unwrap();
+    prepared
+        .submit(
+            &DetectionBuffers {
+                logits: &logits,
+                deltas: &deltas,
+                anchors: &anchors,
+                level_offsets: &o.offsets,
+                num_classes: o.classes,
+                image_size: o.size,
+            },
+            &out,
+        )
+        .unwrap();
+    let counts = ctx.download(&out.counts).unwrap();
+    let draw = ctx.download(&args.buffer).unwrap();
+    for (image, &n) in counts.iter().enumerate() {
+        assert!(n > 0);
+        assert_eq!(draw[image], [8, n, 0, 0], "image {image}");
+    }
+    assert!(
+        ctx.detection_output_with(
+            1,
+            100,
+            &OutputOptions {
+                draw_vertices: Some(0),
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn prepared_nms_and_top_k_reuse_everything_after_the_first_frame() {
+    let Some(ctx) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(3);
+    let n = 3000;
+    let boxes: Vec<[f32; 4]> = (0..n)
+        .map(|_| {
+            let (x, y) = (rng.uniform() * 500.0, rng.uniform() * 500.0);
+            [x, y, x + 10.0 + rng.uniform() * 60.0, y + 10.0 + rng.uniform() * 60.0]
+        })
+        .collect();
+    let scores: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+    let nms = Nms::hard(0.5);
+    let expected = nms.run(&Backend::Cpu, &boxes, &scores, None).unwrap();
+    let (boxes_buf, scores_buf) = (ctx.upload(&boxes).unwrap(), ctx.upload(&scores).unwrap());
+    let segments = [
+        TopkSegment {
+            start: 0,
+            len: 1000,
+            k: 50,
+        },
+        TopkSegment {
+            start: 1000,
+            len: 2000,
+            k: 100,
+        },
+    ];
+    let mut prepared_nms = PreparedNms::new(&ctx, &nms).unwrap();
+    let mut prepared_topk = PreparedTopK::new(&ctx).unwrap();
+    for frame in 1..=10 {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let before = ctx.resource_stats();
+        let kept = prepared_nms
+            .record(&mut encoder, &boxes_buf, &scores_buf, None)
+            .unwrap();
+        let top = prepared_topk
+            .record(&mut encoder, &scores_buf, &segments, None)
+            .unwrap();
+        let after = ctx.resource_stats();
+        if frame > 1 {
+            assert_eq!(after, before, "frame {frame}");
+        }
+        ctx.queue().submit([encoder.finish()]);
+        let count = ctx.download(&kept.count).unwrap()[0] as usize;
+        let keep = ctx.download(&kept.keep).unwrap();
+        assert_eq!(&keep[..count], expected.keep.as_slice());
+        let selected = ctx.download(&top.selected).unwrap();
+        assert_eq!(selected, vec![50, 100], "frame {frame}");
+    }
+}
+
+fn net() -> (RetinaNet, Vec<Vec<f32>>) {
+    let net = RetinaNet::new(RetinaNetConfig {
+        input_size: 64,
+        num_classes: 3,
+        ..RetinaNetConfig::default()
+    })
+    .unwrap();
+    let values = net.init(7);
+    (net, values)
+}
+
+#[test]
+fn prepared_detector_frames_create_nothing_and_match_the_detector() {
+    // Every kernel compiled with the context: preparing and recording compile nothing more.
+    let Some(ctx) = gpu_with(GpuOptions {
+        precompile: true,
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let compiled_with_context = ctx.resource_stats().pipelines_compiled;
+    assert!(
+        compiled_with_context >= 40,
+        "{compiled_with_context} pipelines precompiled"
+    );
+    let (net, values) = net();
+    let s = net.config().input_size;
+    let batch = 2;
+    let mut rng = Rng::new(9);
+    let images: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.normal()).collect();
+    // The untrained network's scores sit near the prior 0.01: a low threshold keeps candidates.
+    let pp = PostProcess {
+        score_threshold: 0.005,
+        ..PostProcess::default()
+    };
+    let mut reference = Detector::new(GpuEngine::new(&ctx).unwrap(), net.clone(), &values).unwrap();
+    reference.postprocess = pp;
+    let expected = reference.detect(&images).unwrap();
+    assert!(expected.iter().all(|d| !d.is_empty()));
+
+    let mut prepared = PreparedDetector::new(&ctx, net, &values).unwrap();
+    prepared.postprocess = pp;
+    assert_eq!(ctx.resource_stats().pipelines_compiled, compiled_with_context);
+    let input = ctx.upload(&images).unwrap();
+    let out = prepared.output(batch, &OutputOptions::default()).unwrap();
+    let compiled = ctx.resource_stats().pipelines_compiled;
+    for frame in 1..=10 {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let before = ctx.resource_stats();
+        prepared.record(&mut encoder, &input, &out).unwrap();
+        let after = ctx.resource_stats();
+        assert_eq!(after.pipelines_compiled, compiled, "frame {frame} compiled a pipeline");
+        if frame > 1 {
+            assert_eq!(after, before, "frame {frame} created or wrote something");
+        }
+        ctx.queue().submit([encoder.finish()]);
+        same_detections(&read_detections(&ctx, &out), &expected, &format!("frame {frame}"));
+    }
+    // Bad input is refused before anything is recorded.
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let short = ctx.upload(&images[..100]).unwrap();
+    assert!(prepared.record(&mut encoder, &short, &out).is_err());
+    let wrong_out = prepared.output(3, &OutputOptions::default()).unwrap();
+    assert!(prepared.record(&mut encoder, &input, &wrong_out).is_err());
+}
+
+#[test]
+fn a_texture_becomes_the_normalised_input_the_cpu_makes() {
+    let Some(ctx) = gpu() else { return };
+    let (w, h, side) = (50u32, 30u32, 40usize);
+    let mut rng = Rng::new(1);
+    let rgba: Vec<u8> = (0..w * h * 4).map(|_| rng.below(256) as u8).collect();
+    let texture = ctx.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("frame"),
+        size: wgpu::Extent3d {
+            width: w,
+            height: h,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba8Unorm,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    ctx.queue().write_texture(
+        texture.as_image_copy(),
+        &rgba,
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some(4 * w),
+            rows_per_image: None,
+        },
+        texture.size(),
+    );
+    let view = texture.create_view(&Default::default());
+    let out = ctx.zeros::<f32>(2 * 3 * side * side).unwrap();
+    let normalize = Normalize::IMAGENET;
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    ctx.record_image_to_tensor(&mut encoder, &view, (w, h), &normalize, side, 1, &out)
+        .unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    let got = ctx.download(&out).unwrap();
+    // The CPU reference: nearest-neighbour resize by the same scale, then write_chw.
+    let scale = retina_wgpu::gpu::frame_scale(w, h, side);
+    let source = |i: usize| ((i as f32 + 0.5) * scale).floor() as u32;
+    let rw = (0..side).take_while(|&x| source(x) < w).count();
+    let rh = (0..side).take_while(|&y| source(y) < h).count();
+    let mut rgb = Vec::new();
+    let mut rows = 0;
+    for y in 0..rh {
+        let sy = source(y);
+        rows += 1;
+        for x in 0..rw {
+            let sx = source(x);
+            let p = ((sy * w + sx) * 4) as usize;
+            rgb.extend_from_slice(&rgba[p..p + 3]);
+        }
+    }
+    assert!(rows > 0);
+    let mut expected = vec![0.0; 3 * side * side];
+    normalize.write_chw(&rgb, rw, side, &mut expected).unwrap();
+    assert!(got[..3 * side * side].iter().all(|&v| v == 0.0), "image 0 untouched");
+    for (i, (g, e)) in got[3 * side * side..].iter().zip(&expected).enumerate() {
+        assert!((g - e).abs() <= 1e-4, "value {i}: {g} vs {e}");
+    }
+    // Out of range: image 2 of a two-image buffer.
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    assert!(
+        ctx.record_image_to_tensor(&mut encoder, &view, (w, h), &normalize, side, 2, &out)
+            .is_err()
+    );
+}
+
+#[test]
+fn kernels_compile_through_a_host_pipeline_cache() {
+    let Some(ctx) = gpu() else { return };
+    if !ctx.features().contains(wgpu::Features::PIPELINE_CACHE) {
+        eprintln!("skipping: {} has no PIPELINE_CACHE", ctx.adapter_name());
+        return;
+    }
+    // SAFETY: `data` is None, so the driver loads nothing that a previous
+    // `PipelineCache::get_data` of this adapter must have produced.
+    let cache = unsafe {
+        ctx.device().create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+            label: Some("host cache"),
+            data: None,
+            fallback: true,
+        })
+    };
+    let cached = GpuContext::from_device(
+        ctx.device(),
+        ctx.queue(),
+        &GpuOptions {
+            precompile: true,
+            pipeline_cache: Some(cache.clone()),
+            ..GpuOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(cached.resource_stats().pipelines_compiled >= 40);
+    let data = cache
+        .get_data()
+        .expect("the cache has data after compiling every kernel");
+    assert!(!data.is_empty());
+}
