@@ -4,7 +4,7 @@
 
 //#include "shared/workgroup_reduce.wgsl"
 
-// Must stay in sync with `ChannelSumConfig` in src/gpu/layers.rs.
+// Must stay in sync with `ChannelSumConfig` in src/gpu/nn.rs.
 struct Config {
     batch: u32,
     channels: u32,

@@ -19,7 +19,7 @@
 // with the other two branches folded away.
 override MODE: u32 = 0u;
 
-// Must stay in sync with `ConvConfig` in src/gpu/conv.rs.
+// Must stay in sync with `ConvConfig` in src/gpu/nn.rs.
 struct Config {
     batch: u32,
     in_channels: u32,

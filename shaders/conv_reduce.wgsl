@@ -1,7 +1,7 @@
 // Adds the split-K partial outputs of conv_gemm.wgsl (out[i] = sum over s of partial[s][i]) and,
 // for the forward pass, the bias of each element's channel.
 
-// Must stay in sync with `ReduceConfig` in src/gpu/conv.rs.
+// Must stay in sync with `ConvReduceConfig` in src/gpu/nn.rs.
 struct Config {
     total: u32,
     splits: u32,

@@ -5,11 +5,11 @@
 //   ADD           out = a + b
 //   ACCUMULATE    out = out + a                   (summing gradients in place)
 //   SCALE         out = a * cfg.scale
-// src/cpu/layers.rs is the twin.
+// src/cpu/nn.rs is the twin.
 
 override OP: u32 = 0u;
 
-// Must stay in sync with `ElementwiseConfig` in src/gpu/layers.rs.
+// Must stay in sync with `ElementwiseConfig` in src/gpu/nn.rs.
 struct Config {
     n: u32,
     scale: f32,

@@ -1,11 +1,11 @@
 // A head's output [B, A*C, H, W] as rows [B, H*W*A, C] in the crate's anchor order (row,
 // column, anchor within the cell), so that row (h*W + w)*A + a of image b holds the C values
 // of anchor a at cell (h, w) and matches the anchors and the matcher's labels without a gather.
-// BACKWARD maps row gradients back to the head's layout. src/cpu/layers.rs is the twin.
+// BACKWARD maps row gradients back to the head's layout. src/cpu/nn.rs is the twin.
 
 override BACKWARD: bool = false;
 
-// Must stay in sync with `PermuteHeadConfig` in src/gpu/layers.rs.
+// Must stay in sync with `PermuteHeadConfig` in src/gpu/nn.rs.
 struct Config {
     batch: u32,
     anchors: u32,

@@ -1,11 +1,11 @@
 // Nearest-neighbour resizing of NCHW tensors to a larger size (PyTorch's "nearest": source row
 // = floor(y * in_h / out_h), in integers), and its gradient: each input element sums the output
 // gradients of the pixels copied from it, gathered (no atomics). FPN's x2 upsampling is the
-// common case. src/cpu/layers.rs is the twin.
+// common case. src/cpu/nn.rs is the twin.
 
 override BACKWARD: bool = false;
 
-// Must stay in sync with `UpsampleConfig` in src/gpu/layers.rs.
+// Must stay in sync with `UpsampleConfig` in src/gpu/nn.rs.
 struct Config {
     planes: u32,
     in_h: u32,

@@ -2,6 +2,7 @@
 //! The CPU twin of `shaders/conv_gemm.wgsl`; generic over f32 and f64 so that gradients can be
 //! checked against finite differences in f64.
 
+use std::marker::PhantomData;
 use std::ops::{Add, AddAssign, Mul, Sub};
 
 use gemm::Parallelism;
@@ -103,7 +104,6 @@ fn matmul_strided<T: Real>(
     parallelism: Parallelism,
 ) {
     let (dst, dst_rs) = dst;
-    debug_assert!(m == 0 || dst.len() >= (m - 1) * dst_rs + n);
     if m == 0 || n == 0 {
         return;
     }
@@ -115,8 +115,19 @@ fn matmul_strided<T: Real>(
         }
         return;
     }
-    // SAFETY: dst holds m x n row-major values; lhs and rhs hold every element their strides
-    // address (checked by the callers' shape logic); the three do not overlap.
+    // The last element each operand's strides reach must lie inside it: the GEMM below reads
+    // and writes through raw pointers.
+    let reaches = |(v, rs, cs): (&[T], usize, usize), rows: usize, cols: usize| {
+        let last = (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs));
+        last.and_then(|(r, c)| r.checked_add(c))
+            .is_some_and(|last| last < v.len())
+    };
+    assert!(reaches((&*dst, dst_rs, 1), m, n), "matmul: dst too short");
+    assert!(reaches(lhs, m, k), "matmul: lhs too short");
+    assert!(reaches(rhs, k, n), "matmul: rhs too short");
+    // SAFETY: the asserts above check that every element the three (pointer, row stride,
+    // column stride) triples address lies inside its slice (dst: m x n, lhs: m x k, rhs: k x n),
+    // and `dst` is a `&mut` borrow, so it overlaps neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -223,26 +234,16 @@ fn scatter_row<T: Real>(dst: &mut [T], src: &[T], span: Span, stride: usize) {
     }
 }
 
-/// The im2col columns of one image written into a batch-wide matrix: `col[(ci, ky, kx)]` rows
-/// of `row_stride` values, this image's `(oy, ox)` columns starting at `col_offset`, zero
-/// outside the image.
-fn im2col<T: Real>(
-    conv: &Conv2d,
-    x: &[T],
-    input: Shape,
-    out: Shape,
-    col: &mut [T],
-    row_stride: usize,
-    col_offset: usize,
-) {
+/// The im2col columns of one image, written into its band of the batch-wide matrix:
+/// `band.row((ci, ky, kx))` holds this image's `(oy, ox)` columns, zero outside the image.
+fn im2col<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, band: &mut ColumnBand<'_, T>) {
     let (kh, kw) = conv.kernel;
     let (s, p) = (conv.stride as isize, conv.padding as isize);
-    let n = out.plane();
     for ci in 0..input.c {
         let plane = &x[ci * input.plane()..(ci + 1) * input.plane()];
         for ky in 0..kh {
             for kx in 0..kw {
-                let row = &mut col[((ci * kh + ky) * kw + kx) * row_stride + col_offset..][..n];
+                let row = band.row((ci * kh + ky) * kw + kx);
                 let span = Span::new(out.w, input.w, 0, conv.stride, conv.padding, kx);
                 for oy in 0..out.h {
                     let y = oy as isize * s - p + ky as isize;
@@ -257,6 +258,63 @@ fn im2col<T: Real>(
             }
         }
     }
+}
+
+/// One band of columns of a row-major matrix: columns `offset..offset + width` of each of its
+/// `rows` rows, which are `stride` values apart. The batched im2col matrix gives every image
+/// such a band (its output pixels in every row), so images can fill it in parallel although
+/// none of them owns a contiguous slice. It borrows its values exclusively, like `&mut [T]`:
+/// [`column_bands`] makes disjoint bands from one `&mut` borrow of the matrix.
+struct ColumnBand<'a, T> {
+    /// The matrix's first value.
+    matrix: *mut T,
+    rows: usize,
+    stride: usize,
+    offset: usize,
+    width: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: a band is an exclusive borrow of values no other band or reference reaches while it
+// lives (see `column_bands`), so sending it to another thread is sending a `&mut [T]`.
+unsafe impl<T: Send> Send for ColumnBand<'_, T> {}
+
+impl<T> ColumnBand<'_, T> {
+    /// Row `r` of the band: `width` values.
+    fn row(&mut self, r: usize) -> &mut [T] {
+        assert!(r < self.rows, "row {r} of a band of {} rows", self.rows);
+        // SAFETY: `column_bands` checked `rows * stride <= len` and `offset + width <= stride`,
+        // so the row's `width` values lie inside the matrix, within row `r`. No other band
+        // reaches them (bands have disjoint column ranges), the matrix is mutably borrowed for
+        // `'a`, and `&mut self` keeps this row the band's only live one.
+        unsafe { std::slice::from_raw_parts_mut(self.matrix.add(r * self.stride + self.offset), self.width) }
+    }
+}
+
+/// Splits a matrix of `rows` rows of `stride` values into `count` bands of `width` columns,
+/// band `i` holding columns `i * width..(i + 1) * width` of every row.
+fn column_bands<T>(matrix: &mut [T], rows: usize, stride: usize, width: usize, count: usize) -> Vec<ColumnBand<'_, T>> {
+    let used = count.checked_mul(width);
+    assert!(
+        used.is_some_and(|used| used <= stride),
+        "{count} bands of {width} columns in rows of {stride}"
+    );
+    assert!(
+        rows.checked_mul(stride).is_some_and(|len| len <= matrix.len()),
+        "{rows} rows of {stride} values in a matrix of {}",
+        matrix.len()
+    );
+    let matrix = matrix.as_mut_ptr();
+    (0..count)
+        .map(|i| ColumnBand {
+            matrix,
+            rows,
+            stride,
+            offset: i * width,
+            width,
+            _borrow: PhantomData,
+        })
+        .collect()
 }
 
 /// Adds one image's columns of an im2col-shaped gradient back onto that image (overwriting
@@ -332,28 +390,17 @@ fn batch_columns<'p, T: Real>(
     let bn = input.n * n;
     let mut col = pool.take(k * bn);
     let per_in = input.len() / input.n.max(1);
+    let bands = column_bands(&mut col, k, bn, n, input.n);
+    let fill = |(b, mut band): (usize, ColumnBand<'_, T>)| {
+        im2col(conv, &x[b * per_in..(b + 1) * per_in], input, out, &mut band);
+    };
     if serial {
-        for b in 0..input.n {
-            im2col(conv, &x[b * per_in..(b + 1) * per_in], input, out, &mut col, bn, b * n);
-        }
-        return col;
+        bands.into_iter().enumerate().for_each(fill);
+    } else {
+        bands.into_par_iter().enumerate().for_each(fill);
     }
-    // Each image owns the columns b*N..(b+1)*N of every row: hand out disjoint row segments.
-    let segments = SendPtr(col.as_mut_ptr());
-    (0..input.n).into_par_iter().for_each(|b| {
-        let segments = &segments;
-        // SAFETY: image b writes only columns b*N..(b+1)*N of each of the K rows, which no other
-        // image touches; the matrix outlives the loop.
-        let col = unsafe { std::slice::from_raw_parts_mut(segments.0, k * bn) };
-        im2col(conv, &x[b * per_in..(b + 1) * per_in], input, out, col, bn, b * n);
-    });
     col
 }
-
-/// A raw pointer that rayon may share: the callers guarantee disjoint writes.
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
 
 /// Images of at least this many output pixels take per-image GEMMs on cache-sized im2col blocks
 /// (when there are enough images for every thread); smaller ones are batched into one GEMM over
@@ -702,7 +749,7 @@ const BLOCK_VALUES: usize = 128 * 1024;
 /// Output pixels per im2col block of `k` rows (see [`BLOCK_VALUES`]), split evenly over the
 /// image: 256 pixels of 576 rows take two blocks of 128, not 227 and a slow 29.
 fn block_width(k: usize, n: usize) -> usize {
-    let widest = (BLOCK_VALUES / k.max(1)).clamp(32, n.max(1));
+    let widest = (BLOCK_VALUES / k.max(1)).max(32).min(n.max(1));
     n.max(1).div_ceil(n.max(1).div_ceil(widest))
 }
 
@@ -910,6 +957,159 @@ mod tests {
                     col2im_rows(&conv, &g, c0, c1, input, out, &mut dx_slow);
                     assert_eq!(dx_fast, dx_slow, "col2im {k}x{k} on {h}x{w}, pixels {c0}..{c1}");
                 }
+            }
+        }
+    }
+
+    /// Two 2-channel 5x5 images through a 3x3 "same" convolution (the shifted-copy path), a
+    /// strided one (the row-by-row path) and a 1x1 one (no im2col): small enough for Miri
+    /// (`cargo +nightly miri test --lib cpu::conv::tests::tiny`), which checks the unsafe code
+    /// these paths run.
+    fn tiny_convolutions() -> [Conv2d; 3] {
+        [
+            Conv2d::new(2, 3, 3, 1),
+            Conv2d::new(2, 3, 3, 2),
+            Conv2d::new(2, 3, 1, 1),
+        ]
+    }
+
+    const TINY_INPUT: Shape = Shape::new(2, 2, 5, 5);
+
+    fn values(len: usize, scale: f64) -> Vec<f64> {
+        (0..len).map(|i| (i as f64 * scale).sin()).collect()
+    }
+
+    /// `y = conv(x, w) + bias` and its gradients for `dy`, by the definition.
+    struct Direct {
+        y: Vec<f64>,
+        dw: Vec<f64>,
+        db: Vec<f64>,
+        dx: Vec<f64>,
+    }
+
+    // Indexed loops: the definition, written as it reads.
+    #[allow(clippy::needless_range_loop)]
+    fn direct(conv: &Conv2d, x: &[f64], input: Shape, w: &[f64], bias: &[f64], dy: &[f64]) -> Direct {
+        let out = conv.output_shape(input).unwrap();
+        let (kh, kw) = conv.kernel;
+        let mut d = Direct {
+            y: vec![0.0; out.len()],
+            dw: vec![0.0; w.len()],
+            db: vec![0.0; bias.len()],
+            dx: vec![0.0; x.len()],
+        };
+        for b in 0..input.n {
+            for co in 0..out.c {
+                for oy in 0..out.h {
+                    for ox in 0..out.w {
+                        let o = ((b * out.c + co) * out.h + oy) * out.w + ox;
+                        d.y[o] = bias[co];
+                        d.db[co] += dy[o];
+                        for ci in 0..input.c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * conv.stride + ky) as isize - conv.padding as isize;
+                                    let ix = (ox * conv.stride + kx) as isize - conv.padding as isize;
+                                    if iy < 0 || ix < 0 || iy >= input.h as isize || ix >= input.w as isize {
+                                        continue;
+                                    }
+                                    let i = ((b * input.c + ci) * input.h + iy as usize) * input.w + ix as usize;
+                                    let wi = ((co * input.c + ci) * kh + ky) * kw + kx;
+                                    d.y[o] += w[wi] * x[i];
+                                    d.dw[wi] += dy[o] * x[i];
+                                    d.dx[i] += w[wi] * dy[o];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() < 1e-12, "{what}[{i}]: {g} != {w}");
+        }
+    }
+
+    /// Both the batched and the per-image paths, forward and backward, against [`direct`].
+    #[test]
+    fn tiny_convolutions_match_the_definition_on_both_paths() {
+        let pool = Pool::new();
+        let input = TINY_INPUT;
+        for conv in tiny_convolutions() {
+            let out = conv.output_shape(input).unwrap();
+            let x = values(input.len(), 0.37);
+            let w = values(conv.out_channels * conv.fan_in(), 0.53);
+            let bias = values(conv.out_channels, 1.7);
+            let dy = values(out.len(), 0.29);
+            let want = direct(&conv, &x, input, &w, &bias, &dy);
+            let p = ConvProblem {
+                conv: &conv,
+                x: &x,
+                input,
+                w: &w,
+                out,
+                pool: &pool,
+            };
+            type Forward = fn(&ConvProblem<'_, f64>, Option<&[f64]>, &mut [f64]);
+            type Backward = fn(&ConvProblem<'_, f64>, &[f64], &mut [f64], &mut [f64], Option<&mut [f64]>);
+            let paths: [(&str, Forward, Backward); 2] = [
+                ("batched", forward_batched, backward_batched),
+                ("per image", forward_per_image, backward_per_image),
+            ];
+            for (path, forward, backward) in paths {
+                let what = |t: &str| format!("{t} of {conv:?}, {path}");
+                let mut y = vec![f64::NAN; out.len()];
+                forward(&p, Some(&bias), &mut y);
+                assert_close(&y, &want.y, &what("y"));
+                let (mut dw, mut db, mut dx) = (
+                    vec![f64::NAN; w.len()],
+                    vec![f64::NAN; bias.len()],
+                    vec![f64::NAN; x.len()],
+                );
+                backward(&p, &dy, &mut dw, &mut db, Some(&mut dx));
+                assert_close(&dw, &want.dw, &what("dw"));
+                assert_close(&db, &want.db, &what("db"));
+                assert_close(&dx, &want.dx, &what("dx"));
+            }
+        }
+    }
+
+    /// The batch's im2col matrix, images filling their column bands on two threads at once and
+    /// on this one, against columns gathered by the definition.
+    #[test]
+    fn tiny_batch_columns_in_parallel_match_the_definition() {
+        let pool = Pool::new();
+        let threads = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let input = TINY_INPUT;
+        for conv in tiny_convolutions() {
+            let out = conv.output_shape(input).unwrap();
+            let x = values(input.len(), 0.37);
+            let (k, n) = (conv.fan_in(), out.plane());
+            let bn = input.n * n;
+            let (kh, kw) = conv.kernel;
+            let mut want = vec![0.0; k * bn];
+            for b in 0..input.n {
+                for (r, row) in want.chunks_mut(bn).enumerate() {
+                    let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                    for q in 0..n {
+                        let iy = ((q / out.w) * conv.stride + ky) as isize - conv.padding as isize;
+                        let ix = ((q % out.w) * conv.stride + kx) as isize - conv.padding as isize;
+                        if iy >= 0 && ix >= 0 && iy < input.h as isize && ix < input.w as isize {
+                            row[b * n + q] = x[((b * input.c + ci) * input.h + iy as usize) * input.w + ix as usize];
+                        }
+                    }
+                }
+            }
+            for serial in [false, true] {
+                let mut col = threads.install(|| batch_columns(&conv, &x, input, out, &pool, serial));
+                assert_eq!(&col[..], &want[..], "{conv:?}, serial: {serial}");
+                // Poison the scratch for the next take.
+                col.fill(f64::NAN);
             }
         }
     }

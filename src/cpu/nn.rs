@@ -24,7 +24,7 @@ struct PoolInner<T> {
 }
 
 impl<T: Real> Pool<T> {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(PoolInner {
                 free: HashMap::new(),
