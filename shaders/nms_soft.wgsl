@@ -27,7 +27,7 @@ var<workgroup> sh_index: array<u32, WG_SIZE>;
 var<workgroup> sh_done: u32;
 var<workgroup> sh_start: u32;
 
-const DEAD: f32 = -3.4028235e38;
+const DEAD: f32 = -0x1.fffffep+127f; // -f32::MAX, exactly (Tint rejects decimal literals that round to it)
 
 @compute @workgroup_size(WG_SIZE)
 fn main(

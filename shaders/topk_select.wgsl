@@ -13,6 +13,9 @@
 
 // Suffix sums: sh_above[d] = keys in bins > d.
 var<workgroup> sh_suffix: array<u32, 256>;
+// The segment's `done` flag, read once for the whole workgroup (a value every invocation
+// provably shares, as the barriers below require).
+var<workgroup> sh_done: u32;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -25,7 +28,10 @@ fn main(
         return;
     }
     let state = states[seg];
-    if state.done != 0u {
+    if lid == 0u {
+        sh_done = state.done;
+    }
+    if workgroupUniformLoad(&sh_done) != 0u {
         return;
     }
     let count = histogram[seg * 256u + lid];

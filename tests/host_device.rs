@@ -98,3 +98,19 @@ fn a_missing_adapter_says_how_to_get_one() {
         assert!(text.contains(hint), "{text}");
     }
 }
+
+#[test]
+fn the_async_context_and_readback_give_what_the_blocking_ones_do() {
+    if gpu().is_none() {
+        return;
+    }
+    let ctx = pollster::block_on(GpuContext::new_async(GpuOptions::default())).unwrap();
+    let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let buffer = ctx.upload(&data).unwrap();
+    let back = pollster::block_on(ctx.download_async(&buffer)).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(ctx.download(&buffer).unwrap(), back);
+    // An empty buffer reads back as empty.
+    let empty = ctx.zeros::<u32>(0).unwrap();
+    assert!(pollster::block_on(ctx.download_async(&empty)).unwrap().is_empty());
+}

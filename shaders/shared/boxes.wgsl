@@ -41,9 +41,13 @@ fn box_has_nan(v: vec4<f32>) -> bool {
     return any((bitcast<vec4<u32>>(v) & vec4(0x7fffffffu)) > vec4(0x7f800000u));
 }
 
+// Quiet-NaN bits in a variable: WebGPU's compilers (Tint) reject a constant expression whose
+// value is NaN, so the bitcast must read something that is not a constant.
+var<private> nan_box_bits: u32 = 0x7fc00000u;
+
 // A box of four quiet NaNs, built from bits.
 fn nan_box() -> vec4<f32> {
-    return bitcast<vec4<f32>>(vec4(0x7fc00000u));
+    return bitcast<vec4<f32>>(vec4(nan_box_bits));
 }
 
 // The box that `deltas` describe relative to `anchor` (torchvision's BoxCoder.decode_single):

@@ -2,10 +2,13 @@
 // order of operations, so that the two backends agree to a few ulps.
 
 const NAN_BITS: u32 = 0x7fc00000u;
+// The same bits in a variable: WebGPU's compilers (Tint) reject a constant expression whose
+// value is NaN, so the bitcast must read something that is not a constant.
+var<private> nan_bits: u32 = NAN_BITS;
 
 // A quiet NaN, built from its bits so that no fast-math assumption folds it away.
 fn nan_f32() -> f32 {
-    return bitcast<f32>(NAN_BITS);
+    return bitcast<f32>(nan_bits);
 }
 
 // True for NaN and +-inf. Tests the exponent bits: shader compilers may assume that NaNs never

@@ -15,7 +15,9 @@ fn ordered_key(x: f32) -> u32 {
 // Inverse of ordered_key for non-NaN keys (key 0 comes back as NaN).
 fn key_to_float(k: u32) -> f32 {
     if k == 0u {
-        return bitcast<f32>(0x7fc00000u);
+        // `k | ...` rather than the literal: WebGPU compilers (Tint) reject a constant
+        // expression whose value is NaN; here k is 0, so this is the quiet NaN 0x7fc00000.
+        return bitcast<f32>(k | 0x7fc00000u);
     }
     return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
 }

@@ -222,6 +222,95 @@ impl GpuContext {
     }
 }
 
+impl GpuContext {
+    /// Reads a whole buffer back without blocking: copies it to a staging buffer, submits, and
+    /// awaits the map. The way to read results in a browser (wasm32), where the device answers
+    /// through the page's event loop; natively the future polls the device itself, so any
+    /// executor (or `pollster::block_on`) runs it.
+    pub async fn download_async<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
+        self.check_buffer("GpuContext::download_async", "buffer", buffer)?;
+        let size = padded_bytes::<T>(buffer.len).max(4);
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("retina-wgpu staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.inner.counters.add(crate::gpu::frame::Count::Buffer);
+        let mut encoder = self.encoder("retina-wgpu readback");
+        encoder.copy_buffer_to_buffer(&buffer.buffer, 0, &staging, 0, size);
+        self.inner.queue.submit([encoder.finish()]);
+        let state: std::sync::Arc<std::sync::Mutex<MapState>> = Default::default();
+        let callback_state = std::sync::Arc::clone(&state);
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            let mut s = callback_state.lock().unwrap_or_else(|e| e.into_inner());
+            s.result = Some(result.map_err(|e| e.to_string()));
+            if let Some(waker) = s.waker.take() {
+                waker.wake();
+            }
+        });
+        MapWait {
+            state,
+            device: self.inner.device.clone(),
+            timeout: self.inner.poll_timeout,
+        }
+        .await
+        .map_err(|e| Error::ReadbackFailed(format!("mapping the staging buffer: {e}")))?;
+        self.check_lost()?;
+        let mut out = vec![T::zeroed(); buffer.len];
+        {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::ReadbackFailed(format!("reading a mapped buffer: {e}")))?;
+            bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&view[..buffer.len * size_of::<T>()]);
+        }
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+/// What a buffer map's callback reported, and who waits for it.
+#[derive(Default)]
+struct MapState {
+    result: Option<std::result::Result<(), String>>,
+    waker: Option<std::task::Waker>,
+}
+
+/// A future that resolves when a `map_async` callback has fired. In a browser the callback
+/// comes from the event loop and wakes the task; natively each poll waits for the device's
+/// queue (where callbacks fire; bounded by the context's poll timeout), so it blocks the
+/// executor's thread for as long as the device works, as [`GpuContext::download`] does.
+struct MapWait {
+    state: std::sync::Arc<std::sync::Mutex<MapState>>,
+    device: wgpu::Device,
+    timeout: Option<std::time::Duration>,
+}
+
+impl std::future::Future for MapWait {
+    type Output = std::result::Result<(), String>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        if !cfg!(target_arch = "wasm32")
+            && let Err(e) = self.device.poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: self.timeout,
+            })
+        {
+            return std::task::Poll::Ready(Err(format!("polling the device: {e}")));
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(result) = s.result.take() {
+            return std::task::Poll::Ready(result);
+        }
+        s.waker = Some(cx.waker().clone());
+        if !cfg!(target_arch = "wasm32") {
+            // Nothing else polls this device for us: ask the executor to come back.
+            cx.waker().wake_by_ref();
+        }
+        std::task::Poll::Pending
+    }
+}
+
 /// A batch of buffers to copy back in one submission: `add` them, then `run` with the encoder
 /// holding the work that produces them.
 #[derive(Default)]

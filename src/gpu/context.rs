@@ -223,7 +223,22 @@ impl GpuContext {
     /// the adapter's own limits (large bindings, not the 128 MiB default) and the features
     /// `SHADER_F16`, `SUBGROUP`, `TIMESTAMP_QUERY` and `PIPELINE_CACHE` when the adapter has
     /// them.
+    ///
+    /// Blocks while the adapter and device are requested; in a browser (wasm32), where nothing
+    /// may block, it is an error: use [`GpuContext::new_async`].
     pub fn new_with(options: GpuOptions) -> Result<Self> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::NoAdapter(
+                " without blocking: in a browser, make the context with GpuContext::new_async".into(),
+            ));
+        }
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// [`GpuContext::new_with`] without blocking: the adapter and device requests are awaited.
+    /// The way to make a context in a browser (wasm32, WebGPU); natively, any executor (or
+    /// `pollster::block_on`) runs it.
+    pub async fn new_async(options: GpuOptions) -> Result<Self> {
         let backends = backends_for(&options)?;
         let instance = instance_for(backends);
         let name = options
@@ -234,7 +249,7 @@ impl GpuContext {
         let adapter = match name {
             Some(name) => {
                 let wanted = name.to_lowercase();
-                let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+                let adapters = instance.enumerate_adapters(backends).await;
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
                 adapters
                     .into_iter()
@@ -245,19 +260,23 @@ impl GpuContext {
                         ))
                     })?
             }
-            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: options.power_preference,
-                ..Default::default()
-            }))
-            .map_err(|e| Error::NoAdapter(format!(" on {backends:?} ({e})")))?,
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: options.power_preference,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(format!(" on {backends:?} ({e})")))?,
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("retina-wgpu"),
-            required_features: wanted_features(adapter.features()),
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .map_err(|e| Error::DeviceLost(format!("could not create a device on {}: {e}", adapter.get_info().name)))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("retina-wgpu"),
+                required_features: wanted_features(adapter.features()),
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::DeviceLost(format!("could not create a device on {}: {e}", adapter.get_info().name)))?;
         let lost = Arc::new(Mutex::new(None));
         let flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |reason, message| {
@@ -510,15 +529,21 @@ impl GpuContext {
     /// frame must not wait on the device. Errors in recorded commands surface when the host
     /// finishes its encoder.
     pub(crate) fn scoped<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        if self.frame.is_some() {
+        // In a browser an error scope's pop is a promise, which nothing may block on: errors
+        // there reach the page's console (uncaptured-error handler) instead.
+        if self.frame.is_some() || cfg!(target_arch = "wasm32") {
             self.check_lost()?;
             return f();
         }
         self.scoped_always(f)
     }
 
-    /// [`GpuContext::scoped`], with scopes on a frame context too.
+    /// [`GpuContext::scoped`], with scopes on a frame context too (not in a browser).
     pub(crate) fn scoped_always<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        if cfg!(target_arch = "wasm32") {
+            self.check_lost()?;
+            return f();
+        }
         let device = &self.inner.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
