@@ -355,6 +355,14 @@ impl<'a> Readback<'a> {
 
     /// Appends the copies to `encoder`, submits it, waits, and maps every staging buffer.
     pub(crate) fn run(self, ctx: &GpuContext, mut encoder: wgpu::CommandEncoder) -> Result<ReadbackResults> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::ReadbackFailed(
+                "a blocking readback in a browser, where nothing may block: read results with \
+                 GpuContext::download_async (the host-slice ops of Backend::Gpu read back this way \
+                 and are for native code; in a page use the record_* calls)"
+                    .into(),
+            ));
+        }
         let device = &ctx.inner.device;
         let staging = ctx.scoped(|| {
             let staging: Vec<wgpu::Buffer> = self

@@ -13,7 +13,7 @@ mod frame;
 mod group_norm;
 mod image;
 mod kernels;
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod layout_tests;
 pub(crate) mod matcher;
 pub(crate) mod nms;

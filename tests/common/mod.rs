@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::OnceLock;
 
 use retina_wgpu::nn::CpuTensor;
+#[cfg(not(target_arch = "wasm32"))]
 use retina_wgpu::{GpuContext, GpuOptions};
 
 /// The directory of reference vectors: `RETINA_GOLDEN_DIR` when set, else tests/golden/.
@@ -58,12 +60,16 @@ fn flatten_f32(v: &serde_json::Value, out: &mut Vec<f32>) {
     }
 }
 
+// The shared native context: in a browser (tests/web.rs) a context is made with
+// `GpuContext::new_async`, and wgpu's types are neither Send nor Sync there (no static).
+#[cfg(not(target_arch = "wasm32"))]
 fn require_gpu() -> bool {
     std::env::var("RETINA_REQUIRE_GPU").is_ok_and(|v| v == "1")
 }
 
 /// The shared GPU context of this test binary, or `None` (after one line saying why) when the
 /// machine has no adapter and `RETINA_REQUIRE_GPU=1` is not set. With it set, no adapter fails.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn gpu() -> Option<GpuContext> {
     static CONTEXT: OnceLock<Option<GpuContext>> = OnceLock::new();
     CONTEXT
@@ -80,6 +86,7 @@ pub fn gpu() -> Option<GpuContext> {
 
 /// A GPU context with custom options (artificially small limits, no subgroups, ...), or `None`
 /// as [`gpu`] when there is no adapter.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn gpu_with(options: GpuOptions) -> Option<GpuContext> {
     gpu()?;
     Some(GpuContext::new_with(options).expect("a second context on the same adapter"))
