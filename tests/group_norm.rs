@@ -351,6 +351,51 @@ fn gpu_matches_cpu_forward_and_backward() {
     }
 }
 
+/// GroupNorm with ReLU fused into its passes (the CPU's `group_norm_relu` and its backward)
+/// against the two run one after the other, the engine trait's default: the same values, bit
+/// for bit, since the fused pass does the same arithmetic on the same values.
+#[test]
+fn fused_relu_matches_group_norm_then_relu() {
+    let mut e = CpuEngine::<f32>::new();
+    let mut rng = Rng::new(17);
+    for (gn, s, shift) in odd_cases() {
+        let x: Vec<f32> = random(&mut rng, s.len()).iter().map(|v| v + shift).collect();
+        let gamma: Vec<f32> = random(&mut rng, s.c).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let (beta, dy) = (random(&mut rng, s.c), random(&mut rng, s.len()));
+        let (xt, gt, bt, dyt) = (
+            e.tensor(s, &x).unwrap(),
+            e.tensor(gn.param_shape(), &gamma).unwrap(),
+            e.tensor(gn.param_shape(), &beta).unwrap(),
+            e.tensor(s, &dy).unwrap(),
+        );
+        let plain = e.group_norm(&gn, &xt, &gt, &bt).unwrap();
+        let relu = e.relu(&plain.y).unwrap();
+        let through_relu = e.relu_backward(&plain.y, &dyt).unwrap();
+        let want = e
+            .group_norm_backward(&gn, &xt, &gt, &plain.stats, &through_relu)
+            .unwrap();
+        let fused = e.group_norm_relu(&gn, &xt, &gt, &bt).unwrap();
+        let got = e
+            .group_norm_relu_backward(&gn, &xt, &gt, &fused.stats, &fused.y, &dyt)
+            .unwrap();
+        let (relu, fused_y) = (e.read(&relu).unwrap(), e.read(&fused.y).unwrap());
+        assert!(relu.contains(&0.0) && relu.iter().any(|&v| v > 0.0), "{gn} on {s}");
+        assert_eq!(fused_y, relu, "y of {gn} on {s}");
+        assert_eq!(
+            e.read(&fused.stats).unwrap(),
+            e.read(&plain.stats).unwrap(),
+            "stats of {gn} on {s}"
+        );
+        for (name, got, want) in [
+            ("grad x", &got.input, &want.input),
+            ("grad gamma", &got.gamma, &want.gamma),
+            ("grad beta", &got.beta, &want.beta),
+        ] {
+            assert_eq!(e.read(got).unwrap(), e.read(want).unwrap(), "{name} of {gn} on {s}");
+        }
+    }
+}
+
 fn empty_batch_gives_empty_tensors<E: Engine>(e: &mut E) {
     let gn = GroupNorm::small_retinanet(32);
     let s = Shape::new(0, 32, 8, 8);

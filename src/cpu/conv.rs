@@ -291,6 +291,31 @@ impl<T> ColumnBand<'_, T> {
     }
 }
 
+/// The rows of an im2col matrix (or of one image's part of it) that [`SameTaps`] fills and
+/// reads: a block of rows laid end to end, or an image's band of the batch-wide matrix.
+trait Rows<T> {
+    /// Row `r`: the columns of one `(ci, ky, kx)` tap.
+    fn row(&mut self, r: usize) -> &mut [T];
+}
+
+impl<T> Rows<T> for ColumnBand<'_, T> {
+    fn row(&mut self, r: usize) -> &mut [T] {
+        ColumnBand::row(self, r)
+    }
+}
+
+/// Rows of `width` values laid end to end.
+struct Packed<'a, T> {
+    values: &'a mut [T],
+    width: usize,
+}
+
+impl<T> Rows<T> for Packed<'_, T> {
+    fn row(&mut self, r: usize) -> &mut [T] {
+        &mut self.values[r * self.width..(r + 1) * self.width]
+    }
+}
+
 /// Splits a matrix of `rows` rows of `stride` values into `count` bands of `width` columns,
 /// band `i` holding columns `i * width..(i + 1) * width` of every row.
 fn column_bands<T>(matrix: &mut [T], rows: usize, stride: usize, width: usize, count: usize) -> Vec<ColumnBand<'_, T>> {
@@ -390,15 +415,28 @@ fn batch_columns<'p, T: Real>(
     let bn = input.n * n;
     let mut col = pool.take(k * bn);
     let per_in = input.len() / input.n.max(1);
+    let same = SameTaps::new(conv, input, out);
+    let split_len = same.as_ref().map_or(0, SameTaps::split_len);
+    // One image's polyphase components each (strided convolutions), taken before the loop.
+    let mut phases: Vec<_> = (0..input.n).map(|_| pool.take(split_len)).collect();
     let bands = column_bands(&mut col, k, bn, n, input.n);
-    let fill = |(b, mut band): (usize, ColumnBand<'_, T>)| {
-        im2col(conv, &x[b * per_in..(b + 1) * per_in], input, out, &mut band);
+    let fill = |(b, (mut band, phases)): (usize, (ColumnBand<'_, T>, &mut PooledVec<'_, T>))| {
+        let xb = &x[b * per_in..(b + 1) * per_in];
+        match &same {
+            Some(same) => same.im2col(same.split(xb, phases), 0, n, &mut band),
+            None => im2col(conv, xb, input, out, &mut band),
+        }
     };
     if serial {
-        bands.into_iter().enumerate().for_each(fill);
+        bands.into_iter().zip(phases.iter_mut()).enumerate().for_each(fill);
     } else {
-        bands.into_par_iter().enumerate().for_each(fill);
+        bands
+            .into_par_iter()
+            .zip(phases.par_iter_mut())
+            .enumerate()
+            .for_each(fill);
     }
+    drop(phases);
     col
 }
 
@@ -548,17 +586,60 @@ fn backward_batched<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], db:
             gemm_parallelism(serial),
         );
         let per_in = input.len() / input.n.max(1);
-        for_each_chunk(dx, per_in, serial, |b, dxb| {
-            col2im(conv, &dcol, bn, b * n, input, out, dxb)
-        });
+        match SameTaps::new(conv, input, out) {
+            Some(same) => {
+                let split_len = same.split_len();
+                // One image's components' gradient each (strided convolutions).
+                let mut dphases: Vec<_> = (0..input.n).map(|_| pool.take(split_len)).collect();
+                let bands = column_bands(&mut dcol, k, bn, n, input.n);
+                let add = |((mut band, dxb), dphases): ((ColumnBand<'_, T>, &mut [T]), &mut PooledVec<'_, T>)| {
+                    if split_len == 0 {
+                        dxb.fill(T::ZERO);
+                        same.col2im(&mut band, 0, n, dxb);
+                    } else {
+                        dphases.fill(T::ZERO);
+                        same.col2im(&mut band, 0, n, dphases);
+                        same.merge(dphases, dxb);
+                    }
+                };
+                let images = bands.into_iter().zip(dx.chunks_mut(per_in)).zip(dphases.iter_mut());
+                if serial {
+                    images.for_each(add);
+                } else {
+                    images.collect::<Vec<_>>().into_par_iter().for_each(add);
+                }
+            }
+            None => for_each_chunk(dx, per_in, serial, |b, dxb| {
+                col2im(conv, &dcol, bn, b * n, input, out, dxb)
+            }),
+        }
     }
 }
 
 /// The im2col rows of one image restricted to output pixels `c0..c1`: `col[(ci, ky, kx)]` rows of
-/// `c1 - c0` values.
-fn im2col_block<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: usize, c1: usize, col: &mut [T]) {
-    match SameTaps::new(conv, input, out) {
-        Some(same) => same.im2col(x, c0, c1, col),
+/// `c1 - c0` values. `x` is what `same.split` returned for the image, or the image itself when
+/// there is no `same` (the row-by-row path).
+#[allow(clippy::too_many_arguments)]
+fn im2col_block<T: Real>(
+    same: Option<&SameTaps>,
+    conv: &Conv2d,
+    x: &[T],
+    input: Shape,
+    out: Shape,
+    c0: usize,
+    c1: usize,
+    col: &mut [T],
+) {
+    match same {
+        Some(same) => same.im2col(
+            x,
+            c0,
+            c1,
+            &mut Packed {
+                values: col,
+                width: c1 - c0,
+            },
+        ),
         None => im2col_rows(conv, x, input, out, c0, c1, col),
     }
 }
@@ -598,12 +679,31 @@ fn im2col_rows<T: Real>(conv: &Conv2d, x: &[T], input: Shape, out: Shape, c0: us
     }
 }
 
-/// Adds an im2col-shaped gradient of output pixels `c0..c1` onto the image (accumulating).
-/// `col` is scratch: the fast path for stride-1 "same" convolutions zeroes its entries that
+/// Adds an im2col-shaped gradient of output pixels `c0..c1` onto the image (accumulating):
+/// onto its polyphase components' gradient when `same` splits it (`same.split_len() > 0`),
+/// otherwise onto `dx` itself. `col` is scratch: the shifted-copy path zeroes its entries that
 /// fall outside the image before adding.
-fn col2im_block<T: Real>(conv: &Conv2d, col: &mut [T], c0: usize, c1: usize, input: Shape, out: Shape, dx: &mut [T]) {
-    match SameTaps::new(conv, input, out) {
-        Some(same) => same.col2im(col, c0, c1, dx),
+#[allow(clippy::too_many_arguments)]
+fn col2im_block<T: Real>(
+    same: Option<&SameTaps>,
+    conv: &Conv2d,
+    col: &mut [T],
+    c0: usize,
+    c1: usize,
+    input: Shape,
+    out: Shape,
+    dx: &mut [T],
+) {
+    match same {
+        Some(same) => same.col2im(
+            &mut Packed {
+                values: col,
+                width: c1 - c0,
+            },
+            c0,
+            c1,
+            dx,
+        ),
         None => col2im_rows(conv, col, c0, c1, input, out, dx),
     }
 }
@@ -640,16 +740,30 @@ fn col2im_rows<T: Real>(conv: &Conv2d, col: &[T], c0: usize, c1: usize, input: S
     }
 }
 
-/// A stride-1 convolution whose output has the input's size (3x3 with padding 1, 5x5 with 2, ...)
-/// and whose kernel reaches at most one row beyond either side: in the flattened plane, tap
-/// `(ky, kx)` of output pixel `q` reads input pixel `q + (ky - p) * W + (kx - p)`, so each im2col
-/// row is one contiguous copy of the plane, shifted, plus zeros where the shift leaves the plane
-/// and in the one or two columns per row where it wraps into the neighbouring row. This turns
+/// A convolution whose im2col rows are shifted copies of whole planes. For stride 1 with an
+/// output of the input's size (3x3 with padding 1, 5x5 with 2, ...), tap `(ky, kx)` of output
+/// pixel `q` reads input pixel `q + (ky - p) * W + (kx - p)` in the flattened plane, so each
+/// im2col row is one contiguous copy of the plane, shifted, plus zeros where the shift leaves
+/// the plane and in the columns per row where it wraps into the neighbouring row. This turns
 /// the per-row gathers of the general path (rows of 16-64 pixels here) into one copy per tap.
+///
+/// A stride-`s` convolution (the backbone's downsampling 3x3s) is the same after splitting the
+/// input into its `s * s` polyphase components, planes of the output's size holding pixels
+/// `(s * i + a, s * j + b)` (zero past the input's edge): tap `(ky, kx)` reads component
+/// `((ky - p) mod s, (kx - p) mod s)` shifted by `(floor((ky - p) / s), floor((kx - p) / s))`.
+/// [`SameTaps::split`] makes the components once per image, and [`SameTaps::merge`] turns the
+/// components' gradient back into the image's.
 struct SameTaps {
-    kernel: (usize, usize),
-    padding: isize,
+    /// Per kernel tap `(ky, kx)`, in im2col row order: the component it reads (`a * s + b`, 0
+    /// for stride 1), its flat shift and its column shift. Computed once: the divisions would
+    /// otherwise cost more than the copies on small planes.
+    offsets: Vec<(usize, isize, isize)>,
+    stride: usize,
     channels: usize,
+    /// The input's size.
+    in_h: usize,
+    in_w: usize,
+    /// The output's (and each component's) row length and plane size.
     w: usize,
     plane: usize,
 }
@@ -657,26 +771,129 @@ struct SameTaps {
 impl SameTaps {
     fn new(conv: &Conv2d, input: Shape, out: Shape) -> Option<SameTaps> {
         let (kh, kw) = conv.kernel;
-        let p = conv.padding;
-        let same = conv.stride == 1 && out.h == input.h && out.w == input.w && kh == 2 * p + 1 && kw == kh;
-        // A column shift of up to p must stay within the neighbouring row.
-        (same && p < input.w).then_some(SameTaps {
-            kernel: (kh, kw),
-            padding: p as isize,
+        let (p, s) = (conv.padding, conv.stride);
+        let fits = if s == 1 {
+            out.h == input.h && out.w == input.w && kh == 2 * p + 1 && kw == kh
+        } else {
+            // Every component pixel past the output's size lies past the input's edge, so a
+            // shift out of the component's plane reads a zero there too.
+            s >= 2 && s * out.h >= input.h && s * out.w >= input.w && kh == kw
+        };
+        // The largest column shift: the kernel's reach either side, in components' pixels.
+        let reach = p.div_ceil(s).max(kw.saturating_sub(1 + p) / s);
+        // A column shift must stay within the neighbouring row.
+        if !(fits && reach < out.w) {
+            return None;
+        }
+        let (w, si) = (out.w as isize, s as isize);
+        let offsets = (0..kh * kw)
+            .map(|t| {
+                let (ty, tx) = ((t / kw) as isize - p as isize, (t % kw) as isize - p as isize);
+                let (a, b) = (ty.rem_euclid(si) as usize, tx.rem_euclid(si) as usize);
+                let (dy, dx) = (ty.div_euclid(si), tx.div_euclid(si));
+                (a * s + b, dy * w + dx, dx)
+            })
+            .collect();
+        Some(SameTaps {
+            offsets,
+            stride: s,
             channels: input.c,
-            w: input.w,
-            plane: input.plane(),
+            in_h: input.h,
+            in_w: input.w,
+            w: out.w,
+            plane: out.plane(),
         })
     }
 
-    /// The taps in im2col row order: (row, input channel, flat shift, column shift).
+    /// Values of the polyphase components of one image (none for stride 1, which reads the
+    /// image itself).
+    fn split_len(&self) -> usize {
+        if self.stride == 1 {
+            0
+        } else {
+            self.channels * self.stride * self.stride * self.plane
+        }
+    }
+
+    /// The planes the taps read: the image for stride 1, otherwise its polyphase components,
+    /// written into `phases` (`split_len` values).
+    fn split<'a, T: Real>(&self, x: &'a [T], phases: &'a mut [T]) -> &'a [T] {
+        if self.stride == 1 {
+            return x;
+        }
+        let s = self.stride;
+        let (in_plane, w) = (self.in_h * self.in_w, self.w);
+        for (ph, dst) in phases[..self.split_len()].chunks_mut(self.plane).enumerate() {
+            let (ci, a, b) = (ph / (s * s), (ph / s) % s, ph % s);
+            let src = &x[ci * in_plane..(ci + 1) * in_plane];
+            for (i, row) in dst.chunks_mut(w).enumerate() {
+                let y = s * i + a;
+                if y >= self.in_h || b >= self.in_w {
+                    row.fill(T::ZERO);
+                    continue;
+                }
+                let src_row = &src[y * self.in_w + b..(y + 1) * self.in_w];
+                let n = src_row.len().div_ceil(s).min(w);
+                if s == 2 {
+                    // Pairs: no stride arithmetic in the loop (an odd last pixel after it).
+                    let pairs = src_row.chunks_exact(2);
+                    let last = pairs.remainder().first().copied();
+                    let full = pairs.len().min(n);
+                    for (d, pair) in row[..full].iter_mut().zip(pairs) {
+                        *d = pair[0];
+                    }
+                    if let (Some(v), true) = (last, full < n) {
+                        row[full] = v;
+                    }
+                } else {
+                    for (d, &v) in row[..n].iter_mut().zip(src_row.iter().step_by(s)) {
+                        *d = v;
+                    }
+                }
+                row[n..].fill(T::ZERO);
+            }
+        }
+        &phases[..self.split_len()]
+    }
+
+    /// The adjoint of [`SameTaps::split`] for stride > 1: writes the image's gradient `dx`
+    /// (every pixel: each lies in exactly one component) from the components' gradient.
+    fn merge<T: Real>(&self, phases: &[T], dx: &mut [T]) {
+        let s = self.stride;
+        let (in_plane, w) = (self.in_h * self.in_w, self.w);
+        for (ph, src) in phases[..self.split_len()].chunks(self.plane).enumerate() {
+            let (ci, a, b) = (ph / (s * s), (ph / s) % s, ph % s);
+            let dst = &mut dx[ci * in_plane..(ci + 1) * in_plane];
+            for (i, row) in src.chunks(w).enumerate() {
+                let y = s * i + a;
+                if y >= self.in_h || b >= self.in_w {
+                    continue;
+                }
+                let dst_row = &mut dst[y * self.in_w + b..(y + 1) * self.in_w];
+                if s == 2 {
+                    let mut pairs = dst_row.chunks_exact_mut(2);
+                    let full = pairs.len().min(row.len());
+                    for (pair, &v) in (&mut pairs).zip(&row[..full]) {
+                        pair[0] = v;
+                    }
+                    if let (Some(d), Some(&v)) = (pairs.into_remainder().first_mut(), row.get(full)) {
+                        *d = v;
+                    }
+                } else {
+                    for (d, &v) in dst_row.iter_mut().step_by(s).zip(row) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The taps in im2col row order: (row, plane read, flat shift, column shift).
     fn taps(&self) -> impl Iterator<Item = (usize, usize, isize, isize)> + '_ {
-        let (kh, kw) = self.kernel;
-        let w = self.w as isize;
-        (0..self.channels * kh * kw).map(move |r| {
-            let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
-            let (dy, dx) = (ky as isize - self.padding, kx as isize - self.padding);
-            (r, ci, dy * w + dx, dx)
+        let (taps, phases) = (self.offsets.len(), self.stride * self.stride);
+        (0..self.channels).flat_map(move |ci| {
+            let offsets = self.offsets.iter().enumerate();
+            offsets.map(move |(t, &(phase, shift, dx))| (ci * taps + t, ci * phases + phase, shift, dx))
         })
     }
 
@@ -688,15 +905,23 @@ impl SameTaps {
         (lo, hi)
     }
 
-    /// Calls `f(block position)` for the output pixels of `c0..c1` whose column shift `dx`
-    /// wraps into the neighbouring row.
-    fn wrapped(&self, c0: usize, c1: usize, dx: isize, mut f: impl FnMut(usize)) {
+    /// The output rows that pixels `c0..c1` touch (computed once per block, not per tap).
+    fn rows_of(&self, c0: usize, c1: usize) -> std::ops::Range<usize> {
+        if c0 >= c1 {
+            return 0..0;
+        }
+        c0 / self.w..(c1 - 1) / self.w + 1
+    }
+
+    /// Calls `f(block position)` for the output pixels of `c0..c1` (in output rows `rows`,
+    /// [`SameTaps::rows_of`]) whose column shift `dx` wraps into the neighbouring row.
+    fn wrapped(&self, c0: usize, c1: usize, rows: &std::ops::Range<usize>, dx: isize, mut f: impl FnMut(usize)) {
         if dx == 0 || c0 >= c1 {
             return;
         }
         let w = self.w;
         let cols = if dx < 0 { 0..(-dx) as usize } else { w - dx as usize..w };
-        for oy in c0 / w..=(c1 - 1) / w {
+        for oy in rows.clone() {
             for ox in cols.clone() {
                 let c = oy * w + ox;
                 if (c0..c1).contains(&c) {
@@ -706,11 +931,14 @@ impl SameTaps {
         }
     }
 
-    fn im2col<T: Real>(&self, x: &[T], c0: usize, c1: usize, col: &mut [T]) {
-        let width = c1 - c0;
-        for (r, ci, shift, dx) in self.taps() {
-            let plane = &x[ci * self.plane..(ci + 1) * self.plane];
-            let row = &mut col[r * width..(r + 1) * width];
+    /// The im2col rows of output pixels `c0..c1` from `planes`, what [`SameTaps::split`]
+    /// returned.
+    fn im2col<T: Real>(&self, planes: &[T], c0: usize, c1: usize, col: &mut impl Rows<T>) {
+        let (width, rows) = (c1 - c0, self.rows_of(c0, c1));
+        for (r, src, shift, dx) in self.taps() {
+            let plane = &planes[src * self.plane..(src + 1) * self.plane];
+            let row = col.row(r);
+            assert_eq!(row.len(), width, "im2col rows of {width} pixels");
             let (lo, hi) = self.inside(c0, width, shift);
             row[..lo].fill(T::ZERO);
             row[hi..].fill(T::ZERO);
@@ -718,16 +946,20 @@ impl SameTaps {
             if hi > lo {
                 row[lo..hi].copy_from_slice(&plane[start as usize..start as usize + hi - lo]);
             }
-            self.wrapped(c0, c1, dx, |i| row[i] = T::ZERO);
+            self.wrapped(c0, c1, &rows, dx, |i| row[i] = T::ZERO);
         }
     }
 
-    fn col2im<T: Real>(&self, col: &mut [T], c0: usize, c1: usize, dx_img: &mut [T]) {
-        let width = c1 - c0;
-        for (r, ci, shift, dx) in self.taps() {
-            let plane = &mut dx_img[ci * self.plane..(ci + 1) * self.plane];
-            let row = &mut col[r * width..(r + 1) * width];
-            self.wrapped(c0, c1, dx, |i| row[i] = T::ZERO);
+    /// Adds the im2col-shaped gradient `col` of output pixels `c0..c1` onto `planes`: the
+    /// image's gradient for stride 1, its components' (`split_len` values) otherwise. `col` is
+    /// scratch: its entries that fall outside the image are zeroed before adding.
+    fn col2im<T: Real>(&self, col: &mut impl Rows<T>, c0: usize, c1: usize, planes: &mut [T]) {
+        let (width, rows) = (c1 - c0, self.rows_of(c0, c1));
+        for (r, src, shift, dx) in self.taps() {
+            let plane = &mut planes[src * self.plane..(src + 1) * self.plane];
+            let row = col.row(r);
+            assert_eq!(row.len(), width, "im2col rows of {width} pixels");
+            self.wrapped(c0, c1, &rows, dx, |i| row[i] = T::ZERO);
             let (lo, hi) = self.inside(c0, width, shift);
             if hi > lo {
                 let start = ((c0 + lo) as isize + shift) as usize;
@@ -772,14 +1004,20 @@ fn forward_per_image<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mu
     // Workers take fixed groups of images, each with one scratch block: the same work, scratch
     // and order every run.
     let groups = input.n.div_ceil(images_per_worker);
+    let same = SameTaps::new(conv, input, out);
+    let split_len = same.as_ref().map_or(0, SameTaps::split_len);
     // Scratch taken before the parallel loop, so that how many exist never depends on how the
     // workers happened to be scheduled.
-    let mut cols: Vec<PooledVec<'_, T>> = (0..groups).map(|_| pool.take(k * nb)).collect();
+    let mut cols: Vec<_> = (0..groups).map(|_| (pool.take(k * nb), pool.take(split_len))).collect();
     let work = x
         .par_chunks(per_in * images_per_worker)
         .zip(y.par_chunks_mut(per_out * images_per_worker));
-    work.zip(cols.par_iter_mut()).for_each(|((xs, ys), col)| {
+    work.zip(cols.par_iter_mut()).for_each(|((xs, ys), (col, phases))| {
         for (xb, yb) in xs.chunks(per_in).zip(ys.chunks_mut(per_out)) {
+            let planes = match &same {
+                Some(same) if !is_pointwise(conv) => same.split(xb, phases),
+                _ => xb,
+            };
             for c0 in (0..n).step_by(nb) {
                 let c1 = (c0 + nb).min(n);
                 let width = c1 - c0;
@@ -795,7 +1033,7 @@ fn forward_per_image<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mu
                         Parallelism::None,
                     );
                 } else {
-                    im2col_block(conv, xb, input, out, c0, c1, col);
+                    im2col_block(same.as_ref(), conv, planes, input, out, c0, c1, col);
                     matmul_strided(
                         cout,
                         width,
@@ -857,18 +1095,36 @@ fn backward_per_image<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], d
         .zip(dy.chunks(per_out * images_per_worker))
         .zip(dx_groups.iter_mut())
         .collect();
+    let same = SameTaps::new(conv, input, out);
+    let split_len = same.as_ref().map_or(0, SameTaps::split_len);
     // Scratch taken before the parallel loop (see forward_per_image).
     let mut scratch: Vec<_> = (0..groups.len())
-        .map(|_| (zeroed(pool, cout * k), pool.take(k * nb), pool.take(k * nb)))
+        .map(|_| {
+            let col = (pool.take(k * nb), pool.take(k * nb));
+            (
+                zeroed(pool, cout * k),
+                col,
+                (pool.take(split_len), pool.take(split_len)),
+            )
+        })
         .collect();
-    groups
-        .into_par_iter()
-        .zip(scratch.par_iter_mut())
-        .for_each(|(((xs, dys), dxs), (acc, col, dcol))| {
+    groups.into_par_iter().zip(scratch.par_iter_mut()).for_each(
+        |(((xs, dys), dxs), (acc, (col, dcol), (phases, dphases)))| {
             for (i, (xb, dyb)) in xs.chunks(per_in).zip(dys.chunks(per_out)).enumerate() {
                 let mut dxb = dxs.as_deref_mut().map(|d| &mut d[i * per_in..(i + 1) * per_in]);
+                // Split into polyphase components (stride > 1): the gradient is summed on the
+                // components, then merged into the image's.
+                let split = split_len > 0 && !is_pointwise(conv);
+                let planes = match &same {
+                    Some(same) if split => same.split(xb, phases),
+                    _ => xb,
+                };
                 if let Some(d) = dxb.as_deref_mut() {
-                    d.fill(T::ZERO);
+                    if split {
+                        dphases.fill(T::ZERO);
+                    } else {
+                        d.fill(T::ZERO);
+                    }
                 }
                 for c0 in (0..n).step_by(nb) {
                     let c1 = (c0 + nb).min(n);
@@ -898,16 +1154,21 @@ fn backward_per_image<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], d
                             );
                         }
                     } else {
-                        im2col_block(conv, xb, input, out, c0, c1, col);
+                        im2col_block(same.as_ref(), conv, planes, input, out, c0, c1, col);
                         matmul(cout, k, width, acc, dy_block, (col, 1, width), true, Parallelism::None);
                         if let Some(d) = dxb.as_deref_mut() {
                             matmul(k, width, cout, dcol, (w, 1, k), dy_block, false, Parallelism::None);
-                            col2im_block(conv, dcol, c0, c1, input, out, d);
+                            let target = if split { &mut dphases[..] } else { d };
+                            col2im_block(same.as_ref(), conv, dcol, c0, c1, input, out, target);
                         }
                     }
                 }
+                if let (true, Some(same), Some(d)) = (split, &same, dxb) {
+                    same.merge(dphases, d);
+                }
             }
-        });
+        },
+    );
     dw.fill(T::ZERO);
     for (sum, _, _) in &scratch {
         dw.iter_mut().zip(sum.iter()).for_each(|(d, &v)| *d += v);
@@ -947,13 +1208,30 @@ mod tests {
                     let rows = conv.fan_in();
                     let mut fast = vec![f64::NAN; rows * width];
                     let mut slow = vec![f64::NAN; rows * width];
-                    same.im2col(&x, c0, c1, &mut fast);
+                    same.im2col(
+                        &x,
+                        c0,
+                        c1,
+                        &mut Packed {
+                            values: &mut fast,
+                            width,
+                        },
+                    );
                     im2col_rows(&conv, &x, input, out, c0, c1, &mut slow);
                     assert_eq!(fast, slow, "im2col {k}x{k} on {h}x{w}, pixels {c0}..{c1}");
 
                     let g: Vec<f64> = (0..rows * width).map(|i| (i as f64 * 0.11).cos()).collect();
                     let (mut dx_fast, mut dx_slow) = (vec![0.5; input.len()], vec![0.5; input.len()]);
-                    same.col2im(&mut g.clone(), c0, c1, &mut dx_fast);
+                    let mut g_rows = g.clone();
+                    same.col2im(
+                        &mut Packed {
+                            values: &mut g_rows,
+                            width,
+                        },
+                        c0,
+                        c1,
+                        &mut dx_fast,
+                    );
                     col2im_rows(&conv, &g, c0, c1, input, out, &mut dx_slow);
                     assert_eq!(dx_fast, dx_slow, "col2im {k}x{k} on {h}x{w}, pixels {c0}..{c1}");
                 }
@@ -962,13 +1240,18 @@ mod tests {
     }
 
     /// Two 2-channel 5x5 images through a 3x3 "same" convolution (the shifted-copy path), a
-    /// strided one (the row-by-row path) and a 1x1 one (no im2col): small enough for Miri
-    /// (`cargo +nightly miri test --lib cpu::conv::tests::tiny`), which checks the unsafe code
-    /// these paths run.
-    fn tiny_convolutions() -> [Conv2d; 3] {
+    /// strided one (shifted copies of its polyphase components, on an odd size), an unpadded
+    /// one (the row-by-row path) and a 1x1 one (no im2col per image; a shift-0 copy batched):
+    /// small enough for Miri (`cargo +nightly miri test --lib cpu::conv::tests::tiny`), which
+    /// checks the unsafe code these paths run.
+    fn tiny_convolutions() -> [Conv2d; 4] {
         [
             Conv2d::new(2, 3, 3, 1),
             Conv2d::new(2, 3, 3, 2),
+            Conv2d {
+                padding: 0,
+                ..Conv2d::new(2, 3, 3, 1)
+            },
             Conv2d::new(2, 3, 1, 1),
         ]
     }
@@ -1114,11 +1397,84 @@ mod tests {
         }
     }
 
+    /// The polyphase path of strided convolutions against the row-by-row path, on even and odd
+    /// sizes and blocks that start and end mid-row.
+    #[test]
+    fn strided_taps_match_the_row_by_row_path() {
+        let convs = [
+            Conv2d::new(2, 3, 3, 2),
+            Conv2d::new(2, 3, 1, 2),
+            Conv2d::new(2, 3, 5, 2),
+            Conv2d::new(2, 3, 3, 3),
+            Conv2d {
+                padding: 0,
+                ..Conv2d::new(2, 3, 3, 2)
+            },
+        ];
+        let mut checked = 0;
+        for conv in convs {
+            for (h, w) in [(4, 4), (5, 5), (7, 4), (8, 8), (6, 9), (16, 11)] {
+                let input = Shape::new(1, 2, h, w);
+                let Some(out) = conv.output_shape(input).ok() else {
+                    continue;
+                };
+                let Some(same) = SameTaps::new(&conv, input, out) else {
+                    continue;
+                };
+                let x: Vec<f64> = (0..input.len()).map(|i| (i as f64 * 0.37).sin()).collect();
+                let mut phases = vec![f64::NAN; same.split_len()];
+                let planes = same.split(&x, &mut phases).to_vec();
+                let n = out.plane();
+                for (c0, c1) in [(0, n), (1, n - 1), (out.w - 1, (2 * out.w + 1).min(n)), (n / 2, n)] {
+                    if c0 >= c1 {
+                        continue;
+                    }
+                    let what = format!("{conv:?} on {h}x{w}, pixels {c0}..{c1}");
+                    let width = c1 - c0;
+                    let rows = conv.fan_in();
+                    let mut fast = vec![f64::NAN; rows * width];
+                    let mut slow = vec![f64::NAN; rows * width];
+                    same.im2col(
+                        &planes,
+                        c0,
+                        c1,
+                        &mut Packed {
+                            values: &mut fast,
+                            width,
+                        },
+                    );
+                    im2col_rows(&conv, &x, input, out, c0, c1, &mut slow);
+                    assert_eq!(fast, slow, "im2col {what}");
+
+                    let g: Vec<f64> = (0..rows * width).map(|i| (i as f64 * 0.11).cos()).collect();
+                    let mut dphases = vec![0.0; same.split_len()];
+                    let (mut dx_fast, mut dx_slow) = (vec![f64::NAN; input.len()], vec![0.0; input.len()]);
+                    let mut g_rows = g.clone();
+                    same.col2im(
+                        &mut Packed {
+                            values: &mut g_rows,
+                            width,
+                        },
+                        c0,
+                        c1,
+                        &mut dphases,
+                    );
+                    same.merge(&dphases, &mut dx_fast);
+                    col2im_rows(&conv, &g, c0, c1, input, out, &mut dx_slow);
+                    assert_eq!(dx_fast, dx_slow, "col2im {what}");
+                    checked += 1;
+                }
+            }
+        }
+        // Every convolution but the unpadded one (whose output is too small to split into)
+        // on every size.
+        assert_eq!(checked, 4 * 6 * 4, "blocks checked");
+    }
+
     #[test]
     fn same_taps_leave_other_convolutions_to_the_general_path() {
         let input = Shape::new(1, 2, 8, 8);
         for conv in [
-            Conv2d::new(2, 3, 3, 2),
             Conv2d {
                 padding: 0,
                 ..Conv2d::new(2, 3, 3, 1)
@@ -1134,5 +1490,9 @@ mod tests {
         let tiny = Shape::new(1, 2, 1, 1);
         let conv = Conv2d::new(2, 3, 3, 1);
         assert!(SameTaps::new(&conv, tiny, conv.output_shape(tiny).unwrap()).is_none());
+        // Stride 2 onto a 1-pixel-wide output: a column shift would wrap past the next row.
+        let small = Shape::new(1, 2, 2, 2);
+        let conv = Conv2d::new(2, 3, 3, 2);
+        assert!(SameTaps::new(&conv, small, conv.output_shape(small).unwrap()).is_none());
     }
 }

@@ -36,10 +36,13 @@ impl<T: Real> Pool<T> {
     /// Scratch space of `len` values (contents unspecified) that returns to the pool when
     /// dropped.
     pub(crate) fn take(&self, len: usize) -> PooledVec<'_, T> {
-        PooledVec {
-            data: self.take_vec(len, true).unwrap_or_default(),
-            pool: self,
-        }
+        // Empty scratch allocates nothing, and `give` never keeps it.
+        let data = if len == 0 {
+            Vec::new()
+        } else {
+            self.take_vec(len, true).unwrap_or_default()
+        };
+        PooledVec { data, pool: self }
     }
 
     /// A vector of `len` values from the pool, or a new zero-filled one: fallibly for tensors
@@ -185,6 +188,66 @@ impl<T: Real> CpuEngine<T> {
         Ok(t)
     }
 
+    /// [`Engine::group_norm`], followed by ReLU in the same pass with `relu`.
+    fn group_norm_maybe_relu(
+        &mut self,
+        gn: &GroupNorm,
+        x: &CpuTensor<T>,
+        gamma: &CpuTensor<T>,
+        beta: &CpuTensor<T>,
+        relu: bool,
+    ) -> Result<GroupNormOut<CpuTensor<T>>> {
+        gn.check_forward(x.shape, gamma.shape, beta.shape)?;
+        let mut y = self.alloc(x.shape)?;
+        let mut stats = self.alloc(gn.stats_shape(x.shape.n))?;
+        group_norm::forward(
+            gn,
+            x.shape,
+            &x.data,
+            &gamma.data,
+            &beta.data,
+            relu,
+            &mut y.data,
+            &mut stats.data,
+        );
+        Ok(GroupNormOut { y, stats })
+    }
+
+    /// [`Engine::group_norm_backward`], through the ReLU whose output is `relu_out` when given.
+    fn group_norm_backward_maybe_relu(
+        &mut self,
+        gn: &GroupNorm,
+        x: &CpuTensor<T>,
+        gamma: &CpuTensor<T>,
+        stats: &CpuTensor<T>,
+        relu_out: Option<&CpuTensor<T>>,
+        grad_out: &CpuTensor<T>,
+    ) -> Result<GroupNormGrads<CpuTensor<T>>> {
+        gn.check_backward(x.shape, gamma.shape, stats.shape, grad_out.shape)?;
+        let mut dx = self.alloc(x.shape)?;
+        let mut dgamma = self.alloc(gn.param_shape())?;
+        let mut dbeta = self.alloc(gn.param_shape())?;
+        let mut sums = self.pool.take(2 * x.shape.n * x.shape.c);
+        group_norm::backward(
+            gn,
+            x.shape,
+            &x.data,
+            &gamma.data,
+            &stats.data,
+            relu_out.map(|y| &y.data[..]),
+            &grad_out.data,
+            &mut dx.data,
+            &mut dgamma.data,
+            &mut dbeta.data,
+            &mut sums,
+        );
+        Ok(GroupNormGrads {
+            input: dx,
+            gamma: dgamma,
+            beta: dbeta,
+        })
+    }
+
     fn map(&self, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> Result<CpuTensor<T>> {
         let mut out = self.alloc(x.shape)?;
         out.data
@@ -306,19 +369,7 @@ impl<T: Real> Engine for CpuEngine<T> {
         gamma: &CpuTensor<T>,
         beta: &CpuTensor<T>,
     ) -> Result<GroupNormOut<CpuTensor<T>>> {
-        gn.check_forward(x.shape, gamma.shape, beta.shape)?;
-        let mut y = self.alloc(x.shape)?;
-        let mut stats = self.alloc(gn.stats_shape(x.shape.n))?;
-        group_norm::forward(
-            gn,
-            x.shape,
-            &x.data,
-            &gamma.data,
-            &beta.data,
-            &mut y.data,
-            &mut stats.data,
-        );
-        Ok(GroupNormOut { y, stats })
+        self.group_norm_maybe_relu(gn, x, gamma, beta, false)
     }
 
     fn group_norm_backward(
@@ -329,28 +380,30 @@ impl<T: Real> Engine for CpuEngine<T> {
         stats: &CpuTensor<T>,
         grad_out: &CpuTensor<T>,
     ) -> Result<GroupNormGrads<CpuTensor<T>>> {
-        gn.check_backward(x.shape, gamma.shape, stats.shape, grad_out.shape)?;
-        let mut dx = self.alloc(x.shape)?;
-        let mut dgamma = self.alloc(gn.param_shape())?;
-        let mut dbeta = self.alloc(gn.param_shape())?;
-        let mut sums = self.pool.take(2 * x.shape.n * x.shape.c);
-        group_norm::backward(
-            gn,
-            x.shape,
-            &x.data,
-            &gamma.data,
-            &stats.data,
-            &grad_out.data,
-            &mut dx.data,
-            &mut dgamma.data,
-            &mut dbeta.data,
-            &mut sums,
-        );
-        Ok(GroupNormGrads {
-            input: dx,
-            gamma: dgamma,
-            beta: dbeta,
-        })
+        self.group_norm_backward_maybe_relu(gn, x, gamma, stats, None, grad_out)
+    }
+
+    fn group_norm_relu(
+        &mut self,
+        gn: &GroupNorm,
+        x: &CpuTensor<T>,
+        gamma: &CpuTensor<T>,
+        beta: &CpuTensor<T>,
+    ) -> Result<GroupNormOut<CpuTensor<T>>> {
+        self.group_norm_maybe_relu(gn, x, gamma, beta, true)
+    }
+
+    fn group_norm_relu_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &CpuTensor<T>,
+        gamma: &CpuTensor<T>,
+        stats: &CpuTensor<T>,
+        y: &CpuTensor<T>,
+        grad_out: &CpuTensor<T>,
+    ) -> Result<GroupNormGrads<CpuTensor<T>>> {
+        check_same("group_norm_relu backward", y.shape, grad_out.shape)?;
+        self.group_norm_backward_maybe_relu(gn, x, gamma, stats, Some(y), grad_out)
     }
 
     fn relu(&mut self, x: &CpuTensor<T>) -> Result<CpuTensor<T>> {

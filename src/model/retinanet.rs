@@ -170,8 +170,10 @@ struct Block {
 /// What a block's forward pass keeps for its backward pass.
 struct BlockTape<T> {
     conv: T,
-    /// GroupNorm's saved statistics and output.
+    /// GroupNorm's saved statistics and output: after the block's ReLU, when it has one
+    /// ([`Engine::group_norm_relu`]).
     norm: Option<(T, T)>,
+    /// The ReLU's output, in a block without GroupNorm.
     relu: Option<T>,
 }
 
@@ -182,11 +184,6 @@ impl<T> BlockTape<T> {
             .as_ref()
             .or(self.norm.as_ref().map(|(_, y)| y))
             .unwrap_or(&self.conv)
-    }
-
-    /// The input of the block's ReLU.
-    fn pre_relu(&self) -> &T {
-        self.norm.as_ref().map(|(_, y)| y).unwrap_or(&self.conv)
     }
 }
 
@@ -435,16 +432,21 @@ impl RetinaNet {
         let conv = e.conv2d(&b.conv, x, &params[b.weight], b.bias.map(|i| &params[i]))?;
         let norm = match b.norm {
             Some((gn, gamma, beta)) => {
-                let out = e.group_norm(&gn, &conv, &params[gamma], &params[beta])?;
+                let (gamma, beta) = (&params[gamma], &params[beta]);
+                let out = if b.relu {
+                    e.group_norm_relu(&gn, &conv, gamma, beta)?
+                } else {
+                    e.group_norm(&gn, &conv, gamma, beta)?
+                };
                 Some((out.stats, out.y))
             }
             None => None,
         };
-        let mut tape = BlockTape { conv, norm, relu: None };
-        if b.relu {
-            tape.relu = Some(e.relu(tape.pre_relu())?);
-        }
-        Ok(tape)
+        let relu = match &norm {
+            None if b.relu => Some(e.relu(&conv)?),
+            _ => None,
+        };
+        Ok(BlockTape { conv, norm, relu })
     }
 
     /// Backward through one block: accumulates its parameters' gradients into `grads` and
@@ -459,14 +461,17 @@ impl RetinaNet {
         grads: &mut [Option<E::Tensor>],
     ) -> Result<Option<E::Tensor>> {
         let mut g = grad_out;
-        if b.relu {
-            g = e.relu_backward(tape.pre_relu(), &g)?;
-        }
-        if let (Some((gn, gamma, beta)), Some((stats, _))) = (b.norm, &tape.norm) {
-            let ng = e.group_norm_backward(&gn, &tape.conv, &params[gamma], stats, &g)?;
+        if let (Some((gn, gamma, beta)), Some((stats, y))) = (b.norm, &tape.norm) {
+            let ng = if b.relu {
+                e.group_norm_relu_backward(&gn, &tape.conv, &params[gamma], stats, y, &g)?
+            } else {
+                e.group_norm_backward(&gn, &tape.conv, &params[gamma], stats, &g)?
+            };
             add_grad(e, grads, gamma, ng.gamma)?;
             add_grad(e, grads, beta, ng.beta)?;
             g = ng.input;
+        } else if b.relu {
+            g = e.relu_backward(&tape.conv, &g)?;
         }
         let cg = e.conv2d_backward(&b.conv, x, &params[b.weight], &g, input_grad)?;
         add_grad(e, grads, b.weight, cg.weight)?;

@@ -109,6 +109,36 @@ pub trait Engine {
         grad_out: &Self::Tensor,
     ) -> Result<GroupNormGrads<Self::Tensor>>;
 
+    /// [`Engine::group_norm`] followed by ReLU: `y` is `max(group_norm(x), 0)`. The default runs
+    /// the two; an engine may fuse them (one pass over the activations instead of two).
+    fn group_norm_relu(
+        &mut self,
+        gn: &GroupNorm,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+    ) -> Result<GroupNormOut<Self::Tensor>> {
+        let out = self.group_norm(gn, x, gamma, beta)?;
+        let y = self.relu(&out.y)?;
+        Ok(GroupNormOut { y, stats: out.stats })
+    }
+
+    /// Gradients of [`Engine::group_norm_relu`], from its input `x`, `gamma`, the statistics and
+    /// the output `y` it returned (the ReLU passed the gradient where `y > 0`) and the output
+    /// gradient. The default runs [`Engine::relu_backward`] then [`Engine::group_norm_backward`].
+    fn group_norm_relu_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        stats: &Self::Tensor,
+        y: &Self::Tensor,
+        grad_out: &Self::Tensor,
+    ) -> Result<GroupNormGrads<Self::Tensor>> {
+        let g = self.relu_backward(y, grad_out)?;
+        self.group_norm_backward(gn, x, gamma, stats, &g)
+    }
+
     /// `max(x, 0)`.
     fn relu(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
 
