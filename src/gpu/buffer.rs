@@ -14,6 +14,9 @@ pub const BUFFER_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
+/// The usage of the buffers that results are copied into to be read back.
+const STAGING_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+
 /// A device buffer of `len` elements of `T`.
 ///
 /// The underlying [`wgpu::Buffer`] may be larger (sizes are rounded up to whole 4-byte words,
@@ -230,13 +233,7 @@ impl GpuContext {
     pub async fn download_async<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
         self.check_buffer("GpuContext::download_async", "buffer", buffer)?;
         let size = padded_bytes::<T>(buffer.len).max(4);
-        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("retina-wgpu staging"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.inner.counters.add(crate::gpu::frame::Count::Buffer);
+        let staging = self.create_buffer_scoped(size, STAGING_USAGE, None)?;
         let mut encoder = self.encoder("retina-wgpu readback");
         encoder.copy_buffer_to_buffer(&buffer.buffer, 0, &staging, 0, size);
         self.inner.queue.submit([encoder.finish()]);
@@ -363,23 +360,16 @@ impl<'a> Readback<'a> {
                     .into(),
             ));
         }
-        let device = &ctx.inner.device;
         let staging = ctx.scoped(|| {
             let staging: Vec<wgpu::Buffer> = self
                 .sources
                 .iter()
                 .map(|&(source, size, _)| {
-                    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("retina-wgpu staging"),
-                        size,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    ctx.inner.counters.add(crate::gpu::frame::Count::Buffer);
+                    let buffer = ctx.create_buffer_scoped(size, STAGING_USAGE, None)?;
                     encoder.copy_buffer_to_buffer(source, 0, &buffer, 0, size);
-                    buffer
+                    Ok(buffer)
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             ctx.submit_and_wait(encoder)?;
             Ok(staging)
         })?;

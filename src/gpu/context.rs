@@ -389,24 +389,25 @@ impl GpuContext {
     ) -> Result<wgpu::Buffer> {
         use wgpu::util::DeviceExt;
         let device = &self.inner.device;
+        let padded;
+        let contents = match contents {
+            Some(bytes) if bytes.len() as u64 != size => {
+                padded = {
+                    let mut v = bytes.to_vec();
+                    v.resize(size as usize, 0);
+                    v
+                };
+                Some(padded.as_slice())
+            }
+            other => other,
+        };
         let buffer = self.scoped_always(|| {
             Ok(match contents {
-                Some(bytes) if bytes.len() as u64 == size => {
-                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("retina-wgpu buffer"),
-                        contents: bytes,
-                        usage,
-                    })
-                }
-                Some(bytes) => {
-                    let mut padded = bytes.to_vec();
-                    padded.resize(size as usize, 0);
-                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("retina-wgpu buffer"),
-                        contents: &padded,
-                        usage,
-                    })
-                }
+                Some(bytes) => device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("retina-wgpu buffer"),
+                    contents: bytes,
+                    usage,
+                }),
                 None => device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("retina-wgpu buffer"),
                     size,
@@ -426,15 +427,11 @@ impl GpuContext {
         usage: wgpu::BufferUsages,
         contents: Option<&[u8]>,
     ) -> Result<wgpu::Buffer> {
-        use crate::gpu::frame::Request;
         match &self.frame {
-            Some(frame) => {
-                let request = contents.map_or(Request::Zeroed, Request::Bytes);
-                frame
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .buffer(self, size, usage, request)
-            }
+            Some(frame) => frame
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .buffer(self, size, usage, contents),
             None => self.create_buffer_scoped(size, usage, contents),
         }
     }
@@ -464,13 +461,10 @@ impl GpuContext {
         entries: &[wgpu::BindGroupEntry<'_>],
     ) -> Result<wgpu::BindGroup> {
         match &self.frame {
-            Some(frame) => {
-                let layout = pipeline.get_bind_group_layout(0);
-                frame
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .bind_group(self, Some(pipeline), &layout, entries)
-            }
+            Some(frame) => frame
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .bind_group(self, pipeline, entries),
             None => self.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries),
         }
     }

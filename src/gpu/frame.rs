@@ -100,14 +100,8 @@ enum KeyEntry {
 
 #[derive(Clone, PartialEq, Eq)]
 struct BindKey {
-    pipeline: PipelineKey,
+    pipeline: wgpu::ComputePipeline,
     entries: Vec<KeyEntry>,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-enum PipelineKey {
-    Compute(wgpu::ComputePipeline),
-    Layout(wgpu::BindGroupLayout),
 }
 
 /// Bind groups kept per request slot: a few keys each, so that a host alternating between two
@@ -125,15 +119,6 @@ pub(crate) struct FrameCache {
     /// requests served from the cache (a request outside a frame gets a new object, so that
     /// nothing made outside a frame is recycled under its owner).
     active: bool,
-}
-
-/// A buffer request.
-#[derive(Clone, Copy)]
-pub(crate) enum Request<'a> {
-    /// Zero-filled scratch of at least this many bytes.
-    Zeroed,
-    /// A buffer holding exactly these bytes (not modified by any kernel).
-    Bytes(&'a [u8]),
 }
 
 impl FrameCache {
@@ -155,19 +140,17 @@ impl FrameCache {
         self.active = false;
     }
 
-    /// Serves a buffer request of `size` bytes (a multiple of 4) and `usage`.
+    /// Serves a buffer request of `size` bytes (a multiple of 4) and `usage`: zero-filled
+    /// scratch when `contents` is `None`, else a buffer holding exactly `contents` (which no
+    /// kernel modifies).
     pub(crate) fn buffer(
         &mut self,
         ctx: &GpuContext,
         size: u64,
         usage: wgpu::BufferUsages,
-        request: Request<'_>,
+        contents: Option<&[u8]>,
     ) -> Result<wgpu::Buffer> {
         if !self.active {
-            let contents = match request {
-                Request::Zeroed => None,
-                Request::Bytes(bytes) => Some(bytes),
-            };
             return ctx.create_buffer_scoped(size, usage, contents);
         }
         let slot = self.next_buffer;
@@ -176,12 +159,11 @@ impl FrameCache {
             && cached.buffer.size() >= size
             && cached.buffer.usage() == usage
         {
-            match (&mut cached.contents, request) {
-                (Contents::Zeroed, Request::Zeroed) => return Ok(cached.buffer.clone()),
-                (Contents::Bytes(old), Request::Bytes(new)) if usage.contains(wgpu::BufferUsages::COPY_DST) => {
+            match (&mut cached.contents, contents) {
+                (Contents::Zeroed, None) => return Ok(cached.buffer.clone()),
+                (Contents::Bytes(old), Some(new)) if usage.contains(wgpu::BufferUsages::COPY_DST) => {
                     if old.as_slice() != new {
-                        ctx.queue().write_buffer(&cached.buffer, 0, new);
-                        ctx.inner.counters.add(Count::QueueWrite);
+                        ctx.queue_write(&cached.buffer, 0, new);
                         old.clear();
                         old.extend_from_slice(new);
                     }
@@ -190,16 +172,10 @@ impl FrameCache {
                 _ => {}
             }
         }
-        let (buffer, contents) = match request {
-            Request::Zeroed => (ctx.create_buffer_scoped(size, usage, None)?, Contents::Zeroed),
-            Request::Bytes(bytes) => (
-                ctx.create_buffer_scoped(size, usage, Some(bytes))?,
-                Contents::Bytes(bytes.to_vec()),
-            ),
-        };
+        let buffer = ctx.create_buffer_scoped(size, usage, contents)?;
         let cached = CachedBuffer {
             buffer: buffer.clone(),
-            contents,
+            contents: contents.map_or(Contents::Zeroed, |bytes| Contents::Bytes(bytes.to_vec())),
         };
         if slot < self.buffers.len() {
             self.buffers[slot] = cached;
@@ -209,22 +185,21 @@ impl FrameCache {
         Ok(buffer)
     }
 
-    /// Serves a bind group request: the cached group when this slot saw the same pipeline and
-    /// resources before, else a new one (`None` when a resource cannot be keyed; the caller then
-    /// creates the group itself).
+    /// Serves a request for a bind group of `pipeline`'s group 0: the cached group when this
+    /// slot saw the same pipeline and resources before, else a new one (also when a resource
+    /// cannot be keyed).
     pub(crate) fn bind_group(
         &mut self,
         ctx: &GpuContext,
-        pipeline: Option<&wgpu::ComputePipeline>,
-        layout: &wgpu::BindGroupLayout,
+        pipeline: &wgpu::ComputePipeline,
         entries: &[wgpu::BindGroupEntry<'_>],
     ) -> Result<wgpu::BindGroup> {
         if !self.active {
-            return ctx.create_bind_group_scoped(layout, entries);
+            return ctx.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries);
         }
         let slot = self.next_bind_group;
         self.next_bind_group += 1;
-        let key = key_of(pipeline, layout, entries);
+        let key = key_of(pipeline, entries);
         if self.bind_groups.len() <= slot {
             self.bind_groups.resize_with(slot + 1, Vec::new);
         }
@@ -238,7 +213,7 @@ impl FrameCache {
             kept.insert(0, hit);
             return Ok(group);
         }
-        let group = ctx.create_bind_group_scoped(layout, entries)?;
+        let group = ctx.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries)?;
         if let Some(key) = key {
             kept.insert(0, (key, group.clone()));
             kept.truncate(KEYS_PER_SLOT);
@@ -247,11 +222,7 @@ impl FrameCache {
     }
 }
 
-fn key_of(
-    pipeline: Option<&wgpu::ComputePipeline>,
-    layout: &wgpu::BindGroupLayout,
-    entries: &[wgpu::BindGroupEntry<'_>],
-) -> Option<BindKey> {
+fn key_of(pipeline: &wgpu::ComputePipeline, entries: &[wgpu::BindGroupEntry<'_>]) -> Option<BindKey> {
     let mut keyed = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         // Keys assume bindings 0, 1, 2, ... in order, which is how the crate builds them.
@@ -266,10 +237,7 @@ fn key_of(
         });
     }
     Some(BindKey {
-        pipeline: match pipeline {
-            Some(p) => PipelineKey::Compute(p.clone()),
-            None => PipelineKey::Layout(layout.clone()),
-        },
+        pipeline: pipeline.clone(),
         entries: keyed,
     })
 }

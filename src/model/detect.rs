@@ -70,23 +70,18 @@ impl DetectEngine for GpuEngine {
         class_rows: &GpuTensor,
         box_rows: &GpuTensor,
     ) -> Result<Vec<Vec<Detection>>> {
-        let (batch, k) = rows_shape(class_rows.shape(), box_rows.shape(), anchors)?;
+        let (batch, _) = rows_shape(class_rows.shape(), box_rows.shape(), anchors)?;
         let ctx = self.context().clone();
         let anchor_buf = ctx.anchors(&anchors.config, anchors.height, anchors.width)?;
-        let logits = class_rows.view::<f32>(class_rows.shape().len())?;
-        let deltas = box_rows.view::<[f32; 4]>(batch * anchors.boxes.len())?;
         let out = ctx.detection_output(batch, pp.max_detections)?;
-        ctx.record_postprocess(
-            self.encoder(),
+        let rows = (class_rows, box_rows);
+        record_detections(
+            self,
             pp,
-            &DetectionBuffers {
-                logits: &logits,
-                deltas: &deltas,
-                anchors: &anchor_buf,
-                level_offsets,
-                num_classes: k,
-                image_size: (anchors.height, anchors.width),
-            },
+            &anchor_buf,
+            level_offsets,
+            (anchors.height, anchors.width),
+            rows,
             &out,
         )?;
         self.sync()?;
@@ -94,6 +89,35 @@ impl DetectEngine for GpuEngine {
         let counts = ctx.download(&out.counts)?;
         Ok(unpack_detections(&detections, &counts, pp.max_detections))
     }
+}
+
+/// Records the post-processing of the network's rows `(class_rows [B, 1, R, K], box_rows
+/// [B, 1, R, 4])` into `engine`'s encoder, behind the forward pass, with the detections in `out`.
+fn record_detections(
+    engine: &mut GpuEngine,
+    pp: &PostProcess,
+    anchors: &GpuBuffer<[f32; 4]>,
+    level_offsets: &[usize],
+    image_size: (u32, u32),
+    (class_rows, box_rows): (&GpuTensor, &GpuTensor),
+    out: &DetectionOutput,
+) -> Result<()> {
+    let logits = class_rows.view::<f32>(class_rows.shape().len())?;
+    let deltas = box_rows.view::<[f32; 4]>(box_rows.shape().len() / 4)?;
+    let ctx = engine.context().clone();
+    ctx.record_postprocess(
+        engine.encoder(),
+        pp,
+        &DetectionBuffers {
+            logits: &logits,
+            deltas: &deltas,
+            anchors,
+            level_offsets,
+            num_classes: class_rows.shape().w,
+            image_size,
+        },
+        out,
+    )
 }
 
 /// A trained network ready to detect: its parameters on an engine, the anchors of its input
@@ -283,29 +307,13 @@ impl PreparedDetector {
         out: &DetectionOutput,
     ) -> Result<()> {
         let s = self.input_size();
-        let ctx = self.engine.context().clone();
         let (net, params, anchors, pp) = (&self.net, &self.params, &self.anchors, &self.postprocess);
         let level_offsets = net.level_offsets();
         self.engine.record_into(encoder, &mut self.spare, |engine| {
             let x = engine.tensor_from_buffer(Shape::new(batch, 3, s, s), images)?;
             let tape = net.forward(engine, params, x)?;
-            let (class_rows, box_rows) = (&tape.class_rows, &tape.box_rows);
-            let k = class_rows.shape().w;
-            let logits = class_rows.view::<f32>(class_rows.shape().len())?;
-            let deltas = box_rows.view::<[f32; 4]>(batch * anchors.len())?;
-            ctx.record_postprocess(
-                engine.encoder(),
-                pp,
-                &DetectionBuffers {
-                    logits: &logits,
-                    deltas: &deltas,
-                    anchors,
-                    level_offsets,
-                    num_classes: k,
-                    image_size: (s as u32, s as u32),
-                },
-                out,
-            )
+            let rows = (&tape.class_rows, &tape.box_rows);
+            record_detections(engine, pp, anchors, level_offsets, (s as u32, s as u32), rows, out)
         })
     }
 }
