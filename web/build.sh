@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the web page's module: a wasm32 build of the `web_demo` example (release; `--dev` for
+# Builds the web page's module: a wasm32 build of the `retina-web` crate (web/Cargo.toml) (release; `--dev` for
 # the dev profile, which reuses what the browser tests built), then wasm-bindgen's JavaScript
 # glue, into web/pkg/. Serve web/ over HTTP afterwards, e.g.
 #   python3 -m http.server -d web 8000   and open http://localhost:8000/
@@ -13,7 +13,7 @@ if [ "${1:-}" = "--dev" ]; then
     profile=debug
     flags=()
 fi
-cargo build "${flags[@]}" --target wasm32-unknown-unknown --no-default-features --example web_demo
+cargo build "${flags[@]}" --target wasm32-unknown-unknown -p retina-web
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
-    "target/wasm32-unknown-unknown/$profile/examples/web_demo.wasm"
+    "target/wasm32-unknown-unknown/$profile/retina_web.wasm"
 echo "built web/pkg/ ($(du -sh web/pkg | cut -f1)); serve web/ and open index.html"

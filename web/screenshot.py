@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--console", action="store_true", help="print the page's console messages")
     ap.add_argument("--runs", type=int, default=1, help="scenes to time after the first (the picture is the last)")
     args = ap.parse_args()
-    if not os.path.exists(os.path.join(WEB, "pkg", "web_demo.js")):
+    if not os.path.exists(os.path.join(WEB, "pkg", "retina_web.js")):
         sys.exit("web/pkg/ is missing: run web/build.sh first")
 
     class Quiet(http.server.SimpleHTTPRequestHandler):

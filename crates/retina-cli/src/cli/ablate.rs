@@ -1,0 +1,297 @@
+//! `retina ablate`: the paper's experiment. Trains the small RetinaNet once per (loss setting,
+//! seed) of a grid with the same data and schedule, evaluates each run on the same validation
+//! scenes, and writes `runs.csv`, `curves.csv`, `results.md` (the paper's tables as mean ± std
+//! over seeds) and the plots. Runs are saved as they finish; `--resume` continues an
+//! interrupted experiment.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::ablate::{self, Grid, LossSetting, RunRecord};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use retina_wgpu::coco::{self, CocoDataset, DatasetOptions};
+use retina_wgpu::model::checkpoint;
+use retina_wgpu::nn::{CpuEngine, GpuEngine};
+use retina_wgpu::{Error, Result};
+
+use crate::cli::Bar;
+use crate::cli::train::EngineChoice;
+
+/// Which grid runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GridChoice {
+    /// Tables 1a and 1b, FL* and OHEM: every setting, 3 seeds.
+    Full,
+    /// The best setting of each loss, 3 seeds (at most 30 minutes on a 2-core CPU).
+    Quick,
+    /// CE, FL and OHEM, two seeds, 100 steps on tiny scenes: a smoke test in seconds.
+    Tiny,
+}
+
+#[derive(Args, Debug)]
+pub struct AblateArgs {
+    /// Where runs.csv, curves.csv, results.md, the plots and the validation scenes go.
+    #[arg(long, default_value = "ablate-out")]
+    out: PathBuf,
+    /// The reduced grid (same as --grid quick).
+    #[arg(long, conflicts_with = "grid")]
+    quick: bool,
+    /// The grid.
+    #[arg(long, value_enum, default_value = "full")]
+    grid: GridChoice,
+    /// SGD steps of every run, instead of the grid's.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seeds per setting (0, 1, ...), instead of the grid's 3.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Validation scenes, instead of the grid's.
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Square scene and input size (a multiple of 32), instead of the grid's 128; objects scale
+    /// with it and the anchors grow with its square, so 256 gives about 4x the background
+    /// anchors per positive (at 4x the cost per image).
+    #[arg(long)]
+    size: Option<u32>,
+    /// Only the settings whose label contains this text (labels look like `CE a=0.75`,
+    /// `FL g=2 a=0.25`, `FL* g=4 b=0`, `OHEM B=128 nms=0.5`, `OHEM 1:3 B=128 nms=0.5`).
+    #[arg(long)]
+    only: Option<String>,
+    /// Keep the runs already in --out (same grid) and run only the missing ones.
+    #[arg(long)]
+    resume: bool,
+    /// The engine that trains.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: EngineChoice,
+    /// Validation scenes whose losses make Figure 4.
+    #[arg(long, default_value_t = 64)]
+    fig4_images: usize,
+}
+
+impl AblateArgs {
+    fn grid(&self) -> Result<Grid> {
+        let mut grid = match (self.quick, self.grid) {
+            (true, _) | (false, GridChoice::Quick) => Grid::quick(),
+            (false, GridChoice::Full) => Grid::full(),
+            (false, GridChoice::Tiny) => Grid::tiny(),
+        };
+        if let Some(steps) = self.steps {
+            grid.steps = steps;
+        }
+        if let Some(seeds) = self.seeds {
+            grid.seeds = (0..seeds).collect();
+        }
+        if let Some(n) = self.val_images {
+            grid.val_images = n;
+        }
+        if let Some(size) = self.size {
+            grid.scenes.size = size;
+        }
+        if let Some(only) = &self.only {
+            grid.settings.retain(|s| s.label().contains(only.as_str()));
+            if grid.settings.is_empty() {
+                return Err(Error::InvalidParameter(format!(
+                    "--only {only:?} matches no setting of the grid"
+                )));
+            }
+        }
+        grid.validate()?;
+        Ok(grid)
+    }
+}
+
+pub fn run(args: AblateArgs) -> Result<()> {
+    let grid = args.grid()?;
+    let out = &args.out;
+    let runs_path = out.join("runs.csv");
+    let curves_path = out.join("curves.csv");
+    if runs_path.exists() && !args.resume {
+        return Err(Error::InvalidParameter(format!(
+            "{} already holds an experiment: pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut runs = if args.resume && runs_path.exists() {
+        let text = read(&runs_path)?;
+        let curves = curves_path.exists().then(|| read(&curves_path)).transpose()?;
+        ablate::read_runs(&grid, &text, curves.as_deref())?
+    } else {
+        Vec::new()
+    };
+
+    let val_dir = out.join("val");
+    if !args.resume || !val_dir.join("annotations.json").exists() {
+        if val_dir.exists() {
+            std::fs::remove_dir_all(&val_dir).map_err(|e| Error::io(&val_dir, e))?;
+        }
+        retina_wgpu::data::write_coco_with_progress(
+            &val_dir,
+            &grid.scenes,
+            grid.val_images,
+            ablate::VAL_SEED,
+            &Bar::new(grid.val_images >= 200),
+        )?;
+    }
+    let val = CocoDataset::open_dir(
+        &val_dir,
+        &DatasetOptions {
+            input_size: grid.scenes.size,
+            ..DatasetOptions::default()
+        },
+    )?;
+
+    let todo: Vec<(LossSetting, u64)> = grid
+        .settings
+        .iter()
+        .flat_map(|s| grid.seeds.iter().map(move |&seed| (*s, seed)))
+        .filter(|(s, seed)| !runs.iter().any(|r| r.setting == *s && r.seed == *seed))
+        .collect();
+    let gpu = args.backend.resolve()?;
+    let engine_name = match &gpu {
+        Some(ctx) => format!("GPU ({})", ctx.adapter_info().name),
+        None => format!("CPU ({} threads)", rayon::current_num_threads()),
+    };
+    println!(
+        "retina ablate: grid {} ({} settings x {} seeds, {} steps each), {} runs to do on {engine_name}",
+        grid.name,
+        grid.settings.len(),
+        grid.seeds.len(),
+        grid.steps,
+        todo.len()
+    );
+    let bar = ProgressBar::new((todo.len() * grid.steps) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} ablate [{bar:30}] {pos}/{len} steps {msg} (ETA {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let reference = reference_setting(&grid);
+    let reference_dir = out.join("reference_model");
+    let start = Instant::now();
+    for (i, (setting, seed)) in todo.iter().enumerate() {
+        bar.set_message(format!("run {}/{}: {} seed {seed}", i + 1, todo.len(), setting.label()));
+        let base = bar.position();
+        let mut on_step = |done: usize| bar.set_position(base + done as u64);
+        let (record, values) = match &gpu {
+            Some(ctx) => {
+                let engines = (GpuEngine::new(ctx)?, GpuEngine::new(ctx)?);
+                ablate::train_and_evaluate(engines, &grid, setting, *seed, &val, &mut on_step)?
+            }
+            None => {
+                let engines = (CpuEngine::new(), CpuEngine::new());
+                ablate::train_and_evaluate(engines, &grid, setting, *seed, &val, &mut on_step)?
+            }
+        };
+        bar.set_position(base + grid.steps as u64);
+        if bar.is_hidden() {
+            println!("{}", describe(&record));
+        } else {
+            bar.println(describe(&record));
+        }
+        if *setting == reference && *seed == grid.seeds[0] {
+            checkpoint::save_model(&reference_dir, &grid.network()?, &values)?;
+        }
+        runs.push(record);
+        coco::write_file(&runs_path, ablate::runs_csv(&runs).as_bytes())?;
+        coco::write_file(&curves_path, ablate::curves_csv(&runs).as_bytes())?;
+    }
+    bar.finish_and_clear();
+
+    let mut files = vec![(runs_path.clone(), "one row per run"), (curves_path, "training losses")];
+    let fig1 = out.join("fig1_loss_vs_pt.png");
+    ablate::figure1()?.save_png(&fig1)?;
+    files.push((fig1, "Figure 1: the loss against p_t for several gamma"));
+    if reference_dir.join("model.safetensors").exists() {
+        let (net, values) = checkpoint::load_model(&reference_dir)?;
+        let data = grid.data(ablate::VAL_SEED);
+        let gammas = [0.0, 0.5, 1.0, 2.0, 5.0];
+        let (pos, neg) = ablate::loss_distribution(&net, &values, &data, args.fig4_images, &gammas)?;
+        let (pos_path, neg_path) = (out.join("fig4_positive.png"), out.join("fig4_negative.png"));
+        pos.save_png(&pos_path)?;
+        neg.save_png(&neg_path)?;
+        files.push((pos_path, "Figure 4: loss distribution over positive samples"));
+        files.push((neg_path, "Figure 4: loss distribution over negative samples"));
+    }
+    if let Some(chart) = ablate::ap_against_gamma(&grid, &runs) {
+        let path = out.join("ap_vs_gamma.png");
+        chart.save_png(&path)?;
+        files.push((path, "AP against gamma"));
+    }
+    for (name, kinds, what) in [
+        (
+            "loss_curves_ce.png",
+            &["cross_entropy"][..],
+            "training loss of the cross-entropy settings",
+        ),
+        (
+            "loss_curves_focal.png",
+            &["focal", "focal_star"][..],
+            "training loss of the focal-loss settings",
+        ),
+        (
+            "loss_curves_ohem.png",
+            &["ohem"][..],
+            "training loss of the OHEM settings",
+        ),
+    ] {
+        let chart = ablate::loss_curves(&grid, &runs, kinds);
+        if !chart.series.is_empty() {
+            let path = out.join(name);
+            chart.save_png(&path)?;
+            files.push((path, what));
+        }
+    }
+
+    let total: f64 = runs.iter().map(|r| r.seconds).sum();
+    let table = ablate::markdown(&grid, &runs);
+    let results = format!(
+        "# retina ablate: grid {}\n\nTrained on {engine_name}; {} runs, {:.1} minutes of training in all \
+         ({:.1} minutes in this invocation, evaluation included).\n\n{table}",
+        grid.name,
+        runs.len(),
+        total / 60.0,
+        start.elapsed().as_secs_f64() / 60.0
+    );
+    let results_path = out.join("results.md");
+    coco::write_file(&results_path, results.as_bytes())?;
+    files.push((results_path, "the tables"));
+    println!("\n{table}");
+    println!("Files:");
+    for (path, what) in files {
+        println!("  {}  {what}", path.display());
+    }
+    Ok(())
+}
+
+/// The model whose losses make Figure 4: focal loss with gamma 2 when the grid has it (the
+/// paper's converged model), else the grid's first setting.
+fn reference_setting(grid: &Grid) -> LossSetting {
+    grid.settings
+        .iter()
+        .find(|s| matches!(s, LossSetting::Focal { gamma, .. } if *gamma == 2.0))
+        .copied()
+        .unwrap_or(grid.settings[0])
+}
+
+fn describe(r: &RunRecord) -> String {
+    let status = if r.diverged {
+        format!(" (diverged at step {}: counted as AP 0)", r.steps)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} seed {}: AP {:.1}, AP50 {:.1}, AP75 {:.1}, {:.0} s{status}",
+        r.setting.label(),
+        r.seed,
+        100.0 * r.ap[0],
+        100.0 * r.ap[1],
+        100.0 * r.ap[2],
+        r.seconds
+    )
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,706 @@
+//! The `retina` command line.
+
+#[path = "../../retina-wgpu/tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+
+fn retina(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(args)
+        .output()
+        .expect("running retina")
+}
+
+#[test]
+fn bench_focal_json_rows_are_complete_and_consistent() {
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
+    let out = retina(&[
+        "bench",
+        "focal",
+        "--sizes",
+        "8000,16k",
+        "--classes",
+        "40",
+        "--iters",
+        "1",
+        "--json",
+        "--backend",
+        backend,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    let expected = if backend == "both" { 6 } else { 2 };
+    assert_eq!(rows.len(), expected, "{rows:?}");
+    for row in rows {
+        for key in ["op", "backend", "adapter", "size", "seconds", "throughput", "unit"] {
+            assert!(row.get(key).is_some(), "row lacks {key}: {row}");
+        }
+        let size = row["size"].as_f64().unwrap();
+        let seconds = row["seconds"].as_f64().unwrap();
+        assert!([8000.0, 16000.0].contains(&size), "{row}");
+        assert!(seconds > 0.0);
+        let throughput = row["throughput"].as_f64().unwrap();
+        assert!((throughput - size / seconds).abs() <= 1e-6 * throughput, "{row}");
+        assert!(["gpu", "cpu"].contains(&row["backend"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn bench_match_json_has_a_row_per_box_count_and_backend() {
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
+    let out = retina(&[
+        "bench",
+        "match",
+        "--image",
+        "128",
+        "--boxes",
+        "1,7",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--json",
+        "--backend",
+        backend,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), if backend == "both" { 6 } else { 2 });
+    let anchors = retina_wgpu::AnchorConfig::retinanet().num_anchors(128, 128).unwrap() as f64;
+    for row in rows {
+        assert_eq!(row["size"].as_f64().unwrap(), 2.0 * anchors, "{row}");
+        assert_eq!(row["unit"], "anchors/s");
+        assert!(row["op"].as_str().unwrap().starts_with("assign_targets"));
+    }
+}
+
+#[test]
+fn bench_nms_json_covers_plain_batched_and_postprocessing() {
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
+    let args = [
+        "bench",
+        "nms",
+        "--sizes",
+        "100,300",
+        "--classes",
+        "4",
+        "--batch",
+        "2",
+        "--image",
+        "128",
+        "--iters",
+        "1",
+    ];
+    let out = retina(&[&args[..], &["--json", "--backend", backend]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    let per_backend = 2 * 2 + 1;
+    assert_eq!(
+        rows.len(),
+        per_backend * if backend == "both" { 2 } else { 1 },
+        "{rows:?}"
+    );
+    let ops: Vec<&str> = rows.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert!(
+        ops.contains(&"nms") && ops.contains(&"batched_nms[4 classes]"),
+        "{ops:?}"
+    );
+    assert!(ops.iter().any(|op| op.starts_with("postprocess[2 x")), "{ops:?}");
+}
+
+#[test]
+fn bench_conv_json_reports_flops_of_every_distinct_layer() {
+    let backend = if common::gpu().is_some() { "both" } else { "cpu" };
+    let args = [
+        "bench",
+        "conv",
+        "--batch",
+        "1",
+        "--size",
+        "32",
+        "--classes",
+        "2",
+        "--iters",
+        "1",
+        "--json",
+    ];
+    let out = retina(&[&args[..], &["--backend", backend]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len().is_multiple_of(2));
+    // The first backbone convolution: 3 -> 16, 3x3, stride 2 on 32 x 32: 2 * 16 * 16 * 16 * 27 FLOP.
+    let first = rows
+        .iter()
+        .find(|r| r["op"] == "conv_forward[conv 3x3 3->16 stride 2 pad 1 @32x32]")
+        .expect("first layer row");
+    assert_eq!(first["size"].as_f64().unwrap(), 2.0 * 16.0 * 16.0 * 16.0 * 27.0);
+    assert_eq!(first["unit"], "FLOP/s");
+}
+
+#[test]
+fn info_names_the_chosen_adapter() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = retina(&["info"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ctx = common::gpu().unwrap();
+    assert!(text.contains(&format!("Chosen: {}", ctx.adapter_info().name)), "{text}");
+    assert!(text.contains("max_storage_buffer_binding_size"), "{text}");
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = retina(&["bench", "focal", "--sizes", "0", "--backend", "cpu"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be positive"));
+    let out = retina(&["bench", "focal", "--sizes", "lots", "--backend", "cpu"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
+}
+
+fn coco_file(name: &str) -> String {
+    format!("{}/../retina-coco/tests/coco/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn eval_prints_cocoeval_summary_verbatim_and_writes_json() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(coco_file("expected.json")).unwrap()).unwrap();
+    let case = &expected["cases"]["val2014_100"];
+    let json_out = std::env::temp_dir().join(format!("retina-eval-{}.json", std::process::id()));
+    let out = retina(&[
+        "eval",
+        "--gt",
+        &coco_file("instances_val2014_100.json"),
+        "--results",
+        &coco_file("instances_val2014_fakebbox100_results.json"),
+        "--per-class",
+        "--json",
+        json_out.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (table, per_class) = stdout.split_once("\n\n").expect("summary, blank line, per-class table");
+    assert_eq!(table.trim_end(), case["summary"].as_str().unwrap().trim_end());
+    // Header plus one row per category; person (id 1) has the AP pycocotools gives it.
+    assert_eq!(per_class.lines().count(), 81);
+    let person = per_class
+        .lines()
+        .find(|l| l.contains(" person "))
+        .expect("a row for person");
+    let ap = case["per_category"][0]["ap"].as_f64().unwrap();
+    assert!(person.contains(&format!("{ap:.3}")), "{person}");
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    assert_eq!(written["stats"], case["stats"]);
+    std::fs::remove_file(&json_out).unwrap();
+}
+
+#[test]
+fn eval_with_results_from_another_set_fails_naming_the_file() {
+    let results = std::env::temp_dir().join(format!("retina-eval-bad-{}.json", std::process::id()));
+    std::fs::write(
+        &results,
+        r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]"#,
+    )
+    .unwrap();
+    let out = retina(&[
+        "eval",
+        "--gt",
+        &coco_file("instances_val2014_100.json"),
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(results.to_str().unwrap()) && stderr.contains("image_id 1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    std::fs::remove_file(&results).unwrap();
+}
+
+#[test]
+fn bench_eval_json_rows_time_a_generated_workload() {
+    let out = retina(&["bench", "eval", "--images", "60", "--iters", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let ops: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "coco_parse_gt",
+            "coco_parse_results",
+            "coco_evaluate",
+            "coco_eval_total"
+        ]
+    );
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["backend"], "cpu");
+        assert!(row["size"].as_u64().unwrap() > 60, "{row}");
+        assert!(row["seconds"].as_f64().unwrap() > 0.0);
+    }
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("retina-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn train_detect_and_eval_a_model_end_to_end() {
+    let dir = scratch("train");
+    let model = dir.join("model");
+    let common = ["--backend", "cpu"];
+    let out = retina(
+        &[
+            &[
+                "train",
+                "--steps",
+                "4",
+                "--batch",
+                "2",
+                "--log-every",
+                "2",
+                "--quiet",
+                "--out",
+            ][..],
+            &[model.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(model.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+    let line: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(line["step"], 4);
+    assert!(line["loss"].as_f64().unwrap() > 0.0);
+    // A second run into the same directory must not overwrite it without --resume.
+    let again = retina(
+        &[
+            &["train", "--steps", "6", "--batch", "2", "--quiet", "--out"][..],
+            &[model.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = retina(
+        &[
+            &["train", "--steps", "6", "--batch", "2", "--quiet", "--resume", "--out"][..],
+            &[model.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("6 steps"));
+
+    // Detect on two synthetic images, with drawing.
+    let data = dir.join("synth");
+    let synth = retina(&["synth", "--out", data.to_str().unwrap(), "--images", "3"]);
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    let detections = dir.join("detections");
+    let image = data.join("images/000000.png");
+    let out = retina(
+        &[
+            &[
+                "detect",
+                "--model",
+                model.to_str().unwrap(),
+                "--out",
+                detections.to_str().unwrap(),
+            ][..],
+            &["--score", "0.01", "--draw", image.to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(detections.join("results.json")).unwrap()).unwrap();
+    for r in results.as_array().unwrap() {
+        assert_eq!(r["image_id"], 1);
+        assert!((1..=4).contains(&r["category_id"].as_i64().unwrap()), "{r}");
+    }
+    assert!(detections.join("000000.detections.png").is_file());
+
+    // Evaluate the model on the dataset on disk: the 12-line table.
+    let out = retina(
+        &[
+            &[
+                "eval",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ][..],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("maxDets="))
+            .count(),
+        12
+    );
+
+    // The same data named by file and directory; a missing image fails naming it, or is
+    // skipped and counted with --skip-unreadable.
+    std::fs::remove_file(data.join("images/000002.png")).unwrap();
+    let annotations = data.join("annotations.json");
+    let images = data.join("images");
+    let by_files = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--annotations",
+        annotations.to_str().unwrap(),
+        "--images",
+        images.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ];
+    let out = retina(&by_files);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("000002.png"));
+    let out = retina(&[&by_files[..], &["--skip-unreadable"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("000002.png"),
+        "the skipped file is named"
+    );
+
+    // A missing image and a corrupt checkpoint are errors naming the file.
+    let out = retina(
+        &[
+            &["detect", "--model", model.to_str().unwrap(), "absent.png"][..],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("absent.png"));
+    std::fs::write(model.join("model.safetensors"), b"not a checkpoint").unwrap();
+    let out = retina(
+        &[
+            &["detect", "--model", model.to_str().unwrap(), image.to_str().unwrap()][..],
+            &common,
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("model.safetensors") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn demo_writes_its_pictures_and_numbers() {
+    let dir = scratch("demo");
+    let out = retina(&[
+        "demo",
+        "--steps",
+        "3",
+        "--val-images",
+        "8",
+        "--backend",
+        "cpu",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Average Precision  (AP) @[ IoU=0.50:0.95"), "{stdout}");
+    for file in [
+        "detections.png",
+        "loss.png",
+        "metrics.json",
+        "val_results.json",
+        "model/model.safetensors",
+        "val/annotations.json",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["training"]["steps"], 3);
+    assert!(metrics["coco"]["AP50"].as_f64().unwrap() >= 0.0);
+    let grid = image::open(dir.join("detections.png")).unwrap();
+    assert!(grid.width() >= 4 * 384, "{} px wide", grid.width());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Mean of the AP column `col` (10 = AP) over the rows of `label` in runs.csv, in percent.
+fn csv_mean(runs: &str, label: &str, col: usize) -> f64 {
+    let values: Vec<f64> = runs
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[1] == label)
+        .map(|f| f[col].parse::<f64>().unwrap())
+        .collect();
+    assert!(!values.is_empty(), "no row of {label}");
+    100.0 * values.iter().sum::<f64>() / values.len() as f64
+}
+
+#[test]
+fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
+    let dir = scratch("ablate");
+    let args = [
+        "ablate",
+        "--grid",
+        "tiny",
+        "--backend",
+        "cpu",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    let out = retina(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in [
+        "runs.csv",
+        "curves.csv",
+        "results.md",
+        "fig1_loss_vs_pt.png",
+        "fig4_positive.png",
+        "fig4_negative.png",
+        "ap_vs_gamma.png",
+        "loss_curves_ce.png",
+        "loss_curves_focal.png",
+        "loss_curves_ohem.png",
+        "reference_model/model.safetensors",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    for png in [
+        "fig1_loss_vs_pt.png",
+        "fig4_positive.png",
+        "ap_vs_gamma.png",
+        "loss_curves_ohem.png",
+    ] {
+        assert_eq!(image::open(dir.join(png)).unwrap().width(), 800, "{png}");
+    }
+    let runs = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
+    let table = std::fs::read_to_string(dir.join("results.md")).unwrap();
+    assert_eq!(runs.lines().count(), 1 + 3 * 2, "three settings x two seeds:\n{runs}");
+    assert!(runs.contains("\nohem,OHEM B=32 nms=0.7,,0,,32,0.7,,0,100,"), "{runs}");
+    let curves = std::fs::read_to_string(dir.join("curves.csv")).unwrap();
+    assert!(
+        curves.lines().count() > 4 * 10,
+        "a loss point every few steps of each run"
+    );
+
+    // The table's cells are the mean of the runs' rows (to the printed 0.1 AP).
+    for (label, alpha_row) in [("CE a=0.75", "| 0.75 | "), ("FL g=2 a=0.25", "| 2 | 0.25 | ")] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(alpha_row))
+            .unwrap_or_else(|| panic!("no row {alpha_row} in\n{table}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let first = if label.starts_with("CE") { 2 } else { 3 };
+        for (k, col) in [10, 11, 12].into_iter().enumerate() {
+            let mean: f64 = cells[first + k].split(' ').next().unwrap().parse().unwrap();
+            let want = csv_mean(&runs, label, col);
+            assert!(
+                (mean - want).abs() <= 0.05 + 1e-9,
+                "{label} column {col}: table {mean}, runs {want}"
+            );
+        }
+    }
+
+    // The AP of the saved reference run (FL, seed 0) is what an independent evaluation of that
+    // model on the same validation scenes gives.
+    let json = dir.join("eval.json");
+    let out = retina(&[
+        "eval",
+        "--model",
+        dir.join("reference_model").to_str().unwrap(),
+        "--data",
+        dir.join("val").to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let row: Vec<&str> = runs
+        .lines()
+        .find(|l| l.starts_with("focal,FL g=2 a=0.25,") && l.split(',').nth(8) == Some("0"))
+        .unwrap()
+        .split(',')
+        .collect();
+    let stats = eval["stats"].as_array().unwrap();
+    for (i, col) in [10, 11, 12].into_iter().enumerate() {
+        let ran: f64 = row[col].parse().unwrap();
+        assert!(
+            (ran - stats[i].as_f64().unwrap()).abs() < 1e-6,
+            "stat {i}: {ran} vs {}",
+            stats[i]
+        );
+    }
+
+    // Never overwritten without --resume; with it, nothing is left to run.
+    let again = retina(&args);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = retina(&[&args[..], &["--resume"]].concat());
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("0 runs to do"));
+    assert_eq!(std::fs::read_to_string(dir.join("runs.csv")).unwrap(), runs);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// --- Bad options (moved from the library's bad-input sweep) -----------------------------------
+
+fn retina_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_retina"));
+    cmd.args(args)
+        .env_remove("WGPU_NOOP_BACKEND")
+        .env("XDG_RUNTIME_DIR", "/tmp");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the retina binary runs")
+}
+
+#[test]
+fn the_command_line_refuses_bad_options_without_panicking() {
+    for args in [
+        &["bench", "conv", "--batch", "0", "--iters", "1", "--backend", "cpu"][..],
+        &["bench", "conv", "--size", "0", "--iters", "1", "--backend", "cpu"],
+        &["bench", "conv", "--size", "1000000", "--iters", "1", "--backend", "cpu"],
+        &["bench", "focal", "--sizes", "1e15", "--iters", "1", "--backend", "cpu"],
+        &["bench", "nms", "--sizes", "1e15", "--iters", "1", "--backend", "cpu"],
+        &[
+            "bench",
+            "match",
+            "--image",
+            "4000000000",
+            "--iters",
+            "1",
+            "--backend",
+            "cpu",
+        ],
+    ] {
+        let out = retina_with(args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {stderr}");
+        assert!(out.status.code().is_some(), "{args:?} was killed (an abort?): {stderr}");
+        assert!(stderr.contains("rror"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_bad_wgpu_backend_is_named_and_both_backends_fall_back_to_the_cpu() {
+    let out = retina_with(
+        &["bench", "focal", "--sizes", "1000", "--iters", "1", "--backend", "gpu"],
+        &[("WGPU_BACKEND", "nonsense")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("WGPU_BACKEND") && stderr.contains("nonsense"),
+        "{stderr}"
+    );
+
+    // No adapter at all (wgpu's no-op backend, not enabled): the CPU half runs alone.
+    let out = retina_with(
+        &[
+            "bench",
+            "focal",
+            "--sizes",
+            "1000",
+            "--iters",
+            "1",
+            "--backend",
+            "both",
+            "--json",
+        ],
+        &[("WGPU_BACKEND", "noop")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipping the GPU half"), "{stderr}");
+    assert!(stdout.contains("\"cpu\"") && !stdout.contains("\"gpu\""), "{stdout}");
+    let out = retina_with(
+        &["bench", "focal", "--sizes", "1000", "--iters", "1", "--backend", "gpu"],
+        &[("WGPU_BACKEND", "noop")],
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn retina_synth_writes_the_dataset_and_prints_the_statistics() {
+    use std::process::Command;
+
+    let dir = std::env::temp_dir().join(format!("retina-synth-{}-cli", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let preview = dir.join("preview.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(["synth", "--out"])
+        .arg(&dir)
+        .args(["--images", "12", "--seed", "3", "--preview"])
+        .arg(&preview)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("12 images of 128 x 128"), "{stdout}");
+    assert!(stdout.contains("objects with an anchor at IoU >= 0.5"), "{stdout}");
+    assert!(stdout.contains("background anchors per positive"), "{stdout}");
+    assert!(
+        stdout.contains(&dir.join("annotations.json").display().to_string()),
+        "{stdout}"
+    );
+    let instances = retina_wgpu::coco::Instances::load(dir.join("annotations.json")).unwrap();
+    assert_eq!(instances.images.len(), 12);
+    assert!(dir.join("images/000011.png").is_file());
+    let grid = image::open(&preview).unwrap();
+    assert_eq!((grid.width(), grid.height()), (4 * 256 + 3 * 4, 3 * 256 + 2 * 4));
+
+    // The recipe regenerates the same dataset.
+    let again = std::env::temp_dir().join(format!("retina-synth-{}-cli-again", std::process::id()));
+    let _ = std::fs::remove_dir_all(&again);
+    let out = Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(["synth", "--out"])
+        .arg(&again)
+        .args(["--images", "12", "--seed", "3", "--config"])
+        .arg(dir.join("synth.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read(again.join("annotations.json")).unwrap(),
+        std::fs::read(dir.join("annotations.json")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(again.join("images/000007.png")).unwrap(),
+        std::fs::read(dir.join("images/000007.png")).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&again).unwrap();
+}

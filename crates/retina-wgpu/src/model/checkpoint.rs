@@ -1,0 +1,183 @@
+//! Checkpoints: a model directory holds `config.json` (the [`RetinaNetConfig`]) and
+//! `model.safetensors` (the weights, f32, under the names of [`RetinaNet::params`]: convolution
+//! weights `[out, in, kh, kw]`, biases and GroupNorm parameters `[C]`, so that PyTorch's
+//! `safetensors.torch.load_file` reads them as a module's state dict). A training run adds
+//! `optimizer.safetensors`: the SGD momentum of every parameter under the same names, and the
+//! step in the file's metadata.
+//!
+//! Every file is written to a temporary file, synced and renamed into place: a crash or Ctrl-C
+//! never leaves a broken checkpoint. Loading checks every tensor's presence, type and shape
+//! against the configuration and names the file and the tensor when one is wrong.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::coco::write_file;
+use crate::error::{Error, Result};
+use crate::model::{RetinaNet, RetinaNetConfig};
+use crate::nn::Shape;
+
+/// The configuration file of a model directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights file of a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The optimiser state file of a training directory.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// The shape a parameter is stored with: `[C]` for `[1, C, 1, 1]`, else NCHW.
+fn stored_shape(shape: Shape) -> Vec<usize> {
+    if shape.n == 1 && shape.h == 1 && shape.w == 1 {
+        vec![shape.c]
+    } else {
+        vec![shape.n, shape.c, shape.h, shape.w]
+    }
+}
+
+/// Serialises `values` (in [`RetinaNet::params`] order) as safetensors bytes.
+pub fn to_safetensors(net: &RetinaNet, values: &[Vec<f32>], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    if values.len() != net.params().len() {
+        return Err(Error::shape(
+            "checkpoint",
+            format!("{} tensors for a network of {}", values.len(), net.params().len()),
+        ));
+    }
+    let bytes: Vec<&[u8]> = values.iter().map(|v| bytemuck::cast_slice(v.as_slice())).collect();
+    let mut views = Vec::with_capacity(values.len());
+    for ((spec, data), v) in net.params().iter().zip(&bytes).zip(values) {
+        if v.len() != spec.shape.len() {
+            return Err(Error::shape(
+                "checkpoint",
+                format!(
+                    "{} has {} values, its shape {} needs {}",
+                    spec.name,
+                    v.len(),
+                    spec.shape,
+                    spec.shape.len()
+                ),
+            ));
+        }
+        let view = TensorView::new(Dtype::F32, stored_shape(spec.shape), data)
+            .map_err(|e| Error::invalid(format!("checkpoint tensor {}: {e}", spec.name)))?;
+        views.push((spec.name.clone(), view));
+    }
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::invalid(format!("writing safetensors: {e}")))
+}
+
+/// What a safetensors file of a network holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contents {
+    /// One tensor per parameter, in [`RetinaNet::params`] order.
+    pub values: Vec<Vec<f32>>,
+    /// The file's metadata.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads `net`'s parameters from safetensors bytes (`source` names them in errors), with the
+/// file's metadata.
+pub fn from_safetensors(net: &RetinaNet, bytes: &[u8], source: &str) -> Result<Contents> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(source, format!("not a readable safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::format(source, format!("not a readable safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let mut values = Vec::with_capacity(net.params().len());
+    for spec in net.params() {
+        let view = file.tensor(&spec.name).map_err(|_| {
+            Error::format(
+                source,
+                format!(
+                    "tensor `{}` is missing: the weights do not belong to this configuration",
+                    spec.name
+                ),
+            )
+        })?;
+        let want = stored_shape(spec.shape);
+        if view.dtype() != Dtype::F32 || view.shape() != want.as_slice() {
+            return Err(Error::format(
+                source,
+                format!(
+                    "tensor `{}` is {:?} {:?}, the configuration needs F32 {want:?}",
+                    spec.name,
+                    view.dtype(),
+                    view.shape()
+                ),
+            ));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::format(
+                source,
+                format!("tensor `{}` holds a non-finite value at {i}", spec.name),
+            ));
+        }
+        values.push(data);
+    }
+    let expected = net.params().len();
+    if file.len() != expected {
+        return Err(Error::format(
+            source,
+            format!(
+                "{} tensors, the configuration has {expected}: the weights do not belong to it",
+                file.len()
+            ),
+        ));
+    }
+    Ok(Contents { values, metadata })
+}
+
+/// A model directory's paths.
+#[derive(Clone, Debug)]
+pub struct ModelDir(pub PathBuf);
+
+impl ModelDir {
+    /// `config.json`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join(CONFIG_FILE)
+    }
+
+    /// `model.safetensors`.
+    pub fn weights(&self) -> PathBuf {
+        self.0.join(WEIGHTS_FILE)
+    }
+
+    /// `optimizer.safetensors`.
+    pub fn optimizer(&self) -> PathBuf {
+        self.0.join(OPTIMIZER_FILE)
+    }
+}
+
+/// Writes `config.json` and `model.safetensors` into `dir` (created if needed).
+pub fn save_model(dir: impl AsRef<Path>, net: &RetinaNet, values: &[Vec<f32>]) -> Result<()> {
+    let dir = ModelDir(dir.as_ref().to_path_buf());
+    std::fs::create_dir_all(&dir.0).map_err(|e| Error::io(&dir.0, e))?;
+    let config = serde_json::to_vec_pretty(net.config()).expect("the configuration serialises");
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_string(), "retina-wgpu RetinaNet".to_string());
+    metadata.insert(
+        "config".to_string(),
+        String::from_utf8(config.clone()).expect("JSON is UTF-8"),
+    );
+    write_file(&dir.weights(), &to_safetensors(net, values, metadata)?)?;
+    Ok(write_file(&dir.config(), &config)?)
+}
+
+/// Reads a model directory: the network of its `config.json` and the weights of its
+/// `model.safetensors`.
+pub fn load_model(dir: impl AsRef<Path>) -> Result<(RetinaNet, Vec<Vec<f32>>)> {
+    let dir = ModelDir(dir.as_ref().to_path_buf());
+    let config_path = dir.config();
+    let text = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config: RetinaNetConfig = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(config_path.display().to_string(), format!("invalid configuration: {e}")))?;
+    let net = RetinaNet::new(config).map_err(|e| Error::format(config_path.display().to_string(), e.to_string()))?;
+    let weights = dir.weights();
+    let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
+    let values = from_safetensors(&net, &bytes, &weights.display().to_string())?.values;
+    Ok((net, values))
+}

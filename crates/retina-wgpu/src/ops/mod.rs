@@ -1,0 +1,12 @@
+//! The operations, each written once over both backends.
+
+pub mod anchors;
+pub mod box_loss;
+pub mod boxes;
+pub mod detect;
+pub mod focal;
+pub mod image;
+pub mod matcher;
+pub mod nms;
+pub mod ohem;
+pub mod sort;

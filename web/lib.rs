@@ -1,0 +1,162 @@
+//! The web page's module (`web/index.html`): the small RetinaNet on the browser's WebGPU
+//! device. The page fetches a checkpoint from its own folder, and for each image (a file the
+//! user picks, or a synthetic scene made here by the crate's own generator) this module fits it
+//! into the network's input on the CPU, records the detector (`model::PreparedDetector`, the
+//! same forward pass and post-processing as natively) and reads the detections back with an
+//! awaited map. Built for wasm32 only; natively it compiles to nothing.
+//!
+//! Build: `web/build.sh` (a wasm32 release build of this crate, then `wasm-bindgen --target
+//! web` into `web/pkg/`); serve `web/` over HTTP and open `index.html` in a browser with WebGPU.
+
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use retina_wgpu::data::SceneConfig;
+use retina_wgpu::gpu::{DetectionOutput, GpuBuffer, OutputOptions};
+use retina_wgpu::model::{PreparedDetector, RetinaNet, RetinaNetConfig, checkpoint};
+use retina_wgpu::ops::image::Normalize;
+use retina_wgpu::{GpuContext, GpuOptions};
+use wasm_bindgen::prelude::*;
+
+fn js(e: retina_wgpu::Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+struct Inner {
+    ctx: GpuContext,
+    detector: PreparedDetector,
+    input: GpuBuffer<f32>,
+    out: DetectionOutput,
+    names: Vec<String>,
+    chw: Vec<f32>,
+}
+
+/// A detector on the page's WebGPU device.
+#[wasm_bindgen]
+pub struct WebDetector {
+    inner: Rc<RefCell<Inner>>,
+    adapter: String,
+    side: usize,
+}
+
+#[wasm_bindgen]
+impl WebDetector {
+    /// Makes the WebGPU context and the detector of `config_json` (a model's `config.json`)
+    /// with `weights` (its `model.safetensors`).
+    pub async fn load(config_json: String, weights: Vec<u8>) -> Result<WebDetector, JsError> {
+        let config: RetinaNetConfig = serde_json::from_str(&config_json)
+            .map_err(|e| JsError::new(&format!("config.json: invalid configuration: {e}")))?;
+        let net = RetinaNet::new(config).map_err(js)?;
+        let values = checkpoint::from_safetensors(&net, &weights, "model.safetensors")
+            .map_err(js)?
+            .values;
+        let ctx = GpuContext::new_async(GpuOptions::default()).await.map_err(js)?;
+        let names = net.config().categories.iter().map(|c| c.name.clone()).collect();
+        let side = net.config().input_size;
+        let detector = PreparedDetector::new(&ctx, net, &values).map_err(js)?;
+        let input = ctx.zeros::<f32>(3 * side * side).map_err(js)?;
+        let out = detector.output(1, &OutputOptions::default()).map_err(js)?;
+        let adapter = ctx.adapter_name();
+        Ok(WebDetector {
+            inner: Rc::new(RefCell::new(Inner {
+                ctx,
+                detector,
+                input,
+                out,
+                names,
+                chw: vec![0.0; 3 * side * side],
+            })),
+            adapter,
+            side,
+        })
+    }
+
+    /// The adapter's name and backend.
+    pub fn adapter(&self) -> String {
+        self.adapter.clone()
+    }
+
+    /// The side of the network's square input, in pixels.
+    pub fn input_size(&self) -> u32 {
+        self.side as u32
+    }
+
+    /// The name of class `class`.
+    pub fn class_name(&self, class: u32) -> String {
+        self.inner
+            .borrow()
+            .names
+            .get(class as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("class {class}"))
+    }
+
+    /// Detects in an RGBA image of `width` x `height` pixels (a canvas's `ImageData`):
+    /// resolves to a `Float32Array` of `[x1, y1, x2, y2, score, class]` per detection in image
+    /// pixels, best first.
+    // The borrow is held across the readback on purpose: it is taken with `try_borrow_mut`, so a
+    // second call while one runs is refused with an error, never a panic.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
+        let inner = Rc::clone(&self.inner);
+        let side = self.side;
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = inner
+                .try_borrow_mut()
+                .map_err(|_| JsError::new("a detection is already running"))?;
+            let this = &mut *guard;
+            let scale = fit(&rgba, width, height, side, &mut this.chw).map_err(js)?;
+            this.ctx.write(&this.input, &this.chw).map_err(js)?;
+            let mut encoder = this.ctx.device().create_command_encoder(&Default::default());
+            this.detector.record(&mut encoder, &this.input, &this.out).map_err(js)?;
+            this.ctx.queue().submit([encoder.finish()]);
+            let counts = this.ctx.download_async(&this.out.counts).await.map_err(js)?;
+            let detections = this.ctx.download_async(&this.out.detections).await.map_err(js)?;
+            let n = counts[0] as usize;
+            let mut flat = Vec::with_capacity(6 * n);
+            for d in &detections[..n] {
+                flat.extend(d.bbox.map(|v| v * scale));
+                flat.push(d.score);
+                flat.push(d.class as f32);
+            }
+            Ok(js_sys::Float32Array::from(flat.as_slice()).into())
+        })
+    }
+}
+
+/// Fits an RGBA image into the network's `[3, side, side]` input (nearest neighbour, aspect
+/// kept, at the top left, normalised as in training); returns image pixels per input pixel.
+fn fit(rgba: &[u8], width: u32, height: u32, side: usize, out: &mut [f32]) -> retina_wgpu::Result<f32> {
+    let (w, h) = (width as usize, height as usize);
+    if w == 0 || h == 0 || rgba.len() != 4 * w * h {
+        return Err(retina_wgpu::Error::InvalidParameter(format!(
+            "{} bytes are not an RGBA image of {width} x {height}",
+            rgba.len()
+        )));
+    }
+    let scale = w.max(h) as f32 / side as f32;
+    let source = |i: usize| ((i as f32 + 0.5) * scale).floor() as usize;
+    let cols = (0..side).take_while(|&x| source(x) < w).count();
+    let rows = (0..side).take_while(|&y| source(y) < h).count();
+    let mut rgb = Vec::with_capacity(3 * cols * rows);
+    for y in 0..rows {
+        for x in 0..cols {
+            let p = 4 * (source(y) * w + source(x));
+            rgb.extend_from_slice(&rgba[p..p + 3]);
+        }
+    }
+    Normalize::IMAGENET.write_chw(&rgb, cols, side, out)?;
+    Ok(scale)
+}
+
+/// Scene `index` of the synthetic stream `seed` (the training data's generator), as RGBA
+/// pixels of the default 128 x 128 scenes.
+#[wasm_bindgen]
+pub fn synthetic_scene(seed: u32, index: u32) -> Result<Vec<u8>, JsError> {
+    let scene = SceneConfig::default()
+        .scene(u64::from(seed), u64::from(index))
+        .map_err(js)?;
+    Ok(scene.pixels.chunks(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect())
+}
