@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
+use crate::gpu::dispatch::{Chunk, RowLayout, binds, plan_chunks, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::ops::anchors::AnchorConfig;
 
@@ -96,10 +96,10 @@ impl GpuContext {
             let mut encoder = self.encoder("anchors");
             self.record_chunks(&mut encoder, Kernel::Anchors, &plan, chunk_config, |chunk| {
                 let rows = chunk.rows.end - chunk.rows.start;
-                vec![
-                    storage(levels_buf.buffer(), 0, levels_buf.byte_len()),
-                    storage(templates_buf.buffer(), 0, templates_buf.byte_len()),
-                    storage(out.buffer(), chunk.rows.start * 16, rows * 16),
+                binds![
+                    levels = storage(levels_buf.buffer(), 0, levels_buf.byte_len()),
+                    templates = storage(templates_buf.buffer(), 0, templates_buf.byte_len()),
+                    anchors = storage(out.buffer(), chunk.rows.start * 16, rows * 16),
                 ]
             })?;
             self.submit_and_wait(encoder)

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
+use crate::gpu::dispatch::{Chunk, RowLayout, binds, plan_chunks, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::ops::box_loss::{BoxLoss, BoxLossInput, BoxLossKind, BoxReduction};
@@ -181,14 +181,14 @@ impl GpuContext {
                     Some(g) => storage(g.buffer(), first * 16, rows * 16),
                     None => storage(spare_grad.buffer(), 0, 16),
                 };
-                vec![
-                    storage(b.pred.buffer(), first * 16, rows * 16),
-                    storage(b.targets.buffer(), first * 16, rows * 16),
-                    storage(b.labels.buffer(), first * 4, rows * 4),
-                    storage(b.anchors.buffer(), 0, b.anchors.byte_len()),
-                    storage(counts, 0, counts.size().min(limits.max_storage_binding)),
-                    grad,
-                    storage(
+                binds![
+                    pred = storage(b.pred.buffer(), first * 16, rows * 16),
+                    target_deltas = storage(b.targets.buffer(), first * 16, rows * 16),
+                    labels = storage(b.labels.buffer(), first * 4, rows * 4),
+                    anchors = storage(b.anchors.buffer(), 0, b.anchors.byte_len()),
+                    counts = storage(counts, 0, counts.size().min(limits.max_storage_binding)),
+                    grad = grad,
+                    partials = storage(
                         partials.buffer(),
                         chunk.output_offset * 4,
                         u64::from(chunk.workgroups) * 4,

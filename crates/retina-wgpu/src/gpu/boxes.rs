@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
+use crate::gpu::dispatch::{Chunk, RowLayout, binds, plan_chunks, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::ops::boxes::BoxCoder;
 
@@ -81,10 +81,10 @@ impl GpuContext {
         };
         self.record_chunks(encoder, Kernel::BoxIou, &plan, config, |chunk| {
             let rows = chunk.rows.end - chunk.rows.start;
-            vec![
-                storage(a.buffer(), chunk.rows.start * 16, rows * 16),
-                storage(b.buffer(), 0, b.byte_len()),
-                storage(out.buffer(), chunk.rows.start * m * 4, rows * m * 4),
+            binds![
+                boxes_a = storage(a.buffer(), chunk.rows.start * 16, rows * 16),
+                boxes_b = storage(b.buffer(), 0, b.byte_len()),
+                iou = storage(out.buffer(), chunk.rows.start * m * 4, rows * m * 4),
             ]
         })
     }
@@ -139,10 +139,10 @@ impl GpuContext {
         };
         self.record_chunks(encoder, Kernel::BoxCoder, &plan, config, |chunk| {
             let (start, len) = (chunk.rows.start * 16, (chunk.rows.end - chunk.rows.start) * 16);
-            vec![
-                storage(input.buffer(), start, len),
-                storage(anchors.buffer(), start, len),
-                storage(out.buffer(), start, len),
+            binds![
+                input = storage(input.buffer(), start, len),
+                anchors = storage(anchors.buffer(), start, len),
+                output = storage(out.buffer(), start, len),
             ]
         })
     }

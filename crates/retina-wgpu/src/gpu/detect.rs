@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::whole;
+use crate::gpu::dispatch::{binds, whole};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nms::region_for;
 use crate::gpu::sort::{SortEntry, sort_len};
@@ -275,20 +275,20 @@ impl GpuContext {
             _pad: 0,
             weights: pp.coder.weights,
         };
-        let bindings = [
-            whole(&level_buf),
-            whole(&topk.selected),
-            whole(&topk.candidates),
-            whole(input.deltas),
-            whole(input.anchors),
-            whole(&records),
-            whole(&entries),
+        let bindings = binds![
+            levels = whole(&level_buf),
+            selected = whole(&topk.selected),
+            candidates = whole(&topk.candidates),
+            deltas = whole(input.deltas),
+            anchors = whole(input.anchors),
+            records = whole(&records),
+            entries = whole(&entries),
         ];
         self.record_dispatch(
             encoder,
             Kernel::DetectCandidates,
             &config,
-            &bindings,
+            bindings,
             (total as u64).div_ceil(WG_SIZE),
         )?;
         self.record_sort_entries(encoder, &entries)?;
@@ -308,18 +308,18 @@ impl GpuContext {
                 &no_draw_args
             }
         };
-        let bindings = [
-            whole(&sorted.boxes),
-            whole(&sorted.classes),
-            whole(&kept.kept),
-            whole(&kept.keep),
-            whole(&kept.keep_scores),
-            whole(&out.detections),
-            whole(&out.counts),
-            whole(draw_args),
+        let bindings = binds![
+            sorted_boxes = whole(&sorted.boxes),
+            sorted_classes = whole(&sorted.classes),
+            kept = whole(&kept.kept),
+            keep = whole(&kept.keep),
+            keep_scores = whole(&kept.keep_scores),
+            detections = whole(&out.detections),
+            counts = whole(&out.counts),
+            draw_args = whole(draw_args),
         ];
         let workgroups = ((batch * pp.max_detections) as u64).div_ceil(WG_SIZE);
-        self.record_dispatch(encoder, Kernel::DetectOutput, &config, &bindings, workgroups)
+        self.record_dispatch(encoder, Kernel::DetectOutput, &config, bindings, workgroups)
     }
 }
 

@@ -128,61 +128,205 @@ pub(crate) fn fold_grid(workgroups: u32, max_per_dim: u32) -> (u32, u32) {
     (workgroups.div_ceil(y), y)
 }
 
-/// Per-dispatch uniform structs packed into one buffer at the device's offset alignment.
-pub(crate) struct Uniforms {
-    bytes: Vec<u8>,
-    stride: usize,
+/// One binding of a dispatch: a resource and the name of the WGSL variable it binds.
+///
+/// Bindings are placed by name: [`Kernel::bindings`] lists each kernel's variables in binding
+/// order (checked against the WGSL by naga in `layout_tests`), so a binding named wrongly, left
+/// out or given twice is an error naming the kernel, not a silently swapped buffer.
+pub(crate) struct Bind<'a> {
+    pub(crate) name: &'static str,
+    pub(crate) resource: wgpu::BindingResource<'a>,
 }
 
-/// Where a struct pushed to [`Uniforms`] lives.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct UniformSlot {
-    offset: u64,
-    size: u64,
+/// `binds![logits = whole(&x), grad = storage(..)]`: the bindings of one dispatch, each named
+/// after its variable in the kernel's WGSL (binding 0, the `cfg` uniform, is added by the
+/// dispatch helpers).
+macro_rules! binds {
+    ($($name:ident = $resource:expr),* $(,)?) => {
+        vec![$($crate::gpu::dispatch::Bind { name: stringify!($name), resource: $resource }),*]
+    };
+}
+pub(crate) use binds;
+
+/// A list of dispatches recorded into one compute pass: each step's uniform config packed into
+/// one buffer at the device's offset alignment (bound as binding 0), its other bindings placed
+/// by name, its workgroups folded into a 2-D grid. Every `record_*` function of the crate
+/// records through this (or, for the layer engine's uniform arena, through [`record_one`]).
+///
+/// Steps run in the order pushed; wgpu orders a pass's dispatches by their storage accesses.
+pub(crate) struct Dispatches<'a> {
+    label: &'static str,
+    align: usize,
+    uniforms: Vec<u8>,
+    steps: Vec<Step<'a>>,
 }
 
-impl Uniforms {
-    pub(crate) fn new<T: Pod>(limits: &DeviceLimits) -> Self {
-        let align = limits.uniform_offset_alignment.max(16) as usize;
+struct Step<'a> {
+    kernel: Kernel,
+    uniform: Range<u64>,
+    bindings: Vec<Bind<'a>>,
+    workgroups: u32,
+}
+
+impl<'a> Dispatches<'a> {
+    /// An empty list, recorded as a compute pass called `label`.
+    pub(crate) fn new(ctx: &GpuContext, label: &'static str) -> Self {
         Self {
-            bytes: Vec::new(),
-            stride: size_of::<T>().div_ceil(align) * align,
+            label,
+            align: ctx.limits().uniform_offset_alignment.max(16) as usize,
+            uniforms: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
-    pub(crate) fn push<T: Pod>(&mut self, value: &T) -> UniformSlot {
-        let offset = self.bytes.len();
-        self.bytes.extend_from_slice(bytemuck::bytes_of(value));
-        self.bytes.resize(offset + self.stride, 0);
-        UniformSlot {
-            offset: offset as u64,
-            size: size_of::<T>() as u64,
-        }
+    /// Adds a dispatch of `workgroups` workgroups of `kernel` with `config` as its `cfg` uniform.
+    /// A step of no workgroups is skipped when recorded.
+    pub(crate) fn push<C: Pod>(
+        &mut self,
+        kernel: Kernel,
+        config: &C,
+        bindings: Vec<Bind<'a>>,
+        workgroups: u64,
+    ) -> Result<()> {
+        let workgroups = u32::try_from(workgroups).map_err(|_| {
+            Error::invalid(format!(
+                "{}: a dispatch of {workgroups} workgroups (more than 2^32)",
+                kernel.file()
+            ))
+        })?;
+        let offset = self.uniforms.len().div_ceil(self.align) * self.align;
+        self.uniforms.resize(offset, 0);
+        self.uniforms.extend_from_slice(bytemuck::bytes_of(config));
+        self.steps.push(Step {
+            kernel,
+            uniform: offset as u64..self.uniforms.len() as u64,
+            bindings,
+            workgroups,
+        });
+        Ok(())
     }
 
-    /// The uniform buffer holding every pushed struct (on a prepared object's context, the
-    /// previous frame's when the bytes are the same).
-    pub(crate) fn into_buffer(self, ctx: &GpuContext) -> Result<wgpu::Buffer> {
-        let bytes = if self.bytes.is_empty() {
-            vec![0; self.stride.max(16)]
-        } else {
-            self.bytes
-        };
-        ctx.request_buffer(
-            bytes.len() as u64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            Some(&bytes),
-        )
+    /// Records every step into one compute pass of `encoder`. Validation errors come back as
+    /// [`crate::Error`]; nothing is recorded when the list is empty.
+    pub(crate) fn record(self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        if self.steps.is_empty() {
+            return Ok(());
+        }
+        ctx.scoped(|| {
+            let mut bytes = self.uniforms;
+            bytes.resize(bytes.len().div_ceil(16) * 16, 0);
+            let buffer = ctx.request_buffer(
+                bytes.len() as u64,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                Some(&bytes),
+            )?;
+            // Compile (or fetch) every pipeline before the pass borrows the encoder.
+            for step in &self.steps {
+                ctx.pipeline(step.kernel)?;
+            }
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(self.label),
+                timestamp_writes: None,
+            });
+            for step in &self.steps {
+                let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &buffer,
+                    offset: step.uniform.start,
+                    size: wgpu::BufferSize::new(step.uniform.end - step.uniform.start),
+                });
+                dispatch(ctx, &mut pass, step.kernel, uniform, &step.bindings, step.workgroups)?;
+            }
+            Ok(())
+        })
     }
 }
 
-/// A uniform binding of `slot` in `buffer`.
-pub(crate) fn uniform(buffer: &wgpu::Buffer, slot: UniformSlot) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset: slot.offset,
-        size: wgpu::BufferSize::new(slot.size),
+/// Records one dispatch of `kernel` in a compute pass of its own, with `uniform` (a binding of
+/// the caller's uniform buffer) as its `cfg`: the layer engine's path, whose uniforms live in
+/// an arena it writes once per submission.
+pub(crate) fn record_one(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    kernel: Kernel,
+    uniform: wgpu::BindingResource<'_>,
+    bindings: &[Bind<'_>],
+    workgroups: u64,
+) -> Result<()> {
+    let workgroups = u32::try_from(workgroups)
+        .map_err(|_| Error::invalid(format!("{}: a dispatch of {workgroups} workgroups", kernel.file())))?;
+    ctx.scoped(|| {
+        ctx.pipeline(kernel)?;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.file()),
+            timestamp_writes: None,
+        });
+        dispatch(ctx, &mut pass, kernel, uniform, bindings, workgroups)
     })
+}
+
+/// The bind group entries of one dispatch of `kernel`: `uniform` at binding 0 and each named
+/// binding at the index of its name in [`Kernel::bindings`]. A name the kernel does not have,
+/// a name given twice or a binding left out is an error that names the kernel and the binding.
+pub(crate) fn entries<'r>(
+    kernel: Kernel,
+    uniform: wgpu::BindingResource<'r>,
+    bindings: &[Bind<'r>],
+) -> Result<Vec<wgpu::BindGroupEntry<'r>>> {
+    let names = kernel.bindings();
+    let mut slots: Vec<Option<wgpu::BindingResource<'r>>> = vec![None; names.len()];
+    for bind in bindings {
+        let index = names.iter().position(|n| *n == bind.name).ok_or_else(|| {
+            Error::Validation(format!(
+                "{}: no binding named `{}` (the kernel binds {names:?})",
+                kernel.file(),
+                bind.name
+            ))
+        })?;
+        if slots[index].replace(bind.resource.clone()).is_some() {
+            return Err(Error::Validation(format!(
+                "{}: binding `{}` given twice",
+                kernel.file(),
+                bind.name
+            )));
+        }
+    }
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: uniform,
+    }];
+    for (i, (slot, name)) in slots.into_iter().zip(names).enumerate() {
+        let resource = slot
+            .ok_or_else(|| Error::Validation(format!("{}: binding `{name}` not given", kernel.file())))?;
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource,
+        });
+    }
+    Ok(entries)
+}
+
+/// Binds `uniform` and `bindings` to `kernel`'s pipeline (already compiled) and dispatches
+/// `workgroups` workgroups, folded into a 2-D grid when they exceed the per-dimension limit.
+/// The bind group comes from the frame cache on a prepared object's context.
+fn dispatch(
+    ctx: &GpuContext,
+    pass: &mut wgpu::ComputePass<'_>,
+    kernel: Kernel,
+    uniform: wgpu::BindingResource<'_>,
+    bindings: &[Bind<'_>],
+    workgroups: u32,
+) -> Result<()> {
+    let entries = entries(kernel, uniform, bindings)?;
+    if workgroups == 0 {
+        return Ok(());
+    }
+    let pipeline = ctx.pipeline(kernel)?;
+    let bind_group = ctx.request_bind_group(pipeline, &entries)?;
+    let (x, y) = fold_grid(workgroups, ctx.limits().max_workgroups_per_dim);
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, &bind_group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
 }
 
 /// A storage binding of `bytes` bytes at `offset` in `buffer` (rounded up to whole words and
@@ -223,93 +367,37 @@ pub(crate) fn storage_window<'a>(
 }
 
 impl GpuContext {
-    /// Records one dispatch of `kernel` in a compute pass of its own: `config` as its uniform
-    /// (binding 0), `resources` as bindings 1, 2, ..., `workgroups` folded into a 2-D grid.
-    /// Validation errors come back as [`crate::Error`].
+    /// Records one dispatch of `kernel` in a compute pass of its own: `config` as its `cfg`
+    /// uniform, `bindings` by name, `workgroups` folded into a 2-D grid.
     pub(crate) fn record_dispatch<C: Pod>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: Kernel,
         config: &C,
-        resources: &[wgpu::BindingResource<'_>],
+        bindings: Vec<Bind<'_>>,
         workgroups: u64,
     ) -> Result<()> {
-        let workgroups =
-            u32::try_from(workgroups).map_err(|_| Error::invalid("a dispatch of more than 2^32 workgroups"))?;
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<C>(self.limits());
-            let slot = uniforms.push(config);
-            let buffer = uniforms.into_buffer(self)?;
-            let mut bindings = vec![uniform(&buffer, slot)];
-            bindings.extend(resources.iter().cloned());
-            let pipeline = self.pipeline(kernel)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.file()),
-                timestamp_writes: None,
-            });
-            dispatch(self, &mut pass, pipeline, &bindings, workgroups)
-        })
+        let mut list = Dispatches::new(self, kernel.file());
+        list.push(kernel, config, bindings, workgroups)?;
+        list.record(self, encoder)
     }
-}
 
-impl GpuContext {
     /// Records one dispatch of `kernel` per chunk of `plan`, all in one compute pass:
-    /// `config(chunk)` as that dispatch's uniform (binding 0; the uniforms share one buffer),
-    /// `resources(chunk)` as bindings 1, 2, ... Validation errors come back as [`crate::Error`].
+    /// `config(chunk)` as that dispatch's uniform, `bindings(chunk)` by name.
     pub(crate) fn record_chunks<'r, C: Pod>(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         kernel: Kernel,
         plan: &ChunkPlan,
         config: impl Fn(&Chunk) -> C,
-        resources: impl Fn(&Chunk) -> Vec<wgpu::BindingResource<'r>>,
+        bindings: impl Fn(&Chunk) -> Vec<Bind<'r>>,
     ) -> Result<()> {
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<C>(self.limits());
-            let slots: Vec<_> = plan.chunks.iter().map(|c| uniforms.push(&config(c))).collect();
-            let buffer = uniforms.into_buffer(self)?;
-            let pipeline = self.pipeline(kernel)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.file()),
-                timestamp_writes: None,
-            });
-            for (chunk, slot) in plan.chunks.iter().zip(slots) {
-                let mut bindings = vec![uniform(&buffer, slot)];
-                bindings.extend(resources(chunk));
-                dispatch(self, &mut pass, pipeline, &bindings, chunk.workgroups)?;
-            }
-            Ok(())
-        })
+        let mut list = Dispatches::new(self, kernel.file());
+        for chunk in &plan.chunks {
+            list.push(kernel, &config(chunk), bindings(chunk), u64::from(chunk.workgroups))?;
+        }
+        list.record(self, encoder)
     }
-}
-
-/// Binds `resources` (binding i = resources[i]) to `pipeline` and dispatches `workgroups`
-/// workgroups, folded into a 2-D grid when they exceed the per-dimension limit. The bind group
-/// comes from the frame cache on a prepared object's context.
-pub(crate) fn dispatch(
-    ctx: &GpuContext,
-    pass: &mut wgpu::ComputePass<'_>,
-    pipeline: &wgpu::ComputePipeline,
-    resources: &[wgpu::BindingResource<'_>],
-    workgroups: u32,
-) -> Result<()> {
-    if workgroups == 0 {
-        return Ok(());
-    }
-    let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
-        .iter()
-        .enumerate()
-        .map(|(i, resource)| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource: resource.clone(),
-        })
-        .collect();
-    let bind_group = ctx.request_bind_group(pipeline, &entries)?;
-    let (x, y) = fold_grid(workgroups, ctx.limits().max_workgroups_per_dim);
-    pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, &bind_group, &[]);
-    pass.dispatch_workgroups(x, y, 1);
-    Ok(())
 }
 
 #[cfg(test)]

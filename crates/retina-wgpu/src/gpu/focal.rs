@@ -6,7 +6,7 @@ use half::f16;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Chunk, RowLayout, plan_chunks, storage};
+use crate::gpu::dispatch::{Chunk, RowLayout, binds, plan_chunks, storage};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::ops::focal::{FocalInput, FocalLoss, FocalVariant, Logits, Reduction, Targets};
@@ -264,9 +264,9 @@ impl GpuContext {
         encoder.clear_buffer(counts.buffer(), 0, None);
         self.record_chunks(encoder, Kernel::CountLabels, &plan, config, |chunk| {
             let rows = chunk.rows.end - chunk.rows.start;
-            vec![
-                storage(labels.buffer(), chunk.rows.start * 4, rows * 4),
-                storage(counts.buffer(), 0, 8),
+            binds![
+                labels = storage(labels.buffer(), chunk.rows.start * 4, rows * 4),
+                counts = storage(counts.buffer(), 0, 8),
             ]
         })
     }
@@ -360,13 +360,13 @@ impl GpuContext {
                 TargetsBuffer::Labels(_) => (first * 4, count * 4),
             };
             let logit_range = elements(logit_bytes);
-            vec![
-                storage(buffers.logits.buffer(), logit_range.0, logit_range.1),
-                storage(target_buffer, target_range.0, target_range.1),
-                storage(counts, 0, counts.size().min(limits.max_storage_binding)),
-                storage(grad_buffer, grad_range.0, grad_range.1),
-                storage(elem_buffer, elem_range.0, elem_range.1),
-                storage(
+            binds![
+                logits = storage(buffers.logits.buffer(), logit_range.0, logit_range.1),
+                targets = storage(target_buffer, target_range.0, target_range.1),
+                counts = storage(counts, 0, counts.size().min(limits.max_storage_binding)),
+                grad = storage(grad_buffer, grad_range.0, grad_range.1),
+                elementwise = storage(elem_buffer, elem_range.0, elem_range.1),
+                partials = storage(
                     partials.buffer(),
                     chunk.output_offset * 4,
                     u64::from(chunk.workgroups) * 4,

@@ -4,8 +4,8 @@
 //! sum has one owner (a workgroup's tree, or one invocation's bounded loop).
 
 use crate::error::{Error, Result};
-use crate::gpu::kernels::{Kernel, WG_SIZE};
-use crate::gpu::nms::LOOP_BUDGET;
+use crate::gpu::dispatch::binds;
+use crate::gpu::kernels::{Kernel, LOOP_BUDGET, WG_SIZE};
 use crate::gpu::nn::{GpuEngine, GpuTensor};
 use crate::nn::{Engine, GroupNorm, GroupNormGrads, GroupNormOut, Shape};
 
@@ -72,19 +72,24 @@ impl GpuEngine {
         self.run(
             Kernel::GroupNormStats,
             &config,
-            &[
-                x.binding(),
-                gamma.binding(),
-                beta.binding(),
-                stats.binding(),
-                coef.binding(),
+            binds![
+                x = x.binding(),
+                gamma = gamma.binding(),
+                beta = beta.binding(),
+                stats = stats.binding(),
+                coef = coef.binding(),
             ],
             (s.n * gn.groups) as u64,
         )?;
         self.run(
             Kernel::GroupNormApply,
             &config,
-            &[coef.binding(), x.binding(), x.binding(), y.binding()],
+            binds![
+                coef = coef.binding(),
+                u = x.binding(),
+                v = x.binding(),
+                out = y.binding(),
+            ],
             (s.len() as u64).div_ceil(WG_SIZE),
         )?;
         Ok(GroupNormOut { y, stats })
@@ -120,26 +125,36 @@ impl GpuEngine {
         self.run(
             Kernel::GroupNormGradSums,
             &config,
-            &[x.binding(), stats.binding(), grad_out.binding(), sums.binding()],
+            binds![
+                x = x.binding(),
+                stats = stats.binding(),
+                grad_out = grad_out.binding(),
+                sums = sums.binding(),
+            ],
             (s.n * s.c) as u64,
         )?;
         self.run(
             Kernel::GroupNormGradCoef,
             &config,
-            &[
-                gamma.binding(),
-                stats.binding(),
-                sums.binding(),
-                dgamma.binding(),
-                dbeta.binding(),
-                coef.binding(),
+            binds![
+                gamma = gamma.binding(),
+                stats = stats.binding(),
+                sums = sums.binding(),
+                dgamma = dgamma.binding(),
+                dbeta = dbeta.binding(),
+                coef = coef.binding(),
             ],
             ((s.c + s.n * gn.groups) as u64).div_ceil(WG_SIZE),
         )?;
         self.run(
             Kernel::GroupNormApply,
             &config,
-            &[coef.binding(), grad_out.binding(), x.binding(), dx.binding()],
+            binds![
+                coef = coef.binding(),
+                u = grad_out.binding(),
+                v = x.binding(),
+                out = dx.binding(),
+            ],
             (s.len() as u64).div_ceil(WG_SIZE),
         )?;
         Ok(GroupNormGrads {

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::whole;
+use crate::gpu::dispatch::{binds, whole};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::ops::image::Normalize;
 
@@ -87,7 +87,10 @@ impl GpuContext {
             encoder,
             Kernel::ImageToTensor,
             &config,
-            &[wgpu::BindingResource::TextureView(frame), whole(out)],
+            binds![
+                frame = wgpu::BindingResource::TextureView(frame),
+                dst = whole(out),
+            ],
             (plane as u64).div_ceil(WG_SIZE),
         )
     }

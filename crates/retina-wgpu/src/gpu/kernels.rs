@@ -9,12 +9,21 @@ use crate::gpu::shader;
 /// Workgroup size of the 1-D kernels (`WG_SIZE` in their WGSL).
 pub(crate) const WG_SIZE: u64 = 256;
 
-/// Declares the kernel table once: each line names a variant, its file in `shaders/` and the
-/// pipeline-overridable constants that specialise a shared file. The enum, [`Kernel::COUNT`],
-/// [`Kernel::ALL`], `file()` and `constants()` all come from the one list, so a new kernel is
-/// one line and the count cannot be wrong.
+/// Most loop iterations one invocation of any kernel may run. Lavapipe (llvmpipe) ends any invocation after
+/// 65,535 loop iterations in all, and real drivers reset devices whose dispatches run for
+/// seconds; so the sequential parts (the greedy walk, Soft-NMS picks, the pairwise IoU loops of
+/// Fast and Matrix NMS) are split into dispatches of bounded work, their state kept in buffers.
+pub(crate) const LOOP_BUDGET: u64 = 60_000;
+
+/// Declares the kernel table once: each line names a variant, its file in `shaders/`, the
+/// pipeline-overridable constants that specialise a shared file, and the names of its bindings
+/// after binding 0 (the `cfg` uniform) in binding order, as the WGSL declares them. The enum,
+/// [`Kernel::COUNT`], [`Kernel::ALL`], `file()`, `constants()` and `bindings()` all come from
+/// the one list, so a new kernel is one line and the count cannot be wrong. The binding names
+/// are checked against every kernel's WGSL with naga (`layout_tests`), and the dispatch helpers
+/// place bindings by these names (`gpu::dispatch::binds!`).
 macro_rules! kernels {
-    ($($variant:ident => $file:literal, [$(($name:literal, $value:expr)),*],)*) => {
+    ($($variant:ident => $file:literal, [$(($name:literal, $value:expr)),*], [$($binding:ident),*],)*) => {
         /// A compute kernel of the crate, named after its file in `shaders/`.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub(crate) enum Kernel {
@@ -40,62 +49,70 @@ macro_rules! kernels {
                     $(Kernel::$variant => &[$(($name, $value)),*],)*
                 }
             }
+
+            /// The kernel's bindings after `cfg` (binding 0), in binding order: the name of
+            /// binding `i + 1` is `bindings()[i]`.
+            pub(crate) fn bindings(self) -> &'static [&'static str] {
+                match self {
+                    $(Kernel::$variant => &[$(stringify!($binding)),*],)*
+                }
+            }
         }
     };
 }
 
 kernels! {
-    FocalLoss => "focal_loss.wgsl", [],
-    ReduceSum => "reduce_sum.wgsl", [],
-    CountLabels => "count_labels.wgsl", [],
-    Anchors => "anchors.wgsl", [],
-    BoxIou => "box_iou.wgsl", [],
-    BoxCoder => "box_coder.wgsl", [],
-    MatchGtMax => "match_gt_max.wgsl", [],
-    MatchAssign => "match_assign.wgsl", [],
-    BoxLoss => "box_loss.wgsl", [],
-    BitonicLocal => "bitonic_local.wgsl", [],
-    BitonicGlobal => "bitonic_global.wgsl", [],
-    TopkHistogram => "topk_histogram.wgsl", [],
-    TopkSelect => "topk_select.wgsl", [],
-    TopkCount => "topk_count.wgsl", [],
-    TopkScan => "topk_scan.wgsl", [],
-    TopkGather => "topk_gather.wgsl", [],
-    SortPermute => "sort_permute.wgsl", [],
-    NmsMask => "nms_mask.wgsl", [],
-    NmsGather => "nms_gather.wgsl", [],
-    NmsSoft => "nms_soft.wgsl", [],
-    NmsMaxIou => "nms_max_iou.wgsl", [],
-    NmsMatrix => "nms_matrix.wgsl", [],
-    KeepCompact => "keep_compact.wgsl", [],
-    DetectCandidates => "detect_candidates.wgsl", [],
-    DetectOutput => "detect_output.wgsl", [],
-    SortEntriesInit => "sort_entries_init.wgsl", [],
-    KeepMap => "keep_map.wgsl", [],
-    ConvForward => "conv_gemm.wgsl", [("MODE", 0.0)],
-    ConvGradInput => "conv_gemm.wgsl", [("MODE", 1.0)],
-    ConvGradWeight => "conv_gemm.wgsl", [("MODE", 2.0)],
-    ConvReduce => "conv_reduce.wgsl", [],
-    ChannelSum => "channel_sum.wgsl", [],
-    Relu => "elementwise.wgsl", [("OP", 0.0)],
-    ReluGrad => "elementwise.wgsl", [("OP", 1.0)],
-    Add => "elementwise.wgsl", [("OP", 2.0)],
-    Accumulate => "elementwise.wgsl", [("OP", 3.0)],
-    UpsampleForward => "upsample_nearest.wgsl", [("BACKWARD", 0.0)],
-    UpsampleBackward => "upsample_nearest.wgsl", [("BACKWARD", 1.0)],
-    PermuteHead => "head_permute.wgsl", [("BACKWARD", 0.0)],
-    PermuteHeadBackward => "head_permute.wgsl", [("BACKWARD", 1.0)],
-    Sgd => "sgd.wgsl", [],
-    SumSquares => "sum_squares.wgsl", [],
-    GroupNormStats => "group_norm_stats.wgsl", [],
-    GroupNormApply => "group_norm_apply.wgsl", [],
-    GroupNormGradSums => "group_norm_grad_sums.wgsl", [],
-    GroupNormGradCoef => "group_norm_grad_coef.wgsl", [],
-    OhemRowLoss => "ohem_row_loss.wgsl", [],
-    OhemEntries => "ohem_entries.wgsl", [],
-    OhemSelect => "ohem_select.wgsl", [],
-    OhemScale => "ohem_scale.wgsl", [],
-    ImageToTensor => "image_to_tensor.wgsl", [],
+    FocalLoss => "focal_loss.wgsl", [], [logits, targets, counts, grad, elementwise, partials],
+    ReduceSum => "reduce_sum.wgsl", [], [input, counts, output],
+    CountLabels => "count_labels.wgsl", [], [labels, counts],
+    Anchors => "anchors.wgsl", [], [levels, templates, anchors],
+    BoxIou => "box_iou.wgsl", [], [boxes_a, boxes_b, iou],
+    BoxCoder => "box_coder.wgsl", [], [input, anchors, output],
+    MatchGtMax => "match_gt_max.wgsl", [], [anchors, gt_boxes, gt_offsets, gt_max],
+    MatchAssign => "match_assign.wgsl", [], [anchors, gt_boxes, gt_offsets, gt_info, matches, labels, targets, positives],
+    BoxLoss => "box_loss.wgsl", [], [pred, target_deltas, labels, anchors, counts, grad, partials],
+    BitonicLocal => "bitonic_local.wgsl", [], [entries],
+    BitonicGlobal => "bitonic_global.wgsl", [], [entries],
+    TopkHistogram => "topk_histogram.wgsl", [], [keys, segments, states, histogram],
+    TopkSelect => "topk_select.wgsl", [], [states, histogram],
+    TopkCount => "topk_count.wgsl", [], [keys, segments, states, tile_counts],
+    TopkScan => "topk_scan.wgsl", [], [segments, states, tile_counts, selected],
+    TopkGather => "topk_gather.wgsl", [], [keys, segments, states, tile_offsets, candidates],
+    SortPermute => "sort_permute.wgsl", [], [entries, records, sorted_boxes, sorted_classes, sorted_scores, sorted_payload, counts],
+    NmsMask => "nms_mask.wgsl", [], [boxes, classes, counts, done, mask],
+    NmsGather => "nms_gather.wgsl", [], [mask, counts, removed, kept, done, keep, scores, keep_scores],
+    NmsSoft => "nms_soft.wgsl", [], [boxes, classes, counts, scores, kept, keep, keep_scores, done],
+    NmsMaxIou => "nms_max_iou.wgsl", [], [boxes, classes, counts, max_iou],
+    NmsMatrix => "nms_matrix.wgsl", [], [boxes, classes, counts, max_iou, scores, decays, entries],
+    KeepCompact => "keep_compact.wgsl", [], [counts, max_iou, entries, scores, kept, keep, keep_scores],
+    DetectCandidates => "detect_candidates.wgsl", [], [levels, selected, candidates, deltas, anchors, records, entries],
+    DetectOutput => "detect_output.wgsl", [], [sorted_boxes, sorted_classes, kept, keep, keep_scores, detections, counts, draw_args],
+    SortEntriesInit => "sort_entries_init.wgsl", [], [scores, boxes, classes, entries, records],
+    KeepMap => "keep_map.wgsl", [], [payload, kept, keep, out],
+    ConvForward => "conv_gemm.wgsl", [("MODE", 0.0)], [a_src, b_src, bias, out],
+    ConvGradInput => "conv_gemm.wgsl", [("MODE", 1.0)], [a_src, b_src, bias, out],
+    ConvGradWeight => "conv_gemm.wgsl", [("MODE", 2.0)], [a_src, b_src, bias, out],
+    ConvReduce => "conv_reduce.wgsl", [], [partial, bias, out],
+    ChannelSum => "channel_sum.wgsl", [], [input, sums],
+    Relu => "elementwise.wgsl", [("OP", 0.0)], [a, b, out],
+    ReluGrad => "elementwise.wgsl", [("OP", 1.0)], [a, b, out],
+    Add => "elementwise.wgsl", [("OP", 2.0)], [a, b, out],
+    Accumulate => "elementwise.wgsl", [("OP", 3.0)], [a, b, out],
+    UpsampleForward => "upsample_nearest.wgsl", [("BACKWARD", 0.0)], [src, dst],
+    UpsampleBackward => "upsample_nearest.wgsl", [("BACKWARD", 1.0)], [src, dst],
+    PermuteHead => "head_permute.wgsl", [("BACKWARD", 0.0)], [src, dst],
+    PermuteHeadBackward => "head_permute.wgsl", [("BACKWARD", 1.0)], [src, dst],
+    Sgd => "sgd.wgsl", [], [grad, norm_sq, weights, velocity, abs_sum],
+    SumSquares => "sum_squares.wgsl", [], [values, partials, abs_sum],
+    GroupNormStats => "group_norm_stats.wgsl", [], [x, gamma, beta, stats, coef],
+    GroupNormApply => "group_norm_apply.wgsl", [], [coef, u, v, out],
+    GroupNormGradSums => "group_norm_grad_sums.wgsl", [], [x, stats, grad_out, sums],
+    GroupNormGradCoef => "group_norm_grad_coef.wgsl", [], [gamma, stats, sums, dgamma, dbeta, coef],
+    OhemRowLoss => "ohem_row_loss.wgsl", [], [elementwise, row_loss],
+    OhemEntries => "ohem_entries.wgsl", [], [row_loss, labels, anchors, entries, records],
+    OhemSelect => "ohem_select.wgsl", [], [order, counts, labels, row_loss, selected, state, image_loss],
+    OhemScale => "ohem_scale.wgsl", [], [selected, loss, grad],
+    ImageToTensor => "image_to_tensor.wgsl", [], [frame, dst],
 }
 
 /// Compiled pipelines, indexed by [`Kernel`].

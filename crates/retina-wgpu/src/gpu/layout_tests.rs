@@ -14,6 +14,7 @@ use std::mem::size_of;
 
 use naga::proc::Layouter;
 
+use crate::gpu::kernels::Kernel;
 use crate::gpu::shader::{ShaderFeatures, compose};
 
 /// One field of a host struct.
@@ -124,7 +125,7 @@ fn mirrors() -> Vec<Mirror> {
             prefix, mask, remaining, greater, done, threshold, need_eq, selected,
         }),
         mirror!(ohem::RowLossConfig as "Config" in ["ohem_row_loss.wgsl"] { n_rows, num_classes, _pad }),
-        mirror!(ohem::EntriesConfig as "Config" in ["ohem_entries.wgsl"] {
+        mirror!(ohem::OhemEntriesConfig as "Config" in ["ohem_entries.wgsl"] {
             n_entries, region, anchors_per_image, group_images, row_offset, _pad,
         }),
         mirror!(ohem::SelectConfig as "Config" in ["ohem_select.wgsl"] {
@@ -132,7 +133,6 @@ fn mirrors() -> Vec<Mirror> {
             total_index, _pad,
         }),
         mirror!(ohem::ScaleConfig as "Config" in ["ohem_scale.wgsl"] { n_elements, num_classes, _pad }),
-        mirror!(ohem::MapConfig as "Config" in ["keep_map.wgsl"] { num_segments, region, max_out, _pad }),
         mirror!(anchors::AnchorConfigGpu as "Config" in ["anchors.wgsl"] {
             n_anchors, first, num_levels, anchors_per_cell, offset, _pad,
         }),
@@ -324,4 +324,78 @@ fn every_documented_mirror_is_checked() {
         unchecked.is_empty(),
         "structs that must stay in sync with WGSL but are not in mirrors(): {unchecked:?}"
     );
+}
+
+/// Every binding of `kernel`'s WGSL (group 0), composed with `features`: binding number, variable
+/// name and address space.
+fn wgsl_bindings(kernel: Kernel, features: ShaderFeatures) -> Vec<(u32, String, naga::AddressSpace)> {
+    let source = compose(kernel.file(), features).unwrap();
+    let module = naga::front::wgsl::parse_str(&source)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.file(), e.emit_to_string(&source)));
+    let mut bindings: Vec<_> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, var)| {
+            let binding = var.binding.as_ref()?;
+            assert_eq!(binding.group, 0, "{}: `{:?}` is not in group 0", kernel.file(), var.name);
+            Some((binding.binding, var.name.clone().unwrap_or_default(), var.space))
+        })
+        .collect();
+    bindings.sort_by_key(|b| b.0);
+    bindings
+}
+
+/// The kernel table's binding names (what the dispatch helpers place bindings by) are the WGSL's,
+/// in binding order, with binding 0 the `cfg` uniform and every other binding a storage buffer
+/// or a texture; so a binding renamed or renumbered in a shader, or misnamed in the table, fails
+/// here, and a binding swapped at a Rust call site fails its dispatch by name.
+#[test]
+fn kernel_table_bindings_match_the_wgsl() {
+    let mut errors = Vec::new();
+    for &kernel in Kernel::ALL {
+        for features in [ShaderFeatures::default(), ShaderFeatures { subgroups: true }] {
+            let wgsl = wgsl_bindings(kernel, features);
+            let mut expected = vec![(0u32, "cfg")];
+            expected.extend(kernel.bindings().iter().enumerate().map(|(i, n)| (i as u32 + 1, *n)));
+            let got: Vec<(u32, &str)> = wgsl.iter().map(|(b, n, _)| (*b, n.as_str())).collect();
+            if got != expected {
+                errors.push(format!("{kernel:?} ({}): WGSL {got:?}, table {expected:?}", kernel.file()));
+            }
+            for (binding, name, space) in &wgsl {
+                let ok = match binding {
+                    0 => matches!(space, naga::AddressSpace::Uniform),
+                    _ => matches!(space, naga::AddressSpace::Storage { .. } | naga::AddressSpace::Handle),
+                };
+                if !ok {
+                    errors.push(format!("{kernel:?}: binding {binding} `{name}` is in {space:?}"));
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "kernel table and WGSL disagree:\n{}", errors.join("\n"));
+}
+
+/// Bindings are placed by name: order at the call site does not matter, and a wrong, missing or
+/// repeated name is an error that names the kernel (checked without a device: an empty buffer
+/// array stands in for a buffer).
+#[test]
+fn bindings_are_placed_by_name_and_checked() {
+    use crate::gpu::dispatch::{Bind, entries};
+    let none = || wgpu::BindingResource::BufferArray(&[]);
+    let bind = |name| Bind { name, resource: none() };
+    // Focal loss binds logits, targets, counts, grad, elementwise, partials (1..=6).
+    let names = Kernel::FocalLoss.bindings();
+    let mut shuffled: Vec<Bind<'_>> = names.iter().rev().map(|n| bind(n)).collect();
+    let placed = entries(Kernel::FocalLoss, none(), &shuffled).unwrap();
+    assert_eq!(placed.iter().map(|e| e.binding).collect::<Vec<_>>(), (0..=names.len() as u32).collect::<Vec<_>>());
+
+    shuffled[0].name = "logitz";
+    let err = entries(Kernel::FocalLoss, none(), &shuffled).unwrap_err().to_string();
+    assert!(err.contains("focal_loss.wgsl") && err.contains("logitz"), "{err}");
+    shuffled[0].name = "grad";
+    let err = entries(Kernel::FocalLoss, none(), &shuffled).unwrap_err().to_string();
+    assert!(err.contains("given twice"), "{err}");
+    shuffled.remove(0);
+    let err = entries(Kernel::FocalLoss, none(), &shuffled).unwrap_err().to_string();
+    assert!(err.contains("not given"), "{err}");
 }

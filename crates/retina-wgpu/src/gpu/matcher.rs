@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Uniforms, dispatch, storage_window, uniform, whole};
+use crate::gpu::dispatch::{Dispatches, binds, storage_window, whole};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::ops::matcher::{AssignedTargets, GroundTruth, TargetAssigner};
 
@@ -207,8 +207,10 @@ impl GpuContext {
                 );
             }
             let limits = self.limits();
-            let mut uniforms = Uniforms::new::<MatchConfig>(limits);
-            let mut bindings = Vec::with_capacity(chunks.len());
+            // Every chunk's per-box maxima first (match_gt_max), then every chunk's assignment,
+            // which reads all of them: two steps per chunk, in that order, in one pass.
+            let mut gt_max = Dispatches::new(self, "matcher: gt max");
+            let mut assign = Dispatches::new(self, "matcher: assign");
             for chunk in &chunks {
                 let images = chunk.images.end - chunk.images.start;
                 let count = chunk.anchors.end - chunk.anchors.start;
@@ -219,7 +221,7 @@ impl GpuContext {
                 let (matches, base4) = storage_window(limits, out.matches.buffer(), out_start, out_len, 4);
                 let (labels, _) = storage_window(limits, out.labels.buffer(), out_start, out_len, 4);
                 let (targets, base16) = storage_window(limits, out.box_targets.buffer(), out_start, out_len, 16);
-                let slot = uniforms.push(&MatchConfig {
+                let config = MatchConfig {
                     anchors_per_image: a as u32,
                     anchor_base,
                     chunk_anchors: count as u32,
@@ -239,57 +241,37 @@ impl GpuContext {
                     num_boxes: num_boxes as u32,
                     _pad: [0; 3],
                     weights: assigner.coder.weights,
-                });
-                let workgroups = (images * count.div_ceil(WG_SIZE)) as u32;
-                bindings.push((slot, anchor_binding, matches, labels, targets, workgroups));
-            }
-            let uniform_buffer = uniforms.into_buffer(self)?;
-            {
-                let pipeline = self.pipeline(Kernel::MatchGtMax)?;
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("match: gt max"),
-                    timestamp_writes: None,
-                });
-                for (slot, anchor_binding, _, _, _, workgroups) in &bindings {
-                    dispatch(
-                        self,
-                        &mut pass,
-                        pipeline,
-                        &[
-                            uniform(&uniform_buffer, *slot),
-                            anchor_binding.clone(),
-                            whole(gt.boxes),
-                            whole(gt.offsets),
-                            whole(&gt_info),
-                        ],
-                        *workgroups,
-                    )?;
-                }
-            }
-            let pipeline = self.pipeline(Kernel::MatchAssign)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("match: assign"),
-                timestamp_writes: None,
-            });
-            for (slot, anchor_binding, matches, labels, targets, workgroups) in &bindings {
-                dispatch(
-                    self,
-                    &mut pass,
-                    pipeline,
-                    &[
-                        uniform(&uniform_buffer, *slot),
-                        anchor_binding.clone(),
-                        whole(gt.boxes),
-                        whole(gt.offsets),
-                        whole(&gt_info),
-                        matches.clone(),
-                        labels.clone(),
-                        targets.clone(),
-                        whole(out.positives),
+                };
+                let workgroups = images * count.div_ceil(WG_SIZE);
+                gt_max.push(
+                    Kernel::MatchGtMax,
+                    &config,
+                    binds![
+                        anchors = anchor_binding.clone(),
+                        gt_boxes = whole(gt.boxes),
+                        gt_offsets = whole(gt.offsets),
+                        gt_max = whole(&gt_info),
                     ],
-                    *workgroups,
+                    workgroups,
+                )?;
+                assign.push(
+                    Kernel::MatchAssign,
+                    &config,
+                    binds![
+                        anchors = anchor_binding,
+                        gt_boxes = whole(gt.boxes),
+                        gt_offsets = whole(gt.offsets),
+                        gt_info = whole(&gt_info),
+                        matches = matches,
+                        labels = labels,
+                        targets = targets,
+                        positives = whole(out.positives),
+                    ],
+                    workgroups,
                 )?;
             }
+            gt_max.record(self, encoder)?;
+            assign.record(self, encoder)?;
             Ok(())
         })
     }

@@ -6,8 +6,8 @@ use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::detect::GpuDetection;
-use crate::gpu::dispatch::{Uniforms, dispatch, uniform, whole};
-use crate::gpu::kernels::{Kernel, WG_SIZE};
+use crate::gpu::dispatch::{Dispatches, binds, whole};
+use crate::gpu::kernels::{Kernel, LOOP_BUDGET, WG_SIZE};
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::ops::nms::{Nms, NmsKind, NmsOutput};
 
@@ -15,11 +15,6 @@ const FLAG_GAUSSIAN: u32 = 2;
 const FLAG_FROM_ENTRIES: u32 = 4;
 /// Most bytes of suppression mask held at once; larger inputs take several row passes.
 const MASK_BUDGET: u64 = 256 << 20;
-/// Most loop iterations one invocation may run. Lavapipe (llvmpipe) ends any invocation after
-/// 65,535 loop iterations in all, and real drivers reset devices whose dispatches run for
-/// seconds; so the sequential parts (the greedy walk, Soft-NMS picks, the pairwise IoU loops of
-/// Fast and Matrix NMS) are split into dispatches of bounded work, their state kept in buffers.
-pub(crate) const LOOP_BUDGET: u64 = 60_000;
 
 /// Must stay in sync with `Config` in shaders/shared/nms_common.wgsl.
 #[repr(C)]
@@ -123,20 +118,20 @@ impl GpuContext {
             region: region as u32,
             _pad: [0; 2],
         };
-        let bindings = [
-            whole(entries),
-            whole(records),
-            whole(&sorted.boxes),
-            whole(&sorted.classes),
-            whole(&sorted.scores),
-            whole(&sorted.payload),
-            whole(&sorted.counts),
+        let bindings = binds![
+            entries = whole(entries),
+            records = whole(records),
+            sorted_boxes = whole(&sorted.boxes),
+            sorted_classes = whole(&sorted.classes),
+            sorted_scores = whole(&sorted.scores),
+            sorted_payload = whole(&sorted.payload),
+            counts = whole(&sorted.counts),
         ];
         self.record_dispatch(
             encoder,
             Kernel::SortPermute,
             &config,
-            &bindings,
+            bindings,
             (total as u64).div_ceil(WG_SIZE),
         )?;
         Ok(sorted)
@@ -152,16 +147,14 @@ impl GpuContext {
         max_out: usize,
     ) -> Result<KeptSlots> {
         let (region, segments) = (sorted.region, sorted.segments);
-        let words = region / 32;
         let out = KeptSlots {
             keep: self.zeros(segments * max_out)?,
             keep_scores: self.zeros(segments * max_out)?,
             kept: self.zeros(segments)?,
         };
-        let limits = self.limits();
         let base = NmsConfig {
             region: region as u32,
-            words: words as u32,
+            words: (region / 32) as u32,
             row_begin: 0,
             row_end: region as u32,
             num_segments: segments as u32,
@@ -173,251 +166,247 @@ impl GpuContext {
             sigma: 1.0,
             _pad: 0,
         };
-        let segments_u32 = segments as u32;
-        let per_box_groups = segments_u32 * base.groups_per_segment;
-        self.scoped(|| {
-            let mut uniforms = Uniforms::new::<NmsConfig>(limits);
-            match nms.kind {
-                NmsKind::Hard => {
-                    let row_bytes = (segments * words * 4) as u64;
-                    let budget = limits.max_storage_binding.min(MASK_BUDGET);
-                    // The walk's iterations per 32 rows: 32 diagonal steps, then per later word
-                    // slice (words / 256 per invocation) one step per kept row (at most 32) + 1.
-                    let walk_rows = LOOP_BUDGET * 32 / (32 + (words as u64).div_ceil(WG_SIZE) * 33);
-                    let rows = ((budget / row_bytes).min(walk_rows) / WG_SIZE * WG_SIZE)
-                        .max(WG_SIZE)
-                        .min(region as u64);
-                    if rows * row_bytes > limits.max_storage_binding {
-                        return Err(Error::invalid(format!(
-                            "NMS: 256 rows of suppression mask ({row_bytes} bytes each) exceed the binding limit"
-                        )));
-                    }
-                    let mask = self.zeros::<u32>((rows * row_bytes / 4) as usize)?;
-                    let removed = self.zeros::<u32>(segments * words)?;
-                    let done = self.zeros::<u32>(segments)?;
-                    let mut passes = Vec::new();
-                    let mut begin = 0u64;
-                    while begin < region as u64 {
-                        let end = (begin + rows).min(region as u64);
-                        let row_tiles = (end - begin).div_ceil(WG_SIZE) as u32;
-                        let config = NmsConfig {
-                            row_begin: begin as u32,
-                            row_end: end as u32,
-                            groups_per_segment: row_tiles * words as u32,
-                            ..base
-                        };
-                        passes.push((uniforms.push(&config), segments_u32 * row_tiles * words as u32));
-                        begin = end;
-                    }
-                    let uniform_buffer = uniforms.into_buffer(self)?;
-                    let mask_pipeline = self.pipeline(Kernel::NmsMask)?;
-                    let gather_pipeline = self.pipeline(Kernel::NmsGather)?;
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("nms"),
-                        timestamp_writes: None,
-                    });
-                    for (slot, groups) in passes {
-                        dispatch(
-                            self,
-                            &mut pass,
-                            mask_pipeline,
-                            &[
-                                uniform(&uniform_buffer, slot),
-                                whole(&sorted.boxes),
-                                whole(&sorted.classes),
-                                whole(&sorted.counts),
-                                whole(&done),
-                                whole(&mask),
-                            ],
-                            groups,
-                        )?;
-                        dispatch(
-                            self,
-                            &mut pass,
-                            gather_pipeline,
-                            &[
-                                uniform(&uniform_buffer, slot),
-                                whole(&mask),
-                                whole(&sorted.counts),
-                                whole(&removed),
-                                whole(&out.kept),
-                                whole(&done),
-                                whole(&out.keep),
-                                whole(&sorted.scores),
-                                whole(&out.keep_scores),
-                            ],
-                            segments_u32,
-                        )?;
-                    }
-                }
-                NmsKind::SoftLinear | NmsKind::SoftGaussian { .. } => {
-                    let config = match nms.kind {
-                        NmsKind::SoftGaussian { sigma } => NmsConfig {
-                            flags: base.flags | FLAG_GAUSSIAN,
-                            sigma,
-                            ..base
-                        },
-                        _ => base,
-                    };
-                    // Each pick scans the region twice (argmax, decay) and reduces once.
-                    let picks = (LOOP_BUDGET / (2 * (region as u64).div_ceil(WG_SIZE) + 16)).max(1);
-                    let mut slots = Vec::new();
-                    let mut first = 0u64;
-                    while first < max_out as u64 {
-                        let end = (first + picks).min(max_out as u64);
-                        slots.push(uniforms.push(&NmsConfig {
-                            row_begin: first as u32,
-                            row_end: end as u32,
-                            ..config
-                        }));
-                        first = end;
-                    }
-                    let done = self.zeros::<u32>(segments)?;
-                    let uniform_buffer = uniforms.into_buffer(self)?;
-                    let pipeline = self.pipeline(Kernel::NmsSoft)?;
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("soft nms"),
-                        timestamp_writes: None,
-                    });
-                    for slot in slots {
-                        dispatch(
-                            self,
-                            &mut pass,
-                            pipeline,
-                            &[
-                                uniform(&uniform_buffer, slot),
-                                whole(&sorted.boxes),
-                                whole(&sorted.classes),
-                                whole(&sorted.counts),
-                                whole(&sorted.scores),
-                                whole(&out.kept),
-                                whole(&out.keep),
-                                whole(&out.keep_scores),
-                                whole(&done),
-                            ],
-                            segments_u32,
-                        )?;
-                    }
-                }
-                NmsKind::Fast | NmsKind::Matrix { .. } => {
-                    let max_iou = self.zeros::<f32>(region * segments)?;
-                    let decays = self.zeros::<f32>(region * segments)?;
-                    let config = match nms.kind {
-                        NmsKind::Matrix {
-                            gaussian_sigma: Some(sigma),
-                        } => NmsConfig {
-                            flags: base.flags | FLAG_GAUSSIAN,
-                            sigma,
-                            ..base
-                        },
-                        _ => base,
-                    };
-                    let matrix = matches!(nms.kind, NmsKind::Matrix { .. });
-                    // Pairwise loops: every invocation visits `span` higher-scoring boxes per dispatch.
-                    let span = (LOOP_BUDGET / WG_SIZE).max(1) * WG_SIZE;
-                    let mut ranges = Vec::new();
-                    let mut first = 0u64;
-                    while first < region as u64 {
-                        let end = (first + span).min(region as u64);
-                        ranges.push(uniforms.push(&NmsConfig {
-                            row_begin: first as u32,
-                            row_end: end as u32,
-                            ..config
-                        }));
-                        first = end;
-                    }
-                    let compact_slot = uniforms.push(&NmsConfig {
-                        flags: config.flags | if matrix { FLAG_FROM_ENTRIES } else { 0 },
-                        ..config
-                    });
-                    let uniform_buffer = uniforms.into_buffer(self)?;
-                    let entries = self.zeros::<SortEntry>(sort_len(region * segments))?;
-                    if matrix {
-                        // Entries past the last region sort after everything: copied in the
-                        // encoder from a constant buffer (no queued write in a recording).
-                        let padding = vec![crate::gpu::sort::padding(u32::MAX); entries.len() - region * segments];
-                        if !padding.is_empty() {
-                            let constant = self.upload(&padding)?;
-                            encoder.copy_buffer_to_buffer(
-                                constant.buffer(),
-                                0,
-                                entries.buffer(),
-                                (region * segments * 16) as u64,
-                                (padding.len() * 16) as u64,
-                            );
-                        }
-                    }
-                    {
-                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                            label: Some("fast/matrix nms"),
-                            timestamp_writes: None,
-                        });
-                        let max_iou_pipeline = self.pipeline(Kernel::NmsMaxIou)?;
-                        for slot in &ranges {
-                            dispatch(
-                                self,
-                                &mut pass,
-                                max_iou_pipeline,
-                                &[
-                                    uniform(&uniform_buffer, *slot),
-                                    whole(&sorted.boxes),
-                                    whole(&sorted.classes),
-                                    whole(&sorted.counts),
-                                    whole(&max_iou),
-                                ],
-                                per_box_groups,
-                            )?;
-                        }
-                        if matrix {
-                            let matrix_pipeline = self.pipeline(Kernel::NmsMatrix)?;
-                            for slot in &ranges {
-                                dispatch(
-                                    self,
-                                    &mut pass,
-                                    matrix_pipeline,
-                                    &[
-                                        uniform(&uniform_buffer, *slot),
-                                        whole(&sorted.boxes),
-                                        whole(&sorted.classes),
-                                        whole(&sorted.counts),
-                                        whole(&max_iou),
-                                        whole(&sorted.scores),
-                                        whole(&decays),
-                                        whole(&entries),
-                                    ],
-                                    per_box_groups,
-                                )?;
-                            }
-                        }
-                    }
-                    if matrix {
-                        self.record_sort_entries(encoder, &entries)?;
-                    }
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("keep compact"),
-                        timestamp_writes: None,
-                    });
-                    dispatch(
-                        self,
-                        &mut pass,
-                        self.pipeline(Kernel::KeepCompact)?,
-                        &[
-                            uniform(&uniform_buffer, compact_slot),
-                            whole(&sorted.counts),
-                            whole(&max_iou),
-                            whole(&entries),
-                            whole(&sorted.scores),
-                            whole(&out.kept),
-                            whole(&out.keep),
-                            whole(&out.keep_scores),
-                        ],
-                        segments_u32,
-                    )?;
-                }
+        self.scoped(|| match nms.kind {
+            NmsKind::Hard => self.record_hard_nms(encoder, sorted, base, &out),
+            NmsKind::SoftLinear => self.record_soft_nms(encoder, sorted, base, &out),
+            NmsKind::SoftGaussian { sigma } => {
+                let base = NmsConfig {
+                    flags: FLAG_GAUSSIAN,
+                    sigma,
+                    ..base
+                };
+                self.record_soft_nms(encoder, sorted, base, &out)
             }
-            Ok(())
+            NmsKind::Fast => self.record_fast_matrix_nms(encoder, sorted, base, false, &out),
+            NmsKind::Matrix { gaussian_sigma } => {
+                let base = match gaussian_sigma {
+                    Some(sigma) => NmsConfig {
+                        flags: FLAG_GAUSSIAN,
+                        sigma,
+                        ..base
+                    },
+                    None => base,
+                };
+                self.record_fast_matrix_nms(encoder, sorted, base, true, &out)
+            }
         })?;
         Ok(out)
+    }
+
+    /// torchvision's greedy NMS: the suppression bitmask over the upper triangle, a band of
+    /// rows at a time (its bytes and the walk's loop budget bound the band), each band followed
+    /// by the walk that keeps boxes in score order until `max_out`.
+    fn record_hard_nms(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        sorted: &SortedBoxes,
+        base: NmsConfig,
+        out: &KeptSlots,
+    ) -> Result<()> {
+        let limits = self.limits();
+        let (region, segments) = (sorted.region as u64, sorted.segments as u64);
+        let words = u64::from(base.words);
+        let row_bytes = segments * words * 4;
+        let budget = limits.max_storage_binding.min(MASK_BUDGET);
+        // The walk's iterations per 32 rows: 32 diagonal steps, then per later word slice
+        // (words / 256 per invocation) one step per kept row (at most 32) + 1.
+        let walk_rows = LOOP_BUDGET * 32 / (32 + words.div_ceil(WG_SIZE) * 33);
+        let rows = ((budget / row_bytes).min(walk_rows) / WG_SIZE * WG_SIZE)
+            .max(WG_SIZE)
+            .min(region);
+        if rows * row_bytes > limits.max_storage_binding {
+            return Err(Error::invalid(format!(
+                "NMS: 256 rows of suppression mask ({row_bytes} bytes each) exceed the binding limit"
+            )));
+        }
+        let mask = self.zeros::<u32>((rows * row_bytes / 4) as usize)?;
+        let removed = self.zeros::<u32>((segments * words) as usize)?;
+        let done = self.zeros::<u32>(segments as usize)?;
+        let mut list = Dispatches::new(self, "nms");
+        let mut begin = 0u64;
+        while begin < region {
+            let end = (begin + rows).min(region);
+            let row_tiles = (end - begin).div_ceil(WG_SIZE);
+            let config = NmsConfig {
+                row_begin: begin as u32,
+                row_end: end as u32,
+                groups_per_segment: (row_tiles * words) as u32,
+                ..base
+            };
+            let bindings = binds![
+                boxes = whole(&sorted.boxes),
+                classes = whole(&sorted.classes),
+                counts = whole(&sorted.counts),
+                done = whole(&done),
+                mask = whole(&mask),
+            ];
+            list.push(Kernel::NmsMask, &config, bindings, segments * row_tiles * words)?;
+            let bindings = binds![
+                mask = whole(&mask),
+                counts = whole(&sorted.counts),
+                removed = whole(&removed),
+                kept = whole(&out.kept),
+                done = whole(&done),
+                keep = whole(&out.keep),
+                scores = whole(&sorted.scores),
+                keep_scores = whole(&out.keep_scores),
+            ];
+            list.push(Kernel::NmsGather, &config, bindings, segments)?;
+            begin = end;
+        }
+        list.record(self, encoder)
+    }
+
+    /// Soft-NMS (linear, or Gaussian with `base.flags`): per pick, the highest remaining score
+    /// is kept and the others decay; the picks split into dispatches of bounded work.
+    fn record_soft_nms(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        sorted: &SortedBoxes,
+        base: NmsConfig,
+        out: &KeptSlots,
+    ) -> Result<()> {
+        let max_out = u64::from(base.max_out);
+        // Each pick scans the region twice (argmax, decay) and reduces once.
+        let picks = (LOOP_BUDGET / (2 * (sorted.region as u64).div_ceil(WG_SIZE) + 16)).max(1);
+        let done = self.zeros::<u32>(sorted.segments)?;
+        let mut list = Dispatches::new(self, "soft nms");
+        let mut first = 0u64;
+        while first < max_out {
+            let end = (first + picks).min(max_out);
+            let config = NmsConfig {
+                row_begin: first as u32,
+                row_end: end as u32,
+                ..base
+            };
+            let bindings = binds![
+                boxes = whole(&sorted.boxes),
+                classes = whole(&sorted.classes),
+                counts = whole(&sorted.counts),
+                scores = whole(&sorted.scores),
+                kept = whole(&out.kept),
+                keep = whole(&out.keep),
+                keep_scores = whole(&out.keep_scores),
+                done = whole(&done),
+            ];
+            list.push(Kernel::NmsSoft, &config, bindings, sorted.segments as u64)?;
+            first = end;
+        }
+        list.record(self, encoder)
+    }
+
+    /// Fast NMS (a box survives when its highest IoU with a higher-scoring box is under the
+    /// threshold) and Matrix NMS (scores decayed by those IoUs, then re-sorted): the pairwise
+    /// loops split into dispatches of bounded work, then one compaction into the kept slots.
+    fn record_fast_matrix_nms(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        sorted: &SortedBoxes,
+        base: NmsConfig,
+        matrix: bool,
+        out: &KeptSlots,
+    ) -> Result<()> {
+        let (region, segments) = (sorted.region, sorted.segments);
+        let per_box_groups = segments as u64 * u64::from(base.groups_per_segment);
+        let max_iou = self.zeros::<f32>(region * segments)?;
+        let decays = self.zeros::<f32>(region * segments)?;
+        let entries = self.zeros::<SortEntry>(sort_len(region * segments))?;
+        if matrix {
+            // Entries past the last region sort after everything: copied in the encoder from a
+            // constant buffer (no queued write in a recording).
+            let padding = vec![crate::gpu::sort::padding(u32::MAX); entries.len() - region * segments];
+            if !padding.is_empty() {
+                let constant = self.upload(&padding)?;
+                encoder.copy_buffer_to_buffer(
+                    constant.buffer(),
+                    0,
+                    entries.buffer(),
+                    (region * segments * 16) as u64,
+                    (padding.len() * 16) as u64,
+                );
+            }
+        }
+        // Pairwise loops: every invocation visits `span` higher-scoring boxes per dispatch.
+        let span = (LOOP_BUDGET / WG_SIZE).max(1) * WG_SIZE;
+        let mut ranges = Vec::new();
+        let mut first = 0u64;
+        while first < region as u64 {
+            let end = (first + span).min(region as u64);
+            ranges.push(NmsConfig {
+                row_begin: first as u32,
+                row_end: end as u32,
+                ..base
+            });
+            first = end;
+        }
+        let mut list = Dispatches::new(self, "fast/matrix nms");
+        for config in &ranges {
+            let bindings = binds![
+                boxes = whole(&sorted.boxes),
+                classes = whole(&sorted.classes),
+                counts = whole(&sorted.counts),
+                max_iou = whole(&max_iou),
+            ];
+            list.push(Kernel::NmsMaxIou, config, bindings, per_box_groups)?;
+        }
+        if matrix {
+            for config in &ranges {
+                let bindings = binds![
+                    boxes = whole(&sorted.boxes),
+                    classes = whole(&sorted.classes),
+                    counts = whole(&sorted.counts),
+                    max_iou = whole(&max_iou),
+                    scores = whole(&sorted.scores),
+                    decays = whole(&decays),
+                    entries = whole(&entries),
+                ];
+                list.push(Kernel::NmsMatrix, config, bindings, per_box_groups)?;
+            }
+        }
+        list.record(self, encoder)?;
+        if matrix {
+            self.record_sort_entries(encoder, &entries)?;
+        }
+        let config = NmsConfig {
+            flags: base.flags | if matrix { FLAG_FROM_ENTRIES } else { 0 },
+            ..base
+        };
+        let bindings = binds![
+            counts = whole(&sorted.counts),
+            max_iou = whole(&max_iou),
+            entries = whole(&entries),
+            scores = whole(&sorted.scores),
+            kept = whole(&out.kept),
+            keep = whole(&out.keep),
+            keep_scores = whole(&out.keep_scores),
+        ];
+        self.record_dispatch(encoder, Kernel::KeepCompact, &config, bindings, segments as u64)
+    }
+
+    /// Records `keep_map.wgsl`: the payloads (original indices) of the kept slots of `segments`
+    /// segments, `max_out` per segment, into `out`.
+    pub(crate) fn record_keep_map(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        sorted: &SortedBoxes,
+        kept: &KeptSlots,
+        max_out: usize,
+        out: &GpuBuffer<u32>,
+    ) -> Result<()> {
+        let config = MapConfig {
+            num_segments: sorted.segments as u32,
+            region: sorted.region as u32,
+            max_out: max_out as u32,
+            _pad: 0,
+        };
+        let bindings = binds![
+            payload = whole(&sorted.payload),
+            kept = whole(&kept.kept),
+            keep = whole(&kept.keep),
+            out = whole(out),
+        ];
+        let workgroups = ((sorted.segments * max_out) as u64).div_ceil(WG_SIZE);
+        self.record_dispatch(encoder, Kernel::KeepMap, &config, bindings, workgroups)
     }
 
     /// Records NMS over `boxes` and `scores` on the device (class-aware with `classes`): sorts
@@ -473,43 +462,25 @@ impl GpuContext {
             total: entries.len() as u32,
             _pad: [0; 2],
         };
-        let bindings = [
-            whole(scores),
-            whole(boxes),
-            whole(classes),
-            whole(&entries),
-            whole(&records),
+        let bindings = binds![
+            scores = whole(scores),
+            boxes = whole(boxes),
+            classes = whole(classes),
+            entries = whole(&entries),
+            records = whole(&records),
         ];
         self.record_dispatch(
             encoder,
             Kernel::SortEntriesInit,
             &config,
-            &bindings,
+            bindings,
             (entries.len() as u64).div_ceil(WG_SIZE),
         )?;
         self.record_sort_entries(encoder, &entries)?;
         let sorted = self.record_permute(encoder, &entries, &records, region, 1)?;
         let kept = self.record_nms_sorted(encoder, nms, &sorted, max_out)?;
         let out = self.zeros::<u32>(max_out)?;
-        let config = MapConfig {
-            num_segments: 1,
-            region: region as u32,
-            max_out: max_out as u32,
-            _pad: 0,
-        };
-        let bindings = [
-            whole(&sorted.payload),
-            whole(&kept.kept),
-            whole(&kept.keep),
-            whole(&out),
-        ];
-        self.record_dispatch(
-            encoder,
-            Kernel::KeepMap,
-            &config,
-            &bindings,
-            (max_out as u64).div_ceil(WG_SIZE),
-        )?;
+        self.record_keep_map(encoder, &sorted, &kept, max_out, &out)?;
         Ok((out, kept.keep_scores, kept.kept))
     }
 }

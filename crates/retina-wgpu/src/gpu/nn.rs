@@ -11,7 +11,7 @@ use crate::cpu::nn::{check_permute, check_sgd, check_upsample, check_upsample_ba
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{BUFFER_USAGE, GpuBuffer};
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{fold_grid, storage};
+use crate::gpu::dispatch::{Bind, binds, record_one, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::nn::{Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape};
@@ -379,12 +379,13 @@ impl GpuEngine {
         self.encoder.get_or_insert_with(|| ctx.encoder("retina-wgpu layers"))
     }
 
-    /// Records one dispatch of `kernel` with `config` at binding 0 and `resources` after it.
+    /// Records one dispatch of `kernel` with `config` as its `cfg` uniform, taken from the
+    /// engine's uniform arena (written once per submission), and `bindings` by name.
     pub(super) fn run<C: Pod>(
         &mut self,
         kernel: Kernel,
         config: &C,
-        resources: &[wgpu::BindingResource<'_>],
+        bindings: Vec<Bind<'_>>,
         workgroups: u64,
     ) -> Result<()> {
         if workgroups == 0 {
@@ -410,32 +411,13 @@ impl GpuEngine {
         self.arena_bytes.extend_from_slice(bytemuck::bytes_of(config));
         self.arena_bytes.resize(offset + self.stride, 0);
         let ctx = self.ctx.clone();
-        let pipeline = ctx.pipeline(kernel)?;
         let arena = self.arena.clone();
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &arena,
-                offset: offset as u64,
-                size: wgpu::BufferSize::new(size_of::<C>() as u64),
-            }),
-        }];
-        entries.extend(resources.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry {
-            binding: i as u32 + 1,
-            resource: r.clone(),
-        }));
-        let max = ctx.limits().max_workgroups_per_dim;
-        let workgroups =
-            u32::try_from(workgroups).map_err(|_| Error::invalid("a layer needs more than 2^32 workgroups"))?;
-        let (x, y) = fold_grid(workgroups, max);
-        ctx.scoped(|| {
-            let bind_group = ctx.request_bind_group(pipeline, &entries)?;
-            let mut pass = self.encoder().begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-            Ok(())
-        })
+        let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &arena,
+            offset: offset as u64,
+            size: wgpu::BufferSize::new(size_of::<C>() as u64),
+        });
+        record_one(&ctx, self.encoder(), kernel, uniform, &bindings, workgroups)
     }
 
     /// Records a convolution product of conv_gemm.wgsl into `out` (split-K through a scratch
@@ -479,7 +461,12 @@ impl GpuEngine {
             return self.run(
                 kernel,
                 &config,
-                &[a.binding(), b.binding(), bias_binding, out.binding()],
+                binds![
+                    a_src = a.binding(),
+                    b_src = b.binding(),
+                    bias = bias_binding,
+                    out = out.binding(),
+                ],
                 tiles,
             );
         }
@@ -488,7 +475,12 @@ impl GpuEngine {
         self.run(
             kernel,
             &config,
-            &[a.binding(), b.binding(), bias_binding.clone(), partial.binding()],
+            binds![
+                a_src = a.binding(),
+                b_src = b.binding(),
+                bias = bias_binding.clone(),
+                out = partial.binding(),
+            ],
             tiles * splits,
         )?;
         let reduce = ConvReduceConfig {
@@ -502,7 +494,11 @@ impl GpuEngine {
         self.run(
             Kernel::ConvReduce,
             &reduce,
-            &[partial.binding(), bias_binding, out.binding()],
+            binds![
+                partial = partial.binding(),
+                bias = bias_binding,
+                out = out.binding(),
+            ],
             total.div_ceil(WG_SIZE),
         )
     }
@@ -516,7 +512,11 @@ impl GpuEngine {
         self.run(
             kernel,
             &config,
-            &[a.binding(), b.binding(), out.binding()],
+            binds![
+                a = a.binding(),
+                b = b.binding(),
+                out = out.binding(),
+            ],
             (n as u64).div_ceil(WG_SIZE),
         )
     }
@@ -655,7 +655,10 @@ impl Engine for GpuEngine {
         self.run(
             Kernel::ChannelSum,
             &sums,
-            &[grad_out.binding(), db.binding()],
+            binds![
+                input = grad_out.binding(),
+                sums = db.binding(),
+            ],
             out.c as u64,
         )?;
         let dx = if input_grad {
@@ -743,7 +746,10 @@ impl Engine for GpuEngine {
         self.run(
             Kernel::UpsampleForward,
             &config,
-            &[x.binding(), out.binding()],
+            binds![
+                src = x.binding(),
+                dst = out.binding(),
+            ],
             (out.shape.len() as u64).div_ceil(WG_SIZE),
         )?;
         Ok(out)
@@ -768,7 +774,10 @@ impl Engine for GpuEngine {
         self.run(
             Kernel::UpsampleBackward,
             &config,
-            &[grad_out.binding(), out.binding()],
+            binds![
+                src = grad_out.binding(),
+                dst = out.binding(),
+            ],
             (out.shape.len() as u64).div_ceil(WG_SIZE),
         )?;
         Ok(out)
@@ -809,7 +818,10 @@ impl Engine for GpuEngine {
         self.run(
             Kernel::PermuteHead,
             &config,
-            &[head.binding(), rows.binding()],
+            binds![
+                src = head.binding(),
+                dst = rows.binding(),
+            ],
             (head.shape.len() as u64).div_ceil(WG_SIZE),
         )
     }
@@ -836,7 +848,10 @@ impl Engine for GpuEngine {
         self.run(
             Kernel::PermuteHeadBackward,
             &config,
-            &[rows.binding(), out.binding()],
+            binds![
+                src = rows.binding(),
+                dst = out.binding(),
+            ],
             (head.len() as u64).div_ceil(WG_SIZE),
         )?;
         Ok(out)
@@ -884,7 +899,11 @@ impl Engine for GpuEngine {
                     };
                     let out = storage(partials.buffer(), offset * 4, t * 4);
                     let scale = storage(abs_sum.buffer(), 0, 12);
-                    self.run(Kernel::SumSquares, &config, &[g.binding(), out, scale], t)?;
+                    self.run(Kernel::SumSquares, &config, binds![
+                        values = g.binding(),
+                        partials = out,
+                        abs_sum = scale,
+                    ], t)?;
                     offset += t.div_ceil(align) * align;
                 }
                 let partials_view = partials.view::<f32>(slots as usize)?;
@@ -917,7 +936,13 @@ impl Engine for GpuEngine {
             self.run(
                 Kernel::Sgd,
                 &config,
-                &[g.binding(), norm, p.binding(), v.binding(), scale],
+                binds![
+                    grad = g.binding(),
+                    norm_sq = norm,
+                    weights = p.binding(),
+                    velocity = v.binding(),
+                    abs_sum = scale,
+                ],
                 (p.shape.len() as u64).div_ceil(WG_SIZE),
             )?;
         }

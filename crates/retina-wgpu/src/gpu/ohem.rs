@@ -17,10 +17,10 @@ use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::detect::GpuDetection;
-use crate::gpu::dispatch::{Chunk, RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform, whole};
+use crate::gpu::dispatch::{Chunk, Dispatches, RowLayout, binds, plan_chunks, storage, whole};
 use crate::gpu::focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
-use crate::gpu::kernels::{Kernel, WG_SIZE};
-use crate::gpu::nms::{LOOP_BUDGET, region_for};
+use crate::gpu::kernels::{Kernel, LOOP_BUDGET, WG_SIZE};
+use crate::gpu::nms::region_for;
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::ops::nms::Nms;
@@ -48,7 +48,7 @@ pub(crate) struct RowLossConfig {
 /// Must stay in sync with `Config` in shaders/ohem_entries.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct EntriesConfig {
+pub(crate) struct OhemEntriesConfig {
     pub(crate) n_entries: u32,
     pub(crate) region: u32,
     pub(crate) anchors_per_image: u32,
@@ -83,14 +83,14 @@ pub(crate) struct ScaleConfig {
     pub(crate) _pad: [u32; 2],
 }
 
-/// Must stay in sync with `Config` in shaders/keep_map.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct MapConfig {
-    pub(crate) num_segments: u32,
-    pub(crate) region: u32,
-    pub(crate) max_out: u32,
-    pub(crate) _pad: u32,
+/// The per-anchor losses and the selection state shared by the image groups of one OHEM.
+struct Selection<'a> {
+    row_loss: &'a GpuBuffer<f32>,
+    selected: &'a GpuBuffer<u32>,
+    /// Per image the counts the select kernel keeps, then the batch's total at `total_index`.
+    state: GpuBuffer<u32>,
+    image_loss: GpuBuffer<f32>,
+    total_index: usize,
 }
 
 /// The buffers of OHEM recorded with [`GpuContext::record_ohem`].
@@ -158,7 +158,6 @@ impl GpuContext {
                 GROUP_BYTES_PER_SLOT * region as u64
             )));
         }
-        let quota = ohem.positive_quota();
         self.scoped(|| {
             // 1. Per-element cross entropy; the gradient is written unnormalised.
             let elementwise = self.zeros::<f32>(rows * k)?;
@@ -191,136 +190,137 @@ impl GpuContext {
                     &own_selected
                 }
             };
-            let total_index = 4 * images;
-            let state = self.zeros::<u32>(total_index + 1)?;
-            let image_loss = self.zeros::<f32>(images)?;
+            let selection = Selection {
+                row_loss: &row_loss,
+                selected,
+                state: self.zeros::<u32>(4 * images + 1)?,
+                image_loss: self.zeros::<f32>(images)?,
+                total_index: 4 * images,
+            };
             let mut first = 0;
             while first < images {
                 let count = group.min(images - first);
-                let entries = self.zeros::<SortEntry>(sort_len(count * region))?;
-                let records = self.zeros::<GpuDetection>(count * r)?;
-                let config = EntriesConfig {
-                    n_entries: entries.len() as u32,
-                    region: region as u32,
-                    anchors_per_image: r as u32,
-                    group_images: count as u32,
-                    row_offset: (first * r) as u32,
-                    _pad: [0; 3],
-                };
-                self.record_dispatch(
-                    encoder,
-                    Kernel::OhemEntries,
-                    &config,
-                    &[
-                        whole(&row_loss),
-                        whole(buffers.labels),
-                        whole(buffers.anchors),
-                        whole(&entries),
-                        whole(&records),
-                    ],
-                    (entries.len() as u64).div_ceil(WG_SIZE),
-                )?;
-                self.record_sort_entries(encoder, &entries)?;
-                let sorted = self.record_permute(encoder, &entries, &records, region, count)?;
-                // Survivors in loss order (as s * R + anchor) and how many per image.
-                let survivors;
-                let kept;
-                let (order, counts, stride) = match ohem.nms_threshold {
-                    None => (&sorted.payload, &sorted.counts, region),
-                    Some(threshold) => {
-                        // With a quota any survivor may be needed; without, the walk stops at B.
-                        let max_out = match quota {
-                            Some(_) => r,
-                            None => ohem.per_image.min(r),
-                        };
-                        kept = self.record_nms_sorted(encoder, &Nms::hard(threshold), &sorted, max_out)?;
-                        survivors = self.zeros::<u32>(count * max_out)?;
-                        let config = MapConfig {
-                            num_segments: count as u32,
-                            region: region as u32,
-                            max_out: max_out as u32,
-                            _pad: 0,
-                        };
-                        self.record_dispatch(
-                            encoder,
-                            Kernel::KeepMap,
-                            &config,
-                            &[
-                                whole(&sorted.payload),
-                                whole(&kept.kept),
-                                whole(&kept.keep),
-                                whole(&survivors),
-                            ],
-                            ((count * max_out) as u64).div_ceil(WG_SIZE),
-                        )?;
-                        (&survivors, &kept.kept, max_out)
-                    }
-                };
-                let base = SelectConfig {
-                    group_images: count as u32,
-                    stride: stride as u32,
-                    anchors_per_image: r as u32,
-                    first_image: first as u32,
-                    per_image: ohem.per_image as u32,
-                    positive_quota: quota.unwrap_or(0) as u32,
-                    flags: if quota.is_some() { FLAG_QUOTA } else { 0 },
-                    begin: 0,
-                    end: 0,
-                    total_index: total_index as u32,
-                    _pad: [0; 2],
-                };
-                let mut uniforms = Uniforms::new::<SelectConfig>(limits);
-                let mut slots = Vec::new();
-                let phases: &[u32] = if quota.is_some() { &[FLAG_COUNT, 0] } else { &[0] };
-                for &phase in phases {
-                    let mut begin = 0u64;
-                    while begin < stride as u64 {
-                        let end = (begin + SELECT_SPAN).min(stride as u64);
-                        slots.push(uniforms.push(&SelectConfig {
-                            flags: base.flags | phase,
-                            begin: begin as u32,
-                            end: end as u32,
-                            ..base
-                        }));
-                        begin = end;
-                    }
-                }
-                let uniform_buffer = uniforms.into_buffer(self)?;
-                let pipeline = self.pipeline(Kernel::OhemSelect)?;
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("ohem select"),
-                    timestamp_writes: None,
-                });
-                for slot in slots {
-                    dispatch(
-                        self,
-                        &mut pass,
-                        pipeline,
-                        &[
-                            uniform(&uniform_buffer, slot),
-                            whole(order),
-                            whole(counts),
-                            whole(buffers.labels),
-                            whole(&row_loss),
-                            whole(selected),
-                            whole(&state),
-                            whole(&image_loss),
-                        ],
-                        count as u32,
-                    )?;
-                }
-                drop(pass);
+                self.record_ohem_group(encoder, ohem, buffers, &selection, first..first + count)?;
                 first += count;
             }
             // 4. The loss over max(1, selected), then the gradient scaled to match.
             let normaliser = Normaliser::Count {
-                counts: state.buffer(),
-                index: total_index as u32,
+                counts: selection.state.buffer(),
+                index: selection.total_index as u32,
                 scale: 1.0,
             };
-            record_sum(self, encoder, &image_loss, &normaliser, buffers.loss)?;
+            record_sum(self, encoder, &selection.image_loss, &normaliser, buffers.loss)?;
             self.record_scale(encoder, selected, buffers.loss, buffers.grad, rows as u64, k as u64)
         })
+    }
+
+    /// Step 3 for the images `images` of the batch: their anchors ranked by loss (sort entries,
+    /// the bitonic sort, the permute into loss order), suppressed by NMS over the anchors' boxes
+    /// when the OHEM has a threshold, and the hardest survivors selected.
+    fn record_ohem_group(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        ohem: &Ohem,
+        buffers: &OhemBuffers<'_>,
+        selection: &Selection<'_>,
+        images: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let r = buffers.anchors.len();
+        let region = region_for(r);
+        let count = images.len();
+        let entries = self.zeros::<SortEntry>(sort_len(count * region))?;
+        let records = self.zeros::<GpuDetection>(count * r)?;
+        let config = OhemEntriesConfig {
+            n_entries: entries.len() as u32,
+            region: region as u32,
+            anchors_per_image: r as u32,
+            group_images: count as u32,
+            row_offset: (images.start * r) as u32,
+            _pad: [0; 3],
+        };
+        let bindings = binds![
+            row_loss = whole(selection.row_loss),
+            labels = whole(buffers.labels),
+            anchors = whole(buffers.anchors),
+            entries = whole(&entries),
+            records = whole(&records),
+        ];
+        let workgroups = (entries.len() as u64).div_ceil(WG_SIZE);
+        self.record_dispatch(encoder, Kernel::OhemEntries, &config, bindings, workgroups)?;
+        self.record_sort_entries(encoder, &entries)?;
+        let sorted = self.record_permute(encoder, &entries, &records, region, count)?;
+        match ohem.nms_threshold {
+            None => self.record_ohem_select(encoder, ohem, buffers, selection, images, &sorted.payload, &sorted.counts, region),
+            Some(threshold) => {
+                // With a quota any survivor may be needed; without, the walk stops at B.
+                let max_out = match ohem.positive_quota() {
+                    Some(_) => r,
+                    None => ohem.per_image.min(r),
+                };
+                let kept = self.record_nms_sorted(encoder, &Nms::hard(threshold), &sorted, max_out)?;
+                // Survivors in loss order (as s * R + anchor) and how many per image.
+                let survivors = self.zeros::<u32>(count * max_out)?;
+                self.record_keep_map(encoder, &sorted, &kept, max_out, &survivors)?;
+                self.record_ohem_select(encoder, ohem, buffers, selection, images, &survivors, &kept.kept, max_out)
+            }
+        }
+    }
+
+    /// `ohem_select.wgsl` over the images `images`, whose ranked survivors are `order` (`stride`
+    /// slots per image, `counts` of them valid): with a positive quota, a counting phase first;
+    /// the walk over the slots split into dispatches of bounded work.
+    #[allow(clippy::too_many_arguments)]
+    fn record_ohem_select(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        ohem: &Ohem,
+        buffers: &OhemBuffers<'_>,
+        selection: &Selection<'_>,
+        images: std::ops::Range<usize>,
+        order: &GpuBuffer<u32>,
+        counts: &GpuBuffer<u32>,
+        stride: usize,
+    ) -> Result<()> {
+        let quota = ohem.positive_quota();
+        let base = SelectConfig {
+            group_images: images.len() as u32,
+            stride: stride as u32,
+            anchors_per_image: buffers.anchors.len() as u32,
+            first_image: images.start as u32,
+            per_image: ohem.per_image as u32,
+            positive_quota: quota.unwrap_or(0) as u32,
+            flags: if quota.is_some() { FLAG_QUOTA } else { 0 },
+            begin: 0,
+            end: 0,
+            total_index: selection.total_index as u32,
+            _pad: [0; 2],
+        };
+        let mut list = Dispatches::new(self, "ohem select");
+        let phases: &[u32] = if quota.is_some() { &[FLAG_COUNT, 0] } else { &[0] };
+        for &phase in phases {
+            let mut begin = 0u64;
+            while begin < stride as u64 {
+                let end = (begin + SELECT_SPAN).min(stride as u64);
+                let config = SelectConfig {
+                    flags: base.flags | phase,
+                    begin: begin as u32,
+                    end: end as u32,
+                    ..base
+                };
+                let bindings = binds![
+                    order = whole(order),
+                    counts = whole(counts),
+                    labels = whole(buffers.labels),
+                    row_loss = whole(selection.row_loss),
+                    selected = whole(selection.selected),
+                    state = whole(&selection.state),
+                    image_loss = whole(&selection.image_loss),
+                ];
+                list.push(Kernel::OhemSelect, &config, bindings, images.len() as u64)?;
+                begin = end;
+            }
+        }
+        list.record(self, encoder)
     }
 
     /// Refuses buffers of another device.
@@ -366,9 +366,9 @@ impl GpuContext {
         };
         self.record_chunks(encoder, Kernel::OhemRowLoss, &plan, config, |c| {
             let n = c.rows.end - c.rows.start;
-            vec![
-                storage(elementwise.buffer(), c.rows.start * k * 4, n * k * 4),
-                storage(row_loss.buffer(), c.rows.start * 4, n * 4),
+            binds![
+                elementwise = storage(elementwise.buffer(), c.rows.start * k * 4, n * k * 4),
+                row_loss = storage(row_loss.buffer(), c.rows.start * 4, n * 4),
             ]
         })
     }
@@ -400,10 +400,10 @@ impl GpuContext {
         };
         self.record_chunks(encoder, Kernel::OhemScale, &plan, config, |c| {
             let n = c.rows.end - c.rows.start;
-            vec![
-                storage(selected.buffer(), c.rows.start * 4, n * 4),
-                storage(loss.buffer(), 0, 12),
-                storage(grad.buffer(), c.rows.start * k * 4, n * k * 4),
+            binds![
+                selected = storage(selected.buffer(), c.rows.start * 4, n * 4),
+                loss = storage(loss.buffer(), 0, 12),
+                grad = storage(grad.buffer(), c.rows.start * k * 4, n * k * 4),
             ]
         })
     }

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{RowLayout, Uniforms, dispatch, plan_chunks, storage, uniform};
+use crate::gpu::dispatch::{ChunkPlan, Dispatches, RowLayout, binds, plan_chunks, storage};
 use crate::gpu::kernels::Kernel;
 
 /// Values one reduce workgroup adds (`TILE` in the shader).
@@ -45,7 +45,6 @@ pub(crate) fn record_sum(
     out: &GpuBuffer<f32>,
 ) -> Result<()> {
     let limits = ctx.limits();
-    let pipeline = ctx.pipeline(Kernel::ReduceSum)?;
     let (norm_flags, norm_index, norm_value, counts) = match *normaliser {
         Normaliser::Constant(v) => (0, 0, v, None),
         Normaliser::Count { counts, index, scale } => (FLAG_NORM_FROM_COUNTS, index, scale, Some(counts)),
@@ -55,9 +54,7 @@ pub(crate) fn record_sum(
     let counts_bytes = counts.size().min(limits.max_storage_binding);
 
     // Levels until one workgroup can finish, each level a chunked dispatch into a new buffer.
-    let mut levels: Vec<GpuBuffer<f32>> = Vec::new();
-    let mut uniforms = Uniforms::new::<ReduceConfig>(limits);
-    let mut steps = Vec::new();
+    let mut levels: Vec<(ChunkPlan, GpuBuffer<f32>)> = Vec::new();
     let mut len = values.len() as u64;
     while len > REDUCE_TILE || len * 4 > limits.max_storage_binding {
         let plan = plan_chunks(
@@ -71,70 +68,41 @@ pub(crate) fn record_sum(
             },
         )?;
         let next = ctx.zeros::<f32>(plan.output_slots as usize)?;
-        let chunks: Vec<_> = plan
-            .chunks
-            .into_iter()
-            .map(|c| {
-                let n = c.rows.end - c.rows.start;
-                let slot = uniforms.push(&ReduceConfig {
-                    n: n as u32,
-                    flags: 0,
-                    norm_index,
-                    norm_value,
-                });
-                (c, slot)
-            })
-            .collect();
         len = next.len() as u64;
-        steps.push(chunks);
-        levels.push(next);
+        levels.push((plan, next));
     }
-    let final_slot = uniforms.push(&ReduceConfig {
+
+    let mut list = Dispatches::new(ctx, "reduce sum");
+    let mut input = values;
+    for (plan, output) in &levels {
+        for chunk in &plan.chunks {
+            let n = chunk.rows.end - chunk.rows.start;
+            let config = ReduceConfig {
+                n: n as u32,
+                flags: 0,
+                norm_index,
+                norm_value,
+            };
+            let bindings = binds![
+                input = storage(input.buffer(), chunk.rows.start * 4, n * 4),
+                counts = storage(counts, 0, counts_bytes),
+                output = storage(output.buffer(), chunk.output_offset * 4, u64::from(chunk.workgroups) * 4),
+            ];
+            list.push(Kernel::ReduceSum, &config, bindings, u64::from(chunk.workgroups))?;
+        }
+        input = output;
+    }
+    let config = ReduceConfig {
         n: len as u32,
         flags: FLAG_FINAL | norm_flags,
         norm_index,
         norm_value,
-    });
-    let uniform_buffer = uniforms.into_buffer(ctx)?;
-
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("reduce sum"),
-        timestamp_writes: None,
-    });
-    let mut input = values;
-    for (chunks, output) in steps.iter().zip(&levels) {
-        for (chunk, slot) in chunks {
-            let n = chunk.rows.end - chunk.rows.start;
-            dispatch(
-                ctx,
-                &mut pass,
-                pipeline,
-                &[
-                    uniform(&uniform_buffer, *slot),
-                    storage(input.buffer(), chunk.rows.start * 4, n * 4),
-                    storage(counts, 0, counts_bytes),
-                    storage(
-                        output.buffer(),
-                        chunk.output_offset * 4,
-                        u64::from(chunk.workgroups) * 4,
-                    ),
-                ],
-                chunk.workgroups,
-            )?;
-        }
-        input = output;
-    }
-    dispatch(
-        ctx,
-        &mut pass,
-        pipeline,
-        &[
-            uniform(&uniform_buffer, final_slot),
-            storage(input.buffer(), 0, len * 4),
-            storage(counts, 0, counts_bytes),
-            storage(out.buffer(), 0, 12),
-        ],
-        1,
-    )?;
-    Ok(())
+    };
+    let bindings = binds![
+        input = storage(input.buffer(), 0, len * 4),
+        counts = storage(counts, 0, counts_bytes),
+        output = storage(out.buffer(), 0, 12),
+    ];
+    list.push(Kernel::ReduceSum, &config, bindings, 1)?;
+    list.record(ctx, encoder)
 }

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Uniforms, dispatch, storage, uniform};
+use crate::gpu::dispatch::{Dispatches, binds, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 
 /// Entries one workgroup sorts in workgroup memory (`BLOCK` in bitonic_local.wgsl).
@@ -54,70 +54,34 @@ impl GpuContext {
             return Err(Error::invalid(format!("sort: {n} entries exceed 2^32")));
         }
         check_whole_binding(self, "the sort entries", entries.byte_len())?;
-        let limits = self.limits();
-        let mut uniforms = Uniforms::new::<BitonicConfig>(limits);
-        // (local?, config) for every dispatch, in order.
-        let mut steps = vec![(
-            true,
-            uniforms.push(&BitonicConfig {
+        let mut list = Dispatches::new(self, "bitonic sort");
+        let mut step = |kernel: Kernel, k: usize, j: usize| {
+            let workgroups = match kernel {
+                Kernel::BitonicLocal => (n / SORT_BLOCK) as u64,
+                _ => (n as u64 / 2).div_ceil(WG_SIZE),
+            };
+            let config = BitonicConfig {
                 n: n as u32,
-                k: 0,
-                j: 0,
+                k: k as u32,
+                j: j as u32,
                 _pad: 0,
-            }),
-        )];
+            };
+            let bindings = binds![entries = storage(entries.buffer(), 0, entries.byte_len())];
+            list.push(kernel, &config, bindings, workgroups)
+        };
+        // Blocks sorted in workgroup memory, then each merge: global steps while the partner
+        // is a block or more away, the rest of the merge in workgroup memory.
+        step(Kernel::BitonicLocal, 0, 0)?;
         let mut k = 2 * SORT_BLOCK;
         while k <= n {
             let mut j = k / 2;
             while j >= SORT_BLOCK {
-                steps.push((
-                    false,
-                    uniforms.push(&BitonicConfig {
-                        n: n as u32,
-                        k: k as u32,
-                        j: j as u32,
-                        _pad: 0,
-                    }),
-                ));
+                step(Kernel::BitonicGlobal, k, j)?;
                 j /= 2;
             }
-            steps.push((
-                true,
-                uniforms.push(&BitonicConfig {
-                    n: n as u32,
-                    k: k as u32,
-                    j: 0,
-                    _pad: 0,
-                }),
-            ));
+            step(Kernel::BitonicLocal, k, 0)?;
             k *= 2;
         }
-        self.scoped(|| {
-            let uniform_buffer = uniforms.into_buffer(self)?;
-            let local = self.pipeline(Kernel::BitonicLocal)?;
-            let global = self.pipeline(Kernel::BitonicGlobal)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("bitonic sort"),
-                timestamp_writes: None,
-            });
-            for (is_local, slot) in steps {
-                let (pipeline, workgroups) = if is_local {
-                    (local, (n / SORT_BLOCK) as u32)
-                } else {
-                    (global, ((n as u64 / 2).div_ceil(WG_SIZE)) as u32)
-                };
-                dispatch(
-                    self,
-                    &mut pass,
-                    pipeline,
-                    &[
-                        uniform(&uniform_buffer, slot),
-                        storage(entries.buffer(), 0, entries.byte_len()),
-                    ],
-                    workgroups,
-                )?;
-            }
-            Ok(())
-        })
+        list.record(self, encoder)
     }
 }

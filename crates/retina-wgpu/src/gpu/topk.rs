@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::buffer::GpuBuffer;
-use crate::gpu::context::GpuContext;
-use crate::gpu::dispatch::{Uniforms, dispatch, storage_window, uniform, whole};
+use crate::gpu::context::{DeviceLimits, GpuContext};
+use crate::gpu::dispatch::{Dispatches, binds, storage_window, whole};
 use crate::gpu::kernels::Kernel;
 
 /// Elements per tile (`TILE` in shaders/shared/topk_common.wgsl).
@@ -83,6 +83,106 @@ struct TopkChunk {
     key_len: u64,
 }
 
+/// The device's per-segment table and the radix selection's initial states, and the number of
+/// key tiles in all; checks that every segment fits `values_len` values and 2^32 indices.
+fn segment_table(
+    values_len: usize,
+    segments: &[TopkSegment],
+    stride: usize,
+) -> Result<(Vec<SegmentGpu>, Vec<SelectState>, u64)> {
+    if u32::try_from(segments.len()).is_err() {
+        return Err(Error::invalid(format!(
+            "top-k: {} segments exceed 2^32",
+            segments.len()
+        )));
+    }
+    let mut table = Vec::with_capacity(segments.len());
+    let mut states = Vec::with_capacity(segments.len());
+    let mut tiles = 0u64;
+    for (i, s) in segments.iter().enumerate() {
+        let end = s.start.checked_add(s.len);
+        if s.k > s.len || end.is_none_or(|end| end > values_len) {
+            return Err(Error::shape(
+                "top-k",
+                format!("segment {i} ({s:?}) does not fit {values_len} values, or k > len"),
+            ));
+        }
+        let out_end = i.checked_mul(stride).and_then(|o| o.checked_add(stride));
+        if u32::try_from(s.start + s.len).is_err() || out_end.is_none_or(|e| u32::try_from(e).is_err()) {
+            return Err(Error::invalid(format!(
+                "top-k: segment {i} ({s:?}) reaches past 2^32 elements (input or output)"
+            )));
+        }
+        table.push(SegmentGpu {
+            start: s.start as u32,
+            len: s.len as u32,
+            k: s.k as u32,
+            first_tile: tiles as u32,
+            out_offset: (i * stride) as u32,
+            _pad: [0; 3],
+        });
+        states.push(SelectState {
+            prefix: 0,
+            mask: 0,
+            remaining: s.k as u32,
+            greater: 0,
+            done: u32::from(s.k == 0),
+            threshold: if s.k == 0 { u32::MAX } else { 0 },
+            need_eq: 0,
+            selected: 0,
+        });
+        tiles += (s.len as u64).div_ceil(TILE).max(1);
+    }
+    Ok((table, states, tiles))
+}
+
+/// Groups consecutive segments into dispatches whose keys fit one storage binding (less the
+/// offset alignment a window may add) and whose tiles fit the folded grid.
+fn key_windows(limits: &DeviceLimits, segments: &[TopkSegment], table: &[SegmentGpu]) -> Result<Vec<TopkChunk>> {
+    let room = limits
+        .max_storage_binding
+        .saturating_sub(limits.storage_offset_alignment)
+        / 4;
+    let max_tiles = u64::from(limits.max_workgroups_per_dim).pow(2);
+    let mut chunks: Vec<TopkChunk> = Vec::new();
+    for (s, seg) in segments.iter().zip(table) {
+        let seg_tiles = (s.len as u64).div_ceil(TILE).max(1);
+        if s.len as u64 > room || seg_tiles > max_tiles {
+            return Err(Error::invalid(format!(
+                "top-k: a segment of {} values exceeds the device's storage binding limit",
+                s.len
+            )));
+        }
+        let extend = chunks.last().is_some_and(|c| {
+            c.key_start + room >= (s.start + s.len) as u64
+                && (s.start as u64) >= c.key_start
+                && u64::from(c.n_tiles) + seg_tiles <= max_tiles
+        });
+        if extend {
+            let c = chunks.last_mut().expect("checked above");
+            c.n_tiles += seg_tiles as u32;
+            c.key_len = c.key_len.max((s.start + s.len) as u64 - c.key_start);
+        } else {
+            chunks.push(TopkChunk {
+                first_tile: seg.first_tile,
+                n_tiles: seg_tiles as u32,
+                key_start: s.start as u64,
+                key_len: s.len as u64,
+            });
+        }
+    }
+    Ok(chunks)
+}
+
+/// The device buffers of one top-k recording.
+struct TopkState<'a> {
+    values: &'a GpuBuffer<f32>,
+    table: GpuBuffer<SegmentGpu>,
+    states: GpuBuffer<SelectState>,
+    histogram: GpuBuffer<u32>,
+    tile_counts: GpuBuffer<[u32; 2]>,
+}
+
 impl GpuContext {
     /// Records the top-k of every segment of `values`: the `k` largest values of each segment
     /// that are not NaN and, with `threshold`, greater than it. Values are compared through
@@ -98,226 +198,105 @@ impl GpuContext {
         self.check_buffer("GpuContext::record_top_k", "values", values)?;
         let limits = self.limits();
         let stride = segments.iter().map(|s| s.k).max().unwrap_or(0).max(1);
-        let mut table = Vec::with_capacity(segments.len());
-        let mut states = Vec::with_capacity(segments.len());
-        let mut tiles = 0u64;
-        if u32::try_from(segments.len()).is_err() {
-            return Err(Error::invalid(format!(
-                "top-k: {} segments exceed 2^32",
-                segments.len()
-            )));
-        }
-        for (i, s) in segments.iter().enumerate() {
-            let end = s.start.checked_add(s.len);
-            if s.k > s.len || end.is_none_or(|end| end > values.len()) {
-                return Err(Error::shape(
-                    "top-k",
-                    format!("segment {i} ({s:?}) does not fit {} values, or k > len", values.len()),
-                ));
-            }
-            let out_end = i.checked_mul(stride).and_then(|o| o.checked_add(stride));
-            if u32::try_from(s.start + s.len).is_err() || out_end.is_none_or(|e| u32::try_from(e).is_err()) {
-                return Err(Error::invalid(format!(
-                    "top-k: segment {i} ({s:?}) reaches past 2^32 elements (input or output)"
-                )));
-            }
-            let out_offset = i * stride;
-            table.push(SegmentGpu {
-                start: s.start as u32,
-                len: s.len as u32,
-                k: s.k as u32,
-                first_tile: tiles as u32,
-                out_offset: out_offset as u32,
-                _pad: [0; 3],
-            });
-            states.push(SelectState {
-                prefix: 0,
-                mask: 0,
-                remaining: s.k as u32,
-                greater: 0,
-                done: u32::from(s.k == 0),
-                threshold: if s.k == 0 { u32::MAX } else { 0 },
-                need_eq: 0,
-                selected: 0,
-            });
-            tiles += (s.len as u64).div_ceil(TILE).max(1);
-        }
-        let candidates = self.zeros::<[u32; 2]>(segments.len() * stride)?;
-        let selected = self.zeros::<u32>(segments.len())?;
+        let (table, states, tiles) = segment_table(values.len(), segments, stride)?;
+        let out = TopkOutput {
+            candidates: self.zeros::<[u32; 2]>(segments.len() * stride)?,
+            selected: self.zeros::<u32>(segments.len())?,
+            stride,
+        };
         if segments.is_empty() {
-            return Ok(TopkOutput {
-                candidates,
-                selected,
-                stride,
-            });
+            return Ok(out);
         }
-        // Group segments so that each dispatch's keys fit a binding.
-        let room = limits
-            .max_storage_binding
-            .saturating_sub(limits.storage_offset_alignment)
-            / 4;
-        let max_tiles = u64::from(limits.max_workgroups_per_dim).pow(2);
-        let mut chunks: Vec<TopkChunk> = Vec::new();
-        for (s, seg) in segments.iter().zip(&table) {
-            let seg_tiles = (s.len as u64).div_ceil(TILE).max(1);
-            if s.len as u64 > room || seg_tiles > max_tiles {
-                return Err(Error::invalid(format!(
-                    "top-k: a segment of {} values exceeds the device's storage binding limit",
-                    s.len
-                )));
-            }
-            let extend = chunks.last().is_some_and(|c| {
-                c.key_start + room >= (s.start + s.len) as u64
-                    && (s.start as u64) >= c.key_start
-                    && u64::from(c.n_tiles) + seg_tiles <= max_tiles
-            });
-            if extend {
-                let c = chunks.last_mut().expect("checked above");
-                c.n_tiles += seg_tiles as u32;
-                c.key_len = c.key_len.max((s.start + s.len) as u64 - c.key_start);
-            } else {
-                chunks.push(TopkChunk {
-                    first_tile: seg.first_tile,
-                    n_tiles: seg_tiles as u32,
-                    key_start: s.start as u64,
-                    key_len: s.len as u64,
-                });
-            }
-        }
+        let chunks = key_windows(limits, segments, &table)?;
         let (flags, threshold) = match threshold {
             Some(t) => (FLAG_THRESHOLD, t),
             None => (0, 0.0),
         };
-        let num_segments = segments.len() as u32;
+        let base = TopkConfig {
+            num_segments: segments.len() as u32,
+            flags,
+            threshold,
+            ..Default::default()
+        };
         self.scoped(|| {
-            let table_buf = self.upload(&table)?;
-            let states_buf = self.upload(&states)?;
-            let histogram = self.zeros::<u32>(segments.len() * 256)?;
-            let tile_counts = self.zeros::<[u32; 2]>(tiles as usize)?;
-            let mut uniforms = Uniforms::new::<TopkConfig>(limits);
-            let base_config = TopkConfig {
-                num_segments,
-                flags,
-                threshold,
-                ..Default::default()
+            let state = TopkState {
+                values,
+                table: self.upload(&table)?,
+                states: self.upload(&states)?,
+                histogram: self.zeros::<u32>(segments.len() * 256)?,
+                tile_counts: self.zeros::<[u32; 2]>(tiles as usize)?,
             };
-            // Per chunk: a key window and one uniform per radix pass, plus one for compaction.
-            let mut windows = Vec::new();
-            for c in &chunks {
-                let (binding, base) = storage_window(limits, values.buffer(), c.key_start, c.key_len, 4);
+            self.record_topk_steps(encoder, &state, &chunks, base, &out)
+        })?;
+        Ok(out)
+    }
+
+    /// Records the radix selection (four 8-bit passes of histogram per key window, then one
+    /// select per segment), then the compaction (count per tile, scan, gather) into `out`.
+    fn record_topk_steps(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        state: &TopkState<'_>,
+        chunks: &[TopkChunk],
+        base: TopkConfig,
+        out: &TopkOutput,
+    ) -> Result<()> {
+        let limits = self.limits();
+        let windows: Vec<_> = chunks
+            .iter()
+            .map(|c| {
+                let (keys, first) = storage_window(limits, state.values.buffer(), c.key_start, c.key_len, 4);
                 let config = TopkConfig {
                     first_tile: c.first_tile,
                     n_tiles: c.n_tiles,
-                    key_offset: (c.key_start - u64::from(base)) as u32,
-                    ..base_config
+                    key_offset: (c.key_start - u64::from(first)) as u32,
+                    ..base
                 };
-                let passes: Vec<_> = (0..4)
-                    .map(|p| {
-                        uniforms.push(&TopkConfig {
-                            shift: 24 - 8 * p,
-                            ..config
-                        })
-                    })
-                    .collect();
-                let compact = uniforms.push(&config);
-                windows.push((binding, passes, compact, c.n_tiles));
+                (keys, config, u64::from(c.n_tiles))
+            })
+            .collect();
+        let num_segments = u64::from(base.num_segments);
+        let mut list = Dispatches::new(self, "top-k");
+        for shift in [24, 16, 8, 0] {
+            for (keys, config, tiles) in &windows {
+                let config = TopkConfig { shift, ..*config };
+                let bindings = binds![
+                    keys = keys.clone(),
+                    segments = whole(&state.table),
+                    states = whole(&state.states),
+                    histogram = whole(&state.histogram),
+                ];
+                list.push(Kernel::TopkHistogram, &config, bindings, *tiles)?;
             }
-            let select_slots: Vec<_> = (0..4)
-                .map(|p| {
-                    uniforms.push(&TopkConfig {
-                        shift: 24 - 8 * p,
-                        ..base_config
-                    })
-                })
-                .collect();
-            let scan_slot = uniforms.push(&base_config);
-            let uniform_buffer = uniforms.into_buffer(self)?;
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("top-k"),
-                timestamp_writes: None,
-            });
-            let histogram_pipeline = self.pipeline(Kernel::TopkHistogram)?;
-            let select_pipeline = self.pipeline(Kernel::TopkSelect)?;
-            for (p, select_slot) in select_slots.iter().enumerate() {
-                for (binding, passes, _, n_tiles) in &windows {
-                    dispatch(
-                        self,
-                        &mut pass,
-                        histogram_pipeline,
-                        &[
-                            uniform(&uniform_buffer, passes[p]),
-                            binding.clone(),
-                            whole(&table_buf),
-                            whole(&states_buf),
-                            whole(&histogram),
-                        ],
-                        *n_tiles,
-                    )?;
-                }
-                dispatch(
-                    self,
-                    &mut pass,
-                    select_pipeline,
-                    &[
-                        uniform(&uniform_buffer, *select_slot),
-                        whole(&states_buf),
-                        whole(&histogram),
-                    ],
-                    num_segments,
-                )?;
-            }
-            let count_pipeline = self.pipeline(Kernel::TopkCount)?;
-            for (binding, _, compact, n_tiles) in &windows {
-                dispatch(
-                    self,
-                    &mut pass,
-                    count_pipeline,
-                    &[
-                        uniform(&uniform_buffer, *compact),
-                        binding.clone(),
-                        whole(&table_buf),
-                        whole(&states_buf),
-                        whole(&tile_counts),
-                    ],
-                    *n_tiles,
-                )?;
-            }
-            dispatch(
-                self,
-                &mut pass,
-                self.pipeline(Kernel::TopkScan)?,
-                &[
-                    uniform(&uniform_buffer, scan_slot),
-                    whole(&table_buf),
-                    whole(&states_buf),
-                    whole(&tile_counts),
-                    whole(&selected),
-                ],
-                num_segments,
-            )?;
-            let gather_pipeline = self.pipeline(Kernel::TopkGather)?;
-            for (binding, _, compact, n_tiles) in &windows {
-                dispatch(
-                    self,
-                    &mut pass,
-                    gather_pipeline,
-                    &[
-                        uniform(&uniform_buffer, *compact),
-                        binding.clone(),
-                        whole(&table_buf),
-                        whole(&states_buf),
-                        whole(&tile_counts),
-                        whole(&candidates),
-                    ],
-                    *n_tiles,
-                )?;
-            }
-            Ok(())
-        })?;
-        Ok(TopkOutput {
-            candidates,
-            selected,
-            stride,
-        })
+            let bindings = binds![states = whole(&state.states), histogram = whole(&state.histogram)];
+            list.push(Kernel::TopkSelect, &TopkConfig { shift, ..base }, bindings, num_segments)?;
+        }
+        for (keys, config, tiles) in &windows {
+            let bindings = binds![
+                keys = keys.clone(),
+                segments = whole(&state.table),
+                states = whole(&state.states),
+                tile_counts = whole(&state.tile_counts),
+            ];
+            list.push(Kernel::TopkCount, config, bindings, *tiles)?;
+        }
+        let bindings = binds![
+            segments = whole(&state.table),
+            states = whole(&state.states),
+            tile_counts = whole(&state.tile_counts),
+            selected = whole(&out.selected),
+        ];
+        list.push(Kernel::TopkScan, &base, bindings, num_segments)?;
+        for (keys, config, tiles) in &windows {
+            let bindings = binds![
+                keys = keys.clone(),
+                segments = whole(&state.table),
+                states = whole(&state.states),
+                tile_offsets = whole(&state.tile_counts),
+                candidates = whole(&out.candidates),
+            ];
+            list.push(Kernel::TopkGather, config, bindings, *tiles)?;
+        }
+        list.record(self, encoder)
     }
 }
