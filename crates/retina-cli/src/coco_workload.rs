@@ -162,8 +162,19 @@ impl CocoWorkload {
             }
         }));
 
+        let images = self.draw_images(&mut rng);
+        let (annotations, image_cats) = self.draw_annotations(&mut rng, &images, &categories, &cat_cum);
+        let results = self.draw_results(&mut rng, &images, &annotations, &image_cats, &categories, &cat_cum);
+        let gt = Instances::new(images, annotations, categories, "generated val2017-like workload")
+            .expect("the generator draws valid ids, boxes and areas");
+        (gt, results)
+    }
+
+    /// The images: ids increasing by random steps, COCO's mix of landscape, portrait and
+    /// square-ish sizes.
+    fn draw_images(&self, rng: &mut SeededRng) -> Vec<Image> {
         let mut id = 100_000_i64;
-        let images: Vec<Image> = (0..self.images)
+        (0..self.images)
             .map(|_| {
                 id += 1 + (rng.next_u64() % 200) as i64;
                 let u = rng.uniform();
@@ -182,8 +193,17 @@ impl CocoWorkload {
                     height,
                 }
             })
-            .collect();
+            .collect()
+    }
 
+    /// The annotations, in draw order, and each image's categories.
+    fn draw_annotations(
+        &self,
+        rng: &mut SeededRng,
+        images: &[Image],
+        categories: &[Category],
+        cat_cum: &[f64],
+    ) -> (Vec<Annotation>, Vec<Vec<usize>>) {
         // Annotations per image: one for each of 99% of the images, the rest spread by a
         // heavy-tailed weight (Exp(1)^1.2); each image holds 1-7 categories (the first the most
         // often).
@@ -195,16 +215,13 @@ impl CocoWorkload {
         let image_cats: Vec<Vec<usize>> = (0..self.images)
             .map(|_| {
                 let n = 1 + (rng.uniform().powf(1.5) * 7.0) as usize;
-                (0..n).map(|_| pick(&mut rng, &cat_cum)).collect()
+                (0..n).map(|_| pick(rng, cat_cum)).collect()
             })
             .collect();
         let mut annotations: Vec<Annotation> = Vec::with_capacity(self.annotations);
         let mut ann_id = 0_i64;
         for k in 0..self.annotations {
-            let i = filled
-                .get(k)
-                .copied()
-                .unwrap_or_else(|| filled[pick(&mut rng, &img_cum)]);
+            let i = filled.get(k).copied().unwrap_or_else(|| filled[pick(rng, &img_cum)]);
             let image = &images[i];
             let cats = &image_cats[i];
             let category = cats[((rng.uniform().powi(2) * cats.len() as f64) as usize).min(cats.len() - 1)];
@@ -217,8 +234,8 @@ impl CocoWorkload {
             } else {
                 (9216.0, 0.6 * width * height)
             };
-            let target = (range(&mut rng, f64::ln(lo), f64::ln(hi))).exp();
-            let fill = range(&mut rng, 0.6, 0.9);
+            let target = (range(rng, f64::ln(lo), f64::ln(hi))).exp();
+            let fill = range(rng, 0.6, 0.9);
             let aspect = (0.5 * rng.normal()).exp();
             let (w, h) = ((target / fill * aspect).sqrt(), (target / fill / aspect).sqrt());
             let (x, y) = (
@@ -236,6 +253,21 @@ impl CocoWorkload {
                 iscrowd: rng.uniform() < 0.01,
             });
         }
+        (annotations, image_cats)
+    }
+
+    /// A detector's results per image: noisy copies of the found objects (small ones found
+    /// less often), some with a wrong class, then background detections up to a per-image count,
+    /// the best `max_detections` kept.
+    fn draw_results(
+        &self,
+        rng: &mut SeededRng,
+        images: &[Image],
+        annotations: &[Annotation],
+        image_cats: &[Vec<usize>],
+        categories: &[Category],
+        cat_cum: &[f64],
+    ) -> Vec<BboxResult> {
         // Annotations grouped by image, as COCO's files roughly are not; keep the draw order.
         let mut by_image: Vec<Vec<usize>> = vec![Vec::new(); self.images];
         let positions: std::collections::HashMap<i64, usize> =
@@ -267,11 +299,11 @@ impl CocoWorkload {
                 for copy in 0..copies {
                     let u = rng.uniform();
                     let noise = if u < 0.5 {
-                        range(&mut rng, 0.02, 0.08)
+                        range(rng, 0.02, 0.08)
                     } else if u < 0.8 {
-                        range(&mut rng, 0.08, 0.2)
+                        range(rng, 0.08, 0.2)
                     } else {
-                        range(&mut rng, 0.2, 0.4)
+                        range(rng, 0.2, 0.4)
                     } * (1 + copy) as f64;
                     let [x, y, w, h] = ann.bbox;
                     let (nw, nh) = (w * (noise * rng.normal()).exp(), h * (noise * rng.normal()).exp());
@@ -280,19 +312,19 @@ impl CocoWorkload {
                         y + (h - nh) / 2.0 + noise * h * rng.normal(),
                     );
                     let quality = (1.0 - 1.8 * noise).max(0.05);
-                    let s = (quality * range(&mut rng, 0.5, 1.0)).clamp(0.01, 0.999);
-                    let s = score(&mut rng, s);
+                    let s = (quality * range(rng, 0.5, 1.0)).clamp(0.01, 0.999);
+                    let s = score(rng, s);
                     let mut category_id = ann.category_id;
                     if copy == 0 && rng.uniform() < 0.1 {
                         dets.push(BboxResult {
                             image_id: image.id,
-                            category_id: categories[pick(&mut rng, &cat_cum)].id,
+                            category_id: categories[pick(rng, cat_cum)].id,
                             bbox: clip([nx, ny, nw, nh], width, height).map(f32v),
-                            score: score(&mut rng, s * 0.6),
+                            score: score(rng, s * 0.6),
                         });
                     }
                     if copy > 0 && rng.uniform() < 0.2 {
-                        category_id = categories[pick(&mut rng, &cat_cum)].id;
+                        category_id = categories[pick(rng, cat_cum)].id;
                     }
                     dets.push(BboxResult {
                         image_id: image.id,
@@ -304,17 +336,17 @@ impl CocoWorkload {
             }
             let total = (36 + (rng.next_u64() % 65) as usize).min(self.max_detections);
             while dets.len() < total {
-                let side = (range(&mut rng, f64::ln(8.0), f64::ln(400.0))).exp();
+                let side = (range(rng, f64::ln(8.0), f64::ln(400.0))).exp();
                 let aspect = (0.5 * rng.normal()).exp();
                 let (w, h) = (side * aspect.sqrt(), side / aspect.sqrt());
                 let b = [rng.uniform() * (width - w), rng.uniform() * (height - h), w, h];
                 let category = if rng.uniform() < 0.5 {
                     image_cats[i][(rng.next_u64() % image_cats[i].len() as u64) as usize]
                 } else {
-                    pick(&mut rng, &cat_cum)
+                    pick(rng, cat_cum)
                 };
                 let s = 0.05 + 0.45 * rng.uniform().powi(3);
-                let s = score(&mut rng, s);
+                let s = score(rng, s);
                 dets.push(BboxResult {
                     image_id: image.id,
                     category_id: categories[category].id,
@@ -328,9 +360,7 @@ impl CocoWorkload {
             dets.truncate(self.max_detections);
             results.extend_from_slice(&dets);
         }
-        let gt = Instances::new(images, annotations, categories, "generated val2017-like workload")
-            .expect("the generator draws valid ids, boxes and areas");
-        (gt, results)
+        results
     }
 
     /// Generates the workload and writes `instances.json` (with polygons, see the module's

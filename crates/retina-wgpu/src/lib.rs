@@ -45,6 +45,8 @@
 
 mod backend;
 pub mod coco;
+// The CPU twins, public for the crate's tests and benchmarks only (see its module docs).
+#[doc(hidden)]
 pub mod cpu;
 pub mod data;
 mod error;
@@ -61,10 +63,10 @@ pub use gpu::{GpuBuffer, GpuContext, GpuOptions, LimitCaps};
 pub use ops::anchors::AnchorConfig;
 pub use ops::box_loss::{BoxLoss, BoxLossInput, BoxLossKind, BoxLossOutput, BoxReduction};
 pub use ops::boxes::{BoxCoder, box_iou};
-pub use ops::detect::{Detection, DetectionInput, PostProcess};
 pub use ops::focal::{FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, Reduction, Targets};
 pub use ops::matcher::{AssignedTargets, GroundTruth, Matcher, TargetAssigner};
 pub use ops::nms::{Nms, NmsKind, NmsOutput, batched_nms, nms};
+pub use ops::postprocess::{Detection, DetectionInput, PostProcess};
 pub use ops::sort::{sort_desc, top_k};
 pub use progress::{NoProgress, Progress};
 

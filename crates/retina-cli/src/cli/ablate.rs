@@ -121,26 +121,7 @@ pub fn run(args: AblateArgs) -> Result<()> {
         Vec::new()
     };
 
-    let val_dir = out.join("val");
-    if !args.resume || !val_dir.join("annotations.json").exists() {
-        if val_dir.exists() {
-            std::fs::remove_dir_all(&val_dir).map_err(|e| Error::io(&val_dir, e))?;
-        }
-        retina_wgpu::data::write_coco_with_progress(
-            &val_dir,
-            &grid.scenes,
-            grid.val_images,
-            ablate::VAL_SEED,
-            &Bar::new(grid.val_images >= 200),
-        )?;
-    }
-    let val = CocoDataset::open_dir(
-        &val_dir,
-        &DatasetOptions {
-            input_size: grid.scenes.size,
-            ..DatasetOptions::default()
-        },
-    )?;
+    let val = validation_set(&args, &grid)?;
 
     let todo: Vec<(LossSetting, u64)> = grid
         .settings
@@ -200,11 +181,68 @@ pub fn run(args: AblateArgs) -> Result<()> {
     bar.finish_and_clear();
 
     let mut files = vec![(runs_path.clone(), "one row per run"), (curves_path, "training losses")];
+    files.extend(write_figures(&args, &grid, &runs, &reference_dir)?);
+
+    let total: f64 = runs.iter().map(|r| r.seconds).sum();
+    let table = ablate::markdown(&grid, &runs);
+    let results = format!(
+        "# retina ablate: grid {}\n\nTrained on {engine_name}; {} runs, {:.1} minutes of training in all \
+         ({:.1} minutes in this invocation, evaluation included).\n\n{table}",
+        grid.name,
+        runs.len(),
+        total / 60.0,
+        start.elapsed().as_secs_f64() / 60.0
+    );
+    let results_path = out.join("results.md");
+    coco::write_file(&results_path, results.as_bytes())?;
+    files.push((results_path, "the tables"));
+    println!("\n{table}");
+    println!("Files:");
+    for (path, what) in files {
+        println!("  {}  {what}", path.display());
+    }
+    Ok(())
+}
+
+/// The experiment's validation scenes (written once, kept across `--resume`), decoded.
+fn validation_set(args: &AblateArgs, grid: &Grid) -> Result<CocoDataset> {
+    let val_dir = args.out.join("val");
+    if !args.resume || !val_dir.join("annotations.json").exists() {
+        if val_dir.exists() {
+            std::fs::remove_dir_all(&val_dir).map_err(|e| Error::io(&val_dir, e))?;
+        }
+        retina_wgpu::data::write_coco_with_progress(
+            &val_dir,
+            &grid.scenes,
+            grid.val_images,
+            ablate::VAL_SEED,
+            &Bar::new(grid.val_images >= 200),
+        )?;
+    }
+    CocoDataset::open_dir(
+        &val_dir,
+        &DatasetOptions {
+            input_size: grid.scenes.size,
+            ..DatasetOptions::default()
+        },
+    )
+}
+
+/// Figure 1, Figure 4 (from the reference model, when one was trained), AP against gamma and
+/// the loss curves of each loss family: the files written, with what each shows.
+fn write_figures(
+    args: &AblateArgs,
+    grid: &Grid,
+    runs: &[RunRecord],
+    reference_dir: &Path,
+) -> Result<Vec<(PathBuf, &'static str)>> {
+    let out = &args.out;
+    let mut files = Vec::new();
     let fig1 = out.join("fig1_loss_vs_pt.png");
     ablate::figure1()?.save_png(&fig1)?;
     files.push((fig1, "Figure 1: the loss against p_t for several gamma"));
     if reference_dir.join("model.safetensors").exists() {
-        let (net, values) = checkpoint::load_model(&reference_dir)?;
+        let (net, values) = checkpoint::load_model(reference_dir)?;
         let data = grid.data(ablate::VAL_SEED);
         let gammas = [0.0, 0.5, 1.0, 2.0, 5.0];
         let (pos, neg) = ablate::loss_distribution(&net, &values, &data, args.fig4_images, &gammas)?;
@@ -214,7 +252,7 @@ pub fn run(args: AblateArgs) -> Result<()> {
         files.push((pos_path, "Figure 4: loss distribution over positive samples"));
         files.push((neg_path, "Figure 4: loss distribution over negative samples"));
     }
-    if let Some(chart) = ablate::ap_against_gamma(&grid, &runs) {
+    if let Some(chart) = ablate::ap_against_gamma(grid, runs) {
         let path = out.join("ap_vs_gamma.png");
         chart.save_png(&path)?;
         files.push((path, "AP against gamma"));
@@ -236,33 +274,14 @@ pub fn run(args: AblateArgs) -> Result<()> {
             "training loss of the OHEM settings",
         ),
     ] {
-        let chart = ablate::loss_curves(&grid, &runs, kinds);
+        let chart = ablate::loss_curves(grid, runs, kinds);
         if !chart.series.is_empty() {
             let path = out.join(name);
             chart.save_png(&path)?;
             files.push((path, what));
         }
     }
-
-    let total: f64 = runs.iter().map(|r| r.seconds).sum();
-    let table = ablate::markdown(&grid, &runs);
-    let results = format!(
-        "# retina ablate: grid {}\n\nTrained on {engine_name}; {} runs, {:.1} minutes of training in all \
-         ({:.1} minutes in this invocation, evaluation included).\n\n{table}",
-        grid.name,
-        runs.len(),
-        total / 60.0,
-        start.elapsed().as_secs_f64() / 60.0
-    );
-    let results_path = out.join("results.md");
-    coco::write_file(&results_path, results.as_bytes())?;
-    files.push((results_path, "the tables"));
-    println!("\n{table}");
-    println!("Files:");
-    for (path, what) in files {
-        println!("  {}  {what}", path.display());
-    }
-    Ok(())
+    Ok(files)
 }
 
 /// The model whose losses make Figure 4: focal loss with gamma 2 when the grid has it (the

@@ -34,9 +34,9 @@ use rayon::prelude::*;
 use retina_coco::{Annotation, BboxResult, Category, Image, Instances};
 
 use crate::error::{Error, Result};
-use crate::ops::detect::Detection;
 use crate::ops::image::Normalize;
 use crate::ops::matcher::GroundTruth;
+use crate::ops::postprocess::Detection;
 use crate::progress::{Finish, NoProgress, Progress};
 
 /// How a [`CocoDataset`] is loaded and what its samples become.

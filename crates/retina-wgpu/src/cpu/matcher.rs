@@ -1,4 +1,4 @@
-//! CPU twin of `shaders/match_gt_max.wgsl` + `shaders/match_assign.wgsl`.
+//! CPU twin of `shaders/matcher_gt_max.wgsl` + `shaders/matcher_assign.wgsl`.
 //!
 //! Anchors are laid out as columns (x1, y1, x2, y2, area) so that the IoU of one ground truth
 //! with a run of anchors is a vectorised loop. Work is split into (image, anchor chunk) tasks.

@@ -10,7 +10,10 @@ use rayon::prelude::*;
 use crate::cpu::conv::{self, ConvProblem, Real};
 use crate::cpu::group_norm;
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, host_vec};
+use crate::nn::{
+    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, check_permute,
+    check_same, check_sgd, check_upsample, check_upsample_backward, host_vec,
+};
 
 /// Recycled vectors by length. Shared by the engine and its tensors, which return their storage
 /// when dropped.
@@ -150,13 +153,6 @@ impl<T: Real> Default for CpuEngine<T> {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn check_same(op: &'static str, a: Shape, b: Shape) -> Result<()> {
-    if a != b {
-        return Err(Error::shape(op, format!("shapes {a} and {b} differ")));
-    }
-    Ok(())
 }
 
 impl<T: Real> CpuEngine<T> {
@@ -598,65 +594,4 @@ fn sum_squares<T: Real>(v: &[T]) -> f64 {
     }
     rest.iter()
         .fold(acc.iter().sum::<f64>(), |s, x| s + x.to_f64() * x.to_f64())
-}
-
-/// Checks a head permute's shapes; returns the values per anchor (C).
-pub(crate) fn check_permute(head: Shape, anchors: usize, rows: Shape, row_offset: usize) -> Result<usize> {
-    if anchors == 0 || !head.c.is_multiple_of(anchors) {
-        return Err(Error::shape(
-            "permute head",
-            format!("{head} does not hold {anchors} anchors per cell"),
-        ));
-    }
-    let values = head.c / anchors;
-    head.checked_len()?;
-    rows.checked_len()?;
-    let end = head
-        .h
-        .checked_mul(head.w)
-        .and_then(|p| p.checked_mul(anchors))
-        .and_then(|cells| cells.checked_add(row_offset));
-    if rows.n != head.n || rows.c != 1 || rows.w != values || end.is_none_or(|end| end > rows.h) {
-        return Err(Error::shape(
-            "permute head",
-            format!("a head of {head} with {anchors} anchors does not fit rows {rows} at row {row_offset}"),
-        ));
-    }
-    Ok(values)
-}
-
-/// Checks a nearest upsampling of `s` to `h x w`: at least the input size, the input not empty
-/// in height or width, and an output whose size can be counted.
-pub(crate) fn check_upsample(s: Shape, h: usize, w: usize) -> Result<()> {
-    if h < s.h || w < s.w || s.h == 0 || s.w == 0 {
-        return Err(Error::shape(
-            "upsample",
-            format!("{s} cannot be resized up to {h} x {w}"),
-        ));
-    }
-    Shape::new(s.n, s.c, h, w).checked_len()?;
-    Ok(())
-}
-
-/// Checks the gradient of an upsampling from `h x w` to `s`.
-pub(crate) fn check_upsample_backward(s: Shape, h: usize, w: usize) -> Result<()> {
-    if h > s.h || w > s.w || h == 0 || w == 0 {
-        return Err(Error::shape(
-            "upsample backward",
-            format!("{s} did not come from {h} x {w}"),
-        ));
-    }
-    s.checked_len()?;
-    Ok(())
-}
-
-/// Checks that SGD has one gradient and one velocity per parameter.
-pub(crate) fn check_sgd(params: usize, grads: usize, velocity: usize, decay: usize) -> Result<()> {
-    if params != grads || params != velocity || (decay != 0 && decay != params) {
-        return Err(Error::shape(
-            "sgd",
-            format!("{params} parameters, {grads} gradients, {velocity} velocities and {decay} decay flags"),
-        ));
-    }
-    Ok(())
 }

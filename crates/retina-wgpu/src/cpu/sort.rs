@@ -3,24 +3,7 @@
 
 use rayon::prelude::*;
 
-/// `ordered_key` of the shaders: unsigned order = float order, NaN -> 0 (never selected).
-#[inline(always)]
-pub fn ordered_key(x: f32) -> u32 {
-    let u = x.to_bits();
-    if u & 0x7fff_ffff > 0x7f80_0000 {
-        return 0;
-    }
-    if u & 0x8000_0000 != 0 { !u } else { u | 0x8000_0000 }
-}
-
-/// Inverse of [`ordered_key`] (key 0 gives NaN).
-#[inline(always)]
-pub fn key_to_float(k: u32) -> f32 {
-    if k == 0 {
-        return f32::NAN;
-    }
-    f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
-}
+pub(crate) use crate::ops::sort::{key_to_float, ordered_key};
 
 /// The key the top-k ranks `value` by: 0 (excluded) for NaN and, with a threshold, for values
 /// not above it.

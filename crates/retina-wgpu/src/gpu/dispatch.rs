@@ -295,8 +295,8 @@ pub(crate) fn entries<'r>(
         resource: uniform,
     }];
     for (i, (slot, name)) in slots.into_iter().zip(names).enumerate() {
-        let resource = slot
-            .ok_or_else(|| Error::Validation(format!("{}: binding `{name}` not given", kernel.file())))?;
+        let resource =
+            slot.ok_or_else(|| Error::Validation(format!("{}: binding `{name}` not given", kernel.file())))?;
         entries.push(wgpu::BindGroupEntry {
             binding: i as u32 + 1,
             resource,

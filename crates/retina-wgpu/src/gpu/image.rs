@@ -87,10 +87,7 @@ impl GpuContext {
             encoder,
             Kernel::ImageToTensor,
             &config,
-            binds![
-                frame = wgpu::BindingResource::TextureView(frame),
-                dst = whole(out),
-            ],
+            binds![frame = wgpu::BindingResource::TextureView(frame), dst = whole(out),],
             (plane as u64).div_ceil(WG_SIZE),
         )
     }

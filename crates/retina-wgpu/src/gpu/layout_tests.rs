@@ -83,7 +83,7 @@ macro_rules! mirror {
 fn mirrors() -> Vec<Mirror> {
     vec![
         mirror!(reduce::ReduceConfig as "Config" in ["reduce_sum.wgsl"] { n, flags, norm_index, norm_value }),
-        mirror!(matcher::MatchConfig as "Config" in ["match_gt_max.wgsl", "match_assign.wgsl"] {
+        mirror!(matcher::MatchConfig as "Config" in ["matcher_gt_max.wgsl", "matcher_assign.wgsl"] {
             anchors_per_image, anchor_base, chunk_anchors, tiles_per_image, image_first, num_images, batch,
             flags, out_base4, out_base16, high, low, num_boxes, _pad, weights,
         }),
@@ -100,12 +100,12 @@ fn mirrors() -> Vec<Mirror> {
             n_rows, anchors_per_image, first_row, flags, beta, clamp, norm_index, norm_value, weights,
         }),
         mirror!(sort::BitonicConfig as "Config" in ["bitonic_local.wgsl", "bitonic_global.wgsl"] { n, k, j, _pad }),
-        mirror!(nn::ConvConfig as "Config" in ["conv_gemm.wgsl"] {
+        mirror!(conv::ConvConfig as "Config" in ["conv_gemm.wgsl"] {
             batch, in_channels, out_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride, pad,
             m, n, k, k_split, splits, m_tiles, n_tiles, flags, _pad,
         }),
-        mirror!(nn::ConvReduceConfig as "Config" in ["conv_reduce.wgsl"] { total, splits, channel_stride, channels, flags, _pad }),
-        mirror!(nn::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
+        mirror!(conv::ConvReduceConfig as "Config" in ["conv_reduce.wgsl"] { total, splits, channel_stride, channels, flags, _pad }),
+        mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
         mirror!(nn::ElementwiseConfig as "Config" in ["elementwise.wgsl"] { n, scale, _pad }),
         mirror!(nn::UpsampleConfig as "Config" in ["upsample_nearest.wgsl"] { planes, in_h, in_w, out_h, out_w, _pad }),
         mirror!(nn::PermuteHeadConfig as "Config" in ["head_permute.wgsl"] {
@@ -140,15 +140,15 @@ fn mirrors() -> Vec<Mirror> {
         mirror!(group_norm::GroupNormConfig as "Config" in ["group_norm_stats.wgsl", "group_norm_apply.wgsl", "group_norm_grad_sums.wgsl", "group_norm_grad_coef.wgsl"] {
             batch, channels, groups, group_channels, plane, eps, _pad,
         }),
-        mirror!(detect::GpuDetection as "Detection" in ["detect_candidates.wgsl", "detect_output.wgsl"] {
+        mirror!(postprocess::GpuDetection as "Detection" in ["postprocess_candidates.wgsl", "postprocess_output.wgsl"] {
             bbox, score, class as label, _pad,
         }),
-        mirror!(detect::CandidateConfig as "Config" in ["detect_candidates.wgsl"] {
+        mirror!(postprocess::CandidateConfig as "Config" in ["postprocess_candidates.wgsl"] {
             batch, levels, topk, region, anchors_per_image, num_classes, clip, total, image_size, clamp, _pad,
             weights,
         }),
-        mirror!(detect::LevelInfo as "Level" in ["detect_candidates.wgsl"] { first_anchor, _pad }),
-        mirror!(detect::OutputConfig as "Config" in ["detect_output.wgsl"] { batch, region, max_out, draw_vertices }),
+        mirror!(postprocess::LevelInfo as "Level" in ["postprocess_candidates.wgsl"] { first_anchor, _pad }),
+        mirror!(postprocess::OutputConfig as "Config" in ["postprocess_output.wgsl"] { batch, region, max_out, draw_vertices }),
         mirror!(image::ImageConfig as "Config" in ["image_to_tensor.wgsl"] {
             side, frame_w, frame_h, offset, scale, _pad0, _pad1, _pad2, mean, inv_std,
         }),
@@ -337,7 +337,13 @@ fn wgsl_bindings(kernel: Kernel, features: ShaderFeatures) -> Vec<(u32, String, 
         .iter()
         .filter_map(|(_, var)| {
             let binding = var.binding.as_ref()?;
-            assert_eq!(binding.group, 0, "{}: `{:?}` is not in group 0", kernel.file(), var.name);
+            assert_eq!(
+                binding.group,
+                0,
+                "{}: `{:?}` is not in group 0",
+                kernel.file(),
+                var.name
+            );
             Some((binding.binding, var.name.clone().unwrap_or_default(), var.space))
         })
         .collect();
@@ -359,7 +365,10 @@ fn kernel_table_bindings_match_the_wgsl() {
             expected.extend(kernel.bindings().iter().enumerate().map(|(i, n)| (i as u32 + 1, *n)));
             let got: Vec<(u32, &str)> = wgsl.iter().map(|(b, n, _)| (*b, n.as_str())).collect();
             if got != expected {
-                errors.push(format!("{kernel:?} ({}): WGSL {got:?}, table {expected:?}", kernel.file()));
+                errors.push(format!(
+                    "{kernel:?} ({}): WGSL {got:?}, table {expected:?}",
+                    kernel.file()
+                ));
             }
             for (binding, name, space) in &wgsl {
                 let ok = match binding {
@@ -372,7 +381,11 @@ fn kernel_table_bindings_match_the_wgsl() {
             }
         }
     }
-    assert!(errors.is_empty(), "kernel table and WGSL disagree:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "kernel table and WGSL disagree:\n{}",
+        errors.join("\n")
+    );
 }
 
 /// Bindings are placed by name: order at the call site does not matter, and a wrong, missing or
@@ -387,7 +400,10 @@ fn bindings_are_placed_by_name_and_checked() {
     let names = Kernel::FocalLoss.bindings();
     let mut shuffled: Vec<Bind<'_>> = names.iter().rev().map(|n| bind(n)).collect();
     let placed = entries(Kernel::FocalLoss, none(), &shuffled).unwrap();
-    assert_eq!(placed.iter().map(|e| e.binding).collect::<Vec<_>>(), (0..=names.len() as u32).collect::<Vec<_>>());
+    assert_eq!(
+        placed.iter().map(|e| e.binding).collect::<Vec<_>>(),
+        (0..=names.len() as u32).collect::<Vec<_>>()
+    );
 
     shuffled[0].name = "logitz";
     let err = entries(Kernel::FocalLoss, none(), &shuffled).unwrap_err().to_string();

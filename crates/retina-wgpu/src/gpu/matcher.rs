@@ -1,4 +1,4 @@
-//! Dispatch of the matcher (`shaders/match_gt_max.wgsl`, `shaders/match_assign.wgsl`): a batch
+//! Dispatch of the matcher (`shaders/matcher_gt_max.wgsl`, `shaders/matcher_assign.wgsl`): a batch
 //! of images, each with its own ground truth, to per-anchor targets in one command buffer.
 
 use crate::error::{Error, Result};
@@ -11,7 +11,7 @@ use crate::ops::matcher::{AssignedTargets, GroundTruth, TargetAssigner};
 
 const FLAG_LOW_QUALITY: u32 = 1;
 
-/// Must stay in sync with `Config` in shaders/shared/match_common.wgsl.
+/// Must stay in sync with `Config` in shaders/shared/matcher_common.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct MatchConfig {
@@ -111,6 +111,60 @@ fn plan(ctx: &GpuContext, batch: u64, anchors: u64) -> Result<Vec<MatchChunk>> {
     Ok(chunks)
 }
 
+/// Checks a batch's ground truth and outputs against `a` anchors per image; returns
+/// (images in the batch, anchors per image).
+fn assign_shapes(a: u64, gt: &GroundTruthBuffers<'_>, out: &AssignBuffers<'_>) -> Result<(u64, u64)> {
+    if gt.offsets.is_empty() {
+        return Err(Error::shape(
+            "target assignment",
+            "offsets need batch + 1 entries (at least one)",
+        ));
+    }
+    let batch = gt.offsets.len() as u64 - 1;
+    if gt.boxes.len() != gt.classes.len() {
+        return Err(Error::shape(
+            "target assignment",
+            format!("{} ground-truth boxes but {} classes", gt.boxes.len(), gt.classes.len()),
+        ));
+    }
+    let Some(total) = batch.checked_mul(a) else {
+        return Err(Error::invalid(format!(
+            "target assignment: {batch} images x {a} anchors overflow"
+        )));
+    };
+    for (name, len) in [
+        ("matches", out.matches.len()),
+        ("labels", out.labels.len()),
+        ("box_targets", out.box_targets.len()),
+    ] {
+        if len as u64 != total {
+            return Err(Error::shape(
+                "target assignment",
+                format!(
+                    "{name} holds {len} entries; {batch} images x {a} anchors need {}",
+                    total
+                ),
+            ));
+        }
+    }
+    if out.positives.len() as u64 != batch + 1 {
+        return Err(Error::shape(
+            "target assignment",
+            format!(
+                "positives holds {} entries; {batch} images need {}",
+                out.positives.len(),
+                batch + 1
+            ),
+        ));
+    }
+    if u32::try_from(total).is_err() || u32::try_from(gt.boxes.len()).is_err() {
+        return Err(Error::invalid(format!(
+            "target assignment: {batch} x {a} anchors exceed 2^32"
+        )));
+    }
+    Ok((batch, a))
+}
+
 impl GpuContext {
     /// Records target assignment for a batch into `encoder`: per-ground-truth highest IoUs, then
     /// per-anchor matches, labels, encoded targets and positive counts, all left on the device
@@ -136,55 +190,7 @@ impl GpuContext {
         self.check_buffer(op, "out.labels", out.labels)?;
         self.check_buffer(op, "out.box_targets", out.box_targets)?;
         self.check_buffer(op, "out.positives", out.positives)?;
-        let a = anchors.len() as u64;
-        if gt.offsets.is_empty() {
-            return Err(Error::shape(
-                "target assignment",
-                "offsets need batch + 1 entries (at least one)",
-            ));
-        }
-        let batch = gt.offsets.len() as u64 - 1;
-        if gt.boxes.len() != gt.classes.len() {
-            return Err(Error::shape(
-                "target assignment",
-                format!("{} ground-truth boxes but {} classes", gt.boxes.len(), gt.classes.len()),
-            ));
-        }
-        let Some(total) = batch.checked_mul(a) else {
-            return Err(Error::invalid(format!(
-                "target assignment: {batch} images x {a} anchors overflow"
-            )));
-        };
-        for (name, len) in [
-            ("matches", out.matches.len()),
-            ("labels", out.labels.len()),
-            ("box_targets", out.box_targets.len()),
-        ] {
-            if len as u64 != total {
-                return Err(Error::shape(
-                    "target assignment",
-                    format!(
-                        "{name} holds {len} entries; {batch} images x {a} anchors need {}",
-                        total
-                    ),
-                ));
-            }
-        }
-        if out.positives.len() as u64 != batch + 1 {
-            return Err(Error::shape(
-                "target assignment",
-                format!(
-                    "positives holds {} entries; {batch} images need {}",
-                    out.positives.len(),
-                    batch + 1
-                ),
-            ));
-        }
-        if u32::try_from(total).is_err() || u32::try_from(gt.boxes.len()).is_err() {
-            return Err(Error::invalid(format!(
-                "target assignment: {batch} x {a} anchors exceed 2^32"
-            )));
-        }
+        let (batch, a) = assign_shapes(anchors.len() as u64, gt, out)?;
         check_whole_binding(self, "the ground-truth boxes", gt.boxes.byte_len())?;
         let chunks = plan(self, batch, a)?;
         self.scoped(|| {
@@ -244,7 +250,7 @@ impl GpuContext {
                 };
                 let workgroups = images * count.div_ceil(WG_SIZE);
                 gt_max.push(
-                    Kernel::MatchGtMax,
+                    Kernel::MatcherGtMax,
                     &config,
                     binds![
                         anchors = anchor_binding.clone(),
@@ -255,7 +261,7 @@ impl GpuContext {
                     workgroups,
                 )?;
                 assign.push(
-                    Kernel::MatchAssign,
+                    Kernel::MatcherAssign,
                     &config,
                     binds![
                         anchors = anchor_binding,

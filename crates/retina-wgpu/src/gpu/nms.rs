@@ -5,9 +5,9 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::detect::GpuDetection;
 use crate::gpu::dispatch::{Dispatches, binds, whole};
 use crate::gpu::kernels::{Kernel, LOOP_BUDGET, WG_SIZE};
+use crate::gpu::postprocess::GpuDetection;
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::ops::nms::{Nms, NmsKind, NmsOutput};
 

@@ -16,11 +16,11 @@ use crate::error::{Error, Result};
 use crate::gpu::boxes::check_whole_binding;
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
-use crate::gpu::detect::GpuDetection;
 use crate::gpu::dispatch::{Chunk, Dispatches, RowLayout, binds, plan_chunks, storage, whole};
 use crate::gpu::focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
 use crate::gpu::kernels::{Kernel, LOOP_BUDGET, WG_SIZE};
 use crate::gpu::nms::region_for;
+use crate::gpu::postprocess::GpuDetection;
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::ops::nms::Nms;
@@ -250,7 +250,16 @@ impl GpuContext {
         self.record_sort_entries(encoder, &entries)?;
         let sorted = self.record_permute(encoder, &entries, &records, region, count)?;
         match ohem.nms_threshold {
-            None => self.record_ohem_select(encoder, ohem, buffers, selection, images, &sorted.payload, &sorted.counts, region),
+            None => self.record_ohem_select(
+                encoder,
+                ohem,
+                buffers,
+                selection,
+                images,
+                &sorted.payload,
+                &sorted.counts,
+                region,
+            ),
             Some(threshold) => {
                 // With a quota any survivor may be needed; without, the walk stops at B.
                 let max_out = match ohem.positive_quota() {
@@ -261,7 +270,9 @@ impl GpuContext {
                 // Survivors in loss order (as s * R + anchor) and how many per image.
                 let survivors = self.zeros::<u32>(count * max_out)?;
                 self.record_keep_map(encoder, &sorted, &kept, max_out, &survivors)?;
-                self.record_ohem_select(encoder, ohem, buffers, selection, images, &survivors, &kept.kept, max_out)
+                self.record_ohem_select(
+                    encoder, ohem, buffers, selection, images, &survivors, &kept.kept, max_out,
+                )
             }
         }
     }

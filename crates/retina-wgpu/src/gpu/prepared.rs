@@ -20,11 +20,11 @@
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
-use crate::gpu::detect::{DetectionBuffers, DetectionOutput};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::postprocess::{DetectionBuffers, DetectionOutput};
 use crate::gpu::topk::{TopkOutput, TopkSegment};
-use crate::ops::detect::PostProcess;
 use crate::ops::nms::Nms;
+use crate::ops::postprocess::PostProcess;
 
 /// The kernels of top-k selection.
 const TOPK_KERNELS: &[Kernel] = &[
@@ -51,7 +51,7 @@ const NMS_KERNELS: &[Kernel] = &[
 ];
 
 /// The detection kernels around top-k and NMS.
-const DETECT_KERNELS: &[Kernel] = &[Kernel::DetectCandidates, Kernel::DetectOutput];
+const DETECT_KERNELS: &[Kernel] = &[Kernel::PostprocessCandidates, Kernel::PostprocessOutput];
 
 /// The whole post-processing of [`GpuContext::record_postprocess`], prepared for a frame loop.
 pub struct PreparedPostProcess {

@@ -86,7 +86,11 @@ pub(crate) fn record_sum(
             let bindings = binds![
                 input = storage(input.buffer(), chunk.rows.start * 4, n * 4),
                 counts = storage(counts, 0, counts_bytes),
-                output = storage(output.buffer(), chunk.output_offset * 4, u64::from(chunk.workgroups) * 4),
+                output = storage(
+                    output.buffer(),
+                    chunk.output_offset * 4,
+                    u64::from(chunk.workgroups) * 4
+                ),
             ];
             list.push(Kernel::ReduceSum, &config, bindings, u64::from(chunk.workgroups))?;
         }

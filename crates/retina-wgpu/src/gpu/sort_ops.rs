@@ -1,11 +1,11 @@
 //! Host-slice paths of [`crate::ops::sort`] on the GPU.
 
-use crate::cpu::sort::ordered_key;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::Readback;
 use crate::gpu::context::GpuContext;
 use crate::gpu::sort::{SortEntry, padding, sort_len};
 use crate::gpu::topk::TopkSegment;
+use crate::ops::sort::ordered_key;
 
 /// Indices of `keys` in decreasing key order (ties by index, NaN last), sorted on the device.
 pub(crate) fn argsort_desc_host(ctx: &GpuContext, keys: &[f32]) -> Result<Vec<u32>> {

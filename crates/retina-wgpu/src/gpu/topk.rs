@@ -269,7 +269,12 @@ impl GpuContext {
                 list.push(Kernel::TopkHistogram, &config, bindings, *tiles)?;
             }
             let bindings = binds![states = whole(&state.states), histogram = whole(&state.histogram)];
-            list.push(Kernel::TopkSelect, &TopkConfig { shift, ..base }, bindings, num_segments)?;
+            list.push(
+                Kernel::TopkSelect,
+                &TopkConfig { shift, ..base },
+                bindings,
+                num_segments,
+            )?;
         }
         for (keys, config, tiles) in &windows {
             let bindings = binds![

@@ -6,11 +6,11 @@
 use crate::backend::Backend;
 use crate::cpu::nn::{CpuEngine, CpuTensor};
 use crate::error::{Error, Result};
-use crate::gpu::detect::unpack_detections;
+use crate::gpu::postprocess::unpack_detections;
 use crate::gpu::{DetectionBuffers, DetectionOutput, GpuBuffer, GpuContext, OutputOptions};
 use crate::model::{AnchorSet, RetinaNet};
 use crate::nn::{Engine, GpuEngine, GpuTensor, Shape};
-use crate::ops::detect::{Detection, DetectionInput, PostProcess};
+use crate::ops::postprocess::{Detection, DetectionInput, PostProcess};
 use crate::progress::{Finish, Progress};
 
 /// An engine that turns the network's row outputs into detections.

@@ -593,6 +593,41 @@ impl RetinaNet {
             }
         }
         let mut grads: Vec<Option<E::Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        let [d3, d4, d5, d6, d7] = self.heads_backward(e, params, tape, class_grad, box_grad, &mut grads)?;
+        let dc = self.fpn_backward(e, params, tape, [d3, d4, d5, d6, d7], &mut grads)?;
+        self.backbone_backward(e, params, tape, dc, &mut grads)?;
+        grads
+            .into_iter()
+            .zip(&self.params)
+            .map(|(g, spec)| match g {
+                Some(g) => Ok(g),
+                None => e.zeros(spec.shape),
+            })
+            .collect()
+    }
+
+    /// [`RetinaNet::block_backward`] of a block whose input gradient is wanted.
+    fn through<E: Engine>(
+        e: &mut E,
+        b: &Block,
+        params: &[E::Tensor],
+        input: (&E::Tensor, &BlockTape<E::Tensor>),
+        grad_out: E::Tensor,
+        grads: &mut [Option<E::Tensor>],
+    ) -> Result<E::Tensor> {
+        Ok(Self::block_backward(e, b, params, input, grad_out, true, grads)?.expect("input gradient was asked for"))
+    }
+
+    /// The heads, level by level: the gradient of each pyramid level (P3-P7) from both branches.
+    fn heads_backward<E: Engine>(
+        &self,
+        e: &mut E,
+        params: &[E::Tensor],
+        tape: &Tape<E::Tensor>,
+        class_grad: &E::Tensor,
+        box_grad: &E::Tensor,
+        grads: &mut [Option<E::Tensor>],
+    ) -> Result<[E::Tensor; 5]> {
         let a = self.config.anchors_per_cell();
         let levels = [
             tape.outputs[0].out(),
@@ -601,7 +636,6 @@ impl RetinaNet {
             tape.p6.out(),
             tape.p7.out(),
         ];
-        // Heads, level by level: the gradient of each pyramid level from both branches.
         let mut level_grads: Vec<E::Tensor> = Vec::with_capacity(5);
         for (level, (p, (cls, bx))) in levels.into_iter().zip(&tape.heads).enumerate() {
             let mut total: Option<E::Tensor> = None;
@@ -610,8 +644,7 @@ impl RetinaNet {
                 let mut g = e.permute_head_backward(rows, a, self.level_offsets[level], out_shape)?;
                 for i in (0..blocks.len()).rev() {
                     let x = if i == 0 { p } else { tapes[i - 1].out() };
-                    g = Self::block_backward(e, &blocks[i], params, (x, &tapes[i]), g, true, &mut grads)?
-                        .expect("input gradient was asked for");
+                    g = Self::through(e, &blocks[i], params, (x, &tapes[i]), g, grads)?;
                 }
                 match &mut total {
                     Some(t) => e.accumulate(t, &g)?,
@@ -620,91 +653,55 @@ impl RetinaNet {
             }
             level_grads.push(total.expect("two branches"));
         }
-        let Ok([d3, d4, d5, d6, d7]) = <[E::Tensor; 5]>::try_from(level_grads) else {
+        let Ok(levels) = <[E::Tensor; 5]>::try_from(level_grads) else {
             unreachable!("the tape holds the heads of five levels");
         };
+        Ok(levels)
+    }
 
-        // P7 and P6 back to C5.
+    /// P7 and P6 back to C5, the FPN outputs back to the merged maps, top-down in reverse, and
+    /// the laterals: the gradients of C3, C4 and C5.
+    fn fpn_backward<E: Engine>(
+        &self,
+        e: &mut E,
+        params: &[E::Tensor],
+        tape: &Tape<E::Tensor>,
+        [d3, d4, d5, mut d6, d7]: [E::Tensor; 5],
+        grads: &mut [Option<E::Tensor>],
+    ) -> Result<[E::Tensor; 3]> {
         let c = |i: usize| tape.backbone[2 * i + 1].out();
-        let d_p6_relu = Self::block_backward(e, &self.p7, params, (&tape.p6_relu, &tape.p7), d7, true, &mut grads)?
-            .expect("input gradient");
-        let mut d6 = d6;
+        let d_p6_relu = Self::through(e, &self.p7, params, (&tape.p6_relu, &tape.p7), d7, grads)?;
         let through_relu = e.relu_backward(tape.p6.out(), &d_p6_relu)?;
         e.accumulate(&mut d6, &through_relu)?;
-        let mut dc5 =
-            Self::block_backward(e, &self.p6, params, (c(4), &tape.p6), d6, true, &mut grads)?.expect("input gradient");
+        let mut dc5 = Self::through(e, &self.p6, params, (c(4), &tape.p6), d6, grads)?;
 
-        // FPN outputs back to the merged maps, then top-down in reverse.
         let [m3, m4] = &tape.merged;
-        let dm3 = Self::block_backward(
-            e,
-            &self.outputs[0],
-            params,
-            (m3, &tape.outputs[0]),
-            d3,
-            true,
-            &mut grads,
-        )?
-        .expect("input gradient");
-        let mut dm4 = Self::block_backward(
-            e,
-            &self.outputs[1],
-            params,
-            (m4, &tape.outputs[1]),
-            d4,
-            true,
-            &mut grads,
-        )?
-        .expect("input gradient");
-        let mut dm5 = Self::block_backward(
-            e,
-            &self.outputs[2],
-            params,
-            (tape.laterals[2].out(), &tape.outputs[2]),
-            d5,
-            true,
-            &mut grads,
-        )?
-        .expect("input gradient");
+        let dm3 = Self::through(e, &self.outputs[0], params, (m3, &tape.outputs[0]), d3, grads)?;
+        let mut dm4 = Self::through(e, &self.outputs[1], params, (m4, &tape.outputs[1]), d4, grads)?;
+        let l5 = tape.laterals[2].out();
+        let mut dm5 = Self::through(e, &self.outputs[2], params, (l5, &tape.outputs[2]), d5, grads)?;
         let s4 = E::shape(m4);
         let up = e.upsample_nearest_backward(&dm3, s4.h, s4.w)?;
         e.accumulate(&mut dm4, &up)?;
-        let s5 = E::shape(tape.laterals[2].out());
+        let s5 = E::shape(l5);
         let up = e.upsample_nearest_backward(&dm4, s5.h, s5.w)?;
         e.accumulate(&mut dm5, &up)?;
-        let dc3 = Self::block_backward(
-            e,
-            &self.laterals[0],
-            params,
-            (c(2), &tape.laterals[0]),
-            dm3,
-            true,
-            &mut grads,
-        )?
-        .expect("input gradient");
-        let dc4 = Self::block_backward(
-            e,
-            &self.laterals[1],
-            params,
-            (c(3), &tape.laterals[1]),
-            dm4,
-            true,
-            &mut grads,
-        )?
-        .expect("input gradient");
-        let dl5 = Self::block_backward(
-            e,
-            &self.laterals[2],
-            params,
-            (c(4), &tape.laterals[2]),
-            dm5,
-            true,
-            &mut grads,
-        )?
-        .expect("input gradient");
+        let dc3 = Self::through(e, &self.laterals[0], params, (c(2), &tape.laterals[0]), dm3, grads)?;
+        let dc4 = Self::through(e, &self.laterals[1], params, (c(3), &tape.laterals[1]), dm4, grads)?;
+        let dl5 = Self::through(e, &self.laterals[2], params, (c(4), &tape.laterals[2]), dm5, grads)?;
         e.accumulate(&mut dc5, &dl5)?;
+        Ok([dc3, dc4, dc5])
+    }
 
-        // Backbone, last block first; C3 and C4 receive the laterals' gradients.
+    /// The backbone, last block first, from C5's gradient; C3 and C4 receive the laterals'.
+    fn backbone_backward<E: Engine>(
+        &self,
+        e: &mut E,
+        params: &[E::Tensor],
+        tape: &Tape<E::Tensor>,
+        [dc3, dc4, dc5]: [E::Tensor; 3],
+        grads: &mut [Option<E::Tensor>],
+    ) -> Result<()> {
         let mut extra = [None, None, Some(dc3), Some(dc4)];
         let mut g = dc5;
         for i in (0..self.backbone.len()).rev() {
@@ -714,15 +711,7 @@ impl RetinaNet {
                 tape.backbone[i - 1].out()
             };
             let first = i == 0;
-            match Self::block_backward(
-                e,
-                &self.backbone[i],
-                params,
-                (x, &tape.backbone[i]),
-                g,
-                !first,
-                &mut grads,
-            )? {
+            match Self::block_backward(e, &self.backbone[i], params, (x, &tape.backbone[i]), g, !first, grads)? {
                 Some(next) => g = next,
                 None => break,
             }
@@ -734,14 +723,7 @@ impl RetinaNet {
                 }
             }
         }
-        grads
-            .into_iter()
-            .zip(&self.params)
-            .map(|(g, spec)| match g {
-                Some(g) => Ok(g),
-                None => e.zeros(spec.shape),
-            })
-            .collect()
+        Ok(())
     }
 }
 

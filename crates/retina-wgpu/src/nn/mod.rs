@@ -9,6 +9,7 @@
 //! encoder (an implicit-GEMM WGSL kernel for convolutions) and submits on [`Engine::sync`].
 //! Both take tensors from a pool: after the first training step, a step allocates no tensor.
 
+mod check;
 mod engine;
 mod group_norm;
 mod init;
@@ -23,6 +24,8 @@ pub use sgd::{LrSchedule, Sgd};
 
 pub use crate::cpu::nn::{CpuEngine, CpuTensor};
 pub use crate::gpu::nn::{GpuEngine, GpuTensor};
+
+pub(crate) use check::{check_permute, check_same, check_sgd, check_upsample, check_upsample_backward};
 
 use crate::error::{Error, Result};
 

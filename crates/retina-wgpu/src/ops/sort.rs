@@ -4,6 +4,26 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
+/// The sort key of both backends (`ordered_key` in shaders/shared/sort_keys.wgsl): unsigned
+/// order = float order, NaN -> 0 (never selected).
+#[inline(always)]
+pub(crate) fn ordered_key(x: f32) -> u32 {
+    let u = x.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return 0;
+    }
+    if u & 0x8000_0000 != 0 { !u } else { u | 0x8000_0000 }
+}
+
+/// Inverse of [`ordered_key`] (key 0 gives NaN).
+#[inline(always)]
+pub(crate) fn key_to_float(k: u32) -> f32 {
+    if k == 0 {
+        return f32::NAN;
+    }
+    f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
+}
+
 /// Indices are u32: at most `u32::MAX` values.
 fn check_len(op: &str, n: usize) -> Result<()> {
     if u32::try_from(n).is_err() {

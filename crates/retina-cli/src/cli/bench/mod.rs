@@ -5,7 +5,7 @@
 mod conv;
 mod eval;
 mod focal;
-mod matching;
+mod matcher;
 mod nms;
 mod train;
 
@@ -31,7 +31,7 @@ enum Which {
     /// Every convolution of the small RetinaNet, forward and backward: GPU vs CPU, in FLOP/s.
     Conv(conv::ConvArgs),
     /// Target assignment (IoU, matching, encoding) for a batch: GPU vs CPU.
-    Match(matching::MatchArgs),
+    Match(matcher::MatchArgs),
     /// NMS (plain and class-aware) and the whole detection post-processing: GPU vs CPU.
     Nms(nms::NmsArgs),
     /// COCO bbox evaluation of a val2017-sized workload: parsing, evaluating, the whole run.
@@ -58,7 +58,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Focal(a) => focal::run(a),
         Which::Conv(a) => conv::run(a),
-        Which::Match(a) => matching::run(a),
+        Which::Match(a) => matcher::run(a),
         Which::Nms(a) => nms::run(a),
         Which::Eval(a) => eval::run(a),
         Which::Train(a) => train::run(a),

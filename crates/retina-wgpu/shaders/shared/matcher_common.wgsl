@@ -1,5 +1,5 @@
-// The matcher's uniform and the bindings its two passes share (match_gt_max.wgsl,
-// match_assign.wgsl).
+// The matcher's uniform and the bindings its two passes share (matcher_gt_max.wgsl,
+// matcher_assign.wgsl).
 
 // Must stay in sync with `MatchConfig` in src/gpu/matcher.rs.
 struct Config {

@@ -1,11 +1,11 @@
-//! CPU twin of the detection post-processing (`detect_candidates.wgsl`, the sort, NMS and
-//! `detect_output.wgsl`): the same top-k selection, order and suppression, images in parallel.
+//! CPU twin of the detection post-processing (`postprocess_candidates.wgsl`, the sort, NMS and
+//! `postprocess_output.wgsl`): the same top-k selection, order and suppression, images in parallel.
 
 use rayon::prelude::*;
 
 use crate::cpu::boxes::decode;
 use crate::cpu::sort::{key_to_float, top_k_segment};
-use crate::ops::detect::{Detection, DetectionInput, PostProcess};
+use crate::ops::postprocess::{Detection, DetectionInput, PostProcess};
 
 /// Detections of every image (inputs validated).
 pub fn postprocess(pp: &PostProcess, input: &DetectionInput<'_>) -> Vec<Vec<Detection>> {

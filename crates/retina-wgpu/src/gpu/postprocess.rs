@@ -1,6 +1,6 @@
 //! The detection post-processing on the device: per-level top-k over the logits, candidate
-//! decoding (`detect_candidates.wgsl`), a sort per image, NMS, and the packed detections
-//! (`detect_output.wgsl`), all recorded into one encoder.
+//! decoding (`postprocess_candidates.wgsl`), a sort per image, NMS, and the packed detections
+//! (`postprocess_output.wgsl`), all recorded into one encoder.
 
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
@@ -10,7 +10,7 @@ use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nms::region_for;
 use crate::gpu::sort::{SortEntry, sort_len};
 use crate::gpu::topk::TopkSegment;
-use crate::ops::detect::{Detection, DetectionInput, PostProcess, check_shapes};
+use crate::ops::postprocess::{Detection, DetectionInput, PostProcess, check_shapes};
 
 /// One detection as the device stores it: `bbox` (x1, y1, x2, y2), `score`, `class` (-1 in
 /// unused slots), padded to 32 bytes. Must stay in sync with `Detection` in
@@ -28,7 +28,7 @@ pub struct GpuDetection {
     pub _pad: [u32; 2],
 }
 
-/// Must stay in sync with `Config` in shaders/detect_candidates.wgsl.
+/// Must stay in sync with `Config` in shaders/postprocess_candidates.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct CandidateConfig {
@@ -46,7 +46,7 @@ pub(crate) struct CandidateConfig {
     pub(crate) weights: [f32; 4],
 }
 
-/// Must stay in sync with `Level` in shaders/detect_candidates.wgsl.
+/// Must stay in sync with `Level` in shaders/postprocess_candidates.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct LevelInfo {
@@ -54,7 +54,7 @@ pub(crate) struct LevelInfo {
     pub(crate) _pad: [u32; 3],
 }
 
-/// Must stay in sync with `Config` in shaders/detect_output.wgsl.
+/// Must stay in sync with `Config` in shaders/postprocess_output.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct OutputConfig {
@@ -286,7 +286,7 @@ impl GpuContext {
         ];
         self.record_dispatch(
             encoder,
-            Kernel::DetectCandidates,
+            Kernel::PostprocessCandidates,
             &config,
             bindings,
             (total as u64).div_ceil(WG_SIZE),
@@ -319,7 +319,7 @@ impl GpuContext {
             draw_args = whole(draw_args),
         ];
         let workgroups = ((batch * pp.max_detections) as u64).div_ceil(WG_SIZE);
-        self.record_dispatch(encoder, Kernel::DetectOutput, &config, bindings, workgroups)
+        self.record_dispatch(encoder, Kernel::PostprocessOutput, &config, bindings, workgroups)
     }
 }
 

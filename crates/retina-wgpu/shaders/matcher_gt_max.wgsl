@@ -3,13 +3,13 @@
 // stages the image's boxes in workgroup memory WG_SIZE at a time, reduces each box's IoUs over
 // its anchors (shared/workgroup_reduce.wgsl) and folds the result into `gt_max` with one global
 // atomicMax per box. IoUs are >= 0, so their bits order like the values: integer atomics, exact.
-// No IoU matrix is stored; match_assign.wgsl recomputes the IoUs. src/cpu/matcher.rs is the twin.
+// No IoU matrix is stored; matcher_assign.wgsl recomputes the IoUs. src/cpu/matcher.rs is the twin.
 
 //#include "shared/boxes.wgsl"
-//#include "shared/match_common.wgsl"
+//#include "shared/matcher_common.wgsl"
 //#include "shared/workgroup_reduce.wgsl"
 
-// Per box: its highest IoU (bits) at [g]; match_assign.wgsl also finds the classes after them.
+// Per box: its highest IoU (bits) at [g]; matcher_assign.wgsl also finds the classes after them.
 @group(0) @binding(4) var<storage, read_write> gt_max: array<atomic<u32>>;
 
 var<workgroup> sh_gt: array<vec4<f32>, WG_SIZE>;

@@ -4,15 +4,15 @@
 // its best box, ties included; a box whose highest IoU is 0 claims nothing), then the
 // per-anchor class label in the focal loss's form, the encoded regression target of positives
 // (zero elsewhere), and the positives per image (`positives[image]`) and in the batch
-// (`positives[batch]`). match_gt_max.wgsl must have filled `gt_max`.
+// (`positives[batch]`). matcher_gt_max.wgsl must have filled `gt_max`.
 // src/cpu/matcher.rs is the twin.
 
 //#include "shared/boxes.wgsl"
-//#include "shared/match_common.wgsl"
+//#include "shared/matcher_common.wgsl"
 
 const FLAG_LOW_QUALITY: u32 = 1u;
 
-// Per box: its highest IoU (bits, from match_gt_max.wgsl) at [g], its class at [boxes + g].
+// Per box: its highest IoU (bits, from matcher_gt_max.wgsl) at [g], its class at [boxes + g].
 @group(0) @binding(4) var<storage, read> gt_info: array<u32>;
 @group(0) @binding(5) var<storage, read_write> matches: array<i32>;
 @group(0) @binding(6) var<storage, read_write> labels: array<i32>;

@@ -131,8 +131,8 @@ impl PostProcess {
         self.validate()?;
         input.validate()?;
         match backend {
-            Backend::Cpu => Ok(crate::cpu::detect::postprocess(self, input)),
-            Backend::Gpu(ctx) => crate::gpu::detect::postprocess_host(ctx, self, input),
+            Backend::Cpu => Ok(crate::cpu::postprocess::postprocess(self, input)),
+            Backend::Gpu(ctx) => crate::gpu::postprocess::postprocess_host(ctx, self, input),
         }
     }
 }

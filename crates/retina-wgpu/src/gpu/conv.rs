@@ -1,0 +1,269 @@
+//! The GPU's 2-D convolution (`shaders/conv_gemm.wgsl`, `conv_reduce.wgsl`,
+//! `channel_sum.wgsl`): forward, and backward to the input, the weights and the bias, as
+//! implicit GEMMs with workgroup-memory tiles, split along K through a scratch buffer and a
+//! reduction when K is long or the output is small. The CPU twin is `cpu/conv.rs`.
+
+use crate::error::Result;
+use crate::gpu::dispatch::binds;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
+use crate::gpu::nn::{GpuEngine, GpuTensor, u32_of};
+use crate::nn::{Conv2d, ConvGrads, Engine, Shape, check_same};
+
+/// Output tile of conv_gemm.wgsl (BM = BN) and its K step (BK).
+const TILE: u64 = 64;
+const TILE_K: u64 = 16;
+/// Most of K one conv workgroup walks (per split): bounded loops (see `LOOP_BUDGET` in
+/// gpu/kernels.rs) and enough splits to occupy a GPU when the output is a few tiles.
+const MAX_K_PER_SPLIT: u64 = 4096;
+const MIN_K_PER_SPLIT: u64 = 512;
+/// Aim for at least this many conv workgroups, splitting K when the output is small.
+const TARGET_WORKGROUPS: u64 = 64;
+
+/// Must stay in sync with `Config` in shaders/conv_gemm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ConvConfig {
+    pub(crate) batch: u32,
+    pub(crate) in_channels: u32,
+    pub(crate) out_channels: u32,
+    pub(crate) in_h: u32,
+    pub(crate) in_w: u32,
+    pub(crate) out_h: u32,
+    pub(crate) out_w: u32,
+    pub(crate) kernel_h: u32,
+    pub(crate) kernel_w: u32,
+    pub(crate) stride: u32,
+    pub(crate) pad: u32,
+    pub(crate) m: u32,
+    pub(crate) n: u32,
+    pub(crate) k: u32,
+    pub(crate) k_split: u32,
+    pub(crate) splits: u32,
+    pub(crate) m_tiles: u32,
+    pub(crate) n_tiles: u32,
+    pub(crate) flags: u32,
+    pub(crate) _pad: u32,
+}
+
+/// Must stay in sync with `Config` in shaders/conv_reduce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ConvReduceConfig {
+    pub(crate) total: u32,
+    pub(crate) splits: u32,
+    pub(crate) channel_stride: u32,
+    pub(crate) channels: u32,
+    pub(crate) flags: u32,
+    pub(crate) _pad: [u32; 3],
+}
+
+/// Must stay in sync with `Config` in shaders/channel_sum.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ChannelSumConfig {
+    pub(crate) batch: u32,
+    pub(crate) channels: u32,
+    pub(crate) plane: u32,
+    pub(crate) _pad: u32,
+}
+
+impl GpuEngine {
+    /// Records a convolution product of conv_gemm.wgsl into `out` (split-K through a scratch
+    /// buffer and conv_reduce.wgsl when K is long or the output small).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_gemm(
+        &mut self,
+        kernel: Kernel,
+        base: ConvConfig,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        bias: Option<&GpuTensor>,
+        out: &GpuTensor,
+        channel_stride: usize,
+    ) -> Result<()> {
+        let (m, n, k) = (u64::from(base.m), u64::from(base.n), u64::from(base.k));
+        let m_tiles = m.div_ceil(TILE);
+        let n_tiles = n.div_ceil(TILE);
+        let tiles = m_tiles * n_tiles;
+        let wanted = TARGET_WORKGROUPS.div_ceil(tiles).min(k.div_ceil(MIN_K_PER_SPLIT));
+        let splits = k.div_ceil(MAX_K_PER_SPLIT).max(wanted).max(1);
+        let k_split = k.div_ceil(splits).div_ceil(TILE_K) * TILE_K;
+        let splits = k.div_ceil(k_split).max(1);
+        let config = ConvConfig {
+            k_split: k_split as u32,
+            splits: splits as u32,
+            m_tiles: m_tiles as u32,
+            n_tiles: n_tiles as u32,
+            flags: u32::from(bias.is_some()) | if splits > 1 { 2 } else { 0 },
+            ..base
+        };
+        let spare;
+        let bias_binding = match bias {
+            Some(b) => b.binding(),
+            None => {
+                spare = self.alloc(Shape::new(1, 1, 1, 1))?;
+                spare.binding()
+            }
+        };
+        if splits == 1 {
+            return self.run(
+                kernel,
+                &config,
+                binds![
+                    a_src = a.binding(),
+                    b_src = b.binding(),
+                    bias = bias_binding,
+                    out = out.binding(),
+                ],
+                tiles,
+            );
+        }
+        let total = m * n;
+        let partial = self.alloc(Shape::new(1, 1, splits as usize, total as usize))?;
+        self.run(
+            kernel,
+            &config,
+            binds![
+                a_src = a.binding(),
+                b_src = b.binding(),
+                bias = bias_binding.clone(),
+                out = partial.binding(),
+            ],
+            tiles * splits,
+        )?;
+        let reduce = ConvReduceConfig {
+            total: total as u32,
+            splits: splits as u32,
+            channel_stride: channel_stride as u32,
+            channels: base.out_channels,
+            flags: u32::from(bias.is_some()),
+            _pad: [0; 3],
+        };
+        self.run(
+            Kernel::ConvReduce,
+            &reduce,
+            binds![partial = partial.binding(), bias = bias_binding, out = out.binding(),],
+            total.div_ceil(WG_SIZE),
+        )
+    }
+
+    /// [`Engine::conv2d`]: one implicit GEMM, weights times the input's patches.
+    pub(super) fn conv2d_forward(
+        &mut self,
+        c: &Conv2d,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        bias: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        let out = c.output_shape(x.shape)?;
+        check_same("conv2d weights", weight.shape, c.weight_shape())?;
+        if let Some(b) = bias {
+            check_same("conv2d bias", b.shape, c.bias_shape())?;
+            self.check_tensors("conv2d", &[b])?;
+        }
+        self.check_tensors("conv2d", &[x, weight])?;
+        let y = self.alloc(out)?;
+        if out.is_empty() {
+            // A batch of no images: nothing to dispatch.
+            return Ok(y);
+        }
+        let base = ConvConfig {
+            m: u32_of("conv2d output channels", out.c)?,
+            n: u32_of("conv2d output pixels", out.n * out.plane())?,
+            k: u32_of("conv2d fan-in", c.fan_in())?,
+            ..conv_base(c, x.shape, out)?
+        };
+        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane())?;
+        Ok(y)
+    }
+
+    /// [`Engine::conv2d_backward`]: the weight gradient (output gradient times the input's
+    /// patches), the bias gradient (a sum per channel) and, if asked, the input gradient (the
+    /// transposed convolution of the output gradient).
+    pub(super) fn conv2d_grads(
+        &mut self,
+        c: &Conv2d,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        grad_out: &GpuTensor,
+        input_grad: bool,
+    ) -> Result<ConvGrads<GpuTensor>> {
+        let out = c.output_shape(x.shape)?;
+        check_same("conv2d weights", weight.shape, c.weight_shape())?;
+        check_same("conv2d output gradient", grad_out.shape, out)?;
+        self.check_tensors("conv2d backward", &[x, weight, grad_out])?;
+        if out.is_empty() {
+            // A batch of no images: no gradient flows to the weights or the bias.
+            return Ok(ConvGrads {
+                input: input_grad.then(|| self.alloc(x.shape)).transpose()?,
+                weight: self.zeros(c.weight_shape())?,
+                bias: self.zeros(c.bias_shape())?,
+            });
+        }
+        let base = conv_base(c, x.shape, out)?;
+        let dw = self.alloc(c.weight_shape())?;
+        let weight_gemm = ConvConfig {
+            m: u32_of("conv2d output channels", out.c)?,
+            n: u32_of("conv2d fan-in", c.fan_in())?,
+            k: u32_of("conv2d output pixels", out.n * out.plane())?,
+            ..base
+        };
+        self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1)?;
+        let db = self.alloc(c.bias_shape())?;
+        let sums = ChannelSumConfig {
+            batch: out.n as u32,
+            channels: out.c as u32,
+            plane: out.plane() as u32,
+            _pad: 0,
+        };
+        self.run(
+            Kernel::ChannelSum,
+            &sums,
+            binds![input = grad_out.binding(), sums = db.binding(),],
+            out.c as u64,
+        )?;
+        let dx = if input_grad {
+            let dx = self.alloc(x.shape)?;
+            let input_gemm = ConvConfig {
+                m: u32_of("conv2d input channels", x.shape.c)?,
+                n: u32_of("conv2d input pixels", x.shape.n * x.shape.plane())?,
+                k: u32_of("conv2d transposed fan-in", out.c * c.kernel.0 * c.kernel.1)?,
+                ..base
+            };
+            self.conv_gemm(
+                Kernel::ConvGradInput,
+                input_gemm,
+                weight,
+                grad_out,
+                None,
+                &dx,
+                x.shape.plane(),
+            )?;
+            Some(dx)
+        } else {
+            None
+        };
+        Ok(ConvGrads {
+            input: dx,
+            weight: dw,
+            bias: db,
+        })
+    }
+}
+
+fn conv_base(c: &Conv2d, input: Shape, out: Shape) -> Result<ConvConfig> {
+    Ok(ConvConfig {
+        batch: u32_of("conv2d batch", input.n)?,
+        in_channels: u32_of("conv2d input channels", c.in_channels)?,
+        out_channels: u32_of("conv2d output channels", c.out_channels)?,
+        in_h: u32_of("conv2d input height", input.h)?,
+        in_w: u32_of("conv2d input width", input.w)?,
+        out_h: u32_of("conv2d output height", out.h)?,
+        out_w: u32_of("conv2d output width", out.w)?,
+        kernel_h: u32_of("conv2d kernel height", c.kernel.0)?,
+        kernel_w: u32_of("conv2d kernel width", c.kernel.1)?,
+        stride: u32_of("conv2d stride", c.stride)?,
+        pad: u32_of("conv2d padding", c.padding)?,
+        ..Default::default()
+    })
+}
