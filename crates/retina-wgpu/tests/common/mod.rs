@@ -1,6 +1,21 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests. The native-only parts, behind
+//! `#[cfg(not(target_arch = "wasm32"))]`, are the shared GPU context ([`gpu`], [`gpu_with`]) and
+//! the golden-vector files ([`golden`], [`golden_path`]); the rest also compiles for the browser
+//! tests (tests/web.rs).
+//!
+//! # Golden vectors
+//!
+//! Every test that checks against reference vectors reads them through [`golden`]`(name)`,
+//! which takes the file from one rule:
+//!
+//! - `RETINA_GOLDEN_DIR` unset: `tests/golden/<name>` of this crate;
+//! - `RETINA_GOLDEN_DIR` set and `$RETINA_GOLDEN_DIR/<name>` a file: that file;
+//! - `RETINA_GOLDEN_DIR` set but without `<name>` (a shared directory of torchvision vectors
+//!   holds box_ops.json, focal_loss.json, matcher.json and nms.json, neither group_norm.json
+//!   nor retinanet_step.json): `tests/golden/<name>`, after one line on stderr that says so.
 #![allow(dead_code)]
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::PathBuf;
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::OnceLock;
@@ -9,18 +24,45 @@ use retina_wgpu::nn::CpuTensor;
 #[cfg(not(target_arch = "wasm32"))]
 use retina_wgpu::{GpuContext, GpuOptions};
 
-/// The directory of reference vectors: `RETINA_GOLDEN_DIR` when set, else tests/golden/.
-pub fn golden_dir() -> PathBuf {
-    std::env::var_os("RETINA_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"))
+/// The vectors bundled with the crate.
+#[cfg(not(target_arch = "wasm32"))]
+fn bundled_golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// Parses one vector file of the golden directory.
+/// Where the golden file `name` is read from (the rule of this module's documentation):
+/// `$RETINA_GOLDEN_DIR/name` when the variable is set and the file is there, else
+/// tests/golden/name (with one line on stderr when the variable is set but lacks the file).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn golden_path(name: &str) -> PathBuf {
+    let bundled = bundled_golden_dir().join(name);
+    let Some(dir) = std::env::var_os("RETINA_GOLDEN_DIR") else {
+        return bundled;
+    };
+    let shared = PathBuf::from(&dir).join(name);
+    if shared.is_file() {
+        shared
+    } else {
+        eprintln!(
+            "RETINA_GOLDEN_DIR={} has no {name}: reading {} instead",
+            PathBuf::from(dir).display(),
+            bundled.display()
+        );
+        bundled
+    }
+}
+
+/// Reads and parses the golden file `name` (see [`golden_path`] for where from).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn golden(name: &str) -> serde_json::Value {
-    let path = golden_dir().join(name);
+    let path = golden_path(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    parse_golden(&path.display().to_string(), &text)
+}
+
+/// Parses the text of a golden file; `name` is for the message when it is not JSON.
+pub fn parse_golden(name: &str, text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("parsing {name}: {e}"))
 }
 
 /// A JSON array of numbers as f32.
