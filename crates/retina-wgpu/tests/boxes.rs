@@ -3,24 +3,9 @@
 
 mod common;
 
-use common::{Rng, assert_close, flat_f32, golden, gpu};
+use common::cases::random_boxes;
+use common::{Rng, assert_close, backends, boxes, flat_f32, flatten, golden, gpu};
 use retina_wgpu::{Backend, BoxCoder, Error, box_iou};
-
-fn backends() -> Vec<Backend> {
-    let mut out = vec![Backend::Cpu];
-    if let Some(ctx) = gpu() {
-        out.push(Backend::Gpu(ctx));
-    }
-    out
-}
-
-fn boxes(v: &serde_json::Value) -> Vec<[f32; 4]> {
-    flat_f32(v).chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
-}
-
-fn flatten(b: &[[f32; 4]]) -> Vec<f32> {
-    b.iter().flatten().copied().collect()
-}
 
 #[test]
 fn iou_encode_decode_match_torchvision_on_both_backends() {
@@ -53,25 +38,6 @@ fn iou_encode_decode_match_torchvision_on_both_backends() {
             1e-4,
         );
     }
-}
-
-fn random_boxes(rng: &mut Rng, n: usize, degenerate_every: usize) -> Vec<[f32; 4]> {
-    (0..n)
-        .map(|i| {
-            let (x, y) = (rng.range(-50.0, 900.0), rng.range(-50.0, 900.0));
-            if degenerate_every > 0 && i % degenerate_every == 0 {
-                // Zero width, zero height, or a point.
-                match i % 3 {
-                    0 => [x, y, x, y + 10.0],
-                    1 => [x, y, x + 10.0, y],
-                    _ => [x, y, x, y],
-                }
-            } else {
-                // Sizes within a factor 30 of each other, inside the decode clamp (62.5).
-                [x, y, x + rng.range(10.0, 300.0), y + rng.range(10.0, 300.0)]
-            }
-        })
-        .collect()
 }
 
 #[test]

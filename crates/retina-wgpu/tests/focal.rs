@@ -3,98 +3,50 @@
 
 mod common;
 
-use common::{Rng, assert_close, f32s, golden, gpu, gpu_with};
+use common::cases::{FocalCase, FocalProblem, assert_focal_agree, dense_from_labels, focal_losses, random_problem};
+use common::{Rng, assert_close, backends, golden, gpu, gpu_with};
 use retina_wgpu::gpu::{FocalBuffers, LogitsBuffer, TargetsBuffer};
-use retina_wgpu::{Backend, Error, FocalInput, FocalLoss, FocalOutput, GpuOptions, Reduction, f16};
-
-/// The backends to check: always the CPU, and the GPU when there is one.
-fn backends() -> Vec<Backend> {
-    let mut out = vec![Backend::Cpu];
-    if let Some(ctx) = gpu() {
-        out.push(Backend::Gpu(ctx));
-    }
-    out
-}
-
-fn alpha_of(v: f64) -> Option<f32> {
-    (v >= 0.0).then_some(v as f32)
-}
+use retina_wgpu::{Backend, Error, FocalInput, FocalLoss, GpuOptions, Reduction};
 
 #[test]
 fn matches_torchvision_vectors_on_both_backends() {
-    let file = golden("focal_loss.json");
+    let cases = FocalCase::all(&golden("focal_loss.json"));
     for backend in backends() {
-        for (i, case) in file["cases"].as_array().unwrap().iter().enumerate() {
-            let logits = f32s(&case["logits"]);
-            let targets = f32s(&case["targets"]);
-            let loss = FocalLoss::new(
-                alpha_of(case["alpha"].as_f64().unwrap()),
-                case["gamma"].as_f64().unwrap() as f32,
-            );
+        for (i, case) in cases.iter().enumerate() {
             let what = format!("{} case {i}", backend.kind());
-            let input = FocalInput::dense(&logits[..], &targets, 1);
+            let input = case.input();
 
-            let none = loss.with_reduction(Reduction::None).compute(&backend, &input).unwrap();
-            assert_close(
-                &format!("{what} loss"),
-                none.elementwise.as_ref().unwrap(),
-                &f32s(&case["loss"]),
-                1e-5,
-                1e-6,
-            );
-            assert_close(
-                &format!("{what} grad"),
-                none.grad.as_ref().unwrap(),
-                &f32s(&case["grad"]),
-                1e-5,
-                1e-6,
-            );
-
-            let sum = loss.with_reduction(Reduction::Sum).compute(&backend, &input).unwrap();
-            let want_sum = case["loss_sum"].as_f64().unwrap();
-            assert!(
-                ((sum.loss as f64) - want_sum).abs() <= 1e-5 * want_sum,
-                "{what} sum {} vs {want_sum}",
-                sum.loss
-            );
-
-            let mean = loss.with_reduction(Reduction::Mean).compute(&backend, &input).unwrap();
-            let want_mean = case["loss_mean"].as_f64().unwrap();
-            assert!(
-                ((mean.loss as f64) - want_mean).abs() <= 1e-5 * want_mean,
-                "{what} mean {} vs {want_mean}",
-                mean.loss
-            );
-            let n = logits.len() as f32;
-            let want_grad: Vec<f32> = f32s(&case["grad"]).iter().map(|g| g / n).collect();
-            assert_close(
-                &format!("{what} mean grad"),
-                mean.grad.as_ref().unwrap(),
-                &want_grad,
-                1e-5,
-                1e-6,
-            );
+            let none = case
+                .loss
+                .with_reduction(Reduction::None)
+                .compute(&backend, &input)
+                .unwrap();
+            case.check_none(&what, none.elementwise.as_ref().unwrap(), none.grad.as_ref().unwrap());
+            let sum = case
+                .loss
+                .with_reduction(Reduction::Sum)
+                .compute(&backend, &input)
+                .unwrap();
+            case.check_sum(&what, sum.loss);
+            let mean = case
+                .loss
+                .with_reduction(Reduction::Mean)
+                .compute(&backend, &input)
+                .unwrap();
+            case.check_mean(&what, mean.loss, mean.grad.as_ref().unwrap());
 
             // The label form gives the same numbers when targets are hard (rows of one class).
-            if targets.iter().all(|&t| t == 0.0 || t == 1.0) {
-                let labels: Vec<i32> = targets.iter().map(|&t| if t == 1.0 { 0 } else { -1 }).collect();
-                let by_label = loss
+            if case.targets.iter().all(|&t| t == 0.0 || t == 1.0) {
+                let labels: Vec<i32> = case.targets.iter().map(|&t| if t == 1.0 { 0 } else { -1 }).collect();
+                let by_label = case
+                    .loss
                     .with_reduction(Reduction::None)
-                    .compute(&backend, &FocalInput::labels(&logits[..], &labels, 1))
+                    .compute(&backend, &FocalInput::labels(&case.logits[..], &labels, 1))
                     .unwrap();
-                assert_close(
-                    &format!("{what} label loss"),
+                case.check_none(
+                    &format!("{what} label"),
                     by_label.elementwise.as_ref().unwrap(),
-                    &f32s(&case["loss"]),
-                    1e-5,
-                    1e-6,
-                );
-                assert_close(
-                    &format!("{what} label grad"),
                     by_label.grad.as_ref().unwrap(),
-                    &f32s(&case["grad"]),
-                    1e-5,
-                    1e-6,
                 );
             }
         }
@@ -341,80 +293,19 @@ fn empty_input_is_zero() {
     }
 }
 
-/// Random logits and RetinaNet-like labels: mostly background, some positives, some ignored.
-fn random_problem(rng: &mut Rng, rows: usize, k: usize) -> (Vec<f32>, Vec<i32>) {
-    let logits = (0..rows * k).map(|_| 3.0 * rng.normal()).collect();
-    let labels = (0..rows)
-        .map(|_| match rng.below(10) {
-            0 => -2,
-            1 | 2 => rng.below(k as u64) as i32,
-            _ => -1,
-        })
-        .collect();
-    (logits, labels)
-}
-
-fn dense_from_labels(labels: &[i32], k: usize) -> Vec<f32> {
-    let mut t = vec![0.0; labels.len() * k];
-    for (r, &l) in labels.iter().enumerate() {
-        if l >= 0 {
-            t[r * k + l as usize] = 1.0;
-        }
-    }
-    t
-}
-
-fn assert_outputs_agree(what: &str, gpu: &FocalOutput, cpu: &FocalOutput) {
-    assert!(
-        (gpu.loss - cpu.loss).abs() <= 1e-5 * cpu.loss.abs() + 1e-6,
-        "{what}: loss gpu {} cpu {}",
-        gpu.loss,
-        cpu.loss
-    );
-    assert_eq!(gpu.normaliser, cpu.normaliser, "{what}: normaliser");
-    assert_close(
-        &format!("{what} grad"),
-        gpu.grad.as_ref().unwrap(),
-        cpu.grad.as_ref().unwrap(),
-        1e-5,
-        1e-7,
-    );
-    if let (Some(g), Some(c)) = (&gpu.elementwise, &cpu.elementwise) {
-        assert_close(&format!("{what} elementwise"), g, c, 1e-5, 1e-7);
-    }
-}
-
 #[test]
 fn gpu_matches_cpu_on_random_inputs() {
     let Some(ctx) = gpu() else { return };
     let gpu = Backend::Gpu(ctx);
     let mut rng = Rng::new(3);
     for (rows, k) in [(1, 1), (7, 3), (1000, 80), (4097, 91), (20_000, 20), (3, 1000)] {
-        let (logits, labels) = random_problem(&mut rng, rows, k);
-        let dense = dense_from_labels(&labels, k);
-        let soft: Vec<f32> = (0..rows * k).map(|_| rng.uniform()).collect();
-        let half: Vec<f16> = logits.iter().map(|&x| f16::from_f32(x)).collect();
-        let losses = [
-            FocalLoss::retinanet(),
-            FocalLoss::new(None, 0.5).with_reduction(Reduction::Mean),
-            FocalLoss::cross_entropy(Some(0.75)).with_reduction(Reduction::Normalized(17.0)),
-            FocalLoss::new(Some(0.25), 3.3).with_reduction(Reduction::None),
-            FocalLoss::star(4.0, 0.0)
-                .with_reduction(Reduction::Sum)
-                .with_elementwise(true),
-        ];
-        for loss in losses {
-            let inputs = [
-                ("labels", FocalInput::labels(&logits[..], &labels, k)),
-                ("dense", FocalInput::dense(&logits[..], &dense, k)),
-                ("soft", FocalInput::dense(&logits[..], &soft, k)),
-                ("f16 labels", FocalInput::labels(&half[..], &labels, k)),
-            ];
-            for (name, input) in inputs {
+        let problem = FocalProblem::new(&mut rng, rows, k);
+        for loss in focal_losses() {
+            for (name, input) in problem.inputs() {
                 let what = format!("{rows}x{k} {name} {loss:?}");
                 let g = loss.compute(&gpu, &input).unwrap();
                 let c = loss.compute(&Backend::Cpu, &input).unwrap();
-                assert_outputs_agree(&what, &g, &c);
+                assert_focal_agree(&what, &g, &c);
                 let forward = loss.forward(&gpu, &input).unwrap();
                 assert!(forward.grad.is_none());
                 assert!(
@@ -464,7 +355,7 @@ fn subgroup_and_workgroup_reductions_agree() {
     for ctx in [plain, with] {
         let subgroups = ctx.uses_subgroups();
         let out = FocalLoss::retinanet().compute(&Backend::Gpu(ctx), &input).unwrap();
-        assert_outputs_agree(&format!("subgroups {subgroups}"), &out, &cpu);
+        assert_focal_agree(&format!("subgroups {subgroups}"), &out, &cpu);
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Rng, assert_gradient, dot, finite_differences, gpu, gpu_with, random};
+use common::{Rng, assert_gradient, dot, finite_differences, golden, gpu, gpu_with, random};
 use retina_wgpu::nn::{CpuEngine, Engine, GpuEngine, GroupNorm, Shape};
 use retina_wgpu::{Error, GpuOptions, LimitCaps};
 
@@ -180,15 +180,13 @@ fn backward_matches_f64_finite_differences() {
     }
 }
 
-/// Vectors from `torch.nn.GroupNorm` in float64 (scripts/group_norm_reference.py). Read from
-/// tests/golden/ next to this file, not from `RETINA_GOLDEN_DIR`: the shared torchvision
-/// vectors do not include them.
+/// Vectors from `torch.nn.GroupNorm` in float64 (scripts/group_norm_reference.py), read by
+/// [`common::golden`]'s rule: from `RETINA_GOLDEN_DIR` when it holds group_norm.json, else from
+/// tests/golden/ (the shared torchvision vectors do not include them).
 #[test]
 fn matches_pytorch_group_norm_forward_and_backward() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/group_norm.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let cases = golden["cases"].as_array().unwrap();
+    let file = golden("group_norm.json");
+    let cases = file["cases"].as_array().unwrap();
     assert!(cases.len() >= 5);
     let ctx = gpu();
     let mut g = ctx.as_ref().map(|c| GpuEngine::new(c).unwrap());

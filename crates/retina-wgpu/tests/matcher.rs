@@ -3,101 +3,19 @@
 
 mod common;
 
-use common::{Rng, assert_close, flat_f32, golden, gpu, gpu_with, i32s};
-use retina_wgpu::{
-    AnchorConfig, AssignedTargets, Backend, Error, GpuOptions, GroundTruth, LimitCaps, Matcher, TargetAssigner,
-};
-
-fn boxes(v: &serde_json::Value) -> Vec<[f32; 4]> {
-    flat_f32(v).chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
-}
-
-fn backends() -> Vec<Backend> {
-    let mut out = vec![Backend::Cpu];
-    if let Some(ctx) = gpu() {
-        out.push(Backend::Gpu(ctx));
-    }
-    out
-}
+use common::cases::{MatcherCase, assert_targets_agree, assigner, ground_truths, hard_batch};
+use common::{Rng, backends, golden, gpu, gpu_with};
+use retina_wgpu::{AnchorConfig, Backend, Error, GpuOptions, GroundTruth, LimitCaps, Matcher, TargetAssigner};
 
 #[test]
 fn matches_torchvision_matcher_exactly_on_both_backends() {
-    let file = golden("matcher.json");
+    let cases = MatcherCase::all(&golden("matcher.json"));
     for backend in backends() {
-        for (i, case) in file["cases"].as_array().unwrap().iter().enumerate() {
-            let anchors = boxes(&case["anchors"]);
-            let gt = boxes(&case["gt"]);
-            let classes = vec![0; gt.len()];
-            let assigner = TargetAssigner {
-                matcher: Matcher {
-                    allow_low_quality_matches: case["allow_low_quality_matches"].as_bool().unwrap(),
-                    ..Matcher::default()
-                },
-                ..TargetAssigner::new(1)
-            };
-            let out = assigner
-                .assign(
-                    &backend,
-                    &anchors,
-                    &[GroundTruth {
-                        boxes: &gt,
-                        classes: &classes,
-                    }],
-                )
-                .unwrap();
-            let want = i32s(&case["matches"]);
-            let differ: Vec<usize> = (0..want.len()).filter(|&k| out.matches[k] != want[k]).collect();
-            assert!(
-                differ.is_empty(),
-                "{} case {i}: {} labels differ, first at {:?}",
-                backend.kind(),
-                differ.len(),
-                differ.first()
-            );
-            let positives = want.iter().filter(|&&m| m >= 0).count() as u32;
-            assert_eq!(out.positives, vec![positives]);
+        for (i, case) in cases.iter().enumerate() {
+            let out = case.assigner().assign(&backend, &case.anchors, &case.images()).unwrap();
+            case.check(&format!("{} case {i}", backend.kind()), &out);
         }
     }
-}
-
-/// A batch with the hard cases: no boxes, one box, 200 boxes, zero-area boxes, boxes outside
-/// the image, duplicated boxes (ties between boxes) and boxes centred between anchors (ties
-/// between anchors).
-fn hard_batch(rng: &mut Rng, size: f32) -> Vec<(Vec<[f32; 4]>, Vec<i32>)> {
-    let mut images = Vec::new();
-    for count in [0usize, 1, 200, 17, 5] {
-        let mut b: Vec<[f32; 4]> = (0..count)
-            .map(|_| {
-                let (x, y) = (rng.range(-20.0, size), rng.range(-20.0, size));
-                let (w, h) = (rng.range(4.0, size / 2.0), rng.range(4.0, size / 2.0));
-                [x, y, x + w, y + h]
-            })
-            .collect();
-        if count == 17 {
-            b[1] = b[0]; // identical boxes: every anchor ties between them
-            b[2] = [10.0, 10.0, 10.0, 40.0]; // zero area
-            b[3] = [size + 50.0, size + 50.0, size + 90.0, size + 90.0]; // outside the image
-            b[4] = [-100.0, -100.0, -60.0, -60.0]; // outside, negative side
-            b[5] = [24.0, 24.0, 40.0, 40.0]; // centred on a cell corner: anchors tie
-        }
-        let classes = (0..b.len()).map(|_| rng.below(7) as i32).collect();
-        images.push((b, classes));
-    }
-    images
-}
-
-fn assert_targets_agree(what: &str, g: &AssignedTargets, c: &AssignedTargets) {
-    let differ: Vec<usize> = (0..c.matches.len()).filter(|&k| g.matches[k] != c.matches[k]).collect();
-    assert!(
-        differ.is_empty(),
-        "{what}: {} matches differ, first at {:?}",
-        differ.len(),
-        differ.first()
-    );
-    assert_eq!(g.labels, c.labels, "{what}: labels");
-    assert_eq!(g.positives, c.positives, "{what}: positives");
-    let flat = |t: &AssignedTargets| t.box_targets.iter().flatten().copied().collect::<Vec<f32>>();
-    assert_close(&format!("{what} box targets"), &flat(g), &flat(c), 1e-5, 1e-5);
 }
 
 #[test]
@@ -107,18 +25,9 @@ fn gpu_matches_cpu_on_batches_with_hard_cases() {
     let size = 320;
     let anchors = AnchorConfig::retinanet().generate(&Backend::Cpu, size, size).unwrap();
     let batch = hard_batch(&mut rng, size as f32);
-    let images: Vec<GroundTruth> = batch
-        .iter()
-        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
-        .collect();
+    let images = ground_truths(&batch);
     for allow in [true, false] {
-        let assigner = TargetAssigner {
-            matcher: Matcher {
-                allow_low_quality_matches: allow,
-                ..Matcher::default()
-            },
-            ..TargetAssigner::new(7)
-        };
+        let assigner = assigner(7, allow);
         let c = assigner.assign(&Backend::Cpu, &anchors, &images).unwrap();
         let g = assigner.assign(&Backend::Gpu(ctx.clone()), &anchors, &images).unwrap();
         assert_targets_agree(&format!("low quality {allow}"), &g, &c);
@@ -180,10 +89,7 @@ fn chunked_dispatch_under_small_limits_gives_the_same_targets() {
     let size = 256; // 12276 anchors: 196 KB of targets per image, so images split into anchor ranges
     let anchors = AnchorConfig::retinanet().generate(&Backend::Cpu, size, size).unwrap();
     let batch = hard_batch(&mut rng, size as f32);
-    let images: Vec<GroundTruth> = batch
-        .iter()
-        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
-        .collect();
+    let images = ground_truths(&batch);
     let assigner = TargetAssigner::new(7);
     let c = assigner.assign(&Backend::Cpu, &anchors, &images).unwrap();
     let g = assigner

@@ -3,68 +3,9 @@
 
 mod common;
 
+use common::cases::{Outputs, assert_same_detections, postprocess_kinds, postprocess_pair};
 use common::{Rng, gpu};
-use retina_wgpu::{AnchorConfig, Backend, BoxCoder, Detection, DetectionInput, Error, Nms, NmsKind, PostProcess};
-
-struct Batch {
-    logits: Vec<f32>,
-    deltas: Vec<[f32; 4]>,
-    anchors: Vec<[f32; 4]>,
-    offsets: Vec<usize>,
-    k: usize,
-    size: u32,
-}
-
-impl Batch {
-    fn input(&self) -> DetectionInput<'_> {
-        DetectionInput {
-            logits: &self.logits,
-            deltas: &self.deltas,
-            anchors: &self.anchors,
-            level_offsets: &self.offsets,
-            num_classes: self.k,
-            image_size: (self.size, self.size),
-        }
-    }
-}
-
-/// Mostly confident-background logits with clusters of confident detections, like a trained net.
-fn batch(rng: &mut Rng, images: usize, size: u32, k: usize) -> Batch {
-    let config = AnchorConfig::retinanet();
-    let anchors = config.generate(&Backend::Cpu, size, size).unwrap();
-    let offsets = config.level_offsets(size, size).unwrap();
-    let a = anchors.len();
-    let mut logits: Vec<f32> = (0..images * a * k).map(|_| rng.normal() - 5.0).collect();
-    for _ in 0..images * 40 {
-        let (image, anchor, class) = (
-            rng.below(images as u64) as usize,
-            rng.below(a as u64) as usize,
-            rng.below(k as u64) as usize,
-        );
-        for d in 0..9 {
-            let neighbour = (anchor + d * 9).min(a - 1);
-            logits[(image * a + neighbour) * k + class] = rng.range(-1.0, 4.0);
-        }
-    }
-    let deltas = (0..images * a)
-        .map(|_| {
-            [
-                0.3 * rng.normal(),
-                0.3 * rng.normal(),
-                0.2 * rng.normal(),
-                0.2 * rng.normal(),
-            ]
-        })
-        .collect();
-    Batch {
-        logits,
-        deltas,
-        anchors,
-        offsets,
-        k,
-        size,
-    }
-}
+use retina_wgpu::{Backend, BoxCoder, Detection, DetectionInput, Error, Nms, NmsKind, PostProcess};
 
 // ---- an independent reference: torchvision's postprocess_detections, written plainly ----
 
@@ -76,7 +17,7 @@ fn iou(a: [f32; 4], b: [f32; 4]) -> f64 {
     if union > 0.0 { w * h / union } else { 0.0 }
 }
 
-fn reference(pp: &PostProcess, b: &Batch) -> Vec<Vec<Detection>> {
+fn reference(pp: &PostProcess, b: &Outputs) -> Vec<Vec<Detection>> {
     let a = b.anchors.len();
     let coder = BoxCoder::default();
     (0..b.logits.len() / (a * b.k))
@@ -122,30 +63,10 @@ fn reference(pp: &PostProcess, b: &Batch) -> Vec<Vec<Detection>> {
         .collect()
 }
 
-fn assert_same_detections(what: &str, got: &[Vec<Detection>], want: &[Vec<Detection>]) {
-    assert_eq!(got.len(), want.len(), "{what}: images");
-    for (image, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g.len(),
-            w.len(),
-            "{what}: image {image} has {} detections, want {}",
-            g.len(),
-            w.len()
-        );
-        for (d, (x, y)) in g.iter().zip(w).enumerate() {
-            let close = |p: f32, q: f32| (p - q).abs() <= 1e-4 * q.abs().max(1.0);
-            assert!(
-                x.class == y.class && close(x.score, y.score) && x.bbox.iter().zip(&y.bbox).all(|(&p, &q)| close(p, q)),
-                "{what}: image {image} detection {d}: {x:?} vs {y:?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn cpu_backend_matches_a_plain_torchvision_style_reference() {
     let mut rng = Rng::new(1);
-    let b = batch(&mut rng, 3, 256, 20);
+    let b = Outputs::clustered(&mut rng, 3, 256, 20);
     for pp in [
         PostProcess::default(),
         PostProcess {
@@ -173,31 +94,12 @@ fn gpu_matches_cpu_for_every_nms_kind() {
     let Some(ctx) = gpu() else { return };
     let gpu_backend = Backend::Gpu(ctx);
     let mut rng = Rng::new(2);
-    let b = batch(&mut rng, 4, 320, 30);
-    let kinds = [
-        NmsKind::Hard,
-        NmsKind::Fast,
-        NmsKind::SoftLinear,
-        NmsKind::SoftGaussian { sigma: 0.5 },
-        NmsKind::Matrix { gaussian_sigma: None },
-        NmsKind::Matrix {
-            gaussian_sigma: Some(2.0),
-        },
-    ];
+    let b = Outputs::clustered(&mut rng, 4, 320, 30);
+    let kinds = postprocess_kinds().into_iter().chain([NmsKind::Matrix {
+        gaussian_sigma: Some(2.0),
+    }]);
     for kind in kinds {
-        for pp in [
-            PostProcess {
-                nms: Nms::hard(0.5).with_kind(kind).with_score_threshold(0.05),
-                ..Default::default()
-            },
-            PostProcess {
-                topk_per_level: 50,
-                max_detections: 10,
-                clip_to_image: false,
-                nms: Nms::hard(0.4).with_kind(kind).with_score_threshold(0.1),
-                ..Default::default()
-            },
-        ] {
+        for pp in postprocess_pair(kind) {
             let g = pp.run(&gpu_backend, &b.input()).unwrap();
             let c = pp.run(&Backend::Cpu, &b.input()).unwrap();
             assert_same_detections(&format!("{kind:?} topk {}", pp.topk_per_level), &g, &c);
@@ -208,11 +110,8 @@ fn gpu_matches_cpu_for_every_nms_kind() {
 #[test]
 fn edge_cases_and_bad_input() {
     let mut rng = Rng::new(3);
-    let mut b = batch(&mut rng, 2, 128, 4);
-    let mut backends = vec![Backend::Cpu];
-    if let Some(ctx) = gpu() {
-        backends.push(Backend::Gpu(ctx));
-    }
+    let mut b = Outputs::clustered(&mut rng, 2, 128, 4);
+    let backends = common::backends();
     for backend in &backends {
         // Nothing above the threshold: no detections, not an error.
         let none = PostProcess {

@@ -4,59 +4,13 @@
 
 mod common;
 
+use common::cases::{Outputs, detections_from, small_net};
 use common::{Rng, gpu, gpu_with};
 use retina_wgpu::coco::Normalize;
-use retina_wgpu::gpu::{DetectionBuffers, OutputOptions, PreparedNms, PreparedPostProcess, PreparedTopK, TopkSegment};
-use retina_wgpu::model::{Detector, PreparedDetector, RetinaNet, RetinaNetConfig};
+use retina_wgpu::gpu::{OutputOptions, PreparedNms, PreparedPostProcess, PreparedTopK, TopkSegment};
+use retina_wgpu::model::{Detector, PreparedDetector};
 use retina_wgpu::nn::GpuEngine;
-use retina_wgpu::{AnchorConfig, Backend, Detection, DetectionInput, GpuContext, GpuOptions, Nms, PostProcess, wgpu};
-
-/// Network outputs with a few confident anchors over a background of low scores.
-struct Outputs {
-    logits: Vec<f32>,
-    deltas: Vec<[f32; 4]>,
-    anchors: Vec<[f32; 4]>,
-    offsets: Vec<usize>,
-    classes: usize,
-    size: (u32, u32),
-}
-
-fn outputs(batch: usize, seed: u64) -> Outputs {
-    let config = AnchorConfig::default();
-    let size = (128u32, 128u32);
-    let anchors = config.generate(&Backend::Cpu, size.0, size.1).unwrap();
-    let offsets = config.level_offsets(size.0, size.1).unwrap();
-    let classes = 4;
-    let mut rng = Rng::new(seed);
-    let a = anchors.len();
-    let logits = (0..batch * a * classes)
-        .map(|_| {
-            if rng.below(50) == 0 {
-                3.0 * rng.normal()
-            } else {
-                -4.0 + rng.normal()
-            }
-        })
-        .collect();
-    let deltas = (0..batch * a)
-        .map(|_| {
-            [
-                0.3 * rng.normal(),
-                0.3 * rng.normal(),
-                0.2 * rng.normal(),
-                0.2 * rng.normal(),
-            ]
-        })
-        .collect();
-    Outputs {
-        logits,
-        deltas,
-        anchors,
-        offsets,
-        classes,
-        size,
-    }
-}
+use retina_wgpu::{Backend, Detection, GpuContext, GpuOptions, Nms, PostProcess, wgpu};
 
 fn same_detections(a: &[Vec<Detection>], b: &[Vec<Detection>], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: images");
@@ -78,20 +32,7 @@ fn same_detections(a: &[Vec<Detection>], b: &[Vec<Detection>], what: &str) {
 fn read_detections(ctx: &GpuContext, out: &retina_wgpu::gpu::DetectionOutput) -> Vec<Vec<Detection>> {
     let dets = ctx.download(&out.detections).unwrap();
     let counts = ctx.download(&out.counts).unwrap();
-    counts
-        .iter()
-        .enumerate()
-        .map(|(image, &n)| {
-            dets[image * out.max_detections..][..n as usize]
-                .iter()
-                .map(|d| Detection {
-                    bbox: d.bbox,
-                    score: d.score,
-                    class: d.class as u32,
-                })
-                .collect()
-        })
-        .collect()
+    detections_from(&dets, &counts, out.max_detections)
 }
 
 #[test]
@@ -101,32 +42,11 @@ fn prepared_postprocess_frames_two_to_ten_create_nothing_and_match_the_cpu() {
         return;
     };
     let batch = 2;
-    let o = outputs(batch, 11);
-    let logits = ctx.upload(&o.logits).unwrap();
-    let deltas = ctx.upload(&o.deltas).unwrap();
-    let anchors = ctx.upload(&o.anchors).unwrap();
-    let input = DetectionBuffers {
-        logits: &logits,
-        deltas: &deltas,
-        anchors: &anchors,
-        level_offsets: &o.offsets,
-        num_classes: o.classes,
-        image_size: o.size,
-    };
+    let o = Outputs::sparse(&mut Rng::new(11), batch);
+    let device = o.upload(&ctx);
+    let input = o.buffers(&device);
     let pp = PostProcess::default();
-    let expected = pp
-        .run(
-            &Backend::Cpu,
-            &DetectionInput {
-                logits: &o.logits,
-                deltas: &o.deltas,
-                anchors: &o.anchors,
-                level_offsets: &o.offsets,
-                num_classes: o.classes,
-                image_size: o.size,
-            },
-        )
-        .unwrap();
+    let expected = pp.run(&Backend::Cpu, &o.input()).unwrap();
     assert!(expected.iter().all(|d| !d.is_empty()), "the scene must give detections");
 
     let mut prepared = PreparedPostProcess::new(&ctx, &pp).unwrap();
@@ -174,19 +94,7 @@ fn prepared_postprocess_frames_two_to_ten_create_nothing_and_match_the_cpu() {
     assert_eq!(after.buffers_created, before.buffers_created);
     assert!(after.queue_writes > before.queue_writes, "changed uniforms are written");
     ctx.queue().submit([encoder.finish()]);
-    let strict_expected = strict
-        .run(
-            &Backend::Cpu,
-            &DetectionInput {
-                logits: &o.logits,
-                deltas: &o.deltas,
-                anchors: &o.anchors,
-                level_offsets: &o.offsets,
-                num_classes: o.classes,
-                image_size: o.size,
-            },
-        )
-        .unwrap();
+    let strict_expected = strict.run(&Backend::Cpu, &o.input()).unwrap();
     same_detections(&read_detections(&ctx, &out), &strict_expected, "score threshold 0.5");
 }
 
@@ -194,10 +102,8 @@ fn prepared_postprocess_frames_two_to_ten_create_nothing_and_match_the_cpu() {
 fn draw_arguments_count_each_images_detections() {
     let Some(ctx) = gpu() else { return };
     let batch = 3;
-    let o = outputs(batch, 5);
-    let logits = ctx.upload(&o.logits).unwrap();
-    let deltas = ctx.upload(&o.deltas).unwrap();
-    let anchors = ctx.upload(&o.anchors).unwrap();
+    let o = Outputs::sparse(&mut Rng::new(5), batch);
+    let device = o.upload(&ctx);
     let pp = PostProcess::default();
     let out = ctx
         .detection_output_with(
@@ -213,19 +119,7 @@ fn draw_arguments_count_each_images_detections() {
     let args = out.draw_args.as_ref().unwrap();
     assert!(args.buffer.buffer().usage().contains(wgpu::BufferUsages::INDIRECT));
     let mut prepared = PreparedPostProcess::new(&ctx, &pp).unwrap();
-    prepared
-        .submit(
-            &DetectionBuffers {
-                logits: &logits,
-                deltas: &deltas,
-                anchors: &anchors,
-                level_offsets: &o.offsets,
-                num_classes: o.classes,
-                image_size: o.size,
-            },
-            &out,
-        )
-        .unwrap();
+    prepared.submit(&o.buffers(&device), &out).unwrap();
     let counts = ctx.download(&out.counts).unwrap();
     let draw = ctx.download(&args.buffer).unwrap();
     for (image, &n) in counts.iter().enumerate() {
@@ -298,17 +192,6 @@ fn prepared_nms_and_top_k_reuse_everything_after_the_first_frame() {
     }
 }
 
-fn net() -> (RetinaNet, Vec<Vec<f32>>) {
-    let net = RetinaNet::new(RetinaNetConfig {
-        input_size: 64,
-        num_classes: 3,
-        ..RetinaNetConfig::default()
-    })
-    .unwrap();
-    let values = net.init(7);
-    (net, values)
-}
-
 #[test]
 fn prepared_detector_frames_create_nothing_and_match_the_detector() {
     // Every kernel compiled with the context: preparing and recording compile nothing more.
@@ -323,7 +206,7 @@ fn prepared_detector_frames_create_nothing_and_match_the_detector() {
         compiled_with_context >= 40,
         "{compiled_with_context} pipelines precompiled"
     );
-    let (net, values) = net();
+    let (net, values) = small_net();
     let s = net.config().input_size;
     let batch = 2;
     let mut rng = Rng::new(9);

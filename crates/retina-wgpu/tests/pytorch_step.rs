@@ -3,7 +3,8 @@
 //! velocity, weight decay on convolution weights only, global gradient-norm clipping, active
 //! here), on the CPU engine (f32) and on the GPU engine.
 //!
-//! The vectors, tests/golden/retinanet_step.json, come from scripts/pytorch_step_reference.py
+//! The vectors, retinanet_step.json (read by `common::golden`'s rule: from `RETINA_GOLDEN_DIR`
+//! when it holds the file, else from tests/golden/), come from scripts/pytorch_step_reference.py
 //! (PyTorch + torchvision in float64; this test needs no Python): a 64 x 64 network with 4
 //! classes, backbone [4, 8, 8, 16, 16], FPN 8, one head convolution of 8 and GroupNorm, its
 //! float32 weights under the crate's parameter names, a batch of 2 images with 5 boxes, and the

@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{Rng, assert_close, gpu};
-use retina_wgpu::gpu::{AssignBuffers, BoxLossBuffers, FocalBuffers, GroundTruthBuffers, LogitsBuffer, TargetsBuffer};
-use retina_wgpu::{AnchorConfig, Backend, BoxLoss, BoxLossInput, FocalInput, FocalLoss, GroundTruth, TargetAssigner};
+use common::cases::{DeviceAssignment, ground_truths, random_deltas};
+use common::{Rng, assert_close, flatten, gpu};
+use retina_wgpu::gpu::{BoxLossBuffers, FocalBuffers, LogitsBuffer, TargetsBuffer};
+use retina_wgpu::{AnchorConfig, Backend, BoxLoss, BoxLossInput, FocalInput, FocalLoss, TargetAssigner};
 
 #[test]
 fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
@@ -30,33 +31,11 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
         })
         .collect();
     let logits: Vec<f32> = (0..batch * a * k).map(|_| rng.normal() - 2.0).collect();
-    let pred: Vec<[f32; 4]> = (0..batch * a)
-        .map(|_| {
-            [
-                0.2 * rng.normal(),
-                0.2 * rng.normal(),
-                0.1 * rng.normal(),
-                0.1 * rng.normal(),
-            ]
-        })
-        .collect();
+    let pred = random_deltas(&mut rng, batch * a, 0.2, 0.1);
+    let images = ground_truths(&gts);
 
     // Device: one encoder, one submit, then read the two losses.
-    let packed_boxes: Vec<[f32; 4]> = gts.iter().flat_map(|g| g.0.clone()).collect();
-    let packed_classes: Vec<i32> = gts.iter().flat_map(|g| g.1.clone()).collect();
-    let mut offsets = vec![0u32];
-    for g in &gts {
-        offsets.push(offsets.last().unwrap() + g.0.len() as u32);
-    }
-    let (gt_boxes, gt_classes, gt_offsets) = (
-        ctx.upload(&packed_boxes).unwrap(),
-        ctx.upload(&packed_classes).unwrap(),
-        ctx.upload(&offsets).unwrap(),
-    );
-    let matches = ctx.zeros::<i32>(batch * a).unwrap();
-    let labels = ctx.zeros::<i32>(batch * a).unwrap();
-    let box_targets = ctx.zeros::<[f32; 4]>(batch * a).unwrap();
-    let positives = ctx.zeros::<u32>(batch + 1).unwrap();
+    let targets = DeviceAssignment::new(&ctx, &images, a);
     let logits_buf = ctx.upload(&logits).unwrap();
     let pred_buf = ctx.upload(&pred).unwrap();
     let (cls_loss, box_loss) = (ctx.zeros::<f32>(3).unwrap(), ctx.zeros::<f32>(3).unwrap());
@@ -67,30 +46,14 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
 
     let assigner = TargetAssigner::new(k);
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
-    ctx.record_assign_targets(
-        &mut encoder,
-        &assigner,
-        &anchors,
-        &GroundTruthBuffers {
-            boxes: &gt_boxes,
-            classes: &gt_classes,
-            offsets: &gt_offsets,
-        },
-        &AssignBuffers {
-            matches: &matches,
-            labels: &labels,
-            box_targets: &box_targets,
-            positives: &positives,
-        },
-    )
-    .unwrap();
-    let total = Some((&positives, batch as u32));
+    targets.record(&ctx, &mut encoder, &assigner, &anchors);
+    let total = Some((&targets.positives, batch as u32));
     ctx.record_focal_loss(
         &mut encoder,
         &FocalLoss::retinanet(),
         &FocalBuffers {
             logits: LogitsBuffer::F32(&logits_buf),
-            targets: TargetsBuffer::Labels(&labels),
+            targets: TargetsBuffer::Labels(&targets.labels),
             num_classes: k,
             loss: &cls_loss,
             grad: Some(&cls_grad),
@@ -104,8 +67,8 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
         &BoxLoss::default(),
         &BoxLossBuffers {
             pred: &pred_buf,
-            targets: &box_targets,
-            labels: &labels,
+            targets: &targets.box_targets,
+            labels: &targets.labels,
             anchors: &anchors,
             loss: &box_loss,
             grad: Some(&box_grad),
@@ -117,7 +80,6 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
 
     // CPU: the same chain.
     let anchors_cpu = config.generate(&Backend::Cpu, size, size).unwrap();
-    let images: Vec<GroundTruth> = gts.iter().map(|(b, c)| GroundTruth { boxes: b, classes: c }).collect();
     let t = assigner.assign(&Backend::Cpu, &anchors_cpu, &images).unwrap();
     assert!(t.total_positives() > 0);
     let focal = FocalLoss::retinanet()
@@ -137,7 +99,7 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
 
     let device_cls = ctx.download(&cls_loss).unwrap();
     let device_box = ctx.download(&box_loss).unwrap();
-    assert_eq!(ctx.download(&positives).unwrap()[batch], t.total_positives());
+    assert_eq!(ctx.download(&targets.positives).unwrap()[batch], t.total_positives());
     assert_eq!(device_cls[2], t.total_positives() as f32);
     assert_close("classification loss", &device_cls[..1], &[focal.loss], 1e-5, 0.0);
     assert_close("box loss", &device_box[..1], &[boxes.loss], 1e-5, 0.0);
@@ -148,11 +110,10 @@ fn assignment_and_losses_in_one_command_buffer_match_the_cpu() {
         1e-5,
         1e-7,
     );
-    let flat = |v: &[[f32; 4]]| v.iter().flatten().copied().collect::<Vec<f32>>();
     assert_close(
         "box grad",
-        &flat(&ctx.download(&box_grad).unwrap()),
-        &flat(&boxes.grad),
+        &flatten(&ctx.download(&box_grad).unwrap()),
+        &flatten(&boxes.grad),
         1e-4,
         1e-7,
     );

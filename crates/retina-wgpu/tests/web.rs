@@ -19,23 +19,30 @@
 
 mod common;
 
-use common::{Rng, assert_close, flat_f32, i32s};
-use retina_wgpu::gpu::{
-    AssignBuffers, DetectionBuffers, DetectionOutput, FocalBuffers, GroundTruthBuffers, LogitsBuffer, OutputOptions,
-    PreparedNms, PreparedPostProcess, TargetsBuffer,
+use common::cases::{
+    DeviceAssignment, FocalCase, FocalProblem, MatcherCase, NmsCase, Outputs, assert_focal_agree,
+    assert_same_detections, assert_same_nms, assert_targets_agree, assigner, detections_from, focal_losses,
+    ground_truths, hard_batch, nms_kinds, nms_problem, postprocess_kinds, postprocess_pair, random_boxes, small_net,
 };
-use retina_wgpu::model::{Detector, PreparedDetector, RetinaNet, RetinaNetConfig};
+use common::{Rng, assert_close, boxes, flat_f32, flatten, parse_golden};
+use retina_wgpu::gpu::{
+    DetectionBuffers, DetectionOutput, FocalBuffers, LogitsBuffer, OutputOptions, PreparedNms, PreparedPostProcess,
+    TargetsBuffer,
+};
+use retina_wgpu::model::{Detector, PreparedDetector};
 use retina_wgpu::nn::CpuEngine;
 use retina_wgpu::{
-    AnchorConfig, AssignedTargets, Backend, BoxCoder, Detection, DetectionInput, FocalInput, FocalLoss, FocalOutput,
-    GpuContext, GpuOptions, GroundTruth, Matcher, Nms, NmsKind, NmsOutput, PostProcess, Reduction, TargetAssigner,
-    box_iou, f16, wgpu,
+    AnchorConfig, AssignedTargets, Backend, BoxCoder, Detection, FocalLoss, FocalOutput, GpuContext, GpuOptions,
+    GroundTruth, Nms, NmsOutput, PostProcess, Reduction, TargetAssigner, box_iou, wgpu,
 };
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
 // ---- helpers ----
+//
+// The inputs, the golden cases and the comparisons are tests/common/cases.rs's, which the
+// native tests use too; what is here is how a page gets a context and reads results back.
 
 /// The page's context on its WebGPU adapter, shared by the tests (as the native tests share
 /// theirs) so that each kernel is compiled once.
@@ -59,19 +66,6 @@ fn encoder(ctx: &GpuContext) -> wgpu::CommandEncoder {
 /// Reads a buffer back without blocking.
 async fn read<T: bytemuck::Pod>(ctx: &GpuContext, buffer: &retina_wgpu::GpuBuffer<T>) -> Vec<T> {
     ctx.download_async(buffer).await.expect("download_async")
-}
-
-/// A golden file compiled into the test (a page has no file system).
-fn golden(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).expect("golden JSON")
-}
-
-fn boxes(v: &serde_json::Value) -> Vec<[f32; 4]> {
-    flat_f32(v).chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
-}
-
-fn flatten(b: &[[f32; 4]]) -> Vec<f32> {
-    b.iter().flatten().copied().collect()
 }
 
 fn log(message: &str) {
@@ -232,14 +226,9 @@ fn cpu_backend_runs_single_threaded() {
 
 const FOCAL_GOLDEN: &str = include_str!("golden/focal_loss.json");
 
-/// One focal loss recorded on the device: `[loss, sum, normaliser]`, the gradient and the
-/// per-element losses (when the loss asks for them).
-struct Recorded {
-    loss: Vec<f32>,
-    grad: Vec<f32>,
-    elementwise: Option<Vec<f32>>,
-}
-
+/// One focal loss recorded on the device and read back as the CPU backend's output: the loss
+/// buffer holds `[loss, sum, normaliser]`, then the gradient and (when the loss asks for them)
+/// the per-element losses.
 async fn record_focal(
     ctx: &GpuContext,
     loss: &FocalLoss,
@@ -247,7 +236,7 @@ async fn record_focal(
     targets: TargetsBuffer<'_>,
     n: usize,
     k: usize,
-) -> Recorded {
+) -> FocalOutput {
     let loss_buf = ctx.zeros::<f32>(3).unwrap();
     let grad = ctx.zeros::<f32>(n).unwrap();
     let wants_elementwise = loss.elementwise || loss.reduction == Reduction::None;
@@ -272,132 +261,46 @@ async fn record_focal(
         Some(e) => Some(read(ctx, e).await),
         None => None,
     };
-    Recorded {
-        loss: read(ctx, &loss_buf).await,
-        grad: read(ctx, &grad).await,
+    let reduced = read(ctx, &loss_buf).await;
+    FocalOutput {
+        loss: reduced[0],
+        sum: f64::from(reduced[1]),
+        normaliser: reduced[2],
+        grad: Some(read(ctx, &grad).await),
         elementwise,
-    }
-}
-
-fn assert_agrees(what: &str, g: &Recorded, c: &FocalOutput) {
-    assert!(
-        (g.loss[0] - c.loss).abs() <= 1e-5 * c.loss.abs() + 1e-6,
-        "{what}: loss gpu {} cpu {}",
-        g.loss[0],
-        c.loss
-    );
-    assert_eq!(g.loss[2], c.normaliser, "{what}: normaliser");
-    assert_close(&format!("{what} grad"), &g.grad, c.grad.as_ref().unwrap(), 1e-5, 1e-7);
-    if let (Some(ge), Some(ce)) = (&g.elementwise, &c.elementwise) {
-        assert_close(&format!("{what} elementwise"), ge, ce, 1e-5, 1e-7);
     }
 }
 
 #[wasm_bindgen_test]
 async fn focal_loss_matches_torchvision_vectors() {
     let ctx = gpu().await;
-    let file = golden(FOCAL_GOLDEN);
-    for (i, case) in file["cases"].as_array().unwrap().iter().enumerate() {
-        let logits = flat_f32(&case["logits"]);
-        let targets = flat_f32(&case["targets"]);
-        let alpha = case["alpha"].as_f64().unwrap();
-        let loss = FocalLoss::new(
-            (alpha >= 0.0).then_some(alpha as f32),
-            case["gamma"].as_f64().unwrap() as f32,
-        );
-        let n = logits.len();
-        let logits_buf = ctx.upload(&logits).unwrap();
-        let targets_buf = ctx.upload(&targets).unwrap();
+    let cases = FocalCase::all(&parse_golden("focal_loss.json", FOCAL_GOLDEN));
+    for (i, case) in cases.iter().enumerate() {
+        let n = case.logits.len();
+        let logits_buf = ctx.upload(&case.logits).unwrap();
+        let targets_buf = ctx.upload(&case.targets).unwrap();
+        let (logits, targets) = (LogitsBuffer::F32(&logits_buf), TargetsBuffer::Dense(&targets_buf));
         let what = format!("case {i}");
 
-        let none = record_focal(
-            &ctx,
-            &loss.with_reduction(Reduction::None),
-            LogitsBuffer::F32(&logits_buf),
-            TargetsBuffer::Dense(&targets_buf),
-            n,
-            1,
-        )
-        .await;
-        let want_loss = flat_f32(&case["loss"]);
-        let want_grad = flat_f32(&case["grad"]);
-        assert_close(
-            &format!("{what} loss"),
-            none.elementwise.as_ref().unwrap(),
-            &want_loss,
-            1e-5,
-            1e-6,
-        );
-        assert_close(&format!("{what} grad"), &none.grad, &want_grad, 1e-5, 1e-6);
+        let none = record_focal(&ctx, &case.loss.with_reduction(Reduction::None), logits, targets, n, 1).await;
+        case.check_none(&what, none.elementwise.as_ref().unwrap(), none.grad.as_ref().unwrap());
         // The CPU backend in the page gives the same numbers.
-        let cpu = loss
+        let cpu = case
+            .loss
             .with_reduction(Reduction::None)
-            .compute(&Backend::Cpu, &FocalInput::dense(&logits[..], &targets, 1))
+            .compute(&Backend::Cpu, &case.input())
             .unwrap();
-        assert_close(
-            &format!("{what} cpu grad"),
+        case.check_none(
+            &format!("{what} cpu"),
+            cpu.elementwise.as_ref().unwrap(),
             cpu.grad.as_ref().unwrap(),
-            &want_grad,
-            1e-5,
-            1e-6,
         );
 
-        let sum = record_focal(
-            &ctx,
-            &loss.with_reduction(Reduction::Sum),
-            LogitsBuffer::F32(&logits_buf),
-            TargetsBuffer::Dense(&targets_buf),
-            n,
-            1,
-        )
-        .await;
-        let want_sum = case["loss_sum"].as_f64().unwrap();
-        assert!(
-            (f64::from(sum.loss[0]) - want_sum).abs() <= 1e-5 * want_sum,
-            "{what}: sum {} vs {want_sum}",
-            sum.loss[0]
-        );
-        let mean = record_focal(
-            &ctx,
-            &loss.with_reduction(Reduction::Mean),
-            LogitsBuffer::F32(&logits_buf),
-            TargetsBuffer::Dense(&targets_buf),
-            n,
-            1,
-        )
-        .await;
-        let want_mean = case["loss_mean"].as_f64().unwrap();
-        assert!(
-            (f64::from(mean.loss[0]) - want_mean).abs() <= 1e-5 * want_mean,
-            "{what}: mean {} vs {want_mean}",
-            mean.loss[0]
-        );
-        let mean_grad: Vec<f32> = want_grad.iter().map(|g| g / n as f32).collect();
-        assert_close(&format!("{what} mean grad"), &mean.grad, &mean_grad, 1e-5, 1e-6);
+        let sum = record_focal(&ctx, &case.loss.with_reduction(Reduction::Sum), logits, targets, n, 1).await;
+        case.check_sum(&what, sum.loss);
+        let mean = record_focal(&ctx, &case.loss.with_reduction(Reduction::Mean), logits, targets, n, 1).await;
+        case.check_mean(&what, mean.loss, mean.grad.as_ref().unwrap());
     }
-}
-
-/// Random logits and RetinaNet-like labels: mostly background, some positives, some ignored.
-fn random_problem(rng: &mut Rng, rows: usize, k: usize) -> (Vec<f32>, Vec<i32>) {
-    let logits = (0..rows * k).map(|_| 3.0 * rng.normal()).collect();
-    let labels = (0..rows)
-        .map(|_| match rng.below(10) {
-            0 => -2,
-            1 | 2 => rng.below(k as u64) as i32,
-            _ => -1,
-        })
-        .collect();
-    (logits, labels)
-}
-
-fn dense_from_labels(labels: &[i32], k: usize) -> Vec<f32> {
-    let mut t = vec![0.0; labels.len() * k];
-    for (r, &l) in labels.iter().enumerate() {
-        if l >= 0 {
-            t[r * k + l as usize] = 1.0;
-        }
-    }
-    t
 }
 
 #[wasm_bindgen_test]
@@ -405,52 +308,21 @@ async fn focal_loss_forward_and_backward_match_the_cpu() {
     let ctx = gpu().await;
     let mut rng = Rng::new(3);
     for (rows, k) in [(1, 1), (7, 3), (1000, 80), (4097, 91), (3, 1000)] {
-        let (logits, labels) = random_problem(&mut rng, rows, k);
-        let dense = dense_from_labels(&labels, k);
-        let soft: Vec<f32> = (0..rows * k).map(|_| rng.uniform()).collect();
-        let half: Vec<f16> = logits.iter().map(|&x| f16::from_f32(x)).collect();
-        let logits_buf = ctx.upload(&logits).unwrap();
-        let half_buf = ctx.upload(&half).unwrap();
-        let labels_buf = ctx.upload(&labels).unwrap();
-        let dense_buf = ctx.upload(&dense).unwrap();
-        let soft_buf = ctx.upload(&soft).unwrap();
-        let losses = [
-            FocalLoss::retinanet(),
-            FocalLoss::new(None, 0.5).with_reduction(Reduction::Mean),
-            FocalLoss::cross_entropy(Some(0.75)).with_reduction(Reduction::Normalized(17.0)),
-            FocalLoss::new(Some(0.25), 3.3).with_reduction(Reduction::None),
-            FocalLoss::star(4.0, 0.0)
-                .with_reduction(Reduction::Sum)
-                .with_elementwise(true),
+        let problem = FocalProblem::new(&mut rng, rows, k);
+        let logits_buf = ctx.upload(&problem.logits).unwrap();
+        let half_buf = ctx.upload(&problem.half).unwrap();
+        let labels_buf = ctx.upload(&problem.labels).unwrap();
+        let dense_buf = ctx.upload(&problem.dense).unwrap();
+        let soft_buf = ctx.upload(&problem.soft).unwrap();
+        // The device buffers of `problem.inputs()`, in its order.
+        let buffers = [
+            (LogitsBuffer::F32(&logits_buf), TargetsBuffer::Labels(&labels_buf)),
+            (LogitsBuffer::F32(&logits_buf), TargetsBuffer::Dense(&dense_buf)),
+            (LogitsBuffer::F32(&logits_buf), TargetsBuffer::Dense(&soft_buf)),
+            (LogitsBuffer::F16(&half_buf), TargetsBuffer::Labels(&labels_buf)),
         ];
-        for loss in losses {
-            let cases = [
-                (
-                    "labels",
-                    LogitsBuffer::F32(&logits_buf),
-                    TargetsBuffer::Labels(&labels_buf),
-                    FocalInput::labels(&logits[..], &labels, k),
-                ),
-                (
-                    "dense",
-                    LogitsBuffer::F32(&logits_buf),
-                    TargetsBuffer::Dense(&dense_buf),
-                    FocalInput::dense(&logits[..], &dense, k),
-                ),
-                (
-                    "soft",
-                    LogitsBuffer::F32(&logits_buf),
-                    TargetsBuffer::Dense(&soft_buf),
-                    FocalInput::dense(&logits[..], &soft, k),
-                ),
-                (
-                    "f16 labels",
-                    LogitsBuffer::F16(&half_buf),
-                    TargetsBuffer::Labels(&labels_buf),
-                    FocalInput::labels(&half[..], &labels, k),
-                ),
-            ];
-            for (name, logits_gpu, targets_gpu, input) in cases {
+        for loss in focal_losses() {
+            for ((name, input), (logits_gpu, targets_gpu)) in problem.inputs().into_iter().zip(buffers) {
                 // Dense targets cannot count positives on the device.
                 if loss.reduction == Reduction::PerPositive && matches!(targets_gpu, TargetsBuffer::Dense(_)) {
                     continue;
@@ -458,7 +330,7 @@ async fn focal_loss_forward_and_backward_match_the_cpu() {
                 let what = format!("{rows}x{k} {name} {loss:?}");
                 let g = record_focal(&ctx, &loss, logits_gpu, targets_gpu, rows * k, k).await;
                 let c = loss.compute(&Backend::Cpu, &input).unwrap();
-                assert_agrees(&what, &g, &c);
+                assert_focal_agree(&what, &g, &c);
             }
         }
     }
@@ -497,7 +369,7 @@ async fn gpu_coder(
 #[wasm_bindgen_test]
 async fn box_iou_and_coder_match_torchvision_and_the_cpu() {
     let ctx = gpu().await;
-    let file = golden(BOX_GOLDEN);
+    let file = parse_golden("box_ops.json", BOX_GOLDEN);
     let (a, b) = (boxes(&file["boxes_a"]), boxes(&file["boxes_b"]));
     let want_iou = flat_f32(&file["iou"]);
     assert_close("gpu iou", &gpu_iou(&ctx, &a, &b).await, &want_iou, 1e-5, 1e-6);
@@ -515,22 +387,10 @@ async fn box_iou_and_coder_match_torchvision_and_the_cpu() {
     let decoded = gpu_coder(&ctx, &coder, true, &boxes(&file["deltas"]), &anchors).await;
     assert_close("decode", &decoded, &flat_f32(&file["decoded"]), 1e-5, 1e-4);
 
-    // Random boxes with degenerate ones, against the CPU backend.
+    // Random boxes with degenerate ones (as tests/boxes.rs makes them), against the CPU backend.
     let mut rng = Rng::new(12);
-    let random = |rng: &mut Rng, n: usize| -> Vec<[f32; 4]> {
-        (0..n)
-            .map(|i| {
-                let (x, y) = (rng.range(-50.0, 900.0), rng.range(-50.0, 900.0));
-                if i % 7 == 0 {
-                    [x, y, x, y + 10.0]
-                } else {
-                    [x, y, x + rng.range(10.0, 300.0), y + rng.range(10.0, 300.0)]
-                }
-            })
-            .collect()
-    };
-    let a = random(&mut rng, 1001);
-    let mut b = random(&mut rng, 67);
+    let a = random_boxes(&mut rng, 1001, 7);
+    let mut b = random_boxes(&mut rng, 67, 5);
     b.push(a[3]);
     let cpu = box_iou(&Backend::Cpu, &a, &b).unwrap();
     assert_eq!(cpu[3 * b.len() + 67], 1.0);
@@ -544,48 +404,17 @@ async fn gpu_assign(
     anchors: &retina_wgpu::GpuBuffer<[f32; 4]>,
     images: &[GroundTruth<'_>],
 ) -> AssignedTargets {
-    let mut all_boxes = Vec::new();
-    let mut all_classes = Vec::new();
-    let mut offsets = vec![0u32];
-    for image in images {
-        all_boxes.extend_from_slice(image.boxes);
-        all_classes.extend_from_slice(image.classes);
-        offsets.push(all_boxes.len() as u32);
-    }
-    let gt_boxes = ctx.upload(&all_boxes).unwrap();
-    let gt_classes = ctx.upload(&all_classes).unwrap();
-    let gt_offsets = ctx.upload(&offsets).unwrap();
-    let total = images.len() * anchors.len();
-    let matches = ctx.zeros::<i32>(total).unwrap();
-    let labels = ctx.zeros::<i32>(total).unwrap();
-    let box_targets = ctx.zeros::<[f32; 4]>(total).unwrap();
-    let positives = ctx.zeros::<u32>(images.len() + 1).unwrap();
+    let device = DeviceAssignment::new(ctx, images, anchors.len());
     let mut enc = encoder(ctx);
-    ctx.record_assign_targets(
-        &mut enc,
-        assigner,
-        anchors,
-        &GroundTruthBuffers {
-            boxes: &gt_boxes,
-            classes: &gt_classes,
-            offsets: &gt_offsets,
-        },
-        &AssignBuffers {
-            matches: &matches,
-            labels: &labels,
-            box_targets: &box_targets,
-            positives: &positives,
-        },
-    )
-    .unwrap();
+    device.record(ctx, &mut enc, assigner, anchors);
     ctx.queue().submit([enc.finish()]);
-    let mut positives = read(ctx, &positives).await;
+    let mut positives = read(ctx, &device.positives).await;
     positives.truncate(images.len());
     AssignedTargets {
         anchors_per_image: anchors.len(),
-        matches: read(ctx, &matches).await,
-        labels: read(ctx, &labels).await,
-        box_targets: read(ctx, &box_targets).await,
+        matches: read(ctx, &device.matches).await,
+        labels: read(ctx, &device.labels).await,
+        box_targets: read(ctx, &device.box_targets).await,
         positives,
     }
 }
@@ -593,33 +422,14 @@ async fn gpu_assign(
 #[wasm_bindgen_test]
 async fn matcher_matches_torchvision_exactly() {
     let ctx = gpu().await;
-    let file = golden(MATCHER_GOLDEN);
-    for (i, case) in file["cases"].as_array().unwrap().iter().enumerate() {
-        let anchors = boxes(&case["anchors"]);
-        let gt = boxes(&case["gt"]);
-        let classes = vec![0; gt.len()];
-        let assigner = TargetAssigner {
-            matcher: Matcher {
-                allow_low_quality_matches: case["allow_low_quality_matches"].as_bool().unwrap(),
-                ..Matcher::default()
-            },
-            ..TargetAssigner::new(1)
-        };
-        let image = [GroundTruth {
-            boxes: &gt,
-            classes: &classes,
-        }];
-        let anchor_buf = ctx.upload(&anchors).unwrap();
-        let want = i32s(&case["matches"]);
-        let positives = want.iter().filter(|&&m| m >= 0).count() as u32;
-        for (what, out) in [
-            ("gpu", gpu_assign(&ctx, &assigner, &anchor_buf, &image).await),
-            ("cpu", assigner.assign(&Backend::Cpu, &anchors, &image).unwrap()),
-        ] {
-            let differ = (0..want.len()).filter(|&k| out.matches[k] != want[k]).count();
-            assert_eq!(differ, 0, "{what} case {i}: {differ} matches differ");
-            assert_eq!(out.positives, vec![positives], "{what} case {i}: positives");
-        }
+    let cases = MatcherCase::all(&parse_golden("matcher.json", MATCHER_GOLDEN));
+    for (i, case) in cases.iter().enumerate() {
+        let (assigner, images) = (case.assigner(), case.images());
+        let anchor_buf = ctx.upload(&case.anchors).unwrap();
+        let gpu_out = gpu_assign(&ctx, &assigner, &anchor_buf, &images).await;
+        case.check(&format!("gpu case {i}"), &gpu_out);
+        let cpu_out = assigner.assign(&Backend::Cpu, &case.anchors, &images).unwrap();
+        case.check(&format!("cpu case {i}"), &cpu_out);
     }
 }
 
@@ -639,52 +449,13 @@ async fn target_assignment_matches_the_cpu_on_a_batch_with_hard_cases() {
         0.0,
         1e-3,
     );
-    let fs = size as f32;
-    let mut batch = Vec::new();
-    for count in [0usize, 1, 200, 17, 5] {
-        let mut b: Vec<[f32; 4]> = (0..count)
-            .map(|_| {
-                let (x, y) = (rng.range(-20.0, fs), rng.range(-20.0, fs));
-                let (w, h) = (rng.range(4.0, fs / 2.0), rng.range(4.0, fs / 2.0));
-                [x, y, x + w, y + h]
-            })
-            .collect();
-        if count == 17 {
-            b[1] = b[0];
-            b[2] = [10.0, 10.0, 10.0, 40.0];
-            b[3] = [fs + 50.0, fs + 50.0, fs + 90.0, fs + 90.0];
-            b[4] = [-100.0, -100.0, -60.0, -60.0];
-            b[5] = [24.0, 24.0, 40.0, 40.0];
-        }
-        let classes: Vec<i32> = (0..b.len()).map(|_| rng.below(7) as i32).collect();
-        batch.push((b, classes));
-    }
-    let images: Vec<GroundTruth> = batch
-        .iter()
-        .map(|(b, c)| GroundTruth { boxes: b, classes: c })
-        .collect();
+    let batch = hard_batch(&mut rng, size as f32);
+    let images = ground_truths(&batch);
     for allow in [true, false] {
-        let assigner = TargetAssigner {
-            matcher: Matcher {
-                allow_low_quality_matches: allow,
-                ..Matcher::default()
-            },
-            ..TargetAssigner::new(7)
-        };
+        let assigner = assigner(7, allow);
         let c = assigner.assign(&Backend::Cpu, &anchors, &images).unwrap();
         let g = gpu_assign(&ctx, &assigner, &device_anchors, &images).await;
-        let what = format!("low quality {allow}");
-        let differ = (0..c.matches.len()).filter(|&k| g.matches[k] != c.matches[k]).count();
-        assert_eq!(differ, 0, "{what}: {differ} matches differ");
-        assert_eq!(g.labels, c.labels, "{what}: labels");
-        assert_eq!(g.positives, c.positives, "{what}: positives");
-        assert_close(
-            &format!("{what} box targets"),
-            &flatten(&g.box_targets),
-            &flatten(&c.box_targets),
-            1e-5,
-            1e-5,
-        );
+        assert_targets_agree(&format!("low quality {allow}"), &g, &c);
     }
 }
 
@@ -710,64 +481,22 @@ async fn gpu_nms(ctx: &GpuContext, nms: &Nms, b: &[[f32; 4]], s: &[f32], classes
     NmsOutput { keep, scores }
 }
 
-fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    i32s(v).into_iter().map(|x| x as u32).collect()
-}
-
 #[wasm_bindgen_test]
 async fn nms_matches_torchvisions_keep_lists_exactly() {
     let ctx = gpu().await;
-    let file = golden(NMS_GOLDEN);
-    for (i, case) in file["cases"].as_array().unwrap().iter().enumerate() {
-        let b = boxes(&case["boxes"]);
-        let s = flat_f32(&case["scores"]);
-        let c = i32s(&case["classes"]);
-        let nms = Nms::hard(case["iou_threshold"].as_f64().unwrap() as f32);
-        let (keep, keep_batched) = (u32s(&case["keep"]), u32s(&case["keep_batched"]));
-        assert_eq!(gpu_nms(&ctx, &nms, &b, &s, None).await.keep, keep, "gpu case {i}: keep");
-        assert_eq!(
-            gpu_nms(&ctx, &nms, &b, &s, Some(&c)).await.keep,
-            keep_batched,
-            "gpu case {i}: keep_batched"
+    for (i, case) in NmsCase::all(&parse_golden("nms.json", NMS_GOLDEN)).iter().enumerate() {
+        let (b, s, c) = (&case.boxes, &case.scores, &case.classes);
+        let nms = Nms::hard(case.iou_threshold);
+        case.check(
+            &format!("gpu case {i}"),
+            &gpu_nms(&ctx, &nms, b, s, None).await.keep,
+            &gpu_nms(&ctx, &nms, b, s, Some(c)).await.keep,
         );
-        assert_eq!(
-            nms.run(&Backend::Cpu, &b, &s, None).unwrap().keep,
-            keep,
-            "cpu case {i}: keep"
+        case.check(
+            &format!("cpu case {i}"),
+            &nms.run(&Backend::Cpu, b, s, None).unwrap().keep,
+            &nms.run(&Backend::Cpu, b, s, Some(c)).unwrap().keep,
         );
-        assert_eq!(
-            nms.run(&Backend::Cpu, &b, &s, Some(&c)).unwrap().keep,
-            keep_batched,
-            "cpu case {i}: keep_batched"
-        );
-    }
-}
-
-/// Random boxes in a 1000 x 1000 image, 10-100 px, clustered so that many overlap.
-fn clustered_boxes(rng: &mut Rng, n: usize) -> Vec<[f32; 4]> {
-    let centres: Vec<(f32, f32)> = (0..(n / 20).max(1))
-        .map(|_| (rng.range(0.0, 1000.0), rng.range(0.0, 1000.0)))
-        .collect();
-    (0..n)
-        .map(|_| {
-            let (cx, cy) = centres[rng.below(centres.len() as u64) as usize];
-            let (x, y) = (cx + 30.0 * rng.normal(), cy + 30.0 * rng.normal());
-            let (w, h) = (rng.range(10.0, 100.0), rng.range(10.0, 100.0));
-            [x, y, x + w, y + h]
-        })
-        .collect()
-}
-
-fn assert_same_nms(what: &str, g: &NmsOutput, c: &NmsOutput) {
-    let first = g.keep.iter().zip(&c.keep).position(|(a, b)| a != b);
-    assert!(
-        g.keep == c.keep,
-        "{what}: {} vs {} kept, first difference at {first:?}",
-        g.keep.len(),
-        c.keep.len()
-    );
-    for (a, b) in g.scores.iter().zip(&c.scores) {
-        assert!((a - b).abs() <= 1e-5 * b.abs() + 1e-7, "{what}: score {a} vs {b}");
     }
 }
 
@@ -775,27 +504,9 @@ fn assert_same_nms(what: &str, g: &NmsOutput, c: &NmsOutput) {
 async fn every_nms_kind_matches_the_cpu() {
     let ctx = gpu().await;
     let mut rng = Rng::new(5);
-    let base = Nms::hard(0.5);
-    let kinds = [
-        base,
-        base.with_max_output(100),
-        base.with_kind(NmsKind::Fast),
-        base.with_kind(NmsKind::SoftLinear)
-            .with_score_threshold(0.05)
-            .with_max_output(300),
-        base.with_kind(NmsKind::Matrix { gaussian_sigma: None })
-            .with_score_threshold(0.05),
-        base.with_kind(NmsKind::Matrix {
-            gaussian_sigma: Some(2.0),
-        })
-        .with_score_threshold(0.05)
-        .with_max_output(200),
-    ];
     for n in [1usize, 2, 31, 257, 2000] {
-        let b = clustered_boxes(&mut rng, n);
-        let s: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
-        let c: Vec<i32> = (0..n).map(|_| rng.below(80) as i32).collect();
-        for kind in kinds {
+        let (b, s, c) = nms_problem(&mut rng, n);
+        for kind in nms_kinds() {
             for classes in [None, Some(&c[..])] {
                 let what = format!("n {n} {kind:?} classes {}", classes.is_some());
                 let g = gpu_nms(&ctx, &kind, &b, &s, classes).await;
@@ -811,8 +522,7 @@ async fn prepared_nms_frames_match_the_cpu() {
     let ctx = gpu().await;
     let mut rng = Rng::new(7);
     let n = 500;
-    let b = clustered_boxes(&mut rng, n);
-    let s: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+    let (b, s, _) = nms_problem(&mut rng, n);
     let (boxes_buf, scores_buf) = (ctx.upload(&b).unwrap(), ctx.upload(&s).unwrap());
     let nms = Nms::hard(0.5).with_max_output(100);
     let expected = nms.run(&Backend::Cpu, &b, &s, None).unwrap();
@@ -829,136 +539,21 @@ async fn prepared_nms_frames_match_the_cpu() {
 
 // ---- detection post-processing ----
 
-/// Network outputs with clusters of confident detections over a background of low scores.
-struct Outputs {
-    logits: Vec<f32>,
-    deltas: Vec<[f32; 4]>,
-    anchors: Vec<[f32; 4]>,
-    offsets: Vec<usize>,
-    k: usize,
-    size: u32,
-}
-
-impl Outputs {
-    fn new(rng: &mut Rng, images: usize, size: u32, k: usize) -> Self {
-        let config = AnchorConfig::retinanet();
-        let anchors = config.generate(&Backend::Cpu, size, size).unwrap();
-        let offsets = config.level_offsets(size, size).unwrap();
-        let a = anchors.len();
-        let mut logits: Vec<f32> = (0..images * a * k).map(|_| rng.normal() - 5.0).collect();
-        for _ in 0..images * 40 {
-            let (image, anchor, class) = (
-                rng.below(images as u64) as usize,
-                rng.below(a as u64) as usize,
-                rng.below(k as u64) as usize,
-            );
-            for d in 0..9 {
-                let neighbour = (anchor + d * 9).min(a - 1);
-                logits[(image * a + neighbour) * k + class] = rng.range(-1.0, 4.0);
-            }
-        }
-        let deltas = (0..images * a)
-            .map(|_| {
-                [
-                    0.3 * rng.normal(),
-                    0.3 * rng.normal(),
-                    0.2 * rng.normal(),
-                    0.2 * rng.normal(),
-                ]
-            })
-            .collect();
-        Self {
-            logits,
-            deltas,
-            anchors,
-            offsets,
-            k,
-            size,
-        }
-    }
-
-    fn input(&self) -> DetectionInput<'_> {
-        DetectionInput {
-            logits: &self.logits,
-            deltas: &self.deltas,
-            anchors: &self.anchors,
-            level_offsets: &self.offsets,
-            num_classes: self.k,
-            image_size: (self.size, self.size),
-        }
-    }
-}
-
 async fn read_detections(ctx: &GpuContext, out: &DetectionOutput) -> Vec<Vec<Detection>> {
     let dets = read(ctx, &out.detections).await;
     let counts = read(ctx, &out.counts).await;
-    counts
-        .iter()
-        .enumerate()
-        .map(|(image, &n)| {
-            dets[image * out.max_detections..][..n as usize]
-                .iter()
-                .map(|d| Detection {
-                    bbox: d.bbox,
-                    score: d.score,
-                    class: d.class as u32,
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn assert_same_detections(what: &str, got: &[Vec<Detection>], want: &[Vec<Detection>]) {
-    assert_eq!(got.len(), want.len(), "{what}: images");
-    for (image, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.len(), w.len(), "{what}: image {image} count");
-        for (d, (x, y)) in g.iter().zip(w).enumerate() {
-            let close = |p: f32, q: f32| (p - q).abs() <= 1e-4 * q.abs().max(1.0);
-            assert!(
-                x.class == y.class && close(x.score, y.score) && x.bbox.iter().zip(&y.bbox).all(|(&p, &q)| close(p, q)),
-                "{what}: image {image} detection {d}: {x:?} vs {y:?}"
-            );
-        }
-    }
+    detections_from(&dets, &counts, out.max_detections)
 }
 
 #[wasm_bindgen_test]
 async fn postprocess_matches_the_cpu_for_every_nms_kind() {
     let ctx = gpu().await;
     let mut rng = Rng::new(2);
-    let o = Outputs::new(&mut rng, 2, 256, 20);
-    let logits = ctx.upload(&o.logits).unwrap();
-    let deltas = ctx.upload(&o.deltas).unwrap();
-    let anchors = ctx.upload(&o.anchors).unwrap();
-    let input = DetectionBuffers {
-        logits: &logits,
-        deltas: &deltas,
-        anchors: &anchors,
-        level_offsets: &o.offsets,
-        num_classes: o.k,
-        image_size: (o.size, o.size),
-    };
-    let kinds = [
-        NmsKind::Hard,
-        NmsKind::Fast,
-        NmsKind::SoftLinear,
-        NmsKind::SoftGaussian { sigma: 0.5 },
-        NmsKind::Matrix { gaussian_sigma: None },
-    ];
-    for kind in kinds {
-        for pp in [
-            PostProcess {
-                nms: Nms::hard(0.5).with_kind(kind).with_score_threshold(0.05),
-                ..Default::default()
-            },
-            PostProcess {
-                topk_per_level: 50,
-                max_detections: 10,
-                clip_to_image: false,
-                nms: Nms::hard(0.4).with_kind(kind).with_score_threshold(0.1),
-                ..Default::default()
-            },
-        ] {
+    let o = Outputs::clustered(&mut rng, 2, 256, 20);
+    let device = o.upload(&ctx);
+    let input = o.buffers(&device);
+    for kind in postprocess_kinds() {
+        for pp in postprocess_pair(kind) {
             let what = format!("{kind:?} topk {}", pp.topk_per_level);
             let c = pp.run(&Backend::Cpu, &o.input()).unwrap();
             assert!(
@@ -978,18 +573,13 @@ async fn postprocess_matches_the_cpu_for_every_nms_kind() {
 async fn prepared_postprocess_frames_match_the_cpu() {
     let ctx = gpu().await;
     let mut rng = Rng::new(11);
-    let o = Outputs::new(&mut rng, 2, 128, 4);
-    let logits = ctx.upload(&o.logits).unwrap();
-    let deltas = ctx.upload(&o.deltas).unwrap();
+    let o = Outputs::clustered(&mut rng, 2, 128, 4);
+    let device = o.upload(&ctx);
     // Anchors made on the device, as a page would.
     let anchors = ctx.anchors(&AnchorConfig::retinanet(), o.size, o.size).unwrap();
     let input = DetectionBuffers {
-        logits: &logits,
-        deltas: &deltas,
         anchors: &anchors,
-        level_offsets: &o.offsets,
-        num_classes: o.k,
-        image_size: (o.size, o.size),
+        ..o.buffers(&device)
     };
     let pp = PostProcess::default();
     let expected = pp.run(&Backend::Cpu, &o.input()).unwrap();
@@ -1026,13 +616,7 @@ async fn prepared_postprocess_frames_match_the_cpu() {
 #[wasm_bindgen_test]
 async fn prepared_detector_matches_the_cpu_detector() {
     let ctx = gpu().await;
-    let net = RetinaNet::new(RetinaNetConfig {
-        input_size: 64,
-        num_classes: 3,
-        ..RetinaNetConfig::default()
-    })
-    .unwrap();
-    let values = net.init(7);
+    let (net, values) = small_net();
     let s = net.config().input_size;
     let mut rng = Rng::new(9);
     let images: Vec<f32> = (0..3 * s * s).map(|_| rng.normal()).collect();

@@ -1,26 +1,78 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the native ones (one binary per file) and the
+//! browser ones (tests/web.rs, compiled for wasm32-unknown-unknown).
+//!
+//! This module and [`cases`] (the input generators and comparisons that the native tests and
+//! the browser tests both use) compile for wasm32: nothing in them reads a file, reads the
+//! environment or blocks on the device. Results are read back by the caller, with
+//! `GpuContext::download` natively and `GpuContext::download_async` in a browser. The native-only
+//! parts, behind `#[cfg(not(target_arch = "wasm32"))]`, are the shared GPU context ([`gpu`],
+//! [`gpu_with`], [`backends`]) and the golden-vector files ([`golden`], [`golden_path`]).
+//!
+//! # Golden vectors
+//!
+//! Every test that checks against reference vectors reads them through [`golden`]`(name)`,
+//! which takes the file from one rule:
+//!
+//! - `RETINA_GOLDEN_DIR` unset: `tests/golden/<name>` of this crate;
+//! - `RETINA_GOLDEN_DIR` set and `$RETINA_GOLDEN_DIR/<name>` a file: that file;
+//! - `RETINA_GOLDEN_DIR` set but without `<name>` (a shared directory of torchvision vectors
+//!   holds box_ops.json, focal_loss.json, matcher.json and nms.json, neither group_norm.json
+//!   nor retinanet_step.json): `tests/golden/<name>`, after one line on stderr that says so.
+//!
+//! The browser tests have no file system nor environment: they compile tests/golden/'s files
+//! in (`include_str!`) and parse them with [`parse_golden`].
 #![allow(dead_code)]
 
+pub mod cases;
+
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::PathBuf;
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::OnceLock;
 
 use retina_wgpu::nn::CpuTensor;
 #[cfg(not(target_arch = "wasm32"))]
-use retina_wgpu::{GpuContext, GpuOptions};
+use retina_wgpu::{Backend, GpuContext, GpuOptions};
 
-/// The directory of reference vectors: `RETINA_GOLDEN_DIR` when set, else tests/golden/.
-pub fn golden_dir() -> PathBuf {
-    std::env::var_os("RETINA_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"))
+/// The vectors bundled with the crate.
+#[cfg(not(target_arch = "wasm32"))]
+fn bundled_golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// Parses one vector file of the golden directory.
+/// Where the golden file `name` is read from (the rule of this module's documentation):
+/// `$RETINA_GOLDEN_DIR/name` when the variable is set and the file is there, else
+/// tests/golden/name (with one line on stderr when the variable is set but lacks the file).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn golden_path(name: &str) -> PathBuf {
+    let bundled = bundled_golden_dir().join(name);
+    let Some(dir) = std::env::var_os("RETINA_GOLDEN_DIR") else {
+        return bundled;
+    };
+    let shared = PathBuf::from(&dir).join(name);
+    if shared.is_file() {
+        shared
+    } else {
+        eprintln!(
+            "RETINA_GOLDEN_DIR={} has no {name}: reading {} instead",
+            PathBuf::from(dir).display(),
+            bundled.display()
+        );
+        bundled
+    }
+}
+
+/// Reads and parses the golden file `name` (see [`golden_path`] for where from).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn golden(name: &str) -> serde_json::Value {
-    let path = golden_dir().join(name);
+    let path = golden_path(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+    parse_golden(&path.display().to_string(), &text)
+}
+
+/// Parses the text of a golden file; `name` is for the message when it is not JSON.
+pub fn parse_golden(name: &str, text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("parsing {name}: {e}"))
 }
 
 /// A JSON array of numbers as f32.
@@ -60,6 +112,21 @@ fn flatten_f32(v: &serde_json::Value, out: &mut Vec<f32>) {
     }
 }
 
+/// A JSON array (nested or not) of integers as u32 (indices).
+pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    i32s(v).into_iter().map(|x| x as u32).collect()
+}
+
+/// A JSON array of boxes (nested or flat, four numbers each) as `[x1, y1, x2, y2]`.
+pub fn boxes(v: &serde_json::Value) -> Vec<[f32; 4]> {
+    flat_f32(v).chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
+}
+
+/// Boxes as one flat array, for [`assert_close`].
+pub fn flatten(b: &[[f32; 4]]) -> Vec<f32> {
+    b.iter().flatten().copied().collect()
+}
+
 // The shared native context: in a browser (tests/web.rs) a context is made with
 // `GpuContext::new_async`, and wgpu's types are neither Send nor Sync there (no static).
 #[cfg(not(target_arch = "wasm32"))]
@@ -90,6 +157,16 @@ pub fn gpu() -> Option<GpuContext> {
 pub fn gpu_with(options: GpuOptions) -> Option<GpuContext> {
     gpu()?;
     Some(GpuContext::new_with(options).expect("a second context on the same adapter"))
+}
+
+/// The backends to check: always the CPU, and the GPU when there is one.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![Backend::Cpu];
+    if let Some(ctx) = gpu() {
+        out.push(Backend::Gpu(ctx));
+    }
+    out
 }
 
 /// A small deterministic generator (SplitMix64) so tests need no extra dependency.
