@@ -1,17 +1,17 @@
-"""Reference vectors for the Rust COCO bbox evaluator (src/coco/), produced by pycocotools.
+"""Reference vectors for the Rust COCO bbox evaluator (crates/retina-coco), produced by pycocotools.
 
 What it does
   1. Deterministically generates (seeded `random.Random`, no numpy randomness) a small
-     edge-case dataset and writes tests/coco/edge_gt.json (COCO instances file) and
-     tests/coco/edge_results.json (a list of {image_id, category_id, bbox, score}).
+     edge-case dataset and writes crates/retina-coco/tests/coco/edge_gt.json (COCO instances file) and
+     crates/retina-coco/tests/coco/edge_results.json (a list of {image_id, category_id, bbox, score}).
   2. Runs pycocotools `COCOeval(gt, dt, "bbox")` evaluate/accumulate/summarize for three cases:
-       val2014_100  tests/coco/instances_val2014_100.json
-                    + tests/coco/instances_val2014_fakebbox100_results.json
+       val2014_100  crates/retina-coco/tests/coco/instances_val2014_100.json
+                    + crates/retina-coco/tests/coco/instances_val2014_fakebbox100_results.json
                     (the COCO API's own test vector, copied from /work/shared/coco)
-       edge         tests/coco/edge_gt.json + tests/coco/edge_results.json
-       edge_empty   tests/coco/edge_gt.json + no detections at all (loadRes crashes on an
+       edge         crates/retina-coco/tests/coco/edge_gt.json + crates/retina-coco/tests/coco/edge_results.json
+       edge_empty   crates/retina-coco/tests/coco/edge_gt.json + no detections at all (loadRes crashes on an
                     empty list, so the results COCO object is built by hand)
-  3. Writes tests/coco/expected.json: the 12 stats, the printed summary, the recall array,
+  3. Writes crates/retina-coco/tests/coco/expected.json: the 12 stats, the printed summary, the recall array,
      the precision array averaged over the recall axis, sums of precision and scores, and
      per-category AP / AP50 / AP75, for each case.
   4. Asserts that the val2014_100 stats equal the numbers published with the test vector
@@ -70,7 +70,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "tests" / "coco"
+OUT_DIR = ROOT / "crates" / "retina-coco" / "tests" / "coco"
 
 SEED = 20240607
 
@@ -716,7 +716,7 @@ def main():
     for f in facts:
         print("  " + f)
     for f in ("edge_gt.json", "edge_results.json", "expected.json"):
-        print("wrote tests/coco/%s (%d bytes)" % (f, (OUT_DIR / f).stat().st_size))
+        print("wrote crates/retina-coco/tests/coco/%s (%d bytes)" % (f, (OUT_DIR / f).stat().st_size))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Reference vectors for GroupNorm from PyTorch (`torch.nn.GroupNorm`, forward and backward),
-read by tests/group_norm.rs.
+read by crates/retina-wgpu/tests/group_norm.rs.
 
-Run: python3 scripts/group_norm_reference.py > tests/golden/group_norm.json   (needs torch)
+Run: python3 scripts/group_norm_reference.py > crates/retina-wgpu/tests/golden/group_norm.json   (needs torch)
 
 Inputs are drawn in float32 (so the crate reads them exactly) and the layer runs in float64, so
 the expected values carry no float32 rounding. Each case holds x, gamma, beta and r; the

@@ -1,7 +1,7 @@
-"""The small RetinaNet of DESIGN.md in PyTorch: the peer that `retina train --backend cpu` is
+"""The small RetinaNet of docs/ARCHITECTURE.md in PyTorch: the peer that `retina train --backend cpu` is
 compared with, and a check that the crate's checkpoints load into PyTorch as they are.
 
-The network is the crate's (src/model/retinanet.rs) module for module, so that the parameter
+The network is the crate's (crates/retina-wgpu/src/model/retinanet.rs) module for module, so that the parameter
 names of `model.safetensors` are this module's state dict keys:
 
     backbone.{0-4}.{down,conv}.conv.weight   3x3 convolutions (stride 2, then 1), no bias when
@@ -59,7 +59,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-# The crate's RetinaNetConfig defaults (src/model/retinanet.rs); config.json overrides them.
+# The crate's RetinaNetConfig defaults (crates/retina-wgpu/src/model/retinanet.rs); config.json overrides them.
 DEFAULT_CONFIG = {
     "input_size": 128,
     "num_classes": 4,
@@ -205,7 +205,7 @@ class SmallRetinaNet(nn.Module):
 
 
 def make_anchors(cfg):
-    """The crate's anchors (src/ops/anchors.rs, AnchorConfig::small): [R, 4] x1y1x2y2, level,
+    """The crate's anchors (crates/retina-wgpu/src/ops/anchors.rs, AnchorConfig::small): [R, 4] x1y1x2y2, level,
     row, column, anchor; cell centres at (col + 0.5) * stride; anchor a = ratio * 3 + scale."""
     s = cfg["input_size"]
     out = []

@@ -1,6 +1,6 @@
 """Reference vectors for one full training step of a tiny RetinaNet: forward, matching, both
 losses, backward and one SGD update, computed by PyTorch + torchvision in float64. Writes
-tests/golden/retinanet_step.json, which tests/pytorch_step.rs replays on the crate's CPU and
+crates/retina-wgpu/tests/golden/retinanet_step.json, which crates/retina-wgpu/tests/pytorch_step.rs replays on the crate's CPU and
 GPU engines (the test needs no Python).
 
     /opt/torchref/bin/python scripts/pytorch_step_reference.py [--out PATH]
@@ -143,7 +143,7 @@ def match(gt, anchors):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     here = os.path.dirname(os.path.abspath(__file__))
-    parser.add_argument("--out", default=os.path.join(here, "..", "tests", "golden", "retinanet_step.json"))
+    parser.add_argument("--out", default=os.path.join(here, "..", "crates", "retina-wgpu", "tests", "golden", "retinanet_step.json"))
     args = parser.parse_args()
 
     torch.set_default_dtype(torch.float64)

@@ -8,7 +8,7 @@
 //! (timestamp queries when the adapter has them, else wall time) and what the frame created.
 //!
 //! Run: `cargo run --release --example live_detect -- [--model DIR] [--frames N] [--size PX]
-//! [--out DIR]`. `--model` is a checkpoint directory (`retina demo` writes one to `demo-out/`,
+//! [--out DIR]`. `--model` is a checkpoint directory (`retina demo` writes one to `demo-out/model/`,
 //! which is used when present); without one, a small model is trained for a few hundred steps
 //! on the CPU first (`--train-steps N`, 0 for random weights), with a message saying so.
 
@@ -245,13 +245,13 @@ fn args() -> Result<Args> {
     Ok(args)
 }
 
-/// The checkpoint to run: `--model`, else `demo-out/` if `retina demo` left one, else a small
+/// The checkpoint to run: `--model`, else `demo-out/model/` if `retina demo` left one, else a small
 /// model trained here on the CPU (or random weights with `--train-steps 0`).
 fn model(args: &Args) -> Result<(RetinaNet, Vec<Vec<f32>>)> {
     let dir = args.model.clone().or_else(|| {
-        std::path::Path::new("demo-out/config.json")
+        std::path::Path::new("demo-out/model/config.json")
             .exists()
-            .then(|| "demo-out".to_string())
+            .then(|| "demo-out/model".to_string())
     });
     if let Some(dir) = dir {
         println!("model: {dir}");
@@ -264,11 +264,11 @@ fn model(args: &Args) -> Result<(RetinaNet, Vec<Vec<f32>>)> {
         ..RetinaNetConfig::default()
     })?;
     if args.train_steps == 0 {
-        println!("model: none given and no demo-out/: random weights (expect few or no boxes)");
+        println!("model: none given and no demo-out/model/: random weights (expect few or no boxes)");
         return Ok((net.clone(), net.init(0)));
     }
     println!(
-        "model: none given and no demo-out/ (run `cargo run --release -- demo` for a trained one); \
+        "model: none given and no demo-out/model/ (run `cargo run --release -- demo` for a trained one); \
          training {} steps on the CPU first, a weak detector",
         args.train_steps
     );

@@ -6,6 +6,8 @@
 //!
 //! - [`FocalLoss`]: sigmoid focal loss forward and backward fused in one pass; labels or dense
 //!   targets, f32 or f16 logits, alpha-balanced cross entropy and FL* on the same kernel.
+//! - [`Ohem`]: online hard example mining, the paper's baseline classification loss (per-anchor
+//!   loss, NMS over the anchors by loss, the hardest per image), selected on the device.
 //! - [`AnchorConfig`]: RetinaNet's anchors (P3-P7, scales x ratios), cached on the device.
 //! - [`TargetAssigner`]: IoU matching (torchvision's [`Matcher`]) fused with class labels,
 //!   encoded box targets and positive counts for a batch, in one command buffer.
@@ -66,6 +68,7 @@ pub use ops::boxes::{BoxCoder, box_iou};
 pub use ops::focal::{FocalInput, FocalLoss, FocalOutput, FocalVariant, Logits, Reduction, Targets};
 pub use ops::matcher::{AssignedTargets, GroundTruth, Matcher, TargetAssigner};
 pub use ops::nms::{Nms, NmsKind, NmsOutput, batched_nms, nms};
+pub use ops::ohem::{Ohem, OhemInput, OhemOutput};
 pub use ops::postprocess::{Detection, DetectionInput, PostProcess};
 pub use ops::sort::{sort_desc, top_k};
 pub use progress::{NoProgress, Progress};

@@ -56,7 +56,7 @@ fn a_retinanet_at_800_px_has_120087_anchors() {
         config.num_anchors(800, 800).unwrap(),
         9 * (10_000 + 2_500 + 625 + 169 + 49)
     );
-    // The small RetinaNet of DESIGN.md: 128 x 128 gives 3069 anchors.
+    // The small RetinaNet (docs/ARCHITECTURE.md): 128 x 128 gives 3069 anchors.
     assert_eq!(AnchorConfig::small().num_anchors(128, 128).unwrap(), 3069);
 }
 

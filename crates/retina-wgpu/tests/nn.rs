@@ -69,7 +69,7 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
     ]
 }
 
-/// Every distinct convolution of the small RetinaNet of DESIGN.md at batch 8, 128 x 128, with
+/// Every distinct convolution of the small RetinaNet (docs/ARCHITECTURE.md) at batch 8, 128 x 128, with
 /// K = 20 classes and A = 9 anchors.
 fn retinanet_convs(batch: usize) -> Vec<(Conv2d, Shape)> {
     let mut v = Vec::new();

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner WASM_BINDGEN_TEST_TIMEOUT=600 \
-//!     cargo test --target wasm32-unknown-unknown --no-default-features --test web
+//!     cargo test --target wasm32-unknown-unknown -p retina-wgpu --test web
 //! ```
 //!
 //! `wasm-bindgen-test-runner` finds `chromedriver` on the PATH (or at `CHROMEDRIVER`); its

@@ -81,7 +81,7 @@ pub enum Background {
 
 /// How synthetic scenes are drawn; every number configurable, serialised as JSON.
 ///
-/// The defaults are the data of the small RetinaNet (128 x 128, see `DESIGN.md`): 1-8 objects
+/// The defaults are the data of the small RetinaNet (128 x 128, see docs/ARCHITECTURE.md): 1-8 objects
 /// of 4 classes, 16-64 px, on textured backgrounds with a little noise.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

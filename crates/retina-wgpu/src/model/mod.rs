@@ -1,4 +1,4 @@
-//! The detector: the small RetinaNet of DESIGN.md over [`crate::nn::Engine`], and its training
+//! The detector: the small RetinaNet (docs/ARCHITECTURE.md) over [`crate::nn::Engine`], and its training
 //! loss.
 
 pub mod checkpoint;

@@ -1,4 +1,4 @@
-//! The small RetinaNet of DESIGN.md, written once over [`Engine`]: backbone (five stages of a
+//! The small RetinaNet (docs/ARCHITECTURE.md), written once over [`Engine`]: backbone (five stages of a
 //! stride-2 and a stride-1 3x3 convolution, GroupNorm and ReLU after each), FPN (1x1 laterals on
 //! C3-C5, nearest x2 top-down additions, 3x3 outputs; P6 by a stride-2 convolution on C5, P7 on
 //! ReLU(P6)) and the class and box heads shared over P3-P7, whose outputs are permuted into
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Engine, GroupNorm, Init, SeededRng, Shape};
 use crate::ops::anchors::AnchorConfig;
 
-/// The network's shape: every number of DESIGN.md's small RetinaNet, configurable.
+/// The network's shape: every number of the small RetinaNet (docs/ARCHITECTURE.md), configurable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RetinaNetConfig {

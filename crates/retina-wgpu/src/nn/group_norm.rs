@@ -39,7 +39,7 @@ impl GroupNorm {
         }
     }
 
-    /// The small RetinaNet's choice (DESIGN.md): 16 groups, or `channels / 4` groups (4 channels
+    /// The small RetinaNet's choice (docs/ARCHITECTURE.md): 16 groups, or `channels / 4` groups (4 channels
     /// each) below 64 channels, at least one group.
     pub const fn small_retinanet(channels: usize) -> Self {
         let groups = if channels >= 64 { 16 } else { channels / 4 };

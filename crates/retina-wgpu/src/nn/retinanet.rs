@@ -1,4 +1,4 @@
-//! The convolutions of the small RetinaNet of DESIGN.md (every number configurable), as a list:
+//! The convolutions of the small RetinaNet (docs/ARCHITECTURE.md; every number configurable), as a list:
 //! what `retina bench conv` measures.
 
 use crate::nn::{Conv2d, Shape};

@@ -20,7 +20,7 @@ pub struct TrainArgs {
     /// Square input size (a multiple of 32).
     #[arg(long, default_value_t = 128)]
     size: usize,
-    /// Without GroupNorm (DESIGN.md's plain network).
+    /// Without GroupNorm (the plain network of docs/ARCHITECTURE.md).
     #[arg(long)]
     no_group_norm: bool,
     #[command(flatten)]
