@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Chunk, RowLayout, binds, plan_chunks, storage};
-use crate::gpu::kernels::{Kernel, WG_SIZE};
+use crate::gpu::kernels::Kernel;
 use crate::ops::anchors::AnchorConfig;
 
 /// Must stay in sync with `Config` in shaders/anchors.wgsl.
@@ -73,16 +73,7 @@ impl GpuContext {
         let levels_buf = self.upload(&levels)?;
         let templates_buf = self.upload(&templates)?;
         let limits = self.limits();
-        let plan = plan_chunks(
-            limits,
-            RowLayout {
-                rows: n as u64,
-                elems_per_row: 1,
-                row_bytes: &[16],
-                elems_per_workgroup: WG_SIZE,
-                output_bytes: 0,
-            },
-        )?;
+        let plan = plan_chunks(limits, RowLayout::elementwise(n as u64, 1, &[16]))?;
         let chunk_config = |c: &Chunk| AnchorConfigGpu {
             n_anchors: (c.rows.end - c.rows.start) as u32,
             first: c.rows.start as u32,

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffer::{GpuBuffer, Readback};
 use crate::gpu::context::GpuContext;
 use crate::gpu::dispatch::{Chunk, RowLayout, binds, plan_chunks, storage};
-use crate::gpu::kernels::{Kernel, WG_SIZE};
+use crate::gpu::kernels::Kernel;
 use crate::ops::boxes::BoxCoder;
 
 /// Must stay in sync with `Config` in shaders/box_iou.wgsl.
@@ -64,16 +64,7 @@ impl GpuContext {
         }
         check_whole_binding(self, "box_iou's second set of boxes", b.byte_len())?;
         let limits = self.limits();
-        let plan = plan_chunks(
-            limits,
-            RowLayout {
-                rows: n,
-                elems_per_row: m,
-                row_bytes: &[16, 4 * m],
-                elems_per_workgroup: WG_SIZE,
-                output_bytes: 0,
-            },
-        )?;
+        let plan = plan_chunks(limits, RowLayout::elementwise(n, m, &[16, 4 * m]))?;
         let config = |c: &Chunk| IouConfig {
             n_elements: ((c.rows.end - c.rows.start) * m) as u32,
             cols: m as u32,
@@ -120,16 +111,7 @@ impl GpuContext {
             return Ok(());
         }
         let limits = self.limits();
-        let plan = plan_chunks(
-            limits,
-            RowLayout {
-                rows: n as u64,
-                elems_per_row: 1,
-                row_bytes: &[16],
-                elems_per_workgroup: WG_SIZE,
-                output_bytes: 0,
-            },
-        )?;
+        let plan = plan_chunks(limits, RowLayout::elementwise(n as u64, 1, &[16]))?;
         let config = |c: &Chunk| CoderConfig {
             n: (c.rows.end - c.rows.start) as u32,
             decode: u32::from(decode),

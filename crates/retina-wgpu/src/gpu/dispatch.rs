@@ -8,7 +8,7 @@ use bytemuck::Pod;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::{DeviceLimits, GpuContext};
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{Kernel, WG_SIZE};
 
 /// One dispatch's share of a row-major input.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,20 @@ pub(crate) struct RowLayout<'a> {
     pub elems_per_workgroup: u64,
     /// Bytes of per-workgroup output (a partial sum, say), 0 if none.
     pub output_bytes: u64,
+}
+
+impl<'a> RowLayout<'a> {
+    /// The layout of a kernel with one invocation per element, `WG_SIZE` per workgroup, and no
+    /// per-workgroup output.
+    pub(crate) fn elementwise(rows: u64, elems_per_row: u64, row_bytes: &'a [u64]) -> Self {
+        Self {
+            rows,
+            elems_per_row,
+            row_bytes,
+            elems_per_workgroup: WG_SIZE,
+            output_bytes: 0,
+        }
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {

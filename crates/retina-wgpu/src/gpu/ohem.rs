@@ -360,16 +360,7 @@ impl GpuContext {
         rows: u64,
         k: u64,
     ) -> Result<()> {
-        let plan = plan_chunks(
-            self.limits(),
-            RowLayout {
-                rows,
-                elems_per_row: 1,
-                row_bytes: &[4 * k, 4],
-                elems_per_workgroup: WG_SIZE,
-                output_bytes: 0,
-            },
-        )?;
+        let plan = plan_chunks(self.limits(), RowLayout::elementwise(rows, 1, &[4 * k, 4]))?;
         let config = |c: &Chunk| RowLossConfig {
             n_rows: (c.rows.end - c.rows.start) as u32,
             num_classes: k as u32,
@@ -394,16 +385,7 @@ impl GpuContext {
         rows: u64,
         k: u64,
     ) -> Result<()> {
-        let plan = plan_chunks(
-            self.limits(),
-            RowLayout {
-                rows,
-                elems_per_row: k,
-                row_bytes: &[4 * k, 4],
-                elems_per_workgroup: WG_SIZE,
-                output_bytes: 0,
-            },
-        )?;
+        let plan = plan_chunks(self.limits(), RowLayout::elementwise(rows, k, &[4 * k, 4]))?;
         let config = |c: &Chunk| ScaleConfig {
             n_elements: ((c.rows.end - c.rows.start) * k) as u32,
             num_classes: k as u32,
