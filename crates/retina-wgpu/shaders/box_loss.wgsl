@@ -91,20 +91,50 @@ fn giou(p: vec4<f32>, t: vec4<f32>) -> LossGrad {
     return LossGrad(loss, g);
 }
 
-// GIoU loss of decoded boxes, with the gradient carried back to the deltas.
+// The largest centre coordinate and half-size the GIoU loss uses (`GIOU_LIMIT` in
+// src/cpu/box_loss.rs): beyond it a decoded box saturates, so that the enclosing box's area
+// (at most (4e18)^2) stays finite, and the saturated part gets no gradient.
+const GIOU_LIMIT: f32 = 1e18;
+
+// A decoded box with its centre and half-size saturated at GIOU_LIMIT, and which of the
+// centre's and half-size's components were not.
+struct Saturated {
+    b: vec4<f32>,
+    centre_free: vec2<bool>,
+    half_free: vec2<bool>,
+}
+
+fn saturated_box(deltas: vec4<f32>, anchor: vec4<f32>) -> Saturated {
+    let q = decode_parts(deltas, anchor, cfg.weights, cfg.clamp);
+    let centre = clamp(q.centre, vec2(-GIOU_LIMIT), vec2(GIOU_LIMIT));
+    let half_size = min(q.half_size, vec2(GIOU_LIMIT));
+    return Saturated(
+        vec4(centre - half_size, centre + half_size),
+        abs(q.centre) <= vec2(GIOU_LIMIT),
+        q.half_size <= vec2(GIOU_LIMIT),
+    );
+}
+
+// GIoU loss of decoded boxes, with the gradient carried back to the deltas. NaN deltas give a
+// NaN loss and gradient; finite deltas of any size a finite loss (see GIOU_LIMIT).
 fn giou_deltas(deltas: vec4<f32>, target_d: vec4<f32>, anchor: vec4<f32>) -> LossGrad {
-    let p = decode_box(deltas, anchor, cfg.weights, cfg.clamp);
-    let t = decode_box(target_d, anchor, cfg.weights, cfg.clamp);
+    if box_has_nan(deltas) || box_has_nan(target_d) {
+        let nan = nan_box();
+        return LossGrad(nan.x, nan);
+    }
+    let sp = saturated_box(deltas, anchor);
+    let p = sp.b;
+    let t = saturated_box(target_d, anchor).b;
     let r = giou(p, t);
     let aw = anchor.z - anchor.x;
     let ah = anchor.w - anchor.y;
     let d = deltas / cfg.weights;
     let half_w = 0.5 * (p.z - p.x);
     let half_h = 0.5 * (p.w - p.y);
-    let gx = (r.grad.x + r.grad.z) * aw / cfg.weights.x;
-    let gy = (r.grad.y + r.grad.w) * ah / cfg.weights.y;
-    let gw = select(0.0, (r.grad.z - r.grad.x) * half_w / cfg.weights.z, d.z <= cfg.clamp);
-    let gh = select(0.0, (r.grad.w - r.grad.y) * half_h / cfg.weights.w, d.w <= cfg.clamp);
+    let gx = select(0.0, (r.grad.x + r.grad.z) * aw / cfg.weights.x, sp.centre_free.x);
+    let gy = select(0.0, (r.grad.y + r.grad.w) * ah / cfg.weights.y, sp.centre_free.y);
+    let gw = select(0.0, (r.grad.z - r.grad.x) * half_w / cfg.weights.z, d.z <= cfg.clamp && sp.half_free.x);
+    let gh = select(0.0, (r.grad.w - r.grad.y) * half_h / cfg.weights.w, d.w <= cfg.clamp && sp.half_free.y);
     return LossGrad(r.loss, vec4(gx, gy, gw, gh));
 }
 

@@ -75,8 +75,9 @@ fn main(
     let score = 1.0 / (1.0 + exp(-logit));
     let d = deltas[image * cfg.anchors_per_image + anchor];
     var b = decode_box(d, anchors[anchor], cfg.weights, cfg.clamp);
-    // A NaN delta keeps its all-NaN box through the clip (clamp of NaN is undefined in WGSL).
-    if cfg.clip != 0u && !box_has_nan(d) {
+    // An all-NaN box (NaN deltas, or a box past f32) stays all-NaN through the clip (clamp of
+    // NaN is undefined in WGSL).
+    if cfg.clip != 0u && !box_has_nan(b) {
         b = clamp(b, vec4(0.0), cfg.image_size.xyxy);
     }
     records[i] = Detection(b, score, i32(cand.y % cfg.num_classes), 0u, 0u);

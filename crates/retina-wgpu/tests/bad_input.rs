@@ -17,8 +17,9 @@ use retina_wgpu::coco::{self, Instances};
 use retina_wgpu::gpu::{DetectionBuffers, FocalBuffers, LogitsBuffer, TargetsBuffer, TopkSegment};
 use retina_wgpu::nn::{Conv2d, CpuEngine, Engine, GpuEngine, GroupNorm, Sgd, Shape};
 use retina_wgpu::{
-    AnchorConfig, Backend, BoxCoder, BoxLoss, BoxLossInput, DetectionInput, Error, FocalInput, FocalLoss, GpuContext,
-    GroundTruth, Matcher, Nms, NmsKind, PostProcess, Reduction, Result, TargetAssigner, box_iou, sort_desc, top_k,
+    AnchorConfig, Backend, BoxCoder, BoxLoss, BoxLossInput, BoxLossOutput, BoxReduction, DetectionInput, Error,
+    FocalInput, FocalLoss, GpuContext, GroundTruth, Matcher, Nms, NmsKind, PostProcess, Reduction, Result,
+    TargetAssigner, box_iou, sort_desc, top_k,
 };
 
 /// The values every float input is tried with.
@@ -1761,6 +1762,256 @@ fn buffers_and_tensors_of_another_context_are_refused() {
     assert!(ea.accumulate(&mut z, &x).is_err());
     assert_eq!(ea.read(&x).unwrap(), vec![1.0, 2.0, 3.0]);
     assert_eq!(eb.read(&y).unwrap(), vec![10.0, 20.0, 30.0]);
+}
+
+// --- Numbers past the documented ranges: refused, or NaN where NaN is the documented answer -----
+
+#[test]
+fn anchor_configs_whose_anchors_would_overflow_are_refused() {
+    let base = AnchorConfig::retinanet();
+    let cases = [
+        (
+            "offset 1e38",
+            AnchorConfig {
+                offset: 1e38,
+                ..base.clone()
+            },
+        ),
+        (
+            "offset x stride past 1e15",
+            AnchorConfig {
+                offset: 1e13,
+                ..base.clone()
+            },
+        ),
+        (
+            "size x scale overflowing f32",
+            AnchorConfig {
+                sizes: vec![1e30; 5],
+                scales: vec![1e10],
+                ..base.clone()
+            },
+        ),
+        (
+            "size x scale past 1e15",
+            AnchorConfig {
+                sizes: vec![1e16; 5],
+                ..base.clone()
+            },
+        ),
+        (
+            "a ratio whose sqrt underflows",
+            AnchorConfig {
+                aspect_ratios: vec![1e-45],
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, config) in cases {
+        let err = config.validate().expect_err(what).to_string();
+        assert!(err.contains("anchors"), "{what}: {err}");
+        for backend in common::backends() {
+            let err = config.generate(&backend, 64, 64).expect_err(what).to_string();
+            assert!(err.contains("anchors"), "{what} on {backend:?}: {err}");
+        }
+    }
+    // The paper's anchors and a top-left offset still pass.
+    base.validate().unwrap();
+    AnchorConfig { offset: 0.0, ..base }.validate().unwrap();
+}
+
+#[test]
+fn box_decoding_gives_an_all_nan_box_never_an_infinite_one() {
+    let anchors = [[0.0, 0.0, 32.0, 32.0]; 4];
+    // A delta past f32 after scaling by the anchor; a clamp at ln(f32::MAX) - 0.5 with a huge dw;
+    // a NaN; and an ordinary delta, which decodes as before.
+    let deltas = [
+        [3e38, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 100.0, 0.0],
+        [f32::NAN, 0.0, 0.0, 0.0],
+        [0.1, -0.2, 0.3, 0.4],
+    ];
+    let coder = BoxCoder {
+        clamp: f32::MAX.ln() - 0.5,
+        ..BoxCoder::default()
+    };
+    let mut results = Vec::new();
+    for backend in common::backends() {
+        let boxes = coder.decode(&backend, &deltas, &anchors).unwrap();
+        for (i, b) in boxes[..3].iter().enumerate() {
+            assert!(b.iter().all(|v| v.is_nan()), "delta {i} on {backend:?}: {b:?}");
+        }
+        assert!(boxes[3].iter().all(|v| v.is_finite()), "{:?}", boxes[3]);
+        results.push(boxes[3]);
+    }
+    if let [cpu, gpu] = &results[..] {
+        common::assert_close("an ordinary delta on both backends", gpu, cpu, 1e-5, 1e-4);
+    }
+    // A clamp past ln(f32::MAX) (or NaN) is refused: exp of it is infinite.
+    for clamp in [f32::INFINITY, 89.0, f32::NAN] {
+        let coder = BoxCoder {
+            clamp,
+            ..BoxCoder::default()
+        };
+        for backend in common::backends() {
+            let err = coder.decode(&backend, &deltas, &anchors).unwrap_err().to_string();
+            assert!(err.contains("clamp"), "clamp {clamp}: {err}");
+        }
+    }
+}
+
+#[test]
+fn post_processing_without_clipping_gives_overflowing_boxes_as_nan() {
+    let anchors = [[0.0, 0.0, 32.0, 32.0], [32.0, 0.0, 64.0, 32.0]];
+    let input = DetectionInput {
+        logits: &[4.0, 3.0],
+        deltas: &[[3e38, 0.0, 0.0, 0.0], [0.0; 4]],
+        anchors: &anchors,
+        level_offsets: &[0, 2],
+        num_classes: 1,
+        image_size: (32, 64),
+    };
+    let pp = PostProcess {
+        clip_to_image: false,
+        ..PostProcess::default()
+    };
+    for backend in common::backends() {
+        let dets = pp.run(&backend, &input).unwrap();
+        assert_eq!(dets[0].len(), 2, "{backend:?}: {:?}", dets[0]);
+        let overflow = dets[0]
+            .iter()
+            .find(|d| d.score > 0.98)
+            .expect("the first anchor's detection");
+        assert!(overflow.bbox.iter().all(|v| v.is_nan()), "{backend:?}: {overflow:?}");
+        let plain = dets[0]
+            .iter()
+            .find(|d| d.score < 0.98)
+            .expect("the second anchor's detection");
+        assert_eq!(plain.bbox, [32.0, 0.0, 64.0, 32.0], "{backend:?}");
+    }
+}
+
+#[test]
+fn giou_loss_of_huge_deltas_is_finite_and_of_nan_deltas_nan() {
+    let anchors = [[0.0, 0.0, 32.0, 32.0], [10.0, 10.0, 50.0, 30.0]];
+    let pred = [
+        [1e30, -1e30, 1e30, -1e30],
+        [-1e30, 1e30, 0.5, 1e30],
+        [3e38, 0.0, -3e38, 0.0],
+        [0.1, 0.2, -0.1, 0.0],
+    ];
+    let targets = [[0.1, -0.1, 0.2, 0.0], [0.0, 0.3, -0.2, 0.1], [0.0; 4], [0.0; 4]];
+    let labels = [0, 1, 0, 1];
+    let input = BoxLossInput {
+        pred: &pred,
+        targets: &targets,
+        labels: &labels,
+        anchors: &anchors,
+    };
+    let mut outputs = Vec::new();
+    for backend in common::backends() {
+        let out = BoxLoss::giou().compute(&backend, &input).unwrap();
+        assert!(out.loss.is_finite() && out.sum.is_finite(), "{backend:?}: {out:?}");
+        // Each term of 1 - GIoU lies in [0, 2].
+        assert!((0.0..=8.0).contains(&out.sum), "{backend:?}: {}", out.sum);
+        assert!(
+            out.grad.iter().flatten().all(|g| g.is_finite()),
+            "{backend:?}: {:?}",
+            out.grad
+        );
+        outputs.push(out);
+    }
+    if let [cpu, gpu] = &outputs[..] {
+        common::assert_close(
+            "GIoU loss of huge deltas, CPU vs GPU",
+            &[gpu.loss],
+            &[cpu.loss],
+            1e-5,
+            1e-6,
+        );
+        let flat = |o: &BoxLossOutput| o.grad.iter().flatten().copied().collect::<Vec<f32>>();
+        common::assert_close(
+            "GIoU gradient of huge deltas, CPU vs GPU",
+            &flat(gpu),
+            &flat(cpu),
+            1e-4,
+            1e-6,
+        );
+    }
+    // The saturated parts get no gradient: the first box's centre and width, the third's.
+    let cpu = &outputs[0];
+    assert_eq!(cpu.grad[0], [0.0; 4], "{:?}", cpu.grad[0]);
+    // NaN in, NaN out.
+    let nan_pred = [[f32::NAN, 0.0, 0.0, 0.0], [0.0; 4], [0.0; 4], [0.0; 4]];
+    for backend in common::backends() {
+        let out = BoxLoss::giou()
+            .compute(
+                &backend,
+                &BoxLossInput {
+                    pred: &nan_pred,
+                    ..input
+                },
+            )
+            .unwrap();
+        assert!(out.loss.is_nan(), "{backend:?}: {}", out.loss);
+    }
+}
+
+#[test]
+fn normalisers_with_an_infinite_reciprocal_are_refused() {
+    let logits = [1.0f32, -2.0, 0.5, 3.0];
+    let labels = [0, -1];
+    let input = FocalInput::labels(&logits[..], &labels, 2);
+    let pred = [[0.1, 0.2, 0.3, 0.4]];
+    let anchors = [[0.0, 0.0, 8.0, 8.0]];
+    let boxes = BoxLossInput {
+        pred: &pred,
+        targets: &[[0.0; 4]],
+        labels: &[0],
+        anchors: &anchors,
+    };
+    for backend in common::backends() {
+        for v in [1e-45, 0.0, -1.0, f32::INFINITY] {
+            let focal = FocalLoss::retinanet().with_reduction(Reduction::Normalized(v));
+            let err = focal.compute(&backend, &input).unwrap_err().to_string();
+            assert!(err.contains("normaliser"), "focal {v:e} on {backend:?}: {err}");
+            let boxes_loss = BoxLoss {
+                reduction: BoxReduction::Normalized(v),
+                ..BoxLoss::smooth_l1(1.0 / 9.0)
+            };
+            let err = boxes_loss.compute(&backend, &boxes).unwrap_err().to_string();
+            assert!(err.contains("normaliser"), "box {v:e} on {backend:?}: {err}");
+        }
+        // The smallest normal normaliser is accepted, and scales the loss by its reciprocal.
+        let v = f32::MIN_POSITIVE;
+        let focal = FocalLoss::retinanet().with_reduction(Reduction::Normalized(v));
+        let out = focal.compute(&backend, &input).unwrap();
+        assert!(out.grad.unwrap().iter().all(|g| g.is_finite()), "{backend:?}");
+    }
+}
+
+#[test]
+fn layer_errors_name_the_operation() {
+    fn check<E: Engine>(e: &mut E, what: &str) {
+        // Rows that do not fit the head: the backward pass names itself.
+        let rows = e.zeros(Shape::new(1, 1, 10, 4)).unwrap();
+        let Err(err) = e.permute_head_backward(&rows, 9, 0, Shape::new(1, 36, 4, 4)) else {
+            panic!("{what}: rows that do not fit were accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("permute head backward"), "{what}: {err}");
+        // An upsampled output whose size cannot be counted or held.
+        let x = e.zeros(Shape::new(1, 1, 1, 1)).unwrap();
+        let Err(err) = e.upsample_nearest(&x, 1 << 31, 1 << 31) else {
+            panic!("{what}: an upsampling to 2^31 x 2^31 was accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("upsample"), "{what}: {err}");
+    }
+    check(&mut CpuEngine::<f32>::new(), "CPU");
+    if let Some(ctx) = gpu() {
+        check(&mut GpuEngine::new(&ctx).unwrap(), "GPU");
+    }
 }
 
 // --- COCO readers ------------------------------------------------------------------------------

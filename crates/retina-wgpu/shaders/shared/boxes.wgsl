@@ -50,13 +50,20 @@ fn nan_box() -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4(nan_box_bits));
 }
 
-// The box that `deltas` describe relative to `anchor` (torchvision's BoxCoder.decode_single):
-// dw and dh are clamped at `clamp` before exp. A NaN anywhere in the deltas gives an all-NaN
-// box (GPU min/max/clamp with NaN are undefined, so the rule is explicit on both backends).
-fn decode_box(deltas: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>, clamp: f32) -> vec4<f32> {
-    if box_has_nan(deltas) {
-        return nan_box();
-    }
+// True when a component is NaN or infinite (bit test, as box_has_nan).
+fn box_not_finite(v: vec4<f32>) -> bool {
+    return any((bitcast<vec4<u32>>(v) & vec4(0x7fffffffu)) >= vec4(0x7f800000u));
+}
+
+// A decoded box before its sides are formed: centre (cx, cy) and half-sizes (w / 2, h / 2).
+struct DecodedBox {
+    centre: vec2<f32>,
+    half_size: vec2<f32>,
+}
+
+// torchvision's BoxCoder.decode_single up to the sides: dw and dh are clamped at `clamp` before
+// exp. The deltas must not hold NaN (the callers test it first).
+fn decode_parts(deltas: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>, clamp: f32) -> DecodedBox {
     let aw = anchor.z - anchor.x;
     let ah = anchor.w - anchor.y;
     let acx = anchor.x + 0.5 * aw;
@@ -66,5 +73,21 @@ fn decode_box(deltas: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>, clamp: f
     let cy = d.y * ah + acy;
     let half_w = 0.5 * (exp(min(d.z, clamp)) * aw);
     let half_h = 0.5 * (exp(min(d.w, clamp)) * ah);
-    return vec4(cx - half_w, cy - half_h, cx + half_w, cy + half_h);
+    return DecodedBox(vec2(cx, cy), vec2(half_w, half_h));
+}
+
+// The box that `deltas` describe relative to `anchor` (torchvision's BoxCoder.decode_single).
+// A NaN anywhere in the deltas, or a box whose coordinates overflow f32, gives an all-NaN box
+// (GPU min/max/clamp with NaN are undefined, so the rule is explicit on both backends): never
+// an infinite box that looks valid.
+fn decode_box(deltas: vec4<f32>, anchor: vec4<f32>, weights: vec4<f32>, clamp: f32) -> vec4<f32> {
+    if box_has_nan(deltas) {
+        return nan_box();
+    }
+    let q = decode_parts(deltas, anchor, weights, clamp);
+    let b = vec4(q.centre - q.half_size, q.centre + q.half_size);
+    if box_not_finite(b) {
+        return nan_box();
+    }
+    return b;
 }

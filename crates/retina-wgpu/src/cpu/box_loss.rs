@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::boxes::{area, decode};
+use crate::cpu::boxes::{area, decode_parts};
 use crate::ops::box_loss::{BoxLoss, BoxLossInput, BoxLossKind};
 
 const EPS: f32 = 1e-7;
@@ -81,29 +81,44 @@ fn giou(p: [f32; 4], t: [f32; 4]) -> (f32, [f32; 4]) {
     (loss, g)
 }
 
+/// The largest centre coordinate and half-size the GIoU loss uses (`GIOU_LIMIT` in
+/// shaders/box_loss.wgsl): beyond it a decoded box saturates, so that the enclosing box's area
+/// (at most (4e18)^2) stays finite, and the saturated part gets no gradient.
+const GIOU_LIMIT: f32 = 1e18;
+
+/// A decoded box with its centre and half-size saturated at [`GIOU_LIMIT`], and which of the
+/// centre's and half-size's components were not (the shader's `saturated_box`).
+fn saturated_box(deltas: [f32; 4], anchor: [f32; 4], loss: &BoxLoss) -> ([f32; 4], [bool; 2], [bool; 2]) {
+    let (centre, half) = decode_parts(deltas, anchor, loss.coder.weights, loss.coder.clamp);
+    let c = centre.map(|v| v.clamp(-GIOU_LIMIT, GIOU_LIMIT));
+    let h = half.map(|v| v.min(GIOU_LIMIT));
+    (
+        [c[0] - h[0], c[1] - h[1], c[0] + h[0], c[1] + h[1]],
+        centre.map(|v| v.abs() <= GIOU_LIMIT),
+        half.map(|v| v <= GIOU_LIMIT),
+    )
+}
+
 /// GIoU of decoded boxes with the gradient carried back to the deltas: the shader's
-/// `giou_deltas`.
+/// `giou_deltas`. NaN deltas give a NaN loss and gradient; finite deltas of any size a finite
+/// loss (see [`GIOU_LIMIT`]).
 fn giou_deltas(deltas: [f32; 4], target: [f32; 4], anchor: [f32; 4], loss: &BoxLoss) -> (f32, [f32; 4]) {
+    if deltas.iter().chain(&target).any(|v| v.is_nan()) {
+        return (f32::NAN, [f32::NAN; 4]);
+    }
     let (w, clamp) = (loss.coder.weights, loss.coder.clamp);
-    let p = decode(deltas, anchor, w, clamp);
-    let t = decode(target, anchor, w, clamp);
+    let (p, centre_free, half_free) = saturated_box(deltas, anchor, loss);
+    let (t, _, _) = saturated_box(target, anchor, loss);
     let (l, g) = giou(p, t);
     let aw = anchor[2] - anchor[0];
     let ah = anchor[3] - anchor[1];
     let half_w = 0.5 * (p[2] - p[0]);
     let half_h = 0.5 * (p[3] - p[1]);
-    let gx = (g[0] + g[2]) * aw / w[0];
-    let gy = (g[1] + g[3]) * ah / w[1];
-    let gw = if deltas[2] / w[2] <= clamp {
-        (g[2] - g[0]) * half_w / w[2]
-    } else {
-        0.0
-    };
-    let gh = if deltas[3] / w[3] <= clamp {
-        (g[3] - g[1]) * half_h / w[3]
-    } else {
-        0.0
-    };
+    let free = |ok: bool, v: f32| if ok { v } else { 0.0 };
+    let gx = free(centre_free[0], (g[0] + g[2]) * aw / w[0]);
+    let gy = free(centre_free[1], (g[1] + g[3]) * ah / w[1]);
+    let gw = free(deltas[2] / w[2] <= clamp && half_free[0], (g[2] - g[0]) * half_w / w[2]);
+    let gh = free(deltas[3] / w[3] <= clamp && half_free[1], (g[3] - g[1]) * half_h / w[3]);
     (l, [gx, gy, gw, gh])
 }
 

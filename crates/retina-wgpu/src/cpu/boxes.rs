@@ -40,12 +40,30 @@ pub fn encode(gt: [f32; 4], anchor: [f32; 4], weights: [f32; 4]) -> [f32; 4] {
 }
 
 /// The box `deltas` describe relative to `anchor`; dw and dh are clamped at `clamp` before exp.
-/// A NaN anywhere in the deltas gives an all-NaN box (the shader's rule).
+/// A NaN anywhere in the deltas, or a box whose coordinates overflow f32, gives an all-NaN box
+/// (the shader's rule).
 #[inline(always)]
 pub fn decode(deltas: [f32; 4], anchor: [f32; 4], weights: [f32; 4], clamp: f32) -> [f32; 4] {
     if deltas.iter().any(|d| d.is_nan()) {
         return [f32::NAN; 4];
     }
+    let (centre, half) = decode_parts(deltas, anchor, weights, clamp);
+    let b = [
+        centre[0] - half[0],
+        centre[1] - half[1],
+        centre[0] + half[0],
+        centre[1] + half[1],
+    ];
+    if b.iter().all(|v| v.is_finite()) {
+        b
+    } else {
+        [f32::NAN; 4]
+    }
+}
+
+/// The decoded box's centre and half-sizes before its sides are formed (the shaders'
+/// `decode_parts`); the deltas must not hold NaN.
+pub fn decode_parts(deltas: [f32; 4], anchor: [f32; 4], weights: [f32; 4], clamp: f32) -> ([f32; 2], [f32; 2]) {
     let aw = anchor[2] - anchor[0];
     let ah = anchor[3] - anchor[1];
     let acx = anchor[0] + 0.5 * aw;
@@ -60,7 +78,7 @@ pub fn decode(deltas: [f32; 4], anchor: [f32; 4], weights: [f32; 4], clamp: f32)
     let cy = d[1] * ah + acy;
     let half_w = 0.5 * (d[2].min(clamp).exp() * aw);
     let half_h = 0.5 * (d[3].min(clamp).exp() * ah);
-    [cx - half_w, cy - half_h, cx + half_w, cy + half_h]
+    ([cx, cy], [half_w, half_h])
 }
 
 /// IoU matrix `[a.len() x b.len()]`, row-major, rows in parallel.

@@ -43,7 +43,7 @@ impl<T: Real> Pool<T> {
         let data = if len == 0 {
             Vec::new()
         } else {
-            self.take_vec(len, true).unwrap_or_default()
+            self.take_vec(len, true, "convolution scratch").unwrap_or_default()
         };
         PooledVec { data, pool: self }
     }
@@ -51,7 +51,7 @@ impl<T: Real> Pool<T> {
     /// A vector of `len` values from the pool, or a new zero-filled one: fallibly for tensors
     /// (an [`Error::OutOfMemory`] beyond [`crate::nn::MAX_HOST_BYTES`] or when the allocator
     /// refuses), infallibly for the conv's scratch blocks, whose sizes are bounded by its tiling.
-    fn take_vec(&self, len: usize, scratch: bool) -> Result<Vec<T>> {
+    fn take_vec(&self, len: usize, scratch: bool, what: &str) -> Result<Vec<T>> {
         {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(v) = inner.free.get_mut(&len).and_then(Vec::pop) {
@@ -67,7 +67,7 @@ impl<T: Real> Pool<T> {
         if scratch {
             return Ok(vec![T::ZERO; len]);
         }
-        host_vec(len, T::ZERO, "a CPU tensor")
+        host_vec(len, T::ZERO, what)
     }
 
     fn give(&self, v: Vec<T>) {
@@ -163,10 +163,13 @@ impl<T: Real> CpuEngine<T> {
 
     /// A pooled tensor of `shape` (contents unspecified until written); an error when the
     /// shape's element count overflows or the host cannot hold it.
-    fn alloc(&self, shape: Shape) -> Result<CpuTensor<T>> {
+    fn alloc(&self, op: &str, shape: Shape) -> Result<CpuTensor<T>> {
+        let len = shape
+            .checked_len()
+            .map_err(|_| Error::invalid(format!("{op}: a tensor of {shape} holds more than usize::MAX elements")))?;
         Ok(CpuTensor {
             shape,
-            data: self.pool.take_vec(shape.checked_len()?, false)?,
+            data: self.pool.take_vec(len, false, &format!("{op}: a CPU tensor of {shape}"))?,
             pool: Arc::clone(&self.pool),
         })
     }
@@ -179,7 +182,7 @@ impl<T: Real> CpuEngine<T> {
                 format!("{} values for a tensor of {shape}", data.len()),
             ));
         }
-        let mut t = self.alloc(shape)?;
+        let mut t = self.alloc("tensor_from", shape)?;
         t.data.copy_from_slice(data);
         Ok(t)
     }
@@ -194,8 +197,8 @@ impl<T: Real> CpuEngine<T> {
         relu: bool,
     ) -> Result<GroupNormOut<CpuTensor<T>>> {
         gn.check_forward(x.shape, gamma.shape, beta.shape)?;
-        let mut y = self.alloc(x.shape)?;
-        let mut stats = self.alloc(gn.stats_shape(x.shape.n))?;
+        let mut y = self.alloc("group norm", x.shape)?;
+        let mut stats = self.alloc("group norm", gn.stats_shape(x.shape.n))?;
         group_norm::forward(
             gn,
             x.shape,
@@ -220,9 +223,9 @@ impl<T: Real> CpuEngine<T> {
         grad_out: &CpuTensor<T>,
     ) -> Result<GroupNormGrads<CpuTensor<T>>> {
         gn.check_backward(x.shape, gamma.shape, stats.shape, grad_out.shape)?;
-        let mut dx = self.alloc(x.shape)?;
-        let mut dgamma = self.alloc(gn.param_shape())?;
-        let mut dbeta = self.alloc(gn.param_shape())?;
+        let mut dx = self.alloc("group norm backward", x.shape)?;
+        let mut dgamma = self.alloc("group norm backward", gn.param_shape())?;
+        let mut dbeta = self.alloc("group norm backward", gn.param_shape())?;
         let mut sums = self.pool.take(2 * x.shape.n * x.shape.c);
         group_norm::backward(
             gn,
@@ -245,7 +248,7 @@ impl<T: Real> CpuEngine<T> {
     }
 
     fn map(&self, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> Result<CpuTensor<T>> {
-        let mut out = self.alloc(x.shape)?;
+        let mut out = self.alloc("relu", x.shape)?;
         out.data
             .par_iter_mut()
             .zip(x.data.par_iter())
@@ -273,13 +276,13 @@ impl<T: Real> Engine for CpuEngine<T> {
                 format!("{} values for a tensor of {shape}", data.len()),
             ));
         }
-        let mut t = self.alloc(shape)?;
+        let mut t = self.alloc("tensor", shape)?;
         t.data.iter_mut().zip(data).for_each(|(o, &v)| *o = T::from_f32(v));
         Ok(t)
     }
 
     fn zeros(&mut self, shape: Shape) -> Result<CpuTensor<T>> {
-        let mut t = self.alloc(shape)?;
+        let mut t = self.alloc("zeros", shape)?;
         t.data.fill(T::ZERO);
         Ok(t)
     }
@@ -300,7 +303,7 @@ impl<T: Real> Engine for CpuEngine<T> {
         if let Some(b) = bias {
             check_same("conv2d bias", b.shape, c.bias_shape())?;
         }
-        let mut y = self.alloc(out)?;
+        let mut y = self.alloc("conv2d", out)?;
         if out.is_empty() {
             // A batch of no images: nothing to compute.
             return Ok(y);
@@ -328,9 +331,9 @@ impl<T: Real> Engine for CpuEngine<T> {
         let out = c.output_shape(x.shape)?;
         check_same("conv2d weights", weight.shape, c.weight_shape())?;
         check_same("conv2d output gradient", grad_out.shape, out)?;
-        let mut dw = self.alloc(c.weight_shape())?;
-        let mut db = self.alloc(c.bias_shape())?;
-        let mut dx = input_grad.then(|| self.alloc(x.shape)).transpose()?;
+        let mut dw = self.alloc("conv2d backward", c.weight_shape())?;
+        let mut db = self.alloc("conv2d backward", c.bias_shape())?;
+        let mut dx = input_grad.then(|| self.alloc("conv2d backward", x.shape)).transpose()?;
         if out.is_empty() {
             // A batch of no images: no gradient flows to the weights or the bias.
             dw.data.fill(T::ZERO);
@@ -408,7 +411,7 @@ impl<T: Real> Engine for CpuEngine<T> {
 
     fn relu_backward(&mut self, x: &CpuTensor<T>, grad_out: &CpuTensor<T>) -> Result<CpuTensor<T>> {
         check_same("relu backward", x.shape, grad_out.shape)?;
-        let mut out = self.alloc(x.shape)?;
+        let mut out = self.alloc("relu backward", x.shape)?;
         out.data
             .par_iter_mut()
             .zip(x.data.par_iter().zip(grad_out.data.par_iter()))
@@ -419,7 +422,7 @@ impl<T: Real> Engine for CpuEngine<T> {
     fn upsample_nearest(&mut self, x: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {
         let s = x.shape;
         check_upsample(s, h, w)?;
-        let mut out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        let mut out = self.alloc("upsample", Shape::new(s.n, s.c, h, w))?;
         if out.data.is_empty() {
             return Ok(out);
         }
@@ -440,7 +443,7 @@ impl<T: Real> Engine for CpuEngine<T> {
     fn upsample_nearest_backward(&mut self, grad_out: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {
         let s = grad_out.shape;
         check_upsample_backward(s, h, w)?;
-        let mut out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        let mut out = self.alloc("upsample backward", Shape::new(s.n, s.c, h, w))?;
         if out.data.is_empty() {
             return Ok(out);
         }
@@ -460,7 +463,7 @@ impl<T: Real> Engine for CpuEngine<T> {
 
     fn add(&mut self, a: &CpuTensor<T>, b: &CpuTensor<T>) -> Result<CpuTensor<T>> {
         check_same("add", a.shape, b.shape)?;
-        let mut out = self.alloc(a.shape)?;
+        let mut out = self.alloc("add", a.shape)?;
         out.data
             .par_iter_mut()
             .zip(a.data.par_iter().zip(b.data.par_iter()))
@@ -485,7 +488,7 @@ impl<T: Real> Engine for CpuEngine<T> {
         row_offset: usize,
     ) -> Result<()> {
         let (h, r) = (head.shape, rows.shape);
-        let values = check_permute(h, anchors, r, row_offset)?;
+        let values = check_permute("permute head", h, anchors, r, row_offset)?;
         let plane = h.plane();
         for b in 0..h.n {
             for a in 0..anchors {
@@ -508,8 +511,8 @@ impl<T: Real> Engine for CpuEngine<T> {
         head: Shape,
     ) -> Result<CpuTensor<T>> {
         let r = rows.shape;
-        let values = check_permute(head, anchors, r, row_offset)?;
-        let mut out = self.alloc(head)?;
+        let values = check_permute("permute head backward", head, anchors, r, row_offset)?;
+        let mut out = self.alloc("permute head backward", head)?;
         let plane = head.plane();
         for b in 0..head.n {
             for a in 0..anchors {

@@ -101,7 +101,7 @@ impl GpuEngine {
         let bias_binding = match bias {
             Some(b) => b.binding(),
             None => {
-                spare = self.alloc(Shape::new(1, 1, 1, 1))?;
+                spare = self.alloc("conv2d", Shape::new(1, 1, 1, 1))?;
                 spare.binding()
             }
         };
@@ -119,7 +119,7 @@ impl GpuEngine {
             );
         }
         let total = m * n;
-        let partial = self.alloc(Shape::new(1, 1, splits as usize, total as usize))?;
+        let partial = self.alloc("conv2d", Shape::new(1, 1, splits as usize, total as usize))?;
         self.run(
             kernel,
             &config,
@@ -162,7 +162,7 @@ impl GpuEngine {
             self.check_tensors("conv2d", &[b])?;
         }
         self.check_tensors("conv2d", &[x, weight])?;
-        let y = self.alloc(out)?;
+        let y = self.alloc("conv2d", out)?;
         if out.is_empty() {
             // A batch of no images: nothing to dispatch.
             return Ok(y);
@@ -195,13 +195,13 @@ impl GpuEngine {
         if out.is_empty() {
             // A batch of no images: no gradient flows to the weights or the bias.
             return Ok(ConvGrads {
-                input: input_grad.then(|| self.alloc(x.shape)).transpose()?,
+                input: input_grad.then(|| self.alloc("conv2d backward", x.shape)).transpose()?,
                 weight: self.zeros(c.weight_shape())?,
                 bias: self.zeros(c.bias_shape())?,
             });
         }
         let base = conv_base(c, x.shape, out)?;
-        let dw = self.alloc(c.weight_shape())?;
+        let dw = self.alloc("conv2d backward", c.weight_shape())?;
         let weight_gemm = ConvConfig {
             m: u32_of("conv2d output channels", out.c)?,
             n: u32_of("conv2d fan-in", c.fan_in())?,
@@ -209,7 +209,7 @@ impl GpuEngine {
             ..base
         };
         self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1)?;
-        let db = self.alloc(c.bias_shape())?;
+        let db = self.alloc("conv2d backward", c.bias_shape())?;
         let sums = ChannelSumConfig {
             batch: out.n as u32,
             channels: out.c as u32,
@@ -223,7 +223,7 @@ impl GpuEngine {
             out.c as u64,
         )?;
         let dx = if input_grad {
-            let dx = self.alloc(x.shape)?;
+            let dx = self.alloc("conv2d backward", x.shape)?;
             let input_gemm = ConvConfig {
                 m: u32_of("conv2d input channels", x.shape.c)?,
                 n: u32_of("conv2d input pixels", x.shape.n * x.shape.plane())?,

@@ -62,13 +62,13 @@ impl GpuEngine {
         let s = x.shape();
         gn.check_forward(s, gamma.shape(), beta.shape())?;
         let config = config(gn, s)?;
-        let y = self.alloc(s)?;
-        let stats = self.alloc(gn.stats_shape(s.n))?;
+        let y = self.alloc("group norm", s)?;
+        let stats = self.alloc("group norm", gn.stats_shape(s.n))?;
         if s.is_empty() {
             return Ok(GroupNormOut { y, stats });
         }
         // Per (image, channel): the map group_norm_apply.wgsl applies.
-        let coef = self.alloc(Shape::new(s.n, s.c, 1, 4))?;
+        let coef = self.alloc("group norm", Shape::new(s.n, s.c, 1, 4))?;
         self.run(
             Kernel::GroupNormStats,
             &config,
@@ -107,7 +107,7 @@ impl GpuEngine {
         let s = x.shape();
         gn.check_backward(s, gamma.shape(), stats.shape(), grad_out.shape())?;
         let config = config(gn, s)?;
-        let dx = self.alloc(s)?;
+        let dx = self.alloc("group norm backward", s)?;
         if s.is_empty() {
             // Sums over no image.
             let dgamma = self.zeros(gn.param_shape())?;
@@ -118,10 +118,10 @@ impl GpuEngine {
                 beta: dbeta,
             });
         }
-        let dgamma = self.alloc(gn.param_shape())?;
-        let dbeta = self.alloc(gn.param_shape())?;
-        let sums = self.alloc(Shape::new(s.n, s.c, 1, 2))?;
-        let coef = self.alloc(Shape::new(s.n, s.c, 1, 4))?;
+        let dgamma = self.alloc("group norm backward", gn.param_shape())?;
+        let dbeta = self.alloc("group norm backward", gn.param_shape())?;
+        let sums = self.alloc("group norm backward", Shape::new(s.n, s.c, 1, 2))?;
+        let coef = self.alloc("group norm backward", Shape::new(s.n, s.c, 1, 4))?;
         self.run(
             Kernel::GroupNormGradSums,
             &config,

@@ -261,7 +261,7 @@ impl GpuEngine {
                 format!("{} values in the buffer for a tensor of {shape}", source.len()),
             ));
         }
-        let t = self.alloc(shape)?;
+        let t = self.alloc("tensor_from_buffer", shape)?;
         if len > 0 {
             let (src, dst) = (source.buffer().clone(), t.buffer().clone());
             self.encoder().copy_buffer_to_buffer(&src, 0, &dst, 0, (len * 4) as u64);
@@ -291,10 +291,19 @@ impl GpuEngine {
         &self.ctx
     }
 
-    pub(super) fn alloc(&self, shape: Shape) -> Result<GpuTensor> {
-        let bytes = (shape.checked_len()? as u64)
-            .checked_mul(4)
-            .ok_or_else(|| Error::invalid(format!("a tensor of {shape} holds more than 2^62 elements")))?;
+    pub(super) fn alloc(&self, op: &str, shape: Shape) -> Result<GpuTensor> {
+        let bytes = shape
+            .checked_len()
+            .ok()
+            .and_then(|len| (len as u64).checked_mul(4))
+            .ok_or_else(|| Error::invalid(format!("{op}: a tensor of {shape} holds more than 2^62 elements")))?;
+        let limit = self.ctx.limits().max_storage_binding;
+        if bytes > limit {
+            return Err(Error::invalid(format!(
+                "{op}: a tensor of {shape} ({bytes} bytes) exceeds the device's storage binding limit of \
+                 {limit} bytes; use a smaller batch or input"
+            )));
+        }
         let buffer = self.pool.take(&self.ctx, bytes)?;
         Ok(GpuTensor {
             shape,
@@ -402,7 +411,7 @@ impl Engine for GpuEngine {
                 format!("{} values for a tensor of {shape}", data.len()),
             ));
         }
-        let t = self.alloc(shape)?;
+        let t = self.alloc("tensor", shape)?;
         if !data.is_empty() {
             // Copied inside the encoder, not with a queued write: a queued write would land
             // before the commands already recorded, and a pooled buffer may still be read by
@@ -416,7 +425,7 @@ impl Engine for GpuEngine {
     }
 
     fn zeros(&mut self, shape: Shape) -> Result<GpuTensor> {
-        let t = self.alloc(shape)?;
+        let t = self.alloc("zeros", shape)?;
         let buffer = t.buffer().clone();
         self.encoder().clear_buffer(&buffer, 0, None);
         Ok(t)
@@ -469,7 +478,7 @@ impl Engine for GpuEngine {
 
     fn relu(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
         self.check_tensors("relu", &[x])?;
-        let out = self.alloc(x.shape)?;
+        let out = self.alloc("relu", x.shape)?;
         self.elementwise(Kernel::Relu, x.shape.len(), x, x, &out)?;
         Ok(out)
     }
@@ -477,7 +486,7 @@ impl Engine for GpuEngine {
     fn relu_backward(&mut self, x: &GpuTensor, grad_out: &GpuTensor) -> Result<GpuTensor> {
         check_same("relu backward", x.shape, grad_out.shape)?;
         self.check_tensors("relu backward", &[x, grad_out])?;
-        let out = self.alloc(x.shape)?;
+        let out = self.alloc("relu backward", x.shape)?;
         self.elementwise(Kernel::ReluGrad, x.shape.len(), x, grad_out, &out)?;
         Ok(out)
     }
@@ -486,7 +495,7 @@ impl Engine for GpuEngine {
         let s = x.shape;
         check_upsample(s, h, w)?;
         self.check_tensors("upsample", &[x])?;
-        let out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        let out = self.alloc("upsample", Shape::new(s.n, s.c, h, w))?;
         if out.shape.is_empty() {
             return Ok(out);
         }
@@ -511,7 +520,7 @@ impl Engine for GpuEngine {
         let s = grad_out.shape;
         check_upsample_backward(s, h, w)?;
         self.check_tensors("upsample backward", &[grad_out])?;
-        let out = self.alloc(Shape::new(s.n, s.c, h, w))?;
+        let out = self.alloc("upsample backward", Shape::new(s.n, s.c, h, w))?;
         if out.shape.is_empty() {
             return Ok(out);
         }
@@ -535,7 +544,7 @@ impl Engine for GpuEngine {
     fn add(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
         check_same("add", a.shape, b.shape)?;
         self.check_tensors("add", &[a, b])?;
-        let out = self.alloc(a.shape)?;
+        let out = self.alloc("add", a.shape)?;
         self.elementwise(Kernel::Add, a.shape.len(), a, b, &out)?;
         Ok(out)
     }
@@ -553,7 +562,7 @@ impl Engine for GpuEngine {
         rows: &mut GpuTensor,
         row_offset: usize,
     ) -> Result<()> {
-        let values = check_permute(head.shape, anchors, rows.shape, row_offset)?;
+        let values = check_permute("permute head", head.shape, anchors, rows.shape, row_offset)?;
         self.check_tensors("permute head", &[head, rows])?;
         let config = PermuteHeadConfig {
             batch: u32_of("permute head batch", head.shape.n)?,
@@ -579,9 +588,9 @@ impl Engine for GpuEngine {
         row_offset: usize,
         head: Shape,
     ) -> Result<GpuTensor> {
-        let values = check_permute(head, anchors, rows.shape, row_offset)?;
+        let values = check_permute("permute head backward", head, anchors, rows.shape, row_offset)?;
         self.check_tensors("permute head backward", &[rows])?;
-        let out = self.alloc(head)?;
+        let out = self.alloc("permute head backward", head)?;
         let config = PermuteHeadConfig {
             batch: u32_of("permute head batch", head.n)?,
             anchors: u32_of("permute head anchors", anchors)?,

@@ -16,6 +16,10 @@
 //!   the object's uniform buffers with a queued write, which lands before the next submission.
 //! - Input buffers are bound as given: pass the same buffers every frame (binding a new buffer
 //!   makes a new bind group; the last four combinations per dispatch are kept).
+//! - The encoder must be one of this object's device (the device its [`GpuContext`] wraps). The
+//!   crate checks that every buffer it is given belongs to its context, but a wgpu encoder cannot
+//!   say which device made it: recording into another device's encoder is a wgpu panic ("Cannot
+//!   get non-existent resource"), not an error this crate can return.
 
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;

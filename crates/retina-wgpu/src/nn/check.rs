@@ -12,17 +12,30 @@ pub(crate) fn check_same(op: &'static str, a: Shape, b: Shape) -> Result<()> {
     Ok(())
 }
 
-/// Checks a head permute's shapes; returns the values per anchor (C).
-pub(crate) fn check_permute(head: Shape, anchors: usize, rows: Shape, row_offset: usize) -> Result<usize> {
+/// `s.checked_len()`, its error naming `op`.
+fn checked_len(op: &str, s: Shape) -> Result<usize> {
+    s.checked_len()
+        .map_err(|_| Error::invalid(format!("{op}: a tensor of {s} holds more than usize::MAX elements")))
+}
+
+/// Checks a head permute's shapes (`op`: the forward or the backward pass); returns the values
+/// per anchor (C).
+pub(crate) fn check_permute(
+    op: &'static str,
+    head: Shape,
+    anchors: usize,
+    rows: Shape,
+    row_offset: usize,
+) -> Result<usize> {
     if anchors == 0 || !head.c.is_multiple_of(anchors) {
         return Err(Error::shape(
-            "permute head",
+            op,
             format!("{head} does not hold {anchors} anchors per cell"),
         ));
     }
     let values = head.c / anchors;
-    head.checked_len()?;
-    rows.checked_len()?;
+    checked_len(op, head)?;
+    checked_len(op, rows)?;
     let end = head
         .h
         .checked_mul(head.w)
@@ -30,7 +43,7 @@ pub(crate) fn check_permute(head: Shape, anchors: usize, rows: Shape, row_offset
         .and_then(|cells| cells.checked_add(row_offset));
     if rows.n != head.n || rows.c != 1 || rows.w != values || end.is_none_or(|end| end > rows.h) {
         return Err(Error::shape(
-            "permute head",
+            op,
             format!("a head of {head} with {anchors} anchors does not fit rows {rows} at row {row_offset}"),
         ));
     }
@@ -46,7 +59,7 @@ pub(crate) fn check_upsample(s: Shape, h: usize, w: usize) -> Result<()> {
             format!("{s} cannot be resized up to {h} x {w}"),
         ));
     }
-    Shape::new(s.n, s.c, h, w).checked_len()?;
+    checked_len("upsample", Shape::new(s.n, s.c, h, w))?;
     Ok(())
 }
 
@@ -58,7 +71,7 @@ pub(crate) fn check_upsample_backward(s: Shape, h: usize, w: usize) -> Result<()
             format!("{s} did not come from {h} x {w}"),
         ));
     }
-    s.checked_len()?;
+    checked_len("upsample backward", s)?;
     Ok(())
 }
 

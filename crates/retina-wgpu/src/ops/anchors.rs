@@ -13,6 +13,11 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
+/// The largest anchor half-size and cell offset, in pixels, that [`AnchorConfig::validate`]
+/// accepts (`1e15`): with images of up to 2^32 pixels a side every anchor then stays far inside
+/// the box operations' coordinate range ([`crate::ops::boxes::MAX_BOX_COORD`], `1e18`).
+pub const MAX_ANCHOR_PIXELS: f64 = 1e15;
+
 /// Anchor generation parameters; every number configurable.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnchorConfig {
@@ -84,11 +89,29 @@ impl AnchorConfig {
                 return Err(Error::invalid(format!("anchors: {name} {v} must be finite and > 0")));
             }
         }
-        if !self.offset.is_finite() {
+        let max_stride = self.strides.iter().copied().max().unwrap_or(1);
+        if !(self.offset.is_finite() && f64::from(self.offset.abs()) * f64::from(max_stride) <= MAX_ANCHOR_PIXELS) {
             return Err(Error::invalid(format!(
-                "anchors: offset {} must be finite",
+                "anchors: offset {} cells at stride {max_stride} must be finite and within \
+                 {MAX_ANCHOR_PIXELS:e} pixels",
                 self.offset
             )));
+        }
+        // The templates as the generator computes them (in f32): each must be a finite box of
+        // positive size within the limit, so that no image gives an infinite or empty anchor.
+        for (level, cell) in self.cell_templates().iter().enumerate() {
+            for t in cell {
+                let (half_w, half_h) = (t[2], t[3]);
+                let ok = |v: f32| v.is_finite() && v > 0.0 && f64::from(v) <= MAX_ANCHOR_PIXELS;
+                if !(ok(half_w) && ok(half_h)) {
+                    return Err(Error::invalid(format!(
+                        "anchors: level {level} (size {}) with scales {:?} and aspect ratios {:?} gives \
+                         a template of half-size {half_w} x {half_h}; every half-size must be finite, \
+                         positive and at most {MAX_ANCHOR_PIXELS:e} pixels",
+                        self.sizes[level], self.scales, self.aspect_ratios
+                    )));
+                }
+            }
         }
         Ok(())
     }

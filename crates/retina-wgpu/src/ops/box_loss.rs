@@ -25,7 +25,10 @@ pub enum BoxReduction {
     Sum,
     /// Sum divided by max(1, positive anchors): RetinaNet's normalisation.
     PerPositive,
-    /// Sum divided by the given normaliser (> 0).
+    /// Sum divided by the given normaliser: finite and at least `f32::MIN_POSITIVE` (a
+    /// subnormal one is refused: GPUs flush it to zero, and its reciprocal is infinite). The
+    /// loss and gradient are scaled by its reciprocal, so a normaliser below 1 scales them up
+    /// and, with large enough losses, can overflow to infinity.
     Normalized(f32),
 }
 
@@ -33,7 +36,9 @@ pub enum BoxReduction {
 ///
 /// Valid input: finite deltas with `|d| <= 1e28` (and anchors as [`crate::BoxCoder`] takes
 /// them); NaN in gives NaN out. Beyond `1e28` the per-element losses are finite, but a sum past
-/// `f32::MAX` is infinite on the GPU while the CPU's f64 sum may not be.
+/// `f32::MAX` is infinite on the GPU while the CPU's f64 sum may not be. GIoU decodes the boxes
+/// with their centres and half-sizes saturated at `1e18` pixels, so that any finite delta gives
+/// a finite loss (at most 2 per anchor); the saturated parts get no gradient.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BoxLoss {
     /// Smooth L1 or GIoU.
@@ -87,10 +92,12 @@ impl BoxLoss {
             )));
         }
         if let BoxReduction::Normalized(v) = self.reduction
-            && !(v > 0.0 && v.is_finite())
+            && !(v >= f32::MIN_POSITIVE && v.is_finite())
         {
             return Err(Error::invalid(format!(
-                "box loss normaliser must be finite and > 0, got {v}"
+                "box loss normaliser must be finite and at least f32::MIN_POSITIVE ({:e}; a subnormal \
+                 one has an infinite reciprocal), got {v:e}",
+                f32::MIN_POSITIVE
             )));
         }
         Ok(())

@@ -104,7 +104,8 @@ impl Default for BoxCoder {
 }
 
 impl BoxCoder {
-    /// Checks the weights (finite, > 0) and the clamp (not NaN).
+    /// Checks the weights (finite, > 0) and the clamp (not NaN, and at most `ln(f32::MAX)`,
+    /// about 88.72, past which `exp` of a clamped delta is infinite).
     pub fn validate(&self) -> Result<()> {
         if self.weights.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
             return Err(Error::invalid(format!(
@@ -112,8 +113,12 @@ impl BoxCoder {
                 self.weights
             )));
         }
-        if self.clamp.is_nan() {
-            return Err(Error::invalid("box coder clamp is NaN"));
+        if self.clamp.is_nan() || self.clamp > f32::MAX.ln() {
+            return Err(Error::invalid(format!(
+                "box coder clamp {} must be at most ln(f32::MAX) = {} (torchvision's is ln(1000 / 16))",
+                self.clamp,
+                f32::MAX.ln()
+            )));
         }
         Ok(())
     }
@@ -140,7 +145,8 @@ impl BoxCoder {
         }
     }
 
-    /// Boxes that `deltas[i]` describe relative to `anchors[i]`. NaN deltas give NaN boxes.
+    /// Boxes that `deltas[i]` describe relative to `anchors[i]`. NaN deltas give all-NaN boxes,
+    /// and so do deltas whose box overflows f32 (a delta of 3e38, say): never an infinite box.
     pub fn decode(&self, backend: &Backend, deltas: &[[f32; 4]], anchors: &[[f32; 4]]) -> Result<Vec<[f32; 4]>> {
         self.validate()?;
         if deltas.len() != anchors.len() {

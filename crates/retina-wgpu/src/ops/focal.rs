@@ -44,7 +44,10 @@ pub enum Reduction {
     /// Mean over the elements that take part: all of them with dense targets (torchvision's
     /// `"mean"`), those of non-ignored anchors with labels.
     Mean,
-    /// Sum divided by the given normaliser (> 0).
+    /// Sum divided by the given normaliser: finite and at least `f32::MIN_POSITIVE` (a
+    /// subnormal one is refused: GPUs flush it to zero, and its reciprocal is infinite). The
+    /// loss and gradient are scaled by its reciprocal, so a normaliser below 1 scales them up
+    /// and, with large enough losses, can overflow to infinity.
     Normalized(f32),
     /// Sum divided by max(1, number of positive anchors), as in RetinaNet. With labels the
     /// positives are anchors with a class label; with dense targets, rows with any target > 0.
@@ -170,10 +173,12 @@ impl FocalLoss {
             }
         }
         if let Reduction::Normalized(v) = self.reduction
-            && !(v > 0.0 && v.is_finite())
+            && !(v >= f32::MIN_POSITIVE && v.is_finite())
         {
             return Err(Error::invalid(format!(
-                "focal loss normaliser must be finite and > 0, got {v}"
+                "focal loss normaliser must be finite and at least f32::MIN_POSITIVE ({:e}; a subnormal \
+                 one has an infinite reciprocal), got {v:e}",
+                f32::MIN_POSITIVE
             )));
         }
         Ok(())
