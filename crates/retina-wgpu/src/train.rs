@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::coco::{Category, CocoDataset, Normalize, write_file};
 use crate::data::SceneConfig;
 use crate::error::{Error, Result};
-use crate::model::checkpoint::{ModelDir, from_safetensors, save_model, to_safetensors};
+use crate::model::checkpoint::{
+    ModelDir, from_safetensors, max_tensor_file_bytes, read_limited, read_safetensors_header, save_model,
+    to_safetensors,
+};
 use crate::model::{AnchorSet, ClassLoss, DetectionLoss, LossEngine, LossValues, RetinaNet};
 use crate::nn::{LrSchedule, SeededRng, Sgd, Shape};
 use crate::ops::matcher::GroundTruth;
@@ -446,7 +449,11 @@ impl<E: LossEngine> Trainer<E> {
     /// the trainer was made with: load them with [`crate::model::checkpoint::load_model`]).
     pub fn restore_optimizer(&mut self, dir: impl AsRef<Path>) -> Result<()> {
         let path = ModelDir(dir.as_ref().to_path_buf()).optimizer();
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = read_limited(
+            &path,
+            max_tensor_file_bytes(&self.net),
+            "this network's optimizer state",
+        )?;
         let source = path.display().to_string();
         let contents = from_safetensors(&self.net, &bytes, &source)?;
         let (velocity, metadata) = (contents.values, contents.metadata);
@@ -466,14 +473,12 @@ impl<E: LossEngine> Trainer<E> {
 /// resumed run keeps its schedule, batch, seed and data order.
 pub fn saved_options(dir: impl AsRef<Path>) -> Result<TrainOptions> {
     let path = ModelDir(dir.as_ref().to_path_buf()).optimizer();
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let source = path.display().to_string();
-    let (_, header) = safetensors::tensor::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::format(&source, format!("not a readable safetensors file: {e}")))?;
+    let header = read_safetensors_header(&path)?;
     let options = header
-        .metadata()
-        .as_ref()
+        .get("__metadata__")
         .and_then(|m| m.get("options"))
+        .and_then(|o| o.as_str())
         .ok_or_else(|| Error::format(&source, "metadata has no `options`"))?;
     serde_json::from_str(options).map_err(|e| Error::format(&source, format!("invalid `options`: {e}")))
 }

@@ -319,6 +319,55 @@ fn unreadable_images_are_errors_naming_the_file_or_skipped_and_counted() {
     );
 }
 
+/// An image whose header claims more than the documented limits is refused by the decoder
+/// before its pixels are allocated, naming the file: a 20,000-pixel-wide strip (past
+/// `MAX_IMAGE_SIDE`), and a PNG header that claims 15,000 x 15,000 pixels (675 MB of RGB, past
+/// `MAX_IMAGE_BYTES`) over a file of a few bytes.
+#[test]
+fn images_that_claim_more_than_the_limits_are_refused_before_decoding() {
+    assert_eq!(coco::MAX_IMAGE_SIDE, 16_384);
+    let dir = TempDir::new("huge");
+    GrayImage::from_pixel(20_000, 1, Luma([7]))
+        .save(dir.image("strip.png"))
+        .unwrap();
+    // A real 1 x 1 PNG with its IHDR width and height rewritten (and the chunk's CRC with them).
+    let mut png = Vec::new();
+    RgbImage::from_pixel(1, 1, Rgb([1, 2, 3]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png[16..20].copy_from_slice(&15_000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&15_000u32.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(dir.image("claims.png"), &png).unwrap();
+    for name in ["strip.png", "claims.png"] {
+        dataset_with(&dir, &[name]);
+        let err = CocoDataset::open_dir(&dir.0, &DatasetOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{name}: {err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(name) && text.to_lowercase().contains("limit"),
+            "{name}: {text}"
+        );
+    }
+}
+
+/// CRC-32 (PNG's polynomial), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = u32::MAX;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 /// Records what a load reports: (label, total) of each start, the units advanced, the finishes.
 #[derive(Default)]
 struct Recorder {

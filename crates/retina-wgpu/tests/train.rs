@@ -136,6 +136,62 @@ fn checkpoints_store_pytorch_shapes_and_reject_what_is_not_theirs() {
     assert!(matches!(checkpoint::load_model(&dir), Err(Error::Io { .. })));
 }
 
+/// A model directory from a stranger: numbers that would make the network (or the input's
+/// letterbox) allocate without bound are refused naming the field, and files larger than what
+/// they can hold are refused before they are read.
+#[test]
+fn model_files_that_claim_too_much_are_refused_before_anything_is_allocated() {
+    let net = RetinaNet::new(tiny()).unwrap();
+    let dir = temp_dir("strangers");
+    checkpoint::save_model(&dir, &net, &net.init(5)).unwrap();
+    let paths = ModelDir(dir.clone());
+    let refused = |needle: &str| match checkpoint::load_model(&dir) {
+        Err(Error::Format { detail, .. }) => assert!(detail.contains(needle), "{needle}: {detail}"),
+        other => panic!("expected a format error naming {needle}, got {:?}", other.map(|_| ())),
+    };
+    let config = |edit: serde_json::Value| {
+        let mut c = serde_json::to_value(tiny()).unwrap();
+        for (k, v) in edit.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        std::fs::write(paths.config(), serde_json::to_vec(&c).unwrap()).unwrap();
+    };
+    // Measured before: an input_size of 2^30 made `retina detect` abort allocating 12 TB.
+    config(serde_json::json!({"input_size": 1u64 << 30}));
+    refused("input_size");
+    config(serde_json::json!({"num_classes": 1u64 << 40}));
+    refused("num_classes");
+    config(serde_json::json!({"fpn_channels": 1u64 << 20}));
+    refused("fpn_channels");
+    config(serde_json::json!({"backbone_channels": [16, 32, 64, 96, 1u64 << 33]}));
+    refused("backbone_channels");
+    config(serde_json::json!({"head_convs": 1000}));
+    refused("head_convs");
+    // Within every per-field limit, but 4096-channel heads of 16 convolutions: too many parameters.
+    config(serde_json::json!({"head_convs": 16, "head_channels": 4096, "fpn_channels": 4096}));
+    refused("parameters");
+    // A config file of 17 MiB is refused by its size.
+    let mut big = serde_json::to_vec(&tiny()).unwrap();
+    big.resize(17 << 20, b' ');
+    std::fs::write(paths.config(), &big).unwrap();
+    refused("bytes at most");
+    // A weights file far larger than the network's parameters (sparse: no disk is used).
+    std::fs::write(paths.config(), serde_json::to_vec(&tiny()).unwrap()).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(paths.weights()).unwrap();
+    file.set_len(8 << 30).unwrap();
+    drop(file);
+    refused("bytes at most");
+    // An optimizer file whose header claims 2^60 bytes.
+    let mut lying = (1u64 << 60).to_le_bytes().to_vec();
+    lying.extend_from_slice(b"{}");
+    std::fs::write(paths.optimizer(), &lying).unwrap();
+    match retina_wgpu::train::saved_options(&dir) {
+        Err(Error::Format { detail, .. }) => assert!(detail.contains("header"), "{detail}"),
+        other => panic!("expected a format error, got {:?}", other.map(|_| ())),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A dataset of `n` images.
 struct Few(usize);
 

@@ -603,6 +603,21 @@ pub fn detections_to_results(
         .collect()
 }
 
+/// The widest and tallest image a dataset decodes (16,384 px a side).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// The most memory one image's decoding may take (512 MiB, the `image` crate's default).
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
+/// The decoder limits of every image a dataset reads: a file whose header claims more is refused
+/// before its pixels are allocated.
+fn image_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_BYTES);
+    limits
+}
+
 /// An image's letterboxed pixels (without padding) and its letterbox.
 type Decoded = (Vec<u8>, Letterbox);
 
@@ -614,9 +629,10 @@ fn decode_letterboxed(dir: &Path, image: &Image, input_size: u32) -> Result<Deco
         ));
     }
     let path = dir.join(&image.file_name);
-    let reader = image::ImageReader::open(&path)
+    let mut reader = image::ImageReader::open(&path)
         .and_then(|reader| reader.with_guessed_format())
         .map_err(|e| Error::io(&path, e))?;
+    reader.limits(image_limits());
     let source = || path.display().to_string();
     let rgb = reader
         .decode()

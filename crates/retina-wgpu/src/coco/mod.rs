@@ -21,8 +21,8 @@
 mod dataset;
 
 pub use dataset::{
-    CategoryMap, CocoDataset, DatasetOptions, Letterbox, LoadReport, Sample, SizeMismatch, SkippedImage,
-    detections_to_results,
+    CategoryMap, CocoDataset, DatasetOptions, Letterbox, LoadReport, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, Sample,
+    SizeMismatch, SkippedImage, detections_to_results,
 };
 #[doc(no_inline)]
 pub use retina_coco::{

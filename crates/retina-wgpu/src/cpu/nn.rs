@@ -169,7 +169,9 @@ impl<T: Real> CpuEngine<T> {
             .map_err(|_| Error::invalid(format!("{op}: a tensor of {shape} holds more than usize::MAX elements")))?;
         Ok(CpuTensor {
             shape,
-            data: self.pool.take_vec(len, false, &format!("{op}: a CPU tensor of {shape}"))?,
+            data: self
+                .pool
+                .take_vec(len, false, &format!("{op}: a CPU tensor of {shape}"))?,
             pool: Arc::clone(&self.pool),
         })
     }

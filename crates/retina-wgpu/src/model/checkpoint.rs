@@ -152,6 +152,64 @@ impl ModelDir {
     }
 }
 
+/// The most bytes of a `config.json` that [`load_model`] reads (16 MiB); a larger file is
+/// refused before it is read.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The most bytes of a safetensors header (the `safetensors` crate's own limit, 100 MB).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Reads `path` when it holds at most `max` bytes (`what` names it in the error); a larger file
+/// is refused before anything is read or allocated.
+pub(crate) fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > max {
+        return Err(Error::format(
+            path.display().to_string(),
+            format!("{len} bytes, more than {what} can hold ({max} bytes at most)"),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// The most bytes a safetensors file of `net`'s parameters (weights or momentum) can hold:
+/// the f32 values, the header's length and the largest header.
+pub(crate) fn max_tensor_file_bytes(net: &RetinaNet) -> u64 {
+    4 * net.num_scalars() as u64 + 8 + MAX_HEADER_BYTES
+}
+
+/// The JSON header of a safetensors file, read without reading the tensors (at most
+/// [`MAX_HEADER_BYTES`]).
+pub(crate) fn read_safetensors_header(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let source = || path.display().to_string();
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| {
+        Error::format(
+            source(),
+            "not a safetensors file: shorter than its 8-byte header length",
+        )
+    })?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(Error::format(
+            source(),
+            format!("a safetensors header of {len} bytes, more than the limit of {MAX_HEADER_BYTES}"),
+        ));
+    }
+    let mut header = Vec::new();
+    file.take(len)
+        .read_to_end(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    if header.len() as u64 != len {
+        return Err(Error::format(
+            source(),
+            format!("the header claims {len} bytes but the file holds {}", header.len()),
+        ));
+    }
+    serde_json::from_slice(&header).map_err(|e| Error::format(source(), format!("not a safetensors header: {e}")))
+}
+
 /// Writes `config.json` and `model.safetensors` into `dir` (created if needed).
 pub fn save_model(dir: impl AsRef<Path>, net: &RetinaNet, values: &[Vec<f32>]) -> Result<()> {
     let dir = ModelDir(dir.as_ref().to_path_buf());
@@ -172,12 +230,12 @@ pub fn save_model(dir: impl AsRef<Path>, net: &RetinaNet, values: &[Vec<f32>]) -
 pub fn load_model(dir: impl AsRef<Path>) -> Result<(RetinaNet, Vec<Vec<f32>>)> {
     let dir = ModelDir(dir.as_ref().to_path_buf());
     let config_path = dir.config();
-    let text = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let text = read_limited(&config_path, MAX_CONFIG_BYTES, "a model configuration")?;
     let config: RetinaNetConfig = serde_json::from_slice(&text)
         .map_err(|e| Error::format(config_path.display().to_string(), format!("invalid configuration: {e}")))?;
     let net = RetinaNet::new(config).map_err(|e| Error::format(config_path.display().to_string(), e.to_string()))?;
     let weights = dir.weights();
-    let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
+    let bytes = read_limited(&weights, max_tensor_file_bytes(&net), "this network's weights")?;
     let values = from_safetensors(&net, &bytes, &weights.display().to_string())?.values;
     Ok((net, values))
 }

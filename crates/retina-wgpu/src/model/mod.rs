@@ -9,4 +9,7 @@ mod retinanet;
 pub use crate::ops::ohem::Ohem;
 pub use detect::{DetectEngine, Detector, PreparedDetector, detect_dataset, evaluate_dataset};
 pub use loss::{AnchorSet, ClassLoss, DetectionLoss, EngineLoss, HostLoss, LossEngine, LossValues};
-pub use retinanet::{ParamSpec, RetinaNet, RetinaNetConfig, Tape};
+pub use retinanet::{
+    MAX_CHANNELS, MAX_CLASSES, MAX_HEAD_CONVS, MAX_INPUT_SIZE, MAX_PARAMETERS, ParamSpec, RetinaNet, RetinaNetConfig,
+    Tape,
+};

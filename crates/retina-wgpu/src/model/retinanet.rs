@@ -15,6 +15,19 @@ use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Engine, GroupNorm, Init, SeededRng, Shape};
 use crate::ops::anchors::AnchorConfig;
 
+/// The largest input side a [`RetinaNetConfig`] may ask for (4096 px): a config file downloaded
+/// from elsewhere cannot make the network, or the letterboxing of its input, allocate without
+/// bound.
+pub const MAX_INPUT_SIZE: usize = 4096;
+/// The most classes a [`RetinaNetConfig`] may have (10,000; COCO has 80, LVIS 1,203).
+pub const MAX_CLASSES: usize = 10_000;
+/// The most channels of any layer of a [`RetinaNetConfig`] (4096).
+pub const MAX_CHANNELS: usize = 4096;
+/// The most intermediate convolutions per head (16; the paper's 4).
+pub const MAX_HEAD_CONVS: usize = 16;
+/// The most parameters (scalars) a network may have: 2^30 (4 GiB of f32).
+pub const MAX_PARAMETERS: usize = 1 << 30;
+
 /// The network's shape: every number of the small RetinaNet (docs/ARCHITECTURE.md), configurable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -61,19 +74,38 @@ impl Default for RetinaNetConfig {
 }
 
 impl RetinaNetConfig {
-    /// Checks the ranges: input a positive multiple of 32, at least one class, positive widths.
+    /// Checks the ranges, naming the field: `input_size` a positive multiple of 32 up to
+    /// [`MAX_INPUT_SIZE`], `num_classes` in 1..=[`MAX_CLASSES`], every channel count in
+    /// 1..=[`MAX_CHANNELS`], `head_convs` up to [`MAX_HEAD_CONVS`], a prior in (0, 1), a finite
+    /// positive anchor base, and as many categories as classes (or none).
     pub fn validate(&self) -> Result<()> {
-        if self.input_size == 0 || !self.input_size.is_multiple_of(32) {
+        if self.input_size == 0 || !self.input_size.is_multiple_of(32) || self.input_size > MAX_INPUT_SIZE {
             return Err(Error::invalid(format!(
-                "RetinaNet input size must be a positive multiple of 32, got {}",
+                "RetinaNet input_size must be a positive multiple of 32 up to {MAX_INPUT_SIZE}, got {}",
                 self.input_size
             )));
         }
-        if self.num_classes == 0 {
-            return Err(Error::invalid("RetinaNet needs at least one class"));
+        if self.num_classes == 0 || self.num_classes > MAX_CLASSES {
+            return Err(Error::invalid(format!(
+                "RetinaNet num_classes must be in 1..={MAX_CLASSES}, got {}",
+                self.num_classes
+            )));
         }
-        if self.backbone_channels.contains(&0) || self.fpn_channels == 0 || self.head_channels == 0 {
-            return Err(Error::invalid("RetinaNet channel counts must be positive"));
+        for (field, c) in self.backbone_channels.iter().map(|c| ("backbone_channels", *c)).chain([
+            ("fpn_channels", self.fpn_channels),
+            ("head_channels", self.head_channels),
+        ]) {
+            if c == 0 || c > MAX_CHANNELS {
+                return Err(Error::invalid(format!(
+                    "RetinaNet {field} must each be in 1..={MAX_CHANNELS}, got {c}"
+                )));
+            }
+        }
+        if self.head_convs > MAX_HEAD_CONVS {
+            return Err(Error::invalid(format!(
+                "RetinaNet head_convs must be at most {MAX_HEAD_CONVS}, got {}",
+                self.head_convs
+            )));
         }
         if !(self.prior > 0.0 && self.prior < 1.0) {
             return Err(Error::invalid(format!(
@@ -83,13 +115,13 @@ impl RetinaNetConfig {
         }
         if !(self.anchor_base > 0.0 && self.anchor_base.is_finite()) {
             return Err(Error::invalid(format!(
-                "RetinaNet anchor base size must be finite and > 0, got {}",
+                "RetinaNet anchor_base must be finite and > 0, got {}",
                 self.anchor_base
             )));
         }
         if !self.categories.is_empty() && self.categories.len() != self.num_classes {
             return Err(Error::invalid(format!(
-                "RetinaNet has {} classes but {} categories",
+                "RetinaNet has {} classes (num_classes) but {} categories",
                 self.num_classes,
                 self.categories.len()
             )));
@@ -336,6 +368,12 @@ impl RetinaNet {
         };
         let class_head = head("cls", a * config.num_classes, Init::prior(config.prior));
         let box_head = head("box", a * 4, zero);
+        let scalars: usize = b.params.iter().map(|p| p.shape.len()).sum();
+        if scalars > MAX_PARAMETERS {
+            return Err(Error::invalid(format!(
+                "RetinaNet: this configuration has {scalars} parameters, more than the limit of {MAX_PARAMETERS}"
+            )));
+        }
         let s = config.input_side()?;
         let level_offsets = config.anchors().level_offsets(s, s)?;
         Ok(Self {
