@@ -1,7 +1,7 @@
 //! Renders sample charts of each kind the application draws, for a look at the renderer:
 //! a training-loss chart with a log y axis and two noisy series (as `retina demo` draws), an
 //! AP-against-gamma chart (as `retina ablate`) and a cumulative-distribution chart (the paper's
-//! Figure 4).
+//! Figure 4), and the loss and distribution charts again at 400 x 250.
 //!
 //! ```text
 //! cargo run -p retina-cli --example charts -- /tmp/charts
@@ -99,6 +99,18 @@ fn main() -> retina_wgpu::Result<()> {
         ..Chart::default()
     };
     cdf.save_png(dir.join("cdf.png"))?;
-    println!("wrote loss_log.png, ap_vs_gamma.png and cdf.png to {}", dir.display());
+    // Small charts get smaller text.
+    for (chart, name) in [(loss, "loss_log_small.png"), (cdf, "cdf_small.png")] {
+        let small = Chart {
+            width: 400,
+            height: 250,
+            ..chart
+        };
+        small.save_png(dir.join(name))?;
+    }
+    println!(
+        "wrote loss_log.png, ap_vs_gamma.png, cdf.png and (400 x 250) loss_log_small.png and cdf_small.png to {}",
+        dir.display()
+    );
     Ok(())
 }
