@@ -751,17 +751,16 @@ impl Chart {
                 let (tw, th) = lines.estimate_dimension().map_err(|e| failed(&e))?;
                 let pad = s.gap + 2;
                 let (bw, bh) = (tw + swatch + s.gap + 2 * pad, th + 2 * pad);
-                // The box's top left in the plot area, where it covers the fewest of the lines'
-                // pixels; on a tie the first of the corners (top right, top left, bottom right,
-                // bottom left), then of the places between them down the right, left and middle.
+                // The box's top left in the plot area, where it covers (or comes within a gap of)
+                // the fewest of the lines' pixels; on a tie the first of the corners (top right,
+                // top left, bottom right, bottom left), then of the places down the right side,
+                // the left side and the middle.
                 let (aw, ah) = (xr.end - xr.start, yr.end - yr.start);
                 let inset = s.margin;
                 let (left, right, top, bottom) = (inset, aw - inset - bw, inset, ah - inset - bh);
-                let centre = (aw - bw) / 2;
                 let mut places = vec![(right, top), (left, top), (right, bottom), (left, bottom)];
-                for row in 0..=8 {
-                    let y = top + (bottom - top) * row / 8;
-                    places.extend([(right, y), (left, y), (centre, y)]);
+                for x in [right, left, (aw - bw) / 2] {
+                    places.extend((0..=8).map(|row| (x, top + (bottom - top) * row / 8)));
                 }
                 let ink: Vec<(i32, i32)> = layout
                     .series
@@ -769,9 +768,8 @@ impl Chart {
                     .flat_map(|p| line_pixels(&p.iter().map(|p| chart.backend_coord(p)).collect::<Vec<_>>()))
                     .collect();
                 let covered = |(x, y): (i32, i32)| {
-                    // The box and the lines' half width round it.
-                    let (x0, y0) = (xr.start + x - 2, yr.start + y - 2);
-                    let (x1, y1) = (x0 + bw + 4, y0 + bh + 4);
+                    let (x0, y0) = (xr.start + x - s.gap, yr.start + y - s.gap);
+                    let (x1, y1) = (x0 + bw + 2 * s.gap, y0 + bh + 2 * s.gap);
                     let inside = |&&(px, py): &&(i32, i32)| (x0..=x1).contains(&px) && (y0..=y1).contains(&py);
                     ink.iter().filter(inside).count()
                 };
