@@ -1,8 +1,9 @@
-//! Line charts for training curves and experiment plots, drawn with the built-in bitmap font of
-//! [`draw`] (no font files): a title, axes with "nice" ticks (steps of 1, 2 or 5 x
-//! 10^k, labelled compactly: `0.25`, `1.5k`, `1e-3`), light grid lines, axis labels, an optional
-//! log-scale y axis with decades as ticks, and a legend placed in the corner of the plot that
-//! covers the fewest data pixels.
+//! Line charts for training curves and experiment plots, drawn with [plotters] into an RGB
+//! bitmap, their text set in DejaVu Sans (embedded, so no system font is needed): a title, axes
+//! with "nice" ticks (steps of 1, 2 or 5 x 10^k, labelled compactly: `0.25`, `1.5k`, `1e-3`),
+//! light grid lines, axis labels, an optional log-scale y axis with decades as ticks, and a
+//! legend placed in the plot where it covers the fewest of the lines' pixels (a corner if one
+//! is clear).
 //!
 //! ```
 //! use retina_cli::plot::{Chart, Series};
@@ -26,8 +27,20 @@
 //! tick steps; a range of one value is padded so it still shows as a level line mid-plot.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
+use ab_glyph::{Font, FontRef, ScaleFont, point};
 use image::RgbImage;
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::element::MultiLineText;
+use plotters::prelude::{
+    BitMapBackend, ChartBuilder, Circle, Color, FontDesc, FontFamily, FontStyle, IntoDrawingArea, PathElement,
+    RGBColor, Rectangle, SeriesLabelPosition, ShapeStyle, TextStyle,
+};
+use plotters::style::register_font;
+use plotters_backend::text_anchor::{HPos, VPos};
+use plotters_backend::{BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind};
 
 use retina_wgpu::data::draw;
 use retina_wgpu::{Error, Result};
@@ -58,7 +71,7 @@ impl Series {
 /// chart with a linear y axis; fill in the fields that matter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chart {
-    /// Drawn centred above the plot at twice the size of the other text; empty for none.
+    /// Drawn centred above the plot, a little larger than the other text; empty for none.
     pub title: String,
     /// Drawn centred below the x axis; empty for none.
     pub x_label: String,
@@ -124,11 +137,6 @@ impl Axis {
         }
     }
 
-    /// Where axis position `at` lies along the axis, 0 at `lo` and 1 at `hi`.
-    fn fraction(&self, at: f64) -> f64 {
-        (at - self.lo) / (self.hi - self.lo)
-    }
-
     /// A linear axis over data in `lo..=hi` (finite, `lo <= hi`).
     fn linear(lo: f64, hi: f64) -> Axis {
         let (lo, hi) = pad_range(lo, hi);
@@ -190,6 +198,38 @@ impl Axis {
             hi: e1 as f64,
             ticks,
         }
+    }
+}
+
+/// An axis is plotters' coordinate for it: mapped as a linear range of axis units, its labelled
+/// ticks as the bold key points (grid lines, tick marks and labels) and the others as the light
+/// ones (fainter grid lines).
+impl Ranged for Axis {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        RangedCoordf64::from(self.lo..self.hi).map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        let light = hint.weight().allow_light_points();
+        self.ticks
+            .iter()
+            .filter(|t| t.label.is_none() == light)
+            .map(|t| t.at)
+            .collect()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+impl ValueFormatter<f64> for Axis {
+    fn format_ext(&self, value: &f64) -> String {
+        let tick = self.ticks.iter().find(|t| t.at == *value);
+        tick.and_then(|t| t.label.clone()).unwrap_or_default()
     }
 }
 
@@ -271,37 +311,195 @@ fn format_tick(value: f64, step: f64, magnitude: f64) -> String {
     }
 }
 
-/// The pixel rectangle of the plot area, inclusive: data at the axes' `lo` lands on column `x0`
-/// and row `y1`, at `hi` on column `x1` and row `y0`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct PlotArea {
-    x0: i64,
-    y0: i64,
-    x1: i64,
-    y1: i64,
+/// DejaVu Sans 2.37, the font of every chart's text, embedded so that no system font is needed:
+/// `DejaVuSans.ttf` of Debian's `fonts-dejavu-core` package (2.37-6), from
+/// <https://dejavu-fonts.github.io/>; its licence (Bitstream Vera's, DejaVu's changes in the
+/// public domain) is `assets/DejaVuSans-LICENSE.txt`, Debian's copyright file of the package.
+static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// The name the font is registered under in plotters' (process-wide) font table.
+const FONT_FAMILY: &str = "retina-cli DejaVu Sans";
+
+/// The charts' font, parsed and registered with plotters (which measures text with it, as in the
+/// legend's box) on first use, and its family name for plotters.
+fn font() -> Result<(&'static FontRef<'static>, FontFamily<'static>)> {
+    static FONT: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
+    let font = FONT.get_or_init(|| {
+        register_font(FONT_FAMILY, FontStyle::Normal, DEJAVU_SANS).ok()?;
+        FontRef::try_from_slice(DEJAVU_SANS).ok()
+    });
+    match font {
+        Some(font) => Ok((font, FontFamily::Name(FONT_FAMILY))),
+        None => Err(Error::invalid("the embedded DejaVu Sans font cannot be read")),
+    }
 }
 
-impl PlotArea {
-    fn contains(&self, x: i64, y: i64) -> bool {
-        (self.x0..=self.x1).contains(&x) && (self.y0..=self.y1).contains(&y)
+fn colour(rgb: [u8; 3]) -> RGBColor {
+    RGBColor(rgb[0], rgb[1], rgb[2])
+}
+
+/// A line `width` pixels wide in `rgb`.
+fn pen(rgb: [u8; 3], width: u32) -> ShapeStyle {
+    Color::stroke_width(&colour(rgb), width)
+}
+
+/// plotters' bitmap backend with its text set by ab_glyph here. plotters 0.3.7's own ab_glyph
+/// text drops each glyph's left side bearing, so letters sit unevenly ("AP50" reads "AP5 0",
+/// "box" reads "bo x"), and puts the baseline half the text size below the top whatever the font.
+/// Here glyphs go where their outlines say, and a text's box runs from the capitals' top to the
+/// descenders' bottom: `Top` puts the capitals' top at the anchor, `Center` their middle (so
+/// numbers centre on their tick) and `Bottom` the descenders' bottom.
+struct Canvas<'a> {
+    bitmap: BitMapBackend<'a>,
+    font: &'static FontRef<'static>,
+}
+
+type CanvasResult<T> = std::result::Result<T, DrawingErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
+
+/// A text's width and the heights of the capitals and the descenders (positive) in pixels.
+fn text_metrics(font: &FontRef<'static>, size: f64, text: &str) -> (f32, f32, f32) {
+    let scaled = font.as_scaled(size as f32);
+    let mut width = 0.0;
+    let mut prev = None;
+    for c in text.chars() {
+        let id = scaled.glyph_id(c);
+        width += prev.map_or(0.0, |p| scaled.kern(p, id)) + scaled.h_advance(id);
+        prev = Some(id);
+    }
+    // (ab_glyph's unscaled bounds hold the outline's top, y up, in `min.y`.)
+    let cap = font
+        .outline(font.glyph_id('H'))
+        .map_or(scaled.ascent(), |o| o.bounds.min.y * scaled.v_scale_factor());
+    (width, cap, -scaled.descent())
+}
+
+impl DrawingBackend for Canvas<'_> {
+    type ErrorType = <BitMapBackend<'static> as DrawingBackend>::ErrorType;
+
+    fn get_size(&self) -> (u32, u32) {
+        self.bitmap.get_size()
     }
 
-    /// The pixel of the point at axis positions `(x, y)`.
-    fn pixel(&self, x_axis: &Axis, y_axis: &Axis, x: f64, y: f64) -> (i64, i64) {
-        let px = self.x0 as f64 + x_axis.fraction(x) * (self.x1 - self.x0) as f64;
-        let py = self.y1 as f64 - y_axis.fraction(y) * (self.y1 - self.y0) as f64;
-        (px.round() as i64, py.round() as i64)
+    fn ensure_prepared(&mut self) -> CanvasResult<()> {
+        self.bitmap.ensure_prepared()
+    }
+
+    fn present(&mut self) -> CanvasResult<()> {
+        self.bitmap.present()
+    }
+
+    fn draw_pixel(&mut self, point: BackendCoord, colour: BackendColor) -> CanvasResult<()> {
+        self.bitmap.draw_pixel(point, colour)
+    }
+
+    fn draw_line<S: BackendStyle>(&mut self, from: BackendCoord, to: BackendCoord, style: &S) -> CanvasResult<()> {
+        self.bitmap.draw_line(from, to, style)
+    }
+
+    fn draw_rect<S: BackendStyle>(
+        &mut self,
+        a: BackendCoord,
+        b: BackendCoord,
+        style: &S,
+        fill: bool,
+    ) -> CanvasResult<()> {
+        self.bitmap.draw_rect(a, b, style, fill)
+    }
+
+    fn blit_bitmap(&mut self, pos: BackendCoord, size: (u32, u32), src: &[u8]) -> CanvasResult<()> {
+        self.bitmap.blit_bitmap(pos, size, src)
+    }
+
+    fn estimate_text_size<S: BackendTextStyle>(&self, text: &str, style: &S) -> CanvasResult<(u32, u32)> {
+        let (w, cap, descent) = text_metrics(self.font, style.size(), text);
+        Ok((w.ceil() as u32, (cap + descent).ceil() as u32))
+    }
+
+    fn draw_text<S: BackendTextStyle>(&mut self, text: &str, style: &S, pos: BackendCoord) -> CanvasResult<()> {
+        let colour = style.color();
+        if colour.alpha == 0.0 {
+            return Ok(());
+        }
+        let (width, cap, descent) = text_metrics(self.font, style.size(), text);
+        let mut x = match style.anchor().h_pos {
+            HPos::Left => 0.0,
+            HPos::Center => -width / 2.0,
+            HPos::Right => -width,
+        };
+        let baseline = match style.anchor().v_pos {
+            VPos::Top => cap,
+            VPos::Center => cap / 2.0,
+            VPos::Bottom => -descent,
+        };
+        let scaled = self.font.as_scaled(style.size() as f32);
+        let transform = style.transform();
+        let mut outcome = Ok(());
+        let mut prev = None;
+        for c in text.chars() {
+            let id = scaled.glyph_id(c);
+            x += prev.map_or(0.0, |p| scaled.kern(p, id));
+            let glyph = id.with_scale_and_position(scaled.scale(), point(x, baseline));
+            if let Some(outline) = self.font.outline_glyph(glyph) {
+                let min = outline.px_bounds().min;
+                outline.draw(|gx, gy, coverage| {
+                    let (dx, dy) = transform.transform(min.x as i32 + gx as i32, min.y as i32 + gy as i32);
+                    let ink = BackendColor {
+                        alpha: colour.alpha * f64::from(coverage),
+                        rgb: colour.rgb,
+                    };
+                    if outcome.is_ok() && coverage > 0.0 {
+                        outcome = self.bitmap.draw_pixel((pos.0 + dx, pos.1 + dy), ink);
+                    }
+                });
+            }
+            x += scaled.h_advance(id);
+            prev = Some(id);
+        }
+        outcome
     }
 }
 
-/// Everything [`Chart::render`] works out before drawing: the axes, the plot area, the text
-/// scale and each series' points in axis units.
+/// The pixels along the line through `points` (a lone point's own pixel), a pixel apart.
+fn line_pixels(points: &[(i32, i32)]) -> Vec<(i32, i32)> {
+    let mut pixels: Vec<(i32, i32)> = points.iter().copied().take(1).collect();
+    for pair in points.windows(2) {
+        let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+        let steps = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
+        pixels.extend((1..=steps).map(|i| (x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps)));
+    }
+    pixels
+}
+
+/// Sizes in pixels, by the size of the chart: text and ticks for an 800 x 500 chart, and
+/// smaller ones for small charts.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    /// Tick labels, axis labels and the legend.
+    text: f64,
+    title: f64,
+    tick: i32,
+    margin: i32,
+    /// Between an axis' tick labels and its label, and the legend's swatch and name.
+    gap: i32,
+    line: u32,
+}
+
+/// Everything [`Chart::draw`] works out before drawing: the axes and each series' points in
+/// axis units.
 struct Layout {
     x_axis: Axis,
     y_axis: Axis,
-    area: PlotArea,
-    scale: u32,
     series: Vec<Vec<(f64, f64)>>,
+}
+
+/// Where [`Chart::draw`] put things, for the tests: the plot area's pixels (inclusive; data at
+/// the axes' `lo` lands on column `x.0` and row `y.1`, at `hi` on column `x.1` and row `y.0`) and
+/// the legend's box (left, top, right, bottom; `None` without a legend).
+#[derive(Clone, Debug, PartialEq)]
+struct Frame {
+    x: (i32, i32),
+    y: (i32, i32),
+    legend: Option<[i32; 4]>,
 }
 
 impl Chart {
@@ -311,18 +509,10 @@ impl Chart {
     ///
     /// [`Error::InvalidParameter`] when there is nothing to plot (no series, or no point with
     /// finite coordinates, or on a log axis none with a positive y), when the values span more
-    /// than an `f64` holds, or when the image is too small for its labels.
+    /// than an `f64` holds, when the image is too small for its labels (or over 2^26 pixels), or
+    /// when plotters fails to draw it.
     pub fn render(&self) -> Result<RgbImage> {
-        let layout = self.layout()?;
-        let mut image = RgbImage::from_pixel(self.width, self.height, image::Rgb(BACKGROUND));
-        self.draw_grid(&mut image, &layout);
-        let mut ink = vec![false; image.width() as usize * image.height() as usize];
-        for (series, points) in self.series.iter().zip(&layout.series) {
-            draw_series(&mut image, &mut ink, &layout, points, series.colour);
-        }
-        self.draw_axes(&mut image, &layout);
-        self.draw_legend(&mut image, &ink, &layout);
-        Ok(image)
+        Ok(self.draw()?.0)
     }
 
     /// Draws the chart and writes it as a PNG at `path` (see [`draw::save_png`]).
@@ -334,14 +524,27 @@ impl Chart {
         draw::save_png(path, &self.render()?)
     }
 
-    /// The text scale for tick labels, axis labels and the legend: 2 where the chart is large
-    /// enough (800 x 500 is), 1 on small charts.
-    fn text_scale(&self) -> u32 {
-        if self.width >= 560 && self.height >= 360 { 2 } else { 1 }
-    }
-
-    fn title_scale(&self) -> u32 {
-        if self.width >= 320 { 2 } else { 1 }
+    fn sizes(&self) -> Sizes {
+        if self.width >= 560 && self.height >= 360 {
+            Sizes {
+                text: 17.0,
+                title: 21.0,
+                tick: 5,
+                margin: 12,
+                gap: 8,
+                line: 2,
+            }
+        } else {
+            Sizes {
+                text: 11.0,
+                title: 13.0,
+                tick: 3,
+                margin: 5,
+                gap: 4,
+                // (plotters' one-pixel lines leave gaps between short segments.)
+                line: 2,
+            }
+        }
     }
 
     fn layout(&self) -> Result<Layout> {
@@ -396,249 +599,202 @@ impl Chart {
         } else {
             Axis::linear(y_lo, y_hi)
         };
+        Ok(Layout { x_axis, y_axis, series })
+    }
 
-        let s = self.text_scale();
-        let (_, text_h) = draw::text_size("0", s);
-        let text_h = i64::from(text_h);
-        let label_w = |t: &Tick| t.label.as_deref().map_or(0, |l| i64::from(draw::text_size(l, s).0));
-        let y_tick_w = y_axis.ticks.iter().map(label_w).max().unwrap_or(0);
-        let last_x_tick_w = x_axis.ticks.last().map_or(0, label_w);
-        let (w, h) = (i64::from(self.width), i64::from(self.height));
-        let margin = 6 * i64::from(s) + 4;
-        let gap = 4 * i64::from(s);
-        let tick_len = tick_length(s);
-
-        let mut top = margin;
-        if !self.title.is_empty() {
-            top += i64::from(draw::text_size(&self.title, self.title_scale()).1) + 3 * gap;
-        }
-        top = top.max(margin + text_h / 2);
-        let mut bottom = margin + text_h + tick_len + gap;
-        if !self.x_label.is_empty() {
-            bottom += text_h + 2 * gap;
-        }
-        let mut left = margin + y_tick_w + tick_len + gap;
-        if !self.y_label.is_empty() {
-            left += text_h + 2 * gap;
-        }
-        let right = margin + last_x_tick_w / 2;
-        let area = PlotArea {
-            x0: left,
-            y0: top,
-            x1: w - 1 - right,
-            y1: h - 1 - bottom,
+    /// Draws the chart with plotters into an RGB buffer: the grid and tick labels (plotters'
+    /// mesh, with this module's ticks as its key points), the series, a frame round the plot
+    /// and the legend where it covers the least of the lines.
+    fn draw(&self) -> Result<(RgbImage, Frame)> {
+        let layout = self.layout()?;
+        let (xa, ya) = (&layout.x_axis, &layout.y_axis);
+        let (glyphs, family) = font()?;
+        let s = self.sizes();
+        let failed =
+            |e: &dyn std::fmt::Display| Error::invalid(format!("chart {:?}: plotters failed: {e}", self.title));
+        let text_colour = colour(TEXT);
+        let style = |size: f64| TextStyle::from(FontDesc::new(family, size, FontStyle::Normal)).color(&text_colour);
+        let text = style(s.text);
+        // Widths and heights as the canvas measures them.
+        let extent = |t: &str, size: f64| {
+            let (w, cap, descent) = text_metrics(glyphs, size, t);
+            (w.ceil() as i32, (cap + descent).ceil() as i32)
         };
-        if area.x1 - area.x0 < 40 || area.y1 - area.y0 < 40 {
+        let label_w = |t: &Tick| t.label.as_deref().map_or(0, |l| extent(l, s.text).0);
+        let y_tick_w = ya.ticks.iter().map(label_w).max().unwrap_or(0);
+        let last_x_tick_w = xa.ticks.last().map_or(0, label_w);
+        let text_h = extent("0", s.text).1;
+
+        // plotters puts tick labels twice the tick length off the axis and an axis' label at
+        // the outer edge of its label area.
+        let label_dist = 2 * s.tick;
+        let mut x_area = label_dist + text_h + s.gap / 2;
+        if !self.x_label.is_empty() {
+            x_area += s.gap + text_h;
+        }
+        let mut y_area = label_dist + y_tick_w;
+        if !self.y_label.is_empty() {
+            y_area += s.gap + text_h;
+        }
+        let top = if self.title.is_empty() {
+            s.margin + text_h / 2
+        } else {
+            s.margin / 2
+        };
+        let right = s.margin + last_x_tick_w / 2;
+        let title_h = if self.title.is_empty() {
+            0
+        } else {
+            // plotters' caption takes its text's height and a padding above and below.
+            let h = extent(&self.title, s.title).1;
+            h + 2 * (h / 2).min(5) + s.gap
+        };
+        let (w, h) = (i64::from(self.width), i64::from(self.height));
+        let plot_w = w - i64::from(s.margin + y_area + right);
+        let plot_h = h - i64::from(top + title_h + x_area + s.margin);
+        if plot_w < 40 || plot_h < 40 {
             return Err(Error::invalid(format!(
                 "chart {:?} is {}x{}, too small for its title, labels and ticks",
                 self.title, self.width, self.height
             )));
         }
-        Ok(Layout {
-            x_axis,
-            y_axis,
-            area,
-            scale: s,
-            series,
-        })
-    }
-
-    /// Grid lines at every tick, faint ones at the minor ticks of a log axis.
-    fn draw_grid(&self, image: &mut RgbImage, layout: &Layout) {
-        let a = layout.area;
-        for tick in &layout.x_axis.ticks {
-            let (x, _) = a.pixel(&layout.x_axis, &layout.y_axis, tick.at, layout.y_axis.lo);
-            let colour = if tick.label.is_some() { GRID } else { MINOR_GRID };
-            draw::fill_rect(image, x, a.y0, x + 1, a.y1 + 1, colour);
+        if w * h > 1 << 26 {
+            return Err(Error::invalid(format!(
+                "chart {:?} is {}x{}, over 2^26 pixels",
+                self.title, self.width, self.height
+            )));
         }
-        // Minor lines first so major ones are never painted over.
-        for major in [false, true] {
-            for tick in layout.y_axis.ticks.iter().filter(|t| t.label.is_some() == major) {
-                let (_, y) = a.pixel(&layout.x_axis, &layout.y_axis, layout.x_axis.lo, tick.at);
-                let colour = if major { GRID } else { MINOR_GRID };
-                draw::fill_rect(image, a.x0, y, a.x1 + 1, y + 1, colour);
+
+        let mut buffer = vec![0u8; 3 * (w * h) as usize];
+        let frame = {
+            let canvas = Canvas {
+                bitmap: BitMapBackend::with_buffer(&mut buffer, (self.width, self.height)),
+                font: glyphs,
+            };
+            let root = canvas.into_drawing_area();
+            root.fill(&colour(BACKGROUND)).map_err(|e| failed(&e))?;
+            let mut builder = ChartBuilder::on(&root);
+            builder
+                .margin_top(top)
+                .margin_bottom(s.margin)
+                .margin_left(s.margin)
+                .margin_right(right)
+                .x_label_area_size(x_area)
+                .y_label_area_size(y_area);
+            if !self.title.is_empty() {
+                builder.caption(&self.title, style(s.title));
             }
-        }
-    }
+            let mut chart = builder
+                .build_cartesian_2d(xa.clone(), ya.clone())
+                .map_err(|e| failed(&e))?;
+            let (xr, yr) = chart.plotting_area().get_pixel_range();
 
-    /// The frame, tick marks, tick labels, axis labels and title.
-    fn draw_axes(&self, image: &mut RgbImage, layout: &Layout) {
-        let (a, s) = (layout.area, layout.scale);
-        let (_, text_h) = draw::text_size("0", s);
-        let text_h = i64::from(text_h);
-        let gap = 4 * i64::from(s);
-        let tick_len = tick_length(s);
-        draw::fill_rect(image, a.x0, a.y0, a.x1 + 1, a.y0 + 1, FRAME);
-        draw::fill_rect(image, a.x0, a.y1, a.x1 + 1, a.y1 + 1, FRAME);
-        draw::fill_rect(image, a.x0, a.y0, a.x0 + 1, a.y1 + 1, FRAME);
-        draw::fill_rect(image, a.x1, a.y0, a.x1 + 1, a.y1 + 1, FRAME);
-
-        for tick in &layout.x_axis.ticks {
-            let (x, _) = a.pixel(&layout.x_axis, &layout.y_axis, tick.at, layout.y_axis.lo);
-            let len = if tick.label.is_some() { tick_len } else { tick_len / 2 };
-            draw::fill_rect(image, x, a.y1 + 1, x + 1, a.y1 + 1 + len, FRAME);
-            if let Some(label) = &tick.label {
-                let w = i64::from(draw::text_size(label, s).0);
-                draw::draw_text(image, x - w / 2, a.y1 + 1 + tick_len + gap, label, TEXT, s);
+            let mut mesh = chart.configure_mesh();
+            mesh.bold_line_style(colour(GRID))
+                .light_line_style(colour(MINOR_GRID))
+                .axis_style(colour(FRAME))
+                .label_style(text.clone())
+                .axis_desc_style(text.clone())
+                .set_all_tick_mark_size(s.tick);
+            if !self.x_label.is_empty() {
+                mesh.x_desc(self.x_label.as_str());
             }
-        }
-        for tick in &layout.y_axis.ticks {
-            let (_, y) = a.pixel(&layout.x_axis, &layout.y_axis, layout.x_axis.lo, tick.at);
-            let len = if tick.label.is_some() { tick_len } else { tick_len / 2 };
-            draw::fill_rect(image, a.x0 - len, y, a.x0, y + 1, FRAME);
-            if let Some(label) = &tick.label {
-                let w = i64::from(draw::text_size(label, s).0);
-                draw::draw_text(image, a.x0 - tick_len - gap - w, y - text_h / 2, label, TEXT, s);
+            if !self.y_label.is_empty() {
+                mesh.y_desc(self.y_label.as_str());
             }
-        }
+            mesh.draw().map_err(|e| failed(&e))?;
 
-        let centre_x = (a.x0 + a.x1) / 2;
-        if !self.x_label.is_empty() {
-            let w = i64::from(draw::text_size(&self.x_label, s).0);
-            let y = a.y1 + 1 + tick_len + gap + text_h + 2 * gap;
-            draw::draw_text(image, centre_x - w / 2, y, &self.x_label, TEXT, s);
-        }
-        if !self.y_label.is_empty() {
-            let w = i64::from(draw::text_size(&self.y_label, s).0);
-            let x = 6 * i64::from(s) + 4;
-            draw_text_upwards(image, x, (a.y0 + a.y1) / 2 - w / 2, &self.y_label, TEXT, s);
-        }
-        if !self.title.is_empty() {
-            let ts = self.title_scale();
-            let w = i64::from(draw::text_size(&self.title, ts).0) + 1;
-            let x = (centre_x - w / 2).clamp(0, (i64::from(self.width) - w).max(0));
-            // Struck twice, a pixel apart, so it reads bold.
-            for dx in [0, 1] {
-                draw::draw_text(image, x + dx, 6 * i64::from(s) + 4, &self.title, TEXT, ts);
-            }
-        }
-    }
-
-    /// The legend (series with a name), in the inside corner of the plot area covering the fewest
-    /// data pixels (`ink`), preferring top right, then top left, bottom right, bottom left.
-    fn draw_legend(&self, image: &mut RgbImage, ink: &[bool], layout: &Layout) {
-        let entries: Vec<&Series> = self.series.iter().filter(|s| !s.name.is_empty()).collect();
-        if entries.is_empty() {
-            return;
-        }
-        let (a, s) = (layout.area, i64::from(layout.scale));
-        let text_h = i64::from(draw::text_size("0", layout.scale).1);
-        let pad = 4 * s;
-        let swatch = 10 * s;
-        let row_h = text_h + 3 * s;
-        let text_w = entries
-            .iter()
-            .map(|e| i64::from(draw::text_size(&e.name, layout.scale).0))
-            .max()
-            .unwrap_or(0);
-        let (box_w, box_h) = (
-            2 * pad + swatch + 3 * s + text_w,
-            2 * pad + row_h * entries.len() as i64 - 3 * s,
-        );
-        let inset = 4 * s + 2;
-        let (left, right) = (a.x0 + inset, a.x1 - inset - box_w + 1);
-        let (top, bottom) = (a.y0 + inset, a.y1 - inset - box_h + 1);
-        let width = image.width() as usize;
-        let covered = |x0: i64, y0: i64| {
-            let mut n = 0usize;
-            for y in y0.max(0)..(y0 + box_h).min(i64::from(image.height())) {
-                for x in x0.max(0)..(x0 + box_w).min(i64::from(image.width())) {
-                    n += usize::from(ink[y as usize * width + x as usize]);
+            // plotters centres a legend swatch on its row's box as its font estimate has it
+            // (0.806 of the size high); the canvas sets the capitals from the row's top.
+            let row_h = text.font.box_size("0").map_err(|e| failed(&e))?.1 as i32;
+            let lift = row_h / 2 - (text_metrics(glyphs, s.text, "0").1 / 2.0).round() as i32;
+            let swatch = (2.0 * s.text).round() as i32;
+            for (series, points) in self.series.iter().zip(&layout.series) {
+                // Segment by segment: plotters fills a wide polyline's outline as one polygon,
+                // its mitred joins spiking at each turn of a noisy curve and its width varying
+                // from 2 to 4 pixels with the slope; a segment's own outline keeps it even.
+                let line = pen(series.colour, s.line);
+                let anno = if let [point] = points[..] {
+                    let dot = Circle::new(point, s.line + 1, colour(series.colour).filled());
+                    chart.draw_series(std::iter::once(dot))
+                } else {
+                    chart.draw_series(points.windows(2).map(|w| PathElement::new([w[0], w[1]], line)))
+                }
+                .map_err(|e| failed(&e))?;
+                if !series.name.is_empty() {
+                    let wide = pen(series.colour, s.line + 1);
+                    anno.label(series.name.as_str())
+                        .legend(move |(x, y)| PathElement::new([(x, y - lift), (x + swatch, y - lift)], wide));
                 }
             }
-            n
+            // A frame round the plot, over the lines' ends: the axes' lines are its left and
+            // bottom.
+            root.draw(&Rectangle::new(
+                [(xr.start - 1, yr.start - 1), (xr.end, yr.end)],
+                colour(FRAME),
+            ))
+            .map_err(|e| failed(&e))?;
+
+            let names: Vec<&str> = self
+                .series
+                .iter()
+                .filter(|s| !s.name.is_empty())
+                .map(|s| s.name.as_str())
+                .collect();
+            let legend = if names.is_empty() {
+                None
+            } else {
+                let mut lines = MultiLineText::<(i32, i32), &str>::new((0, 0), text.clone());
+                for name in &names {
+                    lines.push_line(*name);
+                }
+                let (tw, th) = lines.estimate_dimension().map_err(|e| failed(&e))?;
+                let pad = s.gap + 2;
+                let (bw, bh) = (tw + swatch + s.gap + 2 * pad, th + 2 * pad);
+                // The box's top left in the plot area, where it covers (or comes within a gap of)
+                // the fewest of the lines' pixels; on a tie the first of the corners (top right,
+                // top left, bottom right, bottom left), then of the places down the right side,
+                // the left side and the middle.
+                let (aw, ah) = (xr.end - xr.start, yr.end - yr.start);
+                let inset = s.margin;
+                let (left, right, top, bottom) = (inset, aw - inset - bw, inset, ah - inset - bh);
+                let mut places = vec![(right, top), (left, top), (right, bottom), (left, bottom)];
+                for x in [right, left, (aw - bw) / 2] {
+                    places.extend((0..=8).map(|row| (x, top + (bottom - top) * row / 8)));
+                }
+                let ink: Vec<(i32, i32)> = layout
+                    .series
+                    .iter()
+                    .flat_map(|p| line_pixels(&p.iter().map(|p| chart.backend_coord(p)).collect::<Vec<_>>()))
+                    .collect();
+                let covered = |(x, y): (i32, i32)| {
+                    let (x0, y0) = (xr.start + x - s.gap, yr.start + y - s.gap);
+                    let (x1, y1) = (x0 + bw + 2 * s.gap, y0 + bh + 2 * s.gap);
+                    let inside = |&&(px, py): &&(i32, i32)| (x0..=x1).contains(&px) && (y0..=y1).contains(&py);
+                    ink.iter().filter(inside).count()
+                };
+                let (x, y) = places.into_iter().min_by_key(|&c| covered(c)).expect("places");
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::Coordinate(x, y))
+                    .margin(pad)
+                    .legend_area_size(swatch + s.gap)
+                    .label_font(text.clone())
+                    .background_style(colour(BACKGROUND).filled())
+                    .border_style(colour(LEGEND_BORDER))
+                    .draw()
+                    .map_err(|e| failed(&e))?;
+                Some([xr.start + x, yr.start + y, xr.start + x + bw, yr.start + y + bh])
+            };
+            root.present().map_err(|e| failed(&e))?;
+            Frame {
+                x: (xr.start, xr.end - 1),
+                y: (yr.start, yr.end - 1),
+                legend,
+            }
         };
-        let (x0, y0) = [(right, top), (left, top), (right, bottom), (left, bottom)]
-            .into_iter()
-            .min_by_key(|&(x, y)| covered(x, y))
-            .expect("four corners");
-        draw::fill_rect(image, x0, y0, x0 + box_w, y0 + box_h, BACKGROUND);
-        draw::draw_box(
-            image,
-            [x0 as f32, y0 as f32, (x0 + box_w) as f32, (y0 + box_h) as f32],
-            LEGEND_BORDER,
-            1,
-        );
-        for (i, entry) in entries.iter().enumerate() {
-            let y = y0 + pad + row_h * i as i64;
-            let mid = y + text_h / 2;
-            draw::fill_rect(image, x0 + pad, mid - s, x0 + pad + swatch, mid + s, entry.colour);
-            draw::draw_text(image, x0 + pad + swatch + 3 * s, y, &entry.name, TEXT, layout.scale);
-        }
-    }
-}
-
-fn tick_length(scale: u32) -> i64 {
-    3 * i64::from(scale) + 1
-}
-
-/// Draws one series: 2 px lines between consecutive points, clipped to the plot area; a lone
-/// point is drawn as a small square. Marks the pixels drawn in `ink`.
-fn draw_series(image: &mut RgbImage, ink: &mut [bool], layout: &Layout, points: &[(f64, f64)], colour: [u8; 3]) {
-    let a = layout.area;
-    let width = image.width() as usize;
-    let mut plot = |x: i64, y: i64| {
-        if a.contains(x, y) {
-            image.put_pixel(x as u32, y as u32, image::Rgb(colour));
-            ink[y as usize * width + x as usize] = true;
-        }
-    };
-    let pixels: Vec<(i64, i64)> = points
-        .iter()
-        .map(|&(x, y)| a.pixel(&layout.x_axis, &layout.y_axis, x, y))
-        .collect();
-    if let [(x, y)] = pixels[..] {
-        for dy in -1..=2 {
-            for dx in -1..=2 {
-                plot(x + dx, y + dy);
-            }
-        }
-        return;
-    }
-    for pair in pixels.windows(2) {
-        line(pair[0], pair[1], |x, y| {
-            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                plot(x + dx, y + dy);
-            }
-        });
-    }
-}
-
-/// Calls `plot` on each pixel of the Bresenham line from `from` to `to`, both ends included.
-fn line((mut x, mut y): (i64, i64), (x1, y1): (i64, i64), mut plot: impl FnMut(i64, i64)) {
-    let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-    let (sx, sy) = (if x < x1 { 1 } else { -1 }, if y < y1 { 1 } else { -1 });
-    let mut err = dx + dy;
-    loop {
-        plot(x, y);
-        if x == x1 && y == y1 {
-            return;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
-}
-
-/// Draws `text` reading upwards (turned a quarter left), its bounding box's top-left at `(x, y)`.
-fn draw_text_upwards(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: [u8; 3], scale: u32) {
-    let (w, h) = draw::text_size(text, scale);
-    if w == 0 {
-        return;
-    }
-    let mut flat = RgbImage::from_pixel(w, h, image::Rgb([0, 0, 0]));
-    draw::draw_text(&mut flat, 0, 0, text, [255, 255, 255], scale);
-    for (fx, fy, p) in flat.enumerate_pixels() {
-        if p.0[0] > 0 {
-            let (px, py) = (x + i64::from(fy), y + i64::from(w - 1 - fx));
-            draw::fill_rect(image, px, py, px + 1, py + 1, colour);
-        }
+        let image = RgbImage::from_raw(self.width, self.height, buffer).expect("the buffer holds the image");
+        Ok((image, frame))
     }
 }
 
@@ -739,6 +895,9 @@ mod tests {
         assert!((4..=8).contains(&labels(&axis).len()), "{:?}", labels(&axis));
     }
 
+    const RED: [u8; 3] = [230, 25, 75];
+    const BLUE: [u8; 3] = [0, 130, 200];
+
     fn chart(series: Vec<Series>) -> Chart {
         Chart {
             title: "test".into(),
@@ -749,84 +908,258 @@ mod tests {
         }
     }
 
+    /// The pixel of the point at axis positions `(x, y)`, as plotters maps it.
+    fn pixel(frame: &Frame, layout: &Layout, x: f64, y: f64) -> (i32, i32) {
+        (
+            layout.x_axis.map(&x, frame.x),
+            layout.y_axis.map(&y, (frame.y.1, frame.y.0)),
+        )
+    }
+
+    fn inside(frame: &Frame, (x, y): (i32, i32)) -> bool {
+        (frame.x.0..=frame.x.1).contains(&x) && (frame.y.0..=frame.y.1).contains(&y)
+    }
+
+    fn in_box(b: [i32; 4], (x, y): (i32, i32)) -> bool {
+        (b[0]..=b[2]).contains(&x) && (b[1]..=b[3]).contains(&y)
+    }
+
+    /// The rows of column `x` whose pixel is `rgb`.
+    fn rows_of(image: &RgbImage, x: i32, rgb: [u8; 3]) -> Vec<i32> {
+        (0..image.height() as i32)
+            .filter(|&y| image.get_pixel(x as u32, y as u32).0 == rgb)
+            .collect()
+    }
+
+    /// Pixels in the box (left, top, right, bottom; inclusive) dark enough to be text.
+    fn dark_pixels(image: &RgbImage, [x0, y0, x1, y1]: [i32; 4]) -> usize {
+        let mut n = 0;
+        for y in y0.max(0)..=y1.min(image.height() as i32 - 1) {
+            for x in x0.max(0)..=x1.min(image.width() as i32 - 1) {
+                n += usize::from(image.get_pixel(x as u32, y as u32).0.iter().all(|&c| c < 120));
+            }
+        }
+        n
+    }
+
     #[test]
     fn values_land_on_the_expected_pixels() {
-        let red = [230, 25, 75];
-        let c = chart(vec![Series::new("a", red, vec![(0.0, 0.0), (10.0, 10.0)])]);
+        let c = chart(vec![Series::new("a", RED, vec![(0.0, 0.0), (10.0, 10.0)])]);
         let layout = c.layout().unwrap();
-        let (a, xa, ya) = (layout.area, &layout.x_axis, &layout.y_axis);
-        assert_eq!((xa.lo, xa.hi, ya.lo, ya.hi), (0.0, 10.0, 0.0, 10.0));
-        assert_eq!(a.pixel(xa, ya, 0.0, 0.0), (a.x0, a.y1));
-        assert_eq!(a.pixel(xa, ya, 10.0, 10.0), (a.x1, a.y0));
-        let (cx, cy) = a.pixel(xa, ya, 5.0, 5.0);
-        assert!((cx - (a.x0 + a.x1) / 2).abs() <= 1 && (cy - (a.y0 + a.y1) / 2).abs() <= 1);
-
-        let image = c.render().unwrap();
+        let (image, frame) = c.draw().unwrap();
         assert_eq!(image.dimensions(), (800, 500));
-        // The diagonal is continuous: every column of the plot area has the series colour.
-        for x in a.x0 + 4..a.x1 - 3 {
-            let y = a.y1 as f64 - (x - a.x0) as f64 * (a.y1 - a.y0) as f64 / (a.x1 - a.x0) as f64;
-            // (The legend, top left where the line leaves room, has a red swatch too.)
-            let hits: Vec<i64> = (y as i64 - 8..=y as i64 + 8)
-                .filter(|&y| image.get_pixel(x as u32, y as u32).0 == red)
+        let (xa, ya) = (&layout.x_axis, &layout.y_axis);
+        assert_eq!((xa.lo, xa.hi, ya.lo, ya.hi), (0.0, 10.0, 0.0, 10.0));
+        assert!(frame.x.0 > 40 && frame.x.1 > 700 && frame.x.1 < 799, "{frame:?}");
+        assert!(frame.y.0 > 20 && frame.y.1 > 380 && frame.y.1 < 499, "{frame:?}");
+        assert_eq!(pixel(&frame, &layout, 0.0, 0.0), (frame.x.0, frame.y.1));
+        assert_eq!(pixel(&frame, &layout, 10.0, 10.0), (frame.x.1, frame.y.0));
+        let (cx, cy) = pixel(&frame, &layout, 5.0, 5.0);
+        assert!((cx - (frame.x.0 + frame.x.1) / 2).abs() <= 1 && (cy - (frame.y.0 + frame.y.1) / 2).abs() <= 1);
+
+        // The diagonal is continuous: every column of the plot has the line, 2 or 3 px thick,
+        // where the mapping puts it (and nothing else red but the legend's swatch).
+        let legend = frame.legend.unwrap();
+        for x in frame.x.0 + 3..frame.x.1 - 2 {
+            let t = f64::from(x - frame.x.0) / f64::from(frame.x.1 - frame.x.0);
+            let y = f64::from(frame.y.1) - t * f64::from(frame.y.1 - frame.y.0);
+            let hits: Vec<i32> = rows_of(&image, x, RED)
+                .into_iter()
+                .filter(|&r| !in_box(legend, (x, r)))
                 .collect();
             assert!((2..=4).contains(&hits.len()), "column {x} has line pixels {hits:?}");
             assert!(
-                hits.iter().all(|&h| (h as f64 - y).abs() <= 3.0),
+                hits.iter().all(|&h| (f64::from(h) - y).abs() <= 3.0),
                 "column {x}: {hits:?}, not near {y}"
             );
         }
         for v in [1.0, 2.5, 5.0, 7.5] {
-            let (x, y) = a.pixel(xa, ya, v, v);
-            assert_eq!(image.get_pixel(x as u32, y as u32).0, red, "({v}, {v}) at ({x}, {y})");
+            let (x, y) = pixel(&frame, &layout, v, v);
+            assert_eq!(image.get_pixel(x as u32, y as u32).0, RED, "({v}, {v}) at ({x}, {y})");
         }
-        // A level line is 2 px thick, and nothing is drawn outside the plot area.
+        // The legend goes top left, off the line, and holds the only red outside the plot.
+        assert!(legend[0] < cx && legend[3] < cy, "{legend:?}");
+        for (x, y, p) in image.enumerate_pixels() {
+            let at = (x as i32, y as i32);
+            if p.0 == RED {
+                assert!(inside(&frame, at) || in_box(legend, at), "{at:?}");
+            }
+        }
+
+        // A level line is 2 px thick, or 3 (plotters fills a wide line's outline inclusively).
         let c = chart(vec![Series::new(
             "",
-            red,
+            RED,
             vec![(0.0, 1.0), (4.0, 1.0), (4.0, 3.0), (6.0, 0.0)],
         )]);
         let layout = c.layout().unwrap();
-        let image = c.render().unwrap();
-        let (x, y) = layout.area.pixel(&layout.x_axis, &layout.y_axis, 2.0, 1.0);
-        let column: Vec<u32> = (0..image.height())
-            .filter(|&r| image.get_pixel(x as u32, r).0 == red)
-            .collect();
-        assert_eq!(column, [y as u32, y as u32 + 1]);
-        for (px, py, p) in image.enumerate_pixels() {
-            if p.0 == red {
-                assert!(layout.area.contains(i64::from(px), i64::from(py)), "({px}, {py})");
-            }
+        let (image, frame) = c.draw().unwrap();
+        let (x, y) = pixel(&frame, &layout, 2.0, 1.0);
+        let column = rows_of(&image, x, RED);
+        assert!((2..=3).contains(&column.len()), "{column:?}");
+        assert!(column.iter().all(|&r| (r - y).abs() <= 1), "{column:?} about {y}");
+    }
+
+    #[test]
+    fn line_pixels_step_a_pixel_at_a_time() {
+        assert_eq!(line_pixels(&[(0, 0), (3, 1)]), [(0, 0), (1, 0), (2, 0), (3, 1)]);
+        assert_eq!(line_pixels(&[(5, 5), (5, 3), (5, 3)]), [(5, 5), (5, 4), (5, 3), (5, 3)]);
+        assert_eq!(line_pixels(&[(7, 2)]), [(7, 2)]);
+        assert!(line_pixels(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_legend_names_the_series_where_the_lines_are_not() {
+        // Two lines along the top: the legend goes to a bottom corner.
+        let high = |name: &str, rgb, y: f64| Series::new(name, rgb, vec![(0.0, y), (1.0, y)]);
+        let c = chart(vec![
+            high("a rather long series name", RED, 10.0),
+            high("b", BLUE, 9.0),
+            Series::new("", [0, 0, 0], vec![(0.0, 0.0)]),
+        ]);
+        let (image, frame) = c.draw().unwrap();
+        let legend = frame.legend.unwrap();
+        assert!(legend[1] > (frame.y.0 + frame.y.1) / 2, "{legend:?} in {frame:?}");
+        assert!(legend[2] - legend[0] > 150, "{legend:?}");
+        // Both swatches and the names' text are in the box, the names right of the swatches.
+        let count = |rgb: [u8; 3]| {
+            (legend[0]..=legend[2])
+                .flat_map(|x| (legend[1]..=legend[3]).map(move |y| (x, y)))
+                .filter(|&(x, y)| image.get_pixel(x as u32, y as u32).0 == rgb)
+                .count()
+        };
+        assert!(count(RED) >= 20 && count(BLUE) >= 20, "{} {}", count(RED), count(BLUE));
+        let swatch_end = (legend[0]..=legend[2])
+            .filter(|&x| (legend[1]..=legend[3]).any(|y| image.get_pixel(x as u32, y as u32).0 == BLUE))
+            .max()
+            .unwrap();
+        let text = [swatch_end + 1, legend[1] + 1, legend[2] - 1, legend[3] - 1];
+        assert!(
+            dark_pixels(&image, text) > 200,
+            "{} text pixels",
+            dark_pixels(&image, text)
+        );
+        // The long name's row has far more text than the short one's.
+        let mid = (legend[1] + legend[3]) / 2;
+        let (top, bottom) = (
+            dark_pixels(&image, [text[0], text[1], text[2], mid]),
+            dark_pixels(&image, [text[0], mid, text[2], text[3]]),
+        );
+        assert!(top > 4 * bottom && bottom > 10, "{top} against {bottom}");
+
+        // Lines a tenth of the way in from the top and the bottom cover every corner: the legend
+        // goes between them.
+        let c = chart(vec![
+            high("top", RED, 9.0),
+            high("bottom", BLUE, 1.0),
+            Series::new("", [0, 0, 0], vec![(0.0, 0.0), (0.0, 10.0)]),
+        ]);
+        let (image, frame) = c.draw().unwrap();
+        let legend = frame.legend.unwrap();
+        let line_rows = |rgb| -> Vec<i32> {
+            rows_of(&image, (frame.x.0 + frame.x.1) / 2, rgb)
+                .into_iter()
+                .filter(|&r| !in_box(legend, ((frame.x.0 + frame.x.1) / 2, r)))
+                .collect()
+        };
+        let (top, bottom) = (line_rows(RED), line_rows(BLUE));
+        assert!(
+            top[0] > frame.y.0 + 30 && bottom[0] < frame.y.1 - 30,
+            "{top:?} {bottom:?}"
+        );
+        assert!(top.iter().all(|&r| r < legend[1]), "{top:?} {legend:?}");
+        assert!(bottom.iter().all(|&r| r > legend[3]), "{bottom:?} {legend:?}");
+
+        // Without names there is no legend, and no text inside the plot.
+        let c = chart(vec![high("", RED, 10.0), high("", BLUE, 9.0)]);
+        let (image, frame) = c.draw().unwrap();
+        assert_eq!(frame.legend, None);
+        let plot = [frame.x.0 + 2, frame.y.0 + 2, frame.x.1 - 2, frame.y.1 - 2];
+        assert_eq!(dark_pixels(&image, plot), 0);
+    }
+
+    #[test]
+    fn titles_labels_and_ticks_are_drawn() {
+        let c = chart(vec![Series::new("a", RED, vec![(0.0, 0.0), (10.0, 10.0)])]);
+        let layout = c.layout().unwrap();
+        let (image, frame) = c.draw().unwrap();
+        let (w, h) = (image.width() as i32, image.height() as i32);
+        // The title above the plot, about the middle of the image (plotters centres it between
+        // the margins); the x label below the tick labels, the y label left of them.
+        // (The top tick label reaches up half its height from the plot's top.)
+        let band = frame.y.0 - 12;
+        let title = dark_pixels(&image, [0, 0, w - 1, band]);
+        assert!(title > 30, "{title}");
+        let columns: Vec<i32> = (0..w).filter(|&x| dark_pixels(&image, [x, 0, x, band]) > 0).collect();
+        let (first, last) = (columns[0], columns[columns.len() - 1]);
+        assert!(last - first > 20 && last - first < 60, "title over {first}..{last}");
+        assert!(((first + last) / 2 - w / 2).abs() < 20, "title over {first}..{last}");
+        // Each tick label sits under its tick, within half a tick step.
+        let step = frame.x.1 - frame.x.0;
+        for tick in &layout.x_axis.ticks {
+            let (x, _) = pixel(&frame, &layout, tick.at, 0.0);
+            let under = [x - step / 25, frame.y.1 + 4, x + step / 25, frame.y.1 + 30];
+            assert!(dark_pixels(&image, under) > 10, "no label under tick {tick:?}");
         }
+        let x_label = dark_pixels(&image, [frame.x.0, frame.y.1 + 32, frame.x.1, h - 1]);
+        let y_label = dark_pixels(&image, [0, frame.y.0, 25, frame.y.1]);
+        assert!(x_label > 20 && y_label > 20, "{x_label} {y_label}");
+        // The same chart without its labels and title leaves those places blank.
+        let bare = Chart {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            ..c
+        };
+        let (image, frame) = bare.draw().unwrap();
+        assert_eq!(dark_pixels(&image, [0, 0, w - 1, frame.y.0 - 12]), 0);
+        assert_eq!(dark_pixels(&image, [0, frame.y.1 + 40, w - 1, h - 1]), 0);
     }
 
     #[test]
     fn log_y_maps_decades_evenly() {
+        // Level lines at 0.01 and 0.1 between points at 1e-3 and 1.
         let c = Chart {
             log_y: true,
-            ..chart(vec![Series::new("a", [0, 130, 200], vec![(0.0, 1e-3), (1.0, 1.0)])])
+            ..chart(vec![
+                Series::new("", [0, 0, 0], vec![(0.0, 1e-3), (0.0, 1.0)]),
+                Series::new("", RED, vec![(0.0, 1e-2), (1.0, 1e-2)]),
+                Series::new("", BLUE, vec![(0.0, 1e-1), (1.0, 1e-1)]),
+            ])
         };
         let layout = c.layout().unwrap();
-        let (a, xa, ya) = (layout.area, &layout.x_axis, &layout.y_axis);
+        let ya = &layout.y_axis;
         assert_eq!((ya.lo, ya.hi), (-3.0, 0.0));
         assert_eq!(labels(ya), ["1e-3", "0.01", "0.1", "1"]);
-        let at = |y: f64| a.pixel(xa, ya, 0.0, Axis::to_axis(y, true).unwrap()).1;
-        assert_eq!(at(1e-3), a.y1);
-        assert_eq!(at(1.0), a.y0);
-        let third = (a.y1 - a.y0) as f64 / 3.0;
-        assert_eq!(at(1e-2), (a.y1 as f64 - third).round() as i64);
-        assert_eq!(at(1e-1), (a.y1 as f64 - 2.0 * third).round() as i64);
+        let (image, frame) = c.draw().unwrap();
+        let third = f64::from(frame.y.1 - frame.y.0) / 3.0;
+        let x = (frame.x.0 + frame.x.1) / 2;
+        for (rgb, value, thirds) in [(RED, 1e-2, 1.0), (BLUE, 1e-1, 2.0)] {
+            let rows = rows_of(&image, x, rgb);
+            let y = pixel(&frame, &layout, 0.5, f64::log10(value)).1;
+            let exact = f64::from(frame.y.1) - thirds * third;
+            assert!((f64::from(y) - exact).abs() <= 1.0, "{value} at row {y}, not {exact}");
+            assert!((2..=3).contains(&rows.len()), "{rows:?}");
+            assert!(rows.iter().all(|&r| (r - y).abs() <= 1), "{rows:?} not at {y}");
+        }
+        // The 2..9 x 10^k between decades have fainter grid lines: 0.05 lies 0.699 of a decade up.
+        let y = f64::from(frame.y.1) - (1.0 + 5f64.log10()) * third;
+        let faint = rows_of(&image, x + 7, MINOR_GRID);
+        assert!(
+            faint.iter().any(|&r| (f64::from(r) - y).abs() <= 1.0),
+            "{faint:?} about {y}"
+        );
+
         // Points at or below zero cannot be shown on a log axis and are skipped.
         let c = Chart {
             log_y: true,
-            ..chart(vec![Series::new(
-                "a",
-                [0, 0, 0],
-                vec![(0.0, 0.0), (1.0, -1.0), (2.0, 0.5)],
-            )])
+            ..chart(vec![Series::new("a", RED, vec![(0.0, 0.0), (1.0, -1.0), (2.0, 0.5)])])
         };
-        assert_eq!(c.layout().unwrap().series[0], [(2.0, 0.5f64.log10())]);
-        c.render().unwrap();
+        let layout = c.layout().unwrap();
+        assert_eq!(layout.series[0], [(2.0, 0.5f64.log10())]);
+        let (image, frame) = c.draw().unwrap();
+        let (x, y) = pixel(&frame, &layout, 2.0, 0.5f64.log10());
+        assert_eq!(image.get_pixel(x as u32, y as u32).0, RED);
     }
 
     #[test]
@@ -839,22 +1172,38 @@ mod tests {
             (f64::NAN, f64::NAN),
             (3.0, 3.0),
         ];
-        let c = chart(vec![
-            Series::new("a", [1, 2, 3], points),
-            Series::new("empty", [4, 5, 6], vec![]),
-        ]);
+        let c = chart(vec![Series::new("", RED, points), Series::new("empty", BLUE, vec![])]);
         let layout = c.layout().unwrap();
         assert_eq!(layout.series[0], [(0.0, 1.0), (3.0, 3.0)]);
         assert!(layout.series[1].is_empty());
         assert_eq!((layout.x_axis.lo, layout.x_axis.hi), (0.0, 3.0));
-        c.render().unwrap();
-        // All-equal values and a single point still render.
-        chart(vec![Series::new("flat", [1, 2, 3], vec![(0.0, 2.0), (5.0, 2.0)])])
-            .render()
-            .unwrap();
-        let one = chart(vec![Series::new("one", [1, 2, 3], vec![(7.0, 7.0)])]);
-        let image = one.render().unwrap();
-        assert!(image.pixels().any(|p| p.0 == [1, 2, 3]));
+        // The line joins the points either side of the skipped ones.
+        let (image, frame) = c.draw().unwrap();
+        for v in [0.5, 1.5, 2.5] {
+            let (x, y) = pixel(&frame, &layout, v, 1.0 + 2.0 * v / 3.0);
+            let rows = rows_of(&image, x, RED);
+            assert!(
+                rows.iter().any(|&r| (r - y).abs() <= 1),
+                "{rows:?} about {y} at x = {v}"
+            );
+        }
+        // All-equal values still render, as a level line mid-plot.
+        let c = chart(vec![Series::new("flat", RED, vec![(0.0, 2.0), (5.0, 2.0)])]);
+        let (image, frame) = c.draw().unwrap();
+        let rows = rows_of(&image, (frame.x.0 + frame.x.1) / 2, RED);
+        let mid = (frame.y.0 + frame.y.1) / 2;
+        assert!(
+            !rows.is_empty() && rows.iter().all(|&r| (r - mid).abs() <= 2),
+            "{rows:?} about {mid}"
+        );
+        // A single point is drawn as a dot where it belongs: mid-plot, its range padded.
+        let one = chart(vec![Series::new("", [1, 2, 3], vec![(7.0, 7.0)])]);
+        let layout = one.layout().unwrap();
+        let (image, frame) = one.draw().unwrap();
+        let (x, y) = pixel(&frame, &layout, 7.0, 7.0);
+        assert!((x - (frame.x.0 + frame.x.1) / 2).abs() <= 1, "{x} in {frame:?}");
+        assert_eq!(image.get_pixel(x as u32, y as u32).0, [1, 2, 3]);
+        assert!(image.pixels().filter(|p| p.0 == [1, 2, 3]).count() >= 9);
     }
 
     #[test]
@@ -892,42 +1241,11 @@ mod tests {
             vec![(0.0, -f64::MAX), (1.0, f64::MAX)],
         )]);
         assert!(matches!(huge.render(), Err(Error::InvalidParameter(_))));
-    }
-
-    /// Renders two noisy decaying loss curves, linear and log, to the temporary directory
-    /// (`/tmp/chart.png`, `/tmp/chart_log.png`) for a look.
-    #[test]
-    fn sample_chart_renders() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut curve = |start: f64, floor: f64, rate: f64, noise: f64| -> Vec<(f64, f64)> {
-            (0..=3000)
-                .step_by(5)
-                .map(|step| {
-                    let t = f64::from(step);
-                    let mean = floor + (start - floor) * (-t / rate).exp();
-                    (t, mean * (1.0 + noise * (uniform(&mut state) - 0.5)))
-                })
-                .collect()
+        let vast = Chart {
+            width: 10_000,
+            height: 10_000,
+            ..chart(vec![Series::new("a", [0, 0, 0], vec![(0.0, 1.0)])])
         };
-        let train = curve(2.3, 0.08, 500.0, 0.35);
-        let val = curve(2.2, 0.21, 650.0, 0.12);
-        let mut c = Chart {
-            title: "RetinaNet training loss".into(),
-            x_label: "step".into(),
-            y_label: "loss".into(),
-            series: vec![
-                Series::new("train", draw::palette(0), train),
-                Series::new("validation", draw::palette(3), val),
-            ],
-            ..Chart::default()
-        };
-        let dir = std::env::temp_dir();
-        c.save_png(dir.join("chart.png")).unwrap();
-        c.log_y = true;
-        c.title = "RetinaNet training loss (log)".into();
-        c.save_png(dir.join("chart_log.png")).unwrap();
-        let image = c.render().unwrap();
-        assert!(image.pixels().any(|p| p.0 == draw::palette(0)));
-        assert!(image.pixels().any(|p| p.0 == draw::palette(3)));
+        assert!(vast.render().unwrap_err().to_string().contains("2^26"));
     }
 }
