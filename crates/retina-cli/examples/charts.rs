@@ -4,7 +4,7 @@
 //! Figure 4), and the loss and distribution charts again at 400 x 250.
 //!
 //! ```text
-//! cargo run -p retina-cli --example charts -- /tmp/charts
+//! cargo run -p retina-cli --example charts -- DIR    # default: retina-charts/ in the temporary directory
 //! ```
 
 use std::path::PathBuf;
@@ -20,7 +20,9 @@ fn uniform(state: &mut u64) -> f64 {
 }
 
 fn main() -> retina_wgpu::Result<()> {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "charts".into()));
+    let dir = std::env::args()
+        .nth(1)
+        .map_or_else(|| std::env::temp_dir().join("retina-charts"), PathBuf::from);
     std::fs::create_dir_all(&dir).map_err(|e| retina_wgpu::Error::io(&dir, e))?;
     let mut state = 0x2545_f491_4f6c_dd1du64;
 
