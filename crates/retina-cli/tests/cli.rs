@@ -704,3 +704,98 @@ fn retina_synth_writes_the_dataset_and_prints_the_statistics() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&again).unwrap();
 }
+
+/// `retina train` killed (SIGKILL) at pseudo-random moments while it saves a checkpoint every
+/// step: after every kill the directory holds a whole checkpoint (or none yet), which loads,
+/// and resuming until the run is done gives the same weights, bit for bit, as a run that was
+/// never interrupted.
+#[test]
+fn a_training_run_killed_at_random_moments_resumes_to_the_same_weights() {
+    let root = scratch("kill");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = root.join("tiny.json");
+    let tiny = serde_json::json!({
+        "input_size": 64,
+        "backbone_channels": [4, 8, 8, 16, 16],
+        "fpn_channels": 16,
+        "head_convs": 1,
+        "head_channels": 16
+    });
+    std::fs::write(&config, tiny.to_string()).unwrap();
+    let steps = "1000";
+    let args = |out: &std::path::Path, resume: bool| {
+        let mut a: Vec<String> = [
+            "train",
+            "--data",
+            "synthetic",
+            "--backend",
+            "cpu",
+            "--steps",
+            steps,
+            "--batch",
+            "2",
+            "--size",
+            "64",
+            "--save-every",
+            "1",
+            "--log-every",
+            "10",
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(["--config".into(), config.display().to_string()]);
+        a.extend(["--out".into(), out.display().to_string()]);
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let straight = root.join("straight");
+    let out = Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(args(&straight, false))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, want) = retina_wgpu::model::checkpoint::load_model(&straight).unwrap();
+
+    let killed = root.join("killed");
+    let weights = killed.join("model.safetensors");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut kills = 0;
+    while kills < 12 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_retina"))
+            .args(args(&killed, weights.exists()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        std::thread::sleep(std::time::Duration::from_millis(100 + state % 500));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        eprintln!("kill {kills}: checkpoint {}", weights.exists());
+        if weights.exists() {
+            retina_wgpu::model::checkpoint::load_model(&killed).unwrap();
+            retina_wgpu::train::saved_options(&killed).unwrap();
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills landed before the run finished");
+    let out = Command::new(env!("CARGO_BIN_EXE_retina"))
+        .args(args(&killed, weights.exists()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, got) = retina_wgpu::model::checkpoint::load_model(&killed).unwrap();
+    assert!(
+        got == want,
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -19,8 +19,8 @@ use crate::coco::{Category, CocoDataset, Normalize, write_file};
 use crate::data::SceneConfig;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{
-    ModelDir, from_safetensors, max_tensor_file_bytes, read_limited, read_safetensors_header, save_model,
-    to_safetensors,
+    ModelDir, finish_pending_save, from_safetensors, max_tensor_file_bytes, read_limited, read_safetensors_header,
+    sync_dir, to_safetensors, write_model,
 };
 use crate::model::{AnchorSet, ClassLoss, DetectionLoss, LossEngine, LossValues, RetinaNet};
 use crate::nn::{LrSchedule, SeededRng, Sgd, Shape};
@@ -422,7 +422,14 @@ impl<E: LossEngine> Trainer<E> {
     }
 
     /// Writes the model (`config.json`, `model.safetensors`) and the optimiser state
-    /// (`optimizer.safetensors`: momentum and step) into `dir`, each file atomically.
+    /// (`optimizer.safetensors`: momentum and step) into `dir` as one checkpoint that a kill
+    /// at any moment leaves whole: every file is written to a temporary file, synced and
+    /// renamed; the optimizer state goes to `optimizer.safetensors.next` first, then the
+    /// weights (which record the step too), then `.next` is renamed into place. A process killed
+    /// between the two renames leaves the new weights and `.next`, which resuming completes
+    /// ([`Trainer::restore_optimizer`], [`saved_options`]); killed earlier, the previous
+    /// checkpoint is intact. A failed write is an error and leaves the previous checkpoint as
+    /// it was.
     pub fn save(&mut self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         let values = self.param_values()?;
@@ -431,23 +438,26 @@ impl<E: LossEngine> Trainer<E> {
             .iter()
             .map(|v| self.engine.read(v))
             .collect::<Result<Vec<_>>>()?;
-        save_model(dir, &self.net, &values)?;
+        let paths = ModelDir(dir.to_path_buf());
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut metadata = HashMap::new();
         metadata.insert("step".to_string(), self.step.to_string());
         metadata.insert(
             "options".to_string(),
             serde_json::to_string(&self.options).expect("options serialise"),
         );
-        write_file(
-            &ModelDir(dir.to_path_buf()).optimizer(),
-            &to_safetensors(&self.net, &velocity, metadata)?,
-        )?;
+        let pending = paths.pending_optimizer();
+        write_file(&pending, &to_safetensors(&self.net, &velocity, metadata)?)?;
+        write_model(dir, &self.net, &values, Some(self.step))?;
+        std::fs::rename(&pending, paths.optimizer()).map_err(|e| Error::io(&pending, e))?;
+        sync_dir(dir);
         Ok(())
     }
 
     /// Restores momentum and step from `dir`'s `optimizer.safetensors` (the weights are those
     /// the trainer was made with: load them with [`crate::model::checkpoint::load_model`]).
     pub fn restore_optimizer(&mut self, dir: impl AsRef<Path>) -> Result<()> {
+        finish_pending_save(dir.as_ref())?;
         let path = ModelDir(dir.as_ref().to_path_buf()).optimizer();
         let bytes = read_limited(
             &path,
@@ -472,6 +482,7 @@ impl<E: LossEngine> Trainer<E> {
 /// The options a run saved with its checkpoint in `dir` (`optimizer.safetensors`), so that a
 /// resumed run keeps its schedule, batch, seed and data order.
 pub fn saved_options(dir: impl AsRef<Path>) -> Result<TrainOptions> {
+    finish_pending_save(dir.as_ref())?;
     let path = ModelDir(dir.as_ref().to_path_buf()).optimizer();
     let source = path.display().to_string();
     let header = read_safetensors_header(&path)?;

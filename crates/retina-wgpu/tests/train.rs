@@ -89,6 +89,99 @@ fn resumed_training_gives_the_same_weights_bit_for_bit() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Resumes the checkpoint in `dir` and trains to `total` steps; the final weights.
+fn resume_to(dir: &std::path::Path, total: usize) -> retina_wgpu::Result<Vec<Vec<f32>>> {
+    let saved = retina_wgpu::train::saved_options(dir)?;
+    let (net, values) = checkpoint::load_model(dir)?;
+    let mut trainer = Trainer::new(CpuEngine::new(), net, &values, saved)?;
+    trainer.restore_optimizer(dir)?;
+    while trainer.step_count() < total {
+        trainer.step(&data(), false)?;
+    }
+    trainer.param_values()
+}
+
+fn copy(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::copy(from, to).unwrap();
+}
+
+/// A checkpoint survives a process killed in the middle of a save, and a save that fails: the
+/// states a kill can leave (the new optimizer state written but not renamed, before or after the
+/// new weights were renamed into place) are built file by file, and each resumes to the same
+/// weights as an uninterrupted run; a save whose write fails is an error that leaves the
+/// previous checkpoint resumable. (crates/retina-cli/tests/cli.rs kills real `retina train`
+/// processes.)
+#[test]
+fn checkpoints_stay_whole_when_a_save_is_interrupted_or_fails() {
+    let net = RetinaNet::new(tiny()).unwrap();
+    let init = net.init(1);
+    let total = 6;
+    let mut trainer = Trainer::new(CpuEngine::new(), net.clone(), &init, options(total)).unwrap();
+    let (at2, at4) = (temp_dir("save-at-2"), temp_dir("save-at-4"));
+    for _ in 0..2 {
+        trainer.step(&data(), false).unwrap();
+    }
+    trainer.save(&at2).unwrap();
+    for _ in 2..4 {
+        trainer.step(&data(), false).unwrap();
+    }
+    trainer.save(&at4).unwrap();
+    for _ in 4..total {
+        trainer.step(&data(), false).unwrap();
+    }
+    let straight = trainer.param_values().unwrap();
+    assert!(
+        !ModelDir(at4.clone()).pending_optimizer().exists(),
+        "a finished save leaves no .next"
+    );
+    assert_eq!(resume_to(&at2, total).unwrap(), straight);
+
+    let (old, new) = (ModelDir(at2.clone()), ModelDir(at4.clone()));
+    let dir = temp_dir("interrupted");
+    let paths = ModelDir(dir.clone());
+    let lay = |weights: &ModelDir, optimizer: &ModelDir, pending: Option<&ModelDir>| {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        copy(&weights.config(), &paths.config());
+        copy(&weights.weights(), &paths.weights());
+        copy(&optimizer.optimizer(), &paths.optimizer());
+        if let Some(p) = pending {
+            copy(&p.optimizer(), &paths.pending_optimizer());
+        }
+    };
+    // Killed after the new optimizer state was written, before the new weights: the previous
+    // checkpoint, and a stale .next that resuming removes.
+    lay(&old, &old, Some(&new));
+    assert_eq!(resume_to(&dir, total).unwrap(), straight);
+    assert!(!paths.pending_optimizer().exists());
+    // Killed between the new weights' rename and the optimizer's: resuming completes the save.
+    lay(&new, &old, Some(&new));
+    assert_eq!(resume_to(&dir, total).unwrap(), straight);
+    assert!(!paths.pending_optimizer().exists());
+    // Weights and optimizer state of different steps, with nothing to complete them: refused.
+    lay(&new, &old, None);
+    match resume_to(&dir, total) {
+        Err(Error::Format { detail, .. }) => assert!(detail.contains("inconsistent checkpoint"), "{detail}"),
+        other => panic!("expected an inconsistent checkpoint, got {:?}", other.map(|_| ())),
+    }
+
+    // A save whose write fails (the weights' temporary file cannot be created) is an error, and
+    // the previous checkpoint still resumes to the same weights.
+    lay(&old, &old, None);
+    let (net2, values2) = checkpoint::load_model(&dir).unwrap();
+    let mut again = Trainer::new(CpuEngine::new(), net2, &values2, options(total)).unwrap();
+    again.restore_optimizer(&dir).unwrap();
+    again.step(&data(), false).unwrap();
+    std::fs::create_dir_all(dir.join("model.safetensors.tmp")).unwrap();
+    let err = again.save(&dir).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    std::fs::remove_dir_all(dir.join("model.safetensors.tmp")).unwrap();
+    assert_eq!(resume_to(&dir, total).unwrap(), straight);
+    for d in [&dir, &at2, &at4] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
 #[test]
 fn checkpoints_store_pytorch_shapes_and_reject_what_is_not_theirs() {
     let net = RetinaNet::new(tiny()).unwrap();

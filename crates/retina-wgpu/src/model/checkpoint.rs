@@ -150,6 +150,12 @@ impl ModelDir {
     pub fn optimizer(&self) -> PathBuf {
         self.0.join(OPTIMIZER_FILE)
     }
+
+    /// `optimizer.safetensors.next`: a training checkpoint's optimizer state, written before its
+    /// weights and renamed into place after them (see [`crate::train::Trainer::save`]).
+    pub fn pending_optimizer(&self) -> PathBuf {
+        self.0.join(format!("{OPTIMIZER_FILE}.next"))
+    }
 }
 
 /// The most bytes of a `config.json` that [`load_model`] reads (16 MiB); a larger file is
@@ -212,7 +218,13 @@ pub(crate) fn read_safetensors_header(path: &Path) -> Result<serde_json::Value> 
 
 /// Writes `config.json` and `model.safetensors` into `dir` (created if needed).
 pub fn save_model(dir: impl AsRef<Path>, net: &RetinaNet, values: &[Vec<f32>]) -> Result<()> {
-    let dir = ModelDir(dir.as_ref().to_path_buf());
+    write_model(dir.as_ref(), net, values, None)
+}
+
+/// [`save_model`], recording the training step the weights are at (when there is one) in the
+/// weights' metadata, where a resumed run checks it against the optimizer state's.
+pub(crate) fn write_model(dir: &Path, net: &RetinaNet, values: &[Vec<f32>], step: Option<usize>) -> Result<()> {
+    let dir = ModelDir(dir.to_path_buf());
     std::fs::create_dir_all(&dir.0).map_err(|e| Error::io(&dir.0, e))?;
     let config = serde_json::to_vec_pretty(net.config()).expect("the configuration serialises");
     let mut metadata = HashMap::new();
@@ -221,8 +233,62 @@ pub fn save_model(dir: impl AsRef<Path>, net: &RetinaNet, values: &[Vec<f32>]) -
         "config".to_string(),
         String::from_utf8(config.clone()).expect("JSON is UTF-8"),
     );
+    if let Some(step) = step {
+        metadata.insert("step".to_string(), step.to_string());
+    }
     write_file(&dir.weights(), &to_safetensors(net, values, metadata)?)?;
     Ok(write_file(&dir.config(), &config)?)
+}
+
+/// The training step a safetensors file's metadata records, if it records one.
+pub(crate) fn recorded_step(path: &Path) -> Result<Option<usize>> {
+    let header = read_safetensors_header(path)?;
+    match header.get("__metadata__").and_then(|m| m.get("step")) {
+        None => Ok(None),
+        Some(step) => step
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Error::format(path.display().to_string(), format!("metadata `step` is {step}"))),
+    }
+}
+
+/// Completes a training checkpoint that a killed process left half-committed: the optimizer
+/// state of a save is written to `optimizer.safetensors.next` before the weights and renamed
+/// into place after them, so when `.next` records the step the weights record, the weights of
+/// that save are in place and `.next` is renamed now; any other `.next` is a save that never
+/// reached its weights, and is removed. Then the weights and the optimizer state must record
+/// the same step (checkpoints written before steps were recorded in the weights pass).
+pub(crate) fn finish_pending_save(dir: &Path) -> Result<()> {
+    let paths = ModelDir(dir.to_path_buf());
+    let pending = paths.pending_optimizer();
+    let weights_step = recorded_step(&paths.weights())?;
+    if pending.exists() {
+        let pending_step = recorded_step(&pending).ok().flatten();
+        if pending_step.is_some() && pending_step == weights_step {
+            std::fs::rename(&pending, paths.optimizer()).map_err(|e| Error::io(&pending, e))?;
+            sync_dir(dir);
+        } else {
+            std::fs::remove_file(&pending).map_err(|e| Error::io(&pending, e))?;
+        }
+    }
+    let optimizer_step = recorded_step(&paths.optimizer())?;
+    if let (Some(w), Some(o)) = (weights_step, optimizer_step)
+        && w != o
+    {
+        return Err(Error::format(
+            dir.display().to_string(),
+            format!("inconsistent checkpoint: the weights are at step {w} but the optimizer state at step {o}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable (best effort: not every platform can sync a directory).
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Reads a model directory: the network of its `config.json` and the weights of its
