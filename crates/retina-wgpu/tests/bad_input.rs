@@ -4,16 +4,14 @@
 //! not panic, must give an `Err` with a message or an `Ok`, as its row says, and where both
 //! backends answer `Ok` the answers must have the same length and agree. Then the GPU-only
 //! buffer APIs (huge sizes, empty inputs, another context's buffers and tensors, labels out of
-//! range on the device), the CLI's bad options, and a proptest that feeds arbitrary and mutated
-//! JSON to the COCO readers.
+//! range on the device) and numbers past the documented ranges. The CLI's bad options are in
+//! crates/retina-cli/tests/cli.rs, the file readers' fuzzing in tests/fuzz_files.rs.
 
 mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use common::gpu;
-use proptest::prelude::*;
-use retina_wgpu::coco::{self, Instances};
 use retina_wgpu::gpu::{DetectionBuffers, FocalBuffers, LogitsBuffer, TargetsBuffer, TopkSegment};
 use retina_wgpu::nn::{Conv2d, CpuEngine, Engine, GpuEngine, GroupNorm, Sgd, Shape};
 use retina_wgpu::{
@@ -2012,152 +2010,4 @@ fn layer_errors_name_the_operation() {
     if let Some(ctx) = gpu() {
         check(&mut GpuEngine::new(&ctx).unwrap(), "GPU");
     }
-}
-
-// --- COCO readers ------------------------------------------------------------------------------
-
-fn gt_json() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../retina-coco/tests/coco/edge_gt.json"
-    ))
-    .expect("edge_gt.json")
-}
-
-fn results_json() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../retina-coco/tests/coco/edge_results.json"
-    ))
-    .expect("edge_results.json")
-}
-
-/// Reads `bytes` as instances and as results (and evaluates what parses) under
-/// `catch_unwind`: an error is fine, a panic is not.
-fn read_coco(bytes: &[u8], gt: &Instances) -> std::result::Result<(), String> {
-    let run = || {
-        let _ = Instances::from_json(bytes, "fuzz");
-        if let Ok(results) = coco::results_from_json(bytes, "fuzz")
-            && coco::check_results(gt, &results, "fuzz").is_ok()
-        {
-            let _ = coco::evaluate(gt, &results);
-        }
-    };
-    catch_unwind(AssertUnwindSafe(run)).map_err(|_| format!("panicked on {:?}", String::from_utf8_lossy(bytes)))
-}
-
-/// One edit of a byte string: flip a byte, insert or delete a run, or splice in a token that
-/// JSON readers trip on.
-#[derive(Clone, Debug)]
-enum Edit {
-    Set(usize, u8),
-    Insert(usize, usize),
-    Delete(usize, usize),
-}
-
-const TOKENS: &[&str] = &[
-    "-1",
-    "1e309",
-    "-1e309",
-    "NaN",
-    "null",
-    "9223372036854775808",
-    "-9223372036854775809",
-    "1e-400",
-    "\"\"",
-    "[]",
-    "{}",
-    "0.0",
-    "-0",
-    "[1,2,3]",
-    "[1e300,1e300,1e300,1e300]",
-    "\"\\ud800\"",
-    "true",
-    "18446744073709551615",
-];
-
-fn apply(bytes: &[u8], edits: &[Edit]) -> Vec<u8> {
-    let mut v = bytes.to_vec();
-    for edit in edits {
-        if v.is_empty() {
-            break;
-        }
-        match *edit {
-            Edit::Set(at, b) => {
-                let i = at % v.len();
-                v[i] = b;
-            }
-            Edit::Insert(at, token) => {
-                let i = at % (v.len() + 1);
-                let t = TOKENS[token % TOKENS.len()].as_bytes();
-                v.splice(i..i, t.iter().copied());
-            }
-            Edit::Delete(at, len) => {
-                let i = at % v.len();
-                let end = (i + len % 16).min(v.len());
-                v.drain(i..end);
-            }
-        }
-    }
-    v
-}
-
-fn edit() -> impl Strategy<Value = Edit> {
-    prop_oneof![
-        (
-            any::<usize>(),
-            prop_oneof![any::<u8>(), Just(b'"'), Just(b','), Just(b'-'), Just(b'9'), Just(b']')]
-        )
-            .prop_map(|(a, b)| Edit::Set(a, b)),
-        (any::<usize>(), any::<usize>()).prop_map(|(a, t)| Edit::Insert(a, t)),
-        (any::<usize>(), any::<usize>()).prop_map(|(a, l)| Edit::Delete(a, l)),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn coco_readers_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let gt = Instances::from_json(&gt_json(), "edge_gt.json").unwrap();
-        prop_assert!(read_coco(&bytes, &gt).is_ok());
-    }
-
-    #[test]
-    fn coco_readers_never_panic_on_mutated_files(edits in proptest::collection::vec(edit(), 1..6), results in any::<bool>()) {
-        let gt = Instances::from_json(&gt_json(), "edge_gt.json").unwrap();
-        let source = if results { results_json() } else { gt_json() };
-        let bytes = apply(&source, &edits);
-        prop_assert!(read_coco(&bytes, &gt).is_ok());
-    }
-}
-
-#[test]
-fn coco_readers_refuse_bad_values_with_the_entry_named() {
-    let gt = Instances::from_json(&gt_json(), "edge_gt.json").unwrap();
-    for (json, needle) in [
-        (
-            r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, -1, 1], "score": 0.5}]"#,
-            "results[0]",
-        ),
-        (
-            r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1e999], "score": 0.5}]"#,
-            "fuzz",
-        ),
-        (
-            r#"[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1], "score": 0.5}]"#,
-            "fuzz",
-        ),
-        (
-            r#"[{"image_id": 1.5, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]"#,
-            "fuzz",
-        ),
-        (r#"{"images": []}"#, "fuzz"),
-    ] {
-        let err = coco::results_from_json(json.as_bytes(), "fuzz").unwrap_err();
-        assert!(err.to_string().contains(needle), "{json}: {err}");
-        assert!(read_coco(json.as_bytes(), &gt).is_ok());
-    }
-    let err = Instances::from_json(br#"{"images": [{"id": 1, "width": 1, "height": 1, "file_name": "a"}, {"id": 1, "width": 1, "height": 1, "file_name": "b"}], "annotations": [], "categories": []}"#, "dup").unwrap_err();
-    assert!(err.to_string().contains("duplicate image id"), "{err}");
 }
