@@ -344,10 +344,6 @@ fn read_optimizer(bytes: &[u8]) -> std::result::Result<(), String> {
             return;
         };
         let (net, values) = checkpoint::load_model(&scratch.0).unwrap();
-        let options = TrainOptions {
-            batch: options.batch.clamp(1, 2),
-            ..options
-        };
         if let Ok(mut trainer) = Trainer::new(CpuEngine::new(), net, &values, options) {
             let _ = trainer.restore_optimizer(&scratch.0);
         }

@@ -43,7 +43,7 @@ impl<T: Real> Pool<T> {
         let data = if len == 0 {
             Vec::new()
         } else {
-            self.take_vec(len, true, "convolution scratch").unwrap_or_default()
+            self.take_vec(len, true, String::new).unwrap_or_default()
         };
         PooledVec { data, pool: self }
     }
@@ -51,7 +51,8 @@ impl<T: Real> Pool<T> {
     /// A vector of `len` values from the pool, or a new zero-filled one: fallibly for tensors
     /// (an [`Error::OutOfMemory`] beyond [`crate::nn::MAX_HOST_BYTES`] or when the allocator
     /// refuses), infallibly for the conv's scratch blocks, whose sizes are bounded by its tiling.
-    fn take_vec(&self, len: usize, scratch: bool, what: &str) -> Result<Vec<T>> {
+    /// `what` names a tensor in an error; it is formatted only when a new vector is needed.
+    fn take_vec(&self, len: usize, scratch: bool, what: impl FnOnce() -> String) -> Result<Vec<T>> {
         {
             let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(v) = inner.free.get_mut(&len).and_then(Vec::pop) {
@@ -67,7 +68,7 @@ impl<T: Real> Pool<T> {
         if scratch {
             return Ok(vec![T::ZERO; len]);
         }
-        host_vec(len, T::ZERO, what)
+        host_vec(len, T::ZERO, &what())
     }
 
     fn give(&self, v: Vec<T>) {
@@ -171,7 +172,7 @@ impl<T: Real> CpuEngine<T> {
             shape,
             data: self
                 .pool
-                .take_vec(len, false, &format!("{op}: a CPU tensor of {shape}"))?,
+                .take_vec(len, false, || format!("{op}: a CPU tensor of {shape}"))?,
             pool: Arc::clone(&self.pool),
         })
     }

@@ -202,12 +202,7 @@ impl<'a> Dispatches<'a> {
         bindings: Vec<Bind<'a>>,
         workgroups: u64,
     ) -> Result<()> {
-        let workgroups = u32::try_from(workgroups).map_err(|_| {
-            Error::invalid(format!(
-                "{}: a dispatch of {workgroups} workgroups (more than 2^32)",
-                kernel.file()
-            ))
-        })?;
+        let workgroups = workgroups_u32(kernel, workgroups)?;
         let offset = self.uniforms.len().div_ceil(self.align) * self.align;
         self.uniforms.resize(offset, 0);
         self.uniforms.extend_from_slice(bytemuck::bytes_of(config));
@@ -266,8 +261,7 @@ pub(crate) fn record_one(
     bindings: &[Bind<'_>],
     workgroups: u64,
 ) -> Result<()> {
-    let workgroups = u32::try_from(workgroups)
-        .map_err(|_| Error::invalid(format!("{}: a dispatch of {workgroups} workgroups", kernel.file())))?;
+    let workgroups = workgroups_u32(kernel, workgroups)?;
     ctx.scoped(|| {
         ctx.pipeline(kernel)?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -275,6 +269,16 @@ pub(crate) fn record_one(
             timestamp_writes: None,
         });
         dispatch(ctx, &mut pass, kernel, uniform, bindings, workgroups)
+    })
+}
+
+/// `workgroups` as a dispatch's count, or an error naming `kernel` past 2^32.
+fn workgroups_u32(kernel: Kernel, workgroups: u64) -> Result<u32> {
+    u32::try_from(workgroups).map_err(|_| {
+        Error::invalid(format!(
+            "{}: a dispatch of {workgroups} workgroups (more than 2^32)",
+            kernel.file()
+        ))
     })
 }
 

@@ -107,14 +107,10 @@ struct GpuPool {
 }
 
 impl GpuPool {
+    /// A buffer of `bytes` (rounded up to whole words, at least one), reused or new; the caller
+    /// ([`GpuEngine::alloc`]) has checked the size against the device's binding limit.
     fn take(&self, ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer> {
         let bytes = bytes.div_ceil(4).max(4) * 4;
-        if bytes > ctx.limits().max_storage_binding {
-            return Err(Error::invalid(format!(
-                "a tensor of {bytes} bytes exceeds the device's storage binding limit of {} bytes; use a smaller batch",
-                ctx.limits().max_storage_binding
-            )));
-        }
         {
             let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
             let (free, stats) = &mut *guard;
