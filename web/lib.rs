@@ -130,7 +130,9 @@ impl WebDetector {
 /// kept, at the top left, normalised as in training); returns image pixels per input pixel.
 fn fit(rgba: &[u8], width: u32, height: u32, side: usize, out: &mut [f32]) -> retina_wgpu::Result<f32> {
     let (w, h) = (width as usize, height as usize);
-    if w == 0 || h == 0 || rgba.len() != 4 * w * h {
+    // Checked: on wasm32 `usize` is 32 bits, and 4 x 65,536 x 65,536 would wrap.
+    let bytes = w.checked_mul(h).and_then(|n| n.checked_mul(4));
+    if w == 0 || h == 0 || bytes != Some(rgba.len()) {
         return Err(retina_wgpu::Error::InvalidParameter(format!(
             "{} bytes are not an RGBA image of {width} x {height}",
             rgba.len()

@@ -4,6 +4,12 @@ library only), waits until the page has run the detector on its first synthetic 
 that boxes were drawn, and saves a screenshot.
 
     python3 web/screenshot.py [--out docs/web-page.png] [--timeout 180] [--runs N] [--console]
+                              [--bad-files]
+
+With --bad-files it then picks, through the page's file input, an empty file, a text file, a
+truncated PNG, a PNG of 20,000 x 20,000 pixels and a file over the page's size limit, and checks
+that each gives a message on the page (not a frozen tab), then a good image, which must be
+detected.
 
 Needs web/pkg/ (web/build.sh), `chromium` and `chromedriver` (Debian: chromium, chromium-driver).
 Exits non-zero when the page reports an error, draws no box, or times out."""
@@ -15,11 +21,14 @@ import http.server
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+import zlib
 
 WEB = os.path.dirname(os.path.abspath(__file__))
 FLAGS = ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--window-size=820,880"]
@@ -39,12 +48,78 @@ def call(base, method, path, body=None):
         return json.loads(r.read())["value"]
 
 
+def png(width, height, rows=None):
+    """A greyscale PNG; `rows(y)` gives row y's bytes (zeros when None), compressed as they
+    come so that a 20,000 x 20,000 image never exists uncompressed here."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    z = zlib.compressobj(9)
+    blank = bytes(width + 1)
+    idat = b"".join(z.compress(blank if rows is None else b"\0" + rows(y)) for y in range(height))
+    idat += z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def bad_files(folder):
+    """(file name, words its message must contain) for each file the page must refuse."""
+    good = png(64, 48, lambda y: bytes((x * 4 + y * 2) % 256 for x in range(64)))
+    files = {
+        "empty.png": (b"", "is empty"),
+        "notes.txt": (b"not an image\n" * 20, "could not be decoded"),
+        "truncated.png": (good[: len(good) // 2], "could not be decoded"),
+        "huge.png": (png(20000, 20000), "20000 x 20000 pixels"),
+        "oversized.png": (good + bytes(65 << 20), "the page reads images up to 64 MB"),
+    }
+    out = []
+    for name, (data, words) in files.items():
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        out.append((path, words))
+    return out
+
+
+def check_bad_files(base, s, timeout, good_image):
+    """Picks each bad file, then a good one; exits non-zero unless every bad file gave its
+    message and the good one was detected afterwards."""
+    field = call(base, "POST", s + "/element", {"using": "css selector", "value": "#file"})
+    element = next(iter(field.values()))
+
+    def pick(path, n):
+        call(base, "POST", s + f"/element/{element}/value", {"text": path})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = call(base, "POST", s + "/execute/sync", {
+                "script": "return Object.assign({}, document.body.dataset);", "args": []})
+            if int(state.get("picks", "0")) >= n:
+                return state
+            time.sleep(0.2)
+        sys.exit(f"the page did not answer picking {os.path.basename(path)} within {timeout} s")
+
+    with tempfile.TemporaryDirectory() as folder:
+        cases = bad_files(folder)
+        for n, (path, words) in enumerate(cases, start=1):
+            state = pick(path, n)
+            message = state.get("error", "")
+            print(f"picked {os.path.basename(path)}: {message or '(no message)'}")
+            if words not in message:
+                sys.exit(f"picking {os.path.basename(path)} should say '{words}', said '{message}'")
+        runs = int(state.get("runs", "0"))
+        state = pick(good_image, len(cases) + 1)
+        print(f"picked {os.path.basename(good_image)}: {state.get('boxes')} boxes, error: {state.get('error')}")
+        if "error" in state or int(state.get("runs", "0")) != runs + 1:
+            sys.exit("the good image after the bad ones was not detected")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(WEB, "..", "docs", "web-page.png"))
     ap.add_argument("--timeout", type=float, default=180)
     ap.add_argument("--console", action="store_true", help="print the page's console messages")
     ap.add_argument("--runs", type=int, default=1, help="scenes to time after the first (the picture is the last)")
+    ap.add_argument("--bad-files", action="store_true",
+                    help="then pick bad files and a good one through the file input")
     args = ap.parse_args()
     if not os.path.exists(os.path.join(WEB, "pkg", "retina_web.js")):
         sys.exit("web/pkg/ is missing: run web/build.sh first")
@@ -118,6 +193,9 @@ def main():
             print(f"saved {args.out} ({len(png)} bytes); {state['boxes']} boxes drawn in {state.get('ms')} ms")
             if int(state["boxes"]) < 1:
                 sys.exit("no box was drawn")
+            if args.bad_files:
+                check_bad_files(base, s, args.timeout,
+                                os.path.abspath(os.path.join(WEB, "..", "docs", "demo-detections.png")))
         finally:
             call(base, "DELETE", s)
     finally:
