@@ -5,6 +5,8 @@
 //   ADD           out = a + b
 //   ACCUMULATE    out = out + a                   (summing gradients in place)
 //   SCALE         out = a * cfg.scale
+//   LEAKY         out = a if a > 0 else cfg.scale * a          (LeakyReLU; NaN stays NaN)
+//   LEAKY_GRAD    out = b if a > 0 else cfg.scale * b
 // src/cpu/nn.rs is the twin.
 
 override OP: u32 = 0u;
@@ -23,6 +25,8 @@ const RELU_GRAD: u32 = 1u;
 const ADD: u32 = 2u;
 const ACCUMULATE: u32 = 3u;
 const SCALE: u32 = 4u;
+const LEAKY: u32 = 5u;
+const LEAKY_GRAD: u32 = 6u;
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -53,6 +57,12 @@ fn main(
         }
         case ACCUMULATE: {
             out[i] = out[i] + a[i];
+        }
+        case LEAKY: {
+            out[i] = select(cfg.scale * a[i], a[i], a[i] > 0.0);
+        }
+        case LEAKY_GRAD: {
+            out[i] = select(cfg.scale * b[i], b[i], a[i] > 0.0);
         }
         default: {
             out[i] = a[i] * cfg.scale;

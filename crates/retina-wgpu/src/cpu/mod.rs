@@ -11,6 +11,7 @@ pub mod anchors;
 pub mod box_loss;
 pub mod boxes;
 pub mod conv;
+pub(crate) mod depthwise;
 pub mod focal;
 pub(crate) mod group_norm;
 pub mod matcher;

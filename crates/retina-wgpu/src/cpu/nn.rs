@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::cpu::conv::{self, ConvProblem, Real};
+use crate::cpu::depthwise;
 use crate::cpu::group_norm;
 use crate::error::{Error, Result};
 use crate::nn::{
-    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, check_permute,
-    check_same, check_sgd, check_upsample, check_upsample_backward, host_vec,
+    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, check_concat,
+    check_depthwise, check_permute, check_same, check_sgd, check_slice, check_slope, check_upsample,
+    check_upsample_backward, host_vec,
 };
 
 /// Recycled vectors by length. Shared by the engine and its tensors, which return their storage
@@ -250,8 +252,8 @@ impl<T: Real> CpuEngine<T> {
         })
     }
 
-    fn map(&self, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> Result<CpuTensor<T>> {
-        let mut out = self.alloc("relu", x.shape)?;
+    fn map(&self, op: &str, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> Result<CpuTensor<T>> {
+        let mut out = self.alloc(op, x.shape)?;
         out.data
             .par_iter_mut()
             .zip(x.data.par_iter())
@@ -409,7 +411,7 @@ impl<T: Real> Engine for CpuEngine<T> {
     }
 
     fn relu(&mut self, x: &CpuTensor<T>) -> Result<CpuTensor<T>> {
-        self.map(x, |v| if v > T::ZERO { v } else { T::ZERO })
+        self.map("relu", x, |v| if v > T::ZERO { v } else { T::ZERO })
     }
 
     fn relu_backward(&mut self, x: &CpuTensor<T>, grad_out: &CpuTensor<T>) -> Result<CpuTensor<T>> {
@@ -420,6 +422,115 @@ impl<T: Real> Engine for CpuEngine<T> {
             .zip(x.data.par_iter().zip(grad_out.data.par_iter()))
             .for_each(|(o, (&v, &g))| *o = if v > T::ZERO { g } else { T::ZERO });
         Ok(out)
+    }
+
+    fn leaky_relu(&mut self, x: &CpuTensor<T>, slope: f32) -> Result<CpuTensor<T>> {
+        check_slope("leaky relu", slope)?;
+        let s = T::from_f32(slope);
+        self.map("leaky relu", x, |v| if v > T::ZERO { v } else { v * s })
+    }
+
+    fn leaky_relu_backward(&mut self, x: &CpuTensor<T>, grad_out: &CpuTensor<T>, slope: f32) -> Result<CpuTensor<T>> {
+        check_slope("leaky relu backward", slope)?;
+        check_same("leaky relu backward", x.shape, grad_out.shape)?;
+        let s = T::from_f32(slope);
+        let mut out = self.alloc("leaky relu backward", x.shape)?;
+        out.data
+            .par_iter_mut()
+            .zip(x.data.par_iter().zip(grad_out.data.par_iter()))
+            .for_each(|(o, (&v, &g))| *o = if v > T::ZERO { g } else { g * s });
+        Ok(out)
+    }
+
+    fn depthwise_conv2d(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        bias: Option<&CpuTensor<T>>,
+    ) -> Result<CpuTensor<T>> {
+        let out = check_depthwise(c, x.shape, weight.shape, bias.map(|b| b.shape))?;
+        let mut y = self.alloc("depthwise conv2d", out)?;
+        if !out.is_empty() {
+            depthwise::forward(
+                c,
+                &x.data,
+                x.shape,
+                &weight.data,
+                bias.map(|b| &b.data[..]),
+                out,
+                &mut y.data,
+            );
+        }
+        Ok(y)
+    }
+
+    fn depthwise_conv2d_backward(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        grad_out: &CpuTensor<T>,
+        input_grad: bool,
+    ) -> Result<ConvGrads<CpuTensor<T>>> {
+        let out = check_depthwise(c, x.shape, weight.shape, None)?;
+        check_same("depthwise conv2d output gradient", grad_out.shape, out)?;
+        let mut dw = self.alloc("depthwise conv2d backward", c.depthwise_weight_shape())?;
+        let mut db = self.alloc("depthwise conv2d backward", c.bias_shape())?;
+        let mut dx = input_grad
+            .then(|| self.alloc("depthwise conv2d backward", x.shape))
+            .transpose()?;
+        let dx_data = dx.as_mut().map(|t| &mut t.data[..]);
+        // An empty batch leaves every gradient zero (the loops run over no image).
+        depthwise::backward(
+            c,
+            &x.data,
+            x.shape,
+            &weight.data,
+            &grad_out.data,
+            out,
+            &mut dw.data,
+            &mut db.data,
+            dx_data,
+        );
+        Ok(ConvGrads {
+            input: dx,
+            weight: dw,
+            bias: db,
+        })
+    }
+
+    fn concat_channels(&mut self, parts: &[&CpuTensor<T>]) -> Result<CpuTensor<T>> {
+        let shapes: Vec<Shape> = parts.iter().map(|p| p.shape).collect();
+        let out = check_concat(&shapes)?;
+        let mut y = self.alloc("concat channels", out)?;
+        if out.is_empty() {
+            return Ok(y);
+        }
+        let plane = out.plane();
+        y.data.par_chunks_mut(out.c * plane).enumerate().for_each(|(n, dst)| {
+            let mut offset = 0;
+            for p in parts {
+                let len = p.shape.c * plane;
+                dst[offset..offset + len].copy_from_slice(&p.data[n * len..(n + 1) * len]);
+                offset += len;
+            }
+        });
+        Ok(y)
+    }
+
+    fn slice_channels(&mut self, x: &CpuTensor<T>, start: usize, len: usize) -> Result<CpuTensor<T>> {
+        let out = check_slice(x.shape, start, len)?;
+        let mut y = self.alloc("slice channels", out)?;
+        if out.is_empty() {
+            return Ok(y);
+        }
+        let plane = out.plane();
+        y.data.par_chunks_mut(len * plane).enumerate().for_each(|(n, dst)| {
+            let from = (n * x.shape.c + start) * plane;
+            dst.copy_from_slice(&x.data[from..from + len * plane]);
+        });
+        Ok(y)
     }
 
     fn upsample_nearest(&mut self, x: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {

@@ -108,6 +108,10 @@ fn mirrors() -> Vec<Mirror> {
         mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
         mirror!(nn::ElementwiseConfig as "Config" in ["elementwise.wgsl"] { n, scale, _pad }),
         mirror!(nn::UpsampleConfig as "Config" in ["upsample_nearest.wgsl"] { planes, in_h, in_w, out_h, out_w, _pad }),
+        mirror!(nn::DepthwiseConfig as "Config" in ["depthwise_conv.wgsl"] {
+            batch, channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride, pad, has_bias, _pad,
+        }),
+        mirror!(nn::ChannelCopyConfig as "Config" in ["channel_copy.wgsl"] { batch, src_c, dst_c, offset, plane, _pad }),
         mirror!(nn::PermuteHeadConfig as "Config" in ["head_permute.wgsl"] {
             batch, anchors, values, plane, rows_per_image, row_offset, _pad,
         }),

@@ -15,8 +15,9 @@ use crate::gpu::dispatch::{Bind, binds, record_one, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::nn::{
-    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, check_permute,
-    check_same, check_sgd, check_upsample, check_upsample_backward,
+    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, check_concat,
+    check_depthwise, check_permute, check_same, check_sgd, check_slice, check_slope, check_upsample,
+    check_upsample_backward,
 };
 
 /// Bytes of per-dispatch uniforms held before the encoder is submitted.
@@ -30,6 +31,8 @@ const _: () = {
     assert!(size_of::<ChannelSumConfig>() <= ARENA_STRIDE);
     assert!(size_of::<ElementwiseConfig>() <= ARENA_STRIDE);
     assert!(size_of::<UpsampleConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<DepthwiseConfig>() <= ARENA_STRIDE);
+    assert!(size_of::<ChannelCopyConfig>() <= ARENA_STRIDE);
     assert!(size_of::<PermuteHeadConfig>() <= ARENA_STRIDE);
     assert!(size_of::<SgdConfig>() <= ARENA_STRIDE);
     assert!(size_of::<SumSquaresConfig>() <= ARENA_STRIDE);
@@ -42,6 +45,36 @@ pub(crate) struct ElementwiseConfig {
     pub(crate) n: u32,
     pub(crate) scale: f32,
     pub(crate) _pad: [u32; 2],
+}
+
+/// Must stay in sync with `Config` in shaders/depthwise_conv.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct DepthwiseConfig {
+    pub(crate) batch: u32,
+    pub(crate) channels: u32,
+    pub(crate) in_h: u32,
+    pub(crate) in_w: u32,
+    pub(crate) out_h: u32,
+    pub(crate) out_w: u32,
+    pub(crate) kernel_h: u32,
+    pub(crate) kernel_w: u32,
+    pub(crate) stride: u32,
+    pub(crate) pad: u32,
+    pub(crate) has_bias: u32,
+    pub(crate) _pad: u32,
+}
+
+/// Must stay in sync with `Config` in shaders/channel_copy.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ChannelCopyConfig {
+    pub(crate) batch: u32,
+    pub(crate) src_c: u32,
+    pub(crate) dst_c: u32,
+    pub(crate) offset: u32,
+    pub(crate) plane: u32,
+    pub(crate) _pad: [u32; 3],
 }
 
 /// Must stay in sync with `Config` in shaders/upsample_nearest.wgsl.
@@ -372,9 +405,22 @@ impl GpuEngine {
     }
 
     fn elementwise(&mut self, kernel: Kernel, n: usize, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
+        self.elementwise_scaled(kernel, n, a, b, out, 1.0)
+    }
+
+    /// An elementwise kernel with `cfg.scale` (LeakyReLU's slope).
+    fn elementwise_scaled(
+        &mut self,
+        kernel: Kernel,
+        n: usize,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        out: &GpuTensor,
+        scale: f32,
+    ) -> Result<()> {
         let config = ElementwiseConfig {
             n: u32_of("elementwise length", n)?,
-            scale: 1.0,
+            scale,
             _pad: [0; 2],
         };
         self.run(
@@ -382,6 +428,57 @@ impl GpuEngine {
             &config,
             binds![a = a.binding(), b = b.binding(), out = out.binding(),],
             (n as u64).div_ceil(WG_SIZE),
+        )
+    }
+
+    /// The config of a depthwise convolution of `input` into `out`.
+    fn depthwise_config(c: &Conv2d, input: Shape, out: Shape, has_bias: bool) -> Result<DepthwiseConfig> {
+        Ok(DepthwiseConfig {
+            batch: u32_of("depthwise conv2d batch", input.n)?,
+            channels: u32_of("depthwise conv2d channels", input.c)?,
+            in_h: u32_of("depthwise conv2d input height", input.h)?,
+            in_w: u32_of("depthwise conv2d input width", input.w)?,
+            out_h: u32_of("depthwise conv2d output height", out.h)?,
+            out_w: u32_of("depthwise conv2d output width", out.w)?,
+            kernel_h: u32_of("depthwise conv2d kernel height", c.kernel.0)?,
+            kernel_w: u32_of("depthwise conv2d kernel width", c.kernel.1)?,
+            stride: u32_of("depthwise conv2d stride", c.stride)?,
+            pad: u32_of("depthwise conv2d padding", c.padding)?,
+            has_bias: u32::from(has_bias),
+            _pad: 0,
+        })
+    }
+
+    /// Records one channel copy (`slice`: out of `src`, else into `dst`) of `copied` elements.
+    fn channel_copy(
+        &mut self,
+        slice: bool,
+        src: &GpuTensor,
+        dst: &GpuTensor,
+        offset: usize,
+        copied: Shape,
+    ) -> Result<()> {
+        let op = if slice { "slice channels" } else { "concat channels" };
+        let config = ChannelCopyConfig {
+            batch: u32_of(op, copied.n)?,
+            src_c: u32_of(op, src.shape.c)?,
+            dst_c: u32_of(op, dst.shape.c)?,
+            offset: u32_of(op, offset)?,
+            plane: u32_of(op, copied.plane())?,
+            _pad: [0; 3],
+        };
+        // Every index the kernel forms (up to the larger tensor's length) must fit in u32.
+        u32_of(op, src.shape.len().max(dst.shape.len()))?;
+        let kernel = if slice {
+            Kernel::SliceChannels
+        } else {
+            Kernel::ConcatChannels
+        };
+        self.run(
+            kernel,
+            &config,
+            binds![src = src.binding(), dst = dst.binding(),],
+            (copied.len() as u64).div_ceil(WG_SIZE),
         )
     }
 }
@@ -485,6 +582,153 @@ impl Engine for GpuEngine {
         let out = self.alloc("relu backward", x.shape)?;
         self.elementwise(Kernel::ReluGrad, x.shape.len(), x, grad_out, &out)?;
         Ok(out)
+    }
+
+    fn leaky_relu(&mut self, x: &GpuTensor, slope: f32) -> Result<GpuTensor> {
+        check_slope("leaky relu", slope)?;
+        self.check_tensors("leaky relu", &[x])?;
+        let out = self.alloc("leaky relu", x.shape)?;
+        self.elementwise_scaled(Kernel::LeakyRelu, x.shape.len(), x, x, &out, slope)?;
+        Ok(out)
+    }
+
+    fn leaky_relu_backward(&mut self, x: &GpuTensor, grad_out: &GpuTensor, slope: f32) -> Result<GpuTensor> {
+        check_slope("leaky relu backward", slope)?;
+        check_same("leaky relu backward", x.shape, grad_out.shape)?;
+        self.check_tensors("leaky relu backward", &[x, grad_out])?;
+        let out = self.alloc("leaky relu backward", x.shape)?;
+        self.elementwise_scaled(Kernel::LeakyReluGrad, x.shape.len(), x, grad_out, &out, slope)?;
+        Ok(out)
+    }
+
+    fn depthwise_conv2d(
+        &mut self,
+        c: &Conv2d,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        bias: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        let out = check_depthwise(c, x.shape, weight.shape, bias.map(|b| b.shape))?;
+        self.check_tensors("depthwise conv2d", &[x, weight])?;
+        if let Some(b) = bias {
+            self.check_tensors("depthwise conv2d", &[b])?;
+        }
+        let y = self.alloc("depthwise conv2d", out)?;
+        if out.is_empty() {
+            return Ok(y);
+        }
+        let config = Self::depthwise_config(c, x.shape, out, bias.is_some())?;
+        u32_of("depthwise conv2d input length", x.shape.len())?;
+        u32_of("depthwise conv2d output length", out.len())?;
+        // Without a bias the kernel reads none; the weights stand in for the binding.
+        let bias = bias.unwrap_or(weight);
+        self.run(
+            Kernel::DepthwiseForward,
+            &config,
+            binds![
+                a = x.binding(),
+                b = weight.binding(),
+                bias = bias.binding(),
+                out = y.binding(),
+            ],
+            (out.len() as u64).div_ceil(WG_SIZE),
+        )?;
+        Ok(y)
+    }
+
+    fn depthwise_conv2d_backward(
+        &mut self,
+        c: &Conv2d,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        grad_out: &GpuTensor,
+        input_grad: bool,
+    ) -> Result<ConvGrads<GpuTensor>> {
+        let out = check_depthwise(c, x.shape, weight.shape, None)?;
+        check_same("depthwise conv2d output gradient", grad_out.shape, out)?;
+        self.check_tensors("depthwise conv2d backward", &[x, weight, grad_out])?;
+        if out.is_empty() {
+            // A batch of no images: no gradient flows to the weights or the bias.
+            return Ok(ConvGrads {
+                input: input_grad
+                    .then(|| self.alloc("depthwise conv2d backward", x.shape))
+                    .transpose()?,
+                weight: self.zeros(c.depthwise_weight_shape())?,
+                bias: self.zeros(c.bias_shape())?,
+            });
+        }
+        let config = Self::depthwise_config(c, x.shape, out, false)?;
+        u32_of("depthwise conv2d input length", x.shape.len())?;
+        u32_of("depthwise conv2d output length", out.len())?;
+        let taps = c.kernel.0 * c.kernel.1;
+        // The weight gradient then the bias gradient in one buffer, one workgroup per channel
+        // and tap (the last "tap" is the bias), then copied into the two tensors.
+        let sums = self.alloc("depthwise conv2d backward", Shape::new(1, 1, 1, out.c * (taps + 1)))?;
+        self.run(
+            Kernel::DepthwiseGradWeight,
+            &config,
+            binds![
+                a = grad_out.binding(),
+                b = x.binding(),
+                bias = weight.binding(),
+                out = sums.binding(),
+            ],
+            (out.c * (taps + 1)) as u64,
+        )?;
+        let weight_grad = self.alloc("depthwise conv2d backward", c.depthwise_weight_shape())?;
+        let bias_grad = self.alloc("depthwise conv2d backward", c.bias_shape())?;
+        let f32s = size_of::<f32>() as u64;
+        let weight_bytes = (out.c * taps) as u64 * f32s;
+        let encoder = self.encoder();
+        encoder.copy_buffer_to_buffer(sums.buffer(), 0, weight_grad.buffer(), 0, weight_bytes);
+        encoder.copy_buffer_to_buffer(sums.buffer(), weight_bytes, bias_grad.buffer(), 0, out.c as u64 * f32s);
+        let dx = if input_grad {
+            let dx = self.alloc("depthwise conv2d backward", x.shape)?;
+            self.run(
+                Kernel::DepthwiseGradInput,
+                &config,
+                binds![
+                    a = grad_out.binding(),
+                    b = weight.binding(),
+                    bias = weight.binding(),
+                    out = dx.binding(),
+                ],
+                (x.shape.len() as u64).div_ceil(WG_SIZE),
+            )?;
+            Some(dx)
+        } else {
+            None
+        };
+        Ok(ConvGrads {
+            input: dx,
+            weight: weight_grad,
+            bias: bias_grad,
+        })
+    }
+
+    fn concat_channels(&mut self, parts: &[&GpuTensor]) -> Result<GpuTensor> {
+        let shapes: Vec<Shape> = parts.iter().map(|p| p.shape).collect();
+        let out = check_concat(&shapes)?;
+        self.check_tensors("concat channels", parts)?;
+        let y = self.alloc("concat channels", out)?;
+        let mut offset = 0;
+        for p in parts {
+            if !p.shape.is_empty() {
+                self.channel_copy(false, p, &y, offset, p.shape)?;
+            }
+            offset += p.shape.c;
+        }
+        Ok(y)
+    }
+
+    fn slice_channels(&mut self, x: &GpuTensor, start: usize, len: usize) -> Result<GpuTensor> {
+        let out = check_slice(x.shape, start, len)?;
+        self.check_tensors("slice channels", &[x])?;
+        let y = self.alloc("slice channels", out)?;
+        if !out.is_empty() {
+            self.channel_copy(true, x, &y, start, out)?;
+        }
+        Ok(y)
     }
 
     fn upsample_nearest(&mut self, x: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {

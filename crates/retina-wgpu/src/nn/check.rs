@@ -2,7 +2,7 @@
 //! check before it computes anything, so the two refuse the same inputs with the same message.
 
 use crate::error::{Error, Result};
-use crate::nn::Shape;
+use crate::nn::{Conv2d, Shape};
 
 /// Checks that two tensors an operation pairs element by element have the same shape.
 pub(crate) fn check_same(op: &'static str, a: Shape, b: Shape) -> Result<()> {
@@ -82,6 +82,65 @@ pub(crate) fn check_sgd(params: usize, grads: usize, velocity: usize, decay: usi
             "sgd",
             format!("{params} parameters, {grads} gradients, {velocity} velocities and {decay} decay flags"),
         ));
+    }
+    Ok(())
+}
+
+/// Checks a depthwise convolution's layer, input, weights and bias; returns the output shape.
+pub(crate) fn check_depthwise(conv: &Conv2d, x: Shape, weight: Shape, bias: Option<Shape>) -> Result<Shape> {
+    if conv.in_channels != conv.out_channels {
+        return Err(Error::shape(
+            "depthwise conv2d",
+            format!("{conv} is not depthwise: a depthwise convolution keeps the channel count"),
+        ));
+    }
+    let out = conv.output_shape(x)?;
+    check_same("depthwise conv2d weights", weight, conv.depthwise_weight_shape())?;
+    if let Some(b) = bias {
+        check_same("depthwise conv2d bias", b, conv.bias_shape())?;
+    }
+    Ok(out)
+}
+
+/// Checks the parts of a channel concatenation; returns the output shape.
+pub(crate) fn check_concat(parts: &[Shape]) -> Result<Shape> {
+    let Some(first) = parts.first() else {
+        return Err(Error::shape("concat channels", "no tensor to concatenate".to_string()));
+    };
+    let mut channels = 0usize;
+    for p in parts {
+        if (p.n, p.h, p.w) != (first.n, first.h, first.w) {
+            return Err(Error::shape(
+                "concat channels",
+                format!("{p} and {first} differ in batch, height or width"),
+            ));
+        }
+        channels = channels
+            .checked_add(p.c)
+            .ok_or_else(|| Error::invalid("concat channels: the channel count overflows usize".to_string()))?;
+    }
+    let out = Shape::new(first.n, channels, first.h, first.w);
+    checked_len("concat channels", out)?;
+    Ok(out)
+}
+
+/// Checks a channel slice `start..start + len` of `x`; returns the output shape.
+pub(crate) fn check_slice(x: Shape, start: usize, len: usize) -> Result<Shape> {
+    if start.checked_add(len).is_none_or(|end| end > x.c) {
+        return Err(Error::shape(
+            "slice channels",
+            format!("channels {start}..{start}+{len} are not inside {x}"),
+        ));
+    }
+    Ok(Shape::new(x.n, len, x.h, x.w))
+}
+
+/// Checks a LeakyReLU slope: any finite value.
+pub(crate) fn check_slope(op: &'static str, slope: f32) -> Result<()> {
+    if !slope.is_finite() {
+        return Err(Error::invalid(format!(
+            "{op}: the negative slope must be finite, got {slope}"
+        )));
     }
     Ok(())
 }

@@ -145,6 +145,44 @@ pub trait Engine {
     /// The gradient of ReLU at `x`: `grad_out` where `x > 0`, else 0.
     fn relu_backward(&mut self, x: &Self::Tensor, grad_out: &Self::Tensor) -> Result<Self::Tensor>;
 
+    /// LeakyReLU: `x` where `x > 0`, else `slope * x` (PyTorch's `nn.LeakyReLU`, ONNX's
+    /// `LeakyRelu`; a NaN stays NaN). `slope` must be finite.
+    fn leaky_relu(&mut self, x: &Self::Tensor, slope: f32) -> Result<Self::Tensor>;
+
+    /// The gradient of [`Engine::leaky_relu`] at `x`: `grad_out` where `x > 0`, else
+    /// `slope * grad_out`.
+    fn leaky_relu_backward(&mut self, x: &Self::Tensor, grad_out: &Self::Tensor, slope: f32) -> Result<Self::Tensor>;
+
+    /// A depthwise convolution (`groups == channels`: one `kh x kw` filter per channel, as in
+    /// MobileNet) plus bias: `conv` has `in_channels == out_channels`, the weights are
+    /// [`Conv2d::depthwise_weight_shape`] `[C, 1, kh, kw]`, the bias `[1, C, 1, 1]`.
+    fn depthwise_conv2d(
+        &mut self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// Gradients of [`Engine::depthwise_conv2d`] with respect to its weights, bias and (if
+    /// `input_grad`) input.
+    fn depthwise_conv2d_backward(
+        &mut self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        grad_out: &Self::Tensor,
+        input_grad: bool,
+    ) -> Result<ConvGrads<Self::Tensor>>;
+
+    /// The tensors side by side along the channels (`torch.cat(parts, dim=1)`): every part has
+    /// the same batch, height and width; at least one part.
+    fn concat_channels(&mut self, parts: &[&Self::Tensor]) -> Result<Self::Tensor>;
+
+    /// Channels `start..start + len` of `x` (the gradient of [`Engine::concat_channels`] for
+    /// one part).
+    fn slice_channels(&mut self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
+
     /// Nearest-neighbour resize to `h x w` (at least the input size; FPN uses x2).
     fn upsample_nearest(&mut self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
 

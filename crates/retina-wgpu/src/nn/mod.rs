@@ -25,7 +25,10 @@ pub use sgd::{LrSchedule, Sgd};
 pub use crate::cpu::nn::{CpuEngine, CpuTensor};
 pub use crate::gpu::nn::{GpuEngine, GpuTensor};
 
-pub(crate) use check::{check_permute, check_same, check_sgd, check_upsample, check_upsample_backward};
+pub(crate) use check::{
+    check_concat, check_depthwise, check_permute, check_same, check_sgd, check_slice, check_slope, check_upsample,
+    check_upsample_backward,
+};
 
 use crate::error::{Error, Result};
 
@@ -147,6 +150,17 @@ impl Conv2d {
             stride,
             padding: kernel / 2,
         }
+    }
+
+    /// A square depthwise convolution of `channels` (one filter per channel, MobileNet's) with
+    /// "same" padding, for [`Engine::depthwise_conv2d`].
+    pub const fn depthwise(channels: usize, kernel: usize, stride: usize) -> Self {
+        Self::new(channels, channels, kernel, stride)
+    }
+
+    /// Shape of a depthwise convolution's weights, `[channels, 1, kh, kw]`.
+    pub const fn depthwise_weight_shape(&self) -> Shape {
+        Shape::new(self.out_channels, 1, self.kernel.0, self.kernel.1)
     }
 
     /// Weights per output channel: `in_channels * kernel_h * kernel_w` (the GEMM's K).
