@@ -618,6 +618,22 @@ fn image_limits() -> image::Limits {
     limits
 }
 
+/// Decodes an image file (PNG, JPEG, ...) into 8-bit RGB within the dataset's limits
+/// ([`MAX_IMAGE_SIDE`] a side, [`MAX_IMAGE_BYTES`] of decoding memory; a header that claims
+/// more is refused before the pixels are allocated): a grey image has its channel replicated,
+/// an alpha channel is dropped.
+pub fn read_rgb(path: impl AsRef<Path>) -> Result<image::RgbImage> {
+    let path = path.as_ref();
+    let mut reader = image::ImageReader::open(path)
+        .and_then(|reader| reader.with_guessed_format())
+        .map_err(|e| Error::io(path, e))?;
+    reader.limits(image_limits());
+    Ok(reader
+        .decode()
+        .map_err(|e| Error::format(path.display().to_string(), format!("cannot decode the image: {e}")))?
+        .into_rgb8())
+}
+
 /// An image's letterboxed pixels (without padding) and its letterbox.
 type Decoded = (Vec<u8>, Letterbox);
 
@@ -629,15 +645,8 @@ fn decode_letterboxed(dir: &Path, image: &Image, input_size: u32) -> Result<Deco
         ));
     }
     let path = dir.join(&image.file_name);
-    let mut reader = image::ImageReader::open(&path)
-        .and_then(|reader| reader.with_guessed_format())
-        .map_err(|e| Error::io(&path, e))?;
-    reader.limits(image_limits());
     let source = || path.display().to_string();
-    let rgb = reader
-        .decode()
-        .map_err(|e| Error::format(source(), format!("cannot decode the image: {e}")))?
-        .into_rgb8();
+    let rgb = read_rgb(&path)?;
     let letterbox = Letterbox::new(rgb.width(), rgb.height(), input_size)
         .map_err(|_| Error::format(source(), "the image has no pixels"))?;
     let size = (letterbox.resized_width, letterbox.resized_height);

@@ -22,7 +22,7 @@ mod dataset;
 
 pub use dataset::{
     CategoryMap, CocoDataset, DatasetOptions, Letterbox, LoadReport, MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, Sample,
-    SizeMismatch, SkippedImage, detections_to_results,
+    SizeMismatch, SkippedImage, detections_to_results, read_rgb,
 };
 #[doc(no_inline)]
 pub use retina_coco::{

@@ -108,6 +108,12 @@ fn mirrors() -> Vec<Mirror> {
         mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
         mirror!(nn::ElementwiseConfig as "Config" in ["elementwise.wgsl"] { n, scale, _pad }),
         mirror!(nn::UpsampleConfig as "Config" in ["upsample_nearest.wgsl"] { planes, in_h, in_w, out_h, out_w, _pad }),
+        mirror!(faces::FaceScoresConfig as "Config" in ["face_scores.wgsl"] { rows, _pad }),
+        mirror!(faces::FaceCandidateConfig as "Config" in ["face_candidates.wgsl"] {
+            batch, topk, region, rows, total, _pad0, image_size, variances, _pad1,
+        }),
+        mirror!(faces::FaceOutputConfig as "Config" in ["face_output.wgsl"] { batch, region, max_out, _pad }),
+        mirror!(faces::GpuFace as "Face" in ["face_output.wgsl"] { bbox, score, _pad, landmarks, _pad2 }),
         mirror!(nn::DepthwiseConfig as "Config" in ["depthwise_conv.wgsl"] {
             batch, channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride, pad, has_bias, _pad,
         }),

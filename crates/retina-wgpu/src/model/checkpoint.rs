@@ -16,7 +16,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::coco::write_file;
 use crate::error::{Error, Result};
-use crate::model::{RetinaNet, RetinaNetConfig};
+use crate::model::{ParamSpec, RetinaNet, RetinaNetConfig};
 use crate::nn::Shape;
 
 /// The configuration file of a model directory.
@@ -77,13 +77,19 @@ pub struct Contents {
 /// Reads `net`'s parameters from safetensors bytes (`source` names them in errors), with the
 /// file's metadata.
 pub fn from_safetensors(net: &RetinaNet, bytes: &[u8], source: &str) -> Result<Contents> {
+    read_tensors(net.params(), bytes, source)
+}
+
+/// Reads the tensors of `specs` (each F32 of its shape, finite, no other tensor in the file)
+/// from safetensors bytes (`source` names them in errors), with the file's metadata.
+pub(crate) fn read_tensors(specs: &[ParamSpec], bytes: &[u8], source: &str) -> Result<Contents> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(source, format!("not a readable safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::format(source, format!("not a readable safetensors file: {e}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
-    let mut values = Vec::with_capacity(net.params().len());
-    for spec in net.params() {
+    let mut values = Vec::with_capacity(specs.len());
+    for spec in specs {
         let view = file.tensor(&spec.name).map_err(|_| {
             Error::format(
                 source,
@@ -118,7 +124,7 @@ pub fn from_safetensors(net: &RetinaNet, bytes: &[u8], source: &str) -> Result<C
         }
         values.push(data);
     }
-    let expected = net.params().len();
+    let expected = specs.len();
     if file.len() != expected {
         return Err(Error::format(
             source,
