@@ -799,3 +799,84 @@ fn a_training_run_killed_at_random_moments_resumes_to_the_same_weights() {
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `retina detect --model faces` on a real photo, on each backend: one face with five landmarks
+/// in `results.json` (image pixels, as the reference pipeline gives them: the golden vectors of
+/// tests/golden/retinaface.json), the drawn photo, and `retina bench detect` rows.
+#[test]
+fn detect_faces_writes_landmarks_and_the_drawn_photo() {
+    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../photos/astronaut.png");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../retina-wgpu/tests/golden/retinaface.json"
+    );
+    let golden = common::parse_golden(path, &std::fs::read_to_string(path).unwrap());
+    let want = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["photo"] == "photos/astronaut.png" && c["crop"][2] == 512 && c["score_threshold"] == 0.9)
+        .expect("the full astronaut photo at the default threshold");
+    let want = common::f32s(&want["faces"][0]);
+    let backends: &[&str] = if common::gpu().is_some() {
+        &["cpu", "gpu"]
+    } else {
+        &["cpu"]
+    };
+    for backend in backends {
+        let out_dir = scratch(&format!("faces-{backend}"));
+        let out = retina(&[
+            "detect",
+            "--model",
+            "faces",
+            "--draw",
+            "--backend",
+            backend,
+            "--out",
+            out_dir.to_str().unwrap(),
+            photo,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("1 faces"), "{stdout}");
+        let results: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+        let face = &results[0];
+        let bbox = common::f32s(&face["bbox"]);
+        let marks: Vec<f32> = face["landmarks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(common::f32s)
+            .collect();
+        assert_eq!(marks.len(), 10, "{face}");
+        for (got, want) in bbox.iter().chain(&marks).zip(want[..4].iter().chain(&want[5..])) {
+            assert!((got - want).abs() < 0.02, "{backend}: {face} vs the reference {want:?}");
+        }
+        assert!((face["score"].as_f64().unwrap() as f32 - want[4]).abs() < 1e-5);
+        let drawn = image::open(out_dir.join("astronaut.faces.png"))
+            .expect("the drawn photo")
+            .into_rgb8();
+        assert_eq!(drawn.dimensions(), (512, 512));
+        let original = image::open(photo).unwrap().into_rgb8();
+        assert_ne!(drawn, original, "boxes and landmarks were drawn");
+    }
+    let out = retina(&[
+        "bench",
+        "detect",
+        "--model",
+        "faces",
+        "--size",
+        "160x120",
+        "--iters",
+        "1",
+        "--json",
+        "--backend",
+        backends[backends.len() - 1],
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["op"], "detect_faces_160x120");
+    assert_eq!(rows[0]["unit"], "images/s");
+    assert!(rows[0]["throughput"].as_f64().unwrap() > 0.0);
+}

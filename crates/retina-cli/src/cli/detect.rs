@@ -11,11 +11,13 @@ use retina_wgpu::model::{DetectEngine, Detector, checkpoint};
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::{Error, Result};
 
+use crate::cli::faces;
 use crate::cli::train::EngineChoice;
 
 #[derive(Args, Debug)]
 pub struct DetectArgs {
-    /// A trained model directory (`config.json`, `model.safetensors`).
+    /// A trained model directory (`config.json`, `model.safetensors`), or `faces` for the
+    /// committed RetinaFace (MobileNet-0.25) face detector.
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
     /// Images (PNG or JPEG).
@@ -24,9 +26,10 @@ pub struct DetectArgs {
     /// Where `results.json`, `images.json` and the drawn images go.
     #[arg(long, default_value = "detections")]
     out: PathBuf,
-    /// Keep detections scoring at least this.
-    #[arg(long, default_value_t = 0.3)]
-    score: f32,
+    /// Keep detections scoring at least this (0.3; a face model's own threshold, 0.9 for
+    /// `faces`, which keeps scores above it).
+    #[arg(long)]
+    score: Option<f32>,
     /// Also write each image with its boxes, class names and scores drawn.
     #[arg(long)]
     draw: bool,
@@ -36,13 +39,17 @@ pub struct DetectArgs {
 }
 
 pub fn run(args: DetectArgs) -> Result<()> {
-    if !(0.0..1.0).contains(&args.score) {
+    if let Some(score) = args.score.filter(|s| !(0.0..1.0).contains(s)) {
         return Err(Error::InvalidParameter(format!(
-            "--score must be in [0, 1), got {}",
-            args.score
+            "--score must be in [0, 1), got {score}"
         )));
     }
-    let (net, values) = checkpoint::load_model(&args.model)?;
+    let model = faces::resolve(&args.model);
+    if faces::is_retinaface(&model) {
+        return faces::run(&model, &args.images, &args.out, args.score, args.draw, args.backend);
+    }
+    let min_score = args.score.unwrap_or(0.3);
+    let (net, values) = checkpoint::load_model(&model)?;
     let size = net.config().input_size as u32;
     let categories = CategoryMap::new(&net.config().category_list())?;
     let samples = args
@@ -59,7 +66,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let mut results = Vec::new();
     let mut images = Vec::new();
     for ((sample, dets), path) in samples.iter().zip(&detections).zip(&args.images) {
-        let kept: Vec<_> = dets.iter().filter(|d| d.score >= args.score).copied().collect();
+        let kept: Vec<_> = dets.iter().filter(|d| d.score >= min_score).copied().collect();
         let found = coco::detections_to_results(&kept, sample.image_id(), sample.letterbox(), &categories)?;
         println!("{}: {} detections", path.display(), found.len());
         for r in &found {

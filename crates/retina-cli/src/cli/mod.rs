@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod detect;
 mod eval;
+pub(crate) mod faces;
 mod info;
 mod synth;
 mod train;

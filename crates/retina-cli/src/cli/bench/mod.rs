@@ -4,6 +4,7 @@
 
 mod conv;
 mod eval;
+mod faces;
 mod focal;
 mod matcher;
 mod nms;
@@ -38,6 +39,8 @@ enum Which {
     Eval(eval::EvalArgs),
     /// The small RetinaNet's training step and inference at batch 8: GPU vs CPU, images/s.
     Train(train::TrainArgs),
+    /// A face model (`--model faces`) on a photo, the whole pipeline per image: GPU vs CPU.
+    Detect(faces::DetectArgs),
 }
 
 /// Options every bench takes.
@@ -62,6 +65,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Which::Nms(a) => nms::run(a),
         Which::Eval(a) => eval::run(a),
         Which::Train(a) => train::run(a),
+        Which::Detect(a) => faces::run(a),
     }
 }
 
