@@ -14,8 +14,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use retina_wgpu::data::SceneConfig;
-use retina_wgpu::gpu::{DetectionOutput, GpuBuffer, OutputOptions};
-use retina_wgpu::model::{PreparedDetector, RetinaNet, RetinaNetConfig, checkpoint};
+use retina_wgpu::gpu::{DetectionOutput, FaceOutput, GpuBuffer, OutputOptions};
+use retina_wgpu::model::{PreparedDetector, PreparedFaces, RetinaFace, RetinaNet, RetinaNetConfig, checkpoint};
 use retina_wgpu::ops::image::Normalize;
 use retina_wgpu::{GpuContext, GpuOptions};
 use wasm_bindgen::prelude::*;
@@ -120,6 +120,88 @@ impl WebDetector {
                 flat.extend(d.bbox.map(|v| v * scale));
                 flat.push(d.score);
                 flat.push(d.class as f32);
+            }
+            Ok(js_sys::Float32Array::from(flat.as_slice()).into())
+        })
+    }
+}
+
+/// Faces the page reads back per image at most (the network's own cap is its top-k).
+const PAGE_MAX_FACES: usize = 256;
+
+struct FacesInner {
+    ctx: GpuContext,
+    faces: PreparedFaces,
+    /// The input and output of the last image size.
+    buffers: Option<((usize, usize), GpuBuffer<f32>, FaceOutput)>,
+}
+
+/// RetinaFace on the page's WebGPU device: the network and its post-processing recorded in one
+/// encoder, the faces read back.
+#[wasm_bindgen]
+pub struct WebFaces {
+    inner: Rc<RefCell<FacesInner>>,
+}
+
+#[wasm_bindgen]
+impl WebFaces {
+    /// Makes the WebGPU context and the face detector of `config_json` (the model's
+    /// `config.json`, `"architecture": "retinaface"`) with `weights` (its `model.safetensors`).
+    pub async fn load(config_json: String, weights: Vec<u8>) -> Result<WebFaces, JsError> {
+        let (net, values) = RetinaFace::from_bytes(config_json.as_bytes(), &weights).map_err(js)?;
+        let ctx = GpuContext::new_async(GpuOptions::default()).await.map_err(js)?;
+        let faces = PreparedFaces::new(&ctx, net, &values).map_err(js)?;
+        Ok(WebFaces {
+            inner: Rc::new(RefCell::new(FacesInner {
+                ctx,
+                faces,
+                buffers: None,
+            })),
+        })
+    }
+
+    /// Finds faces in an RGBA image of `width` x `height` pixels (a canvas's `ImageData`; the
+    /// network runs at that size): resolves to a `Float32Array` of 15 values per face, best
+    /// first: `[x1, y1, x2, y2, score]` and five landmarks `(x, y)`, in image pixels (at most
+    /// 256 faces).
+    // The borrow is held across the readback on purpose (see `WebDetector::detect`).
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
+        let inner = Rc::clone(&self.inner);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = inner
+                .try_borrow_mut()
+                .map_err(|_| JsError::new("a detection is already running"))?;
+            let this = &mut *guard;
+            let (w, h) = (width as usize, height as usize);
+            let bytes = w.checked_mul(h).and_then(|n| n.checked_mul(4));
+            if w == 0 || h == 0 || bytes != Some(rgba.len()) {
+                return Err(JsError::new(&format!(
+                    "{} bytes are not an RGBA image of {width} x {height}",
+                    rgba.len()
+                ))
+                .into());
+            }
+            let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            let input = this.faces.net().input(&rgb, w, h).map_err(js)?;
+            if this.buffers.as_ref().is_none_or(|(size, _, _)| *size != (h, w)) {
+                let images = this.ctx.zeros::<f32>(input.len()).map_err(js)?;
+                let out = this.faces.output(1, PAGE_MAX_FACES).map_err(js)?;
+                this.buffers = Some(((h, w), images, out));
+            }
+            let (_, images, out) = this.buffers.as_ref().expect("made above");
+            this.ctx.write(images, &input).map_err(js)?;
+            let mut encoder = this.ctx.device().create_command_encoder(&Default::default());
+            this.faces.record(&mut encoder, images, (h, w), out).map_err(js)?;
+            this.ctx.queue().submit([encoder.finish()]);
+            let counts = this.ctx.download_async(&out.counts).await.map_err(js)?;
+            let faces = this.ctx.download_async(&out.faces).await.map_err(js)?;
+            let n = (counts[0] as usize).min(faces.len());
+            let mut flat = Vec::with_capacity(15 * n);
+            for f in &faces[..n] {
+                flat.extend(f.bbox);
+                flat.push(f.score);
+                flat.extend(f.landmarks);
             }
             Ok(js_sys::Float32Array::from(flat.as_slice()).into())
         })

@@ -4,7 +4,7 @@ library only), waits until the page has run the detector on its first synthetic 
 that boxes were drawn, and saves a screenshot.
 
     python3 web/screenshot.py [--out docs/web-page.png] [--timeout 180] [--runs N] [--console]
-                              [--bad-files]
+                              [--bad-files] [--faces]
 
 With --bad-files it then picks, through the page's file input, an empty file, a text file, a
 truncated PNG, a PNG of 20,000 x 20,000 pixels and a file over the page's size limit, and checks
@@ -80,6 +80,45 @@ def bad_files(folder):
     return out
 
 
+def check_faces(base, s, timeout, runs):
+    """Switches the page to the face model; exits non-zero unless the faces it finds on the
+    sample photo are the reference pipeline's (boxes and landmarks within 0.05 px)."""
+    call(base, "POST", s + "/execute/sync", {
+        "script": "const m = document.getElementById('model'); m.value = 'faces';"
+                  " m.dispatchEvent(new Event('change'));", "args": []})
+    deadline = time.time() + timeout
+    state = {}
+    while time.time() < deadline:
+        state = call(base, "POST", s + "/execute/sync", {
+            "script": "return Object.assign({}, document.body.dataset,"
+                      " {status: document.getElementById('status').textContent});", "args": []})
+        if int(state.get("runs", "0")) > runs or "error" in state:
+            break
+        time.sleep(0.5)
+    print(state.get("status", "(no status)"))
+    if "error" in state:
+        sys.exit(f"the face model failed: {state['error']}")
+    if "faceValues" not in state:
+        sys.exit(f"the page found no faces within {timeout} s")
+    got = [float(v) for v in state["faceValues"].split()]
+    golden = os.path.join(WEB, "..", "crates", "retina-wgpu", "tests", "golden", "retinaface.json")
+    with open(golden) as f:
+        cases = json.load(f)["cases"]
+    want = next(c for c in cases if c["photo"] == "photos/astronaut.png" and c["crop"] == [0, 0, 512, 512]
+                and c["score_threshold"] == 0.9)["faces"]
+    if len(got) != 15 * len(want):
+        sys.exit(f"the page found {len(got) // 15} faces, the reference {len(want)}")
+    for i, face in enumerate(want):
+        x, y, w, h, score = face[:5]
+        expect = [x, y, x + w, y + h, score] + face[5:]
+        page = got[15 * i:15 * (i + 1)]
+        worst = max(abs(a - b) for a, b in zip(page, expect))
+        print(f"face {i}: page {page[:5]}, reference {[round(v, 2) for v in expect[:5]]}, largest difference {worst:.3f}")
+        # The page rounds to 0.01 px.
+        if worst > 0.05:
+            sys.exit(f"face {i} differs from the reference by {worst:.3f} px")
+
+
 def check_bad_files(base, s, timeout, good_image):
     """Picks each bad file, then a good one; exits non-zero unless every bad file gave its
     message and the good one was detected afterwards."""
@@ -118,6 +157,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=180)
     ap.add_argument("--console", action="store_true", help="print the page's console messages")
     ap.add_argument("--runs", type=int, default=1, help="scenes to time after the first (the picture is the last)")
+    ap.add_argument("--faces", action="store_true",
+                    help="then run the face model on the sample photo and check its faces")
     ap.add_argument("--bad-files", action="store_true",
                     help="then pick bad files and a good one through the file input")
     args = ap.parse_args()
@@ -186,12 +227,14 @@ def main():
                 sys.exit(f"the page failed: {state['error']}")
             if int(state.get("runs", "0")) < 1 + args.runs:
                 sys.exit(f"the page did not finish {1 + args.runs} detections within {args.timeout} s")
+            if args.faces:
+                check_faces(base, s, args.timeout, int(state.get("runs", "0")))
             png = base64.b64decode(call(base, "GET", s + "/screenshot"))
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out, "wb") as f:
                 f.write(png)
             print(f"saved {args.out} ({len(png)} bytes); {state['boxes']} boxes drawn in {state.get('ms')} ms")
-            if int(state["boxes"]) < 1:
+            if int(state.get("boxes", "0")) < 1:
                 sys.exit("no box was drawn")
             if args.bad_files:
                 check_bad_files(base, s, args.timeout,
