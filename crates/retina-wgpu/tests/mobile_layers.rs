@@ -385,3 +385,66 @@ fn mobile_layer_shape_errors_name_the_layer() {
         assert!(err.contains("slice channels"), "{err}");
     }
 }
+
+/// The CPU fuses LeakyReLU into the convolutions' epilogues (`conv2d_leaky`,
+/// `depthwise_conv2d_leaky`): bit for bit the two steps, on every path of its convolution (one
+/// image, a batch in one GEMM, per-image blocks, pointwise); the GPU's (two steps) within
+/// rounding of the CPU's.
+#[test]
+fn fused_leaky_convolutions_equal_the_two_steps() {
+    let mut rng = Rng::new(14);
+    let mut c = CpuEngine::<f32>::new();
+    let cases = [
+        (Conv2d::new(3, 8, 3, 2), Shape::new(1, 3, 33, 31)),
+        (Conv2d::new(16, 32, 1, 1), Shape::new(1, 16, 20, 20)),
+        (Conv2d::new(8, 8, 3, 1), Shape::new(4, 8, 40, 40)),
+        (Conv2d::new(8, 8, 3, 1), Shape::new(2, 8, 5, 5)),
+    ];
+    let mut g = gpu().map(|ctx| GpuEngine::new(&ctx).unwrap());
+    for (conv, s) in cases {
+        let (x, w, b) = (
+            random(&mut rng, s.len()),
+            random(&mut rng, conv.weight_shape().len()),
+            random(&mut rng, conv.out_channels),
+        );
+        let (xt, wt, bt) = (
+            c.tensor(s, &x).unwrap(),
+            c.tensor(conv.weight_shape(), &w).unwrap(),
+            c.tensor(conv.bias_shape(), &b).unwrap(),
+        );
+        let fused = c.conv2d_leaky(&conv, &xt, &wt, Some(&bt), 0.1).unwrap();
+        let plain = c.conv2d(&conv, &xt, &wt, Some(&bt)).unwrap();
+        let two = c.leaky_relu(&plain, 0.1).unwrap();
+        assert_eq!(fused.data(), two.data(), "{conv} on {s}");
+        if let Some(g) = g.as_mut() {
+            let (gx, gw, gb) = (
+                g.tensor(s, &x).unwrap(),
+                g.tensor(conv.weight_shape(), &w).unwrap(),
+                g.tensor(conv.bias_shape(), &b).unwrap(),
+            );
+            let y = g.conv2d_leaky(&conv, &gx, &gw, Some(&gb), 0.1).unwrap();
+            assert_close(
+                &format!("{conv} on {s} fused"),
+                &g.read(&y).unwrap(),
+                fused.data(),
+                1e-4,
+            );
+        }
+    }
+    for (conv, s) in depthwise_cases() {
+        let (x, w, b) = (
+            random(&mut rng, s.len()),
+            random(&mut rng, conv.depthwise_weight_shape().len()),
+            random(&mut rng, conv.out_channels),
+        );
+        let (xt, wt, bt) = (
+            c.tensor(s, &x).unwrap(),
+            c.tensor(conv.depthwise_weight_shape(), &w).unwrap(),
+            c.tensor(conv.bias_shape(), &b).unwrap(),
+        );
+        let fused = c.depthwise_conv2d_leaky(&conv, &xt, &wt, Some(&bt), 0.1).unwrap();
+        let plain = c.depthwise_conv2d(&conv, &xt, &wt, Some(&bt)).unwrap();
+        let two = c.leaky_relu(&plain, 0.1).unwrap();
+        assert_eq!(fused.data(), two.data(), "depthwise {conv} on {s}");
+    }
+}

@@ -480,12 +480,33 @@ impl<T> Clone for ConvProblem<'_, T> {
 
 impl<T> Copy for ConvProblem<'_, T> {}
 
-/// Forward pass into `y` (`p.out` shaped).
-pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut [T]) {
+/// Forward pass into `y` (`p.out` shaped), followed by LeakyReLU with slope `leaky` when given, applied as the
+/// bias is added (one pass over the output instead of two).
+pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
     if per_image(p.input, p.out) {
-        forward_per_image(p, bias, y);
+        forward_per_image(p, bias, leaky, y);
     } else {
-        forward_batched(p, bias, y);
+        forward_batched(p, bias, leaky, y);
+    }
+}
+
+/// `v` through the epilogue: LeakyReLU with slope `leaky` when given (a NaN stays NaN).
+#[inline(always)]
+fn epilogue<T: Real>(v: T, leaky: Option<T>) -> T {
+    match leaky {
+        Some(slope) if !(v > T::ZERO) => v * slope,
+        _ => v,
+    }
+}
+
+/// Adds the bias to each output channel's row of `n` values and applies the epilogue.
+fn bias_epilogue<T: Real>(y: &mut [T], n: usize, bias: Option<&[T]>, leaky: Option<T>) {
+    if bias.is_none() && leaky.is_none() {
+        return;
+    }
+    for (co, row) in y.chunks_mut(n).enumerate() {
+        let bc = bias.map_or(T::ZERO, |b| b[co]);
+        row.iter_mut().for_each(|v| *v = epilogue(*v + bc, leaky));
     }
 }
 
@@ -500,7 +521,7 @@ pub(crate) fn backward<T: Real>(p: &ConvProblem<'_, T>, dy: &[T], dw: &mut [T], 
 
 /// Forward pass, the whole batch as one GEMM, `[Cout x K] x [K x B*Ho*Wo]`, then the result
 /// scattered to NCHW with the bias.
-fn forward_batched<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut [T]) {
+fn forward_batched<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
     let ConvProblem {
         conv,
         x,
@@ -512,6 +533,26 @@ fn forward_batched<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut 
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let bn = input.n * n;
     let serial = cout * bn * k < SERIAL_MAX_MACS;
+    if input.n == 1 {
+        // One image: the GEMM's [Cout x H*W] result is already NCHW, and a pointwise layer's
+        // input is already its [K x H*W] operand: no im2col copy, no scatter.
+        let col;
+        let rhs: &[T] = if is_pointwise(conv) {
+            x
+        } else {
+            col = batch_columns(conv, x, input, out, pool, serial);
+            &col
+        };
+        matmul(cout, n, k, y, (w, k, 1), (rhs, n, 1), false, gemm_parallelism(serial));
+        if serial {
+            bias_epilogue(y, n, bias, leaky);
+        } else {
+            y.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
+                bias_epilogue(row, n, bias.map(|b| &b[co..co + 1]), leaky);
+            });
+        }
+        return;
+    }
     let col = batch_columns(conv, x, input, out, pool, serial);
     let mut y_t = pool.take(cout * bn);
     matmul(
@@ -528,7 +569,7 @@ fn forward_batched<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut 
         for (co, row) in yb.chunks_mut(n).enumerate() {
             let bc = bias.map_or(T::ZERO, |bias| bias[co]);
             for (v, &t) in row.iter_mut().zip(&y_t[co * bn + b * n..][..n]) {
-                *v = t + bc;
+                *v = epilogue(t + bc, leaky);
             }
         }
     });
@@ -987,7 +1028,7 @@ fn block_width(k: usize, n: usize) -> usize {
 
 /// Forward pass, per image and per block of output pixels: `[Cout x K] x [K x block]` GEMMs
 /// on cache-resident im2col blocks, images in parallel.
-fn forward_per_image<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mut [T]) {
+fn forward_per_image<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
     let ConvProblem {
         conv,
         x,
@@ -1046,11 +1087,7 @@ fn forward_per_image<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, y: &mu
                     );
                 }
             }
-            if let Some(b) = bias {
-                for (row, &bc) in yb.chunks_mut(n).zip(b) {
-                    row.iter_mut().for_each(|v| *v += bc);
-                }
-            }
+            bias_epilogue(yb, n, bias, leaky);
         }
     });
 }
@@ -1347,7 +1384,7 @@ mod tests {
             for (path, forward, backward) in paths {
                 let what = |t: &str| format!("{t} of {conv:?}, {path}");
                 let mut y = vec![f64::NAN; out.len()];
-                forward(&p, Some(&bias), &mut y);
+                forward_leaky(&p, Some(&bias), None, &mut y);
                 assert_close(&y, &want.y, &what("y"));
                 let (mut dw, mut db, mut dx) = (
                     vec![f64::NAN; w.len()],

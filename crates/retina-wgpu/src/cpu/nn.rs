@@ -252,6 +252,55 @@ impl<T: Real> CpuEngine<T> {
         })
     }
 
+    /// A convolution, with LeakyReLU of slope `leaky` fused into its epilogue when given.
+    fn conv2d_maybe_leaky(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        bias: Option<&CpuTensor<T>>,
+        leaky: Option<T>,
+    ) -> Result<CpuTensor<T>> {
+        let out = c.output_shape(x.shape)?;
+        check_same("conv2d weights", weight.shape, c.weight_shape())?;
+        if let Some(b) = bias {
+            check_same("conv2d bias", b.shape, c.bias_shape())?;
+        }
+        let mut y = self.alloc("conv2d", out)?;
+        if out.is_empty() {
+            // A batch of no images: nothing to compute.
+            return Ok(y);
+        }
+        let problem = ConvProblem {
+            conv: c,
+            x: &x.data,
+            input: x.shape,
+            w: &weight.data,
+            out,
+            pool: &self.pool,
+        };
+        conv::forward_leaky(&problem, bias.map(|b| &b.data[..]), leaky, &mut y.data);
+        Ok(y)
+    }
+
+    /// A depthwise convolution, with LeakyReLU of slope `leaky` fused when given.
+    fn depthwise_maybe_leaky(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        bias: Option<&CpuTensor<T>>,
+        leaky: Option<T>,
+    ) -> Result<CpuTensor<T>> {
+        let out = check_depthwise(c, x.shape, weight.shape, bias.map(|b| b.shape))?;
+        let mut y = self.alloc("depthwise conv2d", out)?;
+        if !out.is_empty() {
+            let b = bias.map(|b| &b.data[..]);
+            depthwise::forward(c, &x.data, x.shape, &weight.data, b, leaky, out, &mut y.data);
+        }
+        Ok(y)
+    }
+
     fn map(&self, op: &str, x: &CpuTensor<T>, f: impl Fn(T) -> T + Sync) -> Result<CpuTensor<T>> {
         let mut out = self.alloc(op, x.shape)?;
         out.data
@@ -303,26 +352,19 @@ impl<T: Real> Engine for CpuEngine<T> {
         weight: &CpuTensor<T>,
         bias: Option<&CpuTensor<T>>,
     ) -> Result<CpuTensor<T>> {
-        let out = c.output_shape(x.shape)?;
-        check_same("conv2d weights", weight.shape, c.weight_shape())?;
-        if let Some(b) = bias {
-            check_same("conv2d bias", b.shape, c.bias_shape())?;
-        }
-        let mut y = self.alloc("conv2d", out)?;
-        if out.is_empty() {
-            // A batch of no images: nothing to compute.
-            return Ok(y);
-        }
-        let problem = ConvProblem {
-            conv: c,
-            x: &x.data,
-            input: x.shape,
-            w: &weight.data,
-            out,
-            pool: &self.pool,
-        };
-        conv::forward(&problem, bias.map(|b| &b.data[..]), &mut y.data);
-        Ok(y)
+        self.conv2d_maybe_leaky(c, x, weight, bias, None)
+    }
+
+    fn conv2d_leaky(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        bias: Option<&CpuTensor<T>>,
+        slope: f32,
+    ) -> Result<CpuTensor<T>> {
+        check_slope("conv2d leaky", slope)?;
+        self.conv2d_maybe_leaky(c, x, weight, bias, Some(T::from_f32(slope)))
     }
 
     fn conv2d_backward(
@@ -449,20 +491,19 @@ impl<T: Real> Engine for CpuEngine<T> {
         weight: &CpuTensor<T>,
         bias: Option<&CpuTensor<T>>,
     ) -> Result<CpuTensor<T>> {
-        let out = check_depthwise(c, x.shape, weight.shape, bias.map(|b| b.shape))?;
-        let mut y = self.alloc("depthwise conv2d", out)?;
-        if !out.is_empty() {
-            depthwise::forward(
-                c,
-                &x.data,
-                x.shape,
-                &weight.data,
-                bias.map(|b| &b.data[..]),
-                out,
-                &mut y.data,
-            );
-        }
-        Ok(y)
+        self.depthwise_maybe_leaky(c, x, weight, bias, None)
+    }
+
+    fn depthwise_conv2d_leaky(
+        &mut self,
+        c: &Conv2d,
+        x: &CpuTensor<T>,
+        weight: &CpuTensor<T>,
+        bias: Option<&CpuTensor<T>>,
+        slope: f32,
+    ) -> Result<CpuTensor<T>> {
+        check_slope("depthwise conv2d leaky", slope)?;
+        self.depthwise_maybe_leaky(c, x, weight, bias, Some(T::from_f32(slope)))
     }
 
     fn depthwise_conv2d_backward(

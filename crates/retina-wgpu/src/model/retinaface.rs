@@ -472,14 +472,12 @@ impl RetinaFace {
 
     fn conv<E: Engine>(&self, e: &mut E, params: &[E::Tensor], l: &Layer, x: &E::Tensor) -> Result<E::Tensor> {
         let (w, b) = (&params[l.weight], Some(&params[l.bias]));
-        let y = if l.depthwise {
-            e.depthwise_conv2d(&l.conv, x, w, b)?
-        } else {
-            e.conv2d(&l.conv, x, w, b)?
-        };
-        match l.act {
-            Act::None => Ok(y),
-            Act::Leaky => e.leaky_relu(&y, self.config.leaky_slope),
+        let slope = self.config.leaky_slope;
+        match (l.depthwise, l.act) {
+            (true, Act::Leaky) => e.depthwise_conv2d_leaky(&l.conv, x, w, b, slope),
+            (true, Act::None) => e.depthwise_conv2d(&l.conv, x, w, b),
+            (false, Act::Leaky) => e.conv2d_leaky(&l.conv, x, w, b, slope),
+            (false, Act::None) => e.conv2d(&l.conv, x, w, b),
         }
     }
 

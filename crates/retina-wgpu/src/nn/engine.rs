@@ -164,6 +164,34 @@ pub trait Engine {
         bias: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor>;
 
+    /// [`Engine::conv2d`] followed by [`Engine::leaky_relu`]. The default runs the two; an
+    /// engine may fuse them (the CPU applies the slope as it adds the bias).
+    fn conv2d_leaky(
+        &mut self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        slope: f32,
+    ) -> Result<Self::Tensor> {
+        let y = self.conv2d(conv, x, weight, bias)?;
+        self.leaky_relu(&y, slope)
+    }
+
+    /// [`Engine::depthwise_conv2d`] followed by [`Engine::leaky_relu`] (fused where the engine
+    /// can, as [`Engine::conv2d_leaky`]).
+    fn depthwise_conv2d_leaky(
+        &mut self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        slope: f32,
+    ) -> Result<Self::Tensor> {
+        let y = self.depthwise_conv2d(conv, x, weight, bias)?;
+        self.leaky_relu(&y, slope)
+    }
+
     /// Gradients of [`Engine::depthwise_conv2d`] with respect to its weights, bias and (if
     /// `input_grad`) input.
     fn depthwise_conv2d_backward(
