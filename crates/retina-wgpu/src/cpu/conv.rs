@@ -494,7 +494,7 @@ pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>,
 #[inline(always)]
 fn epilogue<T: Real>(v: T, leaky: Option<T>) -> T {
     match leaky {
-        Some(slope) if !(v > T::ZERO) => v * slope,
+        Some(slope) if v.partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater) => v * slope,
         _ => v,
     }
 }
@@ -1375,7 +1375,7 @@ mod tests {
                 out,
                 pool: &pool,
             };
-            type Forward = fn(&ConvProblem<'_, f64>, Option<&[f64]>, &mut [f64]);
+            type Forward = fn(&ConvProblem<'_, f64>, Option<&[f64]>, Option<f64>, &mut [f64]);
             type Backward = fn(&ConvProblem<'_, f64>, &[f64], &mut [f64], &mut [f64], Option<&mut [f64]>);
             let paths: [(&str, Forward, Backward); 2] = [
                 ("batched", forward_batched, backward_batched),
@@ -1384,7 +1384,7 @@ mod tests {
             for (path, forward, backward) in paths {
                 let what = |t: &str| format!("{t} of {conv:?}, {path}");
                 let mut y = vec![f64::NAN; out.len()];
-                forward_leaky(&p, Some(&bias), None, &mut y);
+                forward(&p, Some(&bias), None, &mut y);
                 assert_close(&y, &want.y, &what("y"));
                 let (mut dw, mut db, mut dx) = (
                     vec![f64::NAN; w.len()],

@@ -73,7 +73,7 @@ pub(crate) fn forward<T: Real>(
         }
         if let Some(slope) = leaky {
             dst.iter_mut()
-                .filter(|v| !(**v > T::ZERO))
+                .filter(|v| (**v).partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater))
                 .for_each(|v| *v = *v * slope);
         }
     });
