@@ -269,3 +269,45 @@ fn bad_face_models_and_images_are_clear_errors() {
         .to_string();
     assert!(msg.contains("score threshold"), "{msg}");
 }
+
+/// `PreparedFaces` recorded into a host's encoder frame after frame on one size: from the
+/// second frame nothing is created, written or compiled, and every frame's faces are the
+/// reference's.
+#[test]
+fn prepared_faces_frames_create_nothing_after_the_first() {
+    let Some(ctx) = gpu() else { return };
+    let (net, values) = model();
+    let file = golden("retinaface.json");
+    let case = file["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["photo"] == "photos/mosaic.png" && c["crop"][2] == 611 && c["score_threshold"] == 0.05)
+        .unwrap();
+    let (rgb, w, h) = image(case);
+    let mut prepared = PreparedFaces::new(&ctx, net.clone(), &values).unwrap();
+    prepared.post = params_of(&net, case);
+    let input = ctx.upload(&net.input(&rgb, w, h).unwrap()).unwrap();
+    let out = prepared.output(1, 32).unwrap();
+    for frame in 1..=4 {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let before = ctx.resource_stats();
+        prepared.record(&mut encoder, &input, (h, w), &out).unwrap();
+        let after = ctx.resource_stats();
+        if frame > 1 {
+            assert_eq!(after, before, "frame {frame} created, wrote or compiled something");
+        }
+        ctx.queue().submit([encoder.finish()]);
+        let count = ctx.download(&out.counts).unwrap()[0] as usize;
+        let faces: Vec<Face> = ctx.download(&out.faces).unwrap()[..count]
+            .iter()
+            .map(|&f| f.into())
+            .collect();
+        check_faces(&format!("prepared frame {frame}"), case, &faces, 0.02);
+    }
+    // Bad input is refused before anything is recorded.
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    assert!(prepared.record(&mut encoder, &input, (h + 1, w), &out).is_err());
+    let two = prepared.output(2, 32).unwrap();
+    assert!(prepared.record(&mut encoder, &input, (h, w), &two).is_err());
+}
