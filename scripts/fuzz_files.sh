@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 budget="${1:-600}"
 cases="${PROPTEST_CASES:-5000}"
-cargo build --release -p retina-wgpu --tests --quiet
+cargo build --release -p retina-wgpu --test fuzz_files --quiet
 end=$(($(date +%s) + budget))
 round=0
 while [ "$(date +%s)" -lt "$end" ]; do

@@ -414,3 +414,95 @@ proptest! {
         prop_assert_eq!(read_image(&bytes, name), Ok(()));
     }
 }
+
+// --- RetinaFace model files -------------------------------------------------------------------
+
+/// A RetinaFace model of the committed configuration with tiny channel counts (weights of
+/// zeros): every tensor of the real model, each a few bytes, so that mutations reach the
+/// header's names and shapes as often as the data.
+fn tiny_face_model() -> (Vec<u8>, Vec<u8>) {
+    let config =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/retinaface-mobilenet0.25/config.json"))
+            .unwrap();
+    let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut conv = |name: &str, out: usize, per_group: usize, k: usize| {
+        shapes.push((format!("{name}.weight"), vec![out, per_group, k, k]));
+        shapes.push((format!("{name}.bias"), vec![out]));
+    };
+    conv("body.stem", 2, 3, 3);
+    for j in 0..13 {
+        conv(&format!("body.blocks.{j}.dw"), 2, 1, 3);
+        conv(&format!("body.blocks.{j}.pw"), 2, 2, 1);
+    }
+    for k in 1..=3 {
+        conv(&format!("fpn.output{k}"), 4, 2, 1);
+    }
+    for k in 1..=2 {
+        conv(&format!("fpn.merge{k}"), 4, 4, 3);
+    }
+    for k in 1..=3 {
+        conv(&format!("ssh{k}.conv3x3"), 2, 4, 3);
+        conv(&format!("ssh{k}.conv5x5_1"), 1, 4, 3);
+        conv(&format!("ssh{k}.conv5x5_2"), 1, 1, 3);
+        conv(&format!("ssh{k}.conv7x7_2"), 1, 1, 3);
+        conv(&format!("ssh{k}.conv7x7_3"), 1, 1, 3);
+    }
+    for (head, values) in [("class_head", 4), ("bbox_head", 8), ("landmark_head", 20)] {
+        for k in 0..3 {
+            conv(&format!("{head}.{k}"), values, 4, 1);
+        }
+    }
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|(_, s)| vec![0u8; 4 * s.iter().product::<usize>()])
+        .collect();
+    let views: Vec<_> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    (config, safetensors::serialize(views, None).unwrap())
+}
+
+/// A mutated face model: refused, or a network whose tensors have the sizes it names.
+fn read_face_model(config: &[u8], weights: &[u8]) -> std::result::Result<(), String> {
+    let mut outcome = Ok(());
+    no_panic("RetinaFace model", || {
+        if let Ok((net, values)) = retina_wgpu::model::RetinaFace::from_bytes(config, weights) {
+            let lens: Vec<usize> = values.iter().map(Vec::len).collect();
+            let want: Vec<usize> = net.params().iter().map(|p| p.shape.len()).collect();
+            if lens != want {
+                outcome = Err(format!("accepted tensors of {lens:?} values for {want:?}"));
+            }
+        }
+    })?;
+    outcome
+}
+
+#[test]
+fn the_tiny_face_model_seed_loads() {
+    let (config, weights) = tiny_face_model();
+    let (net, _) = retina_wgpu::model::RetinaFace::from_bytes(&config, &weights).unwrap();
+    assert_eq!(net.params().len(), 112);
+}
+
+proptest! {
+    #![proptest_config(config(200))]
+
+    #[test]
+    fn face_model_weights_never_panic_or_load_the_wrong_shapes(edits in proptest::collection::vec(edit(), 1..6)) {
+        let (config, weights) = tiny_face_model();
+        prop_assert_eq!(read_face_model(&config, &apply(&weights, &edits)), Ok(()));
+    }
+
+    #[test]
+    fn face_model_configs_never_panic(edits in proptest::collection::vec(edit(), 1..6)) {
+        let (config, weights) = tiny_face_model();
+        prop_assert_eq!(read_face_model(&apply(&config, &edits), &weights), Ok(()));
+    }
+}

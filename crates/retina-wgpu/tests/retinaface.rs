@@ -311,3 +311,23 @@ fn prepared_faces_frames_create_nothing_after_the_first() {
     let two = prepared.output(2, 32).unwrap();
     assert!(prepared.record(&mut encoder, &input, (h, w), &two).is_err());
 }
+
+/// A photo with an alpha channel reads as its colours (the alpha dropped), a grey one with its
+/// channel replicated (as the reference's decoder does): the faces are the RGB photo's.
+#[test]
+fn alpha_and_grey_photos_give_the_faces_of_their_colours() {
+    let rgb = coco::read_rgb(repo("photos/astronaut.png")).unwrap();
+    let dir = std::env::temp_dir().join(format!("retinaface-alpha-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rgba = image::RgbaImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+        let p = rgb.get_pixel(x, y).0;
+        image::Rgba([p[0], p[1], p[2], (x % 256) as u8])
+    });
+    rgba.save(dir.join("alpha.png")).unwrap();
+    let back = coco::read_rgb(dir.join("alpha.png")).unwrap();
+    assert_eq!(back, rgb, "the alpha channel is dropped, the colours kept");
+    // camera.png is a one-channel PNG: three equal channels.
+    let grey = coco::read_rgb(repo("photos/camera.png")).unwrap();
+    assert!(grey.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
