@@ -448,3 +448,77 @@ fn fused_leaky_convolutions_equal_the_two_steps() {
         assert_eq!(fused.data(), two.data(), "depthwise {conv} on {s}");
     }
 }
+
+/// A convolution in f64, written out (groups of one).
+fn reference_conv(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32]) -> Vec<f64> {
+    let out = c.output_shape(s).unwrap();
+    let (kh, kw) = c.kernel;
+    let mut y = vec![0.0f64; out.len()];
+    for n in 0..s.n {
+        for co in 0..c.out_channels {
+            for oy in 0..out.h {
+                for ox in 0..out.w {
+                    let mut acc = f64::from(b[co]);
+                    for ci in 0..s.c {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * c.stride + ky) as isize - c.padding as isize;
+                                let ix = (ox * c.stride + kx) as isize - c.padding as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w {
+                                    let xv = x[((n * s.c + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                    acc += f64::from(xv) * f64::from(w[((co * s.c + ci) * kh + ky) * kw + kx]);
+                                }
+                            }
+                        }
+                    }
+                    y[((n * c.out_channels + co) * out.h + oy) * out.w + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// One large image: the CPU splits its convolution over the threads by output pixels (each
+/// thread its own im2col blocks and GEMMs, then the rows assembled with the bias and LeakyReLU):
+/// against a direct f64 convolution, "same" convolutions at stride 1 and 2, one without
+/// padding, and non-square sizes whose pixel ranges split unevenly.
+#[test]
+fn one_large_image_convolutions_split_over_threads_match_a_direct_reference() {
+    let mut rng = Rng::new(15);
+    let mut e = CpuEngine::<f32>::new();
+    let layer = |cin: usize, cout: usize, k: usize, stride: usize, padding: usize| Conv2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: (k, k),
+        stride,
+        padding,
+    };
+    for (conv, s) in [
+        (layer(16, 32, 3, 1, 1), Shape::new(1, 16, 61, 83)),
+        (layer(8, 24, 3, 2, 1), Shape::new(1, 8, 121, 97)),
+        (layer(16, 16, 3, 1, 0), Shape::new(1, 16, 67, 71)),
+    ] {
+        let (x, w, b) = (
+            random(&mut rng, s.len()),
+            random(&mut rng, conv.weight_shape().len()),
+            random(&mut rng, conv.out_channels),
+        );
+        let want = reference_conv(&conv, &x, s, &w, &b);
+        let (xt, wt, bt) = (
+            e.tensor(s, &x).unwrap(),
+            e.tensor(conv.weight_shape(), &w).unwrap(),
+            e.tensor(conv.bias_shape(), &b).unwrap(),
+        );
+        let got = e.conv2d(&conv, &xt, &wt, Some(&bt)).unwrap();
+        for (i, (&g, &w)) in got.data().iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{conv} on {s} [{i}]: {g} vs {w}"
+            );
+        }
+        let leaky = e.conv2d_leaky(&conv, &xt, &wt, Some(&bt), 0.1).unwrap();
+        let two = e.leaky_relu(&got, 0.1).unwrap();
+        assert_eq!(leaky.data(), two.data(), "{conv} on {s}: fused LeakyReLU");
+    }
+}

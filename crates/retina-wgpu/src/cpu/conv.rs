@@ -533,6 +533,10 @@ fn forward_batched<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: O
     let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
     let bn = input.n * n;
     let serial = cout * bn * k < SERIAL_MAX_MACS;
+    if input.n == 1 && !serial && !is_pointwise(conv) && rayon::current_num_threads() > 1 {
+        forward_one_image_split(p, bias, leaky, y);
+        return;
+    }
     if input.n == 1 {
         // One image: the GEMM's [Cout x H*W] result is already NCHW, and a pointwise layer's
         // input is already its [K x H*W] operand: no im2col copy, no scatter.
@@ -1018,6 +1022,67 @@ impl SameTaps {
 /// RetinaNet's layers on a 2-core Zen 4 (1 MiB L2): 32 Ki values is up to 2x slower on the
 /// few-channel layers, 1 Mi values slower again; 128-256 Ki is the plateau.
 const BLOCK_VALUES: usize = 128 * 1024;
+
+/// Forward pass of one image split over the threads: each takes a contiguous range of output
+/// pixels, builds its im2col in cache-sized blocks (one scratch block per thread) and runs
+/// `[Cout x K] x [K x block]` GEMMs into its own `[Cout x range]` result; the results are then
+/// copied into the output rows with the bias and the epilogue. (One image's im2col is
+/// otherwise built by one thread, and a full-image im2col does not stay in cache.)
+fn forward_one_image_split<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
+    let ConvProblem {
+        conv,
+        x,
+        input,
+        w,
+        out,
+        pool,
+    } = *p;
+    let (k, n, cout) = (conv.fan_in(), out.plane(), conv.out_channels);
+    let threads = rayon::current_num_threads().clamp(1, n);
+    let range = n.div_ceil(threads);
+    let ranges: Vec<(usize, usize)> = (0..n).step_by(range).map(|r0| (r0, (r0 + range).min(n))).collect();
+    let same = SameTaps::new(conv, input, out);
+    let mut phases = pool.take(same.as_ref().map_or(0, SameTaps::split_len));
+    let planes = match &same {
+        Some(same) => same.split(x, &mut phases),
+        None => x,
+    };
+    let nb = block_width(k, range);
+    // Scratch taken before the parallel loop: the same number every run.
+    let mut scratch: Vec<_> = ranges
+        .iter()
+        .map(|&(r0, r1)| (pool.take(k * nb), pool.take(cout * (r1 - r0))))
+        .collect();
+    scratch
+        .par_iter_mut()
+        .zip(&ranges)
+        .for_each(|((col, part), &(r0, r1))| {
+            let width = r1 - r0;
+            for c0 in (r0..r1).step_by(nb) {
+                let c1 = (c0 + nb).min(r1);
+                im2col_block(same.as_ref(), conv, planes, input, out, c0, c1, col);
+                matmul_strided(
+                    cout,
+                    c1 - c0,
+                    k,
+                    (&mut part[c0 - r0..], width),
+                    (w, k, 1),
+                    (col, c1 - c0, 1),
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
+    y.par_chunks_mut(n).enumerate().for_each(|(co, row)| {
+        let bc = bias.map_or(T::ZERO, |b| b[co]);
+        for (&(r0, r1), (_, part)) in ranges.iter().zip(&scratch) {
+            let width = r1 - r0;
+            for (v, &t) in row[r0..r1].iter_mut().zip(&part[co * width..(co + 1) * width]) {
+                *v = epilogue(t + bc, leaky);
+            }
+        }
+    });
+}
 
 /// Output pixels per im2col block of `k` rows (see [`BLOCK_VALUES`]), split evenly over the
 /// image: 256 pixels of 576 rows take two blocks of 128, not 227 and a slow 29.
