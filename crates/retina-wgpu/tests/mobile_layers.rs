@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rng, assert_gradient, dot, finite_differences, gpu, random};
+use common::{Rng, assert_gradient, dot, finite_differences, gpu, random, reference_conv};
 use retina_wgpu::nn::{Conv2d, CpuEngine, Engine, GpuEngine, Shape};
 
 /// A depthwise convolution in f64, written out: each output channel reads its own input
@@ -447,36 +447,6 @@ fn fused_leaky_convolutions_equal_the_two_steps() {
         let two = c.leaky_relu(&plain, 0.1).unwrap();
         assert_eq!(fused.data(), two.data(), "depthwise {conv} on {s}");
     }
-}
-
-/// A convolution in f64, written out (groups of one).
-fn reference_conv(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32]) -> Vec<f64> {
-    let out = c.output_shape(s).unwrap();
-    let (kh, kw) = c.kernel;
-    let mut y = vec![0.0f64; out.len()];
-    for n in 0..s.n {
-        for co in 0..c.out_channels {
-            for oy in 0..out.h {
-                for ox in 0..out.w {
-                    let mut acc = f64::from(b[co]);
-                    for ci in 0..s.c {
-                        for ky in 0..kh {
-                            for kx in 0..kw {
-                                let iy = (oy * c.stride + ky) as isize - c.padding as isize;
-                                let ix = (ox * c.stride + kx) as isize - c.padding as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w {
-                                    let xv = x[((n * s.c + ci) * s.h + iy as usize) * s.w + ix as usize];
-                                    acc += f64::from(xv) * f64::from(w[((co * s.c + ci) * kh + ky) * kw + kx]);
-                                }
-                            }
-                        }
-                    }
-                    y[((n * c.out_channels + co) * out.h + oy) * out.w + ox] = acc;
-                }
-            }
-        }
-    }
-    y
 }
 
 /// One large image: the CPU splits its convolution over the threads by output pixels (each

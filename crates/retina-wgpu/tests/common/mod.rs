@@ -270,3 +270,40 @@ pub fn assert_gradient(what: &str, analytic: &[f64], numeric: &[(usize, f64)]) {
         );
     }
 }
+
+/// A direct convolution in f64: the textbook seven loops.
+pub fn reference_conv(
+    c: &retina_wgpu::nn::Conv2d,
+    x: &[f32],
+    s: retina_wgpu::nn::Shape,
+    w: &[f32],
+    b: &[f32],
+) -> Vec<f64> {
+    let out = c.output_shape(s).unwrap();
+    let (kh, kw) = c.kernel;
+    let mut y = vec![0.0f64; out.len()];
+    for n in 0..s.n {
+        for co in 0..c.out_channels {
+            for oy in 0..out.h {
+                for ox in 0..out.w {
+                    let mut acc = f64::from(b[co]);
+                    for ci in 0..c.in_channels {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * c.stride + ky) as isize - c.padding as isize;
+                                let ix = (ox * c.stride + kx) as isize - c.padding as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w {
+                                    let xv = x[((n * s.c + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                    let wv = w[((co * c.in_channels + ci) * kh + ky) * kw + kx];
+                                    acc += f64::from(xv) * f64::from(wv);
+                                }
+                            }
+                        }
+                    }
+                    y[((n * c.out_channels + co) * out.h + oy) * out.w + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
