@@ -30,6 +30,7 @@ run match --iters 5
 run nms --iters 3
 run conv --iters 5
 run train --iters 10
+run detect --model faces --size 640x480 --iters 10
 echo "== retina demo --backend gpu --minutes 3" >&2
 "$bin" demo --backend gpu --minutes 3 --out "$out/demo" >"$out/demo.txt"
 echo "results in $out"
