@@ -44,39 +44,61 @@ pub(crate) fn forward<T: Real>(
     let (kh, kw) = c.kernel;
     let (stride, pad) = (c.stride, c.padding);
     let spans: Vec<(usize, usize)> = (0..kw).map(|kx| columns(kx, stride, pad, input.w, out.w)).collect();
-    y.par_chunks_mut(out.plane()).enumerate().for_each(|(plane, dst)| {
-        let ch = plane % out.c;
-        let src = &x[plane * input.plane()..(plane + 1) * input.plane()];
-        let taps = &w[ch * kh * kw..(ch + 1) * kh * kw];
-        dst.fill(bias.map_or(T::ZERO, |b| b[ch]));
-        for oy in 0..out.h {
-            let row = &mut dst[oy * out.w..(oy + 1) * out.w];
-            for ky in 0..kh {
-                let Some(iy) = source(oy, ky, stride, pad, input.h) else {
-                    continue;
-                };
-                let in_row = &src[iy * input.w..(iy + 1) * input.w];
-                for (kx, &(lo, hi)) in spans.iter().enumerate() {
-                    let wv = taps[ky * kw + kx];
-                    if stride == 1 {
-                        let first = lo + kx - pad;
-                        for (o, &i) in row[lo..hi].iter_mut().zip(&in_row[first..first + (hi - lo)]) {
-                            *o += wv * i;
-                        }
-                    } else {
-                        for (ox, o) in row.iter_mut().enumerate().take(hi).skip(lo) {
-                            *o += wv * in_row[ox * stride + kx - pad];
+    // At a stride s > 1 the input plane is first split into its s column phases (columns
+    // j*s + p of every row), so that every tap reads a contiguous run of one phase.
+    let phase_len = input.w.div_ceil(stride);
+    y.par_chunks_mut(out.plane()).enumerate().for_each_init(
+        || vec![T::ZERO; if stride > 1 { stride * input.h * phase_len } else { 0 }],
+        |phases, (plane, dst)| {
+            let ch = plane % out.c;
+            let src = &x[plane * input.plane()..(plane + 1) * input.plane()];
+            let taps = &w[ch * kh * kw..(ch + 1) * kh * kw];
+            if stride > 1 {
+                for (iy, in_row) in src.chunks_exact(input.w).enumerate() {
+                    for (j, run) in in_row.chunks(stride).enumerate() {
+                        for (p, &v) in run.iter().enumerate() {
+                            phases[(p * input.h + iy) * phase_len + j] = v;
                         }
                     }
                 }
             }
-        }
-        if let Some(slope) = leaky {
-            dst.iter_mut()
-                .filter(|v| (**v).partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater))
-                .for_each(|v| *v = *v * slope);
-        }
-    });
+            dst.fill(bias.map_or(T::ZERO, |b| b[ch]));
+            for oy in 0..out.h {
+                let row = &mut dst[oy * out.w..(oy + 1) * out.w];
+                for ky in 0..kh {
+                    let Some(iy) = source(oy, ky, stride, pad, input.h) else {
+                        continue;
+                    };
+                    let in_row = &src[iy * input.w..(iy + 1) * input.w];
+                    for (kx, &(lo, hi)) in spans.iter().enumerate() {
+                        if lo >= hi {
+                            continue;
+                        }
+                        let wv = taps[ky * kw + kx];
+                        // Input column of output column ox: ox * stride + kx - pad, which is
+                        // column ox + base of phase p, with kx - pad = base * stride + p.
+                        let d = kx as isize - pad as isize;
+                        let (base, p) = (d.div_euclid(stride as isize), d.rem_euclid(stride as isize) as usize);
+                        let first = (lo as isize + base) as usize;
+                        let run = if stride == 1 {
+                            &in_row[first..first + (hi - lo)]
+                        } else {
+                            let at = (p * input.h + iy) * phase_len + first;
+                            &phases[at..at + (hi - lo)]
+                        };
+                        for (o, &i) in row[lo..hi].iter_mut().zip(run) {
+                            *o += wv * i;
+                        }
+                    }
+                }
+            }
+            if let Some(slope) = leaky {
+                dst.iter_mut()
+                    .filter(|v| (**v).partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater))
+                    .for_each(|v| *v = *v * slope);
+            }
+        },
+    );
 }
 
 /// Gradients with respect to the weights (`dw`, `[C, 1, kh, kw]`), the bias (`db`) and, when
