@@ -10,7 +10,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{f32s, golden, gpu};
+use common::{f32s, golden, gpu, gpu_with};
+use retina_wgpu::GpuOptions;
 use retina_wgpu::coco;
 use retina_wgpu::model::retinaface::{Face, Params};
 use retina_wgpu::model::{PreparedFaces, RetinaFace};
@@ -275,7 +276,11 @@ fn bad_face_models_and_images_are_clear_errors() {
 /// reference's.
 #[test]
 fn prepared_faces_frames_create_nothing_after_the_first() {
-    let Some(ctx) = gpu() else { return };
+    // A context of its own: the counters are per context, and the other tests share `gpu()`'s
+    // (they ran concurrently and made this test fail now and then).
+    let Some(ctx) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
     let (net, values) = model();
     let file = golden("retinaface.json");
     let case = file["cases"]
