@@ -494,8 +494,9 @@ pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>,
 #[inline(always)]
 fn epilogue<T: Real>(v: T, leaky: Option<T>) -> T {
     match leaky {
-        Some(slope) if v.partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater) => v * slope,
-        _ => v,
+        Some(_) if v > T::ZERO => v,
+        Some(slope) => v * slope,
+        None => v,
     }
 }
 

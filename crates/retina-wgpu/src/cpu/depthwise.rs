@@ -14,22 +14,38 @@ fn source(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<
     (o * stride + k).checked_sub(pad).filter(|&i| i < size)
 }
 
-/// The output columns `lo..hi` whose input column `ox * stride + kx - pad` lies in
-/// `0..width`.
-fn columns(kx: usize, stride: usize, pad: usize, width: usize, out_w: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(kx).div_ceil(stride);
-    // The last ox with ox * stride + kx <= width - 1 + pad.
-    let hi = match (width + pad).checked_sub(kx + 1) {
-        Some(v) => (v / stride + 1).min(out_w),
-        None => 0,
-    };
-    (lo, hi.max(lo))
+/// The geometry of one depthwise forward pass, shared by its planes. Each plane is first
+/// copied into a zero-padded plane of `rows x (width + 2 * pad)` split into its `stride`
+/// column phases of `phase_len` values each (phase `p` holds padded columns `j * stride + p`),
+/// so that every tap of every output reads a contiguous run without a bounds test: padded
+/// column `ox * stride + kx` is column `ox + kx / stride` of phase `kx % stride`.
+struct Geometry {
+    stride: usize,
+    pad: usize,
+    in_h: usize,
+    in_w: usize,
+    out_w: usize,
+    /// Per tap (ky, kx) in order: where its run starts in the padded plane for output (0, 0).
+    offsets: Vec<usize>,
+    /// Padded rows: `in_h + 2 * pad`.
+    rows: usize,
+    /// Values per row of one phase: `ceil((in_w + 2 * pad) / stride)`.
+    phase_len: usize,
 }
 
-/// `y = depthwise(x) + bias`, `y` of shape `out`: per plane, each tap adds its weight times a
-/// shifted input row to an output row (a contiguous multiply-add the compiler vectorises at
-/// stride 1), the padding's columns and rows skipped by range rather than tested per pixel.
-/// With `leaky`, LeakyReLU of that slope follows on each plane while it is in cache.
+impl Geometry {
+    /// Values of one padded, phase-split plane.
+    fn scratch_len(&self) -> usize {
+        self.stride * self.rows * self.phase_len
+    }
+}
+
+/// `y = depthwise(x) + bias`, `y` of shape `out`: per plane (see [`Geometry`]) and output
+/// row, runs of up to 32 outputs accumulated in registers over every tap, each output the bias
+/// plus its taps in (ky, kx) order, the padding's taps included as zeros (as PyTorch and ONNX
+/// compute them). With `leaky`, LeakyReLU of that slope follows before the store. Compiled
+/// for AVX2 where the CPU has it (plain multiply and add, no FMA: the same results on every
+/// CPU).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<T: Real>(
     c: &Conv2d,
@@ -43,62 +59,168 @@ pub(crate) fn forward<T: Real>(
 ) {
     let (kh, kw) = c.kernel;
     let (stride, pad) = (c.stride, c.padding);
-    let spans: Vec<(usize, usize)> = (0..kw).map(|kx| columns(kx, stride, pad, input.w, out.w)).collect();
-    // At a stride s > 1 the input plane is first split into its s column phases (columns
-    // j*s + p of every row), so that every tap reads a contiguous run of one phase.
-    let phase_len = input.w.div_ceil(stride);
+    let (rows, phase_len) = (input.h + 2 * pad, (input.w + 2 * pad).div_ceil(stride));
+    let offsets = (0..kh)
+        .flat_map(|ky| (0..kw).map(move |kx| ((kx % stride) * rows + ky) * phase_len + kx / stride))
+        .collect();
+    let g = Geometry {
+        stride,
+        pad,
+        in_h: input.h,
+        in_w: input.w,
+        out_w: out.w,
+        offsets,
+        rows,
+        phase_len,
+    };
     y.par_chunks_mut(out.plane()).enumerate().for_each_init(
-        || vec![T::ZERO; if stride > 1 { stride * input.h * phase_len } else { 0 }],
-        |phases, (plane, dst)| {
+        || vec![T::ZERO; g.scratch_len()],
+        |padded, (plane, dst)| {
             let ch = plane % out.c;
             let src = &x[plane * input.plane()..(plane + 1) * input.plane()];
             let taps = &w[ch * kh * kw..(ch + 1) * kh * kw];
-            if stride > 1 {
-                for (iy, in_row) in src.chunks_exact(input.w).enumerate() {
-                    for (j, run) in in_row.chunks(stride).enumerate() {
-                        for (p, &v) in run.iter().enumerate() {
-                            phases[(p * input.h + iy) * phase_len + j] = v;
-                        }
-                    }
-                }
-            }
-            dst.fill(bias.map_or(T::ZERO, |b| b[ch]));
-            for oy in 0..out.h {
-                let row = &mut dst[oy * out.w..(oy + 1) * out.w];
-                for ky in 0..kh {
-                    let Some(iy) = source(oy, ky, stride, pad, input.h) else {
-                        continue;
-                    };
-                    let in_row = &src[iy * input.w..(iy + 1) * input.w];
-                    for (kx, &(lo, hi)) in spans.iter().enumerate() {
-                        if lo >= hi {
-                            continue;
-                        }
-                        let wv = taps[ky * kw + kx];
-                        // Input column of output column ox: ox * stride + kx - pad, which is
-                        // column ox + base of phase p, with kx - pad = base * stride + p.
-                        let d = kx as isize - pad as isize;
-                        let (base, p) = (d.div_euclid(stride as isize), d.rem_euclid(stride as isize) as usize);
-                        let first = (lo as isize + base) as usize;
-                        let run = if stride == 1 {
-                            &in_row[first..first + (hi - lo)]
-                        } else {
-                            let at = (p * input.h + iy) * phase_len + first;
-                            &phases[at..at + (hi - lo)]
-                        };
-                        for (o, &i) in row[lo..hi].iter_mut().zip(run) {
-                            *o += wv * i;
-                        }
-                    }
-                }
-            }
-            if let Some(slope) = leaky {
-                dst.iter_mut()
-                    .filter(|v| (**v).partial_cmp(&T::ZERO) != Some(std::cmp::Ordering::Greater))
-                    .for_each(|v| *v = *v * slope);
-            }
+            let b = bias.map_or(T::ZERO, |b| b[ch]);
+            forward_plane(&g, src, padded, taps, b, leaky, dst);
         },
     );
+}
+
+/// One plane of [`forward`]: the AVX2 copy of [`plane_body`] where the CPU has it.
+fn forward_plane<T: Real>(
+    g: &Geometry,
+    src: &[T],
+    padded: &mut [T],
+    taps: &[T],
+    bias: T,
+    leaky: Option<T>,
+    dst: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2<T: Real>(
+            g: &Geometry,
+            src: &[T],
+            padded: &mut [T],
+            taps: &[T],
+            bias: T,
+            leaky: Option<T>,
+            dst: &mut [T],
+        ) {
+            plane_body(g, src, padded, taps, bias, leaky, dst);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected on this CPU; the body is safe Rust.
+            return unsafe { avx2(g, src, padded, taps, bias, leaky, dst) };
+        }
+    }
+    plane_body(g, src, padded, taps, bias, leaky, dst);
+}
+
+/// LeakyReLU of `slope` when given (NaN stays NaN).
+#[inline(always)]
+fn activate<T: Real>(v: T, leaky: Option<T>) -> T {
+    match leaky {
+        Some(_) if v > T::ZERO => v,
+        Some(slope) => v * slope,
+        None => v,
+    }
+}
+
+#[inline(always)]
+fn plane_body<T: Real>(
+    g: &Geometry,
+    src: &[T],
+    padded: &mut [T],
+    taps: &[T],
+    bias: T,
+    leaky: Option<T>,
+    dst: &mut [T],
+) {
+    let (s, pad, plen, rows) = (g.stride, g.pad, g.phase_len, g.rows);
+    // Only the padding is zeroed: every other value is written below.
+    for phase in padded.chunks_exact_mut(rows * plen) {
+        phase[..pad * plen].fill(T::ZERO);
+        phase[(pad + g.in_h) * plen..].fill(T::ZERO);
+    }
+    for (iy, in_row) in src.chunks_exact(g.in_w).enumerate() {
+        for p in 0..s {
+            // Padded columns c = j * s + p holding input column c - pad.
+            let j0 = pad.saturating_sub(p).div_ceil(s);
+            let row = &mut padded[(p * rows + iy + pad) * plen..][..plen];
+            let first = (j0 * s + p).saturating_sub(pad).min(g.in_w);
+            let count = (g.in_w - first).div_ceil(s);
+            let (head, rest) = row.split_at_mut(j0.min(plen));
+            head.fill(T::ZERO);
+            let (dst, tail) = rest.split_at_mut(count);
+            tail.fill(T::ZERO);
+            let src = &in_row[first..];
+            match s {
+                1 => dst.copy_from_slice(src),
+                2 => {
+                    let pairs = src.chunks_exact(2);
+                    if let Some(&v) = pairs.remainder().first() {
+                        dst[count - 1] = v;
+                    }
+                    for (d, pair) in dst.iter_mut().zip(pairs) {
+                        *d = pair[0];
+                    }
+                }
+                _ => {
+                    for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+    let padded = &*padded;
+    let width = g.out_w;
+    for (oy, row) in dst.chunks_exact_mut(width).enumerate() {
+        if width >= 32 {
+            output_row::<T, 32>(g, padded, taps, bias, leaky, oy, row);
+        } else if width >= 16 {
+            output_row::<T, 16>(g, padded, taps, bias, leaky, oy, row);
+        } else if width >= 8 {
+            output_row::<T, 8>(g, padded, taps, bias, leaky, oy, row);
+        } else {
+            output_row::<T, 1>(g, padded, taps, bias, leaky, oy, row);
+        }
+    }
+}
+
+/// Output row `oy` (at least `N` wide) in runs of `N` accumulated in registers, the last run
+/// ending at the row's end (it may overlap the one before: the same values are written twice).
+#[inline(always)]
+fn output_row<T: Real, const N: usize>(
+    g: &Geometry,
+    padded: &[T],
+    taps: &[T],
+    bias: T,
+    leaky: Option<T>,
+    oy: usize,
+    row: &mut [T],
+) {
+    let width = row.len();
+    let first = oy * g.stride * g.phase_len;
+    let mut ox = 0;
+    loop {
+        let mut acc = [bias; N];
+        for (&offset, &wv) in g.offsets.iter().zip(taps) {
+            let at = first + ox + offset;
+            let run: &[T; N] = padded[at..at + N].try_into().expect("a run of N");
+            for j in 0..N {
+                acc[j] += wv * run[j];
+            }
+        }
+        for (o, a) in row[ox..ox + N].iter_mut().zip(acc) {
+            *o = activate(a, leaky);
+        }
+        if ox + N == width {
+            break;
+        }
+        ox = (ox + N).min(width - N);
+    }
 }
 
 /// Gradients with respect to the weights (`dw`, `[C, 1, kh, kw]`), the bias (`db`) and, when
@@ -167,5 +289,75 @@ pub(crate) fn backward<T: Real>(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Output `(plane, oy, ox)` of a depthwise convolution by its definition, in f64.
+    fn direct(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32], leaky: Option<f32>) -> Vec<f64> {
+        let out = c.output_shape(s).unwrap();
+        let (kh, kw) = c.kernel;
+        let mut y = Vec::with_capacity(out.len());
+        for plane in 0..s.n * s.c {
+            let ch = plane % s.c;
+            for oy in 0..out.h {
+                for ox in 0..out.w {
+                    let mut v = f64::from(b[ch]);
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * c.stride + ky) as isize - c.padding as isize;
+                            let ix = (ox * c.stride + kx) as isize - c.padding as isize;
+                            if (0..s.h as isize).contains(&iy) && (0..s.w as isize).contains(&ix) {
+                                let i = (plane * s.h + iy as usize) * s.w + ix as usize;
+                                v += f64::from(w[(ch * kh + ky) * kw + kx]) * f64::from(x[i]);
+                            }
+                        }
+                    }
+                    y.push(match leaky {
+                        Some(slope) if v <= 0.0 => v * f64::from(slope),
+                        _ => v,
+                    });
+                }
+            }
+        }
+        y
+    }
+
+    /// Planes small enough for Miri (`cargo +nightly miri test --lib cpu::depthwise::tests::tiny`)
+    /// that reach every run width (32, 16, 8, 1 columns), both strides' copies into the padded
+    /// phases (an odd width at stride 2) and the AVX2 copy where the CPU has it.
+    #[test]
+    fn tiny_planes_match_the_definition() {
+        let cases = [
+            (Conv2d::depthwise(2, 3, 1), Shape::new(1, 2, 3, 33)),
+            (Conv2d::depthwise(2, 3, 2), Shape::new(1, 2, 5, 35)),
+            (Conv2d::depthwise(1, 3, 1), Shape::new(2, 1, 2, 17)),
+            (Conv2d::depthwise(1, 3, 2), Shape::new(1, 1, 3, 19)),
+            (Conv2d::depthwise(3, 3, 1), Shape::new(1, 3, 2, 3)),
+            (
+                Conv2d {
+                    padding: 0,
+                    ..Conv2d::depthwise(1, 3, 1)
+                },
+                Shape::new(1, 1, 4, 12),
+            ),
+        ];
+        for (c, s) in cases {
+            let x: Vec<f32> = (0..s.len()).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
+            let w: Vec<f32> = (0..s.c * 9).map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125).collect();
+            let b: Vec<f32> = (0..s.c).map(|i| i as f32 * 0.5 - 0.25).collect();
+            let out = c.output_shape(s).unwrap();
+            for leaky in [None, Some(0.1f32)] {
+                let mut y = vec![f32::NAN; out.len()];
+                forward(&c, &x, s, &w, Some(&b), leaky, out, &mut y);
+                let want = direct(&c, &x, s, &w, &b, leaky);
+                for (i, (&g, &r)) in y.iter().zip(&want).enumerate() {
+                    assert!((f64::from(g) - r).abs() < 1e-5, "{c:?} {s} {leaky:?} [{i}]: {g} != {r}");
+                }
+            }
+        }
     }
 }
