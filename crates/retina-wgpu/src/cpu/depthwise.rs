@@ -19,24 +19,89 @@ fn source(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<
 /// column phases of `phase_len` values each (phase `p` holds padded columns `j * stride + p`),
 /// so that every tap of every output reads a contiguous run without a bounds test: padded
 /// column `ox * stride + kx` is column `ox + kx / stride` of phase `kx % stride`.
-struct Geometry {
-    stride: usize,
+///
+/// The direct convolution ([`crate::cpu::direct`]) reads its input planes the same way.
+pub(crate) struct Geometry {
+    pub(crate) stride: usize,
     pad: usize,
     in_h: usize,
     in_w: usize,
-    out_w: usize,
+    pub(crate) out_w: usize,
     /// Per tap (ky, kx) in order: where its run starts in the padded plane for output (0, 0).
-    offsets: Vec<usize>,
+    pub(crate) offsets: Vec<usize>,
     /// Padded rows: `in_h + 2 * pad`.
     rows: usize,
     /// Values per row of one phase: `ceil((in_w + 2 * pad) / stride)`.
-    phase_len: usize,
+    pub(crate) phase_len: usize,
 }
 
 impl Geometry {
+    /// The geometry of convolution `c` from `input` to `out` (one plane of each).
+    pub(crate) fn new(c: &Conv2d, input: Shape, out: Shape) -> Self {
+        let (kh, kw) = c.kernel;
+        let (stride, pad) = (c.stride, c.padding);
+        let (rows, phase_len) = (input.h + 2 * pad, (input.w + 2 * pad).div_ceil(stride));
+        let offsets = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| ((kx % stride) * rows + ky) * phase_len + kx / stride))
+            .collect();
+        Self {
+            stride,
+            pad,
+            in_h: input.h,
+            in_w: input.w,
+            out_w: out.w,
+            offsets,
+            rows,
+            phase_len,
+        }
+    }
+
     /// Values of one padded, phase-split plane.
-    fn scratch_len(&self) -> usize {
+    pub(crate) fn scratch_len(&self) -> usize {
         self.stride * self.rows * self.phase_len
+    }
+
+    /// Copies the input plane `src` into `padded` (`scratch_len` values), zero-padded and
+    /// split into its column phases. Only the padding is zeroed: every other value is written.
+    /// (Inlined into its callers' AVX2 copies.)
+    #[inline(always)]
+    pub(crate) fn pad<T: Real>(&self, src: &[T], padded: &mut [T]) {
+        let (s, pad, plen, rows) = (self.stride, self.pad, self.phase_len, self.rows);
+        for phase in padded.chunks_exact_mut(rows * plen) {
+            phase[..pad * plen].fill(T::ZERO);
+            phase[(pad + self.in_h) * plen..].fill(T::ZERO);
+        }
+        for (iy, in_row) in src.chunks_exact(self.in_w).enumerate() {
+            for p in 0..s {
+                // Padded columns c = j * s + p holding input column c - pad.
+                let j0 = pad.saturating_sub(p).div_ceil(s);
+                let row = &mut padded[(p * rows + iy + pad) * plen..][..plen];
+                let first = (j0 * s + p).saturating_sub(pad).min(self.in_w);
+                let count = (self.in_w - first).div_ceil(s);
+                let (head, rest) = row.split_at_mut(j0.min(plen));
+                head.fill(T::ZERO);
+                let (dst, tail) = rest.split_at_mut(count);
+                tail.fill(T::ZERO);
+                let src = &in_row[first..];
+                match s {
+                    1 => dst.copy_from_slice(src),
+                    2 => {
+                        let pairs = src.chunks_exact(2);
+                        if let Some(&v) = pairs.remainder().first() {
+                            dst[count - 1] = v;
+                        }
+                        for (d, pair) in dst.iter_mut().zip(pairs) {
+                            *d = pair[0];
+                        }
+                    }
+                    _ => {
+                        for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+                            *d = v;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -58,21 +123,7 @@ pub(crate) fn forward<T: Real>(
     y: &mut [T],
 ) {
     let (kh, kw) = c.kernel;
-    let (stride, pad) = (c.stride, c.padding);
-    let (rows, phase_len) = (input.h + 2 * pad, (input.w + 2 * pad).div_ceil(stride));
-    let offsets = (0..kh)
-        .flat_map(|ky| (0..kw).map(move |kx| ((kx % stride) * rows + ky) * phase_len + kx / stride))
-        .collect();
-    let g = Geometry {
-        stride,
-        pad,
-        in_h: input.h,
-        in_w: input.w,
-        out_w: out.w,
-        offsets,
-        rows,
-        phase_len,
-    };
+    let g = Geometry::new(c, input, out);
     y.par_chunks_mut(out.plane()).enumerate().for_each_init(
         || vec![T::ZERO; g.scratch_len()],
         |padded, (plane, dst)| {
@@ -137,62 +188,30 @@ fn plane_body<T: Real>(
     leaky: Option<T>,
     dst: &mut [T],
 ) {
-    let (s, pad, plen, rows) = (g.stride, g.pad, g.phase_len, g.rows);
-    // Only the padding is zeroed: every other value is written below.
-    for phase in padded.chunks_exact_mut(rows * plen) {
-        phase[..pad * plen].fill(T::ZERO);
-        phase[(pad + g.in_h) * plen..].fill(T::ZERO);
-    }
-    for (iy, in_row) in src.chunks_exact(g.in_w).enumerate() {
-        for p in 0..s {
-            // Padded columns c = j * s + p holding input column c - pad.
-            let j0 = pad.saturating_sub(p).div_ceil(s);
-            let row = &mut padded[(p * rows + iy + pad) * plen..][..plen];
-            let first = (j0 * s + p).saturating_sub(pad).min(g.in_w);
-            let count = (g.in_w - first).div_ceil(s);
-            let (head, rest) = row.split_at_mut(j0.min(plen));
-            head.fill(T::ZERO);
-            let (dst, tail) = rest.split_at_mut(count);
-            tail.fill(T::ZERO);
-            let src = &in_row[first..];
-            match s {
-                1 => dst.copy_from_slice(src),
-                2 => {
-                    let pairs = src.chunks_exact(2);
-                    if let Some(&v) = pairs.remainder().first() {
-                        dst[count - 1] = v;
-                    }
-                    for (d, pair) in dst.iter_mut().zip(pairs) {
-                        *d = pair[0];
-                    }
-                }
-                _ => {
-                    for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
-                        *d = v;
-                    }
-                }
-            }
-        }
-    }
+    g.pad(src, padded);
     let padded = &*padded;
     let width = g.out_w;
     for (oy, row) in dst.chunks_exact_mut(width).enumerate() {
         if width >= 32 {
-            output_row::<T, 32>(g, padded, taps, bias, leaky, oy, row);
+            output_row::<T, 4>(g, padded, taps, bias, leaky, oy, row);
         } else if width >= 16 {
-            output_row::<T, 16>(g, padded, taps, bias, leaky, oy, row);
+            output_row::<T, 2>(g, padded, taps, bias, leaky, oy, row);
         } else if width >= 8 {
-            output_row::<T, 8>(g, padded, taps, bias, leaky, oy, row);
-        } else {
             output_row::<T, 1>(g, padded, taps, bias, leaky, oy, row);
+        } else {
+            output_row_narrow(g, padded, taps, bias, leaky, oy, row);
         }
     }
 }
 
-/// Output row `oy` (at least `N` wide) in runs of `N` accumulated in registers, the last run
-/// ending at the row's end (it may overlap the one before: the same values are written twice).
+/// Lanes of one accumulator group (one AVX register of f32).
+const LANES: usize = 8;
+
+/// Output row `oy` (at least `G * LANES` wide, `G` >= 1; [`output_row_narrow`] otherwise) in
+/// runs of `G * LANES` accumulated in `G` groups of [`LANES`] (registers), the last run ending at
+/// the row's end (it may overlap the one before: the same values are written twice).
 #[inline(always)]
-fn output_row<T: Real, const N: usize>(
+fn output_row<T: Real, const G: usize>(
     g: &Geometry,
     padded: &[T],
     taps: &[T],
@@ -201,25 +220,49 @@ fn output_row<T: Real, const N: usize>(
     oy: usize,
     row: &mut [T],
 ) {
-    let width = row.len();
+    let (width, n) = (row.len(), G * LANES);
     let first = oy * g.stride * g.phase_len;
     let mut ox = 0;
     loop {
-        let mut acc = [bias; N];
+        let mut acc = [[bias; LANES]; G];
         for (&offset, &wv) in g.offsets.iter().zip(taps) {
             let at = first + ox + offset;
-            let run: &[T; N] = padded[at..at + N].try_into().expect("a run of N");
-            for j in 0..N {
-                acc[j] += wv * run[j];
+            for (group, run) in acc.iter_mut().zip(padded[at..at + n].chunks_exact(LANES)) {
+                for j in 0..LANES {
+                    group[j] += wv * run[j];
+                }
             }
         }
-        for (o, a) in row[ox..ox + N].iter_mut().zip(acc) {
-            *o = activate(a, leaky);
+        for (out, group) in row[ox..ox + n].chunks_exact_mut(LANES).zip(&acc) {
+            for j in 0..LANES {
+                out[j] = activate(group[j], leaky);
+            }
         }
-        if ox + N == width {
+        if ox + n == width {
             break;
         }
-        ox = (ox + N).min(width - N);
+        ox = (ox + n).min(width - n);
+    }
+}
+
+/// Output row `oy` of fewer than [`LANES`] columns, one output at a time.
+#[inline(always)]
+fn output_row_narrow<T: Real>(
+    g: &Geometry,
+    padded: &[T],
+    taps: &[T],
+    bias: T,
+    leaky: Option<T>,
+    oy: usize,
+    row: &mut [T],
+) {
+    let first = oy * g.stride * g.phase_len;
+    for (ox, out) in row.iter_mut().enumerate() {
+        let mut acc = bias;
+        for (&offset, &wv) in g.offsets.iter().zip(taps) {
+            acc += wv * padded[first + ox + offset];
+        }
+        *out = activate(acc, leaky);
     }
 }
 
