@@ -37,10 +37,6 @@ pub trait Real:
     fn to_f32(self) -> f32;
     /// To f64.
     fn to_f64(self) -> f64;
-    /// These values as f32 when `Self` is f32 (the kernels written for f32 only).
-    fn as_f32(values: &[Self]) -> Option<&[f32]>;
-    /// These values as mutable f32 when `Self` is f32.
-    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -58,12 +54,6 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
-    fn as_f32(values: &[Self]) -> Option<&[f32]> {
-        Some(values)
-    }
-    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
-        Some(values)
-    }
 }
 
 impl Real for f64 {
@@ -80,12 +70,6 @@ impl Real for f64 {
     }
     fn to_f64(self) -> f64 {
         self
-    }
-    fn as_f32(_: &[Self]) -> Option<&[f32]> {
-        None
-    }
-    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
-        None
     }
 }
 
@@ -499,10 +483,6 @@ impl<T> Copy for ConvProblem<'_, T> {}
 /// Forward pass into `y` (`p.out` shaped), followed by LeakyReLU with slope `leaky` when given, applied as the
 /// bias is added (one pass over the output instead of two).
 pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::direct::forward(p, bias, leaky, y) {
-        return;
-    }
     if per_image(p.input, p.out) {
         forward_per_image(p, bias, leaky, y);
     } else {

@@ -19,25 +19,23 @@ fn source(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<
 /// column phases of `phase_len` values each (phase `p` holds padded columns `j * stride + p`),
 /// so that every tap of every output reads a contiguous run without a bounds test: padded
 /// column `ox * stride + kx` is column `ox + kx / stride` of phase `kx % stride`.
-///
-/// The direct convolution ([`crate::cpu::direct`]) reads its input planes the same way.
-pub(crate) struct Geometry {
-    pub(crate) stride: usize,
+struct Geometry {
+    stride: usize,
     pad: usize,
     in_h: usize,
     in_w: usize,
-    pub(crate) out_w: usize,
+    out_w: usize,
     /// Per tap (ky, kx) in order: where its run starts in the padded plane for output (0, 0).
-    pub(crate) offsets: Vec<usize>,
+    offsets: Vec<usize>,
     /// Padded rows: `in_h + 2 * pad`.
     rows: usize,
     /// Values per row of one phase: `ceil((in_w + 2 * pad) / stride)`.
-    pub(crate) phase_len: usize,
+    phase_len: usize,
 }
 
 impl Geometry {
     /// The geometry of convolution `c` from `input` to `out` (one plane of each).
-    pub(crate) fn new(c: &Conv2d, input: Shape, out: Shape) -> Self {
+    fn new(c: &Conv2d, input: Shape, out: Shape) -> Self {
         let (kh, kw) = c.kernel;
         let (stride, pad) = (c.stride, c.padding);
         let (rows, phase_len) = (input.h + 2 * pad, (input.w + 2 * pad).div_ceil(stride));
@@ -57,15 +55,15 @@ impl Geometry {
     }
 
     /// Values of one padded, phase-split plane.
-    pub(crate) fn scratch_len(&self) -> usize {
+    fn scratch_len(&self) -> usize {
         self.stride * self.rows * self.phase_len
     }
 
     /// Copies the input plane `src` into `padded` (`scratch_len` values), zero-padded and
     /// split into its column phases. Only the padding is zeroed: every other value is written.
-    /// (Inlined into its callers' AVX2 copies.)
+    /// (Inlined into the AVX2 copy of the plane's pass.)
     #[inline(always)]
-    pub(crate) fn pad<T: Real>(&self, src: &[T], padded: &mut [T]) {
+    fn pad<T: Real>(&self, src: &[T], padded: &mut [T]) {
         let (s, pad, plen, rows) = (self.stride, self.pad, self.phase_len, self.rows);
         for phase in padded.chunks_exact_mut(rows * plen) {
             phase[..pad * plen].fill(T::ZERO);
