@@ -1,5 +1,5 @@
 //! NMS: torchvision's vectors exactly (order included) on both backends, GPU against CPU for
-//! every kind on random inputs up to 100,000 boxes, and the edge cases.
+//! every kind on random inputs up to 50,000 boxes, and the edge cases.
 
 mod common;
 
@@ -41,12 +41,13 @@ fn gpu_matches_cpu_for_every_kind_and_size() {
 }
 
 #[test]
-fn greedy_nms_up_to_100k_boxes_matches_the_cpu() {
+fn greedy_nms_up_to_50k_boxes_matches_the_cpu() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng::new(6);
-    // 100k boxes take ~20 s on lavapipe (the bitmask is n^2 / 2 IoUs), so the class-aware run
-    // is at 20k; both cross several mask passes.
-    for (n, with_classes) in [(20_000usize, true), (100_000, false)] {
+    // The bitmask is n^2 / 2 IoUs: 100k boxes took 20 s on lavapipe on one day and 110 s on
+    // another, so the largest run is 50k (a 65,536-slot region: 8 KiB mask rows in bands of
+    // 6,400, bounded by the walk's loop budget: 8 passes) and the class-aware one 20k.
+    for (n, with_classes) in [(20_000usize, true), (50_000, false)] {
         let (b, s, c) = nms_problem(&mut rng, n);
         let classes = with_classes.then_some(&c[..]);
         let g = Nms::hard(0.5).run(&Backend::Gpu(ctx.clone()), &b, &s, classes).unwrap();
