@@ -587,7 +587,8 @@ fn ap_cells(s: &Summary) -> String {
 
 /// The paper's tables from the runs: AP, AP50 and AP75 (in percent) as mean ± standard
 /// deviation over the seeds, Table 1a (cross entropy by alpha), Table 1b (focal loss by gamma
-/// and alpha), FL*, and Table 1d's comparison of the best of each against focal loss.
+/// and alpha), FL*, Table 1d's comparison of the best of each against focal loss, and the
+/// paired differences of [`paper_comparisons`].
 pub fn markdown(grid: &Grid, runs: &[RunRecord]) -> String {
     let summaries = summarize(grid, runs);
     let mut out = String::new();
@@ -683,7 +684,240 @@ pub fn markdown(grid: &Grid, runs: &[RunRecord]) -> String {
         }
         out.push('\n');
     }
+    let paired = paper_comparisons(grid, runs);
+    if !paired.is_empty() {
+        out.push_str(
+            "**Paired differences in AP (the same seeds; 95% Student t interval)**\n\n\
+             | comparison | settings | seeds | AP difference | 95% interval | excludes 0 |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for d in &paired {
+            let (low, high) = d.interval();
+            let (interval, excludes) = if d.seeds < 2 {
+                ("n/a (one seed)".to_string(), "n/a")
+            } else {
+                (
+                    format!("[{:+.1}, {:+.1}]", 100.0 * low, 100.0 * high),
+                    if d.excludes_zero() { "yes" } else { "no" },
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} - {} | {} | {:+.1} | {interval} | {excludes} |",
+                d.comparison,
+                d.a.label(),
+                d.b.label(),
+                d.seeds,
+                100.0 * d.mean
+            );
+        }
+        out.push('\n');
+    }
     out
+}
+
+/// The paired difference in AP between two settings over the seeds both ran (every setting of
+/// a grid trains on the same data and from the same initial weights for a given seed, so the
+/// seed is the pairing): the mean of `AP(a) - AP(b)` and its 95% confidence interval from
+/// Student's t with `seeds - 1` degrees of freedom. A diverged run counts as AP 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairedDifference {
+    /// What the paper compares: `best FL vs best CE`, `best FL vs best OHEM`,
+    /// `FL gamma 2 vs gamma 0`.
+    pub comparison: &'static str,
+    /// The first setting.
+    pub a: LossSetting,
+    /// The second setting.
+    pub b: LossSetting,
+    /// Seeds both settings ran.
+    pub seeds: usize,
+    /// Mean of `AP(a) - AP(b)` over those seeds (AP as a fraction).
+    pub mean: f64,
+    /// Half the width of the 95% interval: `t(0.975, seeds - 1) * sd / sqrt(seeds)`; NaN with
+    /// fewer than two seeds.
+    pub half_width: f64,
+}
+
+impl PairedDifference {
+    /// The 95% interval `(low, high)` of the mean difference.
+    pub fn interval(&self) -> (f64, f64) {
+        (self.mean - self.half_width, self.mean + self.half_width)
+    }
+
+    /// Whether the 95% interval excludes zero (false with fewer than two seeds).
+    pub fn excludes_zero(&self) -> bool {
+        let (low, high) = self.interval();
+        low > 0.0 || high < 0.0
+    }
+}
+
+/// The paired difference of settings `a` and `b` over the seeds of `runs` that both have, or
+/// `None` when they share none.
+pub fn paired_difference(
+    comparison: &'static str,
+    runs: &[RunRecord],
+    a: LossSetting,
+    b: LossSetting,
+) -> Option<PairedDifference> {
+    let diffs: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.setting == a)
+        .filter_map(|ra| {
+            let rb = runs.iter().find(|r| r.setting == b && r.seed == ra.seed)?;
+            Some(ra.ap[0] - rb.ap[0])
+        })
+        .collect();
+    if diffs.is_empty() {
+        return None;
+    }
+    let n = diffs.len() as f64;
+    let mean = diffs.iter().sum::<f64>() / n;
+    let half_width = if diffs.len() < 2 {
+        f64::NAN
+    } else {
+        let sd = (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        student_t_quantile(0.975, n - 1.0) * sd / n.sqrt()
+    };
+    Some(PairedDifference {
+        comparison,
+        a,
+        b,
+        seeds: diffs.len(),
+        mean,
+        half_width,
+    })
+}
+
+/// The comparisons the paper makes, where `runs` has both sides: the best focal loss (by mean
+/// AP) against the best cross entropy and against the best OHEM, and the best focal loss with
+/// gamma 2 against gamma 0 (cross entropy with the same alpha where the grid has it, else the
+/// best cross entropy, as Table 1b's gamma 0 row).
+pub fn paper_comparisons(grid: &Grid, runs: &[RunRecord]) -> Vec<PairedDifference> {
+    let summaries = summarize(grid, runs);
+    let of = |kind: &'static str| summaries.iter().filter(move |s| s.setting.kind() == kind);
+    let best_fl = best(of("focal")).map(|s| s.setting);
+    let best_ce = best(of("cross_entropy")).map(|s| s.setting);
+    let best_ohem = best(of("ohem")).map(|s| s.setting);
+    let gamma2 = best(of("focal").filter(|s| s.setting.gamma() == Some(2.0))).map(|s| s.setting);
+    let gamma0 = gamma2.and_then(|g2| {
+        let LossSetting::Focal { alpha, .. } = g2 else {
+            return None;
+        };
+        of("cross_entropy")
+            .map(|s| s.setting)
+            .find(|s| *s == LossSetting::CrossEntropy { alpha })
+            .or(best_ce)
+    });
+    [
+        ("best FL vs best CE", best_fl, best_ce),
+        ("best FL vs best OHEM", best_fl, best_ohem),
+        ("FL gamma 2 vs gamma 0", gamma2, gamma0),
+    ]
+    .into_iter()
+    .filter_map(|(what, a, b)| paired_difference(what, runs, a?, b?))
+    .collect()
+}
+
+/// The `p` quantile of Student's t distribution with `df` degrees of freedom (`p` in (0.5, 1)),
+/// by bisection on its distribution function.
+pub fn student_t_quantile(p: f64, df: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while student_t_cdf(hi, df) < p && hi < 1e12 {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if student_t_cdf(mid, df) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Student's t distribution function at `t` >= 0: `1 - I_x(df / 2, 1 / 2) / 2` with
+/// `x = df / (df + t^2)`.
+fn student_t_cdf(t: f64, df: f64) -> f64 {
+    1.0 - 0.5 * regularized_incomplete_beta(0.5 * df, 0.5, df / (df + t * t))
+}
+
+/// The regularised incomplete beta function `I_x(a, b)`, by its continued fraction (modified
+/// Lentz), on the side of `x` where it converges fast.
+fn regularized_incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_continued_fraction(a, b, x) / a
+    } else {
+        1.0 - ln_front.exp() * beta_continued_fraction(b, a, 1.0 - x) / b
+    }
+}
+
+fn beta_continued_fraction(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..300 {
+        let m = f64::from(m);
+        let m2 = 2.0 * m;
+        for aa in [
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ] {
+            d = 1.0 + aa * d;
+            if d.abs() < TINY {
+                d = TINY;
+            }
+            c = 1.0 + aa / c;
+            if c.abs() < TINY {
+                c = TINY;
+            }
+            d = 1.0 / d;
+            h *= d * c;
+        }
+        if (d * c - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Gamma(x) for x > 0 (Lanczos, g = 7, 9 terms: about 15 digits).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Gamma(x) Gamma(1 - x) = pi / sin(pi x).
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let sum = G[1..]
+        .iter()
+        .enumerate()
+        .fold(G[0], |acc, (i, g)| acc + g / (x + i as f64 + 1.0));
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
 }
 
 /// The summary with the highest mean AP.
@@ -971,6 +1205,62 @@ mod tests {
         assert!((summary[0].std[0] - 0.1).abs() < 1e-12);
         assert!((summary[0].std[1] - 0.2).abs() < 1e-12);
         assert_eq!(summary[0].runs, 3);
+    }
+
+    #[test]
+    fn student_t_quantiles_match_scipy() {
+        // scipy.stats.t.ppf(0.975, df), scipy 1.16.
+        for (df, want) in [
+            (1.0, 12.706204736174694),
+            (2.0, 4.302652729749462),
+            (4.0, 2.7764451051977934),
+            (9.0, 2.262157162798205),
+            (29.0, 2.045229642132703),
+            (100.0, 1.9839715185235518),
+        ] {
+            let got = student_t_quantile(0.975, df);
+            assert!((got - want).abs() < 1e-9 * want, "df {df}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn paired_differences_pair_seeds_and_give_the_t_interval() {
+        let grid = Grid::quick();
+        let (ce, fl2) = (grid.settings[0], grid.settings[2]);
+        let mut runs = Vec::new();
+        for (seed, (a, b)) in [(0.30, 0.29), (0.32, 0.30), (0.31, 0.31), (0.35, 0.32), (0.33, 0.30)]
+            .into_iter()
+            .enumerate()
+        {
+            runs.push(record(fl2, seed as u64, [a, 0.0, 0.0]));
+            runs.push(record(ce, seed as u64, [b, 0.0, 0.0]));
+        }
+        // A seed only one side ran is left out of the pairs.
+        runs.push(record(fl2, 9, [0.9, 0.0, 0.0]));
+        // Differences 0.01, 0.02, 0, 0.03, 0.03 (computed by hand): mean 0.018, sample sd
+        // sqrt(0.00068 / 4) = 0.0130384, half width 2.7764451 * 0.0130384 / sqrt(5) = 0.0161894.
+        let d = paired_difference("x", &runs, fl2, ce).unwrap();
+        assert_eq!(d.seeds, 5);
+        assert!((d.mean - 0.018).abs() < 1e-12, "{d:?}");
+        assert!((d.half_width - 0.0161894).abs() < 1e-6, "{d:?}");
+        assert!(d.excludes_zero());
+        // The other way round: the same interval, negated.
+        let r = paired_difference("x", &runs, ce, fl2).unwrap();
+        assert!((r.mean + 0.018).abs() < 1e-12 && r.excludes_zero());
+        // In the grid's tables: FL gamma 2 is the best FL and gamma 2 against gamma 0 is the
+        // same pair (the quick grid's CE has alpha 0.75, FL 0.25: the best CE stands in).
+        let table = markdown(&grid, &runs);
+        assert!(
+            table.contains("| best FL vs best CE | FL g=2 a=0.25 - CE a=0.75 | 5 | +1.8 | [+0.2, +3.4] | yes |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| FL gamma 2 vs gamma 0 | FL g=2 a=0.25 - CE a=0.75 | 5 |"),
+            "{table}"
+        );
+        // One seed: no interval.
+        let one = paired_difference("x", &runs[..2], fl2, ce).unwrap();
+        assert!(one.half_width.is_nan() && !one.excludes_zero());
     }
 
     #[test]
