@@ -1,8 +1,8 @@
 //! `retina ablate`: the paper's experiment. Trains the small RetinaNet once per (loss setting,
 //! seed) of a grid with the same data and schedule, evaluates each run on the same validation
 //! scenes, and writes `runs.csv`, `curves.csv`, `results.md` (the paper's tables as mean ± std
-//! over seeds, and the paired differences with their 95% intervals) and the plots. Runs are saved as they finish; `--resume` continues an
-//! interrupted experiment.
+//! over seeds, and the paired differences with their 95% intervals) and the plots. Runs are
+//! saved as they finish; `--resume` continues an interrupted experiment.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
