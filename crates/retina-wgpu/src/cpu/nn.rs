@@ -12,7 +12,7 @@ use crate::cpu::depthwise;
 use crate::cpu::group_norm;
 use crate::error::{Error, Result};
 use crate::nn::{
-    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, check_concat,
+    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, MaxPool2d, PoolStats, Sgd, Shape, check_concat,
     check_depthwise, check_permute, check_same, check_sgd, check_slice, check_slope, check_upsample,
     check_upsample_backward, host_vec,
 };
@@ -572,6 +572,42 @@ impl<T: Real> Engine for CpuEngine<T> {
             dst.copy_from_slice(&x.data[from..from + len * plane]);
         });
         Ok(y)
+    }
+
+    fn max_pool2d(&mut self, pool: &MaxPool2d, x: &CpuTensor<T>) -> Result<CpuTensor<T>> {
+        let s = x.shape;
+        let out_shape = pool.output_shape(s)?;
+        let mut out = self.alloc("max pool", out_shape)?;
+        if out.data.is_empty() {
+            return Ok(out);
+        }
+        let (oh, ow) = (out_shape.h, out_shape.w);
+        out.data
+            .par_chunks_mut(oh * ow)
+            .zip(x.data.par_chunks(s.plane()))
+            .for_each(|(dst, src)| {
+                for y in 0..oh {
+                    // The window's rows and columns inside the input (the padding never wins).
+                    let y0 = (y * pool.stride).saturating_sub(pool.padding);
+                    let y1 = (y * pool.stride + pool.kernel - pool.padding).min(s.h);
+                    for xx in 0..ow {
+                        let x0 = (xx * pool.stride).saturating_sub(pool.padding);
+                        let x1 = (xx * pool.stride + pool.kernel - pool.padding).min(s.w);
+                        let mut best = src[y0 * s.w + x0];
+                        for row in src[y0 * s.w..y1 * s.w].chunks_exact(s.w) {
+                            for &v in &row[x0..x1] {
+                                // As PyTorch: a NaN in the window wins.
+                                #[allow(clippy::eq_op)]
+                                if v > best || v != v {
+                                    best = v;
+                                }
+                            }
+                        }
+                        dst[y * ow + xx] = best;
+                    }
+                }
+            });
+        Ok(out)
     }
 
     fn upsample_nearest(&mut self, x: &CpuTensor<T>, h: usize, w: usize) -> Result<CpuTensor<T>> {

@@ -105,6 +105,7 @@ kernels! {
     DepthwiseGradWeight => "depthwise_conv.wgsl", [("MODE", 2.0)], [a, b, bias, out],
     ConcatChannels => "channel_copy.wgsl", [("SLICE", 0.0)], [src, dst],
     SliceChannels => "channel_copy.wgsl", [("SLICE", 1.0)], [src, dst],
+    MaxPool => "max_pool.wgsl", [], [src, dst],
     UpsampleForward => "upsample_nearest.wgsl", [("BACKWARD", 0.0)], [src, dst],
     UpsampleBackward => "upsample_nearest.wgsl", [("BACKWARD", 1.0)], [src, dst],
     PermuteHead => "head_permute.wgsl", [("BACKWARD", 0.0)], [src, dst],

@@ -108,6 +108,7 @@ fn mirrors() -> Vec<Mirror> {
         mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
         mirror!(nn::ElementwiseConfig as "Config" in ["elementwise.wgsl"] { n, scale, _pad }),
         mirror!(nn::UpsampleConfig as "Config" in ["upsample_nearest.wgsl"] { planes, in_h, in_w, out_h, out_w, _pad }),
+        mirror!(nn::MaxPoolConfig as "Config" in ["max_pool.wgsl"] { planes, in_h, in_w, out_h, out_w, kernel, stride, padding }),
         mirror!(faces::FaceScoresConfig as "Config" in ["face_scores.wgsl"] { rows, _pad }),
         mirror!(faces::FaceCandidateConfig as "Config" in ["face_candidates.wgsl"] {
             batch, topk, region, rows, total, _pad0, image_size, variances, _pad1,

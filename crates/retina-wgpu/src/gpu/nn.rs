@@ -15,7 +15,7 @@ use crate::gpu::dispatch::{Bind, binds, record_one, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::reduce::{Normaliser, record_sum};
 use crate::nn::{
-    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, PoolStats, Sgd, Shape, check_concat,
+    Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, MaxPool2d, PoolStats, Sgd, Shape, check_concat,
     check_depthwise, check_permute, check_same, check_sgd, check_slice, check_slope, check_upsample,
     check_upsample_backward,
 };
@@ -87,6 +87,20 @@ pub(crate) struct UpsampleConfig {
     pub(crate) out_h: u32,
     pub(crate) out_w: u32,
     pub(crate) _pad: [u32; 3],
+}
+
+/// Must stay in sync with `Config` in shaders/max_pool.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct MaxPoolConfig {
+    pub(crate) planes: u32,
+    pub(crate) in_h: u32,
+    pub(crate) in_w: u32,
+    pub(crate) out_h: u32,
+    pub(crate) out_w: u32,
+    pub(crate) kernel: u32,
+    pub(crate) stride: u32,
+    pub(crate) padding: u32,
 }
 
 /// Must stay in sync with `Config` in shaders/head_permute.wgsl.
@@ -729,6 +743,33 @@ impl Engine for GpuEngine {
             self.channel_copy(true, x, &y, start, out)?;
         }
         Ok(y)
+    }
+
+    fn max_pool2d(&mut self, pool: &MaxPool2d, x: &GpuTensor) -> Result<GpuTensor> {
+        let s = x.shape;
+        let out_shape = pool.output_shape(s)?;
+        self.check_tensors("max pool", &[x])?;
+        let out = self.alloc("max pool", out_shape)?;
+        if out.shape.is_empty() {
+            return Ok(out);
+        }
+        let config = MaxPoolConfig {
+            planes: u32_of("max pool planes", s.n * s.c)?,
+            in_h: u32_of("max pool height", s.h)?,
+            in_w: u32_of("max pool width", s.w)?,
+            out_h: out_shape.h as u32,
+            out_w: out_shape.w as u32,
+            kernel: u32_of("max pool kernel", pool.kernel)?,
+            stride: u32_of("max pool stride", pool.stride)?,
+            padding: u32_of("max pool padding", pool.padding)?,
+        };
+        self.run(
+            Kernel::MaxPool,
+            &config,
+            binds![src = x.binding(), dst = out.binding(),],
+            (out.shape.len() as u64).div_ceil(WG_SIZE),
+        )?;
+        Ok(out)
     }
 
     fn upsample_nearest(&mut self, x: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {

@@ -7,6 +7,7 @@ mod faces_gpu;
 mod loss;
 pub mod retinaface;
 mod retinanet;
+pub mod torchvision;
 
 pub use crate::ops::ohem::Ohem;
 pub use detect::{DetectEngine, Detector, PreparedDetector, detect_dataset, evaluate_dataset};
@@ -17,3 +18,4 @@ pub use retinanet::{
     MAX_CHANNELS, MAX_CLASSES, MAX_HEAD_CONVS, MAX_INPUT_SIZE, MAX_PARAMETERS, ParamSpec, RetinaNet, RetinaNetConfig,
     Tape,
 };
+pub use torchvision::{TorchvisionConfig, TorchvisionRetinaNet};

@@ -1,7 +1,7 @@
 //! The layer operations, written once for both backends.
 
 use crate::error::Result;
-use crate::nn::{Conv2d, GroupNorm, Sgd, Shape};
+use crate::nn::{Conv2d, GroupNorm, MaxPool2d, Sgd, Shape};
 
 /// Gradients of a convolution.
 #[derive(Debug)]
@@ -66,6 +66,9 @@ pub trait Engine {
 
     /// The tensor's values (runs pending work first).
     fn read(&mut self, tensor: &Self::Tensor) -> Result<Vec<f32>>;
+
+    /// Max pooling ([`MaxPool2d`]), forward only (inference: ResNet's stem).
+    fn max_pool2d(&mut self, pool: &MaxPool2d, x: &Self::Tensor) -> Result<Self::Tensor>;
 
     /// `conv(x) + bias`.
     fn conv2d(

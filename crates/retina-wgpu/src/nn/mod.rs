@@ -243,6 +243,49 @@ impl Conv2d {
     }
 }
 
+/// A max-pooling layer (PyTorch's `nn.MaxPool2d` without dilation or ceil mode): each output is
+/// the largest input in its `kernel x kernel` window, the padding counting as minus infinity
+/// (never chosen). ResNet's stem pools 3x3 with stride 2 and padding 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaxPool2d {
+    /// Window side.
+    pub kernel: usize,
+    /// Stride (both directions).
+    pub stride: usize,
+    /// Padding (both sides, both directions); at most half the window, as PyTorch requires.
+    pub padding: usize,
+}
+
+impl MaxPool2d {
+    /// Output shape for `input`: `(size + 2 * padding - kernel) / stride + 1` a side, or an
+    /// error for a zero size or stride, padding over half the window, or an input smaller than
+    /// the window.
+    pub fn output_shape(&self, input: Shape) -> Result<Shape> {
+        if self.kernel == 0 || self.stride == 0 || 2 * self.padding > self.kernel {
+            return Err(Error::invalid(format!(
+                "max pool: kernel {} stride {} padding {}: kernel and stride must be >= 1 and the padding at most half the kernel",
+                self.kernel, self.stride, self.padding
+            )));
+        }
+        let out = |size: usize| {
+            size.checked_add(2 * self.padding)
+                .and_then(|s| s.checked_sub(self.kernel))
+                .map(|v| v / self.stride + 1)
+        };
+        match (out(input.h), out(input.w)) {
+            (Some(h), Some(w)) if input.h > 0 && input.w > 0 => {
+                let out = Shape::new(input.n, input.c, h, w);
+                out.checked_len()?;
+                Ok(out)
+            }
+            _ => Err(Error::shape(
+                "max pool",
+                format!("a {0}x{0} window cannot cover an input of {input}", self.kernel),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Display for Conv2d {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
