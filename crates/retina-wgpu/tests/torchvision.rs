@@ -319,3 +319,184 @@ fn max_pool_refuses_bad_windows() {
         assert!(e.max_pool2d(&pool, &x).is_err(), "{pool:?} on 2x2");
     }
 }
+
+/// A state-dict tensor: name, shape, values.
+type Tensor = (String, Vec<usize>, Vec<f32>);
+
+/// A state dict as `safetensors.torch.save_file(model.state_dict())` writes it: every tensor of
+/// the v2 model (formula values, 2 classes: a user's own model) and BatchNorm's int64 counters.
+fn state_dict_file(edit: impl Fn(&mut Vec<Tensor>)) -> (Vec<u8>, Vec<u8>) {
+    let file = golden("torchvision_retinanet.json");
+    let m = &file["models"][1];
+    assert_eq!(m["variant"], "v2");
+    let mut tensors: Vec<Tensor> = m["tensor_shapes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| !t[0].as_str().unwrap().ends_with("num_batches_tracked"))
+        .map(|t| {
+            let name = t[0].as_str().unwrap().to_string();
+            let mut shape: Vec<usize> = t[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            if name.starts_with("head.classification_head.cls_logits") {
+                // 2 classes x 9 anchors.
+                shape[0] = 18;
+            }
+            let values = formula(&name, &shape, &file, "v2");
+            (name, shape, values)
+        })
+        .collect();
+    edit(&mut tensors);
+    let counters: Vec<String> = tensors
+        .iter()
+        .filter(|t| t.0.ends_with(".running_var"))
+        .map(|t| t.0.replace(".running_var", ".num_batches_tracked"))
+        .collect();
+    let zero = [0u8; 8];
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| bytemuck::cast_slice(&t.2).to_vec()).collect();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            (
+                t.0.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.1.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    for c in &counters {
+        views.push((
+            c.clone(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![], &zero).unwrap(),
+        ));
+    }
+    let mut config = TorchvisionConfig::new(Variant::V2, 2);
+    config.categories = vec!["__background__".into(), "widget".into()];
+    (
+        serde_json::to_vec(&config).unwrap(),
+        safetensors::serialize(views, None).unwrap(),
+    )
+}
+
+#[test]
+fn a_saved_state_dict_loads_as_it_is() {
+    let (config, weights) = state_dict_file(|_| {});
+    let (net, values) = TorchvisionRetinaNet::from_bytes(&config, &weights).unwrap();
+    assert_eq!(net.config().num_classes, 2);
+    assert_eq!(net.config().category_name(1), "widget");
+    // The same parameters as folding the formula's values directly.
+    let file = golden("torchvision_retinanet.json");
+    let direct: HashMap<String, Vec<f32>> = net
+        .state()
+        .iter()
+        .map(|t| (t.name.clone(), formula(&t.name, &t.shape, &file, "v2")))
+        .collect();
+    let folded = net.fold(&|name| Ok(direct[name].as_slice())).unwrap();
+    assert_eq!(values, folded);
+    // From a directory too.
+    let dir = std::env::temp_dir().join(format!("tv-retinanet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
+    let (loaded, loaded_values) = TorchvisionRetinaNet::load(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded.params().len(), net.params().len());
+    assert_eq!(loaded_values, values);
+    // BatchNorm folding: one output channel of the stem by hand.
+    let w = &direct["backbone.body.conv1.weight"];
+    let (g, b) = (
+        direct["backbone.body.bn1.weight"][5],
+        direct["backbone.body.bn1.bias"][5],
+    );
+    let (m, v) = (
+        direct["backbone.body.bn1.running_mean"][5],
+        direct["backbone.body.bn1.running_var"][5],
+    );
+    let s = f64::from(g) / (f64::from(v) + 1e-5).sqrt();
+    assert_eq!(values[0][5 * 147 + 7], (f64::from(w[5 * 147 + 7]) * s) as f32);
+    assert_eq!(values[1][5], (f64::from(b) - f64::from(m) * s) as f32);
+}
+
+#[test]
+fn wrong_state_dicts_are_refused_with_the_tensor_named() {
+    let err = |edit: &dyn Fn(&mut Vec<Tensor>)| {
+        let (config, weights) = state_dict_file(edit);
+        TorchvisionRetinaNet::from_bytes(&config, &weights)
+            .unwrap_err()
+            .to_string()
+    };
+    let missing = err(&|t| t.retain(|t| t.0 != "backbone.body.layer2.1.bn2.running_var"));
+    assert!(missing.contains("backbone.body.layer2.1.bn2.running_var"), "{missing}");
+    let extra = err(&|t| t.push(("rpn.head.conv.0.0.weight".into(), vec![1], vec![0.0])));
+    assert!(
+        extra.contains("rpn.head.conv.0.0.weight") && extra.contains("R-CNN"),
+        "{extra}"
+    );
+    let deeper = err(&|t| t.push(("backbone.body.layer3.6.conv1.weight".into(), vec![1], vec![0.0])));
+    assert!(deeper.contains("ResNet-101"), "{deeper}");
+    let shape = err(&|t| {
+        let k = t
+            .iter()
+            .position(|t| t.0 == "backbone.fpn.layer_blocks.1.0.weight")
+            .unwrap();
+        t[k].1 = vec![256, 256, 1, 1];
+        t[k].2.truncate(256 * 256);
+    });
+    assert!(shape.contains("backbone.fpn.layer_blocks.1.0.weight"), "{shape}");
+    let nan = err(&|t| t[3].2[2] = f32::NAN);
+    assert!(nan.contains("non-finite"), "{nan}");
+    let negative_var = err(&|t| {
+        let k = t.iter().position(|t| t.0 == "backbone.body.bn1.running_var").unwrap();
+        t[k].2[0] = -1.0;
+    });
+    assert!(negative_var.contains("running_var"), "{negative_var}");
+    // A v1 config with v2 weights: P6 takes 2048 channels, not 256.
+    let (_, weights) = state_dict_file(|_| {});
+    let mut v1 = TorchvisionConfig::new(Variant::V1, 2);
+    v1.categories.clear();
+    let e = TorchvisionRetinaNet::from_bytes(&serde_json::to_vec(&v1).unwrap(), &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("head.classification_head.conv.0.0.bias") || e.contains("p6"),
+        "{e}"
+    );
+    // Truncated files.
+    for cut in [0, 7, 100, weights.len() / 2, weights.len() - 1] {
+        let (config, _) = state_dict_file(|_| {});
+        assert!(
+            TorchvisionRetinaNet::from_bytes(&config, &weights[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn bad_images_and_settings_are_errors() {
+    let file = golden("torchvision_retinanet.json");
+    let (net, _) = model(&file, &file["small"][0], (96, 160));
+    assert!(net.transform(&[], 0, 10).is_err());
+    assert!(net.transform(&[0; 11], 2, 2).is_err(), "11 bytes are not 2 x 2 RGB");
+    assert!(net.transform(&[0; 12], 2, 2).is_ok());
+    // 1 x 100,000: the short side would scale to 0 rows.
+    let long = vec![0u8; 3 * 60_000];
+    let e = net.transform(&long, 60_000, 1).unwrap_err().to_string();
+    assert!(e.contains("scales to"), "{e}");
+    assert!(net.transform(&[0; 3], 100_000, 1).is_err());
+    let mut p = net.config().default_params();
+    p.score_threshold = f32::NAN;
+    assert!(p.check().is_err());
+    p = net.config().default_params();
+    p.detections_per_image = 0;
+    assert!(p.check().is_err());
+    let mut c = net.config().clone();
+    c.image_std = [0.0, 1.0, 1.0];
+    assert!(c.validate().is_err());
+    c = net.config().clone();
+    c.min_size = 0;
+    assert!(c.validate().is_err());
+}

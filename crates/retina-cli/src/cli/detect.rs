@@ -11,13 +11,14 @@ use retina_wgpu::model::{DetectEngine, Detector, checkpoint};
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::{Error, Result};
 
-use crate::cli::faces;
 use crate::cli::train::EngineChoice;
+use crate::cli::{faces, tvnet};
 
 #[derive(Args, Debug)]
 pub struct DetectArgs {
-    /// A trained model directory (`config.json`, `model.safetensors`), or `faces` for the
-    /// committed RetinaFace (MobileNet-0.25) face detector.
+    /// A trained model directory (`config.json`, `model.safetensors`): the crate's own, a
+    /// torchvision RetinaNet (scripts/import_torchvision.py), or `faces` for the committed
+    /// RetinaFace (MobileNet-0.25) face detector.
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
     /// Images (PNG or JPEG).
@@ -26,8 +27,8 @@ pub struct DetectArgs {
     /// Where `results.json`, `images.json` and the drawn images go.
     #[arg(long, default_value = "detections")]
     out: PathBuf,
-    /// Keep detections scoring at least this (0.3; a face model's own threshold, 0.9 for
-    /// `faces`, which keeps scores above it).
+    /// Keep detections scoring at least this (0.3; a face or torchvision model's own
+    /// threshold, 0.9 for `faces` and 0.05 for torchvision's, which keep scores above it).
     #[arg(long)]
     score: Option<f32>,
     /// Also write each image with its boxes, class names and scores drawn.
@@ -47,6 +48,9 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let model = faces::resolve(&args.model);
     if faces::is_retinaface(&model) {
         return faces::run(&model, &args.images, &args.out, args.score, args.draw, args.backend);
+    }
+    if tvnet::is_torchvision(&model) {
+        return tvnet::run(&model, &args.images, &args.out, args.score, args.draw, args.backend);
     }
     let min_score = args.score.unwrap_or(0.3);
     let (net, values) = checkpoint::load_model(&model)?;

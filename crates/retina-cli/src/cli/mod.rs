@@ -9,6 +9,7 @@ pub(crate) mod faces;
 mod info;
 mod synth;
 mod train;
+pub(crate) mod tvnet;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
