@@ -1123,9 +1123,14 @@ impl TorchvisionRetinaNet {
         for &(h, w) in levels {
             let n = h * w * ANCHORS_PER_CELL;
             let level = &logits[start * k..(start + n) * k];
+            // sigmoid(l) > t only where l > logit(t): the exact f32 sigmoid is computed and
+            // compared for the logits near or above it (a margin of 1e-3 covers its rounding).
+            let t = f64::from(params.score_threshold);
+            let cut = ((t / (1.0 - t)).ln() - 1e-3) as f32;
             let mut candidates: Vec<(f32, usize)> = level
                 .iter()
                 .enumerate()
+                .filter(|&(_, &l)| l > cut || l.is_nan())
                 .filter_map(|(i, &l)| {
                     let s = 1.0 / (1.0 + (-l).exp());
                     (s > params.score_threshold).then_some((s, i))

@@ -39,7 +39,8 @@ enum Which {
     Eval(eval::EvalArgs),
     /// The small RetinaNet's training step and inference at batch 8: GPU vs CPU, images/s.
     Train(train::TrainArgs),
-    /// A face model (`--model faces`) on a photo, the whole pipeline per image: GPU vs CPU.
+    /// A face model (`--model faces`) or a torchvision RetinaNet on a photo, the whole
+    /// pipeline per image: GPU vs CPU.
     Detect(faces::DetectArgs),
 }
 
