@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use common::{f32s, golden, gpu};
 use retina_wgpu::coco;
+use retina_wgpu::model::PreparedTorchvision;
 use retina_wgpu::model::torchvision::{TorchvisionConfig, TorchvisionRetinaNet, Variant};
 use retina_wgpu::nn::{CpuEngine, Engine, GpuEngine, MaxPool2d, Shape};
 use retina_wgpu::ops::postprocess::Detection;
@@ -203,14 +204,18 @@ fn compare(what: &str, ours: &[Detection], case: &serde_json::Value, threshold: 
     );
 }
 
-/// Every case of the golden file's `set` (`models`: min_size 256, `small`: 96) on engine `e`.
-fn check<E: Engine>(what: &str, e: &mut E, set: &str) {
+/// Runs one model on one RGB image.
+type Run = Box<dyn FnMut(&[u8], usize, usize) -> Vec<Detection>>;
+
+/// Every case of the golden file's `set` (`models`: min_size 256, `small`: 96) through the
+/// detector `make` builds for each model.
+fn check(what: &str, set: &str, mut make: impl FnMut(&TorchvisionRetinaNet, &[Vec<f32>]) -> Run) {
     let file = golden("torchvision_retinanet.json");
     for m in file[set].as_array().unwrap() {
         let cases = m["cases"].as_array().unwrap();
         let size = |k: &str| cases[0][k].as_u64().unwrap() as usize;
         let (net, values) = model(&file, m, (size("min_size"), size("max_size")));
-        let params = net.upload(e, &values).unwrap();
+        let mut run = make(&net, &values);
         let variant = m["variant"].as_str().unwrap();
         for case in cases {
             let name = case["photo"].as_str().unwrap();
@@ -241,9 +246,7 @@ fn check<E: Engine>(what: &str, e: &mut E, set: &str) {
                 levels,
                 "{name}: level sizes"
             );
-            let found = net
-                .detect(e, &params, &rgb, w, h, net.config().default_params())
-                .unwrap();
+            let found = run(&rgb, w, h);
             compare(
                 &format!("{what} {variant} {name}"),
                 &found,
@@ -256,15 +259,28 @@ fn check<E: Engine>(what: &str, e: &mut E, set: &str) {
 
 #[test]
 fn torchvision_retinanet_matches_torchvision_on_the_cpu() {
-    let mut e = CpuEngine::<f32>::new();
-    check("cpu", &mut e, "models");
-    check("cpu", &mut e, "small");
+    for set in ["models", "small"] {
+        check("cpu", set, |net, values| {
+            let mut e = CpuEngine::<f32>::new();
+            let params = net.upload(&mut e, values).unwrap();
+            let net = net.clone();
+            Box::new(move |rgb, w, h| {
+                net.detect(&mut e, &params, rgb, w, h, net.config().default_params())
+                    .unwrap()
+            })
+        });
+    }
 }
 
+/// The whole path on the device: the transform (from a texture), the network and the
+/// post-processing, one readback.
 #[test]
 fn torchvision_retinanet_matches_torchvision_on_the_gpu() {
     let Some(ctx) = gpu() else { return };
-    check("gpu", &mut GpuEngine::new(&ctx).unwrap(), "small");
+    check("gpu", "small", |net, values| {
+        let mut prepared = PreparedTorchvision::new(&ctx, net.clone(), values).unwrap();
+        Box::new(move |rgb, w, h| prepared.detect(rgb, w, h).unwrap())
+    });
 }
 
 fn max_pool_case<E: Engine>(e: &mut E) {

@@ -121,6 +121,7 @@ kernels! {
     OhemSelect => "ohem_select.wgsl", [], [order, counts, labels, row_loss, selected, state, image_loss],
     OhemScale => "ohem_scale.wgsl", [], [selected, loss, grad],
     ImageToTensor => "image_to_tensor.wgsl", [], [frame, dst],
+    ResizeNormalize => "resize_normalize.wgsl", [], [frame, dst],
     FaceScores => "face_scores.wgsl", [], [logits, scores],
     FaceCandidates => "face_candidates.wgsl", [], [selected, candidates, deltas, landmarks, anchors, records, marks, entries],
     FaceOutput => "face_output.wgsl", [], [payload, kept, keep, records, marks, faces, counts],

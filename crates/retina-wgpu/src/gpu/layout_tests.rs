@@ -108,6 +108,9 @@ fn mirrors() -> Vec<Mirror> {
         mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
         mirror!(nn::ElementwiseConfig as "Config" in ["elementwise.wgsl"] { n, scale, _pad }),
         mirror!(nn::UpsampleConfig as "Config" in ["upsample_nearest.wgsl"] { planes, in_h, in_w, out_h, out_w, _pad }),
+        mirror!(image::ResizeConfig as "Config" in ["resize_normalize.wgsl"] {
+            src_w, src_h, out_w, out_h, pad_w, pad_h, offset, _pad0, scale_x, scale_y, _pad1, _pad2, mean, deviation,
+        }),
         mirror!(nn::MaxPoolConfig as "Config" in ["max_pool.wgsl"] { planes, in_h, in_w, out_h, out_w, kernel, stride, padding }),
         mirror!(faces::FaceScoresConfig as "Config" in ["face_scores.wgsl"] { rows, _pad }),
         mirror!(faces::FaceCandidateConfig as "Config" in ["face_candidates.wgsl"] {

@@ -35,7 +35,7 @@ pub use context::{DeviceLimits, GpuContext, GpuOptions, LimitCaps, enumerate_ada
 pub use faces::{FaceBuffers, FaceOutput, GpuFace};
 pub use focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
 pub use frame::ResourceStats;
-pub use image::frame_scale;
+pub use image::{ResizeTarget, frame_scale};
 pub use matcher::{AssignBuffers, GroundTruthBuffers};
 pub use ohem::OhemBuffers;
 pub use postprocess::{DetectionBuffers, DetectionOutput, DrawArgs, GpuDetection, OutputOptions};

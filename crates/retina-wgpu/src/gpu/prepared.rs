@@ -191,6 +191,8 @@ impl PreparedTopK {
 
 /// The kernels a detector's forward pass uses on top of the post-processing.
 pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
+    Kernel::ResizeNormalize,
+    Kernel::MaxPool,
     Kernel::ConvForward,
     Kernel::ConvReduce,
     Kernel::Relu,

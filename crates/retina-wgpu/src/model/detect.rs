@@ -93,7 +93,7 @@ impl DetectEngine for GpuEngine {
 
 /// Records the post-processing of the network's rows `(class_rows [B, 1, R, K], box_rows
 /// [B, 1, R, 4])` into `engine`'s encoder, behind the forward pass, with the detections in `out`.
-fn record_detections(
+pub(crate) fn record_detections(
     engine: &mut GpuEngine,
     pp: &PostProcess,
     anchors: &GpuBuffer<[f32; 4]>,

@@ -8,6 +8,7 @@ mod loss;
 pub mod retinaface;
 mod retinanet;
 pub mod torchvision;
+mod torchvision_gpu;
 
 pub use crate::ops::ohem::Ohem;
 pub use detect::{DetectEngine, Detector, PreparedDetector, detect_dataset, evaluate_dataset};
@@ -19,3 +20,4 @@ pub use retinanet::{
     Tape,
 };
 pub use torchvision::{TorchvisionConfig, TorchvisionRetinaNet};
+pub use torchvision_gpu::PreparedTorchvision;

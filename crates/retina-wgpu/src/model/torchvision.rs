@@ -1027,19 +1027,7 @@ impl TorchvisionRetinaNet {
             )));
         }
         let c = &self.config;
-        let (short, long) = (width.min(height) as f64, width.max(height) as f64);
-        let scale = (c.min_size as f64 / short).min(c.max_size as f64 / long);
-        let (rh, rw) = (
-            (height as f64 * scale).floor() as usize,
-            (width as f64 * scale).floor() as usize,
-        );
-        if rh == 0 || rw == 0 || rh > MAX_INPUT_SIZE || rw > MAX_INPUT_SIZE {
-            return Err(Error::invalid(format!(
-                "torchvision RetinaNet: a {width} x {height} image scales to {rw} x {rh}; each side must come to 1 to {MAX_INPUT_SIZE} pixels"
-            )));
-        }
-        let d = c.size_divisible;
-        let (ph, pw) = (rh.div_ceil(d) * d, rw.div_ceil(d) * d);
+        let ((rh, rw), (ph, pw)) = self.sizes(width, height)?;
         let ys = linear_taps(height, rh);
         let xs = linear_taps(width, rw);
         let plane = width * height;
@@ -1067,6 +1055,31 @@ impl TorchvisionRetinaNet {
             resized: (rh, rw),
             original: (height, width),
         })
+    }
+
+    /// torchvision's sizes for a `width` x `height` image: `((height, width) resized,
+    /// (height, width) padded)`, the short side scaled towards `min_size` unless the long side
+    /// would pass `max_size`, each side `floor(side * scale)`, padded up to `size_divisible`.
+    pub fn sizes(&self, width: usize, height: usize) -> Result<((usize, usize), (usize, usize))> {
+        if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+            return Err(Error::invalid(format!(
+                "torchvision RetinaNet: an image of {width} x {height}; 1 to {MAX_IMAGE_SIDE} pixels a side are supported"
+            )));
+        }
+        let c = &self.config;
+        let (short, long) = (width.min(height) as f64, width.max(height) as f64);
+        let scale = (c.min_size as f64 / short).min(c.max_size as f64 / long);
+        let (rh, rw) = (
+            (height as f64 * scale).floor() as usize,
+            (width as f64 * scale).floor() as usize,
+        );
+        if rh == 0 || rw == 0 || rh > MAX_INPUT_SIZE || rw > MAX_INPUT_SIZE {
+            return Err(Error::invalid(format!(
+                "torchvision RetinaNet: a {width} x {height} image scales to {rw} x {rh}; each side must come to 1 to {MAX_INPUT_SIZE} pixels"
+            )));
+        }
+        let d = c.size_divisible;
+        Ok(((rh, rw), (rh.div_ceil(d) * d, rw.div_ceil(d) * d)))
     }
 
     /// torchvision's anchors for a padded input of `padded` with the levels' feature sizes:
