@@ -880,3 +880,123 @@ fn detect_faces_writes_landmarks_and_the_drawn_photo() {
     assert_eq!(rows[0]["unit"], "images/s");
     assert!(rows[0]["throughput"].as_f64().unwrap() > 0.0);
 }
+
+/// `retina detect`, `eval` and `bench detect` on a torchvision RetinaNet directory: the small v1
+/// model of tests/golden/torchvision_retinanet.json (weights by the formula both sides compute)
+/// written as `scripts/import_torchvision.py` writes one; its detections of `photos/chelsea.png`
+/// in results.json are torchvision's.
+#[test]
+fn detect_eval_and_bench_a_torchvision_retinanet() {
+    use common::tv_formula::{compare, model_tensors, safetensors_bytes};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../retina-wgpu/tests/golden/torchvision_retinanet.json"
+    );
+    let file = common::parse_golden(path, &std::fs::read_to_string(path).unwrap());
+    let m = &file["small"][0];
+    let case = &m["cases"][0];
+    assert_eq!(
+        (m["variant"].as_str(), case["photo"].as_str()),
+        (Some("v1"), Some("chelsea.png"))
+    );
+    let dir = scratch("torchvision-model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "architecture": "torchvision_retinanet",
+        "variant": "v1",
+        "num_classes": 91,
+        "min_size": case["min_size"],
+        "max_size": case["max_size"],
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors_bytes(&model_tensors(&file, m)),
+    )
+    .unwrap();
+    let photos = concat!(env!("CARGO_MANIFEST_DIR"), "/../../photos");
+    let photo = format!("{photos}/chelsea.png");
+    let out_dir = scratch("torchvision-detect");
+    let model = dir.to_str().unwrap();
+    let out = retina(&[
+        "detect",
+        "--model",
+        model,
+        "--draw",
+        "--backend",
+        "cpu",
+        "--out",
+        out_dir.to_str().unwrap(),
+        &photo,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    let found: Vec<retina_wgpu::Detection> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["image_id"], 1);
+            let b = common::f32s(&r["bbox"]);
+            retina_wgpu::Detection {
+                bbox: [b[0], b[1], b[0] + b[2], b[1] + b[3]],
+                score: r["score"].as_f64().unwrap() as f32,
+                class: r["category_id"].as_u64().unwrap() as u32,
+            }
+        })
+        .collect();
+    compare("retina detect", &found, case, 0.05);
+    let drawn = image::open(out_dir.join("chelsea.detections.png")).unwrap().into_rgb8();
+    assert_eq!(drawn.dimensions(), (451, 300));
+    assert_ne!(drawn, image::open(&photo).unwrap().into_rgb8(), "boxes were drawn");
+
+    // COCO evaluation on a one-image ground truth made of torchvision's best detection: AP50 1.
+    let best = &case["boxes"][0];
+    let b = common::f32s(best);
+    let gt = serde_json::json!({
+        "images": [{"id": 1, "file_name": "chelsea.png", "width": 451, "height": 300}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": case["labels"][0], "iscrowd": 0,
+            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1])}],
+        "categories": (1..=90).map(|i| serde_json::json!({"id": i, "name": format!("c{i}")})).collect::<Vec<_>>(),
+    });
+    let gt_path = out_dir.join("gt.json");
+    std::fs::write(&gt_path, gt.to_string()).unwrap();
+    let out = retina(&[
+        "eval",
+        "--model",
+        model,
+        "--annotations",
+        gt_path.to_str().unwrap(),
+        "--images",
+        photos,
+        "--backend",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 1.000"),
+        "{stdout}"
+    );
+
+    let out = retina(&[
+        "bench",
+        "detect",
+        "--model",
+        model,
+        "--size",
+        "160x120",
+        "--iters",
+        "1",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["op"], "torchvision_v1_160x120");
+    assert_eq!(rows[1]["op"], "torchvision_v1_160x120_network");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

@@ -11,13 +11,21 @@
 //! [--out DIR]`. `--model` is a checkpoint directory (`retina demo` writes one to `demo-out/model/`,
 //! which is used when present); without one, a small model is trained for a few hundred steps
 //! on the CPU first (`--train-steps N`, 0 for random weights), with a message saying so.
+//!
+//! `--model` may also be a torchvision RetinaNet's directory (scripts/import_torchvision.py):
+//! then a `PreparedTorchvision` records torchvision's transform (on the device, from the frame
+//! texture), its ResNet-50-FPN and its post-processing into the same frame encoder, and the boxes
+//! it finds on the synthetic scene (it was not trained on it) are drawn and listed by COCO name.
 
 use std::time::Instant;
 
 use retina_wgpu::coco::Normalize;
 use retina_wgpu::data::SceneConfig;
+use retina_wgpu::gpu::DetectionOutput;
 use retina_wgpu::gpu::{GpuDetection, OutputOptions, frame_scale};
-use retina_wgpu::model::{PreparedDetector, RetinaNet, RetinaNetConfig, checkpoint};
+use retina_wgpu::model::{
+    PreparedDetector, PreparedTorchvision, RetinaNet, RetinaNetConfig, TorchvisionRetinaNet, checkpoint,
+};
 use retina_wgpu::nn::CpuEngine;
 use retina_wgpu::train::{SyntheticData, TrainOptions, Trainer, synthetic_categories};
 use retina_wgpu::{Error, GpuContext, GpuOptions, Result, wgpu};
@@ -245,6 +253,82 @@ fn args() -> Result<Args> {
     Ok(args)
 }
 
+/// The detector recorded into each frame: the crate's small RetinaNet or a torchvision one.
+enum Detector {
+    Shapes(Box<PreparedDetector>),
+    Torchvision(Box<PreparedTorchvision>),
+}
+
+impl Detector {
+    /// The detector of `--model` (a torchvision model directory), else [`model`]'s.
+    fn new(ctx: &GpuContext, args: &Args) -> Result<Self> {
+        if let Some(dir) = args.model.as_deref() {
+            let config = std::fs::read_to_string(format!("{dir}/config.json")).unwrap_or_default();
+            if config.contains("\"torchvision_retinanet\"") {
+                println!("model: {dir} (torchvision RetinaNet)");
+                let (net, values) = TorchvisionRetinaNet::load(dir)?;
+                return Ok(Self::Torchvision(Box::new(PreparedTorchvision::new(
+                    ctx, net, &values,
+                )?)));
+            }
+        }
+        let (net, values) = model(args)?;
+        Ok(Self::Shapes(Box::new(PreparedDetector::new(ctx, net, &values)?)))
+    }
+
+    fn output(&self, options: &OutputOptions) -> Result<DetectionOutput> {
+        match self {
+            Self::Shapes(d) => d.output(1, options),
+            Self::Torchvision(d) => d.output(options),
+        }
+    }
+
+    /// Frame pixels per detection pixel for a square frame of `size`.
+    fn scale(&self, size: u32) -> Result<f32> {
+        match self {
+            Self::Shapes(d) => Ok(frame_scale(size, size, d.input_size())),
+            Self::Torchvision(d) => Ok(d.frame_scale(size as usize, size as usize)?.0),
+        }
+    }
+
+    /// What the network sees of a square frame of `size`.
+    fn input(&self, size: u32) -> Result<String> {
+        match self {
+            Self::Shapes(d) => Ok(format!("{0} x {0}", d.input_size())),
+            Self::Torchvision(d) => {
+                let t = d.target(size as usize, size as usize)?;
+                Ok(format!(
+                    "{} x {} (padded {} x {})",
+                    t.resized.1, t.resized.0, t.padded.1, t.padded.0
+                ))
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        frame: &wgpu::TextureView,
+        size: u32,
+        out: &DetectionOutput,
+    ) -> Result<()> {
+        match self {
+            Self::Shapes(d) => d.record_frame(encoder, frame, (size, size), &Normalize::IMAGENET, out),
+            Self::Torchvision(d) => d.record_frame(encoder, frame, (size, size), out),
+        }
+    }
+
+    fn class_name(&self, class: i32) -> String {
+        match self {
+            Self::Shapes(_) => ["circle", "square", "triangle", "cross"]
+                .get(class as usize)
+                .unwrap_or(&"?")
+                .to_string(),
+            Self::Torchvision(d) => d.net().config().category_name(class as u32),
+        }
+    }
+}
+
 /// The checkpoint to run: `--model`, else `demo-out/model/` if `retina demo` left one, else a small
 /// model trained here on the CPU (or random weights with `--train-steps 0`).
 fn model(args: &Args) -> Result<(RetinaNet, Vec<Vec<f32>>)> {
@@ -291,7 +375,6 @@ fn model(args: &Args) -> Result<(RetinaNet, Vec<Vec<f32>>)> {
 
 fn main() -> Result<()> {
     let args = args()?;
-    let (net, values) = model(&args)?;
 
     // The host's device, with timestamp queries when the adapter has them.
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -313,18 +396,14 @@ fn main() -> Result<()> {
     let ctx = GpuContext::from_device(&device, &queue, &GpuOptions::default())?;
     println!("adapter: {}", ctx.adapter_name());
 
-    let mut detector = PreparedDetector::new(&ctx, net, &values)?;
-    let out = detector.output(
-        1,
-        &OutputOptions {
-            extra_usage: wgpu::BufferUsages::VERTEX,
-            draw_vertices: Some(8),
-        },
-    )?;
+    let mut detector = Detector::new(&ctx, &args)?;
+    let out = detector.output(&OutputOptions {
+        extra_usage: wgpu::BufferUsages::VERTEX,
+        draw_vertices: Some(8),
+    })?;
     let draw_args = out.draw_args.as_ref().expect("asked for draw arguments");
-    let side = detector.input_size();
     let size = args.size;
-    let scale = frame_scale(size, size, side);
+    let scale = detector.scale(size)?;
 
     // The scene: a frame texture the detector reads, a full-screen pass drawing the shapes.
     let format = wgpu::TextureFormat::Rgba8Unorm;
@@ -450,12 +529,11 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let saved: Vec<usize> = [0, args.frames / 2, args.frames - 1].into();
 
-    let names = ["circle", "square", "triangle", "cross"];
     let mut gpu_ms = Vec::new();
     let mut found_total = (0, 0);
     println!(
-        "{} x {} frames, network input {side} x {side}; boxes drawn from score {DRAW_SCORE}",
-        size, size
+        "{size} x {size} frames, network input {}; boxes drawn from score {DRAW_SCORE}",
+        detector.input(size)?
     );
     for f in 0..args.frames {
         let scene = objects(f as f32 * 4.0, size as f32);
@@ -496,7 +574,7 @@ fn main() -> Result<()> {
             pass.draw(0..3, 0..1);
         }
         // The detector: frame -> input tensor -> network -> post-processing, recorded here.
-        detector.record_frame(&mut encoder, &frame_view, (size, size), &Normalize::IMAGENET, &out)?;
+        detector.record(&mut encoder, &frame_view, size, &out)?;
         {
             let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
                 label: Some("boxes"),
@@ -558,7 +636,7 @@ fn main() -> Result<()> {
         for d in &shown {
             println!(
                 "    {:<8} {:.2} [{:.0} {:.0} {:.0} {:.0}]",
-                names.get(d.class as usize).unwrap_or(&"?"),
+                detector.class_name(d.class),
                 d.score,
                 d.bbox[0] * scale,
                 d.bbox[1] * scale,

@@ -12,6 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use common::tv_formula::{Tensor, compare, formula, uniform};
 use common::{f32s, golden, gpu};
 use retina_wgpu::coco;
 use retina_wgpu::model::PreparedTorchvision;
@@ -21,56 +22,6 @@ use retina_wgpu::ops::postprocess::Detection;
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
-}
-
-// The formula of scripts/torchvision_reference.py, value for value.
-
-fn fnv1a64(name: &str) -> u64 {
-    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn uniform(name: &str, n: usize) -> Vec<f32> {
-    let seed = fnv1a64(name);
-    (0..n as u64)
-        .map(|i| (splitmix64(seed.wrapping_add(i)) >> 40) as f32 * (2.0 / 16_777_216.0) - 1.0)
-        .collect()
-}
-
-fn formula(name: &str, shape: &[usize], file: &serde_json::Value, variant: &str) -> Vec<f32> {
-    let u = uniform(name, shape.iter().product());
-    let map = |a: f32, b: f32| u.iter().map(|&u| a + b * u).collect::<Vec<f32>>();
-    if shape.len() == 4 {
-        let fan_in = (shape[1] * shape[2] * shape[3]) as f64;
-        let gain = if name.ends_with("cls_logits.weight") {
-            file["cls_gain"].as_f64().unwrap()
-        } else {
-            1.0
-        };
-        let s = (gain * (6.0 / fan_in).sqrt()) as f32;
-        u.iter().map(|&u| u * s).collect()
-    } else if name.ends_with("running_mean") {
-        u.iter().map(|&u| 0.1 * u).collect()
-    } else if name.ends_with("running_var") {
-        map(0.75, 0.25)
-    } else if name.ends_with("cls_logits.bias") {
-        map(file["cls_bias"][variant].as_f64().unwrap() as f32, 0.5)
-    } else if name.ends_with(".bn3.weight") || name.ends_with(".downsample.1.weight") {
-        map(0.2, 0.1)
-    } else if name.ends_with(".weight") {
-        map(0.6, 0.2)
-    } else {
-        assert!(name.ends_with(".bias"), "no formula for {name}");
-        u.iter().map(|&u| 0.1 * u).collect()
-    }
 }
 
 /// The reference's model: the network from the state dict's shapes and its folded parameters.
@@ -130,78 +81,6 @@ fn photo(name: &str) -> (Vec<u8>, usize, usize) {
     let rgb = coco::read_rgb(repo(&format!("photos/{name}"))).unwrap();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     (rgb.into_raw(), w, h)
-}
-
-/// Our detections against torchvision's: each detection of either list is matched with one of
-/// the other (same label, score within 1e-4, box within 1e-2 px), except those within 1e-4 of
-/// the score threshold, which may fall on either side of it.
-fn compare(what: &str, ours: &[Detection], case: &serde_json::Value, threshold: f32) {
-    let scores = f32s(&case["scores"]);
-    let labels: Vec<u32> = case["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let boxes: Vec<[f32; 4]> = case["boxes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            let v = f32s(b);
-            [v[0], v[1], v[2], v[3]]
-        })
-        .collect();
-    assert!(!scores.is_empty(), "{what}: the reference has detections");
-    let box_diff = |a: &[f32; 4], b: &[f32; 4]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-    let mut matched = vec![None; ours.len()];
-    let mut used = vec![false; scores.len()];
-    let mut worst = (0.0f32, 0.0f32);
-    for (j, d) in ours.iter().enumerate() {
-        let hit = (0..scores.len()).find(|&i| {
-            !used[i]
-                && labels[i] == d.class
-                && (d.score - scores[i]).abs() <= 1e-4
-                && box_diff(&d.bbox, &boxes[i]) <= 1e-2
-        });
-        if let Some(i) = hit {
-            used[i] = true;
-            matched[j] = Some(i);
-            worst = (
-                worst.0.max((d.score - scores[i]).abs()),
-                worst.1.max(box_diff(&d.bbox, &boxes[i])),
-            );
-        }
-    }
-    let near = |s: f32| s < threshold + 1e-4;
-    for (j, d) in ours.iter().enumerate() {
-        assert!(
-            matched[j].is_some() || near(d.score),
-            "{what}: our detection {j} {d:?} is not in torchvision's list"
-        );
-    }
-    for i in 0..scores.len() {
-        assert!(
-            used[i] || near(scores[i]),
-            "{what}: torchvision's detection {i} (label {}, {:?}, score {}) is missing",
-            labels[i],
-            boxes[i],
-            scores[i]
-        );
-    }
-    // Matched detections come in the same order (both best first).
-    let order: Vec<usize> = matched.iter().flatten().copied().collect();
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]),
-        "{what}: the order differs: {order:?}"
-    );
-    eprintln!(
-        "{what}: {} of {} detections match torchvision (worst score {:.1e}, box {:.1e} px)",
-        order.len(),
-        scores.len(),
-        worst.0,
-        worst.1
-    );
 }
 
 /// Runs one model on one RGB image.
@@ -335,9 +214,6 @@ fn max_pool_refuses_bad_windows() {
         assert!(e.max_pool2d(&pool, &x).is_err(), "{pool:?} on 2x2");
     }
 }
-
-/// A state-dict tensor: name, shape, values.
-type Tensor = (String, Vec<usize>, Vec<f32>);
 
 /// A state dict as `safetensors.torch.save_file(model.state_dict())` writes it: every tensor of
 /// the v2 model (formula values, 2 classes: a user's own model) and BatchNorm's int64 counters.

@@ -12,8 +12,8 @@ use retina_wgpu::model::{DetectEngine, Detector, RetinaNet, checkpoint, evaluate
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::{Error, Result};
 
-use crate::cli::Bar;
 use crate::cli::train::{DataArgs, EngineChoice};
+use crate::cli::{Bar, tvnet};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -23,7 +23,9 @@ pub struct EvalArgs {
     /// Detections: a COCO bbox results JSON (`[{image_id, category_id, bbox, score}, ...]`).
     #[arg(long, value_name = "RESULTS.json", requires = "gt")]
     results: Option<PathBuf>,
-    /// A trained model directory (`config.json`, `model.safetensors`) to run and evaluate.
+    /// A trained model directory (`config.json`, `model.safetensors`) to run and evaluate: the
+    /// crate's own, or a torchvision RetinaNet's (on a COCO dataset: its labels are COCO's
+    /// category ids).
     #[arg(long, value_name = "DIR", required_unless_present = "gt")]
     model: Option<PathBuf>,
     /// With --model: the data (`synthetic`: --scenes fresh scenes the model has not seen, from
@@ -64,6 +66,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 gt.categories.len()
             );
             (coco::evaluate(&gt, &results)?, what)
+        }
+        (_, _, Some(model)) if tvnet::is_torchvision(model) => {
+            let (annotations, images) = match (&args.data.annotations, &args.data.images) {
+                (Some(a), Some(i)) => (a.clone(), i.clone()),
+                _ if args.data.data != "synthetic" => {
+                    let d = Path::new(&args.data.data);
+                    (d.join("annotations.json"), d.join("images"))
+                }
+                _ => {
+                    return Err(Error::InvalidParameter(
+                        "a torchvision model is evaluated on a COCO dataset: give --annotations FILE --images DIR (or --data DIR)".into(),
+                    ));
+                }
+            };
+            let (eval, results, what) =
+                tvnet::evaluate(model, &annotations, &images, args.data.skip_unreadable, args.backend)?;
+            if let Some(path) = &args.save_results {
+                coco::save_results(path, &results)?;
+            }
+            (eval, what)
         }
         (_, _, Some(model)) => {
             let (net, values) = checkpoint::load_model(model)?;

@@ -6,13 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use retina_wgpu::coco::{self, Image};
+use retina_wgpu::coco::{self, BboxResult, Evaluation, Image, Instances};
 use retina_wgpu::data::draw;
 use retina_wgpu::model::TorchvisionRetinaNet;
 use retina_wgpu::model::torchvision::{ARCHITECTURE, Params};
 use retina_wgpu::nn::{CpuEngine, Engine, GpuEngine};
-use retina_wgpu::{Detection, Error, Result};
+use retina_wgpu::{Detection, Error, Progress, Result};
 
+use crate::cli::Bar;
 use crate::cli::train::EngineChoice;
 
 /// True when the model directory's `config.json` names torchvision's RetinaNet.
@@ -132,4 +133,92 @@ pub fn draw_all(image: &mut RgbImage, dets: &[Detection], net: &TorchvisionRetin
         draw::draw_box(image, d.bbox, colour, thickness);
         draw::draw_label(image, d.bbox, &label, colour, text);
     }
+}
+
+/// One image's detections from its RGB bytes, width and height.
+type DetectFn<'a> = dyn FnMut(&[u8], usize, usize) -> Result<Vec<Detection>> + 'a;
+
+/// Runs the model over every image of the COCO instances file `annotations` (files under
+/// `images`) and evaluates the detections with COCO's metrics. The model's labels are the
+/// results' `category_id`s, as torchvision's COCO models use COCO's ids (91-id space);
+/// detections of a label the annotations have no category for are dropped (and counted).
+pub fn evaluate(
+    dir: &Path,
+    annotations: &Path,
+    images: &Path,
+    skip_unreadable: bool,
+    backend: EngineChoice,
+) -> Result<(Evaluation, Vec<BboxResult>, String)> {
+    let gt = Instances::load(annotations)?;
+    let (net, values) = TorchvisionRetinaNet::load(dir)?;
+    let params = net.config().default_params();
+    let known: std::collections::HashSet<i64> = gt.categories.iter().map(|c| c.id).collect();
+    let bar = Bar::new(true);
+    bar.start("detecting", gt.images.len() as u64);
+    let mut results = Vec::new();
+    let (mut dropped, mut unreadable) = (0usize, Vec::new());
+    let mut run = |detect: &mut DetectFn| -> Result<()> {
+        for image in &gt.images {
+            let path = images.join(&image.file_name);
+            let rgb = match coco::read_rgb(&path) {
+                Ok(rgb) => rgb,
+                Err(e) if skip_unreadable => {
+                    unreadable.push(format!("{}: {e}", path.display()));
+                    bar.advance(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+            let found =
+                detect(rgb.as_raw(), w, h).map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
+            for d in found {
+                let category_id = i64::from(d.class);
+                if !known.contains(&category_id) {
+                    dropped += 1;
+                    continue;
+                }
+                let [x1, y1, x2, y2] = d.bbox.map(f64::from);
+                results.push(BboxResult {
+                    image_id: image.id,
+                    category_id,
+                    bbox: [x1, y1, x2 - x1, y2 - y1],
+                    score: f64::from(d.score),
+                });
+            }
+            bar.advance(1);
+        }
+        Ok(())
+    };
+    match backend.resolve()? {
+        Some(ctx) => {
+            let mut e = GpuEngine::new(&ctx)?;
+            let p = net.upload(&mut e, &values)?;
+            run(&mut |rgb, w, h| net.detect(&mut e, &p, rgb, w, h, params))?;
+        }
+        None => {
+            let mut e = CpuEngine::<f32>::new();
+            let p = net.upload(&mut e, &values)?;
+            run(&mut |rgb, w, h| net.detect(&mut e, &p, rgb, w, h, params))?;
+        }
+    }
+    bar.finish();
+    for u in &unreadable {
+        eprintln!("skipped unreadable image {u}");
+    }
+    if dropped > 0 {
+        eprintln!(
+            "{dropped} detections had a label that is not a category of {}",
+            annotations.display()
+        );
+    }
+    let eval = coco::evaluate(&gt, &results)?;
+    let what = format!(
+        "{} images of {} ({} skipped as unreadable), {} detections",
+        gt.images.len(),
+        annotations.display(),
+        unreadable.len(),
+        results.len()
+    );
+    Ok((eval, results, what))
 }

@@ -24,6 +24,7 @@
 #![allow(dead_code)]
 
 pub mod cases;
+pub mod tv_formula;
 
 #[cfg(not(target_arch = "wasm32"))]
 use std::path::PathBuf;
