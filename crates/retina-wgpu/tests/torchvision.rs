@@ -86,11 +86,14 @@ fn photo(name: &str) -> (Vec<u8>, usize, usize) {
 /// Runs one model on one RGB image.
 type Run = Box<dyn FnMut(&[u8], usize, usize) -> Vec<Detection>>;
 
-/// Every case of the golden file's `set` (`models`: min_size 256, `small`: 96) through the
+/// Every case of the golden file's `set` (`models`: min_size 256, `small`: 64) through the
 /// detector `make` builds for each model.
-fn check(what: &str, set: &str, mut make: impl FnMut(&TorchvisionRetinaNet, &[Vec<f32>]) -> Run) {
+fn check(what: &str, set: &str, variants: &[&str], mut make: impl FnMut(&TorchvisionRetinaNet, &[Vec<f32>]) -> Run) {
     let file = golden("torchvision_retinanet.json");
     for m in file[set].as_array().unwrap() {
+        if !variants.contains(&m["variant"].as_str().unwrap()) {
+            continue;
+        }
         let cases = m["cases"].as_array().unwrap();
         let size = |k: &str| cases[0][k].as_u64().unwrap() as usize;
         let (net, values) = model(&file, m, (size("min_size"), size("max_size")));
@@ -139,7 +142,7 @@ fn check(what: &str, set: &str, mut make: impl FnMut(&TorchvisionRetinaNet, &[Ve
 #[test]
 fn torchvision_retinanet_matches_torchvision_on_the_cpu() {
     for set in ["models", "small"] {
-        check("cpu", set, |net, values| {
+        check("cpu", set, &["v1", "v2"], |net, values| {
             let mut e = CpuEngine::<f32>::new();
             let params = net.upload(&mut e, values).unwrap();
             let net = net.clone();
@@ -152,11 +155,18 @@ fn torchvision_retinanet_matches_torchvision_on_the_cpu() {
 }
 
 /// The whole path on the device: the transform (from a texture), the network and the
-/// post-processing, one readback.
+/// post-processing, one readback. v2 only, for CI time (15 s a model on lavapipe even at
+/// min_size 64): v1 differs in its heads (convolutions with bias and ReLU, no GroupNorm) and in
+/// where P6 starts, layers the v2 path and the CPU test exercise; `RETINA_TV_GPU_V1=1` adds it.
 #[test]
 fn torchvision_retinanet_matches_torchvision_on_the_gpu() {
     let Some(ctx) = gpu() else { return };
-    check("gpu", "small", |net, values| {
+    let variants: &[&str] = if std::env::var_os("RETINA_TV_GPU_V1").is_some() {
+        &["v1", "v2"]
+    } else {
+        &["v2"]
+    };
+    check("gpu", "small", variants, |net, values| {
         let mut prepared = PreparedTorchvision::new(&ctx, net.clone(), values).unwrap();
         Box::new(move |rgb, w, h| prepared.detect(rgb, w, h).unwrap())
     });
@@ -370,7 +380,7 @@ fn wrong_state_dicts_are_refused_with_the_tensor_named() {
 #[test]
 fn bad_images_and_settings_are_errors() {
     let file = golden("torchvision_retinanet.json");
-    let (net, _) = model(&file, &file["small"][0], (96, 160));
+    let (net, _) = model(&file, &file["small"][0], (64, 100));
     assert!(net.transform(&[], 0, 10).is_err());
     assert!(net.transform(&[0; 11], 2, 2).is_err(), "11 bytes are not 2 x 2 RGB");
     assert!(net.transform(&[0; 12], 2, 2).is_ok());
