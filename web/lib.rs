@@ -1,5 +1,5 @@
-//! The web page's module (`web/index.html`): the small RetinaNet on the browser's WebGPU
-//! device. The page fetches a checkpoint from its own folder, and for each image (a file the
+//! The web page's module (`web/index.html`): the small RetinaNet, RetinaFace and a
+//! torchvision RetinaNet on the browser's WebGPU device. The page fetches a checkpoint from its own folder, and for each image (a file the
 //! user picks, or a synthetic scene made here by the crate's own generator) this module fits it
 //! into the network's input on the CPU, records the detector (`model::PreparedDetector`, the
 //! same forward pass and post-processing as natively) and reads the detections back with an
@@ -15,7 +15,10 @@ use std::rc::Rc;
 
 use retina_wgpu::data::SceneConfig;
 use retina_wgpu::gpu::{DetectionOutput, FaceOutput, GpuBuffer, OutputOptions};
-use retina_wgpu::model::{PreparedDetector, PreparedFaces, RetinaFace, RetinaNet, RetinaNetConfig, checkpoint};
+use retina_wgpu::model::{
+    PreparedDetector, PreparedFaces, PreparedTorchvision, RetinaFace, RetinaNet, RetinaNetConfig, TorchvisionRetinaNet,
+    checkpoint,
+};
 use retina_wgpu::ops::image::Normalize;
 use retina_wgpu::{GpuContext, GpuOptions};
 use wasm_bindgen::prelude::*;
@@ -202,6 +205,74 @@ impl WebFaces {
                 flat.extend(f.bbox);
                 flat.push(f.score);
                 flat.extend(f.landmarks);
+            }
+            Ok(js_sys::Float32Array::from(flat.as_slice()).into())
+        })
+    }
+}
+
+/// A torchvision RetinaNet (a model directory of scripts/import_torchvision.py) on the page's
+/// WebGPU device: torchvision's transform, the network and the post-processing recorded in one
+/// encoder (`model::PreparedTorchvision`), the detections read back.
+#[wasm_bindgen]
+pub struct WebTorchvision {
+    inner: Rc<RefCell<PreparedTorchvision>>,
+    names: Vec<String>,
+}
+
+#[wasm_bindgen]
+impl WebTorchvision {
+    /// Makes the WebGPU context and the model of `config_json` (its `config.json`,
+    /// `"architecture": "torchvision_retinanet"`) with `weights` (its `model.safetensors`).
+    pub async fn load(config_json: String, weights: Vec<u8>) -> Result<WebTorchvision, JsError> {
+        let (net, values) = TorchvisionRetinaNet::from_bytes(config_json.as_bytes(), &weights).map_err(js)?;
+        drop(weights);
+        let names = (0..net.config().num_classes as u32)
+            .map(|c| net.config().category_name(c))
+            .collect();
+        let ctx = GpuContext::new_async(GpuOptions::default()).await.map_err(js)?;
+        let prepared = PreparedTorchvision::new(&ctx, net, &values).map_err(js)?;
+        Ok(WebTorchvision {
+            inner: Rc::new(RefCell::new(prepared)),
+            names,
+        })
+    }
+
+    /// The name of label `label`.
+    pub fn class_name(&self, label: u32) -> String {
+        self.names
+            .get(label as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("class {label}"))
+    }
+
+    /// Detects in an RGBA image of `width` x `height` pixels (a canvas's `ImageData`):
+    /// resolves to a `Float32Array` of `[x1, y1, x2, y2, score, label]` per detection in image
+    /// pixels, best first.
+    // The borrow is held across the readback on purpose (see `WebDetector::detect`).
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
+        let inner = Rc::clone(&self.inner);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = inner
+                .try_borrow_mut()
+                .map_err(|_| JsError::new("a detection is already running"))?;
+            let (w, h) = (width as usize, height as usize);
+            let bytes = w.checked_mul(h).and_then(|n| n.checked_mul(4));
+            if w == 0 || h == 0 || bytes != Some(rgba.len()) {
+                return Err(JsError::new(&format!(
+                    "{} bytes are not an RGBA image of {width} x {height}",
+                    rgba.len()
+                ))
+                .into());
+            }
+            let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            let found = guard.detect_async(&rgb, w, h).await.map_err(js)?;
+            let mut flat = Vec::with_capacity(6 * found.len());
+            for d in &found {
+                flat.extend(d.bbox);
+                flat.push(d.score);
+                flat.push(d.class as f32);
             }
             Ok(js_sys::Float32Array::from(flat.as_slice()).into())
         })

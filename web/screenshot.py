@@ -4,7 +4,7 @@ library only), waits until the page has run the detector on its first synthetic 
 that boxes were drawn, and saves a screenshot.
 
     python3 web/screenshot.py [--out docs/web-page.png] [--timeout 180] [--runs N] [--console]
-                              [--bad-files] [--faces]
+                              [--bad-files] [--faces] [--torchvision DIR [--torchvision-expect R.json]]
 
 With --bad-files it then picks, through the page's file input, an empty file, a text file, a
 truncated PNG, a PNG of 20,000 x 20,000 pixels and a file over the page's size limit, and checks
@@ -119,6 +119,47 @@ def check_faces(base, s, timeout, runs):
             sys.exit(f"face {i} differs from the reference by {worst:.3f} px")
 
 
+def check_torchvision(base, s, timeout, runs, expect):
+    """Switches the page to a torchvision model (the folder served as web/torchvision/), presses
+    Load and waits for its detections on the sample photo; with `expect` (the results.json of
+    `retina detect --model DIR faces/sample.png`) they must be the same detections (labels
+    equal, boxes within 0.01 px and scores within 1e-3 as the page rounds them)."""
+    call(base, "POST", s + "/execute/sync", {
+        "script": "const m = document.getElementById('model'); m.value = 'torchvision';"
+                  " m.dispatchEvent(new Event('change')); document.getElementById('tvload').click();",
+        "args": []})
+    deadline = time.time() + timeout
+    state = {}
+    while time.time() < deadline:
+        state = call(base, "POST", s + "/execute/sync", {
+            "script": "return Object.assign({}, document.body.dataset,"
+                      " {status: document.getElementById('status').textContent});", "args": []})
+        if int(state.get("runs", "0")) > runs or "error" in state:
+            break
+        time.sleep(1)
+    print(state.get("status", "(no status)"))
+    if "error" in state:
+        sys.exit(f"the torchvision model failed: {state['error']}")
+    if "tvValues" not in state:
+        sys.exit(f"the page gave no torchvision detections within {timeout} s")
+    got = [float(v) for v in state["tvValues"].split()]
+    if expect:
+        with open(expect) as f:
+            want = [r for r in json.load(f) if r["image_id"] == 1]
+        if len(got) != 6 * len(want):
+            sys.exit(f"the page found {len(got) // 6} detections, retina detect {len(want)}")
+        worst = 0.0
+        for i, r in enumerate(want):
+            x, y, w, h = r["bbox"]
+            page = got[6 * i:6 * i + 6]
+            if int(page[5]) != r["category_id"] or abs(page[4] - r["score"]) > 1e-3:
+                sys.exit(f"detection {i}: page {page}, retina detect {r}")
+            worst = max([worst] + [abs(a - b) for a, b in zip(page[:4], [x, y, x + w, y + h])])
+        print(f"{len(want)} detections equal to retina detect's (largest box difference {worst:.3f} px)")
+        if worst > 0.01 + 1e-3:
+            sys.exit(f"a box differs from retina detect's by {worst:.3f} px")
+
+
 def check_bad_files(base, s, timeout, good_image):
     """Picks each bad file, then a good one; exits non-zero unless every bad file gave its
     message and the good one was detected afterwards."""
@@ -159,6 +200,10 @@ def main():
     ap.add_argument("--runs", type=int, default=1, help="scenes to time after the first (the picture is the last)")
     ap.add_argument("--faces", action="store_true",
                     help="then run the face model on the sample photo and check its faces")
+    ap.add_argument("--torchvision", metavar="DIR",
+                    help="then load the torchvision model folder DIR (served as web/torchvision/) and run it on the sample photo")
+    ap.add_argument("--torchvision-expect", metavar="RESULTS.json",
+                    help="with --torchvision: retina detect's results.json on web/faces/sample.png, to compare with")
     ap.add_argument("--bad-files", action="store_true",
                     help="then pick bad files and a good one through the file input")
     args = ap.parse_args()
@@ -229,6 +274,17 @@ def main():
                 sys.exit(f"the page did not finish {1 + args.runs} detections within {args.timeout} s")
             if args.faces:
                 check_faces(base, s, args.timeout, int(state.get("runs", "0")))
+            if args.torchvision:
+                link = os.path.join(WEB, "torchvision")
+                if os.path.islink(link):
+                    os.remove(link)
+                os.symlink(os.path.abspath(args.torchvision), link)
+                try:
+                    check_torchvision(base, s, args.timeout, int(call(base, "POST", s + "/execute/sync", {
+                        "script": "return document.body.dataset.runs || '0';", "args": []})),
+                        args.torchvision_expect)
+                finally:
+                    os.remove(link)
             png = base64.b64decode(call(base, "GET", s + "/screenshot"))
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out, "wb") as f:

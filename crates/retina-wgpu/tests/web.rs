@@ -663,3 +663,53 @@ fn assert_detections_close(what: &str, got: &[Detection], want: &[Detection]) {
         );
     }
 }
+
+// ---- torchvision's RetinaNet ----
+
+const TV_GOLDEN: &str = include_str!("golden/torchvision_retinanet.json");
+const CHELSEA: &[u8] = include_bytes!("../../../photos/chelsea.png");
+
+/// torchvision's ResNet-50-FPN v2 RetinaNet (the small golden model: weights by the formula of
+/// tests/common/tv_formula.rs, min_size 64) wholly on the page's device: the transform from a
+/// texture, the network and the post-processing, read back without blocking; the detections of
+/// `photos/chelsea.png` are torchvision's own.
+#[wasm_bindgen_test]
+async fn torchvision_retinanet_v2_matches_torchvision_in_the_browser() {
+    use common::tv_formula::{compare, model_tensors};
+    use retina_wgpu::model::PreparedTorchvision;
+    use retina_wgpu::model::torchvision::{TorchvisionConfig, TorchvisionRetinaNet, Variant};
+    let file = parse_golden("torchvision_retinanet.json", TV_GOLDEN);
+    let m = file["small"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["variant"] == "v2")
+        .expect("the small v2 model");
+    let case = &m["cases"][0];
+    assert_eq!(case["photo"], "chelsea.png");
+    let tensors = model_tensors(&file, m);
+    let mut config = TorchvisionConfig::new(Variant::V2, 91);
+    config.min_size = case["min_size"].as_u64().unwrap() as usize;
+    config.max_size = case["max_size"].as_u64().unwrap() as usize;
+    let find = |name: &str| tensors.iter().find(|t| t.0 == name);
+    let net = TorchvisionRetinaNet::new(config, &|name| {
+        find(name)
+            .map(|t| t.1.clone())
+            .ok_or_else(|| retina_wgpu::Error::invalid(format!("{name} missing")))
+    })
+    .unwrap();
+    let values = net
+        .fold(&|name| Ok(find(name).expect("every tensor").2.as_slice()))
+        .unwrap();
+    drop(tensors);
+    let photo = image::load_from_memory(CHELSEA).unwrap().into_rgb8();
+    let (w, h) = (photo.width() as usize, photo.height() as usize);
+    let ctx = gpu().await;
+    let mut prepared = PreparedTorchvision::new(&ctx, net, &values).unwrap();
+    let found = prepared.detect_async(photo.as_raw(), w, h).await.unwrap();
+    compare("browser v2 chelsea.png", &found, case, 0.05);
+    log(&format!(
+        "torchvision v2 in the browser: {} detections equal to torchvision's",
+        found.len()
+    ));
+}

@@ -190,8 +190,25 @@ impl PreparedTorchvision {
     /// Detections in an RGB image (`3 * width * height` bytes) in its pixels: the image as a
     /// texture, then [`PreparedTorchvision::record_frame`], one submission, one readback, the
     /// boxes scaled back as torchvision does. An image larger than the device's textures is
-    /// transformed on the host instead. Blocks: for native code.
+    /// transformed on the host instead. Blocks: for native code
+    /// ([`PreparedTorchvision::detect_async`] in a browser).
     pub fn detect(&mut self, rgb: &[u8], width: usize, height: usize) -> Result<Vec<Detection>> {
+        let out = self.submit_rgb(rgb, width, height)?;
+        let detections = self.ctx.download(&out.detections)?;
+        let counts = self.ctx.download(&out.counts)?;
+        self.finish(width, height, &detections, &counts)
+    }
+
+    /// [`PreparedTorchvision::detect`] with awaited readbacks (a browser's event loop).
+    pub async fn detect_async(&mut self, rgb: &[u8], width: usize, height: usize) -> Result<Vec<Detection>> {
+        let out = self.submit_rgb(rgb, width, height)?;
+        let detections = self.ctx.download_async(&out.detections).await?;
+        let counts = self.ctx.download_async(&out.counts).await?;
+        self.finish(width, height, &detections, &counts)
+    }
+
+    /// Records and submits detection over an RGB image; the output to read back.
+    fn submit_rgb(&mut self, rgb: &[u8], width: usize, height: usize) -> Result<DetectionOutput> {
         if rgb.len() != 3usize.saturating_mul(width).saturating_mul(height) {
             return Err(Error::invalid(format!(
                 "PreparedTorchvision::detect: {} bytes are not an RGB image of {width} x {height}",
@@ -212,10 +229,19 @@ impl PreparedTorchvision {
             self.record(&mut encoder, &input, target, &out)?;
         }
         self.ctx.queue().submit([encoder.finish()]);
-        let detections = self.ctx.download(&out.detections)?;
-        let counts = self.ctx.download(&out.counts)?;
+        Ok(out)
+    }
+
+    /// The detections read back, in the original image's pixels.
+    fn finish(
+        &self,
+        width: usize,
+        height: usize,
+        detections: &[crate::gpu::GpuDetection],
+        counts: &[u32],
+    ) -> Result<Vec<Detection>> {
         let (sx, sy) = self.frame_scale(width, height)?;
-        let found = unpack_detections(&detections, &counts, self.postprocess.max_detections);
+        let found = unpack_detections(detections, counts, self.postprocess.max_detections);
         Ok(found
             .into_iter()
             .next()
