@@ -18,10 +18,17 @@ model of that variant with `strict=True` first, so a tensor that is missing, ext
 shape fails here with torchvision's message naming it. The number of classes comes from
 `cls_logits` unless given; with 91 classes the config names them with COCO's categories as
 torchvision's weights do (labels are COCO category ids).
+
+BatchNorm's epsilon: torchvision runs its published v1 COCO weights with eps 0
+(`retinanet_resnet50_fpn(weights=...)` calls `overwrite_eps(model, 0.0)`), and so every model
+fine-tuned from them that way; models built otherwise use 1e-5. `--batch-norm-eps` says which;
+by default 0 for a v1 file named like torchvision's COCO weights (`retinanet_resnet50_fpn_coco-*`),
+else 1e-5, and the script prints the choice.
 """
 
 import argparse
 import json
+import re
 import os
 import sys
 
@@ -40,12 +47,21 @@ ANCHORS = 9
 def read_state_dict(path):
     if path.endswith(".safetensors"):
         return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # torchvision's references/detection/train.py saves {"model", "optimizer", ..., "args": an
+    # argparse.Namespace}: allow that class, nothing else, in the safe loader.
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the loader's message names what it refused
+        sys.exit(f"{path}: not loadable as a state dict with torch.load(weights_only=True): {e}")
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         sys.exit(f"{path}: not a state dict (a dict of tensors); save model.state_dict(), not the model")
+    # DistributedDataParallel's `module.` prefix.
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
 
 
@@ -77,6 +93,9 @@ def main():
     ap.add_argument("--nms-threshold", type=float, default=0.5)
     ap.add_argument("--detections", type=int, default=300, help="detections per image")
     ap.add_argument("--topk-candidates", type=int, default=1000)
+    ap.add_argument("--batch-norm-eps", type=float,
+                    help="BatchNorm's epsilon: 0 for torchvision's v1 COCO weights and models fine-tuned from "
+                         "them, 1e-5 otherwise (default: 0 for a v1 file named retinanet_resnet50_fpn_coco-*)")
     args = ap.parse_args()
 
     sd = rename_old_keys(read_state_dict(args.weights))
@@ -95,6 +114,12 @@ def main():
     bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if bad:
         sys.exit(f"{args.weights}: non-finite values in {bad[:5]}")
+    eps = args.batch_norm_eps
+    if eps is None:
+        coco_v1 = args.variant == "v1" and re.match(r"retinanet_resnet50_fpn_coco-", os.path.basename(args.weights))
+        eps = 0.0 if coco_v1 else 1e-5
+        print(f"BatchNorm eps {eps:g} ({'torchvision runs its v1 COCO weights with eps 0' if coco_v1 else 'PyTorch default'}; "
+              "--batch-norm-eps to choose)")
     categories = []
     if num_classes == 91:
         categories = list(RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
@@ -113,8 +138,7 @@ def main():
         "nms_threshold": args.nms_threshold,
         "detections_per_image": args.detections,
         "topk_candidates": args.topk_candidates,
-        # FrozenBatchNorm2d's and nn.BatchNorm2d's default.
-        "batch_norm_eps": 1e-5,
+        "batch_norm_eps": eps,
         "source": {
             "weights": os.path.basename(args.weights),
             "torchvision": torchvision.__version__,

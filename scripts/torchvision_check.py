@@ -2,8 +2,10 @@
 """Checks `retina detect` against torchvision on a torchvision RetinaNet model directory: runs
 torchvision's own model (the variant and state dict of DIR, with DIR's sizes and thresholds) in
 `eval()` on each photo, runs `retina detect --model DIR --backend BACKEND` on the same photos, and
-compares the detections: the same labels in the same order, scores within 1e-4, boxes within
-1e-2 px (detections within 1e-4 of the score threshold may be on either side of it). Prints one
+compares the detections: each detection of either list matched in the other (same label,
+score within 1e-4, box within 1e-2 px; detections within 1e-4 of the score threshold may be on
+either side of it). The torchvision model takes DIR's config (sizes, thresholds, normalisation,
+BatchNorm epsilon). Prints one
 line per photo and exits non-zero on a difference.
 
     pip install torch torchvision safetensors pillow
@@ -19,6 +21,7 @@ import tempfile
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 from safetensors.torch import load_file
 from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
@@ -34,7 +37,13 @@ def torchvision_model(directory):
                  score_thresh=config.get("score_threshold", 0.05), nms_thresh=config.get("nms_threshold", 0.5),
                  detections_per_img=config.get("detections_per_image", 300),
                  topk_candidates=config.get("topk_candidates", 1000))
-    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")), strict=False)
+    model.transform.image_mean = config.get("image_mean", model.transform.image_mean)
+    model.transform.image_std = config.get("image_std", model.transform.image_std)
+    model.load_state_dict(load_file(os.path.join(directory, "model.safetensors")), strict=True)
+    eps = config.get("batch_norm_eps", 1e-5)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torchvision.ops.misc.FrozenBatchNorm2d)):
+            m.eps = eps
     return model.eval(), config
 
 

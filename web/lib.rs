@@ -1,8 +1,9 @@
 //! The web page's module (`web/index.html`): the small RetinaNet, RetinaFace and a
-//! torchvision RetinaNet on the browser's WebGPU device. The page fetches a checkpoint from its own folder, and for each image (a file the
-//! user picks, or a synthetic scene made here by the crate's own generator) this module fits it
-//! into the network's input on the CPU, records the detector (`model::PreparedDetector`, the
-//! same forward pass and post-processing as natively) and reads the detections back with an
+//! torchvision RetinaNet on the browser's WebGPU device. The page fetches a model from a folder
+//! beside it; for each image (a file the user picks, a sample photo, or a synthetic scene made
+//! here by the crate's own generator) this module records the model's prepared object (the same
+//! forward pass and post-processing as natively; the small RetinaNet's input is fitted on the
+//! CPU, torchvision's transform runs on the device) and reads the detections back with an
 //! awaited map. Built for wasm32 only; natively it compiles to nothing.
 //!
 //! Build: `web/build.sh` (a wasm32 release build of this crate, then `wasm-bindgen --target

@@ -23,6 +23,7 @@ use retina_wgpu::coco::Normalize;
 use retina_wgpu::data::SceneConfig;
 use retina_wgpu::gpu::DetectionOutput;
 use retina_wgpu::gpu::{GpuDetection, OutputOptions, frame_scale};
+use retina_wgpu::model::torchvision::is_model_dir;
 use retina_wgpu::model::{
     PreparedDetector, PreparedTorchvision, RetinaNet, RetinaNetConfig, TorchvisionRetinaNet, checkpoint,
 };
@@ -262,15 +263,16 @@ enum Detector {
 impl Detector {
     /// The detector of `--model` (a torchvision model directory), else [`model`]'s.
     fn new(ctx: &GpuContext, args: &Args) -> Result<Self> {
-        if let Some(dir) = args.model.as_deref() {
-            let config = std::fs::read_to_string(format!("{dir}/config.json")).unwrap_or_default();
-            if config.contains("\"torchvision_retinanet\"") {
-                println!("model: {dir} (torchvision RetinaNet)");
-                let (net, values) = TorchvisionRetinaNet::load(dir)?;
-                return Ok(Self::Torchvision(Box::new(PreparedTorchvision::new(
-                    ctx, net, &values,
-                )?)));
-            }
+        let torchvision = args
+            .model
+            .as_deref()
+            .filter(|dir| is_model_dir(std::path::Path::new(dir)));
+        if let Some(dir) = torchvision {
+            println!("model: {dir} (torchvision RetinaNet)");
+            let (net, values) = TorchvisionRetinaNet::load(dir)?;
+            return Ok(Self::Torchvision(Box::new(PreparedTorchvision::new(
+                ctx, net, &values,
+            )?)));
         }
         let (net, values) = model(args)?;
         Ok(Self::Shapes(Box::new(PreparedDetector::new(ctx, net, &values)?)))

@@ -1,6 +1,8 @@
 // Max pooling of NCHW tensors (PyTorch's `max_pool2d`, no dilation, no ceil mode): each output
 // is the largest input of its kernel x kernel window, the padding never chosen (the window is
-// clipped to the input). One invocation per output. src/cpu/nn.rs is the twin.
+// clipped to the input), a NaN in the window winning as in PyTorch (where the compiler keeps
+// `v != v`: WGSL lets an implementation assume no NaN). One invocation per output. src/cpu/nn.rs
+// is the twin.
 
 // Must stay in sync with `MaxPoolConfig` in src/gpu/nn.rs.
 struct Config {
@@ -43,7 +45,8 @@ fn main(
     var best = src[base + y0 * cfg.in_w + x0];
     for (var yy = y0; yy < y1; yy = yy + 1u) {
         for (var xx = x0; xx < x1; xx = xx + 1u) {
-            best = max(best, src[base + yy * cfg.in_w + xx]);
+            let v = src[base + yy * cfg.in_w + xx];
+            best = select(best, v, v > best || v != v);
         }
     }
     dst[i] = best;

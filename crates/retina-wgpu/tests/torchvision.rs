@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use common::tv_formula::{Tensor, compare, formula, uniform};
+use common::tv_formula::{Tensor, compare, formula, model_tensors, uniform};
 use common::{f32s, golden, gpu};
 use retina_wgpu::coco;
 use retina_wgpu::model::PreparedTorchvision;
@@ -231,27 +231,14 @@ fn state_dict_file(edit: impl Fn(&mut Vec<Tensor>)) -> (Vec<u8>, Vec<u8>) {
     let file = golden("torchvision_retinanet.json");
     let m = &file["models"][1];
     assert_eq!(m["variant"], "v2");
-    let mut tensors: Vec<Tensor> = m["tensor_shapes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| !t[0].as_str().unwrap().ends_with("num_batches_tracked"))
-        .map(|t| {
-            let name = t[0].as_str().unwrap().to_string();
-            let mut shape: Vec<usize> = t[1]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            if name.starts_with("head.classification_head.cls_logits") {
-                // 2 classes x 9 anchors.
-                shape[0] = 18;
-            }
-            let values = formula(&name, &shape, &file, "v2");
-            (name, shape, values)
-        })
-        .collect();
+    let mut tensors = model_tensors(&file, m);
+    for (name, shape, values) in tensors.iter_mut() {
+        if name.starts_with("head.classification_head.cls_logits") {
+            // 2 classes x 9 anchors.
+            shape[0] = 18;
+            *values = formula(name, shape, &file, "v2");
+        }
+    }
     edit(&mut tensors);
     let counters: Vec<String> = tensors
         .iter()
@@ -340,6 +327,25 @@ fn wrong_state_dicts_are_refused_with_the_tensor_named() {
     );
     let deeper = err(&|t| t.push(("backbone.body.layer3.6.conv1.weight".into(), vec![1], vec![0.0])));
     assert!(deeper.contains("ResNet-101"), "{deeper}");
+    // torchvision's version-1 key names (heads `conv.{2i}.weight`): the importer's job, and
+    // said so.
+    let old = err(&|t| {
+        for t in t.iter_mut() {
+            if t.0.starts_with("head.classification_head.conv.0.0.") {
+                t.0 = t.0.replace("conv.0.0.", "conv.0.");
+            }
+        }
+    });
+    assert!(old.contains("import_torchvision.py"), "{old}");
+    // A BatchNorm counter that is not one int64.
+    let counter = err(&|t| {
+        t.push((
+            "backbone.fpn.layer_blocks.0.num_batches_tracked".into(),
+            vec![3],
+            vec![0.0; 3],
+        ))
+    });
+    assert!(counter.contains("num_batches_tracked"), "{counter}");
     let shape = err(&|t| {
         let k = t
             .iter()
@@ -384,13 +390,16 @@ fn bad_images_and_settings_are_errors() {
     assert!(net.transform(&[], 0, 10).is_err());
     assert!(net.transform(&[0; 11], 2, 2).is_err(), "11 bytes are not 2 x 2 RGB");
     assert!(net.transform(&[0; 12], 2, 2).is_ok());
-    // 1 x 100,000: the short side would scale to 0 rows.
+    // 60,000 x 1: the short side would scale to 0 rows.
     let long = vec![0u8; 3 * 60_000];
     let e = net.transform(&long, 60_000, 1).unwrap_err().to_string();
     assert!(e.contains("scales to"), "{e}");
     assert!(net.transform(&[0; 3], 100_000, 1).is_err());
     let mut p = net.config().default_params();
     p.score_threshold = f32::NAN;
+    assert!(p.check().is_err());
+    // 1 would pass no score at all, and the device's post-processing refuses it.
+    p.score_threshold = 1.0;
     assert!(p.check().is_err());
     p = net.config().default_params();
     p.detections_per_image = 0;
@@ -401,4 +410,17 @@ fn bad_images_and_settings_are_errors() {
     c = net.config().clone();
     c.min_size = 0;
     assert!(c.validate().is_err());
+    // Padding past the input limit is refused before any work.
+    c = net.config().clone();
+    (c.min_size, c.max_size, c.size_divisible) = (4001, 4096, 1000);
+    let padded = TorchvisionRetinaNet::new(c, &|name| {
+        net.state()
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.shape.clone())
+            .ok_or_else(|| retina_wgpu::Error::invalid("missing"))
+    })
+    .unwrap();
+    let e = padded.sizes(4001, 4001).unwrap_err().to_string();
+    assert!(e.contains("padded"), "{e}");
 }

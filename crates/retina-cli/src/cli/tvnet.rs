@@ -9,7 +9,7 @@ use image::RgbImage;
 use retina_wgpu::coco::{self, BboxResult, Evaluation, Image, Instances};
 use retina_wgpu::data::draw;
 use retina_wgpu::model::TorchvisionRetinaNet;
-use retina_wgpu::model::torchvision::{ARCHITECTURE, Params};
+use retina_wgpu::model::torchvision::Params;
 use retina_wgpu::nn::{CpuEngine, Engine, GpuEngine};
 use retina_wgpu::{Detection, Error, Progress, Result};
 
@@ -18,17 +18,7 @@ use crate::cli::train::EngineChoice;
 
 /// True when the model directory's `config.json` names torchvision's RetinaNet.
 pub fn is_torchvision(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read(dir.join("config.json")) else {
-        return false;
-    };
-    serde_json::from_slice::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| {
-            v.get("architecture")
-                .and_then(|a| a.as_str())
-                .map(|a| a == ARCHITECTURE)
-        })
-        .unwrap_or(false)
+    retina_wgpu::model::torchvision::is_model_dir(dir)
 }
 
 /// Runs the model on `images`, writing `results.json`, `images.json` and, with `draw`,

@@ -63,7 +63,8 @@ pub fn frame_scale(width: u32, height: u32, side: usize) -> f32 {
 
 impl GpuContext {
     /// Records torchvision's transform of `frame` (a view of a float-sampleable 2-D texture of
-    /// `width` x `height`, read with `textureLoad`; a non-sRGB view of 8-bit images gives the
+    /// `width` x `height`, read with `textureLoad`: the size must be the texture's, or the
+    /// loads past it read unspecified texels; a non-sRGB view of 8-bit images gives the
     /// stored bytes / 255 as torchvision's `to_tensor`) into image `image` of `out`, a batch of
     /// `[3, padded.0, padded.1]` tensors: normalised by `mean` and `std`, resized to `resized`
     /// with PyTorch's bilinear interpolation (`align_corners=False`), zero past it.

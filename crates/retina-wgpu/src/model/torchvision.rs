@@ -29,6 +29,7 @@
 //! trick up to 1,000 boxes, one NMS per class above), the best `detections_per_image`, and the
 //! boxes scaled back to the original image.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -53,6 +54,13 @@ pub const MAX_IMAGE_SIDE: usize = 1 << 16;
 pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
 /// The base anchor size of P3; P4-P7 double it.
 const BASE_SIZE: usize = 32;
+/// The most classes a model may have (its classification head's outputs, 9 per class, must stay
+/// within the crate's channel limit).
+pub const MAX_CLASSES: usize = MAX_HEAD_OUTPUTS / ANCHORS_PER_CELL;
+/// The most outputs of a convolution read from a state dict.
+const MAX_HEAD_OUTPUTS: usize = 4 * crate::model::MAX_CHANNELS;
+/// Pyramid levels (P3-P7).
+pub const LEVELS: usize = 5;
 /// GroupNorm groups of the v2 heads.
 const HEAD_GROUPS: usize = 32;
 
@@ -177,12 +185,8 @@ impl TorchvisionConfig {
         if self.architecture != ARCHITECTURE {
             return bad(format!("architecture is `{}`, not `{ARCHITECTURE}`", self.architecture));
         }
-        if self.num_classes == 0 || self.num_classes > crate::model::MAX_CLASSES {
-            return bad(format!(
-                "num_classes {} is not in 1..={}",
-                self.num_classes,
-                crate::model::MAX_CLASSES
-            ));
+        if self.num_classes == 0 || self.num_classes > MAX_CLASSES {
+            return bad(format!("num_classes {} is not in 1..={MAX_CLASSES}", self.num_classes));
         }
         if !self.categories.is_empty() && self.categories.len() != self.num_classes {
             return bad(format!(
@@ -247,14 +251,18 @@ impl Params {
     /// Checks the thresholds' ranges.
     pub fn check(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::invalid(format!("torchvision RetinaNet: {msg}")));
-        if !(0.0..=1.0).contains(&self.score_threshold) {
-            return bad(format!("score threshold {} is not in [0, 1]", self.score_threshold));
+        if !(0.0..1.0).contains(&self.score_threshold) {
+            return bad(format!("score threshold {} is not in [0, 1)", self.score_threshold));
         }
         if !(0.0..=1.0).contains(&self.nms_threshold) {
             return bad(format!("NMS threshold {} is not in [0, 1]", self.nms_threshold));
         }
-        if self.detections_per_image == 0 || self.topk_candidates == 0 {
-            return bad("detections_per_image and topk_candidates must be at least 1".into());
+        let limit = 1usize << 20;
+        if !(1..=limit).contains(&self.detections_per_image) || !(1..=limit).contains(&self.topk_candidates) {
+            return bad(format!(
+                "detections_per_image {} and topk_candidates {} must be in 1..={limit}",
+                self.detections_per_image, self.topk_candidates
+            ));
         }
         Ok(())
     }
@@ -384,11 +392,11 @@ impl Builder<'_> {
     fn conv_weight(&mut self, name: &str, in_channels: usize, kernel: usize, stride: usize) -> Result<Conv2d> {
         let key = format!("{name}.weight");
         let w = self.shape(&key, None)?;
-        let ok = matches!(w.as_slice(), [o, i, kh, kw] if *o > 0 && *o <= crate::model::MAX_CHANNELS * 4
+        let ok = matches!(w.as_slice(), [o, i, kh, kw] if *o > 0 && *o <= MAX_HEAD_OUTPUTS
             && *i == in_channels && *kh == kernel && *kw == kernel);
         if !ok {
             return Err(Error::invalid(format!(
-                "tensor `{key}` is {w:?}: [out, {in_channels}, {kernel}, {kernel}] is expected (the layer before gives {in_channels} channels)"
+                "tensor `{key}` is {w:?}: [out, {in_channels}, {kernel}, {kernel}] with 1 to {MAX_HEAD_OUTPUTS} outputs is expected (the layer before gives {in_channels} channels)"
             )));
         }
         Ok(Conv2d {
@@ -561,18 +569,39 @@ impl TorchvisionRetinaNet {
             outer.push(b.conv_bias(&format!("{fpn}.layer_blocks.{i}.0"), width, 3, 1)?);
         }
         let width = inner[0].conv.out_channels;
-        if inner.iter().chain(&outer).any(|l| l.conv.out_channels != width) {
-            return Err(Error::invalid("the FPN's blocks differ in output channels"));
+        for (i, l) in inner.iter().chain(&outer).enumerate() {
+            if l.conv.out_channels != width {
+                let (kind, k) = if i < 3 {
+                    ("inner_blocks", i)
+                } else {
+                    ("layer_blocks", i - 3)
+                };
+                return Err(Error::invalid(format!(
+                    "`{fpn}.{kind}.{k}.0.weight` gives {} channels, `{fpn}.inner_blocks.0.0.weight` {width}: the FPN's blocks must agree",
+                    l.conv.out_channels
+                )));
+            }
         }
         let p6_in = match config.variant {
             Variant::V1 => width,
             Variant::V2 => returned[2],
         };
-        let mut p6 = b.conv_bias(&format!("{fpn}.extra_blocks.p6"), p6_in, 3, 2)?;
-        p6.conv.padding = 1;
+        let p6 = b
+            .conv_bias(&format!("{fpn}.extra_blocks.p6"), p6_in, 3, 2)
+            .map_err(|e| {
+                let other = if config.variant == Variant::V1 {
+                    "v2 (P6 from C5)"
+                } else {
+                    "v1 (P6 from P5)"
+                };
+                Error::invalid(format!("{e}; is the model {other}? check `variant` in config.json"))
+            })?;
         let p7 = b.conv_bias(&format!("{fpn}.extra_blocks.p7"), p6.conv.out_channels, 3, 2)?;
         if p6.conv.out_channels != width || p7.conv.out_channels != width {
-            return Err(Error::invalid("P6 and P7 must have the FPN's channels"));
+            return Err(Error::invalid(format!(
+                "`{fpn}.extra_blocks.p6.weight` and `p7.weight` give {} and {} channels, the FPN {width}",
+                p6.conv.out_channels, p7.conv.out_channels
+            )));
         }
         let head = |name: &str, b: &mut Builder| -> Result<Vec<Layer>> {
             (0..4)
@@ -631,20 +660,22 @@ impl TorchvisionRetinaNet {
         let header = read_safetensors_header(&weights)?;
         let mut shapes = HashMap::new();
         if let Some(tensors) = header.as_object() {
-            for (name, t) in tensors {
+            for (name, t) in tensors.iter().filter(|(name, _)| *name != "__metadata__") {
                 let shape = t.get("shape").and_then(|s| s.as_array()).and_then(|dims| {
                     dims.iter()
                         .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                         .collect::<Option<Vec<usize>>>()
                 });
-                if let Some(shape) = shape {
-                    shapes.insert(name.clone(), shape);
-                }
+                let shape = shape.ok_or_else(|| {
+                    Error::format(&source, format!("tensor `{name}` has no readable shape in the header"))
+                })?;
+                shapes.insert(name.clone(), shape);
             }
         }
         let net = Self::with_shapes(config, &shapes, &source)?;
         // The file's size is bounded by what the network needs (plus the BatchNorm counters).
-        let max = 4 * net.state_scalars() as u64 + 8 * 64 + 8 + MAX_HEADER_BYTES;
+        let counters = 8 * net.batch_norms().len() as u64;
+        let max = 4 * net.state_scalars() as u64 + counters + 8 + MAX_HEADER_BYTES;
         let bytes = read_limited(&weights, max, "this network's weights")?;
         let values = net.read_state(&bytes, &source)?;
         Ok((net, values))
@@ -704,7 +735,6 @@ impl TorchvisionRetinaNet {
     fn read_state(&self, bytes: &[u8], source: &str) -> Result<Vec<Vec<f32>>> {
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::format(source, format!("not a readable safetensors file: {e}")))?;
-        let mut values: HashMap<String, Vec<f32>> = HashMap::new();
         for t in &self.state {
             let view = file
                 .tensor(&t.name)
@@ -721,18 +751,36 @@ impl TorchvisionRetinaNet {
                     ),
                 ));
             }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            values.insert(t.name.clone(), data);
         }
-        self.fold(&|name| {
-            values
-                .get(name)
-                .map(|v| v.as_slice())
-                .ok_or_else(|| Error::format(source, format!("tensor `{name}` is missing")))
+        // BatchNorm's counters: int64 scalars beside a BatchNorm the network has.
+        let norms = self.batch_norms();
+        for (name, view) in file.tensors() {
+            if let Some(bn) = name.strip_suffix(".num_batches_tracked") {
+                let scalar = view.shape().iter().product::<usize>() == 1;
+                if view.dtype() != Dtype::I64 || !scalar || !norms.contains(bn) {
+                    return Err(Error::format(
+                        source,
+                        format!(
+                            "tensor `{name}` is {:?} {:?}: a BatchNorm counter is one int64 beside a BatchNorm of the network",
+                            view.dtype(),
+                            view.shape()
+                        ),
+                    ));
+                }
+            }
+        }
+        // Each tensor is converted when its recipe needs it: the file and the folded values
+        // are the only full copies held.
+        self.fold_with(&|name| {
+            let view = file
+                .tensor(name)
+                .map_err(|_| Error::format(source, format!("tensor `{name}` is missing")))?;
+            Ok(Cow::Owned(
+                view.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ))
         })
         .map_err(|e| match e {
             Error::InvalidParameter(msg) => Error::format(source, msg),
@@ -740,10 +788,26 @@ impl TorchvisionRetinaNet {
         })
     }
 
+    /// The BatchNorm layers' key prefixes (`backbone.body.bn1`, ...).
+    fn batch_norms(&self) -> BTreeSet<&str> {
+        self.recipes
+            .iter()
+            .filter_map(|r| match r {
+                Recipe::FoldBias { bn } => Some(bn.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The engine's parameters ([`TorchvisionRetinaNet::params`] order) from the state dict's
     /// values by key: BatchNorm folded into the convolution before it. A non-finite value, or a
     /// BatchNorm whose `running_var + eps` is not positive, is an error naming the tensor.
     pub fn fold<'v>(&self, get: &dyn Fn(&str) -> Result<&'v [f32]>) -> Result<Vec<Vec<f32>>> {
+        self.fold_with(&|name| get(name).map(Cow::Borrowed))
+    }
+
+    /// [`TorchvisionRetinaNet::fold`] from values that may be converted on demand.
+    fn fold_with<'v>(&self, get: &dyn Fn(&str) -> Result<Cow<'v, [f32]>>) -> Result<Vec<Vec<f32>>> {
         for t in &self.state {
             let v = get(&t.name)?;
             if v.len() != t.shape.iter().product::<usize>() {
@@ -769,7 +833,7 @@ impl TorchvisionRetinaNet {
             let var = get(&format!("{bn}.running_var"))?;
             gamma
                 .iter()
-                .zip(var)
+                .zip(var.iter())
                 .enumerate()
                 .map(|(c, (&g, &v))| {
                     let d = f64::from(v) + eps;
@@ -786,7 +850,7 @@ impl TorchvisionRetinaNet {
         self.recipes
             .iter()
             .map(|r| match r {
-                Recipe::Copy(name) => Ok(get(name)?.to_vec()),
+                Recipe::Copy(name) => Ok(get(name)?.into_owned()),
                 Recipe::FoldWeight { conv, bn } => {
                     let s = scale(bn)?;
                     let w = get(conv)?;
@@ -802,7 +866,7 @@ impl TorchvisionRetinaNet {
                     let mean = get(&format!("{bn}.running_mean"))?;
                     Ok(beta
                         .iter()
-                        .zip(mean)
+                        .zip(mean.iter())
                         .zip(&s)
                         .map(|((&b, &m), &s)| (f64::from(b) - f64::from(m) * s) as f32)
                         .collect())
@@ -893,22 +957,18 @@ impl TorchvisionRetinaNet {
         let mut s = Shape::new(1, 3, height, width);
         s = self.stem.conv.output_shape(s)?;
         s = STEM_POOL.output_shape(s)?;
-        let mut levels = Vec::with_capacity(5);
-        let mut c = Vec::new();
+        let mut levels = Vec::with_capacity(LEVELS);
         for (k, stage) in self.stages.iter().enumerate() {
             for block in stage {
                 s = block.conv2.conv.output_shape(block.conv1.conv.output_shape(s)?)?;
                 s = block.conv3.conv.output_shape(s)?;
             }
             if k > 0 {
-                c.push(s);
                 levels.push((s.h, s.w));
             }
         }
-        let p6_in = match self.config.variant {
-            Variant::V1 => Shape::new(1, self.p6.conv.in_channels, s.h, s.w),
-            Variant::V2 => c[2],
-        };
+        // P6 takes P5 (v1) or C5 (v2): the same size either way.
+        let p6_in = Shape::new(1, self.p6.conv.in_channels, s.h, s.w);
         let p6 = self.p6.conv.output_shape(p6_in)?;
         let p7 = self.p7.conv.output_shape(p6)?;
         levels.push((p6.h, p6.w));
@@ -1015,19 +1075,15 @@ impl TorchvisionRetinaNet {
     /// with PyTorch's bilinear interpolation (`align_corners=False`), zero-padded at the bottom
     /// and right to a multiple of `size_divisible`.
     pub fn transform(&self, rgb: &[u8], width: usize, height: usize) -> Result<Transformed> {
-        if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
-            return Err(Error::invalid(format!(
-                "torchvision RetinaNet: an image of {width} x {height}; 1 to {MAX_IMAGE_SIDE} pixels a side are supported"
-            )));
-        }
-        if rgb.len() != 3 * width * height {
+        let ((rh, rw), (ph, pw)) = self.sizes(width, height)?;
+        // Checked: on wasm32 `usize` is 32 bits.
+        if width.checked_mul(height).and_then(|p| p.checked_mul(3)) != Some(rgb.len()) {
             return Err(Error::invalid(format!(
                 "torchvision RetinaNet: {} bytes are not an RGB image of {width} x {height}",
                 rgb.len()
             )));
         }
         let c = &self.config;
-        let ((rh, rw), (ph, pw)) = self.sizes(width, height)?;
         let ys = linear_taps(height, rh);
         let xs = linear_taps(width, rw);
         let plane = width * height;
@@ -1079,14 +1135,25 @@ impl TorchvisionRetinaNet {
             )));
         }
         let d = c.size_divisible;
-        Ok(((rh, rw), (rh.div_ceil(d) * d, rw.div_ceil(d) * d)))
+        let (ph, pw) = (rh.div_ceil(d) * d, rw.div_ceil(d) * d);
+        if ph > MAX_INPUT_SIZE || pw > MAX_INPUT_SIZE {
+            return Err(Error::invalid(format!(
+                "torchvision RetinaNet: a {width} x {height} image is padded to {pw} x {ph} (size_divisible {d}); at most {MAX_INPUT_SIZE} a side"
+            )));
+        }
+        Ok(((rh, rw), (ph, pw)))
     }
 
     /// torchvision's anchors for a padded input of `padded` with the levels' feature sizes:
     /// per level, rows then columns then the nine anchors (ratios 0.5, 1, 2, each at three
-    /// sizes), `[x1, y1, x2, y2]` in the padded input's pixels.
+    /// sizes), `[x1, y1, x2, y2]` in the padded input's pixels. `levels` are
+    /// [`TorchvisionRetinaNet::level_sizes`]' (at most the first five are used).
     pub fn anchors(&self, padded: (usize, usize), levels: &[(usize, usize)]) -> Vec<[f32; 4]> {
-        let mut out = Vec::with_capacity(levels.iter().map(|&(h, w)| h * w).sum::<usize>() * ANCHORS_PER_CELL);
+        let levels = &levels[..levels.len().min(LEVELS)];
+        let cells = levels
+            .iter()
+            .fold(0usize, |n, &(h, w)| n.saturating_add(h.saturating_mul(w)));
+        let mut out = Vec::with_capacity(cells.saturating_mul(ANCHORS_PER_CELL).min(1 << 24));
         for (l, &(gh, gw)) in levels.iter().enumerate() {
             let base = base_anchors(BASE_SIZE << l);
             let (sy, sx) = (padded.0 / gh.max(1), padded.1 / gw.max(1));
@@ -1115,8 +1182,17 @@ impl TorchvisionRetinaNet {
     ) -> Result<Vec<Detection>> {
         params.check()?;
         let k = self.config.num_classes;
+        if levels != self.level_sizes(image.padded.0, image.padded.1)? {
+            return Err(Error::shape(
+                "torchvision retinanet detections",
+                format!(
+                    "levels {levels:?} are not those of a {} x {} input",
+                    image.padded.1, image.padded.0
+                ),
+            ));
+        }
         let rows = levels.iter().map(|&(h, w)| h * w).sum::<usize>() * ANCHORS_PER_CELL;
-        if logits.len() != rows * k || deltas.len() != rows * 4 {
+        if Some(logits.len()) != rows.checked_mul(k) || deltas.len() != rows * 4 {
             return Err(Error::shape(
                 "torchvision retinanet detections",
                 format!(
@@ -1138,8 +1214,9 @@ impl TorchvisionRetinaNet {
             let level = &logits[start * k..(start + n) * k];
             // sigmoid(l) > t only where l > logit(t): the exact f32 sigmoid is computed and
             // compared for the logits near or above it (a margin of 1e-3 covers its rounding).
+            // The margin covers the f32 sigmoid's rounding, about 6e-8 / (1 - t) in logits.
             let t = f64::from(params.score_threshold);
-            let cut = ((t / (1.0 - t)).ln() - 1e-3) as f32;
+            let cut = ((t / (1.0 - t)).ln() - 1e-3f64.max(1e-6 / (1.0 - t))) as f32;
             let mut candidates: Vec<(f32, usize)> = level
                 .iter()
                 .enumerate()
@@ -1278,10 +1355,15 @@ fn batched_nms(boxes: &[[f32; 4]], scores: &[f32], labels: &[i32], threshold: f3
     let keep = if boxes.len() * 4 > 4000 {
         crate::cpu::nms::nms(&nms, boxes, scores, Some(labels)).keep
     } else {
-        let max = boxes
-            .iter()
-            .flatten()
-            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        // torch's `max` is NaN when a value is: then every offset box is NaN and nothing is
+        // suppressed, as there.
+        let max = boxes.iter().flatten().fold(f32::NEG_INFINITY, |m, &v| {
+            if m.is_nan() || v.is_nan() || v > m {
+                if m.is_nan() { m } else { v }
+            } else {
+                m
+            }
+        });
         let offset_boxes: Vec<[f32; 4]> = boxes
             .iter()
             .zip(labels)
@@ -1293,6 +1375,26 @@ fn batched_nms(boxes: &[[f32; 4]], scores: &[f32], labels: &[i32], threshold: f3
         crate::cpu::nms::nms(&nms, &offset_boxes, scores, None).keep
     };
     keep.into_iter().map(|i| i as usize).collect()
+}
+
+/// True when `dir/config.json` (read up to the configuration size limit) names this
+/// architecture.
+pub fn is_model_dir(dir: &Path) -> bool {
+    let Ok(text) = read_limited(
+        &ModelDir(dir.to_path_buf()).config(),
+        MAX_CONFIG_BYTES,
+        "a model configuration",
+    ) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v.get("architecture")
+                .and_then(|a| a.as_str())
+                .map(|a| a == ARCHITECTURE)
+        })
+        .unwrap_or(false)
 }
 
 /// ResNet's stem pooling.
@@ -1317,6 +1419,14 @@ fn architecture_hint<'a>(keys: impl Iterator<Item = &'a String>) -> Option<Strin
         .any(|k| k.starts_with("rpn.") || k.starts_with("roi_heads."))
     {
         return Some("the file has `rpn.*` / `roi_heads.*` tensors: a Faster or Mask R-CNN, not a RetinaNet".into());
+    }
+    if keys.iter().any(|k| {
+        k.ends_with("classification_head.conv.0.weight") || k.starts_with("backbone.fpn.inner_blocks.0.weight")
+    }) {
+        return Some(
+            "the file has the key names of older torchvision versions: convert it with scripts/import_torchvision.py"
+                .into(),
+        );
     }
     if keys.iter().any(|k| k.starts_with("backbone.body.layer3.6.")) {
         return Some("the file has more than six blocks in `layer3`: a ResNet-101 or -152 body, not ResNet-50".into());

@@ -100,8 +100,9 @@ impl PreparedTorchvision {
     }
 
     /// Records detection over one frame into `encoder`: `frame` (a `width` x `height` view, as
-    /// [`GpuContext::record_resize_normalize`] reads it) through torchvision's transform, the
-    /// network and the post-processing, the detections in `out` in the resized image's pixels.
+    /// [`GpuContext::record_resize_normalize`] reads it: `width` and `height` must be the
+    /// texture's, and the view not sRGB) through torchvision's transform, the network and the
+    /// post-processing, the detections in `out` in the resized image's pixels.
     pub fn record_frame(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -122,7 +123,9 @@ impl PreparedTorchvision {
     }
 
     /// Records detection over an image already transformed (`3 * padded.0 * padded.1` values,
-    /// as [`TorchvisionRetinaNet::transform`] makes them) into `encoder`.
+    /// as [`TorchvisionRetinaNet::transform`] makes them) into `encoder`. `target` is the
+    /// image's sizes: positive, the resized within the padded, the padded a multiple of
+    /// `size_divisible` (as [`PreparedTorchvision::target`] gives them).
     pub fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -130,6 +133,14 @@ impl PreparedTorchvision {
         target: ResizeTarget,
         out: &DetectionOutput,
     ) -> Result<()> {
+        let ((rh, rw), (ph, pw)) = (target.resized, target.padded);
+        let d = self.net.config().size_divisible;
+        let max = crate::model::MAX_INPUT_SIZE;
+        if rh == 0 || rw == 0 || rh > ph || rw > pw || ph > max || pw > max || ph % d != 0 || pw % d != 0 {
+            return Err(Error::invalid(format!(
+                "PreparedTorchvision::record: resized {rw} x {rh} in padded {pw} x {ph}: sizes must be positive, the resized within the padded, the padded a multiple of {d} up to {max}"
+            )));
+        }
         let ctx = self.engine.context().clone();
         ctx.frame(encoder, |encoder| self.record_images(encoder, image, target, out))
     }
