@@ -28,7 +28,9 @@ are the same code at 800/1333) with torchvision's default thresholds (score 0.05
 candidates per level, 300 detections). Stored per variant and photo: the image size, the resized
 size, every detection (box in original pixels, score, label) in torchvision's output order, and
 the mean and standard deviation of each FPN level and of the head outputs (a layer-by-layer
-diagnosis for when the detections differ). `small` holds the same models on one photo at min_size
+diagnosis for when the detections differ). `batch` holds v1's detections of two photos
+of different sizes given to torchvision in one call (padded to one canvas). `small` holds the
+same models on one photo at min_size
 64 / max_size 100, for the GPU test (lavapipe is slow). Also a max-pool vector (3x3, stride 2, padding 1, an
 odd size) for the layer's own test.
 """
@@ -167,6 +169,27 @@ def run(variant, photos, min_size=MIN_SIZE, max_size=MAX_SIZE):
     return {"variant": variant, "tensors": len(tensors), "tensor_shapes": tensors, "cases": cases}
 
 
+def run_batch(variant, photos):
+    """One call on several photos: torchvision pads the batch to its largest image (rounded up
+    to 32), so each image's features and anchors are those of that shared canvas."""
+    make = retinanet_resnet50_fpn if variant == "v1" else retinanet_resnet50_fpn_v2
+    model = make(weights=None, weights_backbone=None, num_classes=91, min_size=MIN_SIZE, max_size=MAX_SIZE)
+    model.load_state_dict(formula_state_dict(model, variant))
+    model.eval()
+    xs = [torch.from_numpy(load_photo(name).copy()).permute(2, 0, 1).float() / 255.0 for name in photos]
+    with torch.no_grad():
+        images, _ = model.transform(xs)
+        dets = model(xs)
+    print(variant, "batch", photos, "padded", list(images.tensors.shape[-2:]), [len(d["scores"]) for d in dets])
+    return {
+        "variant": variant,
+        "photos": photos,
+        "padded": list(images.tensors.shape[-2:]),
+        "cases": [{"photo": name, "boxes": d["boxes"].tolist(), "scores": d["scores"].tolist(),
+                   "labels": d["labels"].tolist()} for name, d in zip(photos, dets)],
+    }
+
+
 def max_pool_vector():
     u = uniform("max_pool", 2 * 3 * 9 * 7)
     x = torch.from_numpy(u.reshape(2, 3, 9, 7))
@@ -189,6 +212,8 @@ def main():
         "models": [run("v1", args.photos), run("v2", args.photos)],
         # Smaller inputs for the GPU test (lavapipe runs ResNet-50 at about 1 GFLOP/s).
         "small": [run(v, ["chelsea.png"], SMALL_MIN, SMALL_MAX) for v in ("v1", "v2")],
+        # A batch of two photos of different sizes (v1, min_size 256): one padded canvas.
+        "batch": run_batch("v1", ["chelsea.png", "astronaut.png"]),
     }
     with open(args.out, "w") as f:
         json.dump(out, f)

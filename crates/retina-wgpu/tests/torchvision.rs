@@ -172,6 +172,49 @@ fn torchvision_retinanet_matches_torchvision_on_the_gpu() {
     });
 }
 
+/// Two photos of different sizes in one call, as torchvision batches them (padded to one
+/// canvas): each image's detections are torchvision's for that batch.
+#[test]
+fn a_batch_of_photos_matches_torchvision() {
+    let file = golden("torchvision_retinanet.json");
+    let b = &file["batch"];
+    let m = file["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["variant"] == b["variant"])
+        .unwrap();
+    let case0 = &m["cases"][0];
+    let size = |k: &str| case0[k].as_u64().unwrap() as usize;
+    let (net, values) = model(&file, m, (size("min_size"), size("max_size")));
+    let mut e = CpuEngine::<f32>::new();
+    let params = net.upload(&mut e, &values).unwrap();
+    let photos: Vec<(Vec<u8>, usize, usize)> = b["photos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| photo(p.as_str().unwrap()))
+        .collect();
+    let images: Vec<(&[u8], usize, usize)> = photos.iter().map(|(rgb, w, h)| (rgb.as_slice(), *w, *h)).collect();
+    let found = net
+        .detect_batch(&mut e, &params, &images, net.config().default_params())
+        .unwrap();
+    assert_eq!(found.len(), images.len());
+    for (dets, case) in found.iter().zip(b["cases"].as_array().unwrap()) {
+        compare(
+            &format!("batch {}", case["photo"]),
+            dets,
+            case,
+            net.config().score_threshold,
+        );
+    }
+    assert!(
+        net.detect_batch(&mut e, &params, &[], net.config().default_params())
+            .unwrap()
+            .is_empty()
+    );
+}
+
 fn max_pool_case<E: Engine>(e: &mut E) {
     let file = golden("torchvision_retinanet.json");
     let v = &file["max_pool"];

@@ -17,7 +17,9 @@
 //! four 3x3 convolutions with ReLU (v2: no bias, GroupNorm(32) before the ReLU), outputs in
 //! torchvision's (level, row, column, anchor, class) order.
 //!
-//! [`TorchvisionRetinaNet::detect`] adds torchvision's `GeneralizedRCNNTransform` and
+//! [`TorchvisionRetinaNet::detect`] (one image) and [`TorchvisionRetinaNet::detect_batch`]
+//! (several, padded to one canvas as torchvision batches them) add torchvision's
+//! `GeneralizedRCNNTransform` and
 //! `postprocess_detections` on the host: the image scaled by `min(min_size / short side,
 //! max_size / long side)` with PyTorch's bilinear interpolation (`align_corners=False`, output
 //! size `floor(side * scale)`), normalised by the ImageNet mean and deviation and zero-padded to a
@@ -1274,6 +1276,58 @@ impl TorchvisionRetinaNet {
         let out = self.forward(e, params, &input)?;
         let (logits, deltas) = (e.read(&out.logits)?, e.read(&out.boxes)?);
         self.detections(&image, &out.levels, &logits, &deltas, post)
+    }
+}
+
+impl TorchvisionRetinaNet {
+    /// Detections in several RGB images `(bytes, width, height)` run as one batch, as
+    /// torchvision runs a list of images: each transformed on its own, all zero-padded to the
+    /// largest padded size (so each image's features and anchors are those of the shared
+    /// canvas), one forward pass, then each image's post-processing with its own sizes.
+    pub fn detect_batch<E: Engine>(
+        &self,
+        e: &mut E,
+        params: &[E::Tensor],
+        images: &[(&[u8], usize, usize)],
+        post: Params,
+    ) -> Result<Vec<Vec<Detection>>> {
+        post.check()?;
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = images
+            .iter()
+            .map(|&(rgb, w, h)| self.transform(rgb, w, h))
+            .collect::<Result<Vec<_>>>()?;
+        let ph = batch.iter().map(|t| t.padded.0).max().unwrap_or(0);
+        let pw = batch.iter().map(|t| t.padded.1).max().unwrap_or(0);
+        let shape = Shape::new(batch.len(), 3, ph, pw);
+        let mut data = vec![0.0f32; shape.checked_len()?];
+        for (t, dst) in batch.iter_mut().zip(data.chunks_exact_mut(3 * ph * pw)) {
+            let (h, w) = t.padded;
+            for (src_plane, dst_plane) in t.data.chunks_exact(h * w).zip(dst.chunks_exact_mut(ph * pw)) {
+                for (src_row, dst_row) in src_plane.chunks_exact(w).zip(dst_plane.chunks_exact_mut(pw)) {
+                    dst_row[..w].copy_from_slice(src_row);
+                }
+            }
+            t.padded = (ph, pw);
+            t.data = Vec::new();
+        }
+        let input = e.tensor(shape, &data)?;
+        drop(data);
+        let out = self.forward(e, params, &input)?;
+        let (logits, deltas) = (e.read(&out.logits)?, e.read(&out.boxes)?);
+        let k = self.config.num_classes;
+        let rows = logits.len() / (batch.len() * k);
+        batch
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let l = &logits[i * rows * k..(i + 1) * rows * k];
+                let d = &deltas[i * rows * 4..(i + 1) * rows * 4];
+                self.detections(t, &out.levels, l, d, post)
+            })
+            .collect()
     }
 }
 
