@@ -143,6 +143,46 @@ fn bench_conv_json_reports_flops_of_every_distinct_layer() {
 }
 
 #[test]
+fn bench_gemm_json_has_the_three_products_of_each_convolution() {
+    let args = [
+        "bench",
+        "gemm",
+        "--batch",
+        "1",
+        "--size",
+        "32",
+        "--classes",
+        "2",
+        "--iters",
+        "1",
+        "--json",
+        "--backend",
+        "cpu",
+    ];
+    let out = retina(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON array");
+    let rows = rows.as_array().unwrap();
+    // The first backbone convolution, 3 -> 16, 3x3, stride 2 on one 32 x 32 image (16 x 16
+    // outputs): forward 16 x 27 x 256, weight gradient 16 x 256 x 27, input gradient
+    // 3 x 144 x 1024, each 2 M K N FLOP.
+    for (m, k, n) in [(16u64, 27u64, 256u64), (16, 256, 27), (3, 144, 1024)] {
+        let op = format!("gemm[{m}x{k}x{n}]");
+        let row = rows
+            .iter()
+            .find(|r| r["op"] == op.as_str())
+            .unwrap_or_else(|| panic!("no {op} row"));
+        assert_eq!(row["size"].as_u64().unwrap(), 2 * m * k * n, "{op}");
+        assert!(row["seconds"].as_f64().unwrap() > 0.0);
+    }
+    let mut ops: Vec<&str> = rows.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    let all = ops.len();
+    ops.sort_unstable();
+    ops.dedup();
+    assert_eq!(ops.len(), all, "each product once per backend");
+}
+
+#[test]
 fn info_names_the_chosen_adapter() {
     if common::gpu().is_none() {
         return;

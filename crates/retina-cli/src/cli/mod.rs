@@ -1,7 +1,7 @@
 //! Command-line definitions and dispatch.
 
 mod ablate;
-mod bench;
+pub mod bench;
 mod demo;
 mod detect;
 mod eval;

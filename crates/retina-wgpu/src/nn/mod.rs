@@ -19,7 +19,7 @@ mod sgd;
 pub use engine::{ConvGrads, Engine, GroupNormGrads, GroupNormOut, PoolStats};
 pub use group_norm::GroupNorm;
 pub use init::{Init, SeededRng};
-pub use retinanet::{ConvUse, small_retinanet_convs};
+pub use retinanet::{ConvUse, GemmShape, gemm_shapes, small_retinanet_convs};
 pub use sgd::{LrSchedule, Sgd};
 
 pub use crate::cpu::nn::{CpuEngine, CpuTensor};

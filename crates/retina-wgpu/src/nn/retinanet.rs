@@ -1,6 +1,7 @@
 //! The convolutions of the small RetinaNet (docs/ARCHITECTURE.md; every number configurable), as a list:
 //! what `retina bench conv` measures.
 
+use crate::error::Result;
 use crate::nn::{Conv2d, Shape};
 
 /// One convolution of the network, applied `count` times per training step at `input`.
@@ -108,4 +109,59 @@ pub fn small_retinanet_convs(batch: usize, size: usize, anchors: usize, classes:
         });
     }
     out
+}
+
+/// A matrix product `M x K` times `K x N`: one of the implicit GEMMs a convolution runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GemmShape {
+    /// Rows of the product.
+    pub m: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// Columns of the product.
+    pub n: usize,
+}
+
+impl GemmShape {
+    /// The benchmark's name for it: `gemm[MxKxN]`.
+    pub fn op(&self) -> String {
+        format!("gemm[{}x{}x{}]", self.m, self.k, self.n)
+    }
+
+    /// Multiply-adds x 2.
+    pub fn flops(&self) -> u64 {
+        2 * self.m as u64 * self.k as u64 * self.n as u64
+    }
+}
+
+/// The distinct implicit GEMMs of `convs` (sorted): per convolution, the forward pass
+/// (out channels x fan-in x output pixels of the batch), the weight gradient (out channels x
+/// output pixels x fan-in) and the input gradient (in channels x out channels * kernel area x
+/// input pixels), as the GPU's convolution runs them. What `retina bench gemm` times as plain
+/// matrix products, the kernels' speed apart from the convolution's index arithmetic.
+pub fn gemm_shapes(convs: &[ConvUse]) -> Result<Vec<GemmShape>> {
+    let mut out = Vec::new();
+    for u in convs {
+        let c = u.conv;
+        let y = c.output_shape(u.input)?;
+        let kernel_area = c.kernel.0 * c.kernel.1;
+        out.push(GemmShape {
+            m: c.out_channels,
+            k: c.fan_in(),
+            n: y.n * y.plane(),
+        });
+        out.push(GemmShape {
+            m: c.out_channels,
+            k: y.n * y.plane(),
+            n: c.fan_in(),
+        });
+        out.push(GemmShape {
+            m: c.in_channels,
+            k: c.out_channels * kernel_area,
+            n: u.input.n * u.input.plane(),
+        });
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }

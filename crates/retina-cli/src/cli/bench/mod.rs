@@ -6,6 +6,7 @@ mod conv;
 mod eval;
 mod faces;
 mod focal;
+mod gemm;
 mod matcher;
 mod nms;
 mod train;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::cli::BackendChoice;
 
+/// `retina bench`'s arguments: which benchmark, and its options.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -31,6 +33,8 @@ enum Which {
     Focal(focal::FocalArgs),
     /// Every convolution of the small RetinaNet, forward and backward: GPU vs CPU, in FLOP/s.
     Conv(conv::ConvArgs),
+    /// The implicit GEMMs of those convolutions as plain matrix products: GPU vs CPU, in FLOP/s.
+    Gemm(gemm::GemmArgs),
     /// Target assignment (IoU, matching, encoding) for a batch: GPU vs CPU.
     Match(matcher::MatchArgs),
     /// NMS (plain and class-aware) and the whole detection post-processing: GPU vs CPU.
@@ -58,10 +62,12 @@ pub struct Common {
     pub backend: BackendChoice,
 }
 
+/// Runs the chosen benchmark and prints its rows.
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Focal(a) => focal::run(a),
         Which::Conv(a) => conv::run(a),
+        Which::Gemm(a) => gemm::run(a),
         Which::Match(a) => matcher::run(a),
         Which::Nms(a) => nms::run(a),
         Which::Eval(a) => eval::run(a),
@@ -148,11 +154,12 @@ pub fn report(rows: &[Row], json: bool) -> Result<()> {
         println!("{text}");
         return Ok(());
     }
-    if let Some(gpu) = rows.iter().find(|r| r.backend == "gpu") {
-        println!("GPU: {}", gpu.adapter);
-    }
-    if let Some(cpu) = rows.iter().find(|r| r.backend == "cpu") {
-        println!("CPU: {}", cpu.adapter);
+    let mut named: Vec<&str> = Vec::new();
+    for row in rows {
+        if !named.contains(&row.backend) {
+            named.push(row.backend);
+            println!("{}: {}", row.backend, row.adapter);
+        }
     }
     println!();
     let width = rows.iter().map(|r| r.op.len()).max().unwrap_or(2).max(2);
