@@ -4,6 +4,12 @@
 // row's own word are never read by nms_gather.wgsl and are skipped (upper triangle only).
 // Rows are processed in passes of row_begin..row_end so that the mask of a large input need not
 // fit in memory at once; segments already done (max_out kept) are skipped.
+// Work that cannot change the result is skipped, using `removed` as the earlier passes left it
+// (boxes already suppressed): a removed row is never kept, so nms_gather.wgsl never reads its mask
+// row (not written); a removed column is already suppressed, so its bit is left 0 without an IoU;
+// a word whose 32 columns are all removed is not written at all (its stale bits can only be ORed
+// into a word of `removed` that has every bit set already). With score-ordered passes this skips
+// most of the pairs a dense detector's overlapping candidates would cost.
 
 //#include "shared/boxes.wgsl"
 //#include "shared/nms_common.wgsl"
@@ -16,9 +22,11 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read> done: array<u32>;
 @group(0) @binding(5) var<storage, read_write> mask: array<u32>;
+@group(0) @binding(6) var<storage, read> removed: array<u32>;
 
 var<workgroup> sh_boxes: array<vec4<f32>, 32>;
 var<workgroup> sh_classes: array<i32, 32>;
+var<workgroup> sh_removed: u32;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -40,21 +48,30 @@ fn main(
         return;
     }
     let base = seg * cfg.region;
+    let removed_base = seg * cfg.words;
+    if lid == 0u {
+        sh_removed = removed[removed_base + w];
+    }
+    if workgroupUniformLoad(&sh_removed) == 0xffffffffu {
+        return;
+    }
     if lid < 32u && w * 32u + lid < n {
         sh_boxes[lid] = boxes[base + w * 32u + lid];
         sh_classes[lid] = classes[base + w * 32u + lid];
     }
     workgroupBarrier();
     let i = row0 + lid;
-    if i >= row_end {
+    if i >= row_end || ((removed[removed_base + i / 32u] >> (i % 32u)) & 1u) != 0u {
         return;
     }
     let b = boxes[base + i];
     let c = classes[base + i];
+    let live = ~sh_removed;
     var bits = 0u;
     for (var t = 0u; t < 32u; t = t + 1u) {
         let j = w * 32u + t;
-        if j > i && j < n && same_class(c, sh_classes[t]) && box_iou(b, sh_boxes[t]) > cfg.iou_threshold {
+        if ((live >> t) & 1u) != 0u && j > i && j < n && same_class(c, sh_classes[t])
+            && box_iou(b, sh_boxes[t]) > cfg.iou_threshold {
             bits = bits | (1u << t);
         }
     }

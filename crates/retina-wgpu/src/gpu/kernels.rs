@@ -79,7 +79,7 @@ kernels! {
     TopkScan => "topk_scan.wgsl", [], [segments, states, tile_counts, selected],
     TopkGather => "topk_gather.wgsl", [], [keys, segments, states, tile_offsets, candidates],
     SortPermute => "sort_permute.wgsl", [], [entries, records, sorted_boxes, sorted_classes, sorted_scores, sorted_payload, counts],
-    NmsMask => "nms_mask.wgsl", [], [boxes, classes, counts, done, mask],
+    NmsMask => "nms_mask.wgsl", [], [boxes, classes, counts, done, mask, removed],
     NmsGather => "nms_gather.wgsl", [], [mask, counts, removed, kept, done, keep, scores, keep_scores],
     NmsSoft => "nms_soft.wgsl", [], [boxes, classes, counts, scores, kept, keep, keep_scores, done],
     NmsMaxIou => "nms_max_iou.wgsl", [], [boxes, classes, counts, max_iou],

@@ -15,6 +15,10 @@ const FLAG_GAUSSIAN: u32 = 2;
 const FLAG_FROM_ENTRIES: u32 = 4;
 /// Most bytes of suppression mask held at once; larger inputs take several row passes.
 const MASK_BUDGET: u64 = 256 << 20;
+/// Most rows of the suppression mask per pass: each pass's mask skips the rows and columns the
+/// passes before it suppressed, so shorter passes skip more of a large input's pairs, for two
+/// dispatches a pass.
+const BAND_ROWS: u64 = 1024;
 
 /// Must stay in sync with `Config` in shaders/shared/nms_common.wgsl.
 #[repr(C)]
@@ -194,8 +198,9 @@ impl GpuContext {
     }
 
     /// torchvision's greedy NMS: the suppression bitmask over the upper triangle, a band of
-    /// rows at a time (its bytes and the walk's loop budget bound the band), each band followed
-    /// by the walk that keeps boxes in score order until `max_out`.
+    /// rows at a time (at most [`BAND_ROWS`]; its bytes and the walk's loop budget bound it
+    /// too), each band followed by the walk that keeps boxes in score order until `max_out`.
+    /// A band's mask skips the rows and columns the bands before it removed.
     fn record_hard_nms(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -211,7 +216,7 @@ impl GpuContext {
         // The walk's iterations per 32 rows: 32 diagonal steps, then per later word slice
         // (words / 256 per invocation) one step per kept row (at most 32) + 1.
         let walk_rows = LOOP_BUDGET * 32 / (32 + words.div_ceil(WG_SIZE) * 33);
-        let rows = ((budget / row_bytes).min(walk_rows) / WG_SIZE * WG_SIZE)
+        let rows = ((budget / row_bytes).min(walk_rows).min(BAND_ROWS) / WG_SIZE * WG_SIZE)
             .max(WG_SIZE)
             .min(region);
         if rows * row_bytes > limits.max_storage_binding {
@@ -239,6 +244,7 @@ impl GpuContext {
                 counts = whole(&sorted.counts),
                 done = whole(&done),
                 mask = whole(&mask),
+                removed = whole(&removed),
             ];
             list.push(Kernel::NmsMask, &config, bindings, segments * row_tiles * words)?;
             let bindings = binds![
