@@ -348,3 +348,42 @@ fn kernels_compile_through_a_host_pipeline_cache() {
         .expect("the cache has data after compiling every kernel");
     assert!(!data.is_empty());
 }
+
+/// The context's work counters against a hand count: a convolution with one output tile and a
+/// short fan-in is one dispatch and asks for its output's bytes; `sync` submits once; reading
+/// the output back is one more submit and one readback.
+#[test]
+fn work_counters_count_what_was_issued() {
+    use retina_wgpu::gpu::WorkStats;
+    use retina_wgpu::nn::{Conv2d, Engine, Shape};
+    let Some(ctx) = gpu() else { return };
+    let mut engine = GpuEngine::new(&ctx).unwrap();
+    let c = Conv2d::new(3, 8, 3, 1);
+    let x = engine.tensor(Shape::new(1, 3, 8, 8), &[0.5; 192]).unwrap();
+    let w = engine
+        .tensor(c.weight_shape(), &vec![0.1; c.weight_shape().len()])
+        .unwrap();
+    let b = engine.zeros(c.bias_shape()).unwrap();
+    engine.sync().unwrap();
+    let start = ctx.work_stats();
+    let y = engine.conv2d(&c, &x, &w, Some(&b)).unwrap();
+    let recorded = ctx.work_stats().since(&start);
+    let expected = WorkStats {
+        dispatches: 1,
+        submits: 0,
+        readbacks: 0,
+        tensor_bytes: 8 * 8 * 8 * 4,
+    };
+    assert_eq!(recorded, expected, "recording the convolution");
+    engine.sync().unwrap();
+    assert_eq!(ctx.work_stats().since(&start).submits, 1, "sync submits once");
+    let values = engine.read(&y).unwrap();
+    let all = ctx.work_stats().since(&start);
+    assert_eq!(
+        (all.dispatches, all.submits, all.readbacks),
+        (1, 2, 1),
+        "after the readback"
+    );
+    // An interior output sums 27 products 0.5 x 0.1.
+    assert!((values[8 + 1] - 1.35).abs() < 1e-5, "{}", values[9]);
+}

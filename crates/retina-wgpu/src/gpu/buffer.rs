@@ -236,7 +236,8 @@ impl GpuContext {
         let staging = self.create_buffer_scoped(size, STAGING_USAGE, None)?;
         let mut encoder = self.encoder("retina-wgpu readback");
         encoder.copy_buffer_to_buffer(&buffer.buffer, 0, &staging, 0, size);
-        self.inner.queue.submit([encoder.finish()]);
+        self.submit(encoder);
+        self.count(crate::gpu::frame::Count::Readback);
         let state: std::sync::Arc<std::sync::Mutex<MapState>> = Default::default();
         let callback_state = std::sync::Arc::clone(&state);
         staging.map_async(wgpu::MapMode::Read, .., move |result| {
@@ -371,6 +372,7 @@ impl<'a> Readback<'a> {
                 })
                 .collect::<Result<_>>()?;
             ctx.submit_and_wait(encoder)?;
+            ctx.count(crate::gpu::frame::Count::Readback);
             Ok(staging)
         })?;
         let (sender, receiver) = std::sync::mpsc::channel();

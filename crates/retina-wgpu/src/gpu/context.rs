@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::anchors::AnchorCache;
-use crate::gpu::frame::{Count, Counters, FrameCache, ResourceStats};
+use crate::gpu::frame::{Count, Counters, FrameCache, ResourceStats, WorkStats};
 use crate::gpu::kernels::{Kernel, Kernels};
 use crate::gpu::shader::ShaderFeatures;
 
@@ -353,6 +353,26 @@ impl GpuContext {
         self.inner.counters.snapshot()
     }
 
+    /// The work this context (and every clone of it) has issued so far: dispatches, submits
+    /// and readbacks.
+    pub fn work_stats(&self) -> WorkStats {
+        self.inner.counters.work()
+    }
+
+    pub(crate) fn count(&self, what: Count) {
+        self.inner.counters.add(what);
+    }
+
+    pub(crate) fn count_tensor_bytes(&self, bytes: u64) {
+        self.inner.counters.add_tensor_bytes(bytes);
+    }
+
+    /// Submits `encoder` (counted in [`GpuContext::work_stats`]).
+    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        self.count(Count::Submit);
+        self.inner.queue.submit([encoder.finish()])
+    }
+
     /// A clone of this context whose buffer and bind group requests go through a new
     /// [`FrameCache`] (the context of a prepared object).
     pub(crate) fn frame_context(&self) -> Self {
@@ -566,7 +586,7 @@ impl GpuContext {
 
     /// Submits `encoder` and waits for the device to finish it.
     pub(crate) fn submit_and_wait(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        let index = self.inner.queue.submit([encoder.finish()]);
+        let index = self.submit(encoder);
         self.wait(index)
     }
 

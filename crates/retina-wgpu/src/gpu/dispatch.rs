@@ -344,6 +344,7 @@ fn dispatch(
     pass.set_pipeline(pipeline);
     pass.set_bind_group(0, &bind_group, &[]);
     pass.dispatch_workgroups(x, y, 1);
+    ctx.count(crate::gpu::frame::Count::Dispatch);
     Ok(())
 }
 

@@ -37,13 +37,61 @@ pub struct ResourceStats {
     pub pipelines_compiled: u64,
 }
 
-/// The atomic counters behind [`ResourceStats`].
+/// The work a context has issued since it was made: what a training step or a frame costs in
+/// round trips, beside [`ResourceStats`] (what it created). Read before and after the work and
+/// subtract ([`WorkStats::since`]).
+///
+/// Counts are per device context and shared by its clones; work the host records into its own
+/// encoders through the crate's `record_*` calls counts its dispatches, not the host's submits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkStats {
+    /// Compute dispatches recorded (by the crate, into its encoders or the host's).
+    pub dispatches: u64,
+    /// Command buffers the crate submitted to the queue itself.
+    pub submits: u64,
+    /// Readbacks: each time the host waited to map device data (a download of one or several
+    /// buffers in one copy counts once).
+    pub readbacks: u64,
+    /// Bytes of the tensors the layers of [`crate::nn::GpuEngine`] asked for (activations,
+    /// gradients, scratch): the traffic through its buffer pool, not the memory held at once.
+    pub tensor_bytes: u64,
+}
+
+impl WorkStats {
+    /// The work issued between `earlier` and `self`.
+    pub fn since(&self, earlier: &WorkStats) -> WorkStats {
+        WorkStats {
+            dispatches: self.dispatches.saturating_sub(earlier.dispatches),
+            submits: self.submits.saturating_sub(earlier.submits),
+            readbacks: self.readbacks.saturating_sub(earlier.readbacks),
+            tensor_bytes: self.tensor_bytes.saturating_sub(earlier.tensor_bytes),
+        }
+    }
+}
+
+impl ResourceStats {
+    /// What was created and written between `earlier` and `self`.
+    pub fn since(&self, earlier: &ResourceStats) -> ResourceStats {
+        ResourceStats {
+            buffers_created: self.buffers_created.saturating_sub(earlier.buffers_created),
+            bind_groups_created: self.bind_groups_created.saturating_sub(earlier.bind_groups_created),
+            queue_writes: self.queue_writes.saturating_sub(earlier.queue_writes),
+            pipelines_compiled: self.pipelines_compiled.saturating_sub(earlier.pipelines_compiled),
+        }
+    }
+}
+
+/// The atomic counters behind [`ResourceStats`] and [`WorkStats`].
 #[derive(Default)]
 pub(crate) struct Counters {
     buffers: AtomicU64,
     bind_groups: AtomicU64,
     queue_writes: AtomicU64,
     pipelines: AtomicU64,
+    dispatches: AtomicU64,
+    submits: AtomicU64,
+    readbacks: AtomicU64,
+    tensor_bytes: AtomicU64,
 }
 
 /// What a counter counts.
@@ -53,6 +101,9 @@ pub(crate) enum Count {
     BindGroup,
     QueueWrite,
     Pipeline,
+    Dispatch,
+    Submit,
+    Readback,
 }
 
 impl Counters {
@@ -62,6 +113,9 @@ impl Counters {
             Count::BindGroup => &self.bind_groups,
             Count::QueueWrite => &self.queue_writes,
             Count::Pipeline => &self.pipelines,
+            Count::Dispatch => &self.dispatches,
+            Count::Submit => &self.submits,
+            Count::Readback => &self.readbacks,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -72,6 +126,19 @@ impl Counters {
             bind_groups_created: self.bind_groups.load(Ordering::Relaxed),
             queue_writes: self.queue_writes.load(Ordering::Relaxed),
             pipelines_compiled: self.pipelines.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn add_tensor_bytes(&self, bytes: u64) {
+        self.tensor_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn work(&self) -> WorkStats {
+        WorkStats {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            submits: self.submits.load(Ordering::Relaxed),
+            readbacks: self.readbacks.load(Ordering::Relaxed),
+            tensor_bytes: self.tensor_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -348,6 +348,7 @@ impl GpuEngine {
             )));
         }
         let buffer = self.pool.take(&self.ctx, bytes)?;
+        self.ctx.count_tensor_bytes(bytes);
         Ok(GpuTensor {
             shape,
             buffer: Some(buffer),

@@ -106,7 +106,7 @@ impl PreparedPostProcess {
     pub fn submit(&mut self, input: &DetectionBuffers<'_>, out: &DetectionOutput) -> Result<wgpu::SubmissionIndex> {
         let mut encoder = self.ctx.encoder("retina-wgpu post-processing");
         self.record(&mut encoder, input, out)?;
-        Ok(self.ctx.queue().submit([encoder.finish()]))
+        Ok(self.ctx.submit(encoder))
     }
 }
 

@@ -139,7 +139,7 @@ impl PreparedFaces {
         let out = self.output(1, max_faces)?;
         let mut encoder = self.ctx.encoder("retinaface");
         self.record(&mut encoder, &images, (height, width), &out)?;
-        self.ctx.queue().submit([encoder.finish()]);
+        self.ctx.submit(encoder);
         let count = self.ctx.download(&out.counts)?[0] as usize;
         let faces = self.ctx.download(&out.faces)?;
         Ok(faces[..count.min(faces.len())].iter().map(|&f| f.into()).collect())

@@ -239,7 +239,7 @@ impl PreparedTorchvision {
             let input = self.ctx.upload(&image.data)?;
             self.record(&mut encoder, &input, target, &out)?;
         }
-        self.ctx.queue().submit([encoder.finish()]);
+        self.ctx.submit(encoder);
         Ok(out)
     }
 

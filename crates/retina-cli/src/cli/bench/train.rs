@@ -3,12 +3,13 @@
 //! synthetic scenes, in images per second, GPU against the CPU backend.
 
 use clap::Args;
-use retina_wgpu::Result;
 use retina_wgpu::coco::Normalize;
 use retina_wgpu::data::SceneConfig;
+use retina_wgpu::gpu::{ResourceStats, WorkStats};
 use retina_wgpu::model::{DetectEngine, Detector, LossEngine, RetinaNet, RetinaNetConfig};
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::train::{SyntheticData, TrainData, TrainOptions, Trainer};
+use retina_wgpu::{GpuContext, Result};
 
 use super::{Common, Row, median_seconds, progress, report};
 
@@ -51,9 +52,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let bar = progress(4 * (args.common.iters as u64 + 1), "bench train");
     let mut rows = Vec::new();
+    let mut counts = Vec::new();
     for backend in args.common.backend.backends()? {
         let (train, infer) = match &backend {
             retina_wgpu::Backend::Gpu(ctx) => {
+                counts.push((backend.describe(), step_counts(ctx, &net, &values, &options, &data)?));
                 measure(|| GpuEngine::new(ctx), &net, &values, &options, &data, &args, &bar)?
             }
             retina_wgpu::Backend::Cpu => measure(|| Ok(CpuEngine::new()), &net, &values, &options, &data, &args, &bar)?,
@@ -73,7 +76,48 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    report(&rows, args.common.json)
+    report(&rows, args.common.json)?;
+    if !args.common.json {
+        for (adapter, (plain, logged)) in &counts {
+            println!();
+            println!("GPU training step ({adapter}), counted on the context:");
+            for (what, c) in [("a step", plain), ("a logging step (loss read)", logged)] {
+                println!(
+                    "  {what}: {} dispatches, {} submits, {} readbacks, {} queue writes, {} buffers and {} bind groups created, {:.1} MB of tensors",
+                    c.0.dispatches,
+                    c.0.submits,
+                    c.0.readbacks,
+                    c.1.queue_writes,
+                    c.1.buffers_created,
+                    c.1.bind_groups_created,
+                    c.0.tensor_bytes as f64 / 1e6
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one training step issues on the GPU (after two warm-up steps), without and with the
+/// loss read back: work (dispatches, submits, readbacks, tensor bytes) and resources created.
+type StepCounts = ((WorkStats, ResourceStats), (WorkStats, ResourceStats));
+
+fn step_counts(
+    ctx: &GpuContext,
+    net: &RetinaNet,
+    values: &[Vec<f32>],
+    options: &TrainOptions,
+    data: &SyntheticData,
+) -> Result<StepCounts> {
+    let mut trainer = Trainer::new(GpuEngine::new(ctx)?, net.clone(), values, options.clone())?;
+    trainer.step(data, false)?;
+    trainer.step(data, true)?;
+    let mut count = |read_loss: bool| -> Result<(WorkStats, ResourceStats)> {
+        let (work, resources) = (ctx.work_stats(), ctx.resource_stats());
+        trainer.step(data, read_loss)?;
+        Ok((ctx.work_stats().since(&work), ctx.resource_stats().since(&resources)))
+    };
+    Ok((count(false)?, count(true)?))
 }
 
 /// Median seconds of a training step and of detecting a batch.
