@@ -34,9 +34,9 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Parser, Subcommand};
-use retina_cli::cli::bench::{Row, parse_size, progress, report};
+use retina_cli::cli::bench::{NetworkArgs, Row, parse_size, progress, report};
 use retina_cli::workloads;
-use retina_wgpu::nn::{ConvUse, gemm_shapes, small_retinanet_convs};
+use retina_wgpu::nn::{ConvUse, gemm_shapes};
 use retina_wgpu::nn::{Init, SeededRng};
 use retina_wgpu::{FocalInput, FocalLoss};
 
@@ -65,23 +65,9 @@ enum Which {
         classes: usize,
     },
     /// Every convolution of the small RetinaNet's training step (as `retina bench conv`).
-    Conv(Network),
+    Conv(NetworkArgs),
     /// The implicit GEMMs of those convolutions as plain matrix products (as `retina bench gemm`).
-    Gemm(Network),
-}
-
-/// The network whose convolutions are measured: `retina bench conv`'s options.
-#[derive(clap::Args, Debug, Clone, Copy)]
-struct Network {
-    /// Images per batch.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Image side.
-    #[arg(long, default_value_t = 128)]
-    size: usize,
-    /// Classes of the classification head (anchors per cell: 9).
-    #[arg(long, default_value_t = 80)]
-    classes: usize,
+    Gemm(NetworkArgs),
 }
 
 type Error = Box<dyn std::error::Error>;
@@ -111,22 +97,11 @@ fn run(cli: &Cli) -> Result<(), Error> {
     };
     let rows = match cli.which {
         Which::Focal { ref sizes, classes } => peer.focal(sizes, classes)?,
-        Which::Conv(net) => peer.conv(&network(net)?)?,
-        Which::Gemm(net) => peer.gemm(&network(net)?)?,
+        Which::Conv(net) => peer.conv(&net.convs("burn-peer conv")?)?,
+        Which::Gemm(net) => peer.gemm(&net.convs("burn-peer gemm")?)?,
     };
     report(&rows, cli.json)?;
     Ok(())
-}
-
-fn network(net: Network) -> Result<Vec<ConvUse>, Error> {
-    if net.batch == 0 || net.size == 0 || net.classes == 0 {
-        return Err(format!(
-            "--batch, --size and --classes must be at least 1, got {}, {} and {}",
-            net.batch, net.size, net.classes
-        )
-        .into());
-    }
-    Ok(small_retinanet_convs(net.batch, net.size, 9, net.classes))
 }
 
 /// Burn's wgpu device on the default adapter (the high-performance one, as the crate picks), and
@@ -256,9 +231,7 @@ impl Peer {
                 rows.push(self.row("focal_loss".into(), n as u64, seconds, "elem/s"));
                 Ok(())
             })();
-            if let Err(e) = result {
-                eprintln!("burn-peer: skipped focal_loss at {size} elements: {}", one_line(&e));
-            }
+            report_skip(&format!("focal_loss at {size} elements"), result);
         }
         bar.finish_and_clear();
         Ok(rows)
@@ -351,9 +324,7 @@ impl Peer {
                 }
                 Ok(())
             })();
-            if let Err(e) = result {
-                eprintln!("burn-peer: skipped {key}: {}", one_line(&e));
-            }
+            report_skip(key, result);
         }
         bar.finish_and_clear();
         Ok(rows)
@@ -386,23 +357,26 @@ impl Peer {
                 rows.push(self.row(g.op(), g.flops(), seconds, "FLOP/s"));
                 Ok(())
             })();
-            if let Err(e) = result {
-                eprintln!("burn-peer: skipped {}: {}", g.op(), one_line(&e));
-            }
+            report_skip(&g.op(), result);
         }
         bar.finish_and_clear();
         Ok(rows)
     }
 }
 
-/// An error and its causes on one line.
-fn one_line(e: &Error) -> String {
-    e.to_string()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" / ")
+/// Says on stderr that `what` was skipped, and why (the error and its causes on one line), if
+/// `result` failed: one wrong or failing row does not end the benchmark.
+fn report_skip(what: &str, result: Result<(), Error>) {
+    if let Err(e) = result {
+        let why: Vec<String> = e
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        eprintln!("burn-peer: skipped {what}: {}", why.join(" / "));
+    }
 }
 
 /// Outputs sampled per checked tensor.

@@ -3,22 +3,15 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use retina_wgpu::nn::{ConvUse, CpuEngine, Engine, GpuEngine, Init, SeededRng, small_retinanet_convs};
-use retina_wgpu::{Backend, Error, Result};
+use retina_wgpu::nn::{ConvUse, CpuEngine, Engine, GpuEngine, Init, SeededRng};
+use retina_wgpu::{Backend, Result};
 
-use super::{Common, Row, check_workload, human, median_seconds, progress, report};
+use super::{Common, NetworkArgs, Row, check_workload, human, median_seconds, progress, report};
 
 #[derive(Args, Debug)]
 pub struct ConvArgs {
-    /// Images per batch.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Image side.
-    #[arg(long, default_value_t = 128)]
-    size: usize,
-    /// Classes of the classification head (anchors per cell: 9).
-    #[arg(long, default_value_t = 80)]
-    classes: usize,
+    #[command(flatten)]
+    network: NetworkArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -51,13 +44,7 @@ fn time_conv<E: Engine>(engine: &mut E, u: &ConvUse, iters: usize, bar: &indicat
 }
 
 pub fn run(args: ConvArgs) -> Result<()> {
-    if args.batch == 0 || args.size == 0 || args.classes == 0 {
-        return Err(Error::InvalidParameter(format!(
-            "bench conv: --batch, --size and --classes must be at least 1, got {}, {} and {}",
-            args.batch, args.size, args.classes
-        )));
-    }
-    let convs = small_retinanet_convs(args.batch, args.size, 9, args.classes);
+    let convs = args.network.convs("bench conv")?;
     // The largest convolution's input, weights and output gradient, generated on the host.
     let mut largest = 0u128;
     for u in &convs {
@@ -118,7 +105,7 @@ pub fn run(args: ConvArgs) -> Result<()> {
             println!(
                 "{kind}: every convolution of one training step (forward + backward, heads on 5 levels): {:.1} ms, {} images/s",
                 seconds * 1e3,
-                human(args.batch as f64 / seconds)
+                human(args.network.batch as f64 / seconds)
             );
         }
     }

@@ -4,23 +4,16 @@
 //! convolution's index arithmetic, and the sizes `burn-peer gemm` runs with Burn's `matmul`.
 
 use clap::Args;
-use retina_wgpu::nn::small_retinanet_convs;
 use retina_wgpu::nn::{Conv2d, CpuEngine, Engine, GemmShape, GpuEngine, Init, SeededRng, Shape, gemm_shapes};
-use retina_wgpu::{Backend, Error, Result};
+use retina_wgpu::{Backend, Result};
 
-use super::{Common, Row, check_workload, median_seconds, progress, report};
+use super::{Common, NetworkArgs, Row, check_workload, median_seconds, progress, report};
 
 #[derive(Args, Debug)]
 pub struct GemmArgs {
-    /// Images per batch of the network whose convolutions give the sizes.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Image side.
-    #[arg(long, default_value_t = 128)]
-    size: usize,
-    /// Classes of the classification head (anchors per cell: 9).
-    #[arg(long, default_value_t = 80)]
-    classes: usize,
+    /// The network whose convolutions give the sizes.
+    #[command(flatten)]
+    network: NetworkArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -44,13 +37,7 @@ fn time_gemm<E: Engine>(engine: &mut E, g: &GemmShape, iters: usize, bar: &indic
 }
 
 pub fn run(args: GemmArgs) -> Result<()> {
-    if args.batch == 0 || args.size == 0 || args.classes == 0 {
-        return Err(Error::InvalidParameter(format!(
-            "bench gemm: --batch, --size and --classes must be at least 1, got {}, {} and {}",
-            args.batch, args.size, args.classes
-        )));
-    }
-    let shapes = gemm_shapes(&small_retinanet_convs(args.batch, args.size, 9, args.classes))?;
+    let shapes = gemm_shapes(&args.network.convs("bench gemm")?)?;
     for g in &shapes {
         let elements = [
             g.m as u128 * g.k as u128,

@@ -62,6 +62,40 @@ pub struct Common {
     pub backend: BackendChoice,
 }
 
+/// The network whose convolutions `bench conv` and `bench gemm` (and `burn-peer`) measure: the
+/// small RetinaNet's, for a batch of square images.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct NetworkArgs {
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Image side.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Classes of the classification head (anchors per cell: 9).
+    #[arg(long, default_value_t = 80)]
+    pub classes: usize,
+}
+
+impl NetworkArgs {
+    /// The network's convolutions ([`retina_wgpu::nn::small_retinanet_convs`]), or an error
+    /// naming `what` when a size is 0.
+    pub fn convs(&self, what: &str) -> Result<Vec<retina_wgpu::nn::ConvUse>> {
+        if self.batch == 0 || self.size == 0 || self.classes == 0 {
+            return Err(retina_wgpu::Error::InvalidParameter(format!(
+                "{what}: --batch, --size and --classes must be at least 1, got {}, {} and {}",
+                self.batch, self.size, self.classes
+            )));
+        }
+        Ok(retina_wgpu::nn::small_retinanet_convs(
+            self.batch,
+            self.size,
+            9,
+            self.classes,
+        ))
+    }
+}
+
 /// Runs the chosen benchmark and prints its rows.
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.which {
