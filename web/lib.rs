@@ -130,6 +130,67 @@ impl WebDetector {
     }
 }
 
+#[wasm_bindgen]
+impl WebDetector {
+    /// Times the network alone `runs` times on the last image's input, as the browser peer
+    /// (`web/ort.html`, onnxruntime-web) times its forward pass: the input written, the forward
+    /// pass recorded and submitted, its raw outputs (class logits and box deltas) read back.
+    /// Resolves to a `Float64Array` of milliseconds per run.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn forward_times(&self, runs: u32) -> js_sys::Promise {
+        let inner = Rc::clone(&self.inner);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = inner
+                .try_borrow_mut()
+                .map_err(|_| JsError::new("a detection is already running"))?;
+            let this = &mut *guard;
+            let (per_logits, per_deltas) = this.detector.raw_output_lens().map_err(js)?;
+            let logits = this.ctx.zeros::<f32>(per_logits).map_err(js)?;
+            let deltas = this.ctx.zeros::<f32>(per_deltas).map_err(js)?;
+            let clock = Clock::new()?;
+            let mut times = Vec::with_capacity(runs as usize);
+            for _ in 0..runs {
+                let start = clock.now();
+                this.ctx.write(&this.input, &this.chw).map_err(js)?;
+                let mut encoder = this.ctx.device().create_command_encoder(&Default::default());
+                this.detector
+                    .record_forward(&mut encoder, &this.input, &logits, &deltas)
+                    .map_err(js)?;
+                this.ctx.queue().submit([encoder.finish()]);
+                this.ctx.download_async(&logits).await.map_err(js)?;
+                this.ctx.download_async(&deltas).await.map_err(js)?;
+                times.push(clock.now() - start);
+            }
+            Ok(js_sys::Float64Array::from(times.as_slice()).into())
+        })
+    }
+}
+
+/// The page's `performance.now()`, through `js_sys` (the crate has no `web-sys`).
+struct Clock {
+    performance: JsValue,
+    now: js_sys::Function,
+}
+
+impl Clock {
+    fn new() -> Result<Clock, JsError> {
+        let missing = || JsError::new("this browser has no performance.now()");
+        let performance = js_sys::Reflect::get(&js_sys::global(), &"performance".into()).map_err(|_| missing())?;
+        let now = js_sys::Reflect::get(&performance, &"now".into()).map_err(|_| missing())?;
+        let now = now.dyn_into::<js_sys::Function>().map_err(|_| missing())?;
+        Ok(Clock { performance, now })
+    }
+
+    /// Milliseconds.
+    fn now(&self) -> f64 {
+        self.now
+            .call0(&self.performance)
+            .ok()
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    }
+}
+
 /// Faces the page reads back per image at most (the network's own cap is its top-k).
 const PAGE_MAX_FACES: usize = 256;
 

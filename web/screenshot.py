@@ -5,11 +5,18 @@ that boxes were drawn, and saves a screenshot.
 
     python3 web/screenshot.py [--out docs/web-page.png] [--timeout 180] [--runs N] [--console]
                               [--bad-files] [--faces] [--torchvision DIR [--torchvision-expect R.json]]
+                              [--ort]
 
 With --bad-files it then picks, through the page's file input, an empty file, a text file, a
 truncated PNG, a PNG of 20,000 x 20,000 pixels and a file over the page's size limit, and checks
 that each gives a message on the page (not a frozen tab), then a good image, which must be
 detected.
+
+With --ort it then opens web/ort.html, the browser peer: the same small RetinaNet exported to
+ONNX (scripts/export_onnx.py) on onnxruntime-web's WebGPU execution provider in the same browser,
+forward pass only (it has no NMS or TopK on WebGPU), its outputs checked against PyTorch's; and
+prints its time per pass beside the page's time per image. A peer that cannot run (no
+onnxruntime-web, no WebGPU, wrong outputs) is reported as skipped with its reason.
 
 Needs web/pkg/ (web/build.sh), `chromium` and `chromedriver` (Debian: chromium, chromium-driver).
 Exits non-zero when the page reports an error, draws no box, or times out."""
@@ -160,6 +167,50 @@ def check_torchvision(base, s, timeout, runs, expect):
             sys.exit(f"a box differs from retina detect's by {worst:.3f} px")
 
 
+def run_ort_peer(base, s, http_port, timeout, runs, page_times):
+    """Times the page's forward pass alone (`retinaForwardTimes`: input written, the network
+    recorded, its raw outputs read back), then opens web/ort.html (onnxruntime-web on WebGPU, the
+    same network, timed the same way) and prints both beside the page's per-image times, or why
+    the peer was skipped."""
+    call(base, "POST", s + "/timeouts", {"script": int(timeout * 1000)})
+    forward = call(base, "POST", s + "/execute/async", {
+        "script": "const done = arguments[arguments.length - 1];"
+                  " window.retinaForwardTimes(arguments[0]).then(done, e => done(String(e)));",
+        "args": [max(runs, 1)]})
+    if isinstance(forward, str):
+        sys.exit(f"the page's forward pass failed: {forward}")
+    forward_ms = sorted(forward)[len(forward) // 2]
+    if not os.path.exists(os.path.join(WEB, "ort", "dist", "VERSION")):
+        subprocess.run([os.path.join(WEB, "ort_fetch.sh")], check=False)
+    call(base, "POST", s + "/url", {"url": f"http://127.0.0.1:{http_port}/ort.html?runs={max(runs, 1)}"})
+    deadline = time.time() + timeout
+    state = {}
+    while time.time() < deadline:
+        state = call(base, "POST", s + "/execute/sync", {
+            "script": "return Object.assign({}, document.body.dataset);", "args": []})
+        if state.get("ortDone"):
+            break
+        time.sleep(0.5)
+    page = sorted(page_times)[len(page_times) // 2] if page_times else None
+    reason = state.get("ortSkipped") or ("" if state.get("ortDone") else f"no answer within {timeout} s")
+    if not reason and float(state.get("ortWorst", "inf")) > 1e-3:
+        reason = f"its outputs differ from PyTorch's by {state.get('ortWorst')}"
+    print(f"{'runtime':<44} {'adapter':<28} {'ms':>8}")
+    if page is not None:
+        print(f"{'retina-wgpu page (whole detection)':<44} {state.get('ortAdapter', '')[:28]:<28} {page:>8.1f}")
+    print(f"{'retina-wgpu (forward + readback)':<44} {state.get('ortAdapter', '')[:28]:<28} {forward_ms:>8.1f}")
+    if reason:
+        print(f"onnxruntime-web (WebGPU): skipped: {reason}")
+        return
+    ort_ms = float(state["ortMs"])
+    name = f"onnxruntime-web {state.get('ortVersion', '')} (forward + readback)"
+    print(f"{name:<44} {state.get('ortAdapter', '')[:28]:<28} {ort_ms:>8.1f}")
+    print(f"(medians of {len(forward)}; onnxruntime-web's outputs within {float(state['ortWorst']):.1e} of "
+          f"PyTorch's; the crate's forward times: {' '.join(f'{t:.1f}' for t in forward)}; onnxruntime-web's: "
+          f"{state.get('ortTimes')})")
+    print(f"forward pass: onnxruntime-web / retina-wgpu = {ort_ms / forward_ms:.2f} (above 1: the crate is faster)")
+
+
 def check_bad_files(base, s, timeout, good_image):
     """Picks each bad file, then a good one; exits non-zero unless every bad file gave its
     message and the good one was detected afterwards."""
@@ -204,6 +255,8 @@ def main():
                     help="then load the torchvision model folder DIR (served as web/torchvision/) and run it on the sample photo")
     ap.add_argument("--torchvision-expect", metavar="RESULTS.json",
                     help="with --torchvision: retina detect's results.json on web/faces/sample.png, to compare with")
+    ap.add_argument("--ort", action="store_true",
+                    help="then run the browser peer (web/ort.html: onnxruntime-web on WebGPU) and print both times")
     ap.add_argument("--bad-files", action="store_true",
                     help="then pick bad files and a good one through the file input")
     args = ap.parse_args()
@@ -295,6 +348,8 @@ def main():
             if args.bad_files:
                 check_bad_files(base, s, args.timeout,
                                 os.path.abspath(os.path.join(WEB, "..", "docs", "demo-detections.png")))
+            if args.ort:
+                run_ort_peer(base, s, server.server_port, args.timeout, args.runs, times)
         finally:
             call(base, "DELETE", s)
     finally:

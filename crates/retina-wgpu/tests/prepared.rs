@@ -9,7 +9,7 @@ use common::{Rng, gpu, gpu_with};
 use retina_wgpu::coco::Normalize;
 use retina_wgpu::gpu::{OutputOptions, PreparedNms, PreparedPostProcess, PreparedTopK, TopkSegment};
 use retina_wgpu::model::{Detector, PreparedDetector};
-use retina_wgpu::nn::GpuEngine;
+use retina_wgpu::nn::{Engine, GpuEngine};
 use retina_wgpu::{Backend, Detection, GpuContext, GpuOptions, Nms, PostProcess, wgpu};
 
 fn same_detections(a: &[Vec<Detection>], b: &[Vec<Detection>], what: &str) {
@@ -386,4 +386,49 @@ fn work_counters_count_what_was_issued() {
     );
     // An interior output sums 27 products 0.5 x 0.1.
     assert!((values[8 + 1] - 1.35).abs() < 1e-5, "{}", values[9]);
+}
+
+#[test]
+fn prepared_forward_gives_the_cpu_networks_raw_outputs() {
+    let Some(ctx) = gpu() else { return };
+    let (net, values) = small_net();
+    let s = net.config().input_size;
+    let batch = 2;
+    let mut rng = Rng::new(12);
+    let images: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.normal()).collect();
+    // The reference: the CPU backend's forward pass of the same network.
+    let mut cpu = retina_wgpu::nn::CpuEngine::<f32>::new();
+    let params = net.upload(&mut cpu, &values).unwrap();
+    let x = cpu
+        .tensor(retina_wgpu::nn::Shape::new(batch, 3, s, s), &images)
+        .unwrap();
+    let tape = net.forward(&mut cpu, &params, x).unwrap();
+    let want = [cpu.read(&tape.class_rows).unwrap(), cpu.read(&tape.box_rows).unwrap()];
+
+    let mut prepared = PreparedDetector::new(&ctx, net, &values).unwrap();
+    let (per_logits, per_deltas) = prepared.raw_output_lens().unwrap();
+    assert_eq!([per_logits * batch, per_deltas * batch], [want[0].len(), want[1].len()]);
+    let input = ctx.upload(&images).unwrap();
+    let logits = ctx.zeros::<f32>(batch * per_logits).unwrap();
+    let deltas = ctx.zeros::<f32>(batch * per_deltas).unwrap();
+    for frame in 1..=2 {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        prepared.record_forward(&mut encoder, &input, &logits, &deltas).unwrap();
+        ctx.queue().submit([encoder.finish()]);
+        for (name, buffer, want) in [("logits", &logits, &want[0]), ("deltas", &deltas, &want[1])] {
+            let got = ctx.download(buffer).unwrap();
+            let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 1e-4, "frame {frame}: {name} differ from the CPU's by {worst}");
+        }
+    }
+    // Too short an output or a partial image is refused before anything is recorded.
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let short = ctx.zeros::<f32>(per_logits).unwrap();
+    assert!(prepared.record_forward(&mut encoder, &input, &short, &deltas).is_err());
+    let partial = ctx.upload(&images[..100]).unwrap();
+    assert!(
+        prepared
+            .record_forward(&mut encoder, &partial, &logits, &deltas)
+            .is_err()
+    );
 }

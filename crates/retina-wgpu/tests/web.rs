@@ -645,6 +645,37 @@ async fn prepared_detector_matches_the_cpu_detector() {
     }
 }
 
+/// The network alone on the page's device ([`PreparedDetector::record_forward`], what the page
+/// times beside onnxruntime-web) gives the CPU backend's raw outputs.
+#[wasm_bindgen_test]
+async fn prepared_forward_matches_the_cpu_network() {
+    use retina_wgpu::nn::{Engine, Shape};
+    let ctx = gpu().await;
+    let (net, values) = small_net();
+    let s = net.config().input_size;
+    let mut rng = Rng::new(12);
+    let images: Vec<f32> = (0..3 * s * s).map(|_| rng.normal()).collect();
+    let mut cpu = CpuEngine::<f32>::new();
+    let params = net.upload(&mut cpu, &values).unwrap();
+    let x = cpu.tensor(Shape::new(1, 3, s, s), &images).unwrap();
+    let tape = net.forward(&mut cpu, &params, x).unwrap();
+    let want = [cpu.read(&tape.class_rows).unwrap(), cpu.read(&tape.box_rows).unwrap()];
+    let mut prepared = PreparedDetector::new(&ctx, net, &values).unwrap();
+    let (per_logits, per_deltas) = prepared.raw_output_lens().unwrap();
+    let input = ctx.upload(&images).unwrap();
+    let logits = ctx.zeros::<f32>(per_logits).unwrap();
+    let deltas = ctx.zeros::<f32>(per_deltas).unwrap();
+    let mut enc = encoder(&ctx);
+    prepared.record_forward(&mut enc, &input, &logits, &deltas).unwrap();
+    ctx.queue().submit([enc.finish()]);
+    for (name, buffer, want) in [("logits", &logits, &want[0]), ("deltas", &deltas, &want[1])] {
+        let got = ctx.download_async(buffer).await.unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-4, "{name} differ from the CPU's by {worst}");
+    }
+}
+
 /// Detections of two backends over the same network: every detection of one has a detection
 /// of the other with its class, a score within 1e-4 and a box within 0.05 px. Scores of an
 /// untrained network are close together, so ranks may swap where they differ by less than the

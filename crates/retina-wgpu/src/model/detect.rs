@@ -273,6 +273,67 @@ impl PreparedDetector {
         })
     }
 
+    /// Values per image of the network's raw outputs: class logits (`R * K`) and box deltas
+    /// (`R * 4`), `R` anchor rows in the crate's order (see [`RetinaNet::forward`]).
+    pub fn raw_output_lens(&self) -> Result<(usize, usize)> {
+        let rows = self.net.config().num_anchors()?;
+        Ok((rows * self.net.config().num_classes, rows * 4))
+    }
+
+    /// Records the network alone over `images` (as [`PreparedDetector::record`] takes them)
+    /// into `encoder` and copies its raw outputs into `logits` and `deltas` (at least `batch`
+    /// times [`PreparedDetector::raw_output_lens`] values each, image after image): for a host
+    /// that runs its own post-processing, and to time the forward pass apart from it.
+    pub fn record_forward(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        images: &GpuBuffer<f32>,
+        logits: &GpuBuffer<f32>,
+        deltas: &GpuBuffer<f32>,
+    ) -> Result<()> {
+        let s = self.input_size();
+        let plane = 3 * s * s;
+        if images.is_empty() || !images.len().is_multiple_of(plane) {
+            return Err(Error::shape(
+                "PreparedDetector::record_forward",
+                format!("{} input values are not whole images of 3 x {s} x {s}", images.len()),
+            ));
+        }
+        let batch = images.len() / plane;
+        let (per_logits, per_deltas) = self.raw_output_lens()?;
+        for (name, buffer, per) in [("logits", logits, per_logits), ("deltas", deltas, per_deltas)] {
+            self.ctx
+                .check_buffer("PreparedDetector::record_forward", name, buffer)?;
+            if buffer.len() < batch * per {
+                return Err(Error::shape(
+                    "PreparedDetector::record_forward",
+                    format!(
+                        "`{name}` holds {} values; {batch} images need {}",
+                        buffer.len(),
+                        batch * per
+                    ),
+                ));
+            }
+        }
+        let ctx = self.engine.context().clone();
+        let net = &self.net;
+        let params = &self.params;
+        ctx.frame(encoder, |encoder| {
+            self.engine.record_into(encoder, &mut self.spare, |engine| {
+                let x = engine.tensor_from_buffer(Shape::new(batch, 3, s, s), images)?;
+                let tape = net.forward(engine, params, x)?;
+                let encoder = engine.encoder();
+                for (rows, dst, per) in [
+                    (&tape.class_rows, logits, per_logits),
+                    (&tape.box_rows, deltas, per_deltas),
+                ] {
+                    encoder.copy_buffer_to_buffer(rows.buffer(), 0, dst.buffer(), 0, (batch * per * 4) as u64);
+                }
+                Ok(())
+            })
+        })
+    }
+
     /// The batch of `values` input values, after checking them and `out`.
     fn check(&self, values: usize, out: &DetectionOutput) -> Result<usize> {
         let s = self.input_size();
