@@ -42,7 +42,8 @@ pub(crate) struct ConvConfig {
     pub(crate) m_tiles: u32,
     pub(crate) n_tiles: u32,
     pub(crate) flags: u32,
-    pub(crate) _pad: u32,
+    /// Grad input: the phase, `y % stride | (x % stride) << 16`.
+    pub(crate) phase: u32,
 }
 
 /// Must stay in sync with `Config` in shaders/conv_reduce.wgsl.
@@ -69,7 +70,9 @@ pub(crate) struct ChannelSumConfig {
 
 impl GpuEngine {
     /// Records a convolution product of conv_gemm.wgsl into `out` (split-K through a scratch
-    /// buffer and conv_reduce.wgsl when K is long or the output small).
+    /// buffer and conv_reduce.wgsl when K is long or the output small, unless `whole_k`: a
+    /// grad-input phase of a strided convolution writes only its own pixels of `out`, which the
+    /// reduction, walking all of `out`, cannot keep apart).
     #[allow(clippy::too_many_arguments)]
     fn conv_gemm(
         &mut self,
@@ -80,14 +83,20 @@ impl GpuEngine {
         bias: Option<&GpuTensor>,
         out: &GpuTensor,
         channel_stride: usize,
+        whole_k: bool,
     ) -> Result<()> {
         let (m, n, k) = (u64::from(base.m), u64::from(base.n), u64::from(base.k));
         let m_tiles = m.div_ceil(TILE);
         let n_tiles = n.div_ceil(TILE);
         let tiles = m_tiles * n_tiles;
         let wanted = TARGET_WORKGROUPS.div_ceil(tiles).min(k.div_ceil(MIN_K_PER_SPLIT));
-        let splits = k.div_ceil(MAX_K_PER_SPLIT).max(wanted).max(1);
-        let k_split = k.div_ceil(splits).div_ceil(TILE_K) * TILE_K;
+        let splits = if whole_k {
+            1
+        } else {
+            k.div_ceil(MAX_K_PER_SPLIT).max(wanted).max(1)
+        };
+        // (K may be 0: a phase no tap reaches writes zeros.)
+        let k_split = (k.div_ceil(splits).div_ceil(TILE_K) * TILE_K).max(TILE_K);
         let splits = k.div_ceil(k_split).max(1);
         let config = ConvConfig {
             k_split: k_split as u32,
@@ -173,7 +182,7 @@ impl GpuEngine {
             k: u32_of("conv2d fan-in", c.fan_in())?,
             ..conv_base(c, x.shape, out)?
         };
-        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane())?;
+        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane(), false)?;
         Ok(y)
     }
 
@@ -208,7 +217,7 @@ impl GpuEngine {
             k: u32_of("conv2d output pixels", out.n * out.plane())?,
             ..base
         };
-        self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1)?;
+        self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1, false)?;
         let db = self.alloc("conv2d backward", c.bias_shape())?;
         let sums = ChannelSumConfig {
             batch: out.n as u32,
@@ -224,21 +233,38 @@ impl GpuEngine {
         )?;
         let dx = if input_grad {
             let dx = self.alloc("conv2d backward", x.shape)?;
-            let input_gemm = ConvConfig {
-                m: u32_of("conv2d input channels", x.shape.c)?,
-                n: u32_of("conv2d input pixels", x.shape.n * x.shape.plane())?,
-                k: u32_of("conv2d transposed fan-in", out.c * c.kernel.0 * c.kernel.1)?,
-                ..base
+            // One GEMM per phase (y mod s, x mod s) of the input, over the taps that reach it
+            // (see conv_gemm.wgsl); stride 1 has one phase, every tap.
+            let s = c.stride;
+            let taps = |size: usize, r: usize| {
+                let first = (r + c.padding) % s;
+                size.saturating_sub(first).div_ceil(s)
             };
-            self.conv_gemm(
-                Kernel::ConvGradInput,
-                input_gemm,
-                weight,
-                grad_out,
-                None,
-                &dx,
-                x.shape.plane(),
-            )?;
+            for ry in 0..s.min(x.shape.h) {
+                for rx in 0..s.min(x.shape.w) {
+                    let pixels = (x.shape.h - ry).div_ceil(s) * (x.shape.w - rx).div_ceil(s);
+                    let input_gemm = ConvConfig {
+                        m: u32_of("conv2d input channels", x.shape.c)?,
+                        n: u32_of("conv2d input pixels", x.shape.n * pixels)?,
+                        k: u32_of(
+                            "conv2d transposed fan-in",
+                            out.c * taps(c.kernel.0, ry) * taps(c.kernel.1, rx),
+                        )?,
+                        phase: (ry | rx << 16) as u32,
+                        ..base
+                    };
+                    self.conv_gemm(
+                        Kernel::ConvGradInput,
+                        input_gemm,
+                        weight,
+                        grad_out,
+                        None,
+                        &dx,
+                        x.shape.plane(),
+                        s > 1,
+                    )?;
+                }
+            }
             Some(dx)
         } else {
             None

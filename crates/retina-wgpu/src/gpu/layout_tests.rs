@@ -102,7 +102,7 @@ fn mirrors() -> Vec<Mirror> {
         mirror!(sort::BitonicConfig as "Config" in ["bitonic_local.wgsl", "bitonic_global.wgsl"] { n, k, j, _pad }),
         mirror!(conv::ConvConfig as "Config" in ["conv_gemm.wgsl"] {
             batch, in_channels, out_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride, pad,
-            m, n, k, k_split, splits, m_tiles, n_tiles, flags, _pad,
+            m, n, k, k_split, splits, m_tiles, n_tiles, flags, phase,
         }),
         mirror!(conv::ConvReduceConfig as "Config" in ["conv_reduce.wgsl"] { total, splits, channel_stride, channels, flags, _pad }),
         mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),

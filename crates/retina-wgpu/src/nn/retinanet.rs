@@ -137,8 +137,11 @@ impl GemmShape {
 /// The distinct implicit GEMMs of `convs` (sorted): per convolution, the forward pass
 /// (out channels x fan-in x output pixels of the batch), the weight gradient (out channels x
 /// output pixels x fan-in) and the input gradient (in channels x out channels * kernel area x
-/// input pixels), as the GPU's convolution runs them. What `retina bench gemm` times as plain
-/// matrix products, the kernels' speed apart from the convolution's index arithmetic.
+/// input pixels), as the GPU's convolution runs them for stride 1. (A strided convolution's
+/// input gradient runs as `stride^2` smaller GEMMs, one per phase of the input, each over the
+/// taps that reach it; the shape listed is their union, an upper bound.) What `retina bench
+/// gemm` times as plain matrix products, the kernels' speed apart from the convolution's index
+/// arithmetic.
 pub fn gemm_shapes(convs: &[ConvUse]) -> Result<Vec<GemmShape>> {
     let mut out = Vec::new();
     for u in convs {
