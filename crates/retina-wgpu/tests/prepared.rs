@@ -432,3 +432,41 @@ fn prepared_forward_gives_the_cpu_networks_raw_outputs() {
             .is_err()
     );
 }
+
+#[test]
+fn kernel_work_counts_a_convolutions_flops_and_bytes() {
+    let Some(ctx) = gpu() else { return };
+    let mut engine = GpuEngine::new(&ctx).unwrap();
+    let conv = retina_wgpu::nn::Conv2d::new(6, 10, 3, 2);
+    let input = retina_wgpu::nn::Shape::new(2, 6, 9, 7);
+    let out = conv.output_shape(input).unwrap();
+    let mut rng = Rng::new(3);
+    let x = engine
+        .tensor(input, &(0..input.len()).map(|_| rng.normal()).collect::<Vec<_>>())
+        .unwrap();
+    let w_shape = conv.weight_shape();
+    let w = engine
+        .tensor(w_shape, &(0..w_shape.len()).map(|_| rng.normal()).collect::<Vec<_>>())
+        .unwrap();
+    engine.sync().unwrap();
+    let before = ctx.kernel_work();
+    let y = engine.conv2d(&conv, &x, &w, None).unwrap();
+    engine.read(&y).unwrap();
+    let after = ctx.kernel_work();
+    let work = |name: &str| {
+        let find = |list: &[(&str, retina_wgpu::gpu::KernelWork)]| list.iter().find(|(n, _)| *n == name).unwrap().1;
+        find(&after).since(&find(&before))
+    };
+    let forward = work("ConvForward");
+    // One GEMM: out channels x output pixels x fan-in multiply-adds.
+    assert_eq!(forward.flops, 2 * (10 * out.n * out.plane() * conv.fan_in()) as u64);
+    assert!(forward.dispatches >= 1 && forward.workgroups >= 1, "{forward:?}");
+    // It binds at least the input, the weights and the output (or its split-K partials).
+    let least = 4 * (input.len() + w_shape.len() + out.len()) as u64;
+    assert!(
+        forward.bound_bytes >= least,
+        "{} bytes bound, {least} at least",
+        forward.bound_bytes
+    );
+    assert_eq!(work("ConvGradInput"), retina_wgpu::gpu::KernelWork::default());
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::anchors::AnchorCache;
-use crate::gpu::frame::{Count, Counters, FrameCache, ResourceStats, WorkStats};
+use crate::gpu::frame::{Count, Counters, FrameCache, KernelWork, ResourceStats, WorkStats};
 use crate::gpu::kernels::{Kernel, Kernels};
 use crate::gpu::shader::ShaderFeatures;
 
@@ -357,6 +357,20 @@ impl GpuContext {
     /// and readbacks.
     pub fn work_stats(&self) -> WorkStats {
         self.inner.counters.work()
+    }
+
+    /// Per kernel (named after its variant, e.g. `ConvGradInput`), in declaration order, the
+    /// work this context (and every clone) has dispatched so far: dispatches, workgroups, bytes
+    /// bound and, for the convolution's GEMMs, FLOPs. With [`GpuContext::work_stats`], what a
+    /// roofline estimate of a step on another device needs (`retina bench train`).
+    pub fn kernel_work(&self) -> Vec<(&'static str, KernelWork)> {
+        self.inner.counters.kernel_work()
+    }
+
+    pub(crate) fn count_kernel_work(&self, kernel: Kernel, workgroups: u64, bound_bytes: u64, flops: u64) {
+        self.inner
+            .counters
+            .add_kernel_work(kernel, workgroups, bound_bytes, flops);
     }
 
     pub(crate) fn count(&self, what: Count) {

@@ -86,6 +86,8 @@ impl GpuEngine {
         whole_k: bool,
     ) -> Result<()> {
         let (m, n, k) = (u64::from(base.m), u64::from(base.n), u64::from(base.k));
+        // The product's multiply-adds, for the context's per-kernel work (whatever the splits).
+        self.context().count_kernel_work(kernel, 0, 0, 2 * m * n * k);
         let m_tiles = m.div_ceil(TILE);
         let n_tiles = n.div_ceil(TILE);
         let tiles = m_tiles * n_tiles;

@@ -345,6 +345,16 @@ fn dispatch(
     pass.set_bind_group(0, &bind_group, &[]);
     pass.dispatch_workgroups(x, y, 1);
     ctx.count(crate::gpu::frame::Count::Dispatch);
+    let bound: u64 = bindings
+        .iter()
+        .map(|b| match &b.resource {
+            wgpu::BindingResource::Buffer(binding) => binding
+                .size
+                .map_or(binding.buffer.size().saturating_sub(binding.offset), |s| s.get()),
+            _ => 0,
+        })
+        .sum();
+    ctx.count_kernel_work(kernel, u64::from(workgroups), bound, 0);
     Ok(())
 }
 

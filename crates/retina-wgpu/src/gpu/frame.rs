@@ -15,10 +15,12 @@
 //! atomics into them): [`FrameCache::begin_frame`] records a `clear_buffer` of each into the
 //! frame's encoder before any of the frame's work.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Result;
 use crate::gpu::context::GpuContext;
+use crate::gpu::kernels::Kernel;
 
 /// What a context has created and written since it was made: a test reads it before and after a
 /// frame to prove that a prepared object's frame created nothing.
@@ -57,6 +59,35 @@ pub struct WorkStats {
     pub tensor_bytes: u64,
 }
 
+/// The work of one kernel, summed over its dispatches: what a roofline estimate of its time
+/// needs ([`GpuContext::kernel_work`](crate::GpuContext::kernel_work)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelWork {
+    /// Dispatches recorded.
+    pub dispatches: u64,
+    /// Workgroups dispatched.
+    pub workgroups: u64,
+    /// Bytes of the storage buffers bound to its dispatches (each binding once per dispatch):
+    /// the memory traffic a dispatch has at least if it touches every element it binds, and
+    /// about what an elementwise kernel moves.
+    pub bound_bytes: u64,
+    /// Floating-point operations, where the kernel's caller knows them (the convolution's
+    /// implicit GEMMs: 2 M N K per product); 0 elsewhere.
+    pub flops: u64,
+}
+
+impl KernelWork {
+    /// The work between `earlier` and `self`.
+    pub fn since(&self, earlier: &KernelWork) -> KernelWork {
+        KernelWork {
+            dispatches: self.dispatches.saturating_sub(earlier.dispatches),
+            workgroups: self.workgroups.saturating_sub(earlier.workgroups),
+            bound_bytes: self.bound_bytes.saturating_sub(earlier.bound_bytes),
+            flops: self.flops.saturating_sub(earlier.flops),
+        }
+    }
+}
+
 impl WorkStats {
     /// The work issued between `earlier` and `self`.
     pub fn since(&self, earlier: &WorkStats) -> WorkStats {
@@ -92,6 +123,8 @@ pub(crate) struct Counters {
     submits: AtomicU64,
     readbacks: AtomicU64,
     tensor_bytes: AtomicU64,
+    /// Per kernel, in [`Kernel::ALL`] order (empty until the first dispatch).
+    kernels: Mutex<Vec<KernelWork>>,
 }
 
 /// What a counter counts.
@@ -127,6 +160,28 @@ impl Counters {
             queue_writes: self.queue_writes.load(Ordering::Relaxed),
             pipelines_compiled: self.pipelines.load(Ordering::Relaxed),
         }
+    }
+
+    /// Adds one dispatch of `kernel` (`workgroups`, `bound_bytes`) and `flops`.
+    pub(crate) fn add_kernel_work(&self, kernel: Kernel, workgroups: u64, bound_bytes: u64, flops: u64) {
+        let mut kernels = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if kernels.is_empty() {
+            kernels.resize(Kernel::COUNT, KernelWork::default());
+        }
+        let k = &mut kernels[kernel as usize];
+        k.dispatches += u64::from(workgroups > 0);
+        k.workgroups += workgroups;
+        k.bound_bytes += bound_bytes;
+        k.flops += flops;
+    }
+
+    /// Every kernel's name and work so far, in declaration order.
+    pub(crate) fn kernel_work(&self) -> Vec<(&'static str, KernelWork)> {
+        let kernels = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        Kernel::ALL
+            .iter()
+            .map(|k| (k.name(), kernels.get(*k as usize).copied().unwrap_or_default()))
+            .collect()
     }
 
     pub(crate) fn add_tensor_bytes(&self, bytes: u64) {

@@ -36,6 +36,13 @@ macro_rules! kernels {
             /// Number of kernels.
             pub(crate) const COUNT: usize = Self::ALL.len();
 
+            /// The kernel's name (its variant: a file's modes are apart, e.g. `ConvGradInput`).
+            pub(crate) fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$variant => stringify!($variant),)*
+                }
+            }
+
             /// The kernel's file in `shaders/`.
             pub(crate) fn file(self) -> &'static str {
                 match self {

@@ -34,7 +34,7 @@ pub use buffer::{BUFFER_USAGE, GpuBuffer};
 pub use context::{DeviceLimits, GpuContext, GpuOptions, LimitCaps, enumerate_adapters};
 pub use faces::{FaceBuffers, FaceOutput, GpuFace};
 pub use focal::{FocalBuffers, LogitsBuffer, TargetsBuffer};
-pub use frame::{ResourceStats, WorkStats};
+pub use frame::{KernelWork, ResourceStats, WorkStats};
 pub use image::{ResizeTarget, frame_scale};
 pub use matcher::{AssignBuffers, GroundTruthBuffers};
 pub use ohem::OhemBuffers;

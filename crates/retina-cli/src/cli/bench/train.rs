@@ -5,7 +5,7 @@
 use clap::Args;
 use retina_wgpu::coco::Normalize;
 use retina_wgpu::data::SceneConfig;
-use retina_wgpu::gpu::{ResourceStats, WorkStats};
+use retina_wgpu::gpu::{KernelWork, ResourceStats, WorkStats};
 use retina_wgpu::model::{DetectEngine, Detector, LossEngine, RetinaNet, RetinaNetConfig};
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::train::{SyntheticData, TrainData, TrainOptions, Trainer};
@@ -24,6 +24,8 @@ pub struct TrainArgs {
     /// Without GroupNorm (the plain network of docs/ARCHITECTURE.md).
     #[arg(long)]
     no_group_norm: bool,
+    #[command(flatten)]
+    roofline: Roofline,
     #[command(flatten)]
     common: Common,
 }
@@ -78,7 +80,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     report(&rows, args.common.json)?;
     if !args.common.json {
-        for (adapter, (plain, logged)) in &counts {
+        for (adapter, ((plain, logged), kernels)) in &counts {
             println!();
             println!("GPU training step ({adapter}), counted on the context:");
             for (what, c) in [("a step", plain), ("a logging step (loss read)", logged)] {
@@ -93,14 +95,106 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     c.0.tensor_bytes as f64 / 1e6
                 );
             }
+            args.roofline.print(kernels);
         }
     }
     Ok(())
 }
 
+/// The device a GPU step's counts are projected onto (`--backend gpu`): a roofline estimate of
+/// the step's time from each kernel's counted FLOPs and bound bytes. The defaults are NVIDIA's
+/// H200 datasheet figures for FP32 without tensor cores (67 TFLOP/s, HBM3e 4.8 TB/s) and an
+/// assumed cost per dependent dispatch: check them against a real run (`scripts/gpu_bench.sh`).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Roofline {
+    /// Peak FP32 throughput of the projected device, TFLOP/s.
+    #[arg(long, default_value_t = 67.0)]
+    peak_tflops: f64,
+    /// Memory bandwidth of the projected device, TB/s.
+    #[arg(long, default_value_t = 4.8)]
+    bandwidth_tbs: f64,
+    /// Cost of one dispatch (launch and barrier), microseconds.
+    #[arg(long, default_value_t = 3.0)]
+    dispatch_us: f64,
+}
+
+impl Roofline {
+    /// Seconds of `work` at the roofline: the slower of its FLOPs at peak and its bound bytes at
+    /// full bandwidth, plus its dispatches' cost.
+    fn seconds(&self, work: &KernelWork) -> (f64, f64, f64) {
+        let compute = work.flops as f64 / (self.peak_tflops * 1e12);
+        let memory = work.bound_bytes as f64 / (self.bandwidth_tbs * 1e12);
+        (compute, memory, work.dispatches as f64 * self.dispatch_us * 1e-6)
+    }
+
+    /// Prints the per-kernel table of one step and its total.
+    fn print(&self, step: &[(&'static str, KernelWork)]) {
+        let mut rows: Vec<_> = step
+            .iter()
+            .filter(|(_, w)| w.dispatches > 0)
+            .map(|(name, w)| (name, w, self.seconds(w)))
+            .collect();
+        let time = |(c, m, d): (f64, f64, f64)| c.max(m) + d;
+        rows.sort_by(|a, b| time(b.2).total_cmp(&time(a.2)));
+        println!(
+            "  roofline of one step on a device of {} TFLOP/s FP32, {} TB/s, {} us per dispatch \
+             (a lower bound: every kernel at peak):",
+            self.peak_tflops, self.bandwidth_tbs, self.dispatch_us
+        );
+        println!(
+            "  {:<22} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}",
+            "kernel", "dispatches", "GFLOP", "MB bound", "FLOP/B", "compute us", "memory us", "total us"
+        );
+        let (mut total, mut sum) = (KernelWork::default(), 0.0);
+        for (name, w, t) in &rows {
+            let intensity = if w.bound_bytes > 0 {
+                w.flops as f64 / w.bound_bytes as f64
+            } else {
+                0.0
+            };
+            println!(
+                "  {:<22} {:>10} {:>9.3} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9.1}",
+                name,
+                w.dispatches,
+                w.flops as f64 / 1e9,
+                w.bound_bytes as f64 / 1e6,
+                intensity,
+                t.0 * 1e6,
+                t.1 * 1e6,
+                time(*t) * 1e6
+            );
+            total.dispatches += w.dispatches;
+            total.flops += w.flops;
+            total.bound_bytes += w.bound_bytes;
+            sum += time(*t);
+        }
+        let (c, m, d) = self.seconds(&total);
+        println!(
+            "  {:<22} {:>10} {:>9.3} {:>10.1} {:>10} {:>10.1} {:>10.1} {:>9.1}",
+            "step",
+            total.dispatches,
+            total.flops as f64 / 1e9,
+            total.bound_bytes as f64 / 1e6,
+            "",
+            c * 1e6,
+            m * 1e6,
+            sum * 1e6
+        );
+        println!(
+            "  (dispatches alone: {:.0} us of {:.0} us; at peak with no dispatch cost: {:.0} us)",
+            d * 1e6,
+            sum * 1e6,
+            (sum - d) * 1e6
+        );
+    }
+}
+
 /// What one training step issues on the GPU (after two warm-up steps), without and with the
 /// loss read back: work (dispatches, submits, readbacks, tensor bytes) and resources created.
 type StepCounts = ((WorkStats, ResourceStats), (WorkStats, ResourceStats));
+
+/// Per kernel, the work of one step without the loss read.
+type StepKernels = Vec<(&'static str, KernelWork)>;
 
 fn step_counts(
     ctx: &GpuContext,
@@ -108,16 +202,24 @@ fn step_counts(
     values: &[Vec<f32>],
     options: &TrainOptions,
     data: &SyntheticData,
-) -> Result<StepCounts> {
+) -> Result<(StepCounts, StepKernels)> {
     let mut trainer = Trainer::new(GpuEngine::new(ctx)?, net.clone(), values, options.clone())?;
     trainer.step(data, false)?;
     trainer.step(data, true)?;
+    let kernels_before = ctx.kernel_work();
     let mut count = |read_loss: bool| -> Result<(WorkStats, ResourceStats)> {
         let (work, resources) = (ctx.work_stats(), ctx.resource_stats());
         trainer.step(data, read_loss)?;
         Ok((ctx.work_stats().since(&work), ctx.resource_stats().since(&resources)))
     };
-    Ok((count(false)?, count(true)?))
+    let plain = count(false)?;
+    let kernels = ctx
+        .kernel_work()
+        .into_iter()
+        .zip(kernels_before)
+        .map(|((name, now), (_, before))| (name, now.since(&before)))
+        .collect();
+    Ok(((plain, count(true)?), kernels))
 }
 
 /// Median seconds of a training step and of detecting a batch.
