@@ -219,6 +219,17 @@ fn out_index(m: u32, n: u32) -> u32 {
     }
 }
 
+// Where split `split`'s partial of element (m, n) (at `o` in the output) goes, less the split's
+// offset: `o` itself, but a grad-input phase's pixels packed as (b, ci, yy, xx) (the same as `o`
+// for stride 1), which conv_reduce.wgsl places.
+fn partial_index(m: u32, n: u32, o: u32) -> u32 {
+    if MODE == MODE_GRAD_INPUT {
+        let hw = ph.rows * ph.cols;
+        return ((n / hw) * cfg.in_channels + m) * hw + n % hw;
+    }
+    return o;
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -284,7 +295,7 @@ fn main(
             if n < cfg.n {
                 let o = out_index(m, n);
                 if partial {
-                    out[split * total + o] = acc[i * TN + j];
+                    out[split * total + partial_index(m, n, o)] = acc[i * TN + j];
                 } else {
                     out[o] = acc[i * TN + j] + b;
                 }

@@ -35,6 +35,9 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         (conv(2, 3, (3, 3), 2, 2), Shape::new(2, 2, 5, 4)),
         (conv(3, 2, (1, 1), 1, 1), Shape::new(2, 3, 4, 3)),
         (conv(1, 2, (5, 5), 1, 1), Shape::new(2, 1, 3, 3)),
+        // Stride 2 with K per phase long enough to split (200 x 4 taps) over few output tiles: the
+        // GPU's input gradient sums split partials of each phase onto that phase's pixels.
+        (Conv2d::new(3, 200, 3, 2), Shape::new(1, 3, 5, 6)),
     ]
 }
 

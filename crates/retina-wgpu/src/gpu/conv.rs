@@ -55,7 +55,27 @@ pub(crate) struct ConvReduceConfig {
     pub(crate) channel_stride: u32,
     pub(crate) channels: u32,
     pub(crate) flags: u32,
-    pub(crate) _pad: [u32; 3],
+    /// [`REDUCE_PHASE`]: `ry | rx << 8 | stride << 16`.
+    pub(crate) phase: u32,
+    /// [`REDUCE_PHASE`]: the phase's `rows | cols << 16`.
+    pub(crate) phase_rows_cols: u32,
+    /// [`REDUCE_PHASE`]: the input's `in_h | in_w << 16`.
+    pub(crate) phase_in_hw: u32,
+}
+
+/// conv_reduce.wgsl's flag: the partials are one grad-input phase's pixels, placed on the input.
+const REDUCE_PHASE: u32 = 2;
+
+/// A grad-input phase as conv_reduce.wgsl places its sums (the three words of
+/// [`ConvReduceConfig`] after `flags`), or `None` when the sizes do not fit its 16-bit fields
+/// (or the stride its 8-bit one): such a phase then runs without split-K.
+fn reduce_phase(ry: usize, rx: usize, stride: usize, rows: usize, cols: usize, input: Shape) -> Option<[u32; 3]> {
+    let small = |v: usize| v < 1 << 16;
+    (stride < 1 << 8 && small(rows) && small(cols) && small(input.h) && small(input.w)).then_some([
+        (ry | rx << 8 | stride << 16) as u32,
+        (rows | cols << 16) as u32,
+        (input.h | input.w << 16) as u32,
+    ])
 }
 
 /// Must stay in sync with `Config` in shaders/channel_sum.wgsl.
@@ -70,9 +90,10 @@ pub(crate) struct ChannelSumConfig {
 
 impl GpuEngine {
     /// Records a convolution product of conv_gemm.wgsl into `out` (split-K through a scratch
-    /// buffer and conv_reduce.wgsl when K is long or the output small, unless `whole_k`: a
-    /// grad-input phase of a strided convolution writes only its own pixels of `out`, which the
-    /// reduction, walking all of `out`, cannot keep apart).
+    /// buffer and conv_reduce.wgsl when K is long or the output small). `phase`: a grad-input
+    /// phase of a strided convolution, which writes only its own pixels of `out`: its partials
+    /// are packed and the reduction places them (`Some(None)`: sizes it cannot describe, so no
+    /// split-K).
     #[allow(clippy::too_many_arguments)]
     fn conv_gemm(
         &mut self,
@@ -83,7 +104,7 @@ impl GpuEngine {
         bias: Option<&GpuTensor>,
         out: &GpuTensor,
         channel_stride: usize,
-        whole_k: bool,
+        phase: Option<Option<[u32; 3]>>,
     ) -> Result<()> {
         let (m, n, k) = (u64::from(base.m), u64::from(base.n), u64::from(base.k));
         // The product's multiply-adds, for the context's per-kernel work (whatever the splits).
@@ -92,7 +113,7 @@ impl GpuEngine {
         let n_tiles = n.div_ceil(TILE);
         let tiles = m_tiles * n_tiles;
         let wanted = TARGET_WORKGROUPS.div_ceil(tiles).min(k.div_ceil(MIN_K_PER_SPLIT));
-        let splits = if whole_k {
+        let splits = if phase == Some(None) {
             1
         } else {
             k.div_ceil(MAX_K_PER_SPLIT).max(wanted).max(1)
@@ -147,8 +168,15 @@ impl GpuEngine {
             splits: splits as u32,
             channel_stride: channel_stride as u32,
             channels: base.out_channels,
-            flags: u32::from(bias.is_some()),
-            _pad: [0; 3],
+            flags: u32::from(bias.is_some())
+                | if matches!(phase, Some(Some(_))) {
+                    REDUCE_PHASE
+                } else {
+                    0
+                },
+            phase: phase.flatten().map_or(0, |p| p[0]),
+            phase_rows_cols: phase.flatten().map_or(0, |p| p[1]),
+            phase_in_hw: phase.flatten().map_or(0, |p| p[2]),
         };
         self.run(
             Kernel::ConvReduce,
@@ -184,7 +212,7 @@ impl GpuEngine {
             k: u32_of("conv2d fan-in", c.fan_in())?,
             ..conv_base(c, x.shape, out)?
         };
-        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane(), false)?;
+        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane(), None)?;
         Ok(y)
     }
 
@@ -219,7 +247,7 @@ impl GpuEngine {
             k: u32_of("conv2d output pixels", out.n * out.plane())?,
             ..base
         };
-        self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1, false)?;
+        self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1, None)?;
         let db = self.alloc("conv2d backward", c.bias_shape())?;
         let sums = ChannelSumConfig {
             batch: out.n as u32,
@@ -244,7 +272,8 @@ impl GpuEngine {
             };
             for ry in 0..s.min(x.shape.h) {
                 for rx in 0..s.min(x.shape.w) {
-                    let pixels = (x.shape.h - ry).div_ceil(s) * (x.shape.w - rx).div_ceil(s);
+                    let (rows, cols) = ((x.shape.h - ry).div_ceil(s), (x.shape.w - rx).div_ceil(s));
+                    let pixels = rows * cols;
                     let input_gemm = ConvConfig {
                         m: u32_of("conv2d input channels", x.shape.c)?,
                         n: u32_of("conv2d input pixels", x.shape.n * pixels)?,
@@ -263,7 +292,7 @@ impl GpuEngine {
                         None,
                         &dx,
                         x.shape.plane(),
-                        s > 1,
+                        (s > 1).then(|| reduce_phase(ry, rx, s, rows, cols, x.shape)),
                     )?;
                 }
             }

@@ -104,7 +104,9 @@ fn mirrors() -> Vec<Mirror> {
             batch, in_channels, out_channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride, pad,
             m, n, k, k_split, splits, m_tiles, n_tiles, flags, phase,
         }),
-        mirror!(conv::ConvReduceConfig as "Config" in ["conv_reduce.wgsl"] { total, splits, channel_stride, channels, flags, _pad }),
+        mirror!(conv::ConvReduceConfig as "Config" in ["conv_reduce.wgsl"] {
+            total, splits, channel_stride, channels, flags, phase, phase_rows_cols, phase_in_hw,
+        }),
         mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
         mirror!(nn::ElementwiseConfig as "Config" in ["elementwise.wgsl"] { n, scale, _pad }),
         mirror!(nn::UpsampleConfig as "Config" in ["upsample_nearest.wgsl"] { planes, in_h, in_w, out_h, out_w, _pad }),
