@@ -9,6 +9,8 @@
 // with M = channels_per_group * plane, A = sum of gamma * dy and B = sum of gamma * dy * xhat
 // over the (image, group). Subtracting the mean from v before scaling, rather than folding it
 // into k.w, keeps the precision of x when |mean| >> std.
+// With GroupNorm's ReLU fused (cfg.flags): the forward output is clamped at 0, and the backward's
+// dy counts only where the forward's output `mask` is above 0.
 // The CPU twin is src/cpu/group_norm.rs (`forward` and `backward`).
 
 //#include "shared/group_norm_config.wgsl"
@@ -19,7 +21,9 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(1) var<storage, read> coef: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> u: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// The forward's output (FLAG_MASK_GRAD; any binding otherwise, unread).
+@group(0) @binding(4) var<storage, read> mask: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -32,5 +36,14 @@ fn main(
         return;
     }
     let k = coef[i / cfg.plane];
-    out[i] = k.x * u[i] + k.y * (v[i] - k.z) + k.w;
+    var du = u[i];
+    if (cfg.flags & FLAG_MASK_GRAD) != 0u {
+        du = select(0.0, du, mask[i] > 0.0);
+    }
+    let value = k.x * du + k.y * (v[i] - k.z) + k.w;
+    if (cfg.flags & FLAG_RELU_OUT) != 0u {
+        out[i] = relu_value(value);
+    } else {
+        out[i] = value;
+    }
 }

@@ -7,7 +7,8 @@
 // (shared/workgroup_reduce.wgsl); group_norm_grad_coef.wgsl adds them up over images (for
 // gamma and beta) and over each group's channels (for the input). Per plane rather than per
 // group so that the dispatch has batch * channels workgroups, not batch * groups. No atomics;
-// the loop runs ceil(plane / WG_SIZE) times at most.
+// the loop runs ceil(plane / WG_SIZE) times at most. With FLAG_MASK_GRAD, dy counts only where
+// the forward's output `mask` is above 0 (GroupNorm's ReLU, fused).
 // The CPU twin is src/cpu/group_norm.rs (`backward`).
 
 //#include "shared/workgroup_reduce.wgsl"
@@ -19,7 +20,9 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> stats: array<f32>;
 @group(0) @binding(3) var<storage, read> grad_out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> sums: array<f32>;
+// The forward's output (FLAG_MASK_GRAD; any binding otherwise, unread).
+@group(0) @binding(4) var<storage, read> mask: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sums: array<f32>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -38,8 +41,12 @@ fn main(
 
     var dy_sum = 0.0;
     var dy_dev = 0.0;
+    let masked = (cfg.flags & FLAG_MASK_GRAD) != 0u;
     for (var e = ids.index; e < cfg.plane; e = e + WG_SIZE) {
-        let dy = grad_out[base + e];
+        var dy = grad_out[base + e];
+        if masked {
+            dy = select(0.0, dy, mask[base + e] > 0.0);
+        }
         dy_sum = dy_sum + dy;
         dy_dev = dy_dev + dy * (x[base + e] - mean);
     }

@@ -349,12 +349,18 @@ fn gpu_matches_cpu_forward_and_backward() {
     }
 }
 
-/// GroupNorm with ReLU fused into its passes (the CPU's `group_norm_relu` and its backward)
-/// against the two run one after the other, the engine trait's default: the same values, bit
-/// for bit, since the fused pass does the same arithmetic on the same values.
+/// GroupNorm with ReLU fused into its passes (`group_norm_relu` and its backward, on the CPU
+/// and on the GPU) against the two run one after the other, the engine trait's default: the
+/// same values, bit for bit, since the fused passes do the same arithmetic on the same values.
 #[test]
 fn fused_relu_matches_group_norm_then_relu() {
-    let mut e = CpuEngine::<f32>::new();
+    fused_relu_matches_on(&mut CpuEngine::<f32>::new());
+    if let Some(ctx) = gpu() {
+        fused_relu_matches_on(&mut GpuEngine::new(&ctx).unwrap());
+    }
+}
+
+fn fused_relu_matches_on<E: Engine>(e: &mut E) {
     let mut rng = Rng::new(17);
     for (gn, s, shift) in odd_cases() {
         let x: Vec<f32> = random(&mut rng, s.len()).iter().map(|v| v + shift).collect();

@@ -19,8 +19,15 @@ pub(crate) struct GroupNormConfig {
     pub(crate) group_channels: u32,
     pub(crate) plane: u32,
     pub(crate) eps: f32,
-    pub(crate) _pad: [u32; 2],
+    /// [`RELU_OUT`], [`MASK_GRAD`].
+    pub(crate) flags: u32,
+    pub(crate) _pad: u32,
 }
+
+/// group_norm_apply.wgsl clamps its output at 0 (GroupNorm then ReLU).
+const RELU_OUT: u32 = 1;
+/// The output gradient counts only where the forward's output is above 0 (ReLU's backward).
+const MASK_GRAD: u32 = 2;
 const _: () = assert!(size_of::<GroupNormConfig>() <= super::nn::ARENA_STRIDE);
 
 /// The uniform of every GroupNorm kernel for an input of `x`, after checking that no
@@ -46,22 +53,28 @@ fn config(gn: &GroupNorm, x: Shape) -> Result<GroupNormConfig> {
         group_channels: narrow(gn.channels_per_group())?,
         plane: narrow(x.plane())?,
         eps: gn.eps,
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
     })
 }
 
 impl GpuEngine {
-    /// [`crate::nn::Engine::group_norm`] on the GPU.
+    /// [`crate::nn::Engine::group_norm`] on the GPU, followed by ReLU in the same pass when
+    /// `relu` ([`crate::nn::Engine::group_norm_relu`]).
     pub(super) fn record_group_norm(
         &mut self,
         gn: &GroupNorm,
         x: &GpuTensor,
         gamma: &GpuTensor,
         beta: &GpuTensor,
+        relu: bool,
     ) -> Result<GroupNormOut<GpuTensor>> {
         let s = x.shape();
         gn.check_forward(s, gamma.shape(), beta.shape())?;
-        let config = config(gn, s)?;
+        let config = GroupNormConfig {
+            flags: if relu { RELU_OUT } else { 0 },
+            ..config(gn, s)?
+        };
         let y = self.alloc("group norm", s)?;
         let stats = self.alloc("group norm", gn.stats_shape(s.n))?;
         if s.is_empty() {
@@ -88,6 +101,7 @@ impl GpuEngine {
                 coef = coef.binding(),
                 u = x.binding(),
                 v = x.binding(),
+                mask = x.binding(),
                 out = y.binding(),
             ],
             (s.len() as u64).div_ceil(WG_SIZE),
@@ -95,7 +109,9 @@ impl GpuEngine {
         Ok(GroupNormOut { y, stats })
     }
 
-    /// [`crate::nn::Engine::group_norm_backward`] on the GPU.
+    /// [`crate::nn::Engine::group_norm_backward`] on the GPU; with `relu_out` (the output of
+    /// [`GpuEngine::record_group_norm`] with ReLU), the ReLU's backward first, fused into the
+    /// same passes ([`crate::nn::Engine::group_norm_relu_backward`]).
     pub(super) fn record_group_norm_backward(
         &mut self,
         gn: &GroupNorm,
@@ -103,10 +119,18 @@ impl GpuEngine {
         gamma: &GpuTensor,
         stats: &GpuTensor,
         grad_out: &GpuTensor,
+        relu_out: Option<&GpuTensor>,
     ) -> Result<GroupNormGrads<GpuTensor>> {
         let s = x.shape();
         gn.check_backward(s, gamma.shape(), stats.shape(), grad_out.shape())?;
-        let config = config(gn, s)?;
+        if let Some(y) = relu_out {
+            crate::nn::check_same("group_norm_relu backward", y.shape(), s)?;
+        }
+        let config = GroupNormConfig {
+            flags: if relu_out.is_some() { MASK_GRAD } else { 0 },
+            ..config(gn, s)?
+        };
+        let mask = relu_out.unwrap_or(grad_out);
         let dx = self.alloc("group norm backward", s)?;
         if s.is_empty() {
             // Sums over no image.
@@ -129,6 +153,7 @@ impl GpuEngine {
                 x = x.binding(),
                 stats = stats.binding(),
                 grad_out = grad_out.binding(),
+                mask = mask.binding(),
                 sums = sums.binding(),
             ],
             (s.n * s.c) as u64,
@@ -153,6 +178,7 @@ impl GpuEngine {
                 coef = coef.binding(),
                 u = grad_out.binding(),
                 v = x.binding(),
+                mask = mask.binding(),
                 out = dx.binding(),
             ],
             (s.len() as u64).div_ceil(WG_SIZE),

@@ -154,7 +154,7 @@ fn mirrors() -> Vec<Mirror> {
         }),
         mirror!(anchors::LevelGpu as "Level" in ["anchors.wgsl"] { first_anchor, grid_w, grid_h, stride }),
         mirror!(group_norm::GroupNormConfig as "Config" in ["group_norm_stats.wgsl", "group_norm_apply.wgsl", "group_norm_grad_sums.wgsl", "group_norm_grad_coef.wgsl"] {
-            batch, channels, groups, group_channels, plane, eps, _pad,
+            batch, channels, groups, group_channels, plane, eps, flags, _pad,
         }),
         mirror!(postprocess::GpuDetection as "Detection" in ["postprocess_candidates.wgsl", "postprocess_output.wgsl"] {
             bbox, score, class as label, _pad,

@@ -569,7 +569,34 @@ impl Engine for GpuEngine {
         beta: &GpuTensor,
     ) -> Result<GroupNormOut<GpuTensor>> {
         self.check_tensors("group norm", &[x, gamma, beta])?;
-        self.record_group_norm(gn, x, gamma, beta)
+        self.record_group_norm(gn, x, gamma, beta, false)
+    }
+
+    /// GroupNorm and ReLU in the same passes: the apply clamps its output.
+    fn group_norm_relu(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+    ) -> Result<GroupNormOut<GpuTensor>> {
+        self.check_tensors("group norm", &[x, gamma, beta])?;
+        self.record_group_norm(gn, x, gamma, beta, true)
+    }
+
+    /// The ReLU's backward fused into GroupNorm's: the gradient sums and the apply read the
+    /// output gradient only where `y > 0`.
+    fn group_norm_relu_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        stats: &GpuTensor,
+        y: &GpuTensor,
+        grad_out: &GpuTensor,
+    ) -> Result<GroupNormGrads<GpuTensor>> {
+        self.check_tensors("group norm backward", &[x, gamma, stats, y, grad_out])?;
+        self.record_group_norm_backward(gn, x, gamma, stats, grad_out, Some(y))
     }
 
     fn group_norm_backward(
@@ -581,7 +608,7 @@ impl Engine for GpuEngine {
         grad_out: &GpuTensor,
     ) -> Result<GroupNormGrads<GpuTensor>> {
         self.check_tensors("group norm backward", &[x, gamma, stats, grad_out])?;
-        self.record_group_norm_backward(gn, x, gamma, stats, grad_out)
+        self.record_group_norm_backward(gn, x, gamma, stats, grad_out, None)
     }
 
     fn relu(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
