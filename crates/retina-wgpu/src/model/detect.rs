@@ -292,14 +292,7 @@ impl PreparedDetector {
         deltas: &GpuBuffer<f32>,
     ) -> Result<()> {
         let s = self.input_size();
-        let plane = 3 * s * s;
-        if images.is_empty() || !images.len().is_multiple_of(plane) {
-            return Err(Error::shape(
-                "PreparedDetector::record_forward",
-                format!("{} input values are not whole images of 3 x {s} x {s}", images.len()),
-            ));
-        }
-        let batch = images.len() / plane;
+        let batch = self.image_batch("PreparedDetector::record_forward", images.len())?;
         let (per_logits, per_deltas) = self.raw_output_lens()?;
         for (name, buffer, per) in [("logits", logits, per_logits), ("deltas", deltas, per_deltas)] {
             self.ctx
@@ -336,15 +329,7 @@ impl PreparedDetector {
 
     /// The batch of `values` input values, after checking them and `out`.
     fn check(&self, values: usize, out: &DetectionOutput) -> Result<usize> {
-        let s = self.input_size();
-        let plane = 3 * s * s;
-        if values == 0 || !values.is_multiple_of(plane) {
-            return Err(Error::shape(
-                "PreparedDetector::record",
-                format!("{values} input values are not whole images of 3 x {s} x {s}"),
-            ));
-        }
-        let batch = values / plane;
+        let batch = self.image_batch("PreparedDetector::record", values)?;
         if out.counts.len() != batch || out.max_detections != self.postprocess.max_detections {
             return Err(Error::shape(
                 "PreparedDetector::record",
@@ -358,6 +343,19 @@ impl PreparedDetector {
         }
         self.postprocess.validate()?;
         Ok(batch)
+    }
+
+    /// The images in `values` input values, or an error from `op` unless they are whole images.
+    fn image_batch(&self, op: &'static str, values: usize) -> Result<usize> {
+        let s = self.input_size();
+        let plane = 3 * s * s;
+        if values == 0 || !values.is_multiple_of(plane) {
+            return Err(Error::shape(
+                op,
+                format!("{values} input values are not whole images of 3 x {s} x {s}"),
+            ));
+        }
+        Ok(values / plane)
     }
 
     fn record_images(
