@@ -609,6 +609,58 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// runs.csv's rows without the seconds column, sorted (runs finish in any order with --jobs).
+fn runs_without_time(dir: &std::path::Path) -> Vec<String> {
+    let runs = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
+    let mut rows: Vec<String> = runs
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(13);
+            f.join(",")
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn ablate_jobs_runs_each_run_as_a_sequential_run_with_as_many_threads() {
+    // Two runs at once with one thread each against one run after another on one thread: the
+    // same runs, the same numbers (the worker pool changes where a run executes, nothing else).
+    let (one, two) = (scratch("ablate-jobs1"), scratch("ablate-jobs2"));
+    let common = ["ablate", "--grid", "tiny", "--backend", "cpu", "--fig4-images", "1"];
+    let out = retina_with(
+        &[&common[..], &["--out", one.to_str().unwrap()]].concat(),
+        &[("RAYON_NUM_THREADS", "1")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = retina_with(
+        &[&common[..], &["--out", two.to_str().unwrap(), "--jobs", "2"]].concat(),
+        &[("RAYON_NUM_THREADS", "2")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 runs at once, 1 threads each"));
+    let rows = runs_without_time(&one);
+    assert_eq!(rows.len(), 1 + 3 * 2);
+    assert_eq!(rows, runs_without_time(&two));
+    for args in [&["--jobs", "0"][..], &["--jobs", "2", "--backend", "gpu"]] {
+        let out = retina_with(
+            &[
+                &["ablate", "--grid", "tiny", "--out"][..],
+                &[one.to_str().unwrap(), "--resume"],
+                args,
+            ]
+            .concat(),
+            &[],
+        );
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--jobs"), "{args:?}");
+    }
+    std::fs::remove_dir_all(&one).unwrap();
+    std::fs::remove_dir_all(&two).unwrap();
+}
+
 // --- Bad options (moved from the library's bad-input sweep) -----------------------------------
 
 fn retina_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {

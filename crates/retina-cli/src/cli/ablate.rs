@@ -4,13 +4,17 @@
 //! over seeds, and the paired differences with their 95% intervals) and the plots. Runs are
 //! saved as they finish; `--resume` continues an interrupted experiment.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::ablate::{self, Grid, LossSetting, RunRecord};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use retina_wgpu::coco::{self, CocoDataset, DatasetOptions};
+use retina_wgpu::gpu::GpuContext;
 use retina_wgpu::model::checkpoint;
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::{Error, Result};
@@ -21,9 +25,10 @@ use crate::cli::train::EngineChoice;
 /// Which grid runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GridChoice {
-    /// Tables 1a and 1b, FL* and OHEM: every setting, 3 seeds.
+    /// Tables 1a and 1b, FL* and OHEM: every setting, 5 seeds.
     Full,
-    /// The best setting of each loss, 3 seeds (at most 30 minutes on a 2-core CPU).
+    /// The best setting of each loss and Table 1d's OHEM variants at B = 128, 5 seeds (about
+    /// 70 minutes on a 2-core CPU at 128 px).
     Quick,
     /// CE, FL and OHEM, two seeds, 100 steps on tiny scenes: a smoke test in seconds.
     Tiny,
@@ -43,7 +48,7 @@ pub struct AblateArgs {
     /// SGD steps of every run, instead of the grid's.
     #[arg(long)]
     steps: Option<usize>,
-    /// Seeds per setting (0, 1, ...), instead of the grid's 3.
+    /// Seeds per setting (0, 1, ...), instead of the grid's 5.
     #[arg(long)]
     seeds: Option<u64>,
     /// Validation scenes, instead of the grid's.
@@ -64,6 +69,13 @@ pub struct AblateArgs {
     /// The engine that trains.
     #[arg(long, value_enum, default_value = "auto")]
     backend: EngineChoice,
+    /// Runs trained at once, each in its own thread pool with its share of the threads (CPU
+    /// backend only). On the 2-core VM two 1-thread runs finish about 1.1x sooner than one
+    /// 2-thread run after another; more cores gain more (small layers scale poorly). A run's
+    /// numbers depend on its thread count (the CPU backend splits some sums by thread), so
+    /// keep one --jobs setting within an experiment.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Validation scenes whose losses make Figure 4.
     #[arg(long, default_value_t = 64)]
     fig4_images: usize,
@@ -102,6 +114,9 @@ impl AblateArgs {
 }
 
 pub fn run(args: AblateArgs) -> Result<()> {
+    if args.jobs == 0 || (args.jobs > 1 && args.backend == EngineChoice::Gpu) {
+        return Err(jobs_error(args.jobs));
+    }
     let grid = args.grid()?;
     let out = &args.out;
     let runs_path = out.join("runs.csv");
@@ -113,7 +128,7 @@ pub fn run(args: AblateArgs) -> Result<()> {
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut runs = if args.resume && runs_path.exists() {
+    let runs = if args.resume && runs_path.exists() {
         let text = read(&runs_path)?;
         let curves = curves_path.exists().then(|| read(&curves_path)).transpose()?;
         ablate::read_runs(&grid, &text, curves.as_deref())?
@@ -123,17 +138,27 @@ pub fn run(args: AblateArgs) -> Result<()> {
 
     let val = validation_set(&args, &grid)?;
 
+    // Seed by seed, every setting of a seed before the next seed: an experiment stopped
+    // half-way has complete pairs (the comparisons are paired by seed).
     let todo: Vec<(LossSetting, u64)> = grid
-        .settings
+        .seeds
         .iter()
-        .flat_map(|s| grid.seeds.iter().map(move |&seed| (*s, seed)))
+        .flat_map(|&seed| grid.settings.iter().map(move |s| (*s, seed)))
         .filter(|(s, seed)| !runs.iter().any(|r| r.setting == *s && r.seed == *seed))
         .collect();
     let gpu = args.backend.resolve()?;
     let engine_name = match &gpu {
         Some(ctx) => format!("GPU ({})", ctx.adapter_info().name),
+        None if args.jobs > 1 => format!(
+            "CPU ({} runs at once, {} threads each)",
+            args.jobs,
+            (rayon::current_num_threads() / args.jobs).max(1)
+        ),
         None => format!("CPU ({} threads)", rayon::current_num_threads()),
     };
+    if args.jobs > 1 && gpu.is_some() {
+        return Err(jobs_error(args.jobs));
+    }
     println!(
         "retina ablate: grid {} ({} settings x {} seeds, {} steps each), {} runs to do on {engine_name}",
         grid.name,
@@ -148,39 +173,57 @@ pub fn run(args: AblateArgs) -> Result<()> {
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let reference = reference_setting(&grid);
-    let reference_dir = out.join("reference_model");
     let start = Instant::now();
-    for (i, (setting, seed)) in todo.iter().enumerate() {
-        bar.set_message(format!("run {}/{}: {} seed {seed}", i + 1, todo.len(), setting.label()));
-        let base = bar.position();
-        let mut on_step = |done: usize| bar.set_position(base + done as u64);
-        let (record, values) = match &gpu {
-            Some(ctx) => {
-                let engines = (GpuEngine::new(ctx)?, GpuEngine::new(ctx)?);
-                ablate::train_and_evaluate(engines, &grid, setting, *seed, &val, &mut on_step)?
-            }
-            None => {
-                let engines = (CpuEngine::new(), CpuEngine::new());
-                ablate::train_and_evaluate(engines, &grid, setting, *seed, &val, &mut on_step)?
-            }
-        };
-        bar.set_position(base + grid.steps as u64);
-        if bar.is_hidden() {
-            println!("{}", describe(&record));
-        } else {
-            bar.println(describe(&record));
-        }
-        if *setting == reference && *seed == grid.seeds[0] {
-            checkpoint::save_model(&reference_dir, &grid.network()?, &values)?;
-        }
-        runs.push(record);
-        coco::write_file(&runs_path, ablate::runs_csv(&runs).as_bytes())?;
-        coco::write_file(&curves_path, ablate::curves_csv(&runs).as_bytes())?;
+    let shared = Shared {
+        todo: Mutex::new(todo.into_iter().collect()),
+        runs: Mutex::new(runs),
+        active: Mutex::new(Vec::new()),
+        failed: AtomicBool::new(false),
+        bar,
+        reference: reference_setting(&grid),
+        reference_dir: out.join("reference_model"),
+        runs_path: runs_path.clone(),
+        curves_path: curves_path.clone(),
+    };
+    let jobs = args.jobs;
+    if jobs == 1 {
+        worker(&shared, &grid, &val, gpu.as_ref(), None)?;
+    } else {
+        // Each run gets its share of the threads, in its own pool: the CPU engine's parallel
+        // loops and its GEMMs use the pool they are called from.
+        let threads = (rayon::current_num_threads() / jobs).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..jobs)
+                .map(|_| {
+                    let (shared, grid, val) = (&shared, &grid, &val);
+                    scope.spawn(move || -> Result<()> {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .map_err(|e| Error::invalid(format!("--jobs: cannot start a thread pool: {e}")))?;
+                        worker(shared, grid, val, None, Some(&pool))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::invalid("an ablation run panicked")))
+                })
+                .collect::<Result<Vec<()>>>()
+        })?;
     }
+    let Shared {
+        runs,
+        bar,
+        reference_dir,
+        ..
+    } = shared;
+    let runs = runs.into_inner().unwrap_or_else(|e| e.into_inner());
     bar.finish_and_clear();
 
-    let mut files = vec![(runs_path.clone(), "one row per run"), (curves_path, "training losses")];
+    let mut files = vec![(runs_path, "one row per run"), (curves_path, "training losses")];
     files.extend(write_figures(&args, &grid, &runs, &reference_dir)?);
 
     let total: f64 = runs.iter().map(|r| r.seconds).sum();
@@ -202,6 +245,98 @@ pub fn run(args: AblateArgs) -> Result<()> {
         println!("  {}  {what}", path.display());
     }
     Ok(())
+}
+
+/// What the runs of one invocation share: the runs to do, the runs done (written to disk as
+/// each finishes), the progress bar and where the reference model goes.
+struct Shared {
+    todo: Mutex<VecDeque<(LossSetting, u64)>>,
+    runs: Mutex<Vec<RunRecord>>,
+    /// Labels of the runs in progress, for the bar's message.
+    active: Mutex<Vec<String>>,
+    /// Set when a run failed: the other workers stop after their current run.
+    failed: AtomicBool,
+    bar: ProgressBar,
+    reference: LossSetting,
+    reference_dir: PathBuf,
+    runs_path: PathBuf,
+    curves_path: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A worker that panicked left nothing half-written behind a lock: every critical section
+    // here is a push, a pop or a file write of the whole list.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes runs from `shared.todo` until none is left (or another worker failed), trains and
+/// evaluates each on the GPU (`gpu`) or the CPU (inside `pool` when given), and records it.
+fn worker(
+    shared: &Shared,
+    grid: &Grid,
+    val: &CocoDataset,
+    gpu: Option<&GpuContext>,
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<()> {
+    let result = (|| {
+        while !shared.failed.load(Ordering::Relaxed) {
+            let Some((setting, seed)) = lock(&shared.todo).pop_front() else {
+                return Ok(());
+            };
+            let label = format!("{} seed {seed}", setting.label());
+            let message = {
+                let mut active = lock(&shared.active);
+                active.push(label.clone());
+                active.join(", ")
+            };
+            shared.bar.set_message(message);
+            let mut last = 0;
+            let mut on_step = |done: usize| {
+                shared.bar.inc((done - last) as u64);
+                last = done;
+            };
+            let (record, values) = match (gpu, pool) {
+                (Some(ctx), _) => {
+                    let engines = (GpuEngine::new(ctx)?, GpuEngine::new(ctx)?);
+                    ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)?
+                }
+                (None, Some(pool)) => pool.install(|| {
+                    let engines = (CpuEngine::new(), CpuEngine::new());
+                    ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)
+                })?,
+                (None, None) => {
+                    let engines = (CpuEngine::new(), CpuEngine::new());
+                    ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)?
+                }
+            };
+            shared.bar.inc((grid.steps - last) as u64);
+            if shared.bar.is_hidden() {
+                println!("{}", describe(&record));
+            } else {
+                shared.bar.println(describe(&record));
+            }
+            if setting == shared.reference && seed == grid.seeds[0] {
+                checkpoint::save_model(&shared.reference_dir, &grid.network()?, &values)?;
+            }
+            {
+                let mut runs = lock(&shared.runs);
+                runs.push(record);
+                coco::write_file(&shared.runs_path, ablate::runs_csv(&runs).as_bytes())?;
+                coco::write_file(&shared.curves_path, ablate::curves_csv(&runs).as_bytes())?;
+            }
+            let message = {
+                let mut active = lock(&shared.active);
+                active.retain(|l| *l != label);
+                active.join(", ")
+            };
+            shared.bar.set_message(message);
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        shared.failed.store(true, Ordering::Relaxed);
+    }
+    result
 }
 
 /// The experiment's validation scenes (written once, kept across `--resume`), decoded.
@@ -309,6 +444,12 @@ fn describe(r: &RunRecord) -> String {
         100.0 * r.ap[2],
         r.seconds
     )
+}
+
+fn jobs_error(jobs: usize) -> Error {
+    Error::InvalidParameter(format!(
+        "--jobs {jobs}: at least 1, and more than 1 only on the CPU backend (--backend cpu)"
+    ))
 }
 
 fn read(path: &Path) -> Result<String> {
