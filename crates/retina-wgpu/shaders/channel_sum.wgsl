@@ -1,6 +1,8 @@
 // Per-channel sums of an NCHW tensor (the bias gradient of a convolution: dB[c] = sum over
 // b, y, x of dY[b, c, y, x]): one workgroup per channel, a strided walk over its batch x H x W
-// elements, then a tree sum (shared/workgroup_reduce.wgsl). No atomics.
+// elements, then a tree sum (shared/workgroup_reduce.wgsl). No atomics. With FLAG_ACCUMULATE
+// the sums are added to what `sums` holds (a layer used several times sums its gradients in
+// place).
 
 //#include "shared/workgroup_reduce.wgsl"
 
@@ -9,8 +11,10 @@ struct Config {
     batch: u32,
     channels: u32,
     plane: u32,
-    _pad: u32,
+    flags: u32,
 }
+
+const FLAG_ACCUMULATE: u32 = 1u;
 
 const WG_SIZE: u32 = 256u;
 
@@ -36,6 +40,10 @@ fn main(
     }
     let total = workgroup_sum(acc, ids);
     if ids.index == 0u {
-        sums[c] = total;
+        if (cfg.flags & FLAG_ACCUMULATE) != 0u {
+            sums[c] = sums[c] + total;
+        } else {
+            sums[c] = total;
+        }
     }
 }

@@ -55,6 +55,9 @@ const MODE_GRAD_INPUT: u32 = 1u;
 const MODE_GRAD_WEIGHT: u32 = 2u;
 const FLAG_BIAS: u32 = 1u;
 const FLAG_PARTIAL: u32 = 2u;
+// Without FLAG_PARTIAL: add the product to what `out` holds (a layer used several times sums
+// its weight gradients in place).
+const FLAG_ACCUMULATE: u32 = 4u;
 
 const WG_SIZE: u32 = 256u;
 const BM: u32 = 64u;
@@ -296,6 +299,8 @@ fn main(
                 let o = out_index(m, n);
                 if partial {
                     out[split * total + partial_index(m, n, o)] = acc[i * TN + j];
+                } else if (cfg.flags & FLAG_ACCUMULATE) != 0u {
+                    out[o] = out[o] + (acc[i * TN + j] + b);
                 } else {
                     out[o] = acc[i * TN + j] + b;
                 }

@@ -1,7 +1,9 @@
 // Adds the split-K partial outputs of conv_gemm.wgsl (out[i] = sum over s of partial[s][i]) and,
 // for the forward pass, the bias of each element's channel. With FLAG_PHASE the partials are one
 // grad-input phase's pixels, compact ((b, c, yy, xx) of rows x cols), and each sum lands on its
-// input pixel (ry + yy stride, rx + xx stride) of the in_h x in_w planes.
+// input pixel (ry + yy stride, rx + xx stride) of the in_h x in_w planes. With FLAG_ACCUMULATE
+// (not with FLAG_PHASE) each sum is added to what `out` holds: a layer used several times sums
+// its weight gradients in place.
 
 // Must stay in sync with `ConvReduceConfig` in src/gpu/nn.rs.
 struct Config {
@@ -20,6 +22,7 @@ struct Config {
 const WG_SIZE: u32 = 256u;
 const FLAG_BIAS: u32 = 1u;
 const FLAG_PHASE: u32 = 2u;
+const FLAG_ACCUMULATE: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> partial: array<f32>;
@@ -55,6 +58,8 @@ fn main(
         let y = ry + ((i % hw) / cols) * stride;
         let x = rx + (i % cols) * stride;
         out[((i / hw) * in_h + y) * in_w + x] = sum;
+    } else if (cfg.flags & FLAG_ACCUMULATE) != 0u {
+        out[i] = out[i] + sum;
     } else {
         out[i] = sum;
     }

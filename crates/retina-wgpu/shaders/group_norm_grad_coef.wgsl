@@ -3,6 +3,7 @@
 // one per (image, group), in one dispatch of channels + batch * groups invocations:
 //   channel c:      dbeta[c]  = sum over images of S[n, c].x
 //                   dgamma[c] = sum over images of S[n, c].y                    (batch steps)
+//                   (added to what dbeta and dgamma hold with FLAG_ACCUMULATE)
 //   slot (n, g):    A = sum over the group's channels of gamma[c] * S[n, c].x
 //                   B = sum over the group's channels of gamma[c] * S[n, c].y
 //                   coef[n, c] = (rstd * gamma[c], -rstd^2 * B / M, mean, -rstd * A / M)
@@ -39,8 +40,13 @@ fn main(
             dy_sum = dy_sum + sums[2u * p];
             dy_xhat = dy_xhat + sums[2u * p + 1u];
         }
-        dbeta[i] = dy_sum;
-        dgamma[i] = dy_xhat;
+        if (cfg.flags & FLAG_ACCUMULATE) != 0u {
+            dbeta[i] = dbeta[i] + dy_sum;
+            dgamma[i] = dgamma[i] + dy_xhat;
+        } else {
+            dbeta[i] = dy_sum;
+            dgamma[i] = dy_xhat;
+        }
         return;
     }
     let slot = i - cfg.channels;

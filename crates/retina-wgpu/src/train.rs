@@ -237,11 +237,9 @@ impl<E: LossEngine> Trainer<E> {
     pub fn new(mut engine: E, net: RetinaNet, values: &[Vec<f32>], options: TrainOptions) -> Result<Self> {
         options.validate()?;
         let params = net.upload(&mut engine, values)?;
-        let velocity = net
-            .params()
-            .iter()
-            .map(|p| engine.zeros(p.shape))
-            .collect::<Result<Vec<_>>>()?;
+        // Parameters, gradients and momentum share one packed layout (one SGD dispatch per
+        // group on the GPU).
+        let velocity = net.packed_zeros(&mut engine)?;
         let s = net.config().input_size as u32;
         let anchors = AnchorSet::new(net.config().anchors(), s, s)?;
         Ok(Self {
@@ -472,7 +470,18 @@ impl<E: LossEngine> Trainer<E> {
             .and_then(|s| s.parse::<usize>().ok())
             .ok_or_else(|| Error::format(&source, "metadata has no `step`"))?;
         for ((v, spec), values) in self.velocity.iter_mut().zip(self.net.params()).zip(&velocity) {
-            *v = self.engine.tensor(spec.shape, values)?;
+            if values.len() != spec.shape.len() {
+                return Err(Error::format(
+                    &source,
+                    format!(
+                        "momentum of {} holds {} values, not {}",
+                        spec.name,
+                        values.len(),
+                        spec.shape
+                    ),
+                ));
+            }
+            self.engine.write(v, values)?;
         }
         self.step = step;
         Ok(())

@@ -576,3 +576,245 @@ fn shape_errors_name_the_layer_and_the_shapes() {
     ));
     assert!(e.tensor(Shape::new(1, 1, 2, 2), &[1.0; 3]).is_err());
 }
+
+/// `shapes`' tensors on `e`, holding `values`: packed in the order `pack` gives (indices into
+/// `shapes`), or each on its own (`None`); returned in `shapes`' order.
+fn placed<E: Engine>(e: &mut E, shapes: &[Shape], values: &[Vec<f32>], pack: Option<&[usize]>) -> Vec<E::Tensor> {
+    let mut tensors: Vec<Option<E::Tensor>> = (0..shapes.len()).map(|_| None).collect();
+    match pack {
+        None => {
+            for (i, s) in shapes.iter().enumerate() {
+                tensors[i] = Some(e.tensor(*s, &values[i]).unwrap());
+            }
+        }
+        Some(order) => {
+            let packed_shapes: Vec<Shape> = order.iter().map(|&i| shapes[i]).collect();
+            for (&i, mut t) in order.iter().zip(e.zeros_packed(&packed_shapes).unwrap()) {
+                e.write(&mut t, &values[i]).unwrap();
+                tensors[i] = Some(t);
+            }
+        }
+    }
+    tensors.into_iter().map(Option::unwrap).collect()
+}
+
+/// Dispatches of `kernel` recorded on `ctx` while `f` ran.
+fn dispatches_of<R>(ctx: &retina_wgpu::GpuContext, kernel: &str, f: impl FnOnce() -> R) -> (R, u64) {
+    let count = |ctx: &retina_wgpu::GpuContext| {
+        ctx.kernel_work()
+            .into_iter()
+            .find(|(n, _)| *n == kernel)
+            .map_or(0, |(_, w)| w.dispatches)
+    };
+    let before = count(ctx);
+    let r = f();
+    (r, count(ctx) - before)
+}
+
+#[test]
+fn packed_parameters_step_like_separate_ones_in_one_dispatch_per_group() {
+    let Some(ctx) = gpu() else { return };
+    // A small network's parameters: weights (decayed) and biases or norms (not), interleaved.
+    let shapes = [
+        Shape::new(20, 3, 3, 3),
+        Shape::new(1, 16, 1, 1),
+        Shape::new(1, 16, 1, 1),
+        Shape::new(1, 16, 1, 1),
+        Shape::new(16, 4, 3, 3),
+        Shape::new(1, 16, 1, 1),
+        Shape::new(1, 1, 1, 7),
+    ];
+    let decay = [true, false, false, false, true, false, true];
+    let mut rng = Rng::new(11);
+    let w0: Vec<Vec<f32>> = shapes.iter().map(|s| random(&mut rng, s.len())).collect();
+    let g0: Vec<Vec<f32>> = shapes.iter().map(|s| random(&mut rng, s.len())).collect();
+    let zeros: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0; s.len()]).collect();
+    let decayed_first = [0, 4, 6, 1, 2, 3, 5];
+    let in_order = [0, 1, 2, 3, 4, 5, 6];
+    let run = |ctx: &retina_wgpu::GpuContext, pack: Option<&[usize]>, sgd: Sgd| {
+        let mut e = GpuEngine::new(ctx).unwrap();
+        let mut p = placed(&mut e, &shapes, &w0, pack);
+        let g = placed(&mut e, &shapes, &g0, pack);
+        let mut v = placed(&mut e, &shapes, &zeros, pack);
+        // Written and read back as they were given.
+        for (t, want) in p.iter().zip(&w0) {
+            assert_eq!(&e.read(t).unwrap(), want);
+        }
+        let (_, sgd_dispatches) = dispatches_of(ctx, "Sgd", || {
+            for _ in 0..2 {
+                e.sgd_step(&sgd, 0.1, &mut p, &g, &mut v, &decay).unwrap();
+            }
+            e.sync().unwrap();
+        });
+        let values: Vec<Vec<f32>> = p.iter().chain(&v).map(|t| e.read(t).unwrap()).collect();
+        (values, sgd_dispatches / 2)
+    };
+    let plain = Sgd {
+        momentum: 0.9,
+        weight_decay: 0.1,
+        max_grad_norm: None,
+    };
+    let (separate, n) = run(&ctx, None, plain);
+    assert_eq!(n, 7, "one dispatch per tensor");
+    // The CPU, the reference of the update rule, agrees with the separate tensors.
+    let mut cpu = CpuEngine::<f32>::new();
+    let mut p = placed(&mut cpu, &shapes, &w0, None);
+    let g = placed(&mut cpu, &shapes, &g0, None);
+    let mut v = placed(&mut cpu, &shapes, &zeros, None);
+    for _ in 0..2 {
+        cpu.sgd_step(&plain, 0.1, &mut p, &g, &mut v, &decay).unwrap();
+    }
+    for (i, t) in p.iter().enumerate() {
+        assert_close(&format!("sgd param {i}"), &separate[i], &cpu.read(t).unwrap(), 1e-6);
+    }
+    for (pack, groups) in [(&decayed_first[..], 2), (&in_order[..], 5)] {
+        let (packed, n) = run(&ctx, Some(pack), plain);
+        assert_eq!(packed, separate, "packed {pack:?}: the same update, bit for bit");
+        assert_eq!(n, groups, "packed {pack:?}: one dispatch per run of equal decay");
+    }
+    // With clipping the norm is summed per run instead of per tensor: equal to rounding.
+    let clipped = Sgd {
+        max_grad_norm: Some(0.5),
+        ..plain
+    };
+    let (separate, _) = run(&ctx, None, clipped);
+    let (packed, _) = run(&ctx, Some(&decayed_first), clipped);
+    for (i, (a, b)) in packed.iter().zip(&separate).enumerate() {
+        assert_close(&format!("clipped tensor {i}"), a, b, 1e-6);
+    }
+    // Under a 4 KiB binding limit the pack spans several buffers (2,160 + 2,304 bytes of
+    // weights do not fit one): still the same update.
+    let Some(small) = common::gpu_with(retina_wgpu::GpuOptions {
+        caps: retina_wgpu::LimitCaps {
+            max_storage_binding: Some(4096),
+            ..Default::default()
+        },
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let (separate, _) = run(&small, None, plain);
+    let (packed, n) = run(&small, Some(&decayed_first), plain);
+    assert_eq!(packed, separate);
+    assert!(n > 2, "{n} dispatches: the pack should have been split");
+}
+
+#[test]
+fn accumulating_backward_adds_what_backward_returns() {
+    let Some(ctx) = gpu() else { return };
+    let mut e = GpuEngine::new(&ctx).unwrap();
+    let mut cpu = CpuEngine::<f32>::new();
+    let mut rng = Rng::new(12);
+    // Split-K (K = 8 x 16 x 16 output pixels), a strided layer, a 1x1 head on 2x2.
+    for (conv, s, bias) in [
+        (conv(16, 16, (3, 3), 1, 1), Shape::new(8, 16, 16, 16), true),
+        (conv(3, 8, (3, 3), 2, 1), Shape::new(2, 3, 9, 7), false),
+        (conv(8, 20, (1, 1), 1, 0), Shape::new(2, 8, 2, 2), true),
+    ] {
+        let out = conv.output_shape(s).unwrap();
+        let x = random(&mut rng, s.len());
+        let w = random(&mut rng, conv.weight_shape().len());
+        let dys = [random(&mut rng, out.len()), random(&mut rng, out.len())];
+        let (dw0, db0) = (
+            random(&mut rng, conv.weight_shape().len()),
+            random(&mut rng, conv.out_channels),
+        );
+        let shapes = [conv.weight_shape(), conv.bias_shape()];
+        let what = format!("{conv} on {s}");
+        // Reference: backward, then accumulate, on each engine.
+        fn reference<E: Engine>(
+            e: &mut E,
+            conv: &Conv2d,
+            s: Shape,
+            (x, w): (&[f32], &[f32]),
+            dys: &[Vec<f32>; 2],
+            (dw0, db0): (&[f32], &[f32]),
+        ) -> Vec<Vec<f32>> {
+            let out = conv.output_shape(s).unwrap();
+            let (xt, wt) = (e.tensor(s, x).unwrap(), e.tensor(conv.weight_shape(), w).unwrap());
+            let mut dw = e.tensor(conv.weight_shape(), dw0).unwrap();
+            let mut db = e.tensor(conv.bias_shape(), db0).unwrap();
+            let mut dx = Vec::new();
+            for dy in dys {
+                let dyt = e.tensor(out, dy).unwrap();
+                let g = e.conv2d_backward(conv, &xt, &wt, &dyt, true).unwrap();
+                e.accumulate(&mut dw, &g.weight).unwrap();
+                e.accumulate(&mut db, &g.bias).unwrap();
+                dx.push(e.read(&g.input.unwrap()).unwrap());
+            }
+            vec![e.read(&dw).unwrap(), e.read(&db).unwrap(), dx[0].clone(), dx[1].clone()]
+        }
+        let want = reference(&mut e, &conv, s, (&x, &w), &dys, (&dw0, &db0));
+        let cpu_want = reference(&mut cpu, &conv, s, (&x, &w), &dys, (&dw0, &db0));
+        for (k, (a, b)) in want.iter().zip(&cpu_want).enumerate() {
+            assert_close(&format!("{what} reference {k}"), a, b, 1e-4);
+        }
+        // In place, into packed gradients (as the trainer keeps them).
+        let (xt, wt) = (e.tensor(s, &x).unwrap(), e.tensor(conv.weight_shape(), &w).unwrap());
+        let mut grads = placed(&mut e, &shapes, &[dw0.clone(), db0.clone()], Some(&[0, 1]));
+        let mut got_dx = Vec::new();
+        for dy in &dys {
+            let dyt = e.tensor(out, dy).unwrap();
+            let [dw, db] = grads.get_disjoint_mut([0, 1]).unwrap();
+            let dx = e
+                .conv2d_backward_acc(&conv, &xt, &wt, &dyt, true, dw, bias.then_some(db))
+                .unwrap();
+            got_dx.push(e.read(&dx.unwrap()).unwrap());
+        }
+        assert_eq!(e.read(&grads[0]).unwrap(), want[0], "{what}: weight gradient");
+        if bias {
+            assert_eq!(e.read(&grads[1]).unwrap(), want[1], "{what}: bias gradient");
+        } else {
+            assert_eq!(e.read(&grads[1]).unwrap(), db0, "{what}: no bias, untouched");
+        }
+        assert_eq!(got_dx, want[2..].to_vec(), "{what}: input gradient");
+    }
+    // GroupNorm, alone and fused with ReLU.
+    let gn = retina_wgpu::nn::GroupNorm::new(16, 4);
+    let s = Shape::new(3, 16, 5, 6);
+    let (x, gamma, beta) = (random(&mut rng, s.len()), random(&mut rng, 16), random(&mut rng, 16));
+    let dys = [random(&mut rng, s.len()), random(&mut rng, s.len())];
+    let (dg0, dbeta0) = (random(&mut rng, 16), random(&mut rng, 16));
+    for relu in [false, true] {
+        let (xt, gt, bt) = (
+            e.tensor(s, &x).unwrap(),
+            e.tensor(gn.param_shape(), &gamma).unwrap(),
+            e.tensor(gn.param_shape(), &beta).unwrap(),
+        );
+        let fwd = if relu {
+            e.group_norm_relu(&gn, &xt, &gt, &bt).unwrap()
+        } else {
+            e.group_norm(&gn, &xt, &gt, &bt).unwrap()
+        };
+        let shapes = [gn.param_shape(), gn.param_shape()];
+        let mut sep = placed(&mut e, &shapes, &[dg0.clone(), dbeta0.clone()], None);
+        let mut packed = placed(&mut e, &shapes, &[dg0.clone(), dbeta0.clone()], Some(&[1, 0]));
+        for dy in &dys {
+            let dyt = e.tensor(s, dy).unwrap();
+            let g = if relu {
+                e.group_norm_relu_backward(&gn, &xt, &gt, &fwd.stats, &fwd.y, &dyt)
+                    .unwrap()
+            } else {
+                e.group_norm_backward(&gn, &xt, &gt, &fwd.stats, &dyt).unwrap()
+            };
+            e.accumulate(&mut sep[0], &g.gamma).unwrap();
+            e.accumulate(&mut sep[1], &g.beta).unwrap();
+            let [dg, db] = packed.get_disjoint_mut([0, 1]).unwrap();
+            let dx = e
+                .group_norm_backward_acc(&gn, &xt, &gt, &fwd.stats, relu.then_some(&fwd.y), &dyt, dg, db)
+                .unwrap();
+            assert_eq!(
+                e.read(&dx).unwrap(),
+                e.read(&g.input).unwrap(),
+                "group norm input gradient"
+            );
+        }
+        for k in 0..2 {
+            assert_eq!(
+                e.read(&packed[k]).unwrap(),
+                e.read(&sep[k]).unwrap(),
+                "group norm (relu {relu}) parameter gradient {k}"
+            );
+        }
+    }
+}

@@ -17,13 +17,16 @@ struct Config {
     eps: f32,
     // FLAG_RELU_OUT: group_norm_apply.wgsl clamps its output at 0 (GroupNorm then ReLU, forward);
     // FLAG_MASK_GRAD: the output gradient counts only where `mask` (the forward's output) is
-    // above 0 (the ReLU's backward, fused into group_norm_grad_sums.wgsl and the apply).
+    // above 0 (the ReLU's backward, fused into group_norm_grad_sums.wgsl and the apply);
+    // FLAG_ACCUMULATE: group_norm_grad_coef.wgsl adds dgamma and dbeta to what they hold (a
+    // layer shared by several inputs sums its gradients in place).
     flags: u32,
     _pad0: u32,
 }
 
 const FLAG_RELU_OUT: u32 = 1u;
 const FLAG_MASK_GRAD: u32 = 2u;
+const FLAG_ACCUMULATE: u32 = 4u;
 
 // `v` where ReLU passes it: not max(v, 0), which WGSL leaves undefined for NaN; this is the
 // CPU's rule (NaN gives 0), as elementwise.wgsl's ReLU.

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::gpu::dispatch::binds;
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nn::{GpuEngine, GpuTensor, u32_of};
-use crate::nn::{Conv2d, ConvGrads, Engine, Shape, check_same};
+use crate::nn::{Conv2d, ConvGrads, Shape, check_same};
 
 /// Output tile of conv_gemm.wgsl (BM = BN) and its K step (BK).
 const TILE: u64 = 64;
@@ -85,15 +85,21 @@ pub(crate) struct ChannelSumConfig {
     pub(crate) batch: u32,
     pub(crate) channels: u32,
     pub(crate) plane: u32,
-    pub(crate) _pad: u32,
+    /// [`ACCUMULATE`]: add to the sums' tensor instead of overwriting it.
+    pub(crate) flags: u32,
 }
+
+/// conv_gemm.wgsl's, conv_reduce.wgsl's and channel_sum.wgsl's flag: the result is added to
+/// what the output holds (`CHANNEL_ACCUMULATE` for channel_sum.wgsl).
+const GEMM_ACCUMULATE: u32 = 4;
+const CHANNEL_ACCUMULATE: u32 = 1;
 
 impl GpuEngine {
     /// Records a convolution product of conv_gemm.wgsl into `out` (split-K through a scratch
     /// buffer and conv_reduce.wgsl when K is long or the output small). `phase`: a grad-input
     /// phase of a strided convolution, which writes only its own pixels of `out`: its partials
     /// are packed and the reduction places them (`Some(None)`: sizes it cannot describe, so no
-    /// split-K).
+    /// split-K). `accumulate`: the product is added to what `out` holds (not with a phase).
     #[allow(clippy::too_many_arguments)]
     fn conv_gemm(
         &mut self,
@@ -105,7 +111,10 @@ impl GpuEngine {
         out: &GpuTensor,
         channel_stride: usize,
         phase: Option<Option<[u32; 3]>>,
+        accumulate: bool,
     ) -> Result<()> {
+        debug_assert!(!(accumulate && phase.is_some()), "a grad-input phase never accumulates");
+        let add = if accumulate { GEMM_ACCUMULATE } else { 0 };
         let (m, n, k) = (u64::from(base.m), u64::from(base.n), u64::from(base.k));
         // The product's multiply-adds, for the context's per-kernel work (whatever the splits).
         self.context().count_kernel_work(kernel, 0, 0, 2 * m * n * k);
@@ -126,7 +135,7 @@ impl GpuEngine {
             splits: splits as u32,
             m_tiles: m_tiles as u32,
             n_tiles: n_tiles as u32,
-            flags: u32::from(bias.is_some()) | if splits > 1 { 2 } else { 0 },
+            flags: u32::from(bias.is_some()) | if splits > 1 { 2 } else { add },
             ..base
         };
         let spare;
@@ -172,7 +181,7 @@ impl GpuEngine {
                 | if matches!(phase, Some(Some(_))) {
                     REDUCE_PHASE
                 } else {
-                    0
+                    add
                 },
             phase: phase.flatten().map_or(0, |p| p[0]),
             phase_rows_cols: phase.flatten().map_or(0, |p| p[1]),
@@ -212,7 +221,7 @@ impl GpuEngine {
             k: u32_of("conv2d fan-in", c.fan_in())?,
             ..conv_base(c, x.shape, out)?
         };
-        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane(), None)?;
+        self.conv_gemm(Kernel::ConvForward, base, weight, x, bias, &y, out.plane(), None, false)?;
         Ok(y)
     }
 
@@ -227,84 +236,122 @@ impl GpuEngine {
         grad_out: &GpuTensor,
         input_grad: bool,
     ) -> Result<ConvGrads<GpuTensor>> {
+        let dw = self.alloc("conv2d backward", c.weight_shape())?;
+        let db = self.alloc("conv2d backward", c.bias_shape())?;
+        let input = self.conv2d_grads_into(c, x, weight, grad_out, input_grad, &dw, Some(&db), false)?;
+        Ok(ConvGrads {
+            input,
+            weight: dw,
+            bias: db,
+        })
+    }
+
+    /// [`Engine::conv2d_backward_acc`] (`accumulate`) or the writes of
+    /// [`Engine::conv2d_backward`]: the weight and bias gradients written into, or added to,
+    /// `dw` and `db` by the kernels that compute them (no bias gradient without `db`); returns
+    /// the input gradient when asked.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_grads_into(
+        &mut self,
+        c: &Conv2d,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        grad_out: &GpuTensor,
+        input_grad: bool,
+        dw: &GpuTensor,
+        db: Option<&GpuTensor>,
+        accumulate: bool,
+    ) -> Result<Option<GpuTensor>> {
         let out = c.output_shape(x.shape)?;
         check_same("conv2d weights", weight.shape, c.weight_shape())?;
         check_same("conv2d output gradient", grad_out.shape, out)?;
-        self.check_tensors("conv2d backward", &[x, weight, grad_out])?;
+        check_same("conv2d weight gradient", dw.shape, c.weight_shape())?;
+        self.check_tensors("conv2d backward", &[x, weight, grad_out, dw])?;
+        if let Some(db) = db {
+            check_same("conv2d bias gradient", db.shape, c.bias_shape())?;
+            self.check_tensors("conv2d backward", &[db])?;
+        }
         if out.is_empty() {
             // A batch of no images: no gradient flows to the weights or the bias.
-            return Ok(ConvGrads {
-                input: input_grad.then(|| self.alloc("conv2d backward", x.shape)).transpose()?,
-                weight: self.zeros(c.weight_shape())?,
-                bias: self.zeros(c.bias_shape())?,
-            });
+            if !accumulate {
+                let encoder = self.encoder();
+                for t in [Some(dw), db].into_iter().flatten() {
+                    encoder.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
+                }
+            }
+            return input_grad.then(|| self.alloc("conv2d backward", x.shape)).transpose();
         }
         let base = conv_base(c, x.shape, out)?;
-        let dw = self.alloc("conv2d backward", c.weight_shape())?;
         let weight_gemm = ConvConfig {
             m: u32_of("conv2d output channels", out.c)?,
             n: u32_of("conv2d fan-in", c.fan_in())?,
             k: u32_of("conv2d output pixels", out.n * out.plane())?,
             ..base
         };
-        self.conv_gemm(Kernel::ConvGradWeight, weight_gemm, grad_out, x, None, &dw, 1, None)?;
-        let db = self.alloc("conv2d backward", c.bias_shape())?;
-        let sums = ChannelSumConfig {
-            batch: out.n as u32,
-            channels: out.c as u32,
-            plane: out.plane() as u32,
-            _pad: 0,
-        };
-        self.run(
-            Kernel::ChannelSum,
-            &sums,
-            binds![input = grad_out.binding(), sums = db.binding(),],
-            out.c as u64,
+        self.conv_gemm(
+            Kernel::ConvGradWeight,
+            weight_gemm,
+            grad_out,
+            x,
+            None,
+            dw,
+            1,
+            None,
+            accumulate,
         )?;
-        let dx = if input_grad {
-            let dx = self.alloc("conv2d backward", x.shape)?;
-            // One GEMM per phase (y mod s, x mod s) of the input, over the taps that reach it
-            // (see conv_gemm.wgsl); stride 1 has one phase, every tap.
-            let s = c.stride;
-            let taps = |size: usize, r: usize| {
-                let first = (r + c.padding) % s;
-                size.saturating_sub(first).div_ceil(s)
+        if let Some(db) = db {
+            let sums = ChannelSumConfig {
+                batch: out.n as u32,
+                channels: out.c as u32,
+                plane: out.plane() as u32,
+                flags: if accumulate { CHANNEL_ACCUMULATE } else { 0 },
             };
-            for ry in 0..s.min(x.shape.h) {
-                for rx in 0..s.min(x.shape.w) {
-                    let (rows, cols) = ((x.shape.h - ry).div_ceil(s), (x.shape.w - rx).div_ceil(s));
-                    let pixels = rows * cols;
-                    let input_gemm = ConvConfig {
-                        m: u32_of("conv2d input channels", x.shape.c)?,
-                        n: u32_of("conv2d input pixels", x.shape.n * pixels)?,
-                        k: u32_of(
-                            "conv2d transposed fan-in",
-                            out.c * taps(c.kernel.0, ry) * taps(c.kernel.1, rx),
-                        )?,
-                        phase: (ry | rx << 16) as u32,
-                        ..base
-                    };
-                    self.conv_gemm(
-                        Kernel::ConvGradInput,
-                        input_gemm,
-                        weight,
-                        grad_out,
-                        None,
-                        &dx,
-                        x.shape.plane(),
-                        (s > 1).then(|| reduce_phase(ry, rx, s, rows, cols, x.shape)),
-                    )?;
-                }
-            }
-            Some(dx)
-        } else {
-            None
+            self.run(
+                Kernel::ChannelSum,
+                &sums,
+                binds![input = grad_out.binding(), sums = db.binding(),],
+                out.c as u64,
+            )?;
+        }
+        if !input_grad {
+            return Ok(None);
+        }
+        let dx = self.alloc("conv2d backward", x.shape)?;
+        // One GEMM per phase (y mod s, x mod s) of the input, over the taps that reach it
+        // (see conv_gemm.wgsl); stride 1 has one phase, every tap.
+        let s = c.stride;
+        let taps = |size: usize, r: usize| {
+            let first = (r + c.padding) % s;
+            size.saturating_sub(first).div_ceil(s)
         };
-        Ok(ConvGrads {
-            input: dx,
-            weight: dw,
-            bias: db,
-        })
+        for ry in 0..s.min(x.shape.h) {
+            for rx in 0..s.min(x.shape.w) {
+                let (rows, cols) = ((x.shape.h - ry).div_ceil(s), (x.shape.w - rx).div_ceil(s));
+                let pixels = rows * cols;
+                let input_gemm = ConvConfig {
+                    m: u32_of("conv2d input channels", x.shape.c)?,
+                    n: u32_of("conv2d input pixels", x.shape.n * pixels)?,
+                    k: u32_of(
+                        "conv2d transposed fan-in",
+                        out.c * taps(c.kernel.0, ry) * taps(c.kernel.1, rx),
+                    )?,
+                    phase: (ry | rx << 16) as u32,
+                    ..base
+                };
+                self.conv_gemm(
+                    Kernel::ConvGradInput,
+                    input_gemm,
+                    weight,
+                    grad_out,
+                    None,
+                    &dx,
+                    x.shape.plane(),
+                    (s > 1).then(|| reduce_phase(ry, rx, s, rows, cols, x.shape)),
+                    false,
+                )?;
+            }
+        }
+        Ok(Some(dx))
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::dispatch::binds;
 use crate::gpu::kernels::{Kernel, LOOP_BUDGET, WG_SIZE};
 use crate::gpu::nn::{GpuEngine, GpuTensor};
-use crate::nn::{Engine, GroupNorm, GroupNormGrads, GroupNormOut, Shape};
+use crate::nn::{GroupNorm, GroupNormGrads, GroupNormOut, Shape};
 
 /// Must stay in sync with `Config` in shaders/shared/group_norm_config.wgsl.
 #[repr(C)]
@@ -19,7 +19,7 @@ pub(crate) struct GroupNormConfig {
     pub(crate) group_channels: u32,
     pub(crate) plane: u32,
     pub(crate) eps: f32,
-    /// [`RELU_OUT`], [`MASK_GRAD`].
+    /// [`RELU_OUT`], [`MASK_GRAD`], [`ACCUMULATE`].
     pub(crate) flags: u32,
     pub(crate) _pad: u32,
 }
@@ -28,6 +28,8 @@ pub(crate) struct GroupNormConfig {
 const RELU_OUT: u32 = 1;
 /// The output gradient counts only where the forward's output is above 0 (ReLU's backward).
 const MASK_GRAD: u32 = 2;
+/// group_norm_grad_coef.wgsl adds the gamma and beta gradients to what their tensors hold.
+const ACCUMULATE: u32 = 4;
 const _: () = assert!(size_of::<GroupNormConfig>() <= super::nn::ARENA_STRIDE);
 
 /// The uniform of every GroupNorm kernel for an input of `x`, after checking that no
@@ -112,7 +114,7 @@ impl GpuEngine {
     /// [`crate::nn::Engine::group_norm_backward`] on the GPU; with `relu_out` (the output of
     /// [`GpuEngine::record_group_norm`] with ReLU), the ReLU's backward first, fused into the
     /// same passes ([`crate::nn::Engine::group_norm_relu_backward`]).
-    pub(super) fn record_group_norm_backward(
+    pub(super) fn group_norm_grads(
         &mut self,
         gn: &GroupNorm,
         x: &GpuTensor,
@@ -121,29 +123,54 @@ impl GpuEngine {
         grad_out: &GpuTensor,
         relu_out: Option<&GpuTensor>,
     ) -> Result<GroupNormGrads<GpuTensor>> {
+        let dgamma = self.alloc("group norm backward", gn.param_shape())?;
+        let dbeta = self.alloc("group norm backward", gn.param_shape())?;
+        let input =
+            self.record_group_norm_backward(gn, x, gamma, stats, grad_out, relu_out, (&dgamma, &dbeta), false)?;
+        Ok(GroupNormGrads {
+            input,
+            gamma: dgamma,
+            beta: dbeta,
+        })
+    }
+
+    /// The passes of [`GpuEngine::group_norm_grads`], writing (or with `accumulate` adding)
+    /// the `gamma` and `beta` gradients into `param_grads`; returns the input gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_group_norm_backward(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        stats: &GpuTensor,
+        grad_out: &GpuTensor,
+        relu_out: Option<&GpuTensor>,
+        (dgamma, dbeta): (&GpuTensor, &GpuTensor),
+        accumulate: bool,
+    ) -> Result<GpuTensor> {
         let s = x.shape();
         gn.check_backward(s, gamma.shape(), stats.shape(), grad_out.shape())?;
         if let Some(y) = relu_out {
             crate::nn::check_same("group_norm_relu backward", y.shape(), s)?;
         }
+        crate::nn::check_same("group norm gamma gradient", dgamma.shape(), gn.param_shape())?;
+        crate::nn::check_same("group norm beta gradient", dbeta.shape(), gn.param_shape())?;
         let config = GroupNormConfig {
-            flags: if relu_out.is_some() { MASK_GRAD } else { 0 },
+            flags: if relu_out.is_some() { MASK_GRAD } else { 0 } | if accumulate { ACCUMULATE } else { 0 },
             ..config(gn, s)?
         };
         let mask = relu_out.unwrap_or(grad_out);
         let dx = self.alloc("group norm backward", s)?;
         if s.is_empty() {
             // Sums over no image.
-            let dgamma = self.zeros(gn.param_shape())?;
-            let dbeta = self.zeros(gn.param_shape())?;
-            return Ok(GroupNormGrads {
-                input: dx,
-                gamma: dgamma,
-                beta: dbeta,
-            });
+            if !accumulate {
+                let encoder = self.encoder();
+                for t in [dgamma, dbeta] {
+                    encoder.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
+                }
+            }
+            return Ok(dx);
         }
-        let dgamma = self.alloc("group norm backward", gn.param_shape())?;
-        let dbeta = self.alloc("group norm backward", gn.param_shape())?;
         let sums = self.alloc("group norm backward", Shape::new(s.n, s.c, 1, 2))?;
         let coef = self.alloc("group norm backward", Shape::new(s.n, s.c, 1, 4))?;
         self.run(
@@ -183,10 +210,6 @@ impl GpuEngine {
             ],
             (s.len() as u64).div_ceil(WG_SIZE),
         )?;
-        Ok(GroupNormGrads {
-            input: dx,
-            gamma: dgamma,
-            beta: dbeta,
-        })
+        Ok(dx)
     }
 }

@@ -107,7 +107,7 @@ fn mirrors() -> Vec<Mirror> {
         mirror!(conv::ConvReduceConfig as "Config" in ["conv_reduce.wgsl"] {
             total, splits, channel_stride, channels, flags, phase, phase_rows_cols, phase_in_hw,
         }),
-        mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, _pad }),
+        mirror!(conv::ChannelSumConfig as "Config" in ["channel_sum.wgsl"] { batch, channels, plane, flags }),
         mirror!(nn::ElementwiseConfig as "Config" in ["elementwise.wgsl"] { n, scale, _pad }),
         mirror!(nn::UpsampleConfig as "Config" in ["upsample_nearest.wgsl"] { planes, in_h, in_w, out_h, out_w, _pad }),
         mirror!(image::ResizeConfig as "Config" in ["resize_normalize.wgsl"] {

@@ -2,7 +2,7 @@
 //! records every layer into one command encoder, and the dispatch of `conv_gemm.wgsl` and the
 //! small layer kernels.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
@@ -141,47 +141,76 @@ pub(crate) struct SumSquaresConfig {
 /// sum_squares.wgsl: squares scaled by the power of two above the sum of |g| (else that sum).
 const FLAG_SCALED_SQUARES: u32 = 1;
 
+/// Free buffers by size, each by its serial number.
+type FreeBuffers = HashMap<u64, BTreeMap<u64, wgpu::Buffer>>;
+
 /// Recycled device buffers by size, all of one context.
 ///
-/// A request takes the least free buffer of its size in the buffers' own order, a choice that
-/// depends only on which buffers are free: a frame that allocates and drops its tensors as the
-/// previous frame did gets the same buffers for the same tensors, so the bind groups of a
-/// prepared detector are found again in its frame cache.
+/// A request takes the earliest-made free buffer of its size, a choice that depends only on
+/// which buffers are free and the order the pool made them in: a frame that allocates and
+/// drops its tensors as the previous frame did gets the same buffers for the same tensors (the
+/// first frame too, which made them in that order), so the bind groups of a prepared detector
+/// are found again in its frame cache. (wgpu's own order of buffers is not their creation
+/// order.)
 struct GpuPool {
-    free: Mutex<(HashMap<u64, BTreeSet<wgpu::Buffer>>, PoolStats)>,
+    /// Free buffers by size, by the serial number the pool gave them; the pool's statistics;
+    /// the next serial number.
+    free: Mutex<(FreeBuffers, PoolStats, u64)>,
     /// The id of the context the buffers belong to: a tensor of another context is refused.
     context: u64,
 }
 
 impl GpuPool {
-    /// A buffer of `bytes` (rounded up to whole words, at least one), reused or new; the caller
-    /// ([`GpuEngine::alloc`]) has checked the size against the device's binding limit.
-    fn take(&self, ctx: &GpuContext, bytes: u64) -> Result<wgpu::Buffer> {
+    /// A buffer of `bytes` (rounded up to whole words, at least one), reused or new, with its
+    /// serial number; the caller ([`GpuEngine::alloc`]) has checked the size against the
+    /// device's binding limit.
+    fn take(&self, ctx: &GpuContext, bytes: u64) -> Result<(u64, wgpu::Buffer)> {
         let bytes = bytes.div_ceil(4).max(4) * 4;
-        {
+        let serial = {
             let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            let (free, stats) = &mut *guard;
-            if let Some(buffer) = free.get_mut(&bytes).and_then(BTreeSet::pop_first) {
+            let (free, stats, next) = &mut *guard;
+            if let Some(reused) = free.get_mut(&bytes).and_then(BTreeMap::pop_first) {
                 stats.reuses += 1;
-                return Ok(buffer);
+                return Ok(reused);
             }
             stats.allocations += 1;
-        }
-        ctx.create_buffer_scoped(bytes, BUFFER_USAGE, None)
+            *next += 1;
+            *next
+        };
+        Ok((serial, ctx.create_buffer_scoped(bytes, BUFFER_USAGE, None)?))
     }
 
-    fn give(&self, buffer: wgpu::Buffer) {
+    fn give(&self, serial: u64, buffer: wgpu::Buffer) {
         let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        guard.0.entry(buffer.size()).or_default().insert(buffer);
+        guard.0.entry(buffer.size()).or_default().insert(serial, buffer);
     }
 }
 
-/// An NCHW f32 tensor on the device, from an engine's pool (returned there when dropped; the
-/// device finishes any recorded use of it first, in submission order).
+/// A device buffer of an engine's pool, returned there when the last tensor on it is dropped
+/// (the device finishes any recorded use of it first, in submission order).
+struct Backing {
+    buffer: Option<wgpu::Buffer>,
+    /// The pool's serial number of the buffer.
+    serial: u64,
+    pool: Arc<GpuPool>,
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            self.pool.give(self.serial, buffer);
+        }
+    }
+}
+
+/// An NCHW f32 tensor on the device: a buffer of an engine's pool of its own, or a view at an
+/// aligned offset of a buffer shared with other tensors ([`Engine::zeros_packed`]).
 pub struct GpuTensor {
     pub(super) shape: Shape,
-    buffer: Option<wgpu::Buffer>,
-    pool: Arc<GpuPool>,
+    backing: Arc<Backing>,
+    /// Byte offset of the first value in the buffer (0 unless packed; a multiple of the
+    /// device's storage offset alignment).
+    offset: u64,
 }
 
 impl GpuTensor {
@@ -191,31 +220,44 @@ impl GpuTensor {
     }
 
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {
-        self.buffer.as_ref().expect("a live tensor holds its buffer")
+        self.backing.buffer.as_ref().expect("a live tensor holds its buffer")
+    }
+
+    /// Byte offset of the first value in [`GpuTensor::buffer`].
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes of the values.
+    pub(super) fn bytes(&self) -> u64 {
+        (self.shape.len() * 4) as u64
     }
 
     /// The tensor's buffer viewed as `len` elements of `T` for the crate's `record_*` ops
-    /// (the view shares the buffer; the tensor stays the owner).
+    /// (the view shares the buffer; the tensor stays the owner). Not for a packed tensor.
     pub(crate) fn view<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
-        GpuBuffer::from_raw_on(self.buffer().clone(), len, self.pool.context)
+        if self.offset != 0 {
+            return Err(Error::invalid(format!(
+                "a packed tensor of {} (a view at byte {} of a shared buffer) cannot be used as a whole buffer",
+                self.shape, self.offset
+            )));
+        }
+        GpuBuffer::from_raw_on(self.buffer().clone(), len, self.backing.pool.context)
     }
 
     pub(super) fn binding(&self) -> wgpu::BindingResource<'_> {
-        storage(self.buffer(), 0, (self.shape.len() * 4) as u64)
+        storage(self.buffer(), self.offset, self.bytes())
+    }
+
+    /// Whether `self` and `other` are views of one buffer.
+    fn shares_buffer(&self, other: &GpuTensor) -> bool {
+        Arc::ptr_eq(&self.backing, &other.backing)
     }
 }
 
 impl std::fmt::Debug for GpuTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "GpuTensor{}", self.shape)
-    }
-}
-
-impl Drop for GpuTensor {
-    fn drop(&mut self) {
-        if let Some(buffer) = self.buffer.take() {
-            self.pool.give(buffer);
-        }
     }
 }
 
@@ -248,7 +290,7 @@ impl GpuEngine {
         Ok(Self {
             ctx: ctx.clone(),
             pool: Arc::new(GpuPool {
-                free: Mutex::new((HashMap::new(), PoolStats::default())),
+                free: Mutex::new((HashMap::new(), PoolStats::default(), 0)),
                 context: ctx.id(),
             }),
             encoder: None,
@@ -347,20 +389,72 @@ impl GpuEngine {
                  {limit} bytes; use a smaller batch or input"
             )));
         }
-        let buffer = self.pool.take(&self.ctx, bytes)?;
+        let (serial, buffer) = self.pool.take(&self.ctx, bytes)?;
         self.ctx.count_tensor_bytes(bytes);
         Ok(GpuTensor {
             shape,
-            buffer: Some(buffer),
-            pool: Arc::clone(&self.pool),
+            backing: Arc::new(Backing {
+                buffer: Some(buffer),
+                serial,
+                pool: Arc::clone(&self.pool),
+            }),
+            offset: 0,
         })
+    }
+
+    /// [`Engine::zeros_packed`]: the tensors in order at offsets aligned for a storage binding,
+    /// a new buffer whenever the next tensor would take the current one past the device's
+    /// binding limit (so that a pass over one buffer binds it whole).
+    fn packed(&mut self, shapes: &[Shape]) -> Result<Vec<GpuTensor>> {
+        let align = self.ctx.limits().storage_offset_alignment.max(4);
+        let limit = self.ctx.limits().max_storage_binding;
+        // (first tensor, byte length) of each buffer, and each tensor's offset.
+        let mut buffers: Vec<(usize, u64)> = Vec::new();
+        let mut offsets = Vec::with_capacity(shapes.len());
+        for (i, &shape) in shapes.iter().enumerate() {
+            let bytes = shape
+                .checked_len()
+                .ok()
+                .and_then(|len| (len as u64).checked_mul(4))
+                .filter(|&b| b <= limit)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "zeros_packed: a tensor of {shape} exceeds the device's storage binding limit of {limit} bytes"
+                    ))
+                })?
+                .max(4);
+            let start = match buffers.last() {
+                Some(&(_, used)) if used.div_ceil(align) * align + bytes <= limit => used.div_ceil(align) * align,
+                _ => {
+                    buffers.push((i, 0));
+                    0
+                }
+            };
+            buffers.last_mut().expect("a buffer was opened").1 = start + bytes;
+            offsets.push(start);
+        }
+        let mut tensors = Vec::with_capacity(shapes.len());
+        for (b, &(first, bytes)) in buffers.iter().enumerate() {
+            let end = buffers.get(b + 1).map_or(shapes.len(), |next| next.0);
+            let whole = self.alloc("zeros_packed", Shape::new(1, 1, 1, (bytes / 4) as usize))?;
+            let buffer = whole.buffer().clone();
+            self.encoder().clear_buffer(&buffer, 0, None);
+            for i in first..end {
+                tensors.push(GpuTensor {
+                    shape: shapes[i],
+                    backing: Arc::clone(&whole.backing),
+                    offset: offsets[i],
+                });
+            }
+        }
+        Ok(tensors)
     }
 
     /// Refuses tensors of another context (their buffers cannot be bound here; wgpu would read
     /// this device's memory instead, or panic).
     pub(crate) fn check_tensors(&self, op: &str, tensors: &[&GpuTensor]) -> Result<()> {
         for (i, t) in tensors.iter().enumerate() {
-            if t.pool.context != self.ctx.id() {
+            if t.backing.pool.context != self.ctx.id() {
                 return Err(Error::invalid(format!(
                     "{op}: tensor {i} ({}) belongs to another GpuContext (another GPU device) than \
                      this engine's on {}; tensors cannot move between contexts",
@@ -541,9 +635,39 @@ impl Engine for GpuEngine {
 
     fn read(&mut self, tensor: &GpuTensor) -> Result<Vec<f32>> {
         self.check_tensors("read", &[tensor])?;
+        if tensor.offset != 0 {
+            // A packed tensor: its values copied to a buffer of their own first.
+            let copy = self.alloc("read", tensor.shape)?;
+            let (src, dst) = (tensor.buffer().clone(), copy.buffer().clone());
+            self.encoder()
+                .copy_buffer_to_buffer(&src, tensor.offset, &dst, 0, tensor.bytes());
+            return self.read(&copy);
+        }
         self.sync()?;
         let raw = tensor.view::<f32>(tensor.shape.len())?;
         self.ctx.download(&raw)
+    }
+
+    fn zeros_packed(&mut self, shapes: &[Shape]) -> Result<Vec<GpuTensor>> {
+        self.packed(shapes)
+    }
+
+    fn write(&mut self, tensor: &mut GpuTensor, data: &[f32]) -> Result<()> {
+        self.check_tensors("write", &[tensor])?;
+        if data.len() != tensor.shape.len() {
+            return Err(Error::shape(
+                "write",
+                format!("{} values for a tensor of {}", data.len(), tensor.shape),
+            ));
+        }
+        if !data.is_empty() {
+            // In the encoder, after the commands already recorded (see `tensor`).
+            let staging = self.ctx.upload(data)?;
+            let (src, dst) = (staging.buffer().clone(), tensor.buffer().clone());
+            self.encoder()
+                .copy_buffer_to_buffer(&src, 0, &dst, tensor.offset, tensor.bytes());
+        }
+        Ok(())
     }
 
     fn conv2d(&mut self, c: &Conv2d, x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>) -> Result<GpuTensor> {
@@ -596,7 +720,50 @@ impl Engine for GpuEngine {
         grad_out: &GpuTensor,
     ) -> Result<GroupNormGrads<GpuTensor>> {
         self.check_tensors("group norm backward", &[x, gamma, stats, y, grad_out])?;
-        self.record_group_norm_backward(gn, x, gamma, stats, grad_out, Some(y))
+        self.group_norm_grads(gn, x, gamma, stats, grad_out, Some(y))
+    }
+
+    fn conv2d_backward_acc(
+        &mut self,
+        c: &Conv2d,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        grad_out: &GpuTensor,
+        input_grad: bool,
+        weight_grad: &mut GpuTensor,
+        bias_grad: Option<&mut GpuTensor>,
+    ) -> Result<Option<GpuTensor>> {
+        self.conv2d_grads_into(
+            c,
+            x,
+            weight,
+            grad_out,
+            input_grad,
+            weight_grad,
+            bias_grad.as_deref(),
+            true,
+        )
+    }
+
+    fn group_norm_backward_acc(
+        &mut self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        gamma: &GpuTensor,
+        stats: &GpuTensor,
+        relu_out: Option<&GpuTensor>,
+        grad_out: &GpuTensor,
+        gamma_grad: &mut GpuTensor,
+        beta_grad: &mut GpuTensor,
+    ) -> Result<GpuTensor> {
+        self.check_tensors(
+            "group norm backward",
+            &[x, gamma, stats, grad_out, gamma_grad, beta_grad],
+        )?;
+        if let Some(y) = relu_out {
+            self.check_tensors("group norm backward", &[y])?;
+        }
+        self.record_group_norm_backward(gn, x, gamma, stats, grad_out, relu_out, (gamma_grad, beta_grad), true)
     }
 
     fn group_norm_backward(
@@ -608,7 +775,7 @@ impl Engine for GpuEngine {
         grad_out: &GpuTensor,
     ) -> Result<GroupNormGrads<GpuTensor>> {
         self.check_tensors("group norm backward", &[x, gamma, stats, grad_out])?;
-        self.record_group_norm_backward(gn, x, gamma, stats, grad_out, None)
+        self.group_norm_grads(gn, x, gamma, stats, grad_out, None)
     }
 
     fn relu(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
@@ -935,26 +1102,35 @@ impl Engine for GpuEngine {
             check_same("sgd velocity", p.shape, v.shape)?;
             self.check_tensors("sgd", &[p, g, v])?;
         }
+        let decay_of = |i: usize| decay.get(i).copied().unwrap_or(true);
+        // Tensors packed back to back alike in the three lists (RetinaNet::packed_zeros) are
+        // updated by one dispatch per run of equal decay; unpacked tensors are runs of one.
+        let sgd_runs = packed_runs(
+            &[&*params, grads, &*velocity],
+            self.ctx.limits().storage_offset_alignment,
+            |a, b| decay_of(a) == decay_of(b),
+        );
         // Global gradient norm, in two passes so that no square overflows f32 (see
         // shaders/sum_squares.wgsl): S = sum |g|, then q = sum (g 2^-e)^2 with 2^e just above
-        // S; the norm is 2^e sqrt(q). Each pass writes per-parameter partials, then one tree sum.
+        // S; the norm is 2^e sqrt(q). Each pass writes per-run partials, then one tree sum.
         let norm_sq = self.zeros(Shape::new(1, 1, 1, 3))?;
         let abs_sum = self.zeros(Shape::new(1, 1, 1, 3))?;
         if sgd.max_grad_norm.is_some() {
-            // Each parameter's partials start at an aligned slot; the gaps must be zero.
+            let grad_runs = packed_runs(&[grads], self.ctx.limits().storage_offset_alignment, |_, _| true);
+            // Each run's partials start at an aligned slot; the gaps must be zero.
             let align = (self.ctx.limits().storage_offset_alignment / 4).max(1);
-            let tiles: Vec<u64> = grads
+            let tiles: Vec<u64> = grad_runs
                 .iter()
-                .map(|g| (g.shape.len() as u64).div_ceil(4 * WG_SIZE))
+                .map(|r| (r.bytes(grads) / 4).div_ceil(4 * WG_SIZE))
                 .collect();
             let slots: u64 = tiles.iter().map(|t| t.div_ceil(align) * align).sum();
             let ctx = self.ctx.clone();
             for (flags, total) in [(0, &abs_sum), (FLAG_SCALED_SQUARES, &norm_sq)] {
                 let partials = self.zeros(Shape::new(1, 1, 1, slots as usize))?;
                 let mut offset = 0;
-                for (g, &t) in grads.iter().zip(&tiles) {
+                for (run, &t) in grad_runs.iter().zip(&tiles) {
                     let config = SumSquaresConfig {
-                        n: g.shape.len() as u32,
+                        n: u32_of("sgd gradient run length", (run.bytes(grads) / 4) as usize)?,
                         flags,
                         _pad: [0; 2],
                     };
@@ -963,7 +1139,7 @@ impl Engine for GpuEngine {
                     self.run(
                         Kernel::SumSquares,
                         &config,
-                        binds![values = g.binding(), partials = out, abs_sum = scale,],
+                        binds![values = run.binding(grads), partials = out, abs_sum = scale,],
                         t,
                     )?;
                     offset += t.div_ceil(align) * align;
@@ -979,17 +1155,14 @@ impl Engine for GpuEngine {
                 )?;
             }
         }
-        for (i, ((p, g), v)) in params.iter_mut().zip(grads).zip(velocity.iter_mut()).enumerate() {
+        for run in &sgd_runs {
+            let n = run.bytes(params) / 4;
             let config = SgdConfig {
-                n: p.shape.len() as u32,
+                n: u32_of("sgd run length", n as usize)?,
                 flags: u32::from(sgd.max_grad_norm.is_some()),
                 lr,
                 momentum: sgd.momentum,
-                weight_decay: if decay.get(i).copied().unwrap_or(true) {
-                    sgd.weight_decay
-                } else {
-                    0.0
-                },
+                weight_decay: if decay_of(run.first) { sgd.weight_decay } else { 0.0 },
                 max_norm: sgd.max_grad_norm.unwrap_or(0.0),
                 _pad: [0; 2],
             };
@@ -999,13 +1172,13 @@ impl Engine for GpuEngine {
                 Kernel::Sgd,
                 &config,
                 binds![
-                    grad = g.binding(),
+                    grad = run.binding(grads),
                     norm_sq = norm,
-                    weights = p.binding(),
-                    velocity = v.binding(),
+                    weights = run.binding(params),
+                    velocity = run.binding(velocity),
                     abs_sum = scale,
                 ],
-                (p.shape.len() as u64).div_ceil(WG_SIZE),
+                n.div_ceil(WG_SIZE),
             )?;
         }
         Ok(())
@@ -1028,4 +1201,55 @@ impl Engine for GpuEngine {
     fn pool_stats(&self) -> PoolStats {
         self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).1
     }
+}
+
+/// Tensors of a list that one pass binds as one range: packed back to back in one buffer
+/// ([`Engine::zeros_packed`]) with nothing between them, the same in every list given to
+/// [`packed_runs`]; `first` and `last` are the indices of the first and last in memory.
+struct PackedRun {
+    first: usize,
+    last: usize,
+}
+
+impl PackedRun {
+    /// Bytes from the first tensor's start to the last one's end in `list`.
+    fn bytes(&self, list: &[GpuTensor]) -> u64 {
+        list[self.last].offset + list[self.last].bytes() - list[self.first].offset
+    }
+
+    /// The run's range of `list`'s buffer.
+    fn binding<'a>(&self, list: &'a [GpuTensor]) -> wgpu::BindingResource<'a> {
+        storage(list[self.first].buffer(), list[self.first].offset, self.bytes(list))
+    }
+}
+
+/// Splits the indices of `lists` (equal lengths) into runs of tensors that follow each other
+/// in memory in every list alike, taken in the memory order of the first list: each next
+/// tensor in the same buffer as the previous, at the next slot [`GpuEngine::packed`] gives
+/// (so that no tensor outside the lists lies between), in all lists at the same distance from
+/// the run's first, and `together(previous, next)`. A tensor not packed is a run of its own.
+fn packed_runs(lists: &[&[GpuTensor]], align: u64, together: impl Fn(usize, usize) -> bool) -> Vec<PackedRun> {
+    let key = lists[0];
+    let align = align.max(4);
+    let mut order: Vec<usize> = (0..key.len()).collect();
+    order.sort_by_key(|&i| (Arc::as_ptr(&key[i].backing) as usize, key[i].offset));
+    let mut runs: Vec<PackedRun> = Vec::new();
+    for i in order {
+        let joins = runs.last().is_some_and(|run| {
+            let (first, prev) = (run.first, run.last);
+            together(prev, i)
+                && lists.iter().all(|list| {
+                    let next_slot = (list[prev].offset + list[prev].bytes().max(4)).div_ceil(align) * align;
+                    list[i].shares_buffer(&list[first])
+                        && list[i].offset == next_slot
+                        && list[i].offset - list[first].offset == key[i].offset - key[first].offset
+                })
+        });
+        if joins {
+            runs.last_mut().expect("a run to join").last = i;
+        } else {
+            runs.push(PackedRun { first: i, last: i });
+        }
+    }
+    runs
 }

@@ -427,11 +427,17 @@ impl RetinaNet {
                 ),
             ));
         }
-        self.params
-            .iter()
-            .zip(values)
-            .map(|(p, v)| engine.tensor(p.shape, v))
-            .collect()
+        let mut tensors = self.packed_zeros(engine)?;
+        for ((t, p), v) in tensors.iter_mut().zip(&self.params).zip(values) {
+            if v.len() != p.shape.len() {
+                return Err(Error::shape(
+                    "RetinaNet",
+                    format!("{} values for parameter {} of {}", v.len(), p.name, p.shape),
+                ));
+            }
+            engine.write(t, v)?;
+        }
+        Ok(tensors)
     }
 
     /// Index of the first anchor row of each level, and the total at the end.
@@ -487,8 +493,8 @@ impl RetinaNet {
         Ok(BlockTape { conv, norm, relu })
     }
 
-    /// Backward through one block: accumulates its parameters' gradients into `grads` and
-    /// returns the gradient of its input when asked.
+    /// Backward through one block: adds its parameters' gradients into `grads` and returns the
+    /// gradient of its input when asked.
     fn block_backward<E: Engine>(
         e: &mut E,
         b: &Block,
@@ -496,27 +502,28 @@ impl RetinaNet {
         (x, tape): (&E::Tensor, &BlockTape<E::Tensor>),
         grad_out: E::Tensor,
         input_grad: bool,
-        grads: &mut [Option<E::Tensor>],
+        grads: &mut [E::Tensor],
     ) -> Result<Option<E::Tensor>> {
         let mut g = grad_out;
         if let (Some((gn, gamma, beta)), Some((stats, y))) = (b.norm, &tape.norm) {
-            let ng = if b.relu {
-                e.group_norm_relu_backward(&gn, &tape.conv, &params[gamma], stats, y, &g)?
-            } else {
-                e.group_norm_backward(&gn, &tape.conv, &params[gamma], stats, &g)?
-            };
-            add_grad(e, grads, gamma, ng.gamma)?;
-            add_grad(e, grads, beta, ng.beta)?;
-            g = ng.input;
+            let [dgamma, dbeta] = grads
+                .get_disjoint_mut([gamma, beta])
+                .map_err(|_| Error::invalid("RetinaNet: a GroupNorm's gamma and beta are one parameter"))?;
+            let relu_out = b.relu.then_some(y);
+            g = e.group_norm_backward_acc(&gn, &tape.conv, &params[gamma], stats, relu_out, &g, dgamma, dbeta)?;
         } else if b.relu {
             g = e.relu_backward(&tape.conv, &g)?;
         }
-        let cg = e.conv2d_backward(&b.conv, x, &params[b.weight], &g, input_grad)?;
-        add_grad(e, grads, b.weight, cg.weight)?;
-        if let Some(bias) = b.bias {
-            add_grad(e, grads, bias, cg.bias)?;
-        }
-        Ok(cg.input)
+        let (dw, db) = match b.bias {
+            Some(bias) => {
+                let [dw, db] = grads
+                    .get_disjoint_mut([b.weight, bias])
+                    .map_err(|_| Error::invalid("RetinaNet: a convolution's weight and bias are one parameter"))?;
+                (dw, Some(db))
+            }
+            None => (&mut grads[b.weight], None),
+        };
+        e.conv2d_backward_acc(&b.conv, x, &params[b.weight], &g, input_grad, dw, db)
     }
 
     /// The forward pass of a batch `[B, 3, S, S]` with `params` in [`RetinaNet::params`] order.
@@ -609,7 +616,8 @@ impl RetinaNet {
     }
 
     /// The backward pass: from the gradients of the class and box rows to the gradient of
-    /// every parameter, in [`RetinaNet::params`] order.
+    /// every parameter, in [`RetinaNet::params`] order ([`RetinaNet::backward_into`] into
+    /// [`RetinaNet::packed_zeros`]).
     pub fn backward<E: Engine>(
         &self,
         e: &mut E,
@@ -618,7 +626,25 @@ impl RetinaNet {
         class_grad: &E::Tensor,
         box_grad: &E::Tensor,
     ) -> Result<Vec<E::Tensor>> {
+        let mut grads = self.packed_zeros(e)?;
+        self.backward_into(e, params, tape, class_grad, box_grad, &mut grads)?;
+        Ok(grads)
+    }
+
+    /// The backward pass adding every parameter's gradient into `grads` (in
+    /// [`RetinaNet::params`] order, usually zero-filled by [`RetinaNet::packed_zeros`]): the
+    /// heads' layers, shared by the five levels, sum their gradients in place, level by level.
+    pub fn backward_into<E: Engine>(
+        &self,
+        e: &mut E,
+        params: &[E::Tensor],
+        tape: &Tape<E::Tensor>,
+        class_grad: &E::Tensor,
+        box_grad: &E::Tensor,
+        grads: &mut [E::Tensor],
+    ) -> Result<()> {
         self.check_params(params, E::shape)?;
+        self.check_params(grads, E::shape)?;
         for (what, g, t) in [
             ("class", class_grad, &tape.class_rows),
             ("box", box_grad, &tape.box_rows),
@@ -630,17 +656,26 @@ impl RetinaNet {
                 ));
             }
         }
-        let mut grads: Vec<Option<E::Tensor>> = (0..self.params.len()).map(|_| None).collect();
-        let [d3, d4, d5, d6, d7] = self.heads_backward(e, params, tape, class_grad, box_grad, &mut grads)?;
-        let dc = self.fpn_backward(e, params, tape, [d3, d4, d5, d6, d7], &mut grads)?;
-        self.backbone_backward(e, params, tape, dc, &mut grads)?;
-        grads
+        let [d3, d4, d5, d6, d7] = self.heads_backward(e, params, tape, class_grad, box_grad, grads)?;
+        let dc = self.fpn_backward(e, params, tape, [d3, d4, d5, d6, d7], grads)?;
+        self.backbone_backward(e, params, tape, dc, grads)
+    }
+
+    /// Zero-filled tensors of every parameter's shape, in [`RetinaNet::params`] order, packed
+    /// ([`Engine::zeros_packed`]) with the weight-decayed parameters first: the layout the
+    /// trainer gives the parameters, their gradients and their momentum alike, so that on the
+    /// GPU one SGD step is one dispatch per group (decayed or not) instead of one per tensor.
+    pub fn packed_zeros<E: Engine>(&self, e: &mut E) -> Result<Vec<E::Tensor>> {
+        let mut order: Vec<usize> = (0..self.params.len()).collect();
+        order.sort_by_key(|&i| !self.params[i].decay);
+        let shapes: Vec<Shape> = order.iter().map(|&i| self.params[i].shape).collect();
+        let mut slots: Vec<Option<E::Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        for (i, t) in order.into_iter().zip(e.zeros_packed(&shapes)?) {
+            slots[i] = Some(t);
+        }
+        slots
             .into_iter()
-            .zip(&self.params)
-            .map(|(g, spec)| match g {
-                Some(g) => Ok(g),
-                None => e.zeros(spec.shape),
-            })
+            .map(|t| t.ok_or_else(|| Error::invalid("Engine::zeros_packed returned too few tensors")))
             .collect()
     }
 
@@ -651,7 +686,7 @@ impl RetinaNet {
         params: &[E::Tensor],
         input: (&E::Tensor, &BlockTape<E::Tensor>),
         grad_out: E::Tensor,
-        grads: &mut [Option<E::Tensor>],
+        grads: &mut [E::Tensor],
     ) -> Result<E::Tensor> {
         Ok(Self::block_backward(e, b, params, input, grad_out, true, grads)?.expect("input gradient was asked for"))
     }
@@ -664,7 +699,7 @@ impl RetinaNet {
         tape: &Tape<E::Tensor>,
         class_grad: &E::Tensor,
         box_grad: &E::Tensor,
-        grads: &mut [Option<E::Tensor>],
+        grads: &mut [E::Tensor],
     ) -> Result<[E::Tensor; 5]> {
         let a = self.config.anchors_per_cell();
         let levels = [
@@ -705,7 +740,7 @@ impl RetinaNet {
         params: &[E::Tensor],
         tape: &Tape<E::Tensor>,
         [d3, d4, d5, mut d6, d7]: [E::Tensor; 5],
-        grads: &mut [Option<E::Tensor>],
+        grads: &mut [E::Tensor],
     ) -> Result<[E::Tensor; 3]> {
         let c = |i: usize| tape.backbone[2 * i + 1].out();
         let d_p6_relu = Self::through(e, &self.p7, params, (&tape.p6_relu, &tape.p7), d7, grads)?;
@@ -738,7 +773,7 @@ impl RetinaNet {
         params: &[E::Tensor],
         tape: &Tape<E::Tensor>,
         [dc3, dc4, dc5]: [E::Tensor; 3],
-        grads: &mut [Option<E::Tensor>],
+        grads: &mut [E::Tensor],
     ) -> Result<()> {
         let mut extra = [None, None, Some(dc3), Some(dc4)];
         let mut g = dc5;
@@ -762,15 +797,5 @@ impl RetinaNet {
             }
         }
         Ok(())
-    }
-}
-
-fn add_grad<E: Engine>(e: &mut E, grads: &mut [Option<E::Tensor>], index: usize, g: E::Tensor) -> Result<()> {
-    match &mut grads[index] {
-        Some(acc) => e.accumulate(acc, &g),
-        slot @ None => {
-            *slot = Some(g);
-            Ok(())
-        }
     }
 }

@@ -67,6 +67,22 @@ pub trait Engine {
     /// The tensor's values (runs pending work first).
     fn read(&mut self, tensor: &Self::Tensor) -> Result<Vec<f32>>;
 
+    /// Zero-filled tensors of `shapes`, packed into as few allocations as the engine can: on the
+    /// GPU, views at aligned offsets of one buffer (a few when they exceed the device's binding
+    /// limit), so that a pass over all of them (the optimiser's step, the gradient norm) is one
+    /// dispatch instead of one per tensor; [`Engine::sgd_step`] finds such runs by itself. The
+    /// default allocates each tensor on its own.
+    fn zeros_packed(&mut self, shapes: &[Shape]) -> Result<Vec<Self::Tensor>> {
+        shapes.iter().map(|&s| self.zeros(s)).collect()
+    }
+
+    /// Overwrites `tensor`'s values with `data` (`shape.len()` values), in place: a packed
+    /// tensor stays in its pack. The default replaces the tensor with a new one.
+    fn write(&mut self, tensor: &mut Self::Tensor, data: &[f32]) -> Result<()> {
+        *tensor = self.tensor(Self::shape(tensor), data)?;
+        Ok(())
+    }
+
     /// Max pooling ([`MaxPool2d`]), forward only (inference: ResNet's stem).
     fn max_pool2d(&mut self, pool: &MaxPool2d, x: &Self::Tensor) -> Result<Self::Tensor>;
 
@@ -88,6 +104,31 @@ pub trait Engine {
         grad_out: &Self::Tensor,
         input_grad: bool,
     ) -> Result<ConvGrads<Self::Tensor>>;
+
+    /// [`Engine::conv2d_backward`] adding the weight gradient into `weight_grad` and the bias
+    /// gradient into `bias_grad` (`None`: a layer without bias, whose bias gradient is not
+    /// computed) instead of returning them: a layer used several times (RetinaNet's heads, once
+    /// per pyramid level) sums its gradients where they are kept. Returns the input gradient
+    /// when `input_grad`. The default computes the gradients and accumulates them; an engine
+    /// may add them in place as it writes them (no tensor and no pass of its own).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward_acc(
+        &mut self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        grad_out: &Self::Tensor,
+        input_grad: bool,
+        weight_grad: &mut Self::Tensor,
+        bias_grad: Option<&mut Self::Tensor>,
+    ) -> Result<Option<Self::Tensor>> {
+        let g = self.conv2d_backward(conv, x, weight, grad_out, input_grad)?;
+        self.accumulate(weight_grad, &g.weight)?;
+        if let Some(db) = bias_grad {
+            self.accumulate(db, &g.bias)?;
+        }
+        Ok(g.input)
+    }
 
     /// GroupNorm (PyTorch's `nn.GroupNorm`: biased variance, eps inside the square root, a
     /// per-channel affine map): `y = gamma[c] * (x - mean) / sqrt(var + eps) + beta[c]`, with the
@@ -140,6 +181,31 @@ pub trait Engine {
     ) -> Result<GroupNormGrads<Self::Tensor>> {
         let g = self.relu_backward(y, grad_out)?;
         self.group_norm_backward(gn, x, gamma, stats, &g)
+    }
+
+    /// [`Engine::group_norm_backward`] (`relu_out: None`) or
+    /// [`Engine::group_norm_relu_backward`] (`Some(y)`, the output the fused forward returned)
+    /// adding the `gamma` and `beta` gradients into `gamma_grad` and `beta_grad` (see
+    /// [`Engine::conv2d_backward_acc`]); returns the input gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_backward_acc(
+        &mut self,
+        gn: &GroupNorm,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        stats: &Self::Tensor,
+        relu_out: Option<&Self::Tensor>,
+        grad_out: &Self::Tensor,
+        gamma_grad: &mut Self::Tensor,
+        beta_grad: &mut Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let g = match relu_out {
+            Some(y) => self.group_norm_relu_backward(gn, x, gamma, stats, y, grad_out)?,
+            None => self.group_norm_backward(gn, x, gamma, stats, grad_out)?,
+        };
+        self.accumulate(gamma_grad, &g.gamma)?;
+        self.accumulate(beta_grad, &g.beta)?;
+        Ok(g.input)
     }
 
     /// `max(x, 0)`.
