@@ -497,7 +497,8 @@ fn step<E: Engine>(e: &mut E, params: &mut [E::Tensor], velocity: &mut [E::Tenso
     e.sync().unwrap();
 }
 
-fn pool_stops_allocating<E: Engine>(e: &mut E) {
+/// `bind_groups`: bind groups the engine's context has created so far.
+fn pool_stops_allocating<E: Engine>(e: &mut E, bind_groups: impl Fn() -> u64) {
     let (c1, c2) = (Conv2d::new(3, 8, 3, 2), Conv2d::new(8, 4, 3, 1));
     let mut rng = SeededRng::new(5);
     let shapes = [c1.weight_shape(), c1.bias_shape(), c2.weight_shape(), c2.bias_shape()];
@@ -509,9 +510,16 @@ fn pool_stops_allocating<E: Engine>(e: &mut E) {
     let x = Init::Normal(1.0).values(2 * 3 * 16 * 16, &mut rng);
     step(e, &mut params, &mut velocity, &x);
     let after_first = e.pool_stats();
+    let groups_after_first = bind_groups();
     step(e, &mut params, &mut velocity, &x);
     step(e, &mut params, &mut velocity, &x);
     let after_third = e.pool_stats();
+    // The same buffers every step, so the same bind groups: found again, none made.
+    assert_eq!(
+        bind_groups(),
+        groups_after_first,
+        "bind groups created after the first step"
+    );
     assert_eq!(
         after_third.allocations, after_first.allocations,
         "tensors: {after_first:?} then {after_third:?}"
@@ -525,9 +533,12 @@ fn pool_stops_allocating<E: Engine>(e: &mut E) {
 
 #[test]
 fn a_training_step_allocates_no_tensor_after_the_first() {
-    pool_stops_allocating(&mut CpuEngine::<f32>::new());
-    if let Some(ctx) = gpu() {
-        pool_stops_allocating(&mut GpuEngine::new(&ctx).unwrap());
+    pool_stops_allocating(&mut CpuEngine::<f32>::new(), || 0);
+    // A context of its own: its counters see no other test's work.
+    if let Some(ctx) = common::gpu_with(retina_wgpu::GpuOptions::default()) {
+        pool_stops_allocating(&mut GpuEngine::new(&ctx).unwrap(), || {
+            ctx.resource_stats().bind_groups_created
+        });
     }
 }
 

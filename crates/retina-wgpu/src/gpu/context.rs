@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::anchors::AnchorCache;
-use crate::gpu::frame::{Count, Counters, FrameCache, KernelWork, ResourceStats, WorkStats};
+use crate::gpu::frame::{Count, Counters, FrameCache, KernelWork, KeyedBindGroups, ResourceStats, WorkStats};
 use crate::gpu::kernels::{Kernel, Kernels};
 use crate::gpu::shader::ShaderFeatures;
 
@@ -145,6 +145,9 @@ pub struct GpuContext {
     /// Set on the context of a prepared object: its requests for buffers and bind groups are
     /// served from this cache ([`crate::gpu::frame`]).
     pub(crate) frame: Option<Arc<Mutex<FrameCache>>>,
+    /// Set on the layer engine's context: bind groups kept by what they bind
+    /// ([`GpuContext::keyed_context`]).
+    pub(crate) keyed: Option<Arc<Mutex<KeyedBindGroups>>>,
 }
 
 impl fmt::Debug for GpuContext {
@@ -327,6 +330,7 @@ impl GpuContext {
                 counters: Counters::default(),
             }),
             frame: None,
+            keyed: None,
         };
         if options.precompile {
             ctx.precompile(Kernel::ALL)?;
@@ -393,6 +397,29 @@ impl GpuContext {
         Self {
             inner: Arc::clone(&self.inner),
             frame: Some(Arc::new(Mutex::new(FrameCache::default()))),
+            keyed: None,
+        }
+    }
+
+    /// A clone of this context whose bind groups are kept by what they bind (pipeline and
+    /// resources) and found again by any later request for the same, in whatever order the
+    /// requests come (the layer engine's: a training step binds the same buffers every step, in
+    /// an order that may vary with the batch). [`GpuContext::next_bind_generation`] drops what
+    /// a whole generation did not use.
+    pub(crate) fn keyed_context(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            frame: None,
+            keyed: Some(Arc::new(Mutex::new(KeyedBindGroups::default()))),
+        }
+    }
+
+    /// On a keyed context, ends a generation of bind-group requests (the layer engine's
+    /// submission): groups unused during the generation that ends and the one before are
+    /// dropped, so that the buffers they hold are released.
+    pub(crate) fn next_bind_generation(&self) {
+        if let Some(keyed) = &self.keyed {
+            keyed.lock().unwrap_or_else(|e| e.into_inner()).next_generation();
         }
     }
 
@@ -454,19 +481,30 @@ impl GpuContext {
         Ok(buffer)
     }
 
-    /// A buffer for a request: from the frame cache on a frame context, else newly created.
+    /// A buffer for a request: from the frame cache on a frame context, a kept uniform buffer
+    /// of the same contents on a keyed context, else newly created.
     pub(crate) fn request_buffer(
         &self,
         size: u64,
         usage: wgpu::BufferUsages,
         contents: Option<&[u8]>,
     ) -> Result<wgpu::Buffer> {
-        match &self.frame {
-            Some(frame) => frame
+        match (&self.frame, &self.keyed, contents) {
+            (Some(frame), _, _) => frame
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .buffer(self, size, usage, contents),
-            None => self.create_buffer_scoped(size, usage, contents),
+            (None, Some(keyed), Some(bytes)) if bytes.len() as u64 == size => {
+                match keyed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .uniform(self, usage, bytes)
+                {
+                    Some(buffer) => buffer,
+                    None => self.create_buffer_scoped(size, usage, contents),
+                }
+            }
+            _ => self.create_buffer_scoped(size, usage, contents),
         }
     }
 
@@ -499,7 +537,13 @@ impl GpuContext {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .bind_group(self, pipeline, entries),
-            None => self.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries),
+            None => match &self.keyed {
+                Some(keyed) => keyed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bind_group(self, pipeline, entries),
+                None => self.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries),
+            },
         }
     }
 

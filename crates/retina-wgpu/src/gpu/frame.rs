@@ -15,6 +15,7 @@
 //! atomics into them): [`FrameCache::begin_frame`] records a `clear_buffer` of each into the
 //! frame's encoder before any of the frame's work.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -213,14 +214,14 @@ struct CachedBuffer {
 }
 
 /// One resource of a bind group key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum KeyEntry {
     Buffer(wgpu::Buffer, u64, Option<wgpu::BufferSize>),
     Texture(wgpu::TextureView),
     Sampler(wgpu::Sampler),
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct BindKey {
     pipeline: wgpu::ComputePipeline,
     entries: Vec<KeyEntry>,
@@ -341,6 +342,86 @@ impl FrameCache {
             kept.truncate(KEYS_PER_SLOT);
         }
         Ok(group)
+    }
+}
+
+/// The bind groups of a keyed context ([`GpuContext::keyed_context`]): each kept by its key
+/// with the generation that last used it.
+/// Uniform buffers are kept the same way, by usage and contents (no kernel writes a uniform
+/// buffer), so that the bind groups over them are found again too.
+#[derive(Default)]
+pub(crate) struct KeyedBindGroups {
+    groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    uniforms: HashMap<(u32, Vec<u8>), (wgpu::Buffer, u64)>,
+    generation: u64,
+}
+
+/// Largest uniform buffer a keyed context keeps by its contents.
+const MAX_KEYED_UNIFORM: usize = 64 << 10;
+
+/// Most bind groups a keyed context keeps: past it, the least recently used generation goes
+/// first (a bound on memory for a host that never ends a generation).
+const MAX_KEYED: usize = 1 << 14;
+
+impl KeyedBindGroups {
+    /// The kept group for `pipeline` and `entries`, or a new one (kept unless a resource
+    /// cannot be keyed).
+    pub(crate) fn bind_group(
+        &mut self,
+        ctx: &GpuContext,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        let Some(key) = key_of(pipeline, entries) else {
+            return ctx.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries);
+        };
+        if let Some((group, used)) = self.groups.get_mut(&key) {
+            *used = self.generation;
+            return Ok(group.clone());
+        }
+        let group = ctx.create_bind_group_scoped(&pipeline.get_bind_group_layout(0), entries)?;
+        if self.groups.len() >= MAX_KEYED {
+            let oldest = self.groups.values().map(|(_, used)| *used).min().unwrap_or(0);
+            self.groups.retain(|_, (_, used)| *used > oldest);
+        }
+        self.groups.insert(key, (group.clone(), self.generation));
+        Ok(group)
+    }
+
+    /// A uniform buffer (`usage` has `UNIFORM` and not `STORAGE`) holding `contents`: the
+    /// kept one with the same usage and contents, or a new one (kept when small). `None` for a
+    /// request that is not a uniform buffer.
+    pub(crate) fn uniform(
+        &mut self,
+        ctx: &GpuContext,
+        usage: wgpu::BufferUsages,
+        contents: &[u8],
+    ) -> Option<Result<wgpu::Buffer>> {
+        if !usage.contains(wgpu::BufferUsages::UNIFORM) || usage.contains(wgpu::BufferUsages::STORAGE) {
+            return None;
+        }
+        let key = (usage.bits(), contents.to_vec());
+        if let Some((buffer, used)) = self.uniforms.get_mut(&key) {
+            *used = self.generation;
+            return Some(Ok(buffer.clone()));
+        }
+        let buffer = ctx.create_buffer_scoped(contents.len() as u64, usage, Some(contents));
+        if let Ok(b) = &buffer
+            && contents.len() <= MAX_KEYED_UNIFORM
+            && self.uniforms.len() < MAX_KEYED
+        {
+            self.uniforms.insert(key, (b.clone(), self.generation));
+        }
+        Some(buffer)
+    }
+
+    /// Ends a generation: drops the groups and uniform buffers that neither it nor the one
+    /// before used.
+    pub(crate) fn next_generation(&mut self) {
+        let generation = self.generation;
+        self.groups.retain(|_, (_, used)| *used + 1 >= generation);
+        self.uniforms.retain(|_, (_, used)| *used + 1 >= generation);
+        self.generation += 1;
     }
 }
 

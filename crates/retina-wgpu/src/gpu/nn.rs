@@ -13,7 +13,7 @@ use crate::gpu::context::GpuContext;
 use crate::gpu::conv::{ChannelSumConfig, ConvConfig, ConvReduceConfig};
 use crate::gpu::dispatch::{Bind, binds, record_one, storage};
 use crate::gpu::kernels::{Kernel, WG_SIZE};
-use crate::gpu::reduce::{Normaliser, record_sum};
+use crate::gpu::reduce::{Normaliser, record_sum_levels, sum_levels};
 use crate::nn::{
     Conv2d, ConvGrads, Engine, GroupNorm, GroupNormGrads, GroupNormOut, MaxPool2d, PoolStats, Sgd, Shape, check_concat,
     check_depthwise, check_permute, check_same, check_sgd, check_slice, check_slope, check_upsample,
@@ -288,7 +288,8 @@ impl GpuEngine {
             None,
         )?;
         Ok(Self {
-            ctx: ctx.clone(),
+            // Bind groups kept by what they bind: a training step finds the previous step's.
+            ctx: ctx.keyed_context(),
             pool: Arc::new(GpuPool {
                 free: Mutex::new((HashMap::new(), PoolStats::default(), 0)),
                 context: ctx.id(),
@@ -1146,12 +1147,23 @@ impl Engine for GpuEngine {
                 }
                 let partials_view = partials.view::<f32>(slots as usize)?;
                 let total_view = total.view::<f32>(3)?;
-                record_sum(
+                // The sum's levels in tensors of the pool (every slot is written), so that
+                // every step binds the same buffers.
+                let mut level_tensors = Vec::new();
+                let mut levels = Vec::new();
+                for plan in sum_levels(&ctx, slots as usize)? {
+                    let n = plan.output_slots as usize;
+                    let t = self.alloc("sgd norm", Shape::new(1, 1, 1, n))?;
+                    levels.push((plan, t.view::<f32>(n)?));
+                    level_tensors.push(t);
+                }
+                record_sum_levels(
                     &ctx,
                     self.encoder(),
                     &partials_view,
                     &Normaliser::Constant(1.0),
                     &total_view,
+                    &levels,
                 )?;
             }
         }
@@ -1193,7 +1205,11 @@ impl Engine for GpuEngine {
         }
         self.write_arena();
         match self.encoder.take() {
-            Some(encoder) => self.ctx.scoped(|| self.ctx.submit_and_wait(encoder)),
+            Some(encoder) => {
+                let done = self.ctx.scoped(|| self.ctx.submit_and_wait(encoder));
+                self.ctx.next_bind_generation();
+                done
+            }
             None => Ok(()),
         }
     }
@@ -1209,6 +1225,8 @@ impl Engine for GpuEngine {
 struct PackedRun {
     first: usize,
     last: usize,
+    /// The least list index in the run: runs go in this order, the lists' own.
+    least: usize,
 }
 
 impl PackedRun {
@@ -1228,6 +1246,7 @@ impl PackedRun {
 /// tensor in the same buffer as the previous, at the next slot [`GpuEngine::packed`] gives
 /// (so that no tensor outside the lists lies between), in all lists at the same distance from
 /// the run's first, and `together(previous, next)`. A tensor not packed is a run of its own.
+/// The runs come in the lists' order (of each run's least index).
 fn packed_runs(lists: &[&[GpuTensor]], align: u64, together: impl Fn(usize, usize) -> bool) -> Vec<PackedRun> {
     let key = lists[0];
     let align = align.max(4);
@@ -1245,11 +1264,19 @@ fn packed_runs(lists: &[&[GpuTensor]], align: u64, together: impl Fn(usize, usiz
                         && list[i].offset - list[first].offset == key[i].offset - key[first].offset
                 })
         });
-        if joins {
-            runs.last_mut().expect("a run to join").last = i;
+        if let (true, Some(run)) = (joins, runs.last_mut()) {
+            run.last = i;
+            run.least = run.least.min(i);
         } else {
-            runs.push(PackedRun { first: i, last: i });
+            runs.push(PackedRun {
+                first: i,
+                last: i,
+                least: i,
+            });
         }
     }
+    // In the lists' order, not the buffers' addresses: the same every step, so the norm's
+    // partial sums add in the same order and bind the same slots.
+    runs.sort_by_key(|run| run.least);
     runs
 }

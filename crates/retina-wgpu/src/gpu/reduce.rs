@@ -44,18 +44,23 @@ pub(crate) fn record_sum(
     normaliser: &Normaliser<'_>,
     out: &GpuBuffer<f32>,
 ) -> Result<()> {
-    let limits = ctx.limits();
-    let (norm_flags, norm_index, norm_value, counts) = match *normaliser {
-        Normaliser::Constant(v) => (0, 0, v, None),
-        Normaliser::Count { counts, index, scale } => (FLAG_NORM_FROM_COUNTS, index, scale, Some(counts)),
-    };
-    let spare = ctx.zeros::<u32>(1)?;
-    let counts = counts.unwrap_or(spare.buffer());
-    let counts_bytes = counts.size().min(limits.max_storage_binding);
+    let plans = sum_levels(ctx, values.len())?;
+    let levels = plans
+        .into_iter()
+        .map(|plan| {
+            let next = ctx.zeros::<f32>(plan.output_slots as usize)?;
+            Ok((plan, next))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    record_sum_levels(ctx, encoder, values, normaliser, out, &levels)
+}
 
-    // Levels until one workgroup can finish, each level a chunked dispatch into a new buffer.
-    let mut levels: Vec<(ChunkPlan, GpuBuffer<f32>)> = Vec::new();
-    let mut len = values.len() as u64;
+/// The levels of partial sums a sum of `len` values takes before one workgroup can finish it:
+/// each a chunked dispatch into a buffer of its `output_slots` values (every slot written).
+pub(crate) fn sum_levels(ctx: &GpuContext, len: usize) -> Result<Vec<ChunkPlan>> {
+    let limits = ctx.limits();
+    let mut plans = Vec::new();
+    let mut len = len as u64;
     while len > REDUCE_TILE || len * 4 > limits.max_storage_binding {
         let plan = plan_chunks(
             limits,
@@ -67,14 +72,36 @@ pub(crate) fn record_sum(
                 output_bytes: 4,
             },
         )?;
-        let next = ctx.zeros::<f32>(plan.output_slots as usize)?;
-        len = next.len() as u64;
-        levels.push((plan, next));
+        len = plan.output_slots;
+        plans.push(plan);
     }
+    Ok(plans)
+}
+
+/// [`record_sum`] through the level buffers the caller gives ([`sum_levels`]' plans, each
+/// with a buffer of at least its `output_slots` values; the layer engine takes them from its
+/// pool, so that a training step binds the same buffers every step).
+pub(crate) fn record_sum_levels(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    values: &GpuBuffer<f32>,
+    normaliser: &Normaliser<'_>,
+    out: &GpuBuffer<f32>,
+    levels: &[(ChunkPlan, GpuBuffer<f32>)],
+) -> Result<()> {
+    let limits = ctx.limits();
+    let (norm_flags, norm_index, norm_value, counts) = match *normaliser {
+        Normaliser::Constant(v) => (0, 0, v, None),
+        Normaliser::Count { counts, index, scale } => (FLAG_NORM_FROM_COUNTS, index, scale, Some(counts)),
+    };
+    // Without counts the binding is never read: the input stands in (read-only, like it).
+    let counts = counts.unwrap_or(values.buffer());
+    let counts_bytes = counts.size().min(limits.max_storage_binding);
+    let len = levels.last().map_or(values.len() as u64, |(plan, _)| plan.output_slots);
 
     let mut list = Dispatches::new(ctx, "reduce sum");
     let mut input = values;
-    for (plan, output) in &levels {
+    for (plan, output) in levels {
         for chunk in &plan.chunks {
             let n = chunk.rows.end - chunk.rows.start;
             let config = ReduceConfig {
