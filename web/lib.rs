@@ -107,9 +107,7 @@ impl WebDetector {
         let inner = Rc::clone(&self.inner);
         let side = self.side;
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut guard = inner
-                .try_borrow_mut()
-                .map_err(|_| JsError::new("a detection is already running"))?;
+            let mut guard = exclusive(&inner)?;
             let this = &mut *guard;
             let scale = fit(&rgba, width, height, side, &mut this.chw).map_err(js)?;
             this.ctx.write(&this.input, &this.chw).map_err(js)?;
@@ -128,10 +126,7 @@ impl WebDetector {
             Ok(js_sys::Float32Array::from(flat.as_slice()).into())
         })
     }
-}
 
-#[wasm_bindgen]
-impl WebDetector {
     /// Times the network alone `runs` times on the last image's input, as the browser peer
     /// (`web/ort.html`, onnxruntime-web) times its forward pass: the input written, the forward
     /// pass recorded and submitted, its raw outputs (class logits and box deltas) read back.
@@ -140,9 +135,7 @@ impl WebDetector {
     pub fn forward_times(&self, runs: u32) -> js_sys::Promise {
         let inner = Rc::clone(&self.inner);
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut guard = inner
-                .try_borrow_mut()
-                .map_err(|_| JsError::new("a detection is already running"))?;
+            let mut guard = exclusive(&inner)?;
             let this = &mut *guard;
             let (per_logits, per_deltas) = this.detector.raw_output_lens().map_err(js)?;
             let logits = this.ctx.zeros::<f32>(per_logits).map_err(js)?;
@@ -234,9 +227,7 @@ impl WebFaces {
     pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
         let inner = Rc::clone(&self.inner);
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut guard = inner
-                .try_borrow_mut()
-                .map_err(|_| JsError::new("a detection is already running"))?;
+            let mut guard = exclusive(&inner)?;
             let this = &mut *guard;
             let (w, h) = (width as usize, height as usize);
             let bytes = w.checked_mul(h).and_then(|n| n.checked_mul(4));
@@ -316,9 +307,7 @@ impl WebTorchvision {
     pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
         let inner = Rc::clone(&self.inner);
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut guard = inner
-                .try_borrow_mut()
-                .map_err(|_| JsError::new("a detection is already running"))?;
+            let mut guard = exclusive(&inner)?;
             let (w, h) = (width as usize, height as usize);
             let bytes = w.checked_mul(h).and_then(|n| n.checked_mul(4));
             if w == 0 || h == 0 || bytes != Some(rgba.len()) {
@@ -370,6 +359,14 @@ fn fit(rgba: &[u8], width: u32, height: u32, side: usize, out: &mut [f32]) -> re
 
 /// Scene `index` of the synthetic stream `seed` (the training data's generator), as RGBA
 /// pixels of the default 128 x 128 scenes.
+/// The state behind a page object, borrowed for one call: a second call while one runs (its
+/// borrow is held across the readback) is refused with an error, never a panic.
+fn exclusive<T>(inner: &RefCell<T>) -> Result<std::cell::RefMut<'_, T>, JsError> {
+    inner
+        .try_borrow_mut()
+        .map_err(|_| JsError::new("a detection is already running"))
+}
+
 #[wasm_bindgen]
 pub fn synthetic_scene(seed: u32, index: u32) -> Result<Vec<u8>, JsError> {
     let scene = SceneConfig::default()
