@@ -295,11 +295,18 @@ impl LossEngine for GpuEngine {
             offsets.push(offsets[offsets.len() - 1] + g.boxes.len() as u32);
         }
         let (gt_boxes, gt_classes, gt_offsets) = (ctx.upload(&boxes)?, ctx.upload(&classes)?, ctx.upload(&offsets)?);
-        let matches = ctx.zeros::<i32>(b * r)?;
-        let labels = ctx.zeros::<i32>(b * r)?;
-        let box_targets = ctx.zeros::<[f32; 4]>(b * r)?;
-        let positives = ctx.zeros::<u32>(b + 1)?;
-        let (class_out, box_out) = (ctx.zeros::<f32>(3)?, ctx.zeros::<f32>(3)?);
+        // The targets and the two losses' outputs in zero-filled tensors of the engine's pool
+        // (a step then binds the same buffers as the step before, and allocates none), viewed
+        // as the record_* functions' buffers; dropped (back to the pool) once recorded.
+        let scratch: Vec<GpuTensor> = [b * r, b * r, 4 * b * r, b + 1, 3, 3]
+            .into_iter()
+            .map(|n| self.zeros(Shape::new(1, 1, 1, n)))
+            .collect::<Result<_>>()?;
+        let matches = scratch[0].view::<i32>(b * r)?;
+        let labels = scratch[1].view::<i32>(b * r)?;
+        let box_targets = scratch[2].view::<[f32; 4]>(b * r)?;
+        let positives = scratch[3].view::<u32>(b + 1)?;
+        let (class_out, box_out) = (scratch[4].view::<f32>(3)?, scratch[5].view::<f32>(3)?);
         let class_grad = self.zeros(cs)?;
         let box_grad = self.zeros(bs)?;
         let values = self.zeros(Shape::new(1, 1, 1, 3))?;
