@@ -353,6 +353,29 @@ fn kernels_compile_through_a_host_pipeline_cache() {
 /// short fan-in is one dispatch and asks for its output's bytes; `sync` submits once; reading
 /// the output back is one more submit and one readback.
 #[test]
+fn wait_time_is_the_hosts_time_blocked_on_the_device() {
+    use retina_wgpu::nn::{Conv2d, Engine, Shape};
+    // A context of its own: no other test's waits add to its clock.
+    let Some(ctx) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    let mut engine = GpuEngine::new(&ctx).unwrap();
+    let c = Conv2d::new(16, 16, 3, 1);
+    let x = engine.zeros(Shape::new(2, 16, 32, 32)).unwrap();
+    let w = engine.zeros(c.weight_shape()).unwrap();
+    engine.sync().unwrap();
+    let (before, start) = (ctx.wait_time(), std::time::Instant::now());
+    let _y = engine.conv2d(&c, &x, &w, None).unwrap();
+    assert_eq!(ctx.wait_time(), before, "recording waits for nothing");
+    engine.sync().unwrap();
+    let (waited, elapsed) = (ctx.wait_time() - before, start.elapsed());
+    assert!(
+        waited > std::time::Duration::ZERO && waited <= elapsed,
+        "waited {waited:?} of {elapsed:?}"
+    );
+}
+
+#[test]
 fn work_counters_count_what_was_issued() {
     use retina_wgpu::gpu::WorkStats;
     use retina_wgpu::nn::{Conv2d, Engine, Shape};

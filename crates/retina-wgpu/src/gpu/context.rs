@@ -357,6 +357,14 @@ impl GpuContext {
         self.inner.counters.snapshot()
     }
 
+    /// How long the host has been blocked so far waiting for submissions this context (and
+    /// every clone) waits on, such as the layer engine's [`crate::nn::Engine::sync`] (not the
+    /// waits of readbacks; nothing in the browser, where waits are asynchronous). A step's wall
+    /// time minus its waits is the host's time to record and submit it.
+    pub fn wait_time(&self) -> std::time::Duration {
+        self.inner.counters.wait_time()
+    }
+
     /// The work this context (and every clone of it) has issued so far: dispatches, submits
     /// and readbacks.
     pub fn work_stats(&self) -> WorkStats {
@@ -649,17 +657,19 @@ impl GpuContext {
     }
 
     pub(crate) fn wait(&self, index: wgpu::SubmissionIndex) -> Result<()> {
-        self.inner
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: self.inner.poll_timeout,
-            })
-            .map_err(|e| {
-                self.check_lost()
-                    .err()
-                    .unwrap_or_else(|| Error::ReadbackFailed(format!("waiting for the device: {e}")))
-            })?;
+        let start = web_time_now();
+        let polled = self.inner.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: self.inner.poll_timeout,
+        });
+        if let Some(start) = start {
+            self.inner.counters.add_wait(start.elapsed());
+        }
+        polled.map_err(|e| {
+            self.check_lost()
+                .err()
+                .unwrap_or_else(|| Error::ReadbackFailed(format!("waiting for the device: {e}")))
+        })?;
         self.check_lost()
     }
 
@@ -668,4 +678,10 @@ impl GpuContext {
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
+}
+
+/// Now, where the platform has a clock (not in the browser, whose waits are asynchronous and
+/// not counted).
+fn web_time_now() -> Option<std::time::Instant> {
+    (!cfg!(target_arch = "wasm32")).then(std::time::Instant::now)
 }

@@ -124,6 +124,8 @@ pub(crate) struct Counters {
     submits: AtomicU64,
     readbacks: AtomicU64,
     tensor_bytes: AtomicU64,
+    /// Nanoseconds blocked in [`GpuContext::wait`].
+    wait_nanos: AtomicU64,
     /// Per kernel, in [`Kernel::ALL`] order (empty until the first dispatch).
     kernels: Mutex<Vec<KernelWork>>,
 }
@@ -183,6 +185,15 @@ impl Counters {
             .iter()
             .map(|k| (k.name(), kernels.get(*k as usize).copied().unwrap_or_default()))
             .collect()
+    }
+
+    pub(crate) fn add_wait(&self, waited: std::time::Duration) {
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn wait_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.wait_nanos.load(Ordering::Relaxed))
     }
 
     pub(crate) fn add_tensor_bytes(&self, bytes: u64) {

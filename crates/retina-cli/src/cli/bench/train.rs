@@ -80,7 +80,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     report(&rows, args.common.json)?;
     if !args.common.json {
-        for (adapter, ((plain, logged), kernels)) in &counts {
+        for (adapter, ((plain, logged), kernels, host)) in &counts {
             println!();
             println!("GPU training step ({adapter}), counted on the context:");
             for (what, c) in [("a step", plain), ("a logging step (loss read)", logged)] {
@@ -95,6 +95,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     c.0.tensor_bytes as f64 / 1e6
                 );
             }
+            println!(
+                "  host time of a step: {:.1} ms (its wall time minus the wait for the device: the scenes generated, the work recorded and submitted)",
+                host * 1e3
+            );
             args.roofline.print(kernels);
         }
     }
@@ -196,13 +200,14 @@ type StepCounts = ((WorkStats, ResourceStats), (WorkStats, ResourceStats));
 /// Per kernel, the work of one step without the loss read.
 type StepKernels = Vec<(&'static str, KernelWork)>;
 
+/// A step's counts, per kernel work, and the host's seconds to record and submit a step.
 fn step_counts(
     ctx: &GpuContext,
     net: &RetinaNet,
     values: &[Vec<f32>],
     options: &TrainOptions,
     data: &SyntheticData,
-) -> Result<(StepCounts, StepKernels)> {
+) -> Result<(StepCounts, StepKernels, f64)> {
     let mut trainer = Trainer::new(GpuEngine::new(ctx)?, net.clone(), values, options.clone())?;
     trainer.step(data, false)?;
     trainer.step(data, true)?;
@@ -219,7 +224,17 @@ fn step_counts(
         .zip(kernels_before)
         .map(|((name, now), (_, before))| (name, now.since(&before)))
         .collect();
-    Ok(((plain, count(true)?), kernels))
+    let logged = count(true)?;
+    // The host's share of a step: its wall time minus the time blocked on the device (the
+    // median of three steps).
+    let mut host: Vec<f64> = Vec::new();
+    for _ in 0..3 {
+        let (start, waited) = (std::time::Instant::now(), ctx.wait_time());
+        trainer.step(data, false)?;
+        host.push((start.elapsed().saturating_sub(ctx.wait_time() - waited)).as_secs_f64());
+    }
+    host.sort_by(f64::total_cmp);
+    Ok(((plain, logged), kernels, host[1]))
 }
 
 /// Median seconds of a training step and of detecting a batch.
