@@ -211,6 +211,8 @@ pub struct GpuTensor {
     /// Byte offset of the first value in the buffer (0 unless packed; a multiple of the
     /// device's storage offset alignment).
     offset: u64,
+    /// A view of a buffer shared with other tensors (even at offset 0).
+    packed: bool,
 }
 
 impl GpuTensor {
@@ -236,7 +238,7 @@ impl GpuTensor {
     /// The tensor's buffer viewed as `len` elements of `T` for the crate's `record_*` ops
     /// (the view shares the buffer; the tensor stays the owner). Not for a packed tensor.
     pub(crate) fn view<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
-        if self.offset != 0 {
+        if self.packed {
             return Err(Error::invalid(format!(
                 "a packed tensor of {} (a view at byte {} of a shared buffer) cannot be used as a whole buffer",
                 self.shape, self.offset
@@ -400,6 +402,7 @@ impl GpuEngine {
                 pool: Arc::clone(&self.pool),
             }),
             offset: 0,
+            packed: false,
         })
     }
 
@@ -445,6 +448,7 @@ impl GpuEngine {
                     shape: shapes[i],
                     backing: Arc::clone(&whole.backing),
                     offset: offsets[i],
+                    packed: true,
                 });
             }
         }
@@ -636,7 +640,7 @@ impl Engine for GpuEngine {
 
     fn read(&mut self, tensor: &GpuTensor) -> Result<Vec<f32>> {
         self.check_tensors("read", &[tensor])?;
-        if tensor.offset != 0 {
+        if tensor.packed {
             // A packed tensor: its values copied to a buffer of their own first.
             let copy = self.alloc("read", tensor.shape)?;
             let (src, dst) = (tensor.buffer().clone(), copy.buffer().clone());
@@ -1147,13 +1151,13 @@ impl Engine for GpuEngine {
                 }
                 let partials_view = partials.view::<f32>(slots as usize)?;
                 let total_view = total.view::<f32>(3)?;
-                // The sum's levels in tensors of the pool (every slot is written), so that
-                // every step binds the same buffers.
+                // The sum's levels in zero-filled tensors of the pool (slots between chunks
+                // are read, not written), so that every step binds the same buffers.
                 let mut level_tensors = Vec::new();
                 let mut levels = Vec::new();
                 for plan in sum_levels(&ctx, slots as usize)? {
                     let n = plan.output_slots as usize;
-                    let t = self.alloc("sgd norm", Shape::new(1, 1, 1, n))?;
+                    let t = self.zeros(Shape::new(1, 1, 1, n))?;
                     levels.push((plan, t.view::<f32>(n)?));
                     level_tensors.push(t);
                 }

@@ -56,7 +56,8 @@ pub(crate) fn record_sum(
 }
 
 /// The levels of partial sums a sum of `len` values takes before one workgroup can finish it:
-/// each a chunked dispatch into a buffer of its `output_slots` values (every slot written).
+/// each a chunked dispatch into a zero-filled buffer of its `output_slots` values (slots
+/// between chunks are read, never written).
 pub(crate) fn sum_levels(ctx: &GpuContext, len: usize) -> Result<Vec<ChunkPlan>> {
     let limits = ctx.limits();
     let mut plans = Vec::new();
@@ -79,7 +80,7 @@ pub(crate) fn sum_levels(ctx: &GpuContext, len: usize) -> Result<Vec<ChunkPlan>>
 }
 
 /// [`record_sum`] through the level buffers the caller gives ([`sum_levels`]' plans, each
-/// with a buffer of at least its `output_slots` values; the layer engine takes them from its
+/// with a zero-filled buffer of at least its `output_slots` values; the layer engine takes them from its
 /// pool, so that a training step binds the same buffers every step).
 pub(crate) fn record_sum_levels(
     ctx: &GpuContext,

@@ -71,7 +71,11 @@ pub trait Engine {
     /// GPU, views at aligned offsets of one buffer (a few when they exceed the device's binding
     /// limit), so that a pass over all of them (the optimiser's step, the gradient norm) is one
     /// dispatch instead of one per tensor; [`Engine::sgd_step`] finds such runs by itself. The
-    /// default allocates each tensor on its own.
+    /// default allocates each tensor on its own. WebGPU tracks a buffer's use as a whole: one
+    /// operation must not read a tensor of a pack while it writes another of the same pack
+    /// (`accumulate(&mut pack[0], &pack[1])`, parameters and their gradients in one pack), so
+    /// pack together only tensors that are used alike, as the trainer packs parameters,
+    /// gradients and momentum separately.
     fn zeros_packed(&mut self, shapes: &[Shape]) -> Result<Vec<Self::Tensor>> {
         shapes.iter().map(|&s| self.zeros(s)).collect()
     }
