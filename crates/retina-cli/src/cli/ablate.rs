@@ -295,18 +295,20 @@ fn worker(
                 shared.bar.inc((done - last) as u64);
                 last = done;
             };
-            let (record, values) = match (gpu, pool) {
-                (Some(ctx), _) => {
+            let (record, values) = match gpu {
+                Some(ctx) => {
                     let engines = (GpuEngine::new(ctx)?, GpuEngine::new(ctx)?);
                     ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)?
                 }
-                (None, Some(pool)) => pool.install(|| {
-                    let engines = (CpuEngine::new(), CpuEngine::new());
-                    ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)
-                })?,
-                (None, None) => {
-                    let engines = (CpuEngine::new(), CpuEngine::new());
-                    ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)?
+                None => {
+                    let mut run = || {
+                        let engines = (CpuEngine::new(), CpuEngine::new());
+                        ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)
+                    };
+                    match pool {
+                        Some(pool) => pool.install(run)?,
+                        None => run()?,
+                    }
                 }
             };
             shared.bar.inc((grid.steps - last) as u64);

@@ -274,9 +274,8 @@ impl GpuEngine {
         if out.is_empty() {
             // A batch of no images: no gradient flows to the weights or the bias.
             if !accumulate {
-                let encoder = self.encoder();
                 for t in [Some(dw), db].into_iter().flatten() {
-                    encoder.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
+                    self.clear(t);
                 }
             }
             return input_grad.then(|| self.alloc("conv2d backward", x.shape)).transpose();

@@ -135,7 +135,7 @@ impl GpuEngine {
     }
 
     /// The passes of [`GpuEngine::group_norm_grads`], writing (or with `accumulate` adding)
-    /// the `gamma` and `beta` gradients into `param_grads`; returns the input gradient.
+    /// the `gamma` and `beta` gradients into `dgamma` and `dbeta`; returns the input gradient.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn record_group_norm_backward(
         &mut self,
@@ -164,9 +164,8 @@ impl GpuEngine {
         if s.is_empty() {
             // Sums over no image.
             if !accumulate {
-                let encoder = self.encoder();
                 for t in [dgamma, dbeta] {
-                    encoder.clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
+                    self.clear(t);
                 }
             }
             return Ok(dx);

@@ -225,11 +225,6 @@ impl GpuTensor {
         self.backing.buffer.as_ref().expect("a live tensor holds its buffer")
     }
 
-    /// Byte offset of the first value in [`GpuTensor::buffer`].
-    pub(crate) fn offset(&self) -> u64 {
-        self.offset
-    }
-
     /// Bytes of the values.
     pub(super) fn bytes(&self) -> u64 {
         (self.shape.len() * 4) as u64
@@ -379,7 +374,8 @@ impl GpuEngine {
         &self.ctx
     }
 
-    pub(super) fn alloc(&self, op: &str, shape: Shape) -> Result<GpuTensor> {
+    /// The bytes of a tensor of `shape`, checked against the device's storage binding limit.
+    fn tensor_bytes(&self, op: &str, shape: Shape) -> Result<u64> {
         let bytes = shape
             .checked_len()
             .ok()
@@ -392,6 +388,11 @@ impl GpuEngine {
                  {limit} bytes; use a smaller batch or input"
             )));
         }
+        Ok(bytes)
+    }
+
+    pub(super) fn alloc(&self, op: &str, shape: Shape) -> Result<GpuTensor> {
+        let bytes = self.tensor_bytes(op, shape)?;
         let (serial, buffer) = self.pool.take(&self.ctx, bytes)?;
         self.ctx.count_tensor_bytes(bytes);
         Ok(GpuTensor {
@@ -406,29 +407,37 @@ impl GpuEngine {
         })
     }
 
+    /// Records zero-filling `t`'s values (its range of a packed buffer).
+    pub(super) fn clear(&mut self, t: &GpuTensor) {
+        let buffer = t.buffer().clone();
+        self.encoder().clear_buffer(&buffer, t.offset, Some(t.bytes()));
+    }
+
+    /// Records copying `data` (`t`'s length) into `t`: in the encoder, after the commands
+    /// already recorded, not with a queued write, which would land before them while a pooled
+    /// buffer may still be read by one of them.
+    fn upload_into(&mut self, t: &GpuTensor, data: &[f32]) -> Result<()> {
+        if !data.is_empty() {
+            let staging = self.ctx.upload(data)?;
+            let (src, dst) = (staging.buffer().clone(), t.buffer().clone());
+            self.encoder().copy_buffer_to_buffer(&src, 0, &dst, t.offset, t.bytes());
+        }
+        Ok(())
+    }
+
     /// [`Engine::zeros_packed`]: the tensors in order at offsets aligned for a storage binding,
     /// a new buffer whenever the next tensor would take the current one past the device's
     /// binding limit (so that a pass over one buffer binds it whole).
     fn packed(&mut self, shapes: &[Shape]) -> Result<Vec<GpuTensor>> {
-        let align = self.ctx.limits().storage_offset_alignment.max(4);
+        let align = self.ctx.limits().storage_offset_alignment;
         let limit = self.ctx.limits().max_storage_binding;
         // (first tensor, byte length) of each buffer, and each tensor's offset.
         let mut buffers: Vec<(usize, u64)> = Vec::new();
         let mut offsets = Vec::with_capacity(shapes.len());
         for (i, &shape) in shapes.iter().enumerate() {
-            let bytes = shape
-                .checked_len()
-                .ok()
-                .and_then(|len| (len as u64).checked_mul(4))
-                .filter(|&b| b <= limit)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "zeros_packed: a tensor of {shape} exceeds the device's storage binding limit of {limit} bytes"
-                    ))
-                })?
-                .max(4);
+            let bytes = self.tensor_bytes("zeros_packed", shape)?.max(4);
             let start = match buffers.last() {
-                Some(&(_, used)) if used.div_ceil(align) * align + bytes <= limit => used.div_ceil(align) * align,
+                Some(&(_, used)) if align_up(used, align) + bytes <= limit => align_up(used, align),
                 _ => {
                     buffers.push((i, 0));
                     0
@@ -440,9 +449,7 @@ impl GpuEngine {
         let mut tensors = Vec::with_capacity(shapes.len());
         for (b, &(first, bytes)) in buffers.iter().enumerate() {
             let end = buffers.get(b + 1).map_or(shapes.len(), |next| next.0);
-            let whole = self.alloc("zeros_packed", Shape::new(1, 1, 1, (bytes / 4) as usize))?;
-            let buffer = whole.buffer().clone();
-            self.encoder().clear_buffer(&buffer, 0, None);
+            let whole = self.zeros(Shape::new(1, 1, 1, (bytes / 4) as usize))?;
             for i in first..end {
                 tensors.push(GpuTensor {
                     shape: shapes[i],
@@ -619,15 +626,7 @@ impl Engine for GpuEngine {
             ));
         }
         let t = self.alloc("tensor", shape)?;
-        if !data.is_empty() {
-            // Copied inside the encoder, not with a queued write: a queued write would land
-            // before the commands already recorded, and a pooled buffer may still be read by
-            // one of them.
-            let staging = self.ctx.upload(data)?;
-            let (src, dst) = (staging.buffer().clone(), t.buffer().clone());
-            self.encoder()
-                .copy_buffer_to_buffer(&src, 0, &dst, 0, (data.len() * 4) as u64);
-        }
+        self.upload_into(&t, data)?;
         Ok(t)
     }
 
@@ -665,14 +664,7 @@ impl Engine for GpuEngine {
                 format!("{} values for a tensor of {}", data.len(), tensor.shape),
             ));
         }
-        if !data.is_empty() {
-            // In the encoder, after the commands already recorded (see `tensor`).
-            let staging = self.ctx.upload(data)?;
-            let (src, dst) = (staging.buffer().clone(), tensor.buffer().clone());
-            self.encoder()
-                .copy_buffer_to_buffer(&src, 0, &dst, tensor.offset, tensor.bytes());
-        }
-        Ok(())
+        self.upload_into(tensor, data)
     }
 
     fn conv2d(&mut self, c: &Conv2d, x: &GpuTensor, weight: &GpuTensor, bias: Option<&GpuTensor>) -> Result<GpuTensor> {
@@ -1253,7 +1245,6 @@ impl PackedRun {
 /// The runs come in the lists' order (of each run's least index).
 fn packed_runs(lists: &[&[GpuTensor]], align: u64, together: impl Fn(usize, usize) -> bool) -> Vec<PackedRun> {
     let key = lists[0];
-    let align = align.max(4);
     let mut order: Vec<usize> = (0..key.len()).collect();
     order.sort_by_key(|&i| (Arc::as_ptr(&key[i].backing) as usize, key[i].offset));
     let mut runs: Vec<PackedRun> = Vec::new();
@@ -1262,7 +1253,7 @@ fn packed_runs(lists: &[&[GpuTensor]], align: u64, together: impl Fn(usize, usiz
             let (first, prev) = (run.first, run.last);
             together(prev, i)
                 && lists.iter().all(|list| {
-                    let next_slot = (list[prev].offset + list[prev].bytes().max(4)).div_ceil(align) * align;
+                    let next_slot = align_up(list[prev].offset + list[prev].bytes().max(4), align);
                     list[i].shares_buffer(&list[first])
                         && list[i].offset == next_slot
                         && list[i].offset - list[first].offset == key[i].offset - key[first].offset
@@ -1283,4 +1274,10 @@ fn packed_runs(lists: &[&[GpuTensor]], align: u64, together: impl Fn(usize, usiz
     // partial sums add in the same order and bind the same slots.
     runs.sort_by_key(|run| run.least);
     runs
+}
+
+/// `v` rounded up to a multiple of `align` (at least 4: a storage binding's offsets are words).
+fn align_up(v: u64, align: u64) -> u64 {
+    let align = align.max(4);
+    v.div_ceil(align) * align
 }
