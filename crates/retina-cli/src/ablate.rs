@@ -473,6 +473,47 @@ pub fn summarize(grid: &Grid, runs: &[RunRecord]) -> Vec<Summary> {
         .collect()
 }
 
+/// What an experiment's runs share, as `experiment.json` records it: the schedule, the scenes
+/// and `trained_on` (the engine, and for the CPU the threads per run). Runs resumed into a
+/// directory must share all of it; the grid's name, settings and seeds may differ.
+pub fn experiment_json(grid: &Grid, trained_on: &str) -> String {
+    let value = serde_json::json!({
+        "steps": grid.steps,
+        "batch": grid.batch,
+        "lr": grid.lr,
+        "val_images": grid.val_images,
+        "scenes": grid.scenes,
+        "trained_on": trained_on,
+    });
+    serde_json::to_string_pretty(&value).expect("plain JSON values serialize") + "\n"
+}
+
+/// Checks that an experiment about to resume (`wanted`, from [`experiment_json`]) is the one
+/// whose runs are kept (`kept`, the directory's `experiment.json`), naming what differs.
+pub fn check_experiment(kept: &str, wanted: &str) -> Result<()> {
+    let parse = |text: &str| {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+            .map_err(|e| Error::format("experiment.json", e.to_string()))
+    };
+    let (kept, wanted) = (parse(kept)?, parse(wanted)?);
+    let differ: Vec<String> = wanted
+        .iter()
+        .filter(|(k, v)| kept.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let was = kept.get(k).map_or("nothing".to_string(), |w| w.to_string());
+            format!("{k}: {was} kept, {v} asked for")
+        })
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidParameter(format!(
+        "--resume: the runs kept were trained differently ({}); use their options (experiment.json \
+         records them; RAYON_NUM_THREADS and --jobs set the threads per run) or another --out",
+        differ.join("; ")
+    )))
+}
+
 /// The header of [`runs_csv`].
 pub const RUNS_HEADER: &str = "loss,label,alpha,gamma,beta,ohem_per_image,ohem_nms,ohem_positive_fraction,seed,steps,ap,ap50,ap75,train_seconds,diverged";
 

@@ -644,6 +644,50 @@ fn ablate_jobs_runs_each_run_as_a_sequential_run_with_as_many_threads() {
     let rows = runs_without_time(&one);
     assert_eq!(rows.len(), 1 + 3 * 2);
     assert_eq!(rows, runs_without_time(&two));
+    // --only trains some settings and keeps every other run; a resume with another schedule
+    // or thread count is refused, naming what differs.
+    let out = retina_with(
+        &[
+            &common[..],
+            &["--out", one.to_str().unwrap(), "--resume", "--seeds", "3"],
+        ]
+        .concat(),
+        &[("RAYON_NUM_THREADS", "2")],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("trained_on") && err.contains("1 thread per run"), "{err}");
+    let out = retina_with(
+        &[
+            &common[..],
+            &["--out", one.to_str().unwrap(), "--resume", "--steps", "50"],
+        ]
+        .concat(),
+        &[("RAYON_NUM_THREADS", "1")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("steps: 100 kept, 50 asked for"));
+    let only = [
+        &common[..],
+        &["--out", one.to_str().unwrap(), "--resume", "--seeds", "3"],
+    ]
+    .concat();
+    let out = retina_with(
+        &[&only[..], &["--only", "CE", "--only", "FL g=2"]].concat(),
+        &[("RAYON_NUM_THREADS", "1")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = runs_without_time(&one);
+    assert_eq!(after.len(), rows.len() + 2, "{after:?}");
+    assert!(rows.iter().all(|r| after.contains(r)), "a kept run was lost");
+    let seed2: Vec<&str> = after
+        .iter()
+        .filter(|r| r.split(',').nth(8) == Some("2"))
+        .filter_map(|r| r.split(',').nth(1))
+        .collect();
+    assert_eq!(seed2, ["CE a=0.75", "FL g=2 a=0.25"]);
+    let out = retina_with(&[&only[..], &["--only", "nothing"]].concat(), &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("matches no setting"));
     for args in [&["--jobs", "0"][..], &["--jobs", "2", "--backend", "gpu"]] {
         let out = retina_with(
             &[

@@ -59,11 +59,13 @@ pub struct AblateArgs {
     /// anchors per positive (at 4x the cost per image).
     #[arg(long)]
     size: Option<u32>,
-    /// Only the settings whose label contains this text (labels look like `CE a=0.75`,
-    /// `FL g=2 a=0.25`, `FL* g=4 b=0`, `OHEM B=128 nms=0.5`, `OHEM 1:3 B=128 nms=0.5`).
+    /// Train only the settings whose label contains this text (labels look like `CE a=0.75`,
+    /// `FL g=2 a=0.25`, `FL* g=4 b=0`, `OHEM B=128 nms=0.5`, `OHEM 1:3 B=128 nms=0.5`);
+    /// repeat it to train several. The tables still report every run kept in --out.
     #[arg(long)]
-    only: Option<String>,
-    /// Keep the runs already in --out (same grid) and run only the missing ones.
+    only: Vec<String>,
+    /// Keep the runs already in --out and run only the missing ones. The schedule, scenes and
+    /// threads per run must be those of the runs kept (`experiment.json` records them).
     #[arg(long)]
     resume: bool,
     /// The engine that trains.
@@ -100,16 +102,29 @@ impl AblateArgs {
         if let Some(size) = self.size {
             grid.scenes.size = size;
         }
-        if let Some(only) = &self.only {
-            grid.settings.retain(|s| s.label().contains(only.as_str()));
-            if grid.settings.is_empty() {
-                return Err(Error::InvalidParameter(format!(
-                    "--only {only:?} matches no setting of the grid"
-                )));
-            }
-        }
         grid.validate()?;
         Ok(grid)
+    }
+
+    /// The settings this invocation trains: the grid's, or those `--only` names.
+    fn selected(&self, grid: &Grid) -> Result<Vec<LossSetting>> {
+        if let Some(only) = self
+            .only
+            .iter()
+            .find(|o| !grid.settings.iter().any(|s| s.label().contains(o.as_str())))
+        {
+            let labels: Vec<String> = grid.settings.iter().map(|s| s.label()).collect();
+            return Err(Error::InvalidParameter(format!(
+                "--only {only:?} matches no setting of the grid (its settings: {})",
+                labels.join(", ")
+            )));
+        }
+        Ok(grid
+            .settings
+            .iter()
+            .filter(|s| self.only.is_empty() || self.only.iter().any(|o| s.label().contains(o.as_str())))
+            .copied()
+            .collect())
     }
 }
 
@@ -118,6 +133,7 @@ pub fn run(args: AblateArgs) -> Result<()> {
         return Err(jobs_error(args.jobs));
     }
     let grid = args.grid()?;
+    let selected = args.selected(&grid)?;
     let out = &args.out;
     let runs_path = out.join("runs.csv");
     let curves_path = out.join("curves.csv");
@@ -127,7 +143,23 @@ pub fn run(args: AblateArgs) -> Result<()> {
             out.display()
         )));
     }
+    let gpu = args.backend.resolve()?;
+    // What makes runs comparable: the schedule, the scenes and where they train (the CPU
+    // backend's sums depend on its thread count).
+    let trained_on = match &gpu {
+        Some(ctx) => format!("gpu: {}", ctx.adapter_info().name),
+        None => {
+            let threads = (rayon::current_num_threads() / args.jobs).max(1);
+            format!("cpu: {threads} thread{} per run", if threads == 1 { "" } else { "s" })
+        }
+    };
+    let experiment = ablate::experiment_json(&grid, &trained_on);
+    let experiment_path = out.join("experiment.json");
+    if args.resume && experiment_path.exists() {
+        ablate::check_experiment(&read(&experiment_path)?, &experiment)?;
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    coco::write_file(&experiment_path, experiment.as_bytes())?;
     let runs = if args.resume && runs_path.exists() {
         let text = read(&runs_path)?;
         let curves = curves_path.exists().then(|| read(&curves_path)).transpose()?;
@@ -143,10 +175,9 @@ pub fn run(args: AblateArgs) -> Result<()> {
     let todo: Vec<(LossSetting, u64)> = grid
         .seeds
         .iter()
-        .flat_map(|&seed| grid.settings.iter().map(move |s| (*s, seed)))
+        .flat_map(|&seed| selected.iter().map(move |s| (*s, seed)))
         .filter(|(s, seed)| !runs.iter().any(|r| r.setting == *s && r.seed == *seed))
         .collect();
-    let gpu = args.backend.resolve()?;
     let engine_name = match &gpu {
         Some(ctx) => format!("GPU ({})", ctx.adapter_info().name),
         None if args.jobs > 1 => format!(
