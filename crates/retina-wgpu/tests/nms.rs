@@ -145,3 +145,77 @@ fn edge_cases_on_both_backends() {
         ));
     }
 }
+
+/// Greedy NMS on the device through `record_nms`, read back: (kept indices, their scores).
+fn device_nms(
+    ctx: &retina_wgpu::GpuContext,
+    nms: &Nms,
+    b: &[[f32; 4]],
+    s: &[f32],
+    c: Option<&[i32]>,
+) -> (Vec<u32>, Vec<f32>) {
+    let (boxes, scores) = (ctx.upload(b).unwrap(), ctx.upload(s).unwrap());
+    let classes = c.map(|c| ctx.upload(c).unwrap());
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let (keep, keep_scores, count) = ctx
+        .record_nms(&mut encoder, nms, &boxes, &scores, classes.as_ref())
+        .unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    let n = ctx.download(&count).unwrap()[0] as usize;
+    let (mut keep, mut kept_scores) = (ctx.download(&keep).unwrap(), ctx.download(&keep_scores).unwrap());
+    keep.truncate(n);
+    kept_scores.truncate(n);
+    (keep, kept_scores)
+}
+
+#[test]
+fn large_inputs_take_the_spatial_path_with_the_same_keep_list() {
+    // From 2,048 slots the greedy mask is found from the boxes near each box (Z-order tiles
+    // and their bounds) instead of from every later box: the cases where bounds could mislead
+    // it, against the CPU twin. A pile of identical boxes (every tile overlaps every box),
+    // zero-area boxes, touching boxes at threshold 0, threshold 1, tied scores, classes.
+    let Some(ctx) = gpu() else { return };
+    let gpu_backend = Backend::Gpu(ctx.clone());
+    let mut rng = Rng::new(8);
+    let (mut b, mut s, mut c) = nms_problem(&mut rng, 3000);
+    for i in 0..600i32 {
+        b.push([400.0, 400.0, 450.0, 460.0]);
+        s.push(if i % 7 == 0 { 0.5 } else { rng.uniform() });
+        c.push(i % 3);
+    }
+    for i in 0..100 {
+        let x = 10.0 * i as f32;
+        b.push([x, 990.0, x + 10.0, 1000.0]);
+        b.push([x + 3.0, 995.0, x + 3.0, 995.0]);
+        s.extend([0.25, 0.75]);
+        c.extend([0, 0]);
+    }
+    for (threshold, classes) in [
+        (0.5, None),
+        (0.5, Some(&c[..])),
+        (0.0, None),
+        (1.0, None),
+        (0.3, Some(&c[..])),
+    ] {
+        for kind in [Nms::hard(threshold), Nms::hard(threshold).with_max_output(250)] {
+            let what = format!("{kind:?}, classes {}", classes.is_some());
+            let g = kind.run(&gpu_backend, &b, &s, classes).unwrap();
+            let cpu = kind.run(&Backend::Cpu, &b, &s, classes).unwrap();
+            assert_same_nms(&what, &g, &cpu);
+        }
+    }
+    // Boxes with a NaN coordinate (a decode's overflow on the device) suppress nothing and are
+    // never suppressed: the same keep list as far-apart boxes in their place.
+    let nan = f32::NAN;
+    let (mut with_nan, mut apart) = (b.clone(), b.clone());
+    for (k, i) in (0..b.len()).step_by(37).enumerate() {
+        with_nan[i] = [b[i][0], nan, b[i][2], b[i][3]];
+        let x = 1e5 + 100.0 * k as f32;
+        apart[i] = [x, 0.0, x + 1.0, 1.0];
+    }
+    let nms = Nms::hard(0.5);
+    let (keep, scores) = device_nms(&ctx, &nms, &with_nan, &s, None);
+    let cpu = nms.run(&Backend::Cpu, &apart, &s, None).unwrap();
+    assert_eq!(keep, cpu.keep, "NaN boxes");
+    assert_eq!(scores, cpu.scores, "NaN boxes");
+}

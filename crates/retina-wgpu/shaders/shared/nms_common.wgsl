@@ -19,7 +19,12 @@ struct Config {
     score_threshold: f32,
     // Soft-NMS: Gaussian sigma; Matrix NMS: Gaussian sigma.
     sigma: f32,
-    _pad: u32,
+    // nms_mask_spatial.wgsl: the blocks of 256 boxes (in tile order) this dispatch visits.
+    block_begin: u32,
+    block_end: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const FLAG_GAUSSIAN: u32 = 2u;

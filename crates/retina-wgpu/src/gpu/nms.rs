@@ -19,6 +19,22 @@ const MASK_BUDGET: u64 = 256 << 20;
 /// passes before it suppressed, so shorter passes skip more of a large input's pairs, for two
 /// dispatches a pass.
 const BAND_ROWS: u64 = 1024;
+/// Greedy NMS takes the spatial path (`nms_spatial_*.wgsl`, `nms_mask_spatial.wgsl`) from
+/// regions of this size: below it, the extra sort costs more than the IoUs it saves.
+const SPATIAL_MIN_REGION: usize = 2048;
+/// Loop iterations `nms_mask_spatial.wgsl` spends on one block of 256 boxes at most: its
+/// bounds, 8 tiles' bounds and 256 boxes.
+const SPATIAL_BLOCK_ITERATIONS: u64 = 1 + 8 + 256;
+
+/// Whether greedy NMS over regions of `region` slots takes the spatial path: from
+/// [`SPATIAL_MIN_REGION`], while a row's words leave room in the loop budget.
+fn spatial_for(region: usize) -> bool {
+    region >= SPATIAL_MIN_REGION && (region as u64 / 32) * 2 < LOOP_BUDGET
+}
+
+/// A box in the spatial path's tile order: `Tiled` in `shaders/nms_spatial_tiles.wgsl`
+/// (the box, its slot in score order, its class, padding).
+type TiledBox = [u32; 8];
 
 /// Must stay in sync with `Config` in shaders/shared/nms_common.wgsl.
 #[repr(C)]
@@ -35,7 +51,11 @@ pub(crate) struct NmsConfig {
     pub(crate) iou_threshold: f32,
     pub(crate) score_threshold: f32,
     pub(crate) sigma: f32,
-    pub(crate) _pad: u32,
+    pub(crate) block_begin: u32,
+    pub(crate) block_end: u32,
+    pub(crate) _pad0: u32,
+    pub(crate) _pad1: u32,
+    pub(crate) _pad2: u32,
 }
 
 /// Must stay in sync with `Config` in shaders/sort_permute.wgsl.
@@ -168,10 +188,14 @@ impl GpuContext {
             iou_threshold: nms.iou_threshold,
             score_threshold: nms.score_threshold,
             sigma: 1.0,
-            _pad: 0,
+            block_begin: 0,
+            block_end: 0,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         };
         self.scoped(|| match nms.kind {
-            NmsKind::Hard => self.record_hard_nms(encoder, sorted, base, &out),
+            NmsKind::Hard => self.record_hard_nms(encoder, sorted, base, &out, spatial_for(sorted.region)),
             NmsKind::SoftLinear => self.record_soft_nms(encoder, sorted, base, &out),
             NmsKind::SoftGaussian { sigma } => {
                 let base = NmsConfig {
@@ -200,13 +224,16 @@ impl GpuContext {
     /// torchvision's greedy NMS: the suppression bitmask over the upper triangle, a band of
     /// rows at a time (at most [`BAND_ROWS`]; its bytes and the walk's loop budget bound it
     /// too), each band followed by the walk that keeps boxes in score order until `max_out`.
-    /// A band's mask skips the rows and columns the bands before it removed.
+    /// A band's mask skips the rows and columns the bands before it removed. With `spatial`,
+    /// the mask is found from the boxes near each row's box instead of from every later box
+    /// ([`Self::record_spatial_tiles`]): the same bits, far fewer IoUs at large N.
     fn record_hard_nms(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         sorted: &SortedBoxes,
         base: NmsConfig,
         out: &KeptSlots,
+        spatial: bool,
     ) -> Result<()> {
         let limits = self.limits();
         let (region, segments) = (sorted.region as u64, sorted.segments as u64);
@@ -224,6 +251,11 @@ impl GpuContext {
                 "NMS: 256 rows of suppression mask ({row_bytes} bytes each) exceed the binding limit"
             )));
         }
+        let tiles = spatial
+            .then(|| self.record_spatial_tiles(encoder, sorted, base))
+            .transpose()?;
+        // Blocks of 256 boxes one spatial dispatch visits: the first also zeroes its rows.
+        let blocks_per_dispatch = (LOOP_BUDGET.saturating_sub(words) / SPATIAL_BLOCK_ITERATIONS).max(1);
         let mask = self.zeros::<u32>((rows * row_bytes / 4) as usize)?;
         let removed = self.zeros::<u32>((segments * words) as usize)?;
         let done = self.zeros::<u32>(segments as usize)?;
@@ -238,15 +270,44 @@ impl GpuContext {
                 groups_per_segment: (row_tiles * words) as u32,
                 ..base
             };
-            let bindings = binds![
-                boxes = whole(&sorted.boxes),
-                classes = whole(&sorted.classes),
-                counts = whole(&sorted.counts),
-                done = whole(&done),
-                mask = whole(&mask),
-                removed = whole(&removed),
-            ];
-            list.push(Kernel::NmsMask, &config, bindings, segments * row_tiles * words)?;
+            match &tiles {
+                None => {
+                    let bindings = binds![
+                        boxes = whole(&sorted.boxes),
+                        classes = whole(&sorted.classes),
+                        counts = whole(&sorted.counts),
+                        done = whole(&done),
+                        mask = whole(&mask),
+                        removed = whole(&removed),
+                    ];
+                    list.push(Kernel::NmsMask, &config, bindings, segments * row_tiles * words)?;
+                }
+                Some((tiled, bounds)) => {
+                    let blocks = region / WG_SIZE;
+                    let mut block = 0;
+                    while block < blocks {
+                        let block_end = (block + blocks_per_dispatch).min(blocks);
+                        let config = NmsConfig {
+                            groups_per_segment: row_tiles as u32,
+                            block_begin: block as u32,
+                            block_end: block_end as u32,
+                            ..config
+                        };
+                        let bindings = binds![
+                            boxes = whole(&sorted.boxes),
+                            classes = whole(&sorted.classes),
+                            counts = whole(&sorted.counts),
+                            done = whole(&done),
+                            removed = whole(&removed),
+                            tiled = whole(tiled),
+                            bounds = whole(bounds),
+                            mask = whole(&mask),
+                        ];
+                        list.push(Kernel::NmsMaskSpatial, &config, bindings, segments * row_tiles)?;
+                        block = block_end;
+                    }
+                }
+            }
             let bindings = binds![
                 mask = whole(&mask),
                 counts = whole(&sorted.counts),
@@ -261,6 +322,45 @@ impl GpuContext {
             begin = end;
         }
         list.record(self, encoder)
+    }
+
+    /// The spatial path's tiles: each segment's valid boxes sorted by class and along a
+    /// Z-order curve of their centres (`nms_spatial_keys.wgsl`, then the bitonic sort), written
+    /// in that order with their score-order slots, and the bounds of every 32 and 256 of them
+    /// (`nms_spatial_tiles.wgsl`). Returns the tiled boxes and the bounds.
+    fn record_spatial_tiles(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        sorted: &SortedBoxes,
+        base: NmsConfig,
+    ) -> Result<(GpuBuffer<TiledBox>, GpuBuffer<[f32; 4]>)> {
+        let total = sorted.region * sorted.segments;
+        let entries = self.zeros::<SortEntry>(sort_len(total))?;
+        let tiled = self.zeros::<TiledBox>(total)?;
+        let bounds = self.zeros::<[f32; 4]>(total / 32 + total / WG_SIZE as usize)?;
+        for (what, bytes) in [("sort entries", entries.byte_len()), ("tiled boxes", tiled.byte_len())] {
+            check_whole_binding(self, what, bytes)?;
+        }
+        let bindings = binds![
+            boxes = whole(&sorted.boxes),
+            classes = whole(&sorted.classes),
+            counts = whole(&sorted.counts),
+            entries = whole(&entries),
+        ];
+        let workgroups = (entries.len() as u64).div_ceil(WG_SIZE);
+        self.record_dispatch(encoder, Kernel::NmsSpatialKeys, &base, bindings, workgroups)?;
+        self.record_sort_entries(encoder, &entries)?;
+        let bindings = binds![
+            entries = whole(&entries),
+            boxes = whole(&sorted.boxes),
+            classes = whole(&sorted.classes),
+            counts = whole(&sorted.counts),
+            tiled = whole(&tiled),
+            bounds = whole(&bounds),
+        ];
+        let workgroups = total as u64 / WG_SIZE;
+        self.record_dispatch(encoder, Kernel::NmsSpatialTiles, &base, bindings, workgroups)?;
+        Ok((tiled, bounds))
     }
 
     /// Soft-NMS (linear, or Gaussian with `base.flags`): per pick, the highest remaining score
