@@ -5,7 +5,7 @@
 // is sorted by class first) include its own, and within them the boxes of its class ranked
 // after it. Every other pair has IoU 0 (no positive overlap) or another class, so the
 // mask is bit for bit the dense one, at a cost that grows with the boxes around each box rather
-// than with all boxes. One invocation per row and dispatch; a dispatch visits the blocks
+// than with all boxes. One invocation per row and dispatch, rows in class and Z order; a dispatch visits the blocks
 // cfg.block_begin .. cfg.block_end, so that no invocation loops more than the loop budget
 // allows. The dispatch that starts at block 0 first zeroes the words of the row that
 // nms_gather.wgsl reads (from the row's own word on); later dispatches of the pass OR their
@@ -27,7 +27,7 @@ struct Tiled {
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> boxes: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> classes: array<i32>;
+@group(0) @binding(2) var<storage, read> rows_order: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read> done: array<u32>;
 @group(0) @binding(5) var<storage, read> removed: array<u32>;
@@ -58,8 +58,14 @@ fn main(
     if seg >= cfg.num_segments || done[seg] != 0u {
         return;
     }
-    let i = cfg.row_begin + (index % cfg.groups_per_segment) * WG_SIZE + lid;
     let rows = cfg.row_end - cfg.row_begin;
+    let r = (index % cfg.groups_per_segment) * WG_SIZE + lid;
+    if r >= rows {
+        return;
+    }
+    // The pass's rows in class and Z order (nms_spatial_keys.wgsl): row i is box i's slot.
+    let entry = rows_order[seg * cfg.region + cfg.row_begin + r];
+    let i = entry.w;
     let n = counts[seg];
     if i >= min(cfg.row_end, n) {
         return;
@@ -79,7 +85,7 @@ fn main(
     if box_has_nan(b) {
         return;
     }
-    let c = classes[base + i];
+    let c = bitcast<i32>(entry.y);
     let block_base = cfg.num_segments * cfg.words + seg * (cfg.region / WG_SIZE);
     let end_block = min(cfg.block_end, (n + WG_SIZE - 1u) / WG_SIZE);
     for (var k = cfg.block_begin; k < end_block; k = k + 1u) {

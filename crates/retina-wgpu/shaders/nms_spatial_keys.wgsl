@@ -8,6 +8,11 @@
 // coordinate suppresses nothing and is never suppressed: it gets key 0x7fffffff (after every
 // Morton code, which has 30 bits), and nms_spatial_tiles.wgsl leaves it out of every bound.
 // Any order would give the same result: the order only decides how much work is skipped.
+// `rows` gets the same entries with the pass of the row (slot / band_rows) in front: sorted, a
+// pass's rows lie at the same positions as their slots (every earlier pass is full), in class and
+// Z order, so that the invocations of nms_mask_spatial.wgsl that run side by side take boxes
+// near each other and visit the same tiles (rows in score order would make every SIMD group visit
+// the tiles of all of its rows).
 
 //#include "shared/boxes.wgsl"
 //#include "shared/sort_keys.wgsl"
@@ -20,6 +25,7 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(2) var<storage, read> classes: array<i32>;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> entries: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> rows: array<vec4<u32>>;
 
 // Spreads the low 15 bits of v to the even bits.
 fn spread(v: u32) -> u32 {
@@ -44,11 +50,14 @@ fn main(
     let seg = p / cfg.region;
     if seg >= cfg.num_segments {
         entries[p] = vec4(0xffffffffu);
+        rows[p] = vec4(0xffffffffu);
         return;
     }
+    let bands = (cfg.region + cfg.band_rows - 1u) / cfg.band_rows;
     let slot = p % cfg.region;
     if slot >= counts[seg] {
         entries[p] = vec4(seg, 0xffffffffu, 0xffffffffu, 0xffffffffu);
+        rows[p] = vec4(seg * bands + bands - 1u, 0xffffffffu, 0xffffffffu, 0xffffffffu);
         return;
     }
     let b = boxes[p];
@@ -58,4 +67,5 @@ fn main(
         code = spread(ordered_key(centre.x) >> 17u) | (spread(ordered_key(centre.y) >> 17u) << 1u);
     }
     entries[p] = vec4(seg, bitcast<u32>(classes[p]), code, slot);
+    rows[p] = vec4(seg * bands + slot / cfg.band_rows, bitcast<u32>(classes[p]), code, slot);
 }

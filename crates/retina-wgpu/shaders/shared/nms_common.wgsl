@@ -22,7 +22,8 @@ struct Config {
     // nms_mask_spatial.wgsl: the blocks of 256 boxes (in tile order) this dispatch visits.
     block_begin: u32,
     block_end: u32,
-    _pad0: u32,
+    // nms_spatial_keys.wgsl: rows per pass of the greedy mask.
+    band_rows: u32,
     _pad1: u32,
     _pad2: u32,
 }

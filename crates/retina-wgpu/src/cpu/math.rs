@@ -2,7 +2,7 @@
 //!
 //! `std`'s `exp` is a call into libm and stops a loop from being vectorised; these are written
 //! with arithmetic, comparisons and bit casts only, so a loop over a slice compiles to packed
-//! SIMD (AVX2 when the CPU has it: see [`with_simd`]).
+//! SIMD (AVX2 when the CPU has it: see `multiversion!`).
 
 /// A quiet NaN.
 pub const NAN: f32 = f32::NAN;

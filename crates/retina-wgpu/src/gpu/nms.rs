@@ -32,6 +32,16 @@ fn spatial_for(region: usize) -> bool {
     region >= SPATIAL_MIN_REGION && (region as u64 / 32) * 2 < LOOP_BUDGET
 }
 
+/// The spatial path's device data (see [`GpuContext::record_spatial_tiles`]).
+struct SpatialTiles {
+    /// Each segment's boxes in class and Z order.
+    tiled: GpuBuffer<TiledBox>,
+    /// Bounds of every 32 of them, then of every 256.
+    bounds: GpuBuffer<[f32; 4]>,
+    /// The rows of each pass in class and Z order.
+    rows_order: GpuBuffer<SortEntry>,
+}
+
 /// A box in the spatial path's tile order: `Tiled` in `shaders/nms_spatial_tiles.wgsl`
 /// (the box, its slot in score order, its class, padding).
 type TiledBox = [u32; 8];
@@ -53,7 +63,7 @@ pub(crate) struct NmsConfig {
     pub(crate) sigma: f32,
     pub(crate) block_begin: u32,
     pub(crate) block_end: u32,
-    pub(crate) _pad0: u32,
+    pub(crate) band_rows: u32,
     pub(crate) _pad1: u32,
     pub(crate) _pad2: u32,
 }
@@ -190,7 +200,7 @@ impl GpuContext {
             sigma: 1.0,
             block_begin: 0,
             block_end: 0,
-            _pad0: 0,
+            band_rows: 0,
             _pad1: 0,
             _pad2: 0,
         };
@@ -282,7 +292,11 @@ impl GpuContext {
                     ];
                     list.push(Kernel::NmsMask, &config, bindings, segments * row_tiles * words)?;
                 }
-                Some((tiled, bounds)) => {
+                Some(SpatialTiles {
+                    tiled,
+                    bounds,
+                    rows_order,
+                }) => {
                     let blocks = region / WG_SIZE;
                     let mut block = 0;
                     while block < blocks {
@@ -295,7 +309,7 @@ impl GpuContext {
                         };
                         let bindings = binds![
                             boxes = whole(&sorted.boxes),
-                            classes = whole(&sorted.classes),
+                            rows_order = whole(rows_order),
                             counts = whole(&sorted.counts),
                             done = whole(&done),
                             removed = whole(&removed),
@@ -327,15 +341,17 @@ impl GpuContext {
     /// The spatial path's tiles: each segment's valid boxes sorted by class and along a
     /// Z-order curve of their centres (`nms_spatial_keys.wgsl`, then the bitonic sort), written
     /// in that order with their score-order slots, and the bounds of every 32 and 256 of them
-    /// (`nms_spatial_tiles.wgsl`). Returns the tiled boxes and the bounds.
+    /// (`nms_spatial_tiles.wgsl`); and the rows of each pass of `base.band_rows` rows in the
+    /// same order, for the mask's invocations.
     fn record_spatial_tiles(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         sorted: &SortedBoxes,
         base: NmsConfig,
-    ) -> Result<(GpuBuffer<TiledBox>, GpuBuffer<[f32; 4]>)> {
+    ) -> Result<SpatialTiles> {
         let total = sorted.region * sorted.segments;
         let entries = self.zeros::<SortEntry>(sort_len(total))?;
+        let rows_order = self.zeros::<SortEntry>(sort_len(total))?;
         let tiled = self.zeros::<TiledBox>(total)?;
         let bounds = self.zeros::<[f32; 4]>(total / 32 + total / WG_SIZE as usize)?;
         for (what, bytes) in [("sort entries", entries.byte_len()), ("tiled boxes", tiled.byte_len())] {
@@ -346,10 +362,12 @@ impl GpuContext {
             classes = whole(&sorted.classes),
             counts = whole(&sorted.counts),
             entries = whole(&entries),
+            rows = whole(&rows_order),
         ];
         let workgroups = (entries.len() as u64).div_ceil(WG_SIZE);
         self.record_dispatch(encoder, Kernel::NmsSpatialKeys, &base, bindings, workgroups)?;
         self.record_sort_entries(encoder, &entries)?;
+        self.record_sort_entries(encoder, &rows_order)?;
         let bindings = binds![
             entries = whole(&entries),
             boxes = whole(&sorted.boxes),
@@ -360,7 +378,11 @@ impl GpuContext {
         ];
         let workgroups = total as u64 / WG_SIZE;
         self.record_dispatch(encoder, Kernel::NmsSpatialTiles, &base, bindings, workgroups)?;
-        Ok((tiled, bounds))
+        Ok(SpatialTiles {
+            tiled,
+            bounds,
+            rows_order,
+        })
     }
 
     /// Soft-NMS (linear, or Gaussian with `base.flags`): per pick, the highest remaining score
