@@ -232,7 +232,7 @@ impl GpuContext {
         self.record_sort_entries(encoder, &entries)?;
         let sorted = self.record_permute(encoder, &entries, &records, region, batch)?;
         let nms = Nms::hard(params.nms_threshold);
-        let kept = self.record_nms_sorted(encoder, &nms, &sorted, out.max_faces)?;
+        let kept = self.record_nms_sorted(encoder, &nms, &sorted, out.max_faces, false)?;
         let config = FaceOutputConfig {
             batch: batch as u32,
             region: region as u32,

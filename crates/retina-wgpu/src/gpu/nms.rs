@@ -172,13 +172,19 @@ impl GpuContext {
     }
 
     /// Records `nms` over boxes already sorted into regions; returns the kept slots. Boxes
-    /// interact only within a class; class-agnostic callers pass all-zero classes.
+    /// interact only within a class; class-agnostic callers pass all-zero classes. `filled`
+    /// says that the regions are (nearly) full of boxes, as when every input box is valid: then
+    /// greedy NMS over large regions takes the spatial path, whose sorts cost as much for an
+    /// empty slot as for a box. Callers whose regions are capacities that a score threshold
+    /// leaves mostly empty (the detectors' post-processing) pass false: the dense mask stops
+    /// at each region's count.
     pub(crate) fn record_nms_sorted(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         nms: &Nms,
         sorted: &SortedBoxes,
         max_out: usize,
+        filled: bool,
     ) -> Result<KeptSlots> {
         let (region, segments) = (sorted.region, sorted.segments);
         let out = KeptSlots {
@@ -205,7 +211,10 @@ impl GpuContext {
             _pad2: 0,
         };
         self.scoped(|| match nms.kind {
-            NmsKind::Hard => self.record_hard_nms(encoder, sorted, base, &out, spatial_for(sorted.region)),
+            NmsKind::Hard => {
+                let spatial = filled && spatial_for(sorted.region);
+                self.record_hard_nms(encoder, sorted, base, &out, spatial)
+            }
             NmsKind::SoftLinear => self.record_soft_nms(encoder, sorted, base, &out),
             NmsKind::SoftGaussian { sigma } => {
                 let base = NmsConfig {
@@ -606,7 +615,7 @@ impl GpuContext {
         )?;
         self.record_sort_entries(encoder, &entries)?;
         let sorted = self.record_permute(encoder, &entries, &records, region, 1)?;
-        let kept = self.record_nms_sorted(encoder, nms, &sorted, max_out)?;
+        let kept = self.record_nms_sorted(encoder, nms, &sorted, max_out, true)?;
         let out = self.zeros::<u32>(max_out)?;
         self.record_keep_map(encoder, &sorted, &kept, max_out, &out)?;
         Ok((out, kept.keep_scores, kept.kept))

@@ -266,7 +266,7 @@ impl GpuContext {
                     Some(_) => r,
                     None => ohem.per_image.min(r),
                 };
-                let kept = self.record_nms_sorted(encoder, &Nms::hard(threshold), &sorted, max_out)?;
+                let kept = self.record_nms_sorted(encoder, &Nms::hard(threshold), &sorted, max_out, true)?;
                 // Survivors in loss order (as s * R + anchor) and how many per image.
                 let survivors = self.zeros::<u32>(count * max_out)?;
                 self.record_keep_map(encoder, &sorted, &kept, max_out, &survivors)?;

@@ -293,7 +293,7 @@ impl GpuContext {
         )?;
         self.record_sort_entries(encoder, &entries)?;
         let sorted = self.record_permute(encoder, &entries, &records, region, batch)?;
-        let kept = self.record_nms_sorted(encoder, &pp.nms, &sorted, pp.max_detections)?;
+        let kept = self.record_nms_sorted(encoder, &pp.nms, &sorted, pp.max_detections, false)?;
         let config = OutputConfig {
             batch: batch as u32,
             region: region as u32,
