@@ -13,14 +13,6 @@
 
 const WG_SIZE: u32 = 256u;
 
-struct Tiled {
-    b: vec4<f32>,
-    slot: u32,
-    label: i32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> entries: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> boxes: array<vec4<f32>>;

@@ -30,6 +30,16 @@ struct Config {
 
 const FLAG_GAUSSIAN: u32 = 2u;
 
+// The spatial path's boxes in tile order (nms_spatial_tiles.wgsl writes them, nms_mask_spatial.wgsl
+// reads them): the box, its slot in score order, its class. `TiledBox` in src/gpu/nms.rs.
+struct Tiled {
+    b: vec4<f32>,
+    slot: u32,
+    label: i32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
 // Boxes interact only within a class; class-agnostic NMS passes all-zero classes.
 fn same_class(a: i32, b: i32) -> bool {
     return a == b;
