@@ -3,10 +3,12 @@
 // class, IoU > threshold), found by visiting only the boxes near box i: the blocks and tiles of
 // nms_spatial_tiles.wgsl whose bounds box i overlaps and whose classes (a range: the tile order
 // is sorted by class first) include its own, and within them the boxes of its class ranked
-// after it. Every other pair has IoU 0 (no positive overlap) or another class, so the
-// mask is bit for bit the dense one, at a cost that grows with the boxes around each box rather
-// than with all boxes. One invocation per row and dispatch, rows in class and Z order; a dispatch visits the blocks
-// cfg.block_begin .. cfg.block_end, so that no invocation loops more than the loop budget
+// after it. Every other pair has IoU 0 (no positive overlap) or another class, so the mask
+// sets every bit the dense one does (and also the bits of columns already removed, which the
+// dense kernel skips and which cannot change the walk): the same keep list, at a cost that
+// grows with the boxes around each box rather than with all boxes. One invocation per row and
+// dispatch, rows in class and Z order; a dispatch visits the blocks cfg.block_begin ..
+// cfg.block_end, so that no invocation loops more than the loop budget
 // allows. The dispatch that starts at block 0 first zeroes the words of the row that
 // nms_gather.wgsl reads (from the row's own word on); later dispatches of the pass OR their
 // bits in after it. Rows already removed by earlier passes (never kept, so never read) and

@@ -316,6 +316,33 @@ fn gpu_matches_cpu_on_3000_anchors_by_4_images() {
 }
 
 #[test]
+fn gpu_matches_cpu_when_every_region_is_full() {
+    // 2,048 anchors, none ignored: each image fills its 2,048-slot region, so its NMS takes the
+    // spatial path with every slot a box, six images side by side (where one image's last rows
+    // and the next image's first meet in the rows' sort). Every anchor has a twin, so every
+    // image's first kept anchor suppresses one.
+    let Some(ctx) = gpu() else { return };
+    let mut p = random_problem(12, 2048, 6, 3, 200.0);
+    let (first, _) = p.anchors.split_at(1024);
+    p.anchors = [first, first].concat();
+    for label in &mut p.labels {
+        if *label == -2 {
+            *label = -1;
+        }
+    }
+    for ohem in [
+        Ohem::new(2048).with_nms(0.5),
+        Ohem::new(300).with_nms(0.7).with_positive_fraction(0.25),
+    ] {
+        let what = format!("2048 x 6, full regions, {ohem:?}");
+        let cpu = ohem.compute(&Backend::Cpu, &p.input()).unwrap();
+        let gpu = ohem.compute(&Backend::Gpu(ctx.clone()), &p.input()).unwrap();
+        assert_gpu_matches_cpu(&what, &gpu, &cpu);
+        assert_matches_reference(&what, &cpu, &reference(&ohem, &p));
+    }
+}
+
+#[test]
 fn gpu_splits_images_into_groups_under_a_small_binding_limit() {
     // 300 anchors take a 512-slot region: 16 KiB of ranking and NMS buffers per image, so a
     // 20 KiB binding limit ranks one image at a time; without subgroups, too.

@@ -245,7 +245,7 @@ impl GpuContext {
     /// too), each band followed by the walk that keeps boxes in score order until `max_out`.
     /// A band's mask skips the rows and columns the bands before it removed. With `spatial`,
     /// the mask is found from the boxes near each row's box instead of from every later box
-    /// ([`Self::record_spatial_tiles`]): the same bits, far fewer IoUs at large N.
+    /// ([`Self::record_spatial_tiles`]): the same keep list, far fewer IoUs at large N.
     fn record_hard_nms(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -271,7 +271,13 @@ impl GpuContext {
             )));
         }
         let tiles = spatial
-            .then(|| self.record_spatial_tiles(encoder, sorted, base))
+            .then(|| {
+                let base = NmsConfig {
+                    band_rows: rows as u32,
+                    ..base
+                };
+                self.record_spatial_tiles(encoder, sorted, base)
+            })
             .transpose()?;
         // Blocks of 256 boxes one spatial dispatch visits: the first also zeroes its rows.
         let blocks_per_dispatch = (LOOP_BUDGET.saturating_sub(words) / SPATIAL_BLOCK_ITERATIONS).max(1);
