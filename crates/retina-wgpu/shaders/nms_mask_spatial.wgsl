@@ -27,7 +27,7 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(5) var<storage, read> removed: array<u32>;
 @group(0) @binding(6) var<storage, read> tiled: array<Tiled>;
 @group(0) @binding(7) var<storage, read> bounds: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read_write> mask: array<atomic<u32>>;
+@group(0) @binding(8) var<storage, read_write> mask: array<u32>;
 
 // True when box b can overlap something inside bounds r with positive area.
 fn may_overlap(b: vec4<f32>, r: vec4<f32>) -> bool {
@@ -71,7 +71,7 @@ fn main(
     let row = (seg * rows + i - cfg.row_begin) * cfg.words;
     if cfg.block_begin == 0u {
         for (var w = i / 32u; w < (n + 31u) / 32u; w = w + 1u) {
-            atomicStore(&mask[row + w], 0u);
+            mask[row + w] = 0u;
         }
     }
     let base = seg * cfg.region;
@@ -93,7 +93,8 @@ fn main(
             for (var q = t * 32u; q < min(t * 32u + 32u, n); q = q + 1u) {
                 let other = tiled[base + q];
                 if other.slot > i && other.label == c && box_iou(b, other.b) > cfg.iou_threshold {
-                    atomicOr(&mask[row + other.slot / 32u], 1u << (other.slot % 32u));
+                    let word = row + other.slot / 32u;
+                    mask[word] = mask[word] | (1u << (other.slot % 32u));
                 }
             }
         }
