@@ -357,8 +357,6 @@ fn fit(rgba: &[u8], width: u32, height: u32, side: usize, out: &mut [f32]) -> re
     Ok(scale)
 }
 
-/// Scene `index` of the synthetic stream `seed` (the training data's generator), as RGBA
-/// pixels of the default 128 x 128 scenes.
 /// The state behind a page object, borrowed for one call: a second call while one runs (its
 /// borrow is held across the readback) is refused with an error, never a panic.
 fn exclusive<T>(inner: &RefCell<T>) -> Result<std::cell::RefMut<'_, T>, JsError> {
@@ -367,10 +365,78 @@ fn exclusive<T>(inner: &RefCell<T>) -> Result<std::cell::RefMut<'_, T>, JsError>
         .map_err(|_| JsError::new("a detection is already running"))
 }
 
+/// Scene `index` of the synthetic stream `seed` (the training data's generator), as RGBA
+/// pixels of the default 128 x 128 scenes.
 #[wasm_bindgen]
 pub fn synthetic_scene(seed: u32, index: u32) -> Result<Vec<u8>, JsError> {
     let scene = SceneConfig::default()
         .scene(u64::from(seed), u64::from(index))
         .map_err(js)?;
     Ok(scene.pixels.chunks(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect())
+}
+
+/// Times greedy NMS (IoU 0.5) on the page's WebGPU device and on the CPU twin in this module, as
+/// `retina bench nms` times it natively: the `n` boxes of `data::workloads::random_boxes` (the
+/// bench's boxes), class-aware over `classes` classes when `classes > 0`, uploaded once; each of
+/// `runs` GPU runs records the NMS, submits it and waits for it with an awaited readback of
+/// the kept count (4 bytes; natively the bench polls the device instead). An untimed first run
+/// warms the device up and its keep list is checked against the CPU twin's: a mismatch is an
+/// error, not a time. Resolves to `{kept, gpu: Float64Array, cpu: Float64Array}` (the number of
+/// boxes kept, milliseconds per run).
+#[wasm_bindgen]
+pub async fn nms_times(n: u32, classes: u32, runs: u32) -> Result<JsValue, JsError> {
+    use retina_wgpu::{Backend, Nms};
+    let n = n as usize;
+    let (boxes, scores, labels) = retina_wgpu::data::workloads::random_boxes(n, classes.max(1) as usize);
+    let labels = (classes > 0).then_some(&labels[..]);
+    let nms = Nms::hard(0.5);
+    let ctx = GpuContext::new_async(GpuOptions::default()).await.map_err(js)?;
+    let (boxes_buf, scores_buf) = (ctx.upload(&boxes).map_err(js)?, ctx.upload(&scores).map_err(js)?);
+    let labels_buf = labels.map(|l| ctx.upload(l)).transpose().map_err(js)?;
+    let clock = Clock::new()?;
+    let mut gpu = Vec::with_capacity(runs as usize);
+    let mut first = None;
+    for run in 0..=runs {
+        let start = clock.now();
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        let (keep, _, count) = ctx
+            .record_nms(&mut encoder, &nms, &boxes_buf, &scores_buf, labels_buf.as_ref())
+            .map_err(js)?;
+        ctx.queue().submit([encoder.finish()]);
+        let kept = ctx
+            .download_async(&count)
+            .await
+            .map_err(js)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        if run == 0 {
+            let keep = ctx.download_async(&keep).await.map_err(js)?;
+            first = Some(keep[..(kept as usize).min(keep.len())].to_vec());
+        } else {
+            gpu.push(clock.now() - start);
+        }
+    }
+    let mut cpu = Vec::with_capacity(runs as usize);
+    let mut reference = Vec::new();
+    for _ in 0..runs.max(1) {
+        let start = clock.now();
+        reference = nms.run(&Backend::Cpu, &boxes, &scores, labels).map_err(js)?.keep;
+        cpu.push(clock.now() - start);
+    }
+    if first.as_ref() != Some(&reference) {
+        return Err(JsError::new(&format!(
+            "NMS of {n} boxes: the GPU kept {} boxes, the CPU twin {}: the keep lists differ",
+            first.map_or(0, |k| k.len()),
+            reference.len()
+        )));
+    }
+    let result = js_sys::Object::new();
+    let set = |key: &str, value: JsValue| {
+        js_sys::Reflect::set(&result, &key.into(), &value).map_err(|_| JsError::new("cannot build the result object"))
+    };
+    set("kept", (reference.len() as u32).into())?;
+    set("gpu", js_sys::Float64Array::from(gpu.as_slice()).into())?;
+    set("cpu", js_sys::Float64Array::from(cpu.as_slice()).into())?;
+    Ok(result.into())
 }

@@ -5,7 +5,7 @@ that boxes were drawn, and saves a screenshot.
 
     python3 web/screenshot.py [--out docs/web-page.png] [--timeout 180] [--runs N] [--console]
                               [--bad-files] [--faces] [--torchvision DIR [--torchvision-expect R.json]]
-                              [--ort]
+                              [--nms N,N,...] [--ort]
 
 With --bad-files it then picks, through the page's file input, an empty file, a text file, a
 truncated PNG, a PNG of 20,000 x 20,000 pixels and a file over the page's size limit, and checks
@@ -17,6 +17,10 @@ ONNX (scripts/export_onnx.py) on onnxruntime-web's WebGPU execution provider in 
 forward pass only (it has no NMS or TopK on WebGPU), its outputs checked against PyTorch's; and
 prints its time per pass beside the page's time per image. A peer that cannot run (no
 onnxruntime-web, no WebGPU, wrong outputs) is reported as skipped with its reason.
+
+With --nms 5000,20000 it then times greedy NMS (IoU 0.5) of `retina bench nms`'s boxes on the
+page's WebGPU device and on the CPU twin in the page's WebAssembly, each case class-agnostic and
+over 80 classes, after checking that both keep the same boxes; one row per case.
 
 Needs web/pkg/ (web/build.sh), `chromium` and `chromedriver` (Debian: chromium, chromium-driver).
 Exits non-zero when the page reports an error, draws no box, or times out."""
@@ -47,11 +51,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def call(base, method, path, body=None):
+def call(base, method, path, body=None, timeout=120):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())["value"]
 
 
@@ -211,6 +215,28 @@ def run_ort_peer(base, s, http_port, timeout, runs, page_times):
     print(f"forward pass: onnxruntime-web / retina-wgpu = {ort_ms / forward_ms:.2f} (above 1: the crate is faster)")
 
 
+def run_nms(base, s, timeout, sizes, runs):
+    """Times greedy NMS on the page's device (`retinaNmsTimes`: `retina bench nms`'s boxes, IoU
+    0.5, class-agnostic and over 80 classes) beside the CPU twin in the page's WebAssembly, and
+    prints one row per case in the form of `retina bench nms`'s table. The page checks the GPU's
+    keep list against the CPU twin's before timing; a mismatch fails the run."""
+    call(base, "POST", s + "/timeouts", {"script": int(timeout * 1000)})
+    print(f"{'op':<22} {'boxes':>8} {'kept':>7} {'webgpu ms':>10} {'wasm cpu ms':>12} {'gpu/cpu':>8}  adapter")
+    for n in sizes:
+        for classes, op in ((0, "nms"), (80, "batched_nms[80]")):
+            r = call(base, "POST", s + "/execute/async", {
+                "script": "const done = arguments[arguments.length - 1];"
+                          " window.retinaNmsTimes(arguments[0], arguments[1], arguments[2])"
+                          ".then(done, e => done(String(e)));",
+                "args": [n, classes, max(runs, 1)]}, timeout=timeout)
+            if isinstance(r, str):
+                sys.exit(f"the page's NMS of {n} boxes failed: {r}")
+            gpu = sorted(r["gpu"])[len(r["gpu"]) // 2]
+            cpu = sorted(r["cpu"])[len(r["cpu"]) // 2]
+            print(f"{op:<22} {n:>8} {r['kept']:>7} {gpu:>10.1f} {cpu:>12.1f} {cpu / gpu:>8.2f}  {r['adapter']}")
+    print(f"(medians of {max(runs, 1)} runs after an untimed one; gpu/cpu above 1: the GPU is faster)")
+
+
 def check_bad_files(base, s, timeout, good_image):
     """Picks each bad file, then a good one; exits non-zero unless every bad file gave its
     message and the good one was detected afterwards."""
@@ -257,6 +283,8 @@ def main():
                     help="with --torchvision: retina detect's results.json on web/faces/sample.png, to compare with")
     ap.add_argument("--ort", action="store_true",
                     help="then run the browser peer (web/ort.html: onnxruntime-web on WebGPU) and print both times")
+    ap.add_argument("--nms", metavar="N,N,...",
+                    help="then time greedy NMS of N boxes on the page's device and the CPU twin (e.g. 5000,20000)")
     ap.add_argument("--bad-files", action="store_true",
                     help="then pick bad files and a good one through the file input")
     args = ap.parse_args()
@@ -348,6 +376,8 @@ def main():
             if args.bad_files:
                 check_bad_files(base, s, args.timeout,
                                 os.path.abspath(os.path.join(WEB, "..", "docs", "demo-detections.png")))
+            if args.nms:
+                run_nms(base, s, args.timeout, [int(v) for v in args.nms.split(",")], args.runs)
             if args.ort:
                 run_ort_peer(base, s, server.server_port, args.timeout, args.runs, times)
         finally:

@@ -7,7 +7,8 @@
 //! - [`ablate`]: the paper's experiment (focal loss against cross entropy, FL* and OHEM) as
 //!   tables and plots.
 //! - [`plot`]: the line charts of training curves and of the experiment.
-//! - [`workloads`] and [`coco_workload`]: the deterministic inputs of the benchmarks.
+//! - [`workloads`] (the library's `data::workloads`, re-exported) and [`coco_workload`]: the
+//!   deterministic inputs of the benchmarks.
 
 #![warn(missing_docs)]
 
@@ -15,4 +16,4 @@ pub mod ablate;
 pub mod cli;
 pub mod coco_workload;
 pub mod plot;
-pub mod workloads;
+pub use retina_wgpu::data::workloads;

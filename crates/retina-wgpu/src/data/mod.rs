@@ -1,5 +1,6 @@
 //! Data for training and showing a detector: a deterministic synthetic scene generator that
-//! writes COCO datasets, the anchor statistics of its boxes, and drawing of boxes and labels.
+//! writes COCO datasets, the anchor statistics of its boxes, drawing of boxes and labels, and
+//! the benchmarks' deterministic inputs ([`workloads`]).
 //!
 //! ```no_run
 //! use retina_wgpu::data::{self, SceneConfig};
@@ -14,6 +15,7 @@
 
 pub mod draw;
 mod synth;
+pub mod workloads;
 
 pub use synth::{
     Background, Scene, SceneConfig, Shape, SizeBin, SynthStats, anchor_statistics, write_coco, write_coco_with_progress,

@@ -1,9 +1,9 @@
-//! Deterministic synthetic workloads: the inputs `retina bench` and the criterion benches
-//! (`benches/`) measure, defined once so that both measure the same data. Every function draws
-//! from its own fixed seed of [`SeededRng`], so the values are the same on every platform and
-//! every run.
+//! Deterministic synthetic workloads: the inputs that `retina bench`, the criterion benches and
+//! the web page's NMS timing measure, defined once so that all of them measure the same data.
+//! Every function draws from its own fixed seed of [`SeededRng`], so the values are the same on
+//! every platform and every run.
 
-use retina_wgpu::nn::SeededRng;
+use crate::nn::SeededRng;
 
 /// Uniform in [0, 1) as f32.
 fn uniform(rng: &mut SeededRng) -> f32 {
