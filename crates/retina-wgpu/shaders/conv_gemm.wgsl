@@ -10,12 +10,15 @@
 //   grad weight  dW[co, (ci,ky,kx)]  = sum over (b,oy,ox) of dY[b, co, oy,ox] * X[b, ci, oy*s-p+ky, ox*s-p+kx]
 // The im2col matrix is never stored: tiles of it are gathered straight from NCHW tensors.
 //
-// Tiling: a workgroup computes a BM x BN tile of the output with 256 invocations, each a
+// Tiling: a workgroup computes a BM x BN tile of the output with WG invocations, each a
 // TM x TN = 4 x 4 block in registers; the K dimension advances BK at a time through two
 // workgroup-memory tiles (A: BK x BM, B: BK x BN; 8 KiB, half of WebGPU's guaranteed 16 KiB).
 // 64 x 64 tiles give 16 multiply-adds per shared-memory load and still leave several
 // workgroups per multiprocessor; they need 256 invocations per workgroup (WebGPU's default
-// limit) and nothing beyond the default limits. Split-K: workgroups with different `split`
+// limit) and nothing beyond the default limits. Products with few columns (N <= 32: the
+// small pyramid levels' pixels, the first layer's 27 weight columns) take the NARROW variant,
+// 64 x 16 tiles with 64 invocations: a 64-wide tile over 2-32 columns computed 2-32x the
+// product, most of it on padding. Split-K: workgroups with different `split`
 // cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
 // sums over the whole batch, so its K is large); without splits the output is written directly,
 // with the bias in the forward pass. src/cpu/conv.rs computes the same with im2col and GEMM.
@@ -23,6 +26,9 @@
 // Which product; a pipeline-overridable constant, so each mode compiles to its own pipeline
 // with the other two branches folded away.
 override MODE: u32 = 0u;
+// 64 x 16 output tiles of 64 invocations instead of 64 x 64 tiles of 256 (src/gpu/conv.rs
+// picks it for N <= 32).
+override NARROW: bool = false;
 
 // Must stay in sync with `ConvConfig` in src/gpu/nn.rs.
 struct Config {
@@ -59,12 +65,14 @@ const FLAG_PARTIAL: u32 = 2u;
 // its weight gradients in place).
 const FLAG_ACCUMULATE: u32 = 4u;
 
-const WG_SIZE: u32 = 256u;
 const BM: u32 = 64u;
-const BN: u32 = 64u;
 const BK: u32 = 16u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
+// The widest tile's columns (sizes the workgroup memory of both variants).
+const BN_MAX: u32 = 64u;
+override BN: u32 = select(BN_MAX, 16u, NARROW);
+override WG: u32 = (BM / TM) * (BN / TN);
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 // forward, grad input: weights; grad weight: dY.
@@ -110,7 +118,7 @@ fn phase_of() -> Phase {
 }
 
 var<workgroup> sh_a: array<f32, BK * BM>;
-var<workgroup> sh_b: array<f32, BK * BN>;
+var<workgroup> sh_b: array<f32, BK * BN_MAX>;
 
 // Element (m, k) of the left matrix.
 fn load_a(m: u32, k: u32) -> f32 {
@@ -233,7 +241,7 @@ fn partial_index(m: u32, n: u32, o: u32) -> u32 {
     return o;
 }
 
-@compute @workgroup_size(WG_SIZE)
+@compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) num_wg: vec3<u32>,
@@ -258,13 +266,15 @@ fn main(
     let tn = (lid % (BN / TN)) * TN;
     var acc: array<f32, 16>;
     for (var k0 = k_begin; k0 < k_end; k0 = k0 + BK) {
-        // Each invocation stages 4 elements of A and 4 of B; consecutive invocations take
-        // consecutive k of A (contiguous weights) and consecutive n of B (contiguous pixels).
-        for (var i = 0u; i < 4u; i = i + 1u) {
-            let e = lid + i * WG_SIZE;
+        // Each invocation stages BK BM / WG elements of A (4; NARROW 16) and BK BN / WG of B
+        // (4); consecutive invocations take consecutive k of A (contiguous weights) and
+        // consecutive n of B (contiguous pixels).
+        for (var e = lid; e < BK * BM; e = e + WG) {
             let ak = e % BK;
             let am = e / BK;
             sh_a[ak * BM + am] = select(0.0, load_a(m0 + am, k0 + ak), k0 + ak < k_end);
+        }
+        for (var e = lid; e < BK * BN; e = e + WG) {
             let bk = e / BN;
             let bn = e % BN;
             sh_b[bk * BN + bn] = select(0.0, load_b(k0 + bk, n0 + bn), k0 + bk < k_end);

@@ -492,4 +492,23 @@ fn kernel_work_counts_a_convolutions_flops_and_bytes() {
         forward.bound_bytes
     );
     assert_eq!(work("ConvGradInput"), retina_wgpu::gpu::KernelWork::default());
+
+    // A product of at most 32 columns (here 2 images x 2 x 2 output pixels) takes the narrow
+    // 64 x 16 tiles, and only them.
+    let small = retina_wgpu::nn::Shape::new(2, 6, 3, 4);
+    let x = engine
+        .tensor(small, &(0..small.len()).map(|_| rng.normal()).collect::<Vec<_>>())
+        .unwrap();
+    let before = ctx.kernel_work();
+    let y = engine.conv2d(&conv, &x, &w, None).unwrap();
+    engine.read(&y).unwrap();
+    let after = ctx.kernel_work();
+    let work = |name: &str| {
+        let find = |list: &[(&str, retina_wgpu::gpu::KernelWork)]| list.iter().find(|(n, _)| *n == name).unwrap().1;
+        find(&after).since(&find(&before))
+    };
+    let out = conv.output_shape(small).unwrap();
+    assert_eq!(out.n * out.plane(), 8);
+    assert_eq!(work("ConvForwardNarrow").flops, 2 * (10 * 8 * conv.fan_in()) as u64);
+    assert_eq!(work("ConvForward"), retina_wgpu::gpu::KernelWork::default());
 }

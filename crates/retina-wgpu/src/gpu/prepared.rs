@@ -197,6 +197,7 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::ResizeNormalize,
     Kernel::MaxPool,
     Kernel::ConvForward,
+    Kernel::ConvForwardNarrow,
     Kernel::ConvReduce,
     Kernel::Relu,
     Kernel::Add,
