@@ -120,92 +120,130 @@ fn phase_of() -> Phase {
 var<workgroup> sh_a: array<f32, BK * BM>;
 var<workgroup> sh_b: array<f32, BK * BN_MAX>;
 
-// Element (m, k) of the left matrix.
-fn load_a(m: u32, k: u32) -> f32 {
-    if m >= cfg.m || k >= cfg.k {
-        return 0.0;
-    }
+// The gathers' index arithmetic, split by what it depends on. Each K step, BK invocations
+// write the terms of its BK values of k into `sh_k`; once per tile, BN invocations write the
+// terms of its BN columns into `sh_n`; the staging loads then only add and compare. (Per
+// element, the decompositions cost up to six integer divisions by uniform values, which no
+// GPU has in hardware and a CPU adapter cannot vectorise.)
+var<workgroup> sh_k: array<vec4<u32>, BK>;
+var<workgroup> sh_n: array<vec4<u32>, BN_MAX>;
+
+// The terms of row k of the right matrix (column k of the left one), for k < cfg.k.
+fn k_terms(k: u32) -> vec4<u32> {
     let khw = cfg.kernel_h * cfg.kernel_w;
     switch MODE {
         case MODE_FORWARD: {
-            return a_src[m * cfg.k + k];
-        }
-        case MODE_GRAD_INPUT: {
-            // m = ci, k = (co, j, i): tap (ky0 + j s, kx0 + i s) of the phase.
-            let taps = ph.taps_h * ph.taps_w;
-            let co = k / taps;
-            let r = k % taps;
-            let ky = ph.ky0 + (r / ph.taps_w) * cfg.stride;
-            let kx = ph.kx0 + (r % ph.taps_w) * cfg.stride;
-            return a_src[((co * cfg.in_channels + m) * cfg.kernel_h + ky) * cfg.kernel_w + kx];
-        }
-        default: {
-            // m = co, k = (b, oy, ox).
-            let hw = cfg.out_h * cfg.out_w;
-            let b = k / hw;
-            return a_src[(b * cfg.out_channels + m) * hw + k % hw];
-        }
-    }
-}
-
-// X[b, ci, y, x] with zero padding outside the image (y, x may be "negative" as wrapped u32).
-fn input_at(b: u32, ci: u32, y: u32, x: u32) -> f32 {
-    if y >= cfg.in_h || x >= cfg.in_w {
-        return 0.0;
-    }
-    return b_src[((b * cfg.in_channels + ci) * cfg.in_h + y) * cfg.in_w + x];
-}
-
-// Element (k, n) of the right matrix.
-fn load_b(k: u32, n: u32) -> f32 {
-    if k >= cfg.k || n >= cfg.n {
-        return 0.0;
-    }
-    let khw = cfg.kernel_h * cfg.kernel_w;
-    switch MODE {
-        case MODE_FORWARD: {
-            // k = (ci, ky, kx), n = (b, oy, ox).
+            // k = (ci, ky, kx): (offset of channel ci in an image of X, ky, kx, k).
             let ci = k / khw;
-            let ky = (k % khw) / cfg.kernel_w;
-            let kx = k % cfg.kernel_w;
-            let hw = cfg.out_h * cfg.out_w;
-            let b = n / hw;
-            let oy = (n % hw) / cfg.out_w;
-            let ox = n % cfg.out_w;
-            return input_at(b, ci, oy * cfg.stride + ky - cfg.pad, ox * cfg.stride + kx - cfg.pad);
+            let r = k % khw;
+            return vec4(ci * cfg.in_h * cfg.in_w, r / cfg.kernel_w, r % cfg.kernel_w, k);
         }
         case MODE_GRAD_INPUT: {
-            // k = (co, j, i), n = (b, yy, xx): input pixel (ry + yy s, rx + xx s) and tap
-            // (ky0 + j s, kx0 + i s) read dY at ((y + p - ky) / s, ...) = (yy + dy - j, xx + dx - i).
+            // k = (co, j, i), tap (ky0 + j s, kx0 + i s) of the phase: (offset of channel co in
+            // an image of dY, j, i, offset of W[co, 0, ky, kx]).
             let taps = ph.taps_h * ph.taps_w;
             let co = k / taps;
             let r = k % taps;
             let j = r / ph.taps_w;
             let i = r % ph.taps_w;
+            let ky = ph.ky0 + j * cfg.stride;
+            let kx = ph.kx0 + i * cfg.stride;
+            return vec4(co * cfg.out_h * cfg.out_w, j, i, (co * cfg.in_channels * cfg.kernel_h + ky) * cfg.kernel_w + kx);
+        }
+        default: {
+            // k = (b, oy, ox): (offset of dY[b, 0, oy, ox], offset of image b of X,
+            // oy s - p, ox s - p), the last two wrapping below zero (see `input_at`).
+            let hw = cfg.out_h * cfg.out_w;
+            let b = k / hw;
+            let p = k % hw;
+            return vec4(
+                b * cfg.out_channels * hw + p,
+                b * cfg.in_channels * cfg.in_h * cfg.in_w,
+                (p / cfg.out_w) * cfg.stride - cfg.pad,
+                (p % cfg.out_w) * cfg.stride - cfg.pad,
+            );
+        }
+    }
+}
+
+// The terms of column n of the right matrix, for n < cfg.n.
+fn n_terms(n: u32) -> vec4<u32> {
+    switch MODE {
+        case MODE_FORWARD: {
+            // n = (b, oy, ox): (offset of image b of X, oy s - p, ox s - p, 0).
+            let hw = cfg.out_h * cfg.out_w;
+            let b = n / hw;
+            let p = n % hw;
+            return vec4(
+                b * cfg.in_channels * cfg.in_h * cfg.in_w,
+                (p / cfg.out_w) * cfg.stride - cfg.pad,
+                (p % cfg.out_w) * cfg.stride - cfg.pad,
+                0u,
+            );
+        }
+        case MODE_GRAD_INPUT: {
+            // n = (b, yy, xx): input pixel (ry + yy s, rx + xx s), which tap (j, i) reads
+            // from dY at (ty - j, tx - i): (offset of image b of dY, ty, tx, 0).
             let hw = ph.rows * ph.cols;
             let b = n / hw;
-            let ty = (n % hw) / ph.cols + ph.dy;
-            let tx = n % ph.cols + ph.dx;
-            if ty < j || tx < i {
-                return 0.0;
-            }
-            let oy = ty - j;
-            let ox = tx - i;
+            let p = n % hw;
+            return vec4(b * cfg.out_channels * cfg.out_h * cfg.out_w, p / ph.cols + ph.dy, p % ph.cols + ph.dx, 0u);
+        }
+        default: {
+            // n = (ci, ky, kx): (offset of channel ci in an image of X, ky, kx, 0).
+            let khw = cfg.kernel_h * cfg.kernel_w;
+            let r = n % khw;
+            return vec4((n / khw) * cfg.in_h * cfg.in_w, r / cfg.kernel_w, r % cfg.kernel_w, 0u);
+        }
+    }
+}
+
+// Element (m, k) of the left matrix, k's terms `kt`; m < cfg.m and k < cfg.k.
+fn load_a(m: u32, kt: vec4<u32>) -> f32 {
+    switch MODE {
+        case MODE_FORWARD: {
+            // W[m = co, k].
+            return a_src[m * cfg.k + kt.w];
+        }
+        case MODE_GRAD_INPUT: {
+            // W[co, m = ci, ky, kx].
+            return a_src[kt.w + m * cfg.kernel_h * cfg.kernel_w];
+        }
+        default: {
+            // dY[b, m = co, oy, ox].
+            return a_src[kt.x + m * cfg.out_h * cfg.out_w];
+        }
+    }
+}
+
+// X at row y, column x of the image and channel at `offset`, zero outside the image (y and x
+// "below zero" have wrapped to large u32 values).
+fn input_at(offset: u32, y: u32, x: u32) -> f32 {
+    if y >= cfg.in_h || x >= cfg.in_w {
+        return 0.0;
+    }
+    return b_src[offset + y * cfg.in_w + x];
+}
+
+// Element (k, n) of the right matrix from their terms; k < cfg.k and n < cfg.n.
+fn load_b(kt: vec4<u32>, nt: vec4<u32>) -> f32 {
+    switch MODE {
+        case MODE_FORWARD: {
+            // X[b, ci, oy s - p + ky, ox s - p + kx].
+            return input_at(nt.x + kt.x, nt.y + kt.y, nt.z + kt.z);
+        }
+        case MODE_GRAD_INPUT: {
+            // dY[b, co, ty - j, tx - i], zero where that is outside dY (or "below zero").
+            let oy = nt.y - kt.y;
+            let ox = nt.z - kt.z;
             if oy >= cfg.out_h || ox >= cfg.out_w {
                 return 0.0;
             }
-            return b_src[((b * cfg.out_channels + co) * cfg.out_h + oy) * cfg.out_w + ox];
+            return b_src[nt.x + kt.x + oy * cfg.out_w + ox];
         }
         default: {
-            // k = (b, oy, ox), n = (ci, ky, kx).
-            let hw = cfg.out_h * cfg.out_w;
-            let b = k / hw;
-            let oy = (k % hw) / cfg.out_w;
-            let ox = k % cfg.out_w;
-            let ci = n / khw;
-            let ky = (n % khw) / cfg.kernel_w;
-            let kx = n % cfg.kernel_w;
-            return input_at(b, ci, oy * cfg.stride + ky - cfg.pad, ox * cfg.stride + kx - cfg.pad);
+            // X[b, ci, oy s - p + ky, ox s - p + kx].
+            return input_at(kt.y + nt.x, kt.z + nt.y, kt.w + nt.z);
         }
     }
 }
@@ -265,19 +303,35 @@ fn main(
     let tm = (lid / (BN / TN)) * TM;
     let tn = (lid % (BN / TN)) * TN;
     var acc: array<f32, 16>;
+    if lid < BN && n0 + lid < cfg.n {
+        sh_n[lid] = n_terms(n0 + lid);
+    }
     for (var k0 = k_begin; k0 < k_end; k0 = k0 + BK) {
+        if lid < BK && k0 + lid < k_end {
+            sh_k[lid] = k_terms(k0 + lid);
+        }
+        workgroupBarrier();
         // Each invocation stages BK BM / WG elements of A (4; NARROW 16) and BK BN / WG of B
         // (4); consecutive invocations take consecutive k of A (contiguous weights) and
-        // consecutive n of B (contiguous pixels).
+        // consecutive n of B (contiguous pixels). Past the matrix (or this split's K) they
+        // stage zeros.
         for (var e = lid; e < BK * BM; e = e + WG) {
             let ak = e % BK;
             let am = e / BK;
-            sh_a[ak * BM + am] = select(0.0, load_a(m0 + am, k0 + ak), k0 + ak < k_end);
+            var v = 0.0;
+            if m0 + am < cfg.m && k0 + ak < k_end {
+                v = load_a(m0 + am, sh_k[ak]);
+            }
+            sh_a[ak * BM + am] = v;
         }
         for (var e = lid; e < BK * BN; e = e + WG) {
             let bk = e / BN;
             let bn = e % BN;
-            sh_b[bk * BN + bn] = select(0.0, load_b(k0 + bk, n0 + bn), k0 + bk < k_end);
+            var v = 0.0;
+            if n0 + bn < cfg.n && k0 + bk < k_end {
+                v = load_b(sh_k[bk], sh_n[bn]);
+            }
+            sh_b[bk * BN + bn] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
