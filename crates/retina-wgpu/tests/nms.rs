@@ -218,4 +218,20 @@ fn large_inputs_take_the_spatial_path_with_the_same_keep_list() {
     let cpu = nms.run(&Backend::Cpu, &apart, &s, None).unwrap();
     assert_eq!(keep, cpu.keep, "NaN boxes");
     assert_eq!(scores, cpu.scores, "NaN boxes");
+
+    // A lattice of 50 x 50 boxes, each overlapping its neighbours by half a pixel, at threshold
+    // 0 (any overlap suppresses): most neighbours lie in other tiles and blocks, so a bounds
+    // test that misses an overlap under a pixel keeps boxes the CPU twin suppresses.
+    let (mut lattice, mut scores) = (Vec::new(), Vec::new());
+    for y in 0..50 {
+        for x in 0..50 {
+            let (x0, y0) = (9.5 * x as f32, 9.5 * y as f32);
+            lattice.push([x0, y0, x0 + 10.0, y0 + 10.0]);
+            scores.push(rng.uniform());
+        }
+    }
+    let nms = Nms::hard(0.0);
+    let g = nms.run(&gpu_backend, &lattice, &scores, None).unwrap();
+    let cpu = nms.run(&Backend::Cpu, &lattice, &scores, None).unwrap();
+    assert_same_nms("a lattice overlapping by half a pixel", &g, &cpu);
 }
