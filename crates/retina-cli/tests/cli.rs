@@ -640,7 +640,7 @@ fn ablate_jobs_runs_each_run_as_a_sequential_run_with_as_many_threads() {
         &[("RAYON_NUM_THREADS", "2")],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 runs at once, 1 threads each"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 runs at once, 1 thread each"));
     let rows = runs_without_time(&one);
     assert_eq!(rows.len(), 1 + 3 * 2);
     assert_eq!(rows, runs_without_time(&two));

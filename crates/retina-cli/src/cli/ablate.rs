@@ -144,14 +144,17 @@ pub fn run(args: AblateArgs) -> Result<()> {
         )));
     }
     let gpu = args.backend.resolve()?;
+    if args.jobs > 1 && gpu.is_some() {
+        return Err(jobs_error(args.jobs));
+    }
+    // Each CPU run's share of the threads (with --jobs, in its own pool).
+    let threads = (rayon::current_num_threads() / args.jobs).max(1);
+    let threads_text = format!("{threads} thread{}", if threads == 1 { "" } else { "s" });
     // What makes runs comparable: the schedule, the scenes and where they train (the CPU
     // backend's sums depend on its thread count).
     let trained_on = match &gpu {
         Some(ctx) => format!("gpu: {}", ctx.adapter_info().name),
-        None => {
-            let threads = (rayon::current_num_threads() / args.jobs).max(1);
-            format!("cpu: {threads} thread{} per run", if threads == 1 { "" } else { "s" })
-        }
+        None => format!("cpu: {threads_text} per run"),
     };
     let experiment = ablate::experiment_json(&grid, &trained_on);
     let experiment_path = out.join("experiment.json");
@@ -180,16 +183,9 @@ pub fn run(args: AblateArgs) -> Result<()> {
         .collect();
     let engine_name = match &gpu {
         Some(ctx) => format!("GPU ({})", ctx.adapter_info().name),
-        None if args.jobs > 1 => format!(
-            "CPU ({} runs at once, {} threads each)",
-            args.jobs,
-            (rayon::current_num_threads() / args.jobs).max(1)
-        ),
-        None => format!("CPU ({} threads)", rayon::current_num_threads()),
+        None if args.jobs > 1 => format!("CPU ({} runs at once, {threads_text} each)", args.jobs),
+        None => format!("CPU ({threads_text})"),
     };
-    if args.jobs > 1 && gpu.is_some() {
-        return Err(jobs_error(args.jobs));
-    }
     println!(
         "retina ablate: grid {} ({} settings x {} seeds, {} steps each), {} runs to do on {engine_name}",
         grid.name,
@@ -222,7 +218,6 @@ pub fn run(args: AblateArgs) -> Result<()> {
     } else {
         // Each run gets its share of the threads, in its own pool: the CPU engine's parallel
         // loops and its GEMMs use the pool they are called from.
-        let threads = (rayon::current_num_threads() / jobs).max(1);
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..jobs)
                 .map(|_| {
