@@ -16,9 +16,10 @@
 // 64 x 64 tiles give 16 multiply-adds per shared-memory load and still leave several
 // workgroups per multiprocessor; they need 256 invocations per workgroup (WebGPU's default
 // limit) and nothing beyond the default limits. Products with few columns (N <= 32: the
-// small pyramid levels' pixels, the first layer's 27 weight columns) take the NARROW variant,
-// 64 x 16 tiles with 64 invocations: a 64-wide tile over 2-32 columns computed 2-32x the
-// product, most of it on padding. Split-K: workgroups with different `split`
+// small pyramid levels' pixels, the first layer's 27 weight columns) take 64 x 16 tiles of 64
+// invocations (SHAPE 1), and products with few rows (M <= 32: layers of 3-32 channels) 16 x 64
+// tiles (SHAPE 2): a 64-wide tile over 2-32 columns or rows computed 2-32x the product, most of
+// it on padding. Split-K: workgroups with different `split`
 // cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
 // sums over the whole batch, so its K is large); without splits the output is written directly,
 // with the bias in the forward pass. src/cpu/conv.rs computes the same with im2col and GEMM.
@@ -26,9 +27,9 @@
 // Which product; a pipeline-overridable constant, so each mode compiles to its own pipeline
 // with the other two branches folded away.
 override MODE: u32 = 0u;
-// 64 x 16 output tiles of 64 invocations instead of 64 x 64 tiles of 256 (src/gpu/conv.rs
-// picks it for N <= 32).
-override NARROW: bool = false;
+// The output tile: 0 = 64 x 64 (256 invocations), 1 = 64 x 16 (64), 2 = 16 x 64 (64); src/gpu/conv.rs
+// picks 1 for N <= 32, else 2 for M <= 32.
+override SHAPE: u32 = 0u;
 
 // Must stay in sync with `ConvConfig` in src/gpu/nn.rs.
 struct Config {
@@ -65,13 +66,14 @@ const FLAG_PARTIAL: u32 = 2u;
 // its weight gradients in place).
 const FLAG_ACCUMULATE: u32 = 4u;
 
-const BM: u32 = 64u;
 const BK: u32 = 16u;
 const TM: u32 = 4u;
 const TN: u32 = 4u;
-// The widest tile's columns (sizes the workgroup memory of both variants).
+// The largest tile's rows and columns (they size the workgroup memory of every shape).
+const BM_MAX: u32 = 64u;
 const BN_MAX: u32 = 64u;
-override BN: u32 = select(BN_MAX, 16u, NARROW);
+override BM: u32 = select(BM_MAX, 16u, SHAPE == 2u);
+override BN: u32 = select(BN_MAX, 16u, SHAPE == 1u);
 override WG: u32 = (BM / TM) * (BN / TN);
 
 @group(0) @binding(0) var<uniform> cfg: Config;
@@ -117,7 +119,7 @@ fn phase_of() -> Phase {
     return p;
 }
 
-var<workgroup> sh_a: array<f32, BK * BM>;
+var<workgroup> sh_a: array<f32, BK * BM_MAX>;
 var<workgroup> sh_b: array<f32, BK * BN_MAX>;
 
 // The gathers' index arithmetic, split by what it depends on. Each K step, BK invocations
@@ -311,8 +313,8 @@ fn main(
             sh_k[lid] = k_terms(k0 + lid);
         }
         workgroupBarrier();
-        // Each invocation stages BK BM / WG elements of A (4; NARROW 16) and BK BN / WG of B
-        // (4); consecutive invocations take consecutive k of A (contiguous weights) and
+        // Each invocation stages BK BM / WG elements of A and BK BN / WG of B (4 each; 16 of
+        // the longer side with SHAPE 1 or 2); consecutive invocations take consecutive k of A (contiguous weights) and
         // consecutive n of B (contiguous pixels). Past the matrix (or this split's K) they
         // stage zeros.
         for (var e = lid; e < BK * BM; e = e + WG) {

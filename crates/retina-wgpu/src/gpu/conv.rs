@@ -12,21 +12,40 @@ use crate::nn::{Conv2d, ConvGrads, Shape, check_same};
 /// Output tile of conv_gemm.wgsl (BM = BN) and its K step (BK).
 const TILE: u64 = 64;
 const TILE_K: u64 = 16;
-/// Columns of conv_gemm.wgsl's NARROW tile (64 x 16, 64 invocations), and the most columns a
-/// product may have to take it: up to 32, a 64-wide tile would compute at least twice the
-/// product (2-32x for the small pyramid levels' 2-32 pixels).
+/// The short side of conv_gemm.wgsl's narrow tiles (64 x 16 and 16 x 64, 64 invocations), and
+/// the most columns (or rows) a product may have to take one: up to 32, a 64-wide tile would
+/// compute at least twice the product (2-32x for the small pyramid levels' 2-32 pixels, or
+/// for layers of 3-32 channels).
 const NARROW_TILE: u64 = 16;
-const NARROW_MAX_N: u64 = 32;
+const NARROW_MAX: u64 = 32;
 
-/// `kernel`'s NARROW variant (the same product with 64 x 16 tiles).
-fn narrow(kernel: Kernel) -> Kernel {
+/// The kernel for `kernel`'s product of `m` rows and `n` columns, and its tile's rows and
+/// columns: 64 x 16 tiles for few columns, else 16 x 64 for few rows, else 64 x 64.
+fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
+    use Kernel::*;
     match kernel {
-        Kernel::ConvForward => Kernel::ConvForwardNarrow,
-        Kernel::ConvGradInput => Kernel::ConvGradInputNarrow,
-        Kernel::ConvGradWeight => Kernel::ConvGradWeightNarrow,
-        other => other,
+        _ if n <= NARROW_MAX => (
+            match kernel {
+                ConvForward => ConvForwardFewColumns,
+                ConvGradInput => ConvGradInputFewColumns,
+                _ => ConvGradWeightFewColumns,
+            },
+            TILE,
+            NARROW_TILE,
+        ),
+        _ if m <= NARROW_MAX => (
+            match kernel {
+                ConvForward => ConvForwardFewRows,
+                ConvGradInput => ConvGradInputFewRows,
+                _ => ConvGradWeightFewRows,
+            },
+            NARROW_TILE,
+            TILE,
+        ),
+        _ => (kernel, TILE, TILE),
     }
 }
+
 /// Most of K one conv workgroup walks (per split): bounded loops (see `LOOP_BUDGET` in
 /// gpu/kernels.rs) and enough splits to occupy a GPU when the output is a few tiles.
 const MAX_K_PER_SPLIT: u64 = 4096;
@@ -131,14 +150,14 @@ impl GpuEngine {
         debug_assert!(!(accumulate && phase.is_some()), "a grad-input phase never accumulates");
         let add = if accumulate { GEMM_ACCUMULATE } else { 0 };
         let (m, n, k) = (u64::from(base.m), u64::from(base.n), u64::from(base.k));
-        let (kernel, tile_n) = if n <= NARROW_MAX_N {
-            (narrow(kernel), NARROW_TILE)
-        } else {
-            (kernel, TILE)
-        };
+        debug_assert!(matches!(
+            kernel,
+            Kernel::ConvForward | Kernel::ConvGradInput | Kernel::ConvGradWeight
+        ));
+        let (kernel, tile_m, tile_n) = tiled(kernel, m, n);
         // The product's multiply-adds, for the context's per-kernel work (whatever the splits).
         self.context().count_kernel_work(kernel, 0, 0, 2 * m * n * k);
-        let m_tiles = m.div_ceil(TILE);
+        let m_tiles = m.div_ceil(tile_m);
         let n_tiles = n.div_ceil(tile_n);
         let tiles = m_tiles * n_tiles;
         let wanted = TARGET_WORKGROUPS.div_ceil(tiles).min(k.div_ceil(MIN_K_PER_SPLIT));
