@@ -146,7 +146,7 @@ impl Roofline {
             self.peak_tflops, self.bandwidth_tbs, self.dispatch_us
         );
         println!(
-            "  {:<22} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}",
+            "  {:<24} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}",
             "kernel", "dispatches", "GFLOP", "MB bound", "FLOP/B", "compute us", "memory us", "total us"
         );
         let (mut total, mut sum) = (KernelWork::default(), 0.0);
@@ -157,7 +157,7 @@ impl Roofline {
                 0.0
             };
             println!(
-                "  {:<22} {:>10} {:>9.3} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9.1}",
+                "  {:<24} {:>10} {:>9.3} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9.1}",
                 name,
                 w.dispatches,
                 w.flops as f64 / 1e9,
@@ -174,7 +174,7 @@ impl Roofline {
         }
         let (c, m, d) = self.seconds(&total);
         println!(
-            "  {:<22} {:>10} {:>9.3} {:>10.1} {:>10} {:>10.1} {:>10.1} {:>9.1}",
+            "  {:<24} {:>10} {:>9.3} {:>10.1} {:>10} {:>10.1} {:>10.1} {:>9.1}",
             "step",
             total.dispatches,
             total.flops as f64 / 1e9,
