@@ -456,6 +456,24 @@ fn prepared_forward_gives_the_cpu_networks_raw_outputs() {
     );
 }
 
+/// The work of one convolution's forward pass (no bias), read back: a lookup by kernel name.
+fn conv_work(
+    ctx: &GpuContext,
+    engine: &mut GpuEngine,
+    conv: &retina_wgpu::nn::Conv2d,
+    x: &<GpuEngine as Engine>::Tensor,
+    w: &<GpuEngine as Engine>::Tensor,
+) -> impl Fn(&str) -> retina_wgpu::gpu::KernelWork + use<> {
+    let before = ctx.kernel_work();
+    let y = engine.conv2d(conv, x, w, None).unwrap();
+    engine.read(&y).unwrap();
+    let after = ctx.kernel_work();
+    move |name: &str| {
+        let find = |list: &[(&str, retina_wgpu::gpu::KernelWork)]| list.iter().find(|(n, _)| *n == name).unwrap().1;
+        find(&after).since(&find(&before))
+    }
+}
+
 #[test]
 fn kernel_work_counts_a_convolutions_flops_and_bytes() {
     let Some(ctx) = gpu() else { return };
@@ -472,14 +490,7 @@ fn kernel_work_counts_a_convolutions_flops_and_bytes() {
         .tensor(w_shape, &(0..w_shape.len()).map(|_| rng.normal()).collect::<Vec<_>>())
         .unwrap();
     engine.sync().unwrap();
-    let before = ctx.kernel_work();
-    let y = engine.conv2d(&conv, &x, &w, None).unwrap();
-    engine.read(&y).unwrap();
-    let after = ctx.kernel_work();
-    let work = |name: &str| {
-        let find = |list: &[(&str, retina_wgpu::gpu::KernelWork)]| list.iter().find(|(n, _)| *n == name).unwrap().1;
-        find(&after).since(&find(&before))
-    };
+    let work = conv_work(&ctx, &mut engine, &conv, &x, &w);
     // 10 output channels (rows) over 40 output pixels (columns): the 16 x 64 tiles.
     let forward = work("ConvForwardFewRows");
     assert_eq!(work("ConvForward"), retina_wgpu::gpu::KernelWork::default());
@@ -501,14 +512,7 @@ fn kernel_work_counts_a_convolutions_flops_and_bytes() {
     let x = engine
         .tensor(small, &(0..small.len()).map(|_| rng.normal()).collect::<Vec<_>>())
         .unwrap();
-    let before = ctx.kernel_work();
-    let y = engine.conv2d(&conv, &x, &w, None).unwrap();
-    engine.read(&y).unwrap();
-    let after = ctx.kernel_work();
-    let work = |name: &str| {
-        let find = |list: &[(&str, retina_wgpu::gpu::KernelWork)]| list.iter().find(|(n, _)| *n == name).unwrap().1;
-        find(&after).since(&find(&before))
-    };
+    let work = conv_work(&ctx, &mut engine, &conv, &x, &w);
     let out = conv.output_shape(small).unwrap();
     assert_eq!(out.n * out.plane(), 8);
     assert_eq!(work("ConvForwardFewColumns").flops, 2 * (10 * 8 * conv.fan_in()) as u64);
