@@ -12,7 +12,8 @@
 //
 // Tiling: a workgroup computes a BM x BN tile of the output with WG invocations, each a
 // TM x TN = 4 x 4 block in registers; the K dimension advances BK at a time through two
-// workgroup-memory tiles (A: BK x BM, B: BK x BN; 8 KiB, half of WebGPU's guaranteed 16 KiB).
+// workgroup-memory tiles (A: BK x BM, B: BK x BN; with the index tables below 9.25 KiB, sized
+// for the largest tile whatever the shape, of WebGPU's guaranteed 16 KiB).
 // 64 x 64 tiles give 16 multiply-adds per shared-memory load and still leave several
 // workgroups per multiprocessor; they need 256 invocations per workgroup (WebGPU's default
 // limit) and nothing beyond the default limits. Products with few columns (N <= 32: the

@@ -9,7 +9,7 @@ use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nn::{GpuEngine, GpuTensor, u32_of};
 use crate::nn::{Conv2d, ConvGrads, Shape, check_same};
 
-/// Output tile of conv_gemm.wgsl (BM = BN) and its K step (BK).
+/// Output tile of conv_gemm.wgsl's square shape (BM = BN) and its K step (BK).
 const TILE: u64 = 64;
 const TILE_K: u64 = 16;
 /// The short side of conv_gemm.wgsl's narrow tiles (64 x 16 and 16 x 64, 64 invocations), and
@@ -20,11 +20,12 @@ const NARROW_TILE: u64 = 16;
 const NARROW_MAX: u64 = 32;
 
 /// The kernel for `kernel`'s product of `m` rows and `n` columns, and its tile's rows and
-/// columns: 64 x 16 tiles for few columns, else 16 x 64 for few rows, else 64 x 64.
+/// columns: 64 x 16 tiles for few columns, 16 x 64 for few rows (when both are few, the
+/// shorter side gets the short tile side), else 64 x 64.
 fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
     use Kernel::*;
     match kernel {
-        _ if n <= NARROW_MAX => (
+        _ if n <= NARROW_MAX && (m > NARROW_MAX || n <= m) => (
             match kernel {
                 ConvForward => ConvForwardFewColumns,
                 ConvGradInput => ConvGradInputFewColumns,
@@ -43,6 +44,23 @@ fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
             TILE,
         ),
         _ => (kernel, TILE, TILE),
+    }
+}
+
+/// Invocations per workgroup of a conv_gemm.wgsl kernel (one per 4 x 4 block of its tile), or
+/// `None` for another kernel: what its `SHAPE` override must give (`shader.rs` tests it).
+#[cfg(test)]
+pub(crate) fn gemm_invocations(kernel: Kernel) -> Option<u64> {
+    use Kernel::*;
+    match kernel {
+        ConvForward | ConvGradInput | ConvGradWeight => Some(TILE * TILE / 16),
+        ConvForwardFewColumns
+        | ConvGradInputFewColumns
+        | ConvGradWeightFewColumns
+        | ConvForwardFewRows
+        | ConvGradInputFewRows
+        | ConvGradWeightFewRows => Some(TILE * NARROW_TILE / 16),
+        _ => None,
     }
 }
 

@@ -51,7 +51,7 @@ macro_rules! kernels {
             }
 
             /// Pipeline-overridable constants that specialise a shared kernel file.
-            fn constants(self) -> &'static [(&'static str, f64)] {
+            pub(crate) fn constants(self) -> &'static [(&'static str, f64)] {
                 match self {
                     $(Kernel::$variant => &[$(($name, $value)),*],)*
                 }

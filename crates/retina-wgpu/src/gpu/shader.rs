@@ -131,15 +131,32 @@ mod tests {
         }
     }
 
-    /// Every kernel runs `WG_SIZE` invocations per workgroup, the size the host divides its
-    /// work by.
+    /// Every kernel runs the invocations per workgroup that the host sizes its grid by:
+    /// `WG_SIZE`, or for the convolution's tiles what `conv::gemm_invocations` says, with the
+    /// kernel's override constants applied as its pipeline applies them.
     #[test]
     fn every_kernel_has_the_hosts_workgroup_size() {
-        for file in kernel_files() {
-            let source = compose(file, ShaderFeatures::default()).unwrap();
+        for &kernel in Kernel::ALL {
+            let source = compose(kernel.file(), ShaderFeatures::default()).unwrap();
             let module = naga::front::wgsl::parse_str(&source).unwrap();
+            let info =
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                    .validate(&module)
+                    .unwrap();
+            let mut constants = naga::back::PipelineConstants::default();
+            for &(name, value) in kernel.constants() {
+                constants.insert(name.to_string(), value);
+            }
+            let (module, _) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((naga::ShaderStage::Compute, "main")),
+                &constants,
+            )
+            .unwrap();
             let main = module.entry_points.iter().find(|e| e.name == "main").unwrap();
-            assert_eq!(main.workgroup_size, [WG_SIZE as u32, 1, 1], "{file}");
+            let expected = crate::gpu::conv::gemm_invocations(kernel).unwrap_or(WG_SIZE);
+            assert_eq!(main.workgroup_size, [expected as u32, 1, 1], "{kernel:?}");
         }
     }
 }
