@@ -135,6 +135,11 @@ impl WebDetector {
     pub fn forward_times(&self, runs: u32) -> js_sys::Promise {
         let inner = Rc::clone(&self.inner);
         wasm_bindgen_futures::future_to_promise(async move {
+            if runs > MAX_TIMED_RUNS {
+                return Err(
+                    JsError::new(&format!("forward timing: {runs} runs asked; at most {MAX_TIMED_RUNS}")).into(),
+                );
+            }
             let mut guard = exclusive(&inner)?;
             let this = &mut *guard;
             let (per_logits, per_deltas) = this.detector.raw_output_lens().map_err(js)?;
@@ -158,6 +163,12 @@ impl WebDetector {
         })
     }
 }
+
+/// The most boxes [`nms_times`] generates (24 bytes each on the host, more on the device), and
+/// the most timed runs it or [`WebDetector::forward_times`] takes.
+pub const MAX_TIMED_BOXES: u32 = 1_000_000;
+/// See [`MAX_TIMED_BOXES`].
+pub const MAX_TIMED_RUNS: u32 = 1_000;
 
 /// The page's `performance.now()`, through `js_sys` (the crate has no `web-sys`).
 struct Clock {
@@ -375,17 +386,24 @@ pub fn synthetic_scene(seed: u32, index: u32) -> Result<Vec<u8>, JsError> {
     Ok(scene.pixels.chunks(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect())
 }
 
-/// Times greedy NMS (IoU 0.5) on the page's WebGPU device and on the CPU twin in this module, as
+/// Times greedy NMS (IoU 0.5) on WebGPU (a device of its own, from the browser's default
+/// adapter, the one the page's detector uses) and on the CPU twin in this module, as
 /// `retina bench nms` times it natively: the `n` boxes of `data::workloads::random_boxes` (the
 /// bench's boxes), class-aware over `classes` classes when `classes > 0`, uploaded once; each of
 /// `runs` GPU runs records the NMS, submits it and waits for it with an awaited readback of
 /// the kept count (4 bytes; natively the bench polls the device instead). An untimed first run
 /// warms the device up and its keep list is checked against the CPU twin's: a mismatch is an
 /// error, not a time. Resolves to `{kept, gpu: Float64Array, cpu: Float64Array}` (the number of
-/// boxes kept, milliseconds per run).
+/// boxes kept, milliseconds per run). At most [`MAX_TIMED_BOXES`] boxes and [`MAX_TIMED_RUNS`]
+/// runs.
 #[wasm_bindgen]
 pub async fn nms_times(n: u32, classes: u32, runs: u32) -> Result<JsValue, JsError> {
     use retina_wgpu::{Backend, Nms};
+    if n > MAX_TIMED_BOXES || runs > MAX_TIMED_RUNS {
+        return Err(JsError::new(&format!(
+            "NMS timing: {n} boxes and {runs} runs asked; at most {MAX_TIMED_BOXES} boxes and {MAX_TIMED_RUNS} runs"
+        )));
+    }
     let n = n as usize;
     let (boxes, scores, labels) = retina_wgpu::data::workloads::random_boxes(n, classes.max(1) as usize);
     let labels = (classes > 0).then_some(&labels[..]);

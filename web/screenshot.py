@@ -228,12 +228,13 @@ def run_nms(base, s, timeout, sizes, runs):
                 "script": "const done = arguments[arguments.length - 1];"
                           " window.retinaNmsTimes(arguments[0], arguments[1], arguments[2])"
                           ".then(done, e => done(String(e)));",
-                "args": [n, classes, max(runs, 1)]}, timeout=timeout)
+                "args": [n, classes, max(runs, 1)]}, timeout=timeout + 30)
             if isinstance(r, str):
                 sys.exit(f"the page's NMS of {n} boxes failed: {r}")
             gpu = sorted(r["gpu"])[len(r["gpu"]) // 2]
             cpu = sorted(r["cpu"])[len(r["cpu"]) // 2]
-            print(f"{op:<22} {n:>8} {r['kept']:>7} {gpu:>10.1f} {cpu:>12.1f} {cpu / gpu:>8.2f}  {r['adapter']}")
+            ratio = f"{cpu / gpu:>8.2f}" if gpu > 0 else f"{'n/a':>8}"
+            print(f"{op:<22} {n:>8} {r['kept']:>7} {gpu:>10.1f} {cpu:>12.1f} {ratio}  {r['adapter']}")
     print(f"(medians of {max(runs, 1)} runs after an untimed one; gpu/cpu above 1: the GPU is faster)")
 
 

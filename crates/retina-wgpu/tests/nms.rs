@@ -231,7 +231,17 @@ fn large_inputs_take_the_spatial_path_with_the_same_keep_list() {
         }
     }
     let nms = Nms::hard(0.0);
+    let spatial_masks = || {
+        let work = ctx.kernel_work();
+        work.iter()
+            .find(|(name, _)| *name == "NmsMaskSpatial")
+            .unwrap()
+            .1
+            .dispatches
+    };
+    let before = spatial_masks();
     let g = nms.run(&gpu_backend, &lattice, &scores, None).unwrap();
+    assert!(spatial_masks() > before, "2,500 boxes take the spatial path");
     let cpu = nms.run(&Backend::Cpu, &lattice, &scores, None).unwrap();
     assert_same_nms("a lattice overlapping by half a pixel", &g, &cpu);
 }
