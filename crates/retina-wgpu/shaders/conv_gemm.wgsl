@@ -315,9 +315,9 @@ fn main(
         }
         workgroupBarrier();
         // Each invocation stages BK BM / WG elements of A and BK BN / WG of B (4 each; 16 of
-        // the longer side with SHAPE 1 or 2); consecutive invocations take consecutive k of A (contiguous weights) and
-        // consecutive n of B (contiguous pixels). Past the matrix (or this split's K) they
-        // stage zeros.
+        // the longer side with SHAPE 1 or 2); consecutive invocations take consecutive k of A
+        // (contiguous weights) and consecutive n of B (contiguous pixels). Past the matrix (or
+        // this split's K) they stage zeros.
         for (var e = lid; e < BK * BM; e = e + WG) {
             let ak = e % BK;
             let am = e / BK;

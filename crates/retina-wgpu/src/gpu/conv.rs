@@ -19,49 +19,43 @@ const TILE_K: u64 = 16;
 const NARROW_TILE: u64 = 16;
 const NARROW_MAX: u64 = 32;
 
+/// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns).
+const SHAPES: [(u64, u64); 3] = [(TILE, TILE), (TILE, NARROW_TILE), (NARROW_TILE, TILE)];
+
+/// The kernels of `kernel`'s product (the forward pass, the input or the weight gradient),
+/// indexed by `SHAPE` as in the kernel table.
+fn variants(kernel: Kernel) -> [Kernel; 3] {
+    use Kernel::*;
+    match kernel {
+        ConvForward => [ConvForward, ConvForwardFewColumns, ConvForwardFewRows],
+        ConvGradInput => [ConvGradInput, ConvGradInputFewColumns, ConvGradInputFewRows],
+        _ => [ConvGradWeight, ConvGradWeightFewColumns, ConvGradWeightFewRows],
+    }
+}
+
 /// The kernel for `kernel`'s product of `m` rows and `n` columns, and its tile's rows and
 /// columns: 64 x 16 tiles for few columns, 16 x 64 for few rows (when both are few, the
 /// shorter side gets the short tile side), else 64 x 64.
 fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
-    use Kernel::*;
-    match kernel {
-        _ if n <= NARROW_MAX && (m > NARROW_MAX || n <= m) => (
-            match kernel {
-                ConvForward => ConvForwardFewColumns,
-                ConvGradInput => ConvGradInputFewColumns,
-                _ => ConvGradWeightFewColumns,
-            },
-            TILE,
-            NARROW_TILE,
-        ),
-        _ if m <= NARROW_MAX => (
-            match kernel {
-                ConvForward => ConvForwardFewRows,
-                ConvGradInput => ConvGradInputFewRows,
-                _ => ConvGradWeightFewRows,
-            },
-            NARROW_TILE,
-            TILE,
-        ),
-        _ => (kernel, TILE, TILE),
-    }
+    let shape = if n <= NARROW_MAX && (m > NARROW_MAX || n <= m) {
+        1
+    } else if m <= NARROW_MAX {
+        2
+    } else {
+        0
+    };
+    let (rows, columns) = SHAPES[shape];
+    (variants(kernel)[shape], rows, columns)
 }
 
 /// Invocations per workgroup of a conv_gemm.wgsl kernel (one per 4 x 4 block of its tile), or
 /// `None` for another kernel: what its `SHAPE` override must give (`shader.rs` tests it).
 #[cfg(test)]
 pub(crate) fn gemm_invocations(kernel: Kernel) -> Option<u64> {
-    use Kernel::*;
-    match kernel {
-        ConvForward | ConvGradInput | ConvGradWeight => Some(TILE * TILE / 16),
-        ConvForwardFewColumns
-        | ConvGradInputFewColumns
-        | ConvGradWeightFewColumns
-        | ConvForwardFewRows
-        | ConvGradInputFewRows
-        | ConvGradWeightFewRows => Some(TILE * NARROW_TILE / 16),
-        _ => None,
-    }
+    [Kernel::ConvForward, Kernel::ConvGradInput, Kernel::ConvGradWeight]
+        .into_iter()
+        .find_map(|product| variants(product).iter().position(|&k| k == kernel))
+        .map(|shape| SHAPES[shape].0 * SHAPES[shape].1 / 16)
 }
 
 /// Most of K one conv workgroup walks (per split): bounded loops (see `LOOP_BUDGET` in
