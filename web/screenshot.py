@@ -18,8 +18,8 @@ forward pass only (it has no NMS or TopK on WebGPU), its outputs checked against
 prints its time per pass beside the page's time per image. A peer that cannot run (no
 onnxruntime-web, no WebGPU, wrong outputs) is reported as skipped with its reason.
 
-With --nms 5000,20000 it then times greedy NMS (IoU 0.5) of `retina bench nms`'s boxes on the
-page's WebGPU device and on the CPU twin in the page's WebAssembly, each case class-agnostic and
+With --nms 5000,20000 it then times greedy NMS (IoU 0.5) of `retina bench nms`'s boxes on
+WebGPU in the page (a device of its own, from the detector's adapter) and on the CPU twin in the page's WebAssembly, each case class-agnostic and
 over 80 classes, after checking that both keep the same boxes; one row per case.
 
 Needs web/pkg/ (web/build.sh), `chromium` and `chromedriver` (Debian: chromium, chromium-driver).
@@ -216,7 +216,7 @@ def run_ort_peer(base, s, http_port, timeout, runs, page_times):
 
 
 def run_nms(base, s, timeout, sizes, runs):
-    """Times greedy NMS on the page's device (`retinaNmsTimes`: `retina bench nms`'s boxes, IoU
+    """Times greedy NMS on WebGPU in the page (`retinaNmsTimes`: `retina bench nms`'s boxes, IoU
     0.5, class-agnostic and over 80 classes) beside the CPU twin in the page's WebAssembly, and
     prints one row per case in the form of `retina bench nms`'s table. The page checks the GPU's
     keep list against the CPU twin's before timing; a mismatch fails the run."""
@@ -285,7 +285,7 @@ def main():
     ap.add_argument("--ort", action="store_true",
                     help="then run the browser peer (web/ort.html: onnxruntime-web on WebGPU) and print both times")
     ap.add_argument("--nms", metavar="N,N,...",
-                    help="then time greedy NMS of N boxes on the page's device and the CPU twin (e.g. 5000,20000)")
+                    help="then time greedy NMS of N boxes on WebGPU in the page and the CPU twin (e.g. 5000,20000)")
     ap.add_argument("--bad-files", action="store_true",
                     help="then pick bad files and a good one through the file input")
     args = ap.parse_args()
