@@ -1015,6 +1015,26 @@ fn detect_faces_writes_landmarks_and_the_drawn_photo() {
     assert_eq!(rows[0]["op"], "detect_faces_160x120");
     assert_eq!(rows[0]["unit"], "images/s");
     assert!(rows[0]["throughput"].as_f64().unwrap() > 0.0);
+    // The per-layer profile: the network's 56 convolutions, each timed, within the whole pass.
+    let args = [
+        "bench", "detect", "--model", "faces", "--size", "160x120", "--iters", "1", "--layers",
+    ];
+    let out = retina(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = doc["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 56, "{doc}");
+    assert_eq!(layers[0]["layer"], "body.stem");
+    assert_eq!(layers[0]["input"], "[1, 3, 120, 160]");
+    assert_eq!(layers[1]["kind"], "depthwise");
+    let sum: f64 = layers.iter().map(|l| l["seconds"].as_f64().unwrap()).sum();
+    assert!(
+        sum > 0.0 && sum <= doc["forward_seconds"].as_f64().unwrap() * 1.5,
+        "{doc}"
+    );
+    let out = retina(&[&args[..], &["--backend", "gpu"]].concat());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CPU backend only"));
 }
 
 /// `retina detect`, `eval` and `bench detect` on a torchvision RetinaNet directory: the small v1

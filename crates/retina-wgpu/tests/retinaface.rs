@@ -167,6 +167,44 @@ fn faces_on_real_photos_match_the_reference_pipeline_on_the_cpu() {
     assert!(total >= 40, "the cases hold {total} faces");
 }
 
+/// The profiled forward pass computes what the plain one does and times each convolution once,
+/// in the order the network runs them.
+#[test]
+fn a_profiled_forward_pass_times_every_convolution() {
+    let (net, values) = model();
+    let mut e = CpuEngine::<f32>::new();
+    let params = upload(&mut e, &net, &values);
+    let (h, w) = (37, 50);
+    let rgb: Vec<u8> = (0..3 * h * w).map(|i| (i * 37 % 251) as u8).collect();
+    let images = e
+        .tensor(Shape::new(1, 3, h, w), &net.input(&rgb, w, h).unwrap())
+        .unwrap();
+    let plain = net.forward(&mut e, &params, &images).unwrap();
+    let mut profile = Vec::new();
+    let timed = net.forward_profiled(&mut e, &params, &images, &mut profile).unwrap();
+    for (a, b) in [
+        (&plain.logits, &timed.logits),
+        (&plain.boxes, &timed.boxes),
+        (&plain.landmarks, &timed.landmarks),
+    ] {
+        assert_eq!(e.read(a).unwrap(), e.read(b).unwrap());
+    }
+    let mut names: Vec<_> = profile.iter().map(|l| format!("{}.weight", l.name)).collect();
+    assert_eq!(profile[0].name, "body.stem");
+    assert_eq!(profile[0].input, Shape::new(1, 3, h, w));
+    assert!(profile[1].depthwise && profile[1].name == "body.blocks.0.dw");
+    assert!(profile.iter().all(|l| l.seconds.is_finite() && l.seconds >= 0.0));
+    names.sort();
+    let mut want: Vec<_> = net
+        .params()
+        .iter()
+        .map(|p| p.name.clone())
+        .filter(|n| n.ends_with(".weight"))
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "one entry per convolution");
+}
+
 /// On the device (a forward pass on lavapipe takes seconds): every size at the lowest
 /// threshold, where the most candidates pass, and every threshold on the views that start at
 /// the photo's corner (four of the nine); the CPU test above takes every case.

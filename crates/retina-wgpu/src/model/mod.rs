@@ -14,7 +14,7 @@ pub use crate::ops::ohem::Ohem;
 pub use detect::{DetectEngine, Detector, PreparedDetector, detect_dataset, evaluate_dataset};
 pub use faces_gpu::PreparedFaces;
 pub use loss::{AnchorSet, ClassLoss, DetectionLoss, EngineLoss, HostLoss, LossEngine, LossValues};
-pub use retinaface::{Face, RetinaFace, RetinaFaceConfig};
+pub use retinaface::{Face, LayerTime, RetinaFace, RetinaFaceConfig};
 pub use retinanet::{
     MAX_CHANNELS, MAX_CLASSES, MAX_HEAD_CONVS, MAX_INPUT_SIZE, MAX_PARAMETERS, ParamSpec, RetinaNet, RetinaNetConfig,
     Tape,

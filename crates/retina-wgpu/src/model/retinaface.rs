@@ -189,6 +189,28 @@ pub struct Face {
     pub landmarks: [[f32; 2]; LANDMARKS],
 }
 
+/// One convolution of a profiled forward pass ([`RetinaFace::forward_profiled`]).
+#[derive(Clone, Debug)]
+pub struct LayerTime {
+    /// The layer's parameter name without `.weight` (`body.blocks.3.dw`, `ssh1.conv3x3`).
+    pub name: String,
+    /// Its geometry.
+    pub conv: Conv2d,
+    /// Whether it is depthwise (one filter per channel).
+    pub depthwise: bool,
+    /// Its input's shape.
+    pub input: Shape,
+    /// The engine call's wall time.
+    pub seconds: f64,
+}
+
+/// What one forward pass carries through its layers: the parameters and, when profiling,
+/// where each convolution's time goes.
+struct Pass<'a, E: Engine> {
+    params: &'a [E::Tensor],
+    profile: Option<&'a mut Vec<LayerTime>>,
+}
+
 /// What activation follows a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Act {
@@ -470,24 +492,36 @@ impl RetinaFace {
             * self.config.anchors_per_cell()
     }
 
-    fn conv<E: Engine>(&self, e: &mut E, params: &[E::Tensor], l: &Layer, x: &E::Tensor) -> Result<E::Tensor> {
-        let (w, b) = (&params[l.weight], Some(&params[l.bias]));
+    fn conv<E: Engine>(&self, e: &mut E, p: &mut Pass<'_, E>, l: &Layer, x: &E::Tensor) -> Result<E::Tensor> {
+        let (w, b) = (&p.params[l.weight], Some(&p.params[l.bias]));
         let slope = self.config.leaky_slope;
-        match (l.depthwise, l.act) {
+        let start = p.profile.is_some().then(std::time::Instant::now);
+        let y = match (l.depthwise, l.act) {
             (true, Act::Leaky) => e.depthwise_conv2d_leaky(&l.conv, x, w, b, slope),
             (true, Act::None) => e.depthwise_conv2d(&l.conv, x, w, b),
             (false, Act::Leaky) => e.conv2d_leaky(&l.conv, x, w, b, slope),
             (false, Act::None) => e.conv2d(&l.conv, x, w, b),
+        }?;
+        if let (Some(profile), Some(start)) = (p.profile.as_deref_mut(), start) {
+            let name = &self.params[l.weight].name;
+            profile.push(LayerTime {
+                name: name.strip_suffix(".weight").unwrap_or(name).to_string(),
+                conv: l.conv,
+                depthwise: l.depthwise,
+                input: E::shape(x),
+                seconds: start.elapsed().as_secs_f64(),
+            });
         }
+        Ok(y)
     }
 
-    fn ssh<E: Engine>(&self, e: &mut E, params: &[E::Tensor], k: usize, x: &E::Tensor) -> Result<E::Tensor> {
+    fn ssh<E: Engine>(&self, e: &mut E, p: &mut Pass<'_, E>, k: usize, x: &E::Tensor) -> Result<E::Tensor> {
         let [c3, c5_1, c5_2, c7_2, c7_3] = &self.ssh[k];
-        let a = self.conv(e, params, c3, x)?;
-        let t = self.conv(e, params, c5_1, x)?;
-        let b = self.conv(e, params, c5_2, &t)?;
-        let t = self.conv(e, params, c7_2, &t)?;
-        let c = self.conv(e, params, c7_3, &t)?;
+        let a = self.conv(e, p, c3, x)?;
+        let t = self.conv(e, p, c5_1, x)?;
+        let b = self.conv(e, p, c5_2, &t)?;
+        let t = self.conv(e, p, c7_2, &t)?;
+        let c = self.conv(e, p, c7_3, &t)?;
         let cat = e.concat_channels(&[&a, &b, &c])?;
         e.relu(&cat)
     }
@@ -499,6 +533,30 @@ impl RetinaFace {
         e: &mut E,
         params: &[E::Tensor],
         images: &E::Tensor,
+    ) -> Result<FaceOutputs<E::Tensor>> {
+        self.forward_pass(e, params, images, None)
+    }
+
+    /// [`RetinaFace::forward`], appending to `profile` one [`LayerTime`] per convolution in the
+    /// order they run: the wall time of each engine call. On the CPU engine that is the layer's
+    /// work; on the GPU engine it is only the recording of its commands (the work runs at
+    /// submission), so a GPU profile needs the device's timestamps instead.
+    pub fn forward_profiled<E: Engine>(
+        &self,
+        e: &mut E,
+        params: &[E::Tensor],
+        images: &E::Tensor,
+        profile: &mut Vec<LayerTime>,
+    ) -> Result<FaceOutputs<E::Tensor>> {
+        self.forward_pass(e, params, images, Some(profile))
+    }
+
+    fn forward_pass<E: Engine>(
+        &self,
+        e: &mut E,
+        params: &[E::Tensor],
+        images: &E::Tensor,
+        profile: Option<&mut Vec<LayerTime>>,
     ) -> Result<FaceOutputs<E::Tensor>> {
         if params.len() != self.params.len() {
             return Err(Error::shape(
@@ -525,13 +583,14 @@ impl RetinaFace {
                 format!("images {s}: 3 channels of 1 to {MAX_IMAGE_SIDE} pixels a side are expected"),
             ));
         }
-        let mut x = self.conv(e, params, &self.stem, images)?;
+        let p = &mut Pass { params, profile };
+        let mut x = self.conv(e, p, &self.stem, images)?;
         let mut levels = Vec::with_capacity(3);
         for (j, (dw, pw)) in self.blocks.iter().enumerate() {
-            let t = self.conv(e, params, dw, &x)?;
-            x = self.conv(e, params, pw, &t)?;
+            let t = self.conv(e, p, dw, &x)?;
+            x = self.conv(e, p, pw, &t)?;
             if self.config.levels.contains(&j) {
-                levels.push(self.conv(e, params, &self.fpn_out[levels.len()], &x)?);
+                levels.push(self.conv(e, p, &self.fpn_out[levels.len()], &x)?);
             }
             if j == self.config.levels[2] {
                 break;
@@ -541,16 +600,12 @@ impl RetinaFace {
         let s2 = E::shape(o2);
         let up = e.upsample_nearest(o3, s2.h, s2.w)?;
         let sum = e.add(o2, &up)?;
-        let m2 = self.conv(e, params, &self.fpn_merge[1], &sum)?;
+        let m2 = self.conv(e, p, &self.fpn_merge[1], &sum)?;
         let s1 = E::shape(o1);
         let up = e.upsample_nearest(&m2, s1.h, s1.w)?;
         let sum = e.add(o1, &up)?;
-        let m1 = self.conv(e, params, &self.fpn_merge[0], &sum)?;
-        let features = [
-            self.ssh(e, params, 0, &m1)?,
-            self.ssh(e, params, 1, &m2)?,
-            self.ssh(e, params, 2, o3)?,
-        ];
+        let m1 = self.conv(e, p, &self.fpn_merge[0], &sum)?;
+        let features = [self.ssh(e, p, 0, &m1)?, self.ssh(e, p, 1, &m2)?, self.ssh(e, p, 2, o3)?];
         let a = self.config.anchors_per_cell();
         let rows = features.iter().map(|f| E::shape(f).plane() * a).sum::<usize>();
         let mut outs = Vec::with_capacity(3);
@@ -558,7 +613,7 @@ impl RetinaFace {
             let mut out = e.zeros(Shape::new(s.n, 1, rows, values))?;
             let mut offset = 0;
             for (layer, f) in head.iter().zip(&features) {
-                let h = self.conv(e, params, layer, f)?;
+                let h = self.conv(e, p, layer, f)?;
                 e.permute_head(&h, a, &mut out, offset)?;
                 offset += E::shape(f).plane() * a;
             }

@@ -10,12 +10,12 @@ use clap::Args;
 use retina_wgpu::Backend;
 use retina_wgpu::coco;
 use retina_wgpu::model::torchvision::Variant;
-use retina_wgpu::model::{PreparedFaces, PreparedTorchvision, RetinaFace, TorchvisionRetinaNet};
+use retina_wgpu::model::{LayerTime, PreparedFaces, PreparedTorchvision, RetinaFace, TorchvisionRetinaNet};
 use retina_wgpu::nn::{CpuEngine, Engine, GpuEngine, Shape};
 use retina_wgpu::{Error, Result};
 
 use super::{Common, Row, median_seconds, progress, report};
-use crate::cli::{faces, tvnet};
+use crate::cli::{BackendChoice, faces, tvnet};
 
 #[derive(Args, Debug)]
 pub struct DetectArgs {
@@ -30,6 +30,10 @@ pub struct DetectArgs {
     /// torchvision model then applies its own transform, so 1333x800 runs at 1344x800).
     #[arg(long, default_value = "640x480")]
     size: String,
+    /// Profile a RetinaFace's network on the CPU backend instead: the median time of each
+    /// convolution, totals by kind (dense, depthwise, 1x1) and the rest of the forward pass.
+    #[arg(long)]
+    layers: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -53,9 +57,17 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let photo = coco::read_rgb(&image)?;
     let rgb = image::imageops::resize(&photo, w, h, image::imageops::FilterType::Triangle);
     if torchvision {
+        if args.layers {
+            return Err(Error::InvalidParameter(
+                "bench detect --layers profiles a RetinaFace model; this is a torchvision RetinaNet".into(),
+            ));
+        }
         return bench_torchvision(&dir, &rgb, &args.common);
     }
     let (net, values) = RetinaFace::load(&dir)?;
+    if args.layers {
+        return profile_layers(&net, &values, &rgb, &args.common);
+    }
     let (wu, hu) = (w as usize, h as usize);
     let op = format!("detect_faces_{w}x{h}");
     let backends = args.common.backend.backends()?;
@@ -109,6 +121,99 @@ pub fn run(args: DetectArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     report(&rows, args.common.json)
+}
+
+/// `--layers`: the network's forward pass on the CPU backend, `common.iters` times after a
+/// warm-up, each convolution's median time (and their sums by kind) beside the whole pass's.
+fn profile_layers(net: &RetinaFace, values: &[Vec<f32>], rgb: &image::RgbImage, common: &Common) -> Result<()> {
+    if common.backend == BackendChoice::Gpu {
+        return Err(Error::InvalidParameter(
+            "bench detect --layers profiles the CPU backend only (a GPU engine's calls only record \
+             commands): drop --backend gpu"
+                .into(),
+        ));
+    }
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let mut e = CpuEngine::<f32>::new();
+    let params = net
+        .params()
+        .iter()
+        .zip(values)
+        .map(|(spec, v)| e.tensor(spec.shape, v))
+        .collect::<Result<Vec<_>>>()?;
+    let images = e.tensor(Shape::new(1, 3, h, w), &net.input(rgb.as_raw(), w, h)?)?;
+    let iters = common.iters.max(1);
+    let bar = progress(iters as u64 + 1, "profile faces");
+    let mut runs: Vec<Vec<LayerTime>> = Vec::with_capacity(iters);
+    let mut passes = Vec::with_capacity(iters);
+    for i in 0..=iters {
+        let mut profile = Vec::new();
+        let start = std::time::Instant::now();
+        net.forward_profiled(&mut e, &params, &images, &mut profile)?;
+        if i > 0 {
+            passes.push(start.elapsed().as_secs_f64());
+            runs.push(profile);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let kind = |l: &LayerTime| match (l.depthwise, l.conv.kernel) {
+        (true, _) => "depthwise",
+        (false, (1, 1)) => "1x1",
+        (false, _) => "dense",
+    };
+    let layers: Vec<(&LayerTime, f64)> = runs[0]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l, median(runs.iter().map(|r| r[i].seconds).collect())))
+        .collect();
+    let pass = median(passes);
+    let convs: f64 = layers.iter().map(|(_, s)| s).sum();
+    let total = |k: &str| layers.iter().filter(|(l, _)| kind(l) == k).map(|(_, s)| s).sum::<f64>();
+    if common.json {
+        let rows: Vec<_> = layers
+            .iter()
+            .map(|(l, s)| {
+                serde_json::json!({"layer": l.name, "kind": kind(l), "input": l.input.to_string(),
+                    "kernel": [l.conv.kernel.0, l.conv.kernel.1], "stride": l.conv.stride,
+                    "out_channels": l.conv.out_channels, "seconds": s})
+            })
+            .collect();
+        let doc = serde_json::json!({"size": format!("{w}x{h}"), "threads": rayon::current_num_threads(),
+            "forward_seconds": pass, "layers": rows});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(|e| Error::InvalidParameter(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!("{:<26} {:<20} {:>9} {:>10}", "layer", "input", "kernel", "median ms");
+    for (l, s) in &layers {
+        let k = format!(
+            "{}x{}/{}{}",
+            l.conv.kernel.0,
+            l.conv.kernel.1,
+            l.conv.stride,
+            if l.depthwise { " dw" } else { "" }
+        );
+        println!("{:<26} {:<20} {:>9} {:>10.3}", l.name, l.input.to_string(), k, s * 1e3);
+    }
+    println!(
+        "\nconvolutions {:.2} ms (dense {:.2}, depthwise {:.2}, 1x1 {:.2}); the forward pass {:.2} ms, \
+         {:.2} ms of it elsewhere (concatenation, ReLU, upsampling, head permutes); {} rayon threads, {w}x{h}",
+        convs * 1e3,
+        total("dense") * 1e3,
+        total("depthwise") * 1e3,
+        total("1x1") * 1e3,
+        pass * 1e3,
+        (pass - convs) * 1e3,
+        rayon::current_num_threads()
+    );
+    Ok(())
 }
 
 /// A torchvision RetinaNet on one photo: rows `torchvision_<variant>_<W>x<H>` (the whole
