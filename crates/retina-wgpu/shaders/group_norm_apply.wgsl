@@ -1,7 +1,8 @@
 // GroupNorm's elementwise map, shared by the forward and the backward pass, one invocation per
 // element:
 //   out = k.x * u + k.y * (v - k.z) + k.w,   k = coef[image * channels + channel]
-// Forward (coefficients from group_norm_stats.wgsl), u = v = x:
+// Forward of a large group (coefficients from group_norm_stats.wgsl; smaller groups take
+// group_norm_forward.wgsl), u = v = x:
 //   k = (0, rstd * gamma[c], mean, beta[c])              y = gamma * xhat + beta
 // Backward (coefficients from group_norm_grad_coef.wgsl), u = dy, v = x:
 //   k = (rstd * gamma[c], -rstd^2 * B / M, mean, -rstd * A / M)

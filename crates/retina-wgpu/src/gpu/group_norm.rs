@@ -1,5 +1,6 @@
-//! GroupNorm on the GPU: records `shaders/group_norm_stats.wgsl` then `group_norm_apply.wgsl`
-//! (forward), and `group_norm_grad_sums.wgsl`, `group_norm_grad_coef.wgsl` then
+//! GroupNorm on the GPU: records `shaders/group_norm_forward.wgsl` (forward, one dispatch,
+//! for groups of at most [`FUSED_MAX_GROUP`] values) or `group_norm_stats.wgsl` then
+//! `group_norm_apply.wgsl` (forward of larger groups), and `group_norm_grad_sums.wgsl`, `group_norm_grad_coef.wgsl` then
 //! `group_norm_apply.wgsl` (backward) into a [`GpuEngine`]'s encoder. No float atomics: every
 //! sum has one owner (a workgroup's tree, or one invocation's bounded loop).
 
@@ -32,9 +33,19 @@ const MASK_GRAD: u32 = 2;
 const ACCUMULATE: u32 = 4;
 const _: () = assert!(size_of::<GroupNormConfig>() <= super::nn::ARENA_STRIDE);
 
+/// Values per (image, group) up to which the forward pass is one dispatch
+/// (`group_norm_forward.wgsl`: one workgroup per group computes its statistics, then writes
+/// it). Larger groups take two, so that the elementwise map spreads over the whole device
+/// instead of one workgroup per group (torchvision v2's heads: 8 channels of 100 x 168 per
+/// group at 800 px, 32 groups: 32 workgroups for 4.3M values). At this size a workgroup of
+/// 256 writes 256 values per invocation; the small RetinaNet's largest group (128 px) holds
+/// 8,192.
+pub(crate) const FUSED_MAX_GROUP: usize = 1 << 16;
+
 /// The uniform of every GroupNorm kernel for an input of `x`, after checking that no
 /// invocation loops more than [`LOOP_BUDGET`] times: the statistics walk each group twice in
-/// steps of `WG_SIZE`, the gradient sums each plane once, the coefficients loop over the batch
+/// steps of `WG_SIZE` (three times, at most 768 steps, when the same kernel writes a group of
+/// at most [`FUSED_MAX_GROUP`]), the gradient sums each plane once, the coefficients loop over the batch
 /// or over a group's channels twice.
 fn config(gn: &GroupNorm, x: Shape) -> Result<GroupNormConfig> {
     let group = (gn.channels_per_group() * x.plane()) as u64;
@@ -80,6 +91,21 @@ impl GpuEngine {
         let y = self.alloc("group norm", s)?;
         let stats = self.alloc("group norm", gn.stats_shape(s.n))?;
         if s.is_empty() {
+            return Ok(GroupNormOut { y, stats });
+        }
+        if gn.channels_per_group() * s.plane() <= FUSED_MAX_GROUP {
+            self.run(
+                Kernel::GroupNormForward,
+                &config,
+                binds![
+                    x = x.binding(),
+                    gamma = gamma.binding(),
+                    beta = beta.binding(),
+                    stats = stats.binding(),
+                    y = y.binding(),
+                ],
+                (s.n * gn.groups) as u64,
+            )?;
             return Ok(GroupNormOut { y, stats });
         }
         // Per (image, channel): the map group_norm_apply.wgsl applies.

@@ -128,6 +128,7 @@ kernels! {
     PermuteHeadBackward => "head_permute.wgsl", [("BACKWARD", 1.0)], [src, dst],
     Sgd => "sgd.wgsl", [], [grad, norm_sq, weights, velocity, abs_sum],
     SumSquares => "sum_squares.wgsl", [], [values, partials, abs_sum],
+    GroupNormForward => "group_norm_forward.wgsl", [], [x, gamma, beta, stats, y],
     GroupNormStats => "group_norm_stats.wgsl", [], [x, gamma, beta, stats, coef],
     GroupNormApply => "group_norm_apply.wgsl", [], [coef, u, v, mask, out],
     GroupNormGradSums => "group_norm_grad_sums.wgsl", [], [x, stats, grad_out, mask, sums],

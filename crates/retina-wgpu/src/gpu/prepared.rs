@@ -204,6 +204,7 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::Add,
     Kernel::UpsampleForward,
     Kernel::PermuteHead,
+    Kernel::GroupNormForward,
     Kernel::GroupNormStats,
     Kernel::GroupNormApply,
 ];
