@@ -1,4 +1,5 @@
-// GroupNorm backward, second step: finishes the reductions of group_norm_grad_sums.wgsl's
+// GroupNorm backward of a large group (smaller ones take group_norm_backward.wgsl), second
+// step: finishes the reductions of group_norm_grad_sums.wgsl's
 // per-(image, channel) sums S[n, c] = (sum dy, sum dy * xhat). One invocation per channel, then
 // one per (image, group), in one dispatch of channels + batch * groups invocations:
 //   channel c:      dbeta[c]  = sum over images of S[n, c].x
@@ -14,6 +15,7 @@
 // The CPU twin is src/cpu/group_norm.rs (`backward`).
 
 //#include "shared/group_norm_config.wgsl"
+//#include "shared/group_norm_param_grads.wgsl"
 
 const WG_SIZE: u32 = 256u;
 
@@ -33,20 +35,7 @@ fn main(
 ) {
     let i = (wg.x + wg.y * num_wg.x) * WG_SIZE + lid;
     if i < cfg.channels {
-        var dy_sum = 0.0;
-        var dy_xhat = 0.0;
-        for (var n = 0u; n < cfg.batch; n = n + 1u) {
-            let p = n * cfg.channels + i;
-            dy_sum = dy_sum + sums[2u * p];
-            dy_xhat = dy_xhat + sums[2u * p + 1u];
-        }
-        if (cfg.flags & FLAG_ACCUMULATE) != 0u {
-            dbeta[i] = dbeta[i] + dy_sum;
-            dgamma[i] = dgamma[i] + dy_xhat;
-        } else {
-            dbeta[i] = dy_sum;
-            dgamma[i] = dy_xhat;
-        }
+        channel_param_grads(i);
         return;
     }
     let slot = i - cfg.channels;

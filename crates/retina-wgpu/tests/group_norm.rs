@@ -278,30 +278,29 @@ fn parity_cases() -> Vec<(GroupNorm, Shape)> {
     v.push((GroupNorm::new(256, 32), Shape::new(2, 256, 10, 13)));
     v.push((GroupNorm::new(24, 6), Shape::new(3, 24, 7, 5)));
     v.push((GroupNorm::new(6, 1), Shape::new(1, 6, 33, 17)));
-    // Groups of 65,536 values (the largest the GPU's one-dispatch forward takes) and 67,080
-    // (the two-dispatch forward: statistics, then the elementwise map).
+    // Groups of 65,536 values (the largest the GPU runs with one workgroup per group) and
+    // 67,080 (statistics, then an elementwise map over the whole device).
     v.push((GroupNorm::new(8, 2), Shape::new(2, 8, 128, 128)));
     v.push((GroupNorm::new(4, 1), Shape::new(2, 4, 129, 130)));
     v
 }
 
-/// Whether the GPU's GroupNorm forward of `gn` on `s` is one dispatch (src/gpu/group_norm.rs's
-/// FUSED_MAX_GROUP).
-fn one_dispatch_forward(gn: &GroupNorm, s: Shape) -> bool {
+/// Whether the GPU runs GroupNorm `gn` on `s` with one workgroup per group (forward in one
+/// dispatch, backward in two; src/gpu/group_norm.rs's FUSED_MAX_GROUP).
+fn one_workgroup_per_group(gn: &GroupNorm, s: Shape) -> bool {
     gn.channels_per_group() * s.h * s.w <= 1 << 16
 }
 
-/// Dispatches of the kernel named `kernel` recorded on `ctx` while `f` ran.
-fn dispatches_of<R>(ctx: &retina_wgpu::GpuContext, kernel: &str, f: impl FnOnce() -> R) -> (R, u64) {
+/// Dispatches of the kernels named `kernels` recorded on `ctx` while `f` ran.
+fn dispatches_of<R>(ctx: &retina_wgpu::GpuContext, kernels: [&str; 2], f: impl FnOnce() -> R) -> (R, [u64; 2]) {
     let count = |ctx: &retina_wgpu::GpuContext| {
-        ctx.kernel_work()
-            .into_iter()
-            .find(|(n, _)| *n == kernel)
-            .map_or(0, |(_, w)| w.dispatches)
+        let work = ctx.kernel_work();
+        kernels.map(|k| work.iter().find(|(n, _)| *n == k).map_or(0, |(_, w)| w.dispatches))
     };
     let before = count(ctx);
     let r = f();
-    (r, count(ctx) - before)
+    let after = count(ctx);
+    (r, [after[0] - before[0], after[1] - before[1]])
 }
 
 /// |got - want| <= rtol (|want| + 1e-2 max |want|) + 1e-6 elementwise (as tests/nn.rs): sums of
@@ -320,8 +319,8 @@ fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], rtol: f32) {
 
 /// On the default context (subgroup reductions where the device has them) and on one with
 /// workgroup-memory reductions only and at most 100 workgroups per grid dimension, so that
-/// every kernel's 2-D grid folding and bounds checks run; the forward in one dispatch and, for
-/// the largest groups, in two (counted on each context).
+/// every kernel's 2-D grid folding and bounds checks run; both the one-workgroup-per-group
+/// passes and, for the largest groups, the device-wide ones (counted on each context).
 #[test]
 fn gpu_matches_cpu_forward_and_backward() {
     // A context of its own: the shared one's kernel counters also count the other tests' work.
@@ -364,9 +363,10 @@ fn gpu_matches_cpu_forward_and_backward() {
             let (beta, dy) = (random(&mut rng, s.c), random(&mut rng, s.len()));
             let inputs = [&x[..], &gamma, &beta, &dy];
             let want = run(&mut c, &gn, s, inputs);
-            let (got, fused) = dispatches_of(&context, "GroupNormForward", || run(&mut g, &gn, s, inputs));
-            let fused = fused == 1;
-            assert_eq!(fused, one_dispatch_forward(&gn, s), "{gn} on {s}: the forward's path");
+            let kernels = ["GroupNormForward", "GroupNormBackward"];
+            let (got, counts) = dispatches_of(&context, kernels, || run(&mut g, &gn, s, inputs));
+            let fused = one_workgroup_per_group(&gn, s);
+            assert_eq!(counts, [fused as u64; 2], "{gn} on {s}: the passes' path");
             if fused {
                 one += 1
             } else {
@@ -381,7 +381,7 @@ fn gpu_matches_cpu_forward_and_backward() {
                 assert_close_scaled(&what, got, want, 1e-4);
             }
         }
-        assert!(one > 0 && two > 0, "both forward paths ran ({one} and {two} cases)");
+        assert!(one > 0 && two > 0, "both paths ran ({one} and {two} cases)");
     }
 }
 

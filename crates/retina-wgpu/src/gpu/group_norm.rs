@@ -1,6 +1,7 @@
-//! GroupNorm on the GPU: records `shaders/group_norm_forward.wgsl` (forward, one dispatch,
-//! for groups of at most [`FUSED_MAX_GROUP`] values) or `group_norm_stats.wgsl` then
-//! `group_norm_apply.wgsl` (forward of larger groups), and `group_norm_grad_sums.wgsl`, `group_norm_grad_coef.wgsl` then
+//! GroupNorm on the GPU: records `shaders/group_norm_forward.wgsl` (forward, one dispatch)
+//! and `group_norm_backward.wgsl` then `group_norm_param_grads.wgsl` (backward) for groups of
+//! at most [`FUSED_MAX_GROUP`] values; for larger ones `group_norm_stats.wgsl` then
+//! `group_norm_apply.wgsl` (forward), and `group_norm_grad_sums.wgsl`, `group_norm_grad_coef.wgsl` then
 //! `group_norm_apply.wgsl` (backward) into a [`GpuEngine`]'s encoder. No float atomics: every
 //! sum has one owner (a workgroup's tree, or one invocation's bounded loop).
 
@@ -197,6 +198,33 @@ impl GpuEngine {
             return Ok(dx);
         }
         let sums = self.alloc("group norm backward", Shape::new(s.n, s.c, 1, 2))?;
+        if gn.channels_per_group() * s.plane() <= FUSED_MAX_GROUP {
+            self.run(
+                Kernel::GroupNormBackward,
+                &config,
+                binds![
+                    x = x.binding(),
+                    gamma = gamma.binding(),
+                    stats = stats.binding(),
+                    grad_out = grad_out.binding(),
+                    mask = mask.binding(),
+                    sums = sums.binding(),
+                    dx = dx.binding(),
+                ],
+                (s.n * gn.groups) as u64,
+            )?;
+            self.run(
+                Kernel::GroupNormParamGrads,
+                &config,
+                binds![
+                    sums = sums.binding(),
+                    dgamma = dgamma.binding(),
+                    dbeta = dbeta.binding()
+                ],
+                (s.c as u64).div_ceil(WG_SIZE),
+            )?;
+            return Ok(dx);
+        }
         let coef = self.alloc("group norm backward", Shape::new(s.n, s.c, 1, 4))?;
         self.run(
             Kernel::GroupNormGradSums,

@@ -131,6 +131,8 @@ kernels! {
     GroupNormForward => "group_norm_forward.wgsl", [], [x, gamma, beta, stats, y],
     GroupNormStats => "group_norm_stats.wgsl", [], [x, gamma, beta, stats, coef],
     GroupNormApply => "group_norm_apply.wgsl", [], [coef, u, v, mask, out],
+    GroupNormBackward => "group_norm_backward.wgsl", [], [x, gamma, stats, grad_out, mask, sums, dx],
+    GroupNormParamGrads => "group_norm_param_grads.wgsl", [], [sums, dgamma, dbeta],
     GroupNormGradSums => "group_norm_grad_sums.wgsl", [], [x, stats, grad_out, mask, sums],
     GroupNormGradCoef => "group_norm_grad_coef.wgsl", [], [gamma, stats, sums, dgamma, dbeta, coef],
     OhemRowLoss => "ohem_row_loss.wgsl", [], [elementwise, row_loss],
