@@ -282,13 +282,17 @@ fn parity_cases() -> Vec<(GroupNorm, Shape)> {
     // 67,080 (statistics, then an elementwise map over the whole device).
     v.push((GroupNorm::new(8, 2), Shape::new(2, 8, 128, 128)));
     v.push((GroupNorm::new(4, 1), Shape::new(2, 4, 129, 130)));
+    // 1,024 channels in one group of 1 x 1 planes: few values, but too many channels for one
+    // workgroup's channel-by-channel backward walk (FUSED_MAX_GROUP_CHANNELS), so two passes.
+    v.push((GroupNorm::new(1024, 1), Shape::new(2, 1024, 1, 1)));
     v
 }
 
 /// Whether the GPU runs GroupNorm `gn` on `s` with one workgroup per group (forward in one
-/// dispatch, backward in two; src/gpu/group_norm.rs's FUSED_MAX_GROUP).
+/// dispatch, backward in two; src/gpu/group_norm.rs's FUSED_MAX_GROUP and
+/// FUSED_MAX_GROUP_CHANNELS).
 fn one_workgroup_per_group(gn: &GroupNorm, s: Shape) -> bool {
-    gn.channels_per_group() * s.h * s.w <= 1 << 16
+    gn.channels_per_group() <= 256 && gn.channels_per_group() * s.h * s.w <= 1 << 16
 }
 
 /// Dispatches of the kernels named `kernels` recorded on `ctx` while `f` ran.

@@ -1,5 +1,6 @@
-// The uniform every GroupNorm kernel reads (group_norm_stats, group_norm_apply,
-// group_norm_grad_sums, group_norm_grad_coef), and the layout they share.
+// The uniform every GroupNorm kernel reads (group_norm_forward, group_norm_backward and
+// group_norm_param_grads for groups one workgroup owns; group_norm_stats, group_norm_apply,
+// group_norm_grad_sums and group_norm_grad_coef for larger ones), and the layout they share.
 //
 // Tensors are NCHW, so the channels_per_group * plane values of image n's group g are contiguous
 // and start at element (n * groups + g) * channels_per_group * plane; the (image, group) "slot"
@@ -15,11 +16,14 @@ struct Config {
     group_channels: u32,
     plane: u32,
     eps: f32,
-    // FLAG_RELU_OUT: group_norm_apply.wgsl clamps its output at 0 (GroupNorm then ReLU, forward);
+    // FLAG_RELU_OUT: the forward (group_norm_forward.wgsl or group_norm_apply.wgsl) clamps its
+    // output at 0 (GroupNorm then ReLU);
     // FLAG_MASK_GRAD: the output gradient counts only where `mask` (the forward's output) is
-    // above 0 (the ReLU's backward, fused into group_norm_grad_sums.wgsl and the apply);
-    // FLAG_ACCUMULATE: group_norm_grad_coef.wgsl adds dgamma and dbeta to what they hold (a
-    // layer shared by several inputs sums its gradients in place).
+    // above 0 (the ReLU's backward, fused into group_norm_backward.wgsl, or into
+    // group_norm_grad_sums.wgsl and the apply);
+    // FLAG_ACCUMULATE: the parameter gradients (group_norm_param_grads.wgsl or
+    // group_norm_grad_coef.wgsl) are added to what dgamma and dbeta hold (a layer shared by
+    // several inputs sums its gradients in place).
     flags: u32,
     _pad0: u32,
 }

@@ -1,6 +1,7 @@
-//! GroupNorm on the CPU: the twin of `shaders/group_norm_stats.wgsl` and
-//! `group_norm_apply.wgsl` (forward), `group_norm_grad_sums.wgsl`, `group_norm_grad_coef.wgsl`
-//! and `group_norm_apply.wgsl` (backward). Rayon-parallel over (image, group): in NCHW each
+//! GroupNorm on the CPU: the twin of `shaders/group_norm_forward.wgsl` (or
+//! `group_norm_stats.wgsl` and `group_norm_apply.wgsl`, for large groups) forward, and of
+//! `group_norm_backward.wgsl` and `group_norm_param_grads.wgsl` (or `group_norm_grad_sums.wgsl`,
+//! `group_norm_grad_coef.wgsl` and `group_norm_apply.wgsl`) backward. Rayon-parallel over (image, group): in NCHW each
 //! group's values are one contiguous chunk. Sums run in f64 whatever the engine's precision;
 //! the elementwise maps run in the engine's precision with the shaders' coefficients.
 

@@ -1,6 +1,6 @@
 //! GroupNorm on the GPU: records `shaders/group_norm_forward.wgsl` (forward, one dispatch)
 //! and `group_norm_backward.wgsl` then `group_norm_param_grads.wgsl` (backward) for groups of
-//! at most [`FUSED_MAX_GROUP`] values; for larger ones `group_norm_stats.wgsl` then
+//! at most [`FUSED_MAX_GROUP`] values and [`FUSED_MAX_GROUP_CHANNELS`] channels; for larger ones `group_norm_stats.wgsl` then
 //! `group_norm_apply.wgsl` (forward), and `group_norm_grad_sums.wgsl`, `group_norm_grad_coef.wgsl` then
 //! `group_norm_apply.wgsl` (backward) into a [`GpuEngine`]'s encoder. No float atomics: every
 //! sum has one owner (a workgroup's tree, or one invocation's bounded loop).
@@ -26,11 +26,13 @@ pub(crate) struct GroupNormConfig {
     pub(crate) _pad: u32,
 }
 
-/// group_norm_apply.wgsl clamps its output at 0 (GroupNorm then ReLU).
+/// The forward (group_norm_forward.wgsl or group_norm_apply.wgsl) clamps its output at 0
+/// (GroupNorm then ReLU).
 const RELU_OUT: u32 = 1;
 /// The output gradient counts only where the forward's output is above 0 (ReLU's backward).
 const MASK_GRAD: u32 = 2;
-/// group_norm_grad_coef.wgsl adds the gamma and beta gradients to what their tensors hold.
+/// The backward (group_norm_param_grads.wgsl or group_norm_grad_coef.wgsl) adds the gamma and
+/// beta gradients to what their tensors hold.
 const ACCUMULATE: u32 = 4;
 const _: () = assert!(size_of::<GroupNormConfig>() <= super::nn::ARENA_STRIDE);
 
@@ -42,6 +44,19 @@ const _: () = assert!(size_of::<GroupNormConfig>() <= super::nn::ARENA_STRIDE);
 /// 256 writes 256 values per invocation; the small RetinaNet's largest group (128 px) holds
 /// 8,192.
 pub(crate) const FUSED_MAX_GROUP: usize = 1 << 16;
+
+/// Channels per group up to which a group of at most [`FUSED_MAX_GROUP`] values runs with one
+/// workgroup per group. `group_norm_backward.wgsl` walks a group channel by channel, each
+/// channel a plane walk and two workgroup trees, so its loop count grows with the channels even
+/// when the planes are 1 x 1 (`GroupNorm(1, 4096)` on a 1 x 1 map would take about 70,000
+/// steps); at 256 channels it stays under 5,000 steps.
+pub(crate) const FUSED_MAX_GROUP_CHANNELS: usize = 256;
+
+/// Whether GroupNorm `gn` on `x` runs with one workgroup per (image, group): forward in one
+/// dispatch, backward in two.
+fn one_workgroup_per_group(gn: &GroupNorm, x: Shape) -> bool {
+    gn.channels_per_group() <= FUSED_MAX_GROUP_CHANNELS && gn.channels_per_group() * x.plane() <= FUSED_MAX_GROUP
+}
 
 /// The uniform of every GroupNorm kernel for an input of `x`, after checking that no
 /// invocation loops more than [`LOOP_BUDGET`] times: the statistics walk each group twice in
@@ -94,7 +109,7 @@ impl GpuEngine {
         if s.is_empty() {
             return Ok(GroupNormOut { y, stats });
         }
-        if gn.channels_per_group() * s.plane() <= FUSED_MAX_GROUP {
+        if one_workgroup_per_group(gn, s) {
             self.run(
                 Kernel::GroupNormForward,
                 &config,
@@ -198,7 +213,7 @@ impl GpuEngine {
             return Ok(dx);
         }
         let sums = self.alloc("group norm backward", Shape::new(s.n, s.c, 1, 2))?;
-        if gn.channels_per_group() * s.plane() <= FUSED_MAX_GROUP {
+        if one_workgroup_per_group(gn, s) {
             self.run(
                 Kernel::GroupNormBackward,
                 &config,

@@ -153,7 +153,10 @@ fn mirrors() -> Vec<Mirror> {
             n_anchors, first, num_levels, anchors_per_cell, offset, _pad,
         }),
         mirror!(anchors::LevelGpu as "Level" in ["anchors.wgsl"] { first_anchor, grid_w, grid_h, stride }),
-        mirror!(group_norm::GroupNormConfig as "Config" in ["group_norm_stats.wgsl", "group_norm_apply.wgsl", "group_norm_grad_sums.wgsl", "group_norm_grad_coef.wgsl"] {
+        mirror!(group_norm::GroupNormConfig as "Config" in [
+            "group_norm_forward.wgsl", "group_norm_backward.wgsl", "group_norm_param_grads.wgsl",
+            "group_norm_stats.wgsl", "group_norm_apply.wgsl", "group_norm_grad_sums.wgsl", "group_norm_grad_coef.wgsl"
+        ] {
             batch, channels, groups, group_channels, plane, eps, flags, _pad,
         }),
         mirror!(postprocess::GpuDetection as "Detection" in ["postprocess_candidates.wgsl", "postprocess_output.wgsl"] {
