@@ -70,8 +70,10 @@ def main():
 
 
 def kind(node):
-    """A Conv node's kind from its weight's shape [Cout, Cin / group, kh, kw]; else its op."""
-    if node["args"].get("op_name") != "Conv":
+    """A Conv node's kind from its weight's shape [Cout, Cin / group, kh, kw]; else its op.
+    onnxruntime's graph optimizer may name a convolution with its activation folded in
+    `FusedConv`: a convolution too."""
+    if node["args"].get("op_name") not in ("Conv", "FusedConv"):
         return node["args"].get("op_name", "?")
     _, per_group, kh, kw = next(iter(node["args"]["input_type_shape"][1].values()))
     if kh == 1 and kw == 1:

@@ -32,6 +32,8 @@ pub struct DetectArgs {
     size: String,
     /// Profile a RetinaFace's network on the CPU backend instead: the median time of each
     /// convolution, totals by kind (dense, depthwise, 1x1) and the rest of the forward pass.
+    /// With --json: one object (size, threads, forward_seconds, elsewhere_seconds and the
+    /// layers), not the rows other benches print.
     #[arg(long)]
     layers: bool,
     #[command(flatten)]
@@ -171,6 +173,15 @@ fn profile_layers(net: &RetinaFace, values: &[Vec<f32>], rgb: &image::RgbImage, 
         .enumerate()
         .map(|(i, l)| (l, median(runs.iter().map(|r| r[i].seconds).collect())))
         .collect();
+    // The rest of the pass: per run, the pass less its convolutions, then the median (a
+    // difference of two medians could come out below zero).
+    let elsewhere = median(
+        passes
+            .iter()
+            .zip(&runs)
+            .map(|(p, r)| p - r.iter().map(|l| l.seconds).sum::<f64>())
+            .collect(),
+    );
     let pass = median(passes);
     let convs: f64 = layers.iter().map(|(_, s)| s).sum();
     let total = |k: &str| layers.iter().filter(|(l, _)| kind(l) == k).map(|(_, s)| s).sum::<f64>();
@@ -184,7 +195,7 @@ fn profile_layers(net: &RetinaFace, values: &[Vec<f32>], rgb: &image::RgbImage, 
             })
             .collect();
         let doc = serde_json::json!({"size": format!("{w}x{h}"), "threads": rayon::current_num_threads(),
-            "forward_seconds": pass, "layers": rows});
+            "forward_seconds": pass, "elsewhere_seconds": elsewhere, "layers": rows});
         println!(
             "{}",
             serde_json::to_string_pretty(&doc).map_err(|e| Error::InvalidParameter(e.to_string()))?
@@ -210,7 +221,7 @@ fn profile_layers(net: &RetinaFace, values: &[Vec<f32>], rgb: &image::RgbImage, 
         total("depthwise") * 1e3,
         total("1x1") * 1e3,
         pass * 1e3,
-        (pass - convs) * 1e3,
+        elsewhere * 1e3,
         rayon::current_num_threads()
     );
     Ok(())
