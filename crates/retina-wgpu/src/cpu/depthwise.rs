@@ -190,14 +190,29 @@ fn plane_body<T: Real>(
     let padded = &*padded;
     let width = g.out_w;
     for (oy, row) in dst.chunks_exact_mut(width).enumerate() {
-        if width >= 32 {
-            output_row::<T, 4>(g, padded, taps, bias, leaky, oy, row);
-        } else if width >= 16 {
-            output_row::<T, 2>(g, padded, taps, bias, leaky, oy, row);
-        } else if width >= 8 {
-            output_row::<T, 1>(g, padded, taps, bias, leaky, oy, row);
-        } else {
+        if width < LANES {
             output_row_narrow(g, padded, taps, bias, leaky, oy, row);
+            continue;
+        }
+        // Runs of 32, then at most one of 16 and one of 8, then, where fewer than 8 columns
+        // are left, one of 8 ending at the row's end (overlapping the one before: the same
+        // values are written twice). A run of 32 repeated over the last columns would recompute
+        // up to 24 of them (24 of 40 on a 40-wide plane).
+        let mut ox = 0;
+        while width - ox >= 4 * LANES {
+            output_run::<T, 4>(g, padded, taps, bias, leaky, oy, ox, row);
+            ox += 4 * LANES;
+        }
+        if width - ox >= 2 * LANES {
+            output_run::<T, 2>(g, padded, taps, bias, leaky, oy, ox, row);
+            ox += 2 * LANES;
+        }
+        if width - ox >= LANES {
+            output_run::<T, 1>(g, padded, taps, bias, leaky, oy, ox, row);
+            ox += LANES;
+        }
+        if ox < width {
+            output_run::<T, 1>(g, padded, taps, bias, leaky, oy, width - LANES, row);
         }
     }
 }
@@ -205,41 +220,35 @@ fn plane_body<T: Real>(
 /// Lanes of one accumulator group (one AVX register of f32).
 const LANES: usize = 8;
 
-/// Output row `oy` (at least `G * LANES` wide, `G` >= 1; [`output_row_narrow`] otherwise) in
-/// runs of `G * LANES` accumulated in `G` groups of [`LANES`] (registers), the last run ending at
-/// the row's end (it may overlap the one before: the same values are written twice).
+/// Outputs `ox..ox + G * LANES` of output row `oy` (`G` >= 1, within the row), accumulated in
+/// `G` groups of [`LANES`] (registers).
 #[inline(always)]
-fn output_row<T: Real, const G: usize>(
+#[allow(clippy::too_many_arguments)]
+fn output_run<T: Real, const G: usize>(
     g: &Geometry,
     padded: &[T],
     taps: &[T],
     bias: T,
     leaky: Option<T>,
     oy: usize,
+    ox: usize,
     row: &mut [T],
 ) {
-    let (width, n) = (row.len(), G * LANES);
+    let n = G * LANES;
     let first = oy * g.stride * g.phase_len;
-    let mut ox = 0;
-    loop {
-        let mut acc = [[bias; LANES]; G];
-        for (&offset, &wv) in g.offsets.iter().zip(taps) {
-            let at = first + ox + offset;
-            for (group, run) in acc.iter_mut().zip(padded[at..at + n].chunks_exact(LANES)) {
-                for j in 0..LANES {
-                    group[j] += wv * run[j];
-                }
-            }
-        }
-        for (out, group) in row[ox..ox + n].chunks_exact_mut(LANES).zip(&acc) {
+    let mut acc = [[bias; LANES]; G];
+    for (&offset, &wv) in g.offsets.iter().zip(taps) {
+        let at = first + ox + offset;
+        for (group, run) in acc.iter_mut().zip(padded[at..at + n].chunks_exact(LANES)) {
             for j in 0..LANES {
-                out[j] = activate(group[j], leaky);
+                group[j] += wv * run[j];
             }
         }
-        if ox + n == width {
-            break;
+    }
+    for (out, group) in row[ox..ox + n].chunks_exact_mut(LANES).zip(&acc) {
+        for j in 0..LANES {
+            out[j] = activate(group[j], leaky);
         }
-        ox = (ox + n).min(width - n);
     }
 }
 
@@ -368,7 +377,8 @@ mod tests {
     }
 
     /// Planes small enough for Miri (`cargo +nightly miri test --lib cpu::depthwise::tests::tiny`)
-    /// that reach every run width (32, 16, 8, 1 columns), both strides' copies into the padded
+    /// that reach every run width (32, 16, 8, 1 columns; 59 = 32 + 16 + 8 and an overlapping 8),
+    /// both strides' copies into the padded
     /// phases (an odd width at stride 2) and the AVX2 copy where the CPU has it.
     #[test]
     fn tiny_planes_match_the_definition() {
@@ -376,6 +386,7 @@ mod tests {
             (Conv2d::depthwise(2, 3, 1), Shape::new(1, 2, 3, 33)),
             (Conv2d::depthwise(2, 3, 2), Shape::new(1, 2, 5, 35)),
             (Conv2d::depthwise(1, 3, 1), Shape::new(2, 1, 2, 17)),
+            (Conv2d::depthwise(1, 3, 1), Shape::new(1, 1, 2, 59)),
             (Conv2d::depthwise(1, 3, 2), Shape::new(1, 1, 3, 19)),
             (Conv2d::depthwise(3, 3, 1), Shape::new(1, 3, 2, 3)),
             (
