@@ -37,6 +37,10 @@ pub trait Real:
     fn to_f32(self) -> f32;
     /// To f64.
     fn to_f64(self) -> f64;
+    /// The values as f32, where they are (the kernels written for f32 only).
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
+    /// The values as f32, where they are.
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -54,6 +58,12 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
+    }
 }
 
 impl Real for f64 {
@@ -70,6 +80,12 @@ impl Real for f64 {
     }
     fn to_f64(self) -> f64 {
         self
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 
@@ -483,7 +499,12 @@ impl<T> Copy for ConvProblem<'_, T> {}
 /// Forward pass into `y` (`p.out` shaped), followed by LeakyReLU with slope `leaky` when given, applied as the
 /// bias is added (one pass over the output instead of two).
 pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
-    if per_image(p.input, p.out) {
+    let per_image = per_image(p.input, p.out);
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::direct::applies(p, per_image) {
+        return crate::cpu::direct::forward(p, bias, leaky, y);
+    }
+    if per_image {
         forward_per_image(p, bias, leaky, y);
     } else {
         forward_batched(p, bias, leaky, y);

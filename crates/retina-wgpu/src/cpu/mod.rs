@@ -12,6 +12,8 @@ pub mod box_loss;
 pub mod boxes;
 pub mod conv;
 pub(crate) mod depthwise;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod direct;
 pub mod focal;
 pub(crate) mod group_norm;
 pub mod matcher;

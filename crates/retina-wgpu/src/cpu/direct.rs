@@ -1,0 +1,390 @@
+//! Direct dense convolution on the CPU with AVX-512: the forward pass of [`crate::cpu::conv`]
+//! for stride-1 kernels larger than 1 x 1 with fewer than 64 output channels, in f32, on one
+//! image at a time (RetinaFace's SSH modules: 3 x 3 convolutions to 16 and 32 channels).
+//! There im2col + GEMM copies each input value kh * kw times into a matrix and then runs a GEMM
+//! whose M (the output channels) is below the 64 rows of its AVX-512 tile; this kernel reads the
+//! zero-padded input in place (on the project's AVX-512 VM, 1.3-1.7x the GEMM path on those
+//! layers; level or slower at 64 channels and more, where the GEMM path stays).
+//!
+//! Each image's input is copied once into zero-padded planes of `Wp = W + 2 * pad` columns.
+//! Output `(oy, ox)` is then computed at flat position `q = oy * Wp + ox` of a grid `Wp` wide,
+//! whose tap (ky, kx) reads padded position `q + ky * Wp + kx`: every tap of a run of
+//! consecutive outputs is one contiguous run of inputs, with no bounds test and no edge case.
+//! The `kw - 1` columns per row past the output's width (and the last run's tail) are computed
+//! and dropped. A run accumulates 8 output channels x 48 pixels in 24 zmm registers over the
+//! input channels and taps, each step three input loads and eight broadcast weights feeding 24
+//! FMAs; output channels past the last block of 8 carry zero weights. Each output is the bias
+//! plus its products in (input channel, ky, kx) order, fused multiply-adds throughout: the
+//! results differ from the GEMM path's in the last bits.
+
+use rayon::prelude::*;
+
+use crate::cpu::conv::{ConvProblem, Real};
+
+/// Output columns below which the direct path is not taken: a row then wastes `kw - 1` of
+/// every `Wo + kw - 1` outputs it computes.
+const MIN_WIDTH: usize = 8;
+
+/// Output channels from which the GEMM path is as fast or faster (its tile's 64 rows are full).
+const MAX_OUT_CHANNELS: usize = 63;
+
+/// Outputs per parallel task, about: whole output rows, so that the epilogue copies runs.
+const TASK_OUTPUTS: usize = 512;
+
+/// Output channels per block: one broadcast weight each per tap.
+const OB: usize = 8;
+
+/// Pixels per run in 16-lane registers: 8 output channels x 3 registers is 24 accumulators of
+/// the 32 zmm registers.
+const VECTORS: usize = 3;
+
+/// Pixels per run.
+const P: usize = 16 * VECTORS;
+
+/// Input channels per pass over a task's outputs (the partial sums go through the task's
+/// output rows between passes): a pass's rows and weights stay in L1 and L2.
+const CHANNEL_BLOCK: usize = 32;
+
+/// Whether the CPU has AVX-512F and FMA.
+fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Whether [`forward`] runs problem `p` (else the caller takes the im2col + GEMM path):
+/// stride 1, a kernel larger than 1 x 1, fewer than 64 output channels at least
+/// [`MIN_WIDTH`] wide, f32, one image or a batch the GEMM path would run as one GEMM (fewer
+/// images than threads; with more, its per-image GEMMs in parallel are as fast or faster), and
+/// AVX-512.
+pub(crate) fn applies<T: Real>(p: &ConvProblem<'_, T>, per_image: bool) -> bool {
+    T::as_f32(p.x).is_some()
+        && p.conv.stride == 1
+        && p.conv.kernel != (1, 1)
+        && p.out.c <= MAX_OUT_CHANNELS
+        && p.out.w >= MIN_WIDTH
+        && p.input.c > 0
+        && p.input.plane() > 0
+        && (p.input.n == 1 || !per_image)
+        && available()
+}
+
+/// The padded geometry of one image, shared by its tasks.
+struct Layout {
+    /// Columns of a padded plane (and of the flat output grid).
+    wp: usize,
+    /// Values of a padded plane: `(H + 2 * pad) * wp`.
+    plane: usize,
+    /// Per tap (ky, kx) in order: `ky * wp + kx`.
+    offsets: Vec<usize>,
+    /// Tasks per output-channel block: `ceil(Ho / rows)`.
+    chunks: usize,
+    /// Flat outputs a task computes: its rows times `wp`, rounded up to whole runs.
+    span: usize,
+}
+
+/// Forward pass into `y` (`p.out` shaped): the bias, then LeakyReLU of slope `leaky` when
+/// given. Callers check [`applies`] first (or, in tests, [`available`]).
+pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
+    let (Some(x), Some(w), Some(y)) = (T::as_f32(p.x), T::as_f32(p.w), T::as_f32_mut(y)) else {
+        unreachable!("applies() admits f32 only")
+    };
+    let bias = bias.and_then(T::as_f32);
+    let leaky = leaky.map(Real::to_f32);
+    let (conv, input, out) = (p.conv, p.input, p.out);
+    let (kh, kw) = conv.kernel;
+    let pad = conv.padding;
+    let (cin, cout) = (input.c, out.c);
+    let taps = kh * kw;
+    let wp = input.w + 2 * pad;
+    let rows = (TASK_OUTPUTS / wp).clamp(1, out.h);
+    let span = (rows * wp).div_ceil(P) * P;
+    let layout = Layout {
+        wp,
+        plane: (input.h + 2 * pad) * wp,
+        offsets: (0..kh).flat_map(|ky| (0..kw).map(move |kx| ky * wp + kx)).collect(),
+        chunks: out.h.div_ceil(rows),
+        span,
+    };
+    let blocks = cout.div_ceil(OB);
+    // Weights as [block][ci][tap][OB], zero past the last output channel; the bias likewise.
+    let mut packed_scratch = p.pool.take(blocks * cin * taps * OB);
+    let packed = T::as_f32_mut(&mut packed_scratch).unwrap_or_default();
+    packed.fill(0.0);
+    for co in 0..cout {
+        for ci in 0..cin {
+            for t in 0..taps {
+                packed[((co / OB * cin + ci) * taps + t) * OB + co % OB] = w[(co * cin + ci) * taps + t];
+            }
+        }
+    }
+    let mut bias_scratch = p.pool.take(blocks * OB);
+    let bias_packed = T::as_f32_mut(&mut bias_scratch).unwrap_or_default();
+    bias_packed.fill(0.0);
+    if let Some(b) = bias {
+        bias_packed[..cout].copy_from_slice(b);
+    }
+    let (packed, bias_packed) = (&*packed, &*bias_packed);
+    // The last task's runs read up to `span` past its first output, plus the taps' reach:
+    // past the last plane, into zeros.
+    let reach = (layout.chunks - 1) * rows * wp + span + (kh - 1) * wp + kw;
+    let slack = reach.saturating_sub(layout.plane);
+    let mut padded_scratch = p.pool.take(cin * layout.plane + slack);
+    let padded = T::as_f32_mut(&mut padded_scratch).unwrap_or_default();
+    padded[cin * layout.plane..].fill(0.0);
+    let mut tmp_scratch = p.pool.take(blocks * layout.chunks * OB * span);
+    let tmp = T::as_f32_mut(&mut tmp_scratch).unwrap_or_default();
+    for (image, y) in y.chunks_exact_mut(out.len() / out.n).enumerate() {
+        let x = &x[image * input.len() / input.n..][..input.len() / input.n];
+        pad_image(x, input.h, input.w, pad, &layout, padded);
+        let padded = &*padded;
+        tmp.par_chunks_mut(OB * span).enumerate().for_each(|(task, dst)| {
+            let (block, chunk) = (task / layout.chunks, task % layout.chunks);
+            let w = &packed[block * cin * taps * OB..][..cin * taps * OB];
+            let b = &bias_packed[block * OB..][..OB];
+            let first = chunk * rows * wp;
+            for c0 in (0..cin).step_by(CHANNEL_BLOCK) {
+                let channels = c0..cin.min(c0 + CHANNEL_BLOCK);
+                let add = c0 > 0;
+                // SAFETY: `applies` (or the test) found AVX-512F and FMA on this CPU.
+                unsafe {
+                    match (taps, add) {
+                        (9, false) => avx512::<9, false>(padded, &layout, channels, w, b, first, dst),
+                        (9, true) => avx512::<9, true>(padded, &layout, channels, w, b, first, dst),
+                        (_, false) => avx512::<0, false>(padded, &layout, channels, w, b, first, dst),
+                        (_, true) => avx512::<0, true>(padded, &layout, channels, w, b, first, dst),
+                    }
+                }
+            }
+        });
+        // The epilogue: each output row is one run of the task that computed it.
+        y.par_chunks_mut(out.w).enumerate().for_each(|(r, row)| {
+            let (co, oy) = (r / out.h, r % out.h);
+            let task = (co / OB) * layout.chunks + oy / rows;
+            let src = &tmp[(task * OB + co % OB) * span + (oy % rows) * wp..][..out.w];
+            match leaky {
+                Some(slope) => {
+                    for (d, &v) in row.iter_mut().zip(src) {
+                        *d = if v > 0.0 { v } else { v * slope };
+                    }
+                }
+                None => row.copy_from_slice(src),
+            }
+        });
+    }
+}
+
+/// Copies one image's `C x H x W` planes into `padded` (`layout.plane` values each, the
+/// padding zero; the slack past the last plane stays zero).
+fn pad_image(x: &[f32], h: usize, w: usize, pad: usize, layout: &Layout, padded: &mut [f32]) {
+    let wp = layout.wp;
+    padded[..x.len() / (h * w) * layout.plane]
+        .par_chunks_mut(layout.plane)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            dst[..pad * wp].fill(0.0);
+            dst[(pad + h) * wp..].fill(0.0);
+            for (row, src) in dst[pad * wp..(pad + h) * wp]
+                .chunks_exact_mut(wp)
+                .zip(src.chunks_exact(w))
+            {
+                row[..pad].fill(0.0);
+                row[pad..pad + w].copy_from_slice(src);
+                row[pad + w..].fill(0.0);
+            }
+        });
+}
+
+/// One task's pass over input channels `channels`: the runs of [`P`] flat outputs from `first`
+/// for one block of [`OB`] output channels, into `dst` ([`OB`] rows of `layout.span`), from the
+/// bias (or, with `ADD`, from what `dst` holds). `TAPS` > 0 is the number of taps, known to the
+/// compiler so that it unrolls their loop; 0 reads it from `layout`.
+#[target_feature(enable = "avx512f,fma")]
+fn avx512<const TAPS: usize, const ADD: bool>(
+    padded: &[f32],
+    layout: &Layout,
+    channels: std::ops::Range<usize>,
+    w: &[f32],
+    bias: &[f32],
+    first: usize,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+    let (taps, span) = (layout.offsets.len(), layout.span);
+    // A known number of taps (TAPS > 0) unrolls their loop.
+    let offsets = if TAPS > 0 {
+        &layout.offsets[..TAPS]
+    } else {
+        &layout.offsets[..]
+    };
+    for r in (0..span).step_by(P) {
+        let q = first + r;
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; OB];
+        for (o, a) in acc.iter_mut().enumerate() {
+            let d = &dst[o * span + r..][..P];
+            for (i, a) in a.iter_mut().enumerate() {
+                *a = if ADD {
+                    // SAFETY: `d` holds P values; this load reads 16 of them.
+                    unsafe { _mm512_loadu_ps(d.as_ptr().add(16 * i)) }
+                } else {
+                    _mm512_set1_ps(bias[o])
+                };
+            }
+        }
+        for ci in channels.clone() {
+            let base = ci * layout.plane + q;
+            let wc = &w[ci * taps * OB..][..taps * OB];
+            for (&off, wt) in offsets.iter().zip(wc.chunks_exact(OB)) {
+                let run = &padded[base + off..base + off + P];
+                let mut v = [_mm512_setzero_ps(); VECTORS];
+                for (i, v) in v.iter_mut().enumerate() {
+                    // SAFETY: `run` holds P values; this load reads 16 of them.
+                    *v = unsafe { _mm512_loadu_ps(run.as_ptr().add(16 * i)) };
+                }
+                for (a, &wo) in acc.iter_mut().zip(<&[f32; OB]>::try_from(wt).expect("OB weights")) {
+                    let wo = _mm512_set1_ps(wo);
+                    for (a, &v) in a.iter_mut().zip(&v) {
+                        *a = _mm512_fmadd_ps(wo, v, *a);
+                    }
+                }
+            }
+        }
+        for (o, a) in acc.iter().enumerate() {
+            let d = &mut dst[o * span + r..][..P];
+            for (i, &a) in a.iter().enumerate() {
+                // SAFETY: `d` holds P values; this store writes 16 of them.
+                unsafe { _mm512_storeu_ps(d.as_mut_ptr().add(16 * i), a) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::nn::Pool;
+    use crate::nn::{Conv2d, Shape};
+
+    /// A dense convolution by its definition, in f64.
+    #[allow(clippy::needless_range_loop)]
+    fn direct(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32], leaky: Option<f32>) -> Vec<f64> {
+        let out = c.output_shape(s).unwrap();
+        let (kh, kw) = c.kernel;
+        let mut y = Vec::with_capacity(out.len());
+        for n in 0..s.n {
+            for co in 0..out.c {
+                for oy in 0..out.h {
+                    for ox in 0..out.w {
+                        let mut v = f64::from(b[co]);
+                        for ci in 0..s.c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * c.stride + ky) as isize - c.padding as isize;
+                                    let ix = (ox * c.stride + kx) as isize - c.padding as isize;
+                                    if (0..s.h as isize).contains(&iy) && (0..s.w as isize).contains(&ix) {
+                                        let i = ((n * s.c + ci) * s.h + iy as usize) * s.w + ix as usize;
+                                        let wi = ((co * s.c + ci) * kh + ky) * kw + kx;
+                                        v += f64::from(w[wi]) * f64::from(x[i]);
+                                    }
+                                }
+                            }
+                        }
+                        y.push(match leaky {
+                            Some(slope) if v <= 0.0 => v * f64::from(slope),
+                            _ => v,
+                        });
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Shapes that reach a partial output-channel block, rows split over several tasks (and a
+    /// last task of fewer rows), two images, 3 x 3 and 5 x 5 kernels, more input channels than
+    /// one pass takes (partial sums carried between passes), no padding, and the narrowest
+    /// width the path takes. Only where the CPU has AVX-512 (elsewhere the kernel never runs).
+    #[test]
+    fn matches_the_definition() {
+        if !available() {
+            return;
+        }
+        let cases = [
+            (Conv2d::new(5, 11, 3, 1), Shape::new(2, 5, 9, 70)),
+            (Conv2d::new(3, 8, 5, 1), Shape::new(1, 3, 7, 12)),
+            (Conv2d::new(4, 33, 3, 1), Shape::new(1, 4, 40, 20)),
+            (Conv2d::new(40, 9, 3, 1), Shape::new(1, 40, 6, 20)),
+            (Conv2d::new(70, 3, 5, 1), Shape::new(1, 70, 6, 9)),
+            (
+                Conv2d {
+                    padding: 0,
+                    ..Conv2d::new(2, 3, 3, 1)
+                },
+                Shape::new(1, 2, 5, 10),
+            ),
+        ];
+        for (c, s) in cases {
+            let x: Vec<f32> = (0..s.len()).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
+            let w: Vec<f32> = (0..c.weight_shape().len())
+                .map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125)
+                .collect();
+            let b: Vec<f32> = (0..c.out_channels).map(|i| i as f32 * 0.5 - 0.25).collect();
+            let out = c.output_shape(s).unwrap();
+            let pool = Pool::new();
+            let p = ConvProblem {
+                conv: &c,
+                x: &x,
+                input: s,
+                w: &w,
+                out,
+                pool: &pool,
+            };
+            for leaky in [None, Some(0.1f32)] {
+                let mut y = vec![f32::NAN; out.len()];
+                forward(&p, Some(&b), leaky, &mut y);
+                let want = direct(&c, &x, s, &w, &b, leaky);
+                for (i, (&g, &r)) in y.iter().zip(&want).enumerate() {
+                    assert!((f64::from(g) - r).abs() < 1e-4, "{c:?} {s} {leaky:?} [{i}]: {g} != {r}");
+                }
+            }
+        }
+    }
+
+    /// The layers the path takes: RetinaFace's SSH convolutions, not its 64-channel FPN merges,
+    /// strided or 1 x 1 layers, f64, or batches the GEMM path runs image by image.
+    #[test]
+    fn takes_the_small_stride_one_layers() {
+        let pool = Pool::new();
+        let pool64 = Pool::<f64>::new();
+        let case = |c: Conv2d, s: Shape, per_image: bool| {
+            let (x, w) = (vec![0f32; s.len()], vec![0f32; c.weight_shape().len()]);
+            let p = ConvProblem {
+                conv: &c,
+                x: &x,
+                input: s,
+                w: &w,
+                out: c.output_shape(s).unwrap(),
+                pool: &pool,
+            };
+            applies(&p, per_image)
+        };
+        let ssh = Shape::new(1, 64, 60, 80);
+        assert_eq!(case(Conv2d::new(64, 32, 3, 1), ssh, false), available());
+        assert_eq!(case(Conv2d::new(64, 16, 3, 1), ssh, false), available());
+        assert!(!case(Conv2d::new(64, 64, 3, 1), ssh, false));
+        assert!(!case(Conv2d::new(64, 32, 3, 2), ssh, false));
+        assert!(!case(Conv2d::new(64, 32, 1, 1), ssh, false));
+        assert!(!case(Conv2d::new(64, 32, 3, 1), Shape::new(1, 64, 7, 7), false));
+        assert_eq!(case(Conv2d::new(64, 32, 3, 1), ssh, true), available());
+        assert!(!case(Conv2d::new(64, 32, 3, 1), Shape::new(8, 64, 60, 80), true));
+        let c = Conv2d::new(64, 32, 3, 1);
+        let (x, w) = (vec![0f64; ssh.len()], vec![0f64; c.weight_shape().len()]);
+        let p = ConvProblem {
+            conv: &c,
+            x: &x,
+            input: ssh,
+            w: &w,
+            out: c.output_shape(ssh).unwrap(),
+            pool: &pool64,
+        };
+        assert!(!applies(&p, false));
+    }
+}
