@@ -321,7 +321,27 @@ mod tests {
                 Shape::new(1, 2, 5, 10),
             ),
         ];
-        for (c, s) in cases {
+        check(&cases);
+    }
+
+    /// Shapes small enough for Miri (`cargo +nightly miri test --lib cpu::direct::tests::tiny`,
+    /// with AVX-512 enabled for Miri's CPU): one run, a 5 x 5 kernel (taps not unrolled), and
+    /// more input channels than one pass takes.
+    #[test]
+    fn tiny_shapes_match_the_definition() {
+        if !available() {
+            return;
+        }
+        check(&[
+            (Conv2d::new(2, 9, 3, 1), Shape::new(1, 2, 2, 8)),
+            (Conv2d::new(1, 3, 5, 1), Shape::new(1, 1, 1, 8)),
+            (Conv2d::new(33, 1, 3, 1), Shape::new(1, 33, 1, 8)),
+        ]);
+    }
+
+    /// The direct path's output against [`direct`] on each case, with and without LeakyReLU.
+    fn check(cases: &[(Conv2d, Shape)]) {
+        for &(c, s) in cases {
             let x: Vec<f32> = (0..s.len()).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
             let w: Vec<f32> = (0..c.weight_shape().len())
                 .map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125)
