@@ -106,9 +106,9 @@ impl Geometry {
 /// `y = depthwise(x) + bias`, `y` of shape `out`: per plane (see [`Geometry`]) and output
 /// row, runs of up to 32 outputs accumulated in registers over every tap, each output the bias
 /// plus its taps in (ky, kx) order, the padding's taps included as zeros (as PyTorch and ONNX
-/// compute them). With `leaky`, LeakyReLU of that slope follows before the store. Compiled
-/// for AVX2 where the CPU has it (plain multiply and add, no FMA: the same results on every
-/// CPU).
+/// compute them). With `leaky`, LeakyReLU of that slope follows before the store. In f32 with
+/// AVX-512 registers where the CPU has AVX-512F, else compiled for AVX2 where it has that
+/// (plain multiply and add, no FMA, in the same order: the same results on every CPU).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<T: Real>(
     c: &Conv2d,
@@ -134,7 +134,8 @@ pub(crate) fn forward<T: Real>(
     );
 }
 
-/// One plane of [`forward`]: the AVX2 copy of [`plane_body`] where the CPU has it.
+/// One plane of [`forward`]: [`avx512`] or the AVX2 copy of [`plane_body`] where the CPU has
+/// them.
 fn forward_plane<T: Real>(
     g: &Geometry,
     src: &[T],
@@ -158,12 +159,107 @@ fn forward_plane<T: Real>(
         ) {
             plane_body(g, src, padded, taps, bias, leaky, dst);
         }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && let (Some(src), Some(padded), Some(taps), Some(dst)) = (
+                T::as_f32(src),
+                T::as_f32_mut(padded),
+                T::as_f32(taps),
+                T::as_f32_mut(dst),
+            )
+        {
+            // SAFETY: AVX-512F was detected on this CPU.
+            return unsafe { avx512(g, src, padded, taps, bias.to_f32(), leaky.map(Real::to_f32), dst) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was detected on this CPU; the body is safe Rust.
             return unsafe { avx2(g, src, padded, taps, bias, leaky, dst) };
         }
     }
     plane_body(g, src, padded, taps, bias, leaky, dst);
+}
+
+/// [`plane_body`] in f32 with AVX-512 registers: runs of 64, 32 and 16 outputs in 4, 2 and 1
+/// zmm accumulators, the last run of a row ending at its end (overlapping the one before when
+/// the width is not a multiple of 16: the same values are written twice); rows narrower than 16
+/// take [`plane_body`]'s runs of 8 and single outputs. The same multiplies and adds in the same
+/// order as [`plane_body`] (no FMA), so the same results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn avx512(g: &Geometry, src: &[f32], padded: &mut [f32], taps: &[f32], bias: f32, leaky: Option<f32>, dst: &mut [f32]) {
+    let width = g.out_w;
+    if width < 16 {
+        return plane_body(g, src, padded, taps, bias, leaky, dst);
+    }
+    g.pad(src, padded);
+    let padded = &*padded;
+    for (oy, row) in dst.chunks_exact_mut(width).enumerate() {
+        let mut ox = 0;
+        while width - ox >= 64 {
+            avx512_run::<4>(g, padded, taps, bias, leaky, oy, ox, row);
+            ox += 64;
+        }
+        if width - ox >= 32 {
+            avx512_run::<2>(g, padded, taps, bias, leaky, oy, ox, row);
+            ox += 32;
+        }
+        if width - ox >= 16 {
+            avx512_run::<1>(g, padded, taps, bias, leaky, oy, ox, row);
+            ox += 16;
+        }
+        if ox < width {
+            avx512_run::<1>(g, padded, taps, bias, leaky, oy, width - 16, row);
+        }
+    }
+}
+
+/// Outputs `ox..ox + 16 * V` of output row `oy` in `V` zmm accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+fn avx512_run<const V: usize>(
+    g: &Geometry,
+    padded: &[f32],
+    taps: &[f32],
+    bias: f32,
+    leaky: Option<f32>,
+    oy: usize,
+    ox: usize,
+    row: &mut [f32],
+) {
+    use std::arch::x86_64::{
+        _mm512_add_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps,
+    };
+    let first = oy * g.stride * g.phase_len + ox;
+    let mut acc = [_mm512_set1_ps(bias); V];
+    for (&offset, &wv) in g.offsets.iter().zip(taps) {
+        let run = &padded[first + offset..first + offset + 16 * V];
+        let wv = _mm512_set1_ps(wv);
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `run` holds 16 * V values; this load reads 16 of them.
+            let v = unsafe { _mm512_loadu_ps(run.as_ptr().add(16 * i)) };
+            *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, v));
+        }
+    }
+    // LeakyReLU with a slope in [0, 1] is max(a * slope, a) (`a` where above 0, else
+    // `a * slope`, NaN staying NaN: `max_ps` returns its second operand when either is NaN),
+    // bit for bit `activate`'s; other slopes take `activate` after the store, as does every
+    // slope under Miri, which does not implement `max_ps` (safe code: its loads and stores
+    // are what Miri checks here).
+    let in_registers = leaky.filter(|s| (0.0..=1.0).contains(s) && !cfg!(miri));
+    let out = &mut row[ox..ox + 16 * V];
+    for (i, &a) in acc.iter().enumerate() {
+        let v = match in_registers {
+            Some(slope) => _mm512_max_ps(_mm512_mul_ps(a, _mm512_set1_ps(slope)), a),
+            None => a,
+        };
+        // SAFETY: `out` holds 16 * V values; this store writes 16 of them.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), v) };
+    }
+    if leaky.is_some() && in_registers.is_none() {
+        for v in out.iter_mut() {
+            *v = activate(*v, leaky);
+        }
+    }
 }
 
 /// LeakyReLU of `slope` when given (NaN stays NaN).
@@ -377,9 +473,10 @@ mod tests {
     }
 
     /// Planes small enough for Miri (`cargo +nightly miri test --lib cpu::depthwise::tests::tiny`)
-    /// that reach every run width (32, 16, 8, 1 columns; 59 = 32 + 16 + 8 and an overlapping 8),
+    /// that reach every run width (32, 16, 8, 1 columns; 59 = 32 + 16 + 8 and an overlapping 8;
+    /// with AVX-512, 64, 32, 16 and an overlapping 16, on rows of 70 and 59),
     /// both strides' copies into the padded
-    /// phases (an odd width at stride 2) and the AVX2 copy where the CPU has it.
+    /// phases (an odd width at stride 2) and the AVX-512 or AVX2 copy where the CPU has it.
     #[test]
     fn tiny_planes_match_the_definition() {
         let cases = [
@@ -387,6 +484,7 @@ mod tests {
             (Conv2d::depthwise(2, 3, 2), Shape::new(1, 2, 5, 35)),
             (Conv2d::depthwise(1, 3, 1), Shape::new(2, 1, 2, 17)),
             (Conv2d::depthwise(1, 3, 1), Shape::new(1, 1, 2, 59)),
+            (Conv2d::depthwise(1, 3, 1), Shape::new(1, 1, 2, 70)),
             (Conv2d::depthwise(1, 3, 2), Shape::new(1, 1, 3, 19)),
             (Conv2d::depthwise(3, 3, 1), Shape::new(1, 3, 2, 3)),
             (
@@ -402,12 +500,24 @@ mod tests {
             let w: Vec<f32> = (0..s.c * 9).map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125).collect();
             let b: Vec<f32> = (0..s.c).map(|i| i as f32 * 0.5 - 0.25).collect();
             let out = c.output_shape(s).unwrap();
-            for leaky in [None, Some(0.1f32)] {
+            // A slope in [0, 1] runs in registers with AVX-512; 1.5 after the store.
+            for leaky in [None, Some(0.1f32), Some(1.5)] {
                 let mut y = vec![f32::NAN; out.len()];
                 forward(&c, &x, s, &w, Some(&b), leaky, out, &mut y);
                 let want = direct(&c, &x, s, &w, &b, leaky);
                 for (i, (&g, &r)) in y.iter().zip(&want).enumerate() {
                     assert!((f64::from(g) - r).abs() < 1e-5, "{c:?} {s} {leaky:?} [{i}]: {g} != {r}");
+                }
+                // The vector entries (AVX-512, AVX2) give the portable body's bits.
+                let geometry = Geometry::new(&c, s, out);
+                let mut padded = vec![0f32; geometry.scratch_len()];
+                for (plane, (dst, src)) in y.chunks_exact(out.plane()).zip(x.chunks_exact(s.plane())).enumerate() {
+                    let ch = plane % s.c;
+                    let mut portable = vec![f32::NAN; out.plane()];
+                    let taps = &w[ch * 9..(ch + 1) * 9];
+                    plane_body(&geometry, src, &mut padded, taps, b[ch], leaky, &mut portable);
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(dst), bits(&portable), "{c:?} {s} {leaky:?} plane {plane}");
                 }
             }
         }
