@@ -368,24 +368,26 @@ mod tests {
         }
     }
 
+    /// Whether the direct path takes convolution `c` on input `s` in precision `T`.
+    fn takes<T: Real>(c: Conv2d, s: Shape, per_image: bool) -> bool {
+        let pool = Pool::<T>::new();
+        let (x, w) = (vec![T::ZERO; s.len()], vec![T::ZERO; c.weight_shape().len()]);
+        let p = ConvProblem {
+            conv: &c,
+            x: &x,
+            input: s,
+            w: &w,
+            out: c.output_shape(s).unwrap(),
+            pool: &pool,
+        };
+        applies(&p, per_image)
+    }
+
     /// The layers the path takes: RetinaFace's SSH convolutions, not its 64-channel FPN merges,
     /// strided or 1 x 1 layers, f64, or batches the GEMM path runs image by image.
     #[test]
     fn takes_the_small_stride_one_layers() {
-        let pool = Pool::new();
-        let pool64 = Pool::<f64>::new();
-        let case = |c: Conv2d, s: Shape, per_image: bool| {
-            let (x, w) = (vec![0f32; s.len()], vec![0f32; c.weight_shape().len()]);
-            let p = ConvProblem {
-                conv: &c,
-                x: &x,
-                input: s,
-                w: &w,
-                out: c.output_shape(s).unwrap(),
-                pool: &pool,
-            };
-            applies(&p, per_image)
-        };
+        let case = takes::<f32>;
         let ssh = Shape::new(1, 64, 60, 80);
         assert_eq!(case(Conv2d::new(64, 32, 3, 1), ssh, false), available());
         assert_eq!(case(Conv2d::new(64, 16, 3, 1), ssh, false), available());
@@ -395,16 +397,6 @@ mod tests {
         assert!(!case(Conv2d::new(64, 32, 3, 1), Shape::new(1, 64, 7, 7), false));
         assert_eq!(case(Conv2d::new(64, 32, 3, 1), ssh, true), available());
         assert!(!case(Conv2d::new(64, 32, 3, 1), Shape::new(8, 64, 60, 80), true));
-        let c = Conv2d::new(64, 32, 3, 1);
-        let (x, w) = (vec![0f64; ssh.len()], vec![0f64; c.weight_shape().len()]);
-        let p = ConvProblem {
-            conv: &c,
-            x: &x,
-            input: ssh,
-            w: &w,
-            out: c.output_shape(ssh).unwrap(),
-            pool: &pool64,
-        };
-        assert!(!applies(&p, false));
+        assert!(!takes::<f64>(Conv2d::new(64, 32, 3, 1), ssh, false));
     }
 }
