@@ -513,7 +513,7 @@ pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>,
 
 /// `v` through the epilogue: LeakyReLU with slope `leaky` when given (a NaN stays NaN).
 #[inline(always)]
-fn epilogue<T: Real>(v: T, leaky: Option<T>) -> T {
+pub(crate) fn epilogue<T: Real>(v: T, leaky: Option<T>) -> T {
     match leaky {
         Some(_) if v > T::ZERO => v,
         Some(slope) => v * slope,
@@ -1307,7 +1307,7 @@ fn zeroed<T: Real>(pool: &Pool<T>, len: usize) -> PooledVec<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The shifted-copy path of "same" convolutions against the row-by-row path, on blocks that
@@ -1387,8 +1387,8 @@ mod tests {
     }
 
     /// `y = conv(x, w) + bias` and its gradients for `dy`, by the definition.
-    struct Direct {
-        y: Vec<f64>,
+    pub(crate) struct Direct {
+        pub(crate) y: Vec<f64>,
         dw: Vec<f64>,
         db: Vec<f64>,
         dx: Vec<f64>,
@@ -1396,7 +1396,7 @@ mod tests {
 
     // Indexed loops: the definition, written as it reads.
     #[allow(clippy::needless_range_loop)]
-    fn direct(conv: &Conv2d, x: &[f64], input: Shape, w: &[f64], bias: &[f64], dy: &[f64]) -> Direct {
+    pub(crate) fn direct(conv: &Conv2d, x: &[f64], input: Shape, w: &[f64], bias: &[f64], dy: &[f64]) -> Direct {
         let out = conv.output_shape(input).unwrap();
         let (kh, kw) = conv.kernel;
         let mut d = Direct {

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{ConvProblem, Real};
+use crate::cpu::conv::{ConvProblem, Real, epilogue};
 
 /// Output columns below which the direct path is not taken: a row then wastes `kw - 1` of
 /// every `Wo + kw - 1` outputs it computes.
@@ -160,13 +160,8 @@ pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky
             let (co, oy) = (r / out.h, r % out.h);
             let task = (co / OB) * layout.chunks + oy / rows;
             let src = &tmp[(task * OB + co % OB) * span + (oy % rows) * wp..][..out.w];
-            match leaky {
-                Some(slope) => {
-                    for (d, &v) in row.iter_mut().zip(src) {
-                        *d = if v > 0.0 { v } else { v * slope };
-                    }
-                }
-                None => row.copy_from_slice(src),
+            for (d, &v) in row.iter_mut().zip(src) {
+                *d = epilogue(v, leaky);
             }
         });
     }
@@ -263,39 +258,18 @@ mod tests {
     use crate::cpu::nn::Pool;
     use crate::nn::{Conv2d, Shape};
 
-    /// A dense convolution by its definition, in f64.
-    #[allow(clippy::needless_range_loop)]
+    /// A dense convolution by its definition, in f64 ([`crate::cpu::conv`]'s test reference),
+    /// then LeakyReLU of slope `leaky` when given (written out, not the kernel's epilogue).
     fn direct(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32], leaky: Option<f32>) -> Vec<f64> {
-        let out = c.output_shape(s).unwrap();
-        let (kh, kw) = c.kernel;
-        let mut y = Vec::with_capacity(out.len());
-        for n in 0..s.n {
-            for co in 0..out.c {
-                for oy in 0..out.h {
-                    for ox in 0..out.w {
-                        let mut v = f64::from(b[co]);
-                        for ci in 0..s.c {
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let iy = (oy * c.stride + ky) as isize - c.padding as isize;
-                                    let ix = (ox * c.stride + kx) as isize - c.padding as isize;
-                                    if (0..s.h as isize).contains(&iy) && (0..s.w as isize).contains(&ix) {
-                                        let i = ((n * s.c + ci) * s.h + iy as usize) * s.w + ix as usize;
-                                        let wi = ((co * s.c + ci) * kh + ky) * kw + kx;
-                                        v += f64::from(w[wi]) * f64::from(x[i]);
-                                    }
-                                }
-                            }
-                        }
-                        y.push(match leaky {
-                            Some(slope) if v <= 0.0 => v * f64::from(slope),
-                            _ => v,
-                        });
-                    }
-                }
-            }
-        }
-        y
+        let wide = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+        let dy = vec![0.0; c.output_shape(s).unwrap().len()];
+        let y = crate::cpu::conv::tests::direct(c, &wide(x), s, &wide(w), &wide(b), &dy).y;
+        y.into_iter()
+            .map(|v| match leaky {
+                Some(slope) if v <= 0.0 => v * f64::from(slope),
+                _ => v,
+            })
+            .collect()
     }
 
     /// Shapes that reach a partial output-channel block, rows split over several tasks (and a
