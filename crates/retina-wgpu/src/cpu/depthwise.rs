@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::Real;
+use crate::cpu::conv::{Real, epilogue};
 use crate::nn::{Conv2d, Shape};
 
 /// Input row (or column) that output position `o` reads at tap `k`, or `None` in the padding.
@@ -242,7 +242,7 @@ fn avx512_run<const V: usize>(
     }
     // LeakyReLU with a slope in [0, 1] is max(a * slope, a) (`a` where above 0, else
     // `a * slope`, NaN staying NaN: `max_ps` returns its second operand when either is NaN),
-    // bit for bit `activate`'s; other slopes take `activate` after the store, as does every
+    // bit for bit `epilogue`'s; other slopes take `epilogue` after the store, as does every
     // slope under Miri, which does not implement `max_ps` (safe code: its loads and stores
     // are what Miri checks here).
     let in_registers = leaky.filter(|s| (0.0..=1.0).contains(s) && !cfg!(miri));
@@ -257,18 +257,8 @@ fn avx512_run<const V: usize>(
     }
     if leaky.is_some() && in_registers.is_none() {
         for v in out.iter_mut() {
-            *v = activate(*v, leaky);
+            *v = epilogue(*v, leaky);
         }
-    }
-}
-
-/// LeakyReLU of `slope` when given (NaN stays NaN).
-#[inline(always)]
-fn activate<T: Real>(v: T, leaky: Option<T>) -> T {
-    match leaky {
-        Some(_) if v > T::ZERO => v,
-        Some(slope) => v * slope,
-        None => v,
     }
 }
 
@@ -343,7 +333,7 @@ fn output_run<T: Real, const G: usize>(
     }
     for (out, group) in row[ox..ox + n].chunks_exact_mut(LANES).zip(&acc) {
         for j in 0..LANES {
-            out[j] = activate(group[j], leaky);
+            out[j] = epilogue(group[j], leaky);
         }
     }
 }
@@ -365,7 +355,7 @@ fn output_row_narrow<T: Real>(
         for (&offset, &wv) in g.offsets.iter().zip(taps) {
             acc += wv * padded[first + ox + offset];
         }
-        *out = activate(acc, leaky);
+        *out = epilogue(acc, leaky);
     }
 }
 
