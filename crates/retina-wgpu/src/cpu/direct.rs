@@ -1,21 +1,23 @@
 //! Direct dense convolution on the CPU with AVX-512: the forward pass of [`crate::cpu::conv`]
-//! for stride-1 kernels larger than 1 x 1 with fewer than 64 output channels, in f32, on one
-//! image at a time (RetinaFace's SSH modules: 3 x 3 convolutions to 16 and 32 channels).
-//! There im2col + GEMM copies each input value kh * kw times into a matrix and then runs a GEMM
-//! whose M (the output channels) is below the 64 rows of its AVX-512 tile; this kernel reads the
-//! zero-padded input in place (on the project's AVX-512 VM, 1.3-1.7x the GEMM path on those
-//! layers; level or slower at 64 channels and more, where the GEMM path stays).
+//! for stride-1 kernels larger than 1 x 1 with at most 64 output channels, in f32, on one
+//! image at a time (RetinaFace's SSH modules and FPN merges: 3 x 3 convolutions to 16, 32 and
+//! 64 channels). There im2col + GEMM copies each input value kh * kw times into a matrix and
+//! then runs a GEMM whose M (the output channels) is at most the 64 rows of its AVX-512 tile;
+//! this kernel reads the zero-padded input in place (on the project's AVX-512 VM, 1.1-2x the
+//! GEMM path on those layers).
 //!
-//! Each image's input is copied once into zero-padded planes of `Wp = W + 2 * pad` columns.
-//! Output `(oy, ox)` is then computed at flat position `q = oy * Wp + ox` of a grid `Wp` wide,
-//! whose tap (ky, kx) reads padded position `q + ky * Wp + kx`: every tap of a run of
+//! The output rows are split into bands, one parallel task each. A task copies the input rows
+//! its band reads into a window of zero-padded rows `Wp = W + 2 * pad` wide; output
+//! `(oy, ox)` of the band is then computed at flat position `q = oy * Wp + ox` of a grid `Wp`
+//! wide, whose tap (ky, kx) reads window position `q + ky * Wp + kx`: every tap of a run of
 //! consecutive outputs is one contiguous run of inputs, with no bounds test and no edge case.
 //! The `kw - 1` columns per row past the output's width (and the last run's tail) are computed
 //! and dropped. A run accumulates 8 output channels x 48 pixels in 24 zmm registers over the
 //! input channels and taps, each step three input loads and eight broadcast weights feeding 24
-//! FMAs; output channels past the last block of 8 carry zero weights. Each output is the bias
-//! plus its products in (input channel, ky, kx) order, fused multiply-adds throughout: the
-//! results differ from the GEMM path's in the last bits.
+//! FMAs; output channels past the last block of 8 carry zero weights. Each block's rows go
+//! through the epilogue into the output while they are in L1. Each output is the bias plus its
+//! products in (input channel, ky, kx) order, fused multiply-adds throughout: the results
+//! differ from the GEMM path's in the last bits.
 
 use rayon::prelude::*;
 
@@ -25,10 +27,10 @@ use crate::cpu::conv::{ConvProblem, Real, epilogue};
 /// every `Wo + kw - 1` outputs it computes.
 const MIN_WIDTH: usize = 8;
 
-/// Output channels from which the GEMM path is as fast or faster (its tile's 64 rows are full).
-const MAX_OUT_CHANNELS: usize = 63;
+/// Output channels up to which the path is taken (measured faster than the GEMM path at 64).
+const MAX_OUT_CHANNELS: usize = 64;
 
-/// Outputs per parallel task, about: whole output rows, so that the epilogue copies runs.
+/// Outputs per parallel task (band of whole output rows), about.
 const TASK_OUTPUTS: usize = 512;
 
 /// Output channels per block: one broadcast weight each per tap.
@@ -51,7 +53,7 @@ fn available() -> bool {
 }
 
 /// Whether [`forward`] runs problem `p` (else the caller takes the im2col + GEMM path):
-/// stride 1, a kernel larger than 1 x 1, fewer than 64 output channels at least
+/// stride 1, a kernel larger than 1 x 1, at most 64 output channels at least
 /// [`MIN_WIDTH`] wide, f32, one image or a batch the GEMM path would run as one GEMM (fewer
 /// images than threads; with more, its per-image GEMMs in parallel are as fast or faster), and
 /// AVX-512.
@@ -67,22 +69,26 @@ pub(crate) fn applies<T: Real>(p: &ConvProblem<'_, T>, per_image: bool) -> bool 
         && available()
 }
 
-/// The padded geometry of one image, shared by its tasks.
+/// The geometry of one task's input window, shared by the tasks.
 struct Layout {
-    /// Columns of a padded plane (and of the flat output grid).
+    /// Columns of a padded row (and of the flat output grid).
     wp: usize,
-    /// Values of a padded plane: `(H + 2 * pad) * wp`.
+    /// Values of one input channel's window: the task's padded rows plus the reach of the
+    /// last run's taps.
     plane: usize,
     /// Per tap (ky, kx) in order: `ky * wp + kx`.
     offsets: Vec<usize>,
-    /// Tasks per output-channel block: `ceil(Ho / rows)`.
-    chunks: usize,
     /// Flat outputs a task computes: its rows times `wp`, rounded up to whole runs.
     span: usize,
 }
 
 /// Forward pass into `y` (`p.out` shaped): the bias, then LeakyReLU of slope `leaky` when
 /// given. Callers check [`applies`] first (or, in tests, [`available`]).
+///
+/// One parallel task per band of output rows: it copies the input rows the band reads, zero
+/// padded, into its window (every output block reads it there, from L2), runs each block of
+/// [`OB`] output channels over it, and writes the block's rows of the output through the
+/// epilogue while they are in L1: one pass over the input and one over the output.
 pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
     let (Some(x), Some(w), Some(y)) = (T::as_f32(p.x), T::as_f32(p.w), T::as_f32_mut(y)) else {
         unreachable!("applies() admits f32 only")
@@ -95,13 +101,15 @@ pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky
     let (cin, cout) = (input.c, out.c);
     let taps = kh * kw;
     let wp = input.w + 2 * pad;
-    let rows = (TASK_OUTPUTS / wp).clamp(1, out.h);
+    // Bands of about TASK_OUTPUTS outputs, but at least two per thread where the rows allow.
+    let rows = (TASK_OUTPUTS / wp)
+        .min(out.h.div_ceil(2 * rayon::current_num_threads()))
+        .clamp(1, out.h);
     let span = (rows * wp).div_ceil(P) * P;
     let layout = Layout {
         wp,
-        plane: (input.h + 2 * pad) * wp,
+        plane: span + (kh - 1) * wp + kw - 1,
         offsets: (0..kh).flat_map(|ky| (0..kw).map(move |kx| ky * wp + kx)).collect(),
-        chunks: out.h.div_ceil(rows),
         span,
     };
     let blocks = cout.div_ceil(OB);
@@ -122,74 +130,86 @@ pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky
     if let Some(b) = bias {
         bias_packed[..cout].copy_from_slice(b);
     }
-    let (packed, bias_packed) = (&*packed, &*bias_packed);
-    // The last task's runs read up to `span` past its first output, plus the taps' reach:
-    // past the last plane, into zeros.
-    let reach = (layout.chunks - 1) * rows * wp + span + (kh - 1) * wp + kw;
-    let slack = reach.saturating_sub(layout.plane);
-    let mut padded_scratch = p.pool.take(cin * layout.plane + slack);
-    let padded = T::as_f32_mut(&mut padded_scratch).unwrap_or_default();
-    padded[cin * layout.plane..].fill(0.0);
-    let mut tmp_scratch = p.pool.take(blocks * layout.chunks * OB * span);
-    let tmp = T::as_f32_mut(&mut tmp_scratch).unwrap_or_default();
+    let (packed, bias_packed, layout) = (&*packed, &*bias_packed, &layout);
+    let band = rows * out.w;
     for (image, y) in y.chunks_exact_mut(out.len() / out.n).enumerate() {
         let x = &x[image * input.len() / input.n..][..input.len() / input.n];
-        pad_image(x, input.h, input.w, pad, &layout, padded);
-        let padded = &*padded;
-        tmp.par_chunks_mut(OB * span).enumerate().for_each(|(task, dst)| {
-            let (block, chunk) = (task / layout.chunks, task % layout.chunks);
-            let w = &packed[block * cin * taps * OB..][..cin * taps * OB];
-            let b = &bias_packed[block * OB..][..OB];
-            let first = chunk * rows * wp;
-            for c0 in (0..cin).step_by(CHANNEL_BLOCK) {
-                let channels = c0..cin.min(c0 + CHANNEL_BLOCK);
-                let add = c0 > 0;
-                // SAFETY: `applies` (or the test) found AVX-512F and FMA on this CPU.
-                unsafe {
-                    match (taps, add) {
-                        (9, false) => avx512::<9, false>(padded, &layout, channels, w, b, first, dst),
-                        (9, true) => avx512::<9, true>(padded, &layout, channels, w, b, first, dst),
-                        (_, false) => avx512::<0, false>(padded, &layout, channels, w, b, first, dst),
-                        (_, true) => avx512::<0, true>(padded, &layout, channels, w, b, first, dst),
+        // Each band's rows of every output plane: disjoint slices, one list per band.
+        let mut bands: Vec<Vec<&mut [f32]>> = (0..out.h.div_ceil(rows)).map(|_| Vec::with_capacity(cout)).collect();
+        for plane in y.chunks_exact_mut(out.plane()) {
+            for (list, part) in bands.iter_mut().zip(plane.chunks_mut(band)) {
+                list.push(part);
+            }
+        }
+        bands.into_par_iter().enumerate().for_each(|(chunk, mut outs)| {
+            let first_row = chunk * rows;
+            let mut window_scratch = p.pool.take(cin * layout.plane);
+            let window = T::as_f32_mut(&mut window_scratch).unwrap_or_default();
+            fill_window(x, input.h, input.w, pad, first_row, layout, window);
+            let window = &*window;
+            let mut dst_scratch = p.pool.take(OB * span);
+            let dst = T::as_f32_mut(&mut dst_scratch).unwrap_or_default();
+            for (block, outs) in outs.chunks_mut(OB).enumerate() {
+                let w = &packed[block * cin * taps * OB..][..cin * taps * OB];
+                let b = &bias_packed[block * OB..][..OB];
+                for c0 in (0..cin).step_by(CHANNEL_BLOCK) {
+                    let channels = c0..cin.min(c0 + CHANNEL_BLOCK);
+                    let add = c0 > 0;
+                    // SAFETY: `applies` (or the test) found AVX-512F and FMA on this CPU.
+                    unsafe {
+                        match (taps, add) {
+                            (9, false) => avx512::<9, false>(window, layout, channels, w, b, dst),
+                            (9, true) => avx512::<9, true>(window, layout, channels, w, b, dst),
+                            (_, false) => avx512::<0, false>(window, layout, channels, w, b, dst),
+                            (_, true) => avx512::<0, true>(window, layout, channels, w, b, dst),
+                        }
                     }
                 }
-            }
-        });
-        // The epilogue: each output row is one run of the task that computed it.
-        y.par_chunks_mut(out.w).enumerate().for_each(|(r, row)| {
-            let (co, oy) = (r / out.h, r % out.h);
-            let task = (co / OB) * layout.chunks + oy / rows;
-            let src = &tmp[(task * OB + co % OB) * span + (oy % rows) * wp..][..out.w];
-            for (d, &v) in row.iter_mut().zip(src) {
-                *d = epilogue(v, leaky);
+                // The epilogue, while the block's rows are in L1.
+                store_rows(dst, outs, layout, out.w, leaky);
             }
         });
     }
 }
 
-/// Copies one image's `C x H x W` planes into `padded` (`layout.plane` values each, the
-/// padding zero; the slack past the last plane stays zero).
-fn pad_image(x: &[f32], h: usize, w: usize, pad: usize, layout: &Layout, padded: &mut [f32]) {
-    let wp = layout.wp;
-    padded[..x.len() / (h * w) * layout.plane]
-        .par_chunks_mut(layout.plane)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(dst, src)| {
-            dst[..pad * wp].fill(0.0);
-            dst[(pad + h) * wp..].fill(0.0);
-            for (row, src) in dst[pad * wp..(pad + h) * wp]
-                .chunks_exact_mut(wp)
-                .zip(src.chunks_exact(w))
-            {
-                row[..pad].fill(0.0);
-                row[pad..pad + w].copy_from_slice(src);
-                row[pad + w..].fill(0.0);
+/// Writes one block's output rows `outs` (one slice of whole rows `width` wide per output
+/// channel) from the task's flat runs `dst`, through the epilogue: output row `r` of channel
+/// `o` is `dst`'s run at `o * span + r * wp`. A function of its arguments rather than a loop
+/// in the task's closure: written in the closure (reading the geometry it captured), the same
+/// loop compiled to code that ran up to ten times slower on the project's VM.
+#[inline(always)]
+fn store_rows(dst: &[f32], outs: &mut [&mut [f32]], layout: &Layout, width: usize, leaky: Option<f32>) {
+    for (o, rows) in outs.iter_mut().enumerate() {
+        for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+            for (d, &v) in row.iter_mut().zip(&dst[o * layout.span + r * layout.wp..]) {
+                *d = epilogue(v, leaky);
             }
-        });
+        }
+    }
 }
 
-/// One task's pass over input channels `channels`: the runs of [`P`] flat outputs from `first`
-/// for one block of [`OB`] output channels, into `dst` ([`OB`] rows of `layout.span`), from the
+/// Copies the rows of one image's `C x H x W` planes that output rows from `first_row` read
+/// into `window` (`layout.plane` values per channel): padded row `first_row + i` at `i * wp`,
+/// the padding and whatever lies past the image zero.
+fn fill_window(x: &[f32], h: usize, w: usize, pad: usize, first_row: usize, layout: &Layout, window: &mut [f32]) {
+    let wp = layout.wp;
+    for (dst, src) in window.chunks_exact_mut(layout.plane).zip(x.chunks_exact(h * w)) {
+        for (i, row) in dst.chunks_mut(wp).enumerate() {
+            // Padded row `first_row + i` is input row `first_row + i - pad`, where it exists.
+            match (first_row + i).checked_sub(pad).filter(|&iy| iy < h) {
+                Some(iy) if row.len() == wp => {
+                    row[..pad].fill(0.0);
+                    row[pad..pad + w].copy_from_slice(&src[iy * w..][..w]);
+                    row[pad + w..].fill(0.0);
+                }
+                _ => row.fill(0.0),
+            }
+        }
+    }
+}
+
+/// One task's pass over input channels `channels` of its window `padded`: the runs of [`P`]
+/// flat outputs for one block of [`OB`] output channels, into `dst` ([`OB`] rows of `layout.span`), from the
 /// bias (or, with `ADD`, from what `dst` holds). `TAPS` > 0 is the number of taps, known to the
 /// compiler so that it unrolls their loop; 0 reads it from `layout`.
 #[target_feature(enable = "avx512f,fma")]
@@ -199,7 +219,6 @@ fn avx512<const TAPS: usize, const ADD: bool>(
     channels: std::ops::Range<usize>,
     w: &[f32],
     bias: &[f32],
-    first: usize,
     dst: &mut [f32],
 ) {
     use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
@@ -211,7 +230,7 @@ fn avx512<const TAPS: usize, const ADD: bool>(
         &layout.offsets[..]
     };
     for r in (0..span).step_by(P) {
-        let q = first + r;
+        let q = r;
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; OB];
         for (o, a) in acc.iter_mut().enumerate() {
             let d = &dst[o * span + r..][..P];
@@ -272,8 +291,8 @@ mod tests {
             .collect()
     }
 
-    /// Shapes that reach a partial output-channel block, rows split over several tasks (and a
-    /// last task of fewer rows), two images, 3 x 3 and 5 x 5 kernels, more input channels than
+    /// Shapes that reach a partial output-channel block and eight full ones, rows split over
+    /// several bands (and a last band of fewer rows), two images, 3 x 3 and 5 x 5 kernels, more input channels than
     /// one pass takes (partial sums carried between passes), no padding, and the narrowest
     /// width the path takes. Only where the CPU has AVX-512 (elsewhere the kernel never runs).
     #[test]
@@ -284,7 +303,8 @@ mod tests {
         let cases = [
             (Conv2d::new(5, 11, 3, 1), Shape::new(2, 5, 9, 70)),
             (Conv2d::new(3, 8, 5, 1), Shape::new(1, 3, 7, 12)),
-            (Conv2d::new(4, 33, 3, 1), Shape::new(1, 4, 40, 20)),
+            (Conv2d::new(4, 33, 3, 1), Shape::new(1, 4, 41, 20)),
+            (Conv2d::new(6, 64, 3, 1), Shape::new(1, 6, 9, 16)),
             (Conv2d::new(40, 9, 3, 1), Shape::new(1, 40, 6, 20)),
             (Conv2d::new(70, 3, 5, 1), Shape::new(1, 70, 6, 9)),
             (
@@ -357,15 +377,16 @@ mod tests {
         applies(&p, per_image)
     }
 
-    /// The layers the path takes: RetinaFace's SSH convolutions, not its 64-channel FPN merges,
-    /// strided or 1 x 1 layers, f64, or batches the GEMM path runs image by image.
+    /// The layers the path takes: RetinaFace's SSH convolutions and 64-channel FPN merges, not
+    /// wider layers, strided or 1 x 1 layers, f64, or batches the GEMM path runs image by image.
     #[test]
     fn takes_the_small_stride_one_layers() {
         let case = takes::<f32>;
         let ssh = Shape::new(1, 64, 60, 80);
         assert_eq!(case(Conv2d::new(64, 32, 3, 1), ssh, false), available());
         assert_eq!(case(Conv2d::new(64, 16, 3, 1), ssh, false), available());
-        assert!(!case(Conv2d::new(64, 64, 3, 1), ssh, false));
+        assert_eq!(case(Conv2d::new(64, 64, 3, 1), ssh, false), available());
+        assert!(!case(Conv2d::new(64, 65, 3, 1), ssh, false));
         assert!(!case(Conv2d::new(64, 32, 3, 2), ssh, false));
         assert!(!case(Conv2d::new(64, 32, 1, 1), ssh, false));
         assert!(!case(Conv2d::new(64, 32, 3, 1), Shape::new(1, 64, 7, 7), false));
