@@ -1,23 +1,25 @@
 //! Direct dense convolution on the CPU with AVX-512: the forward pass of [`crate::cpu::conv`]
-//! for stride-1 kernels larger than 1 x 1 with at most 64 output channels, in f32, on one
-//! image at a time (RetinaFace's SSH modules and FPN merges: 3 x 3 convolutions to 16, 32 and
-//! 64 channels). There im2col + GEMM copies each input value kh * kw times into a matrix and
-//! then runs a GEMM whose M (the output channels) is at most the 64 rows of its AVX-512 tile;
-//! this kernel reads the zero-padded input in place (on the project's AVX-512 VM, 1.1-2x the
-//! GEMM path on those layers).
+//! for kernels larger than 1 x 1 at stride 1 or 2 with at most 64 output channels, in f32, on
+//! one image at a time (RetinaFace's stride-2 stem, SSH modules and FPN merges: 3 x 3
+//! convolutions to 8, 16, 32 and 64 channels). There im2col + GEMM copies each input value
+//! kh * kw times into a matrix and then runs a GEMM whose M (the output channels) is at most
+//! the 64 rows of its AVX-512 tile; this kernel reads each input value from a window in L2
+//! (on the project's AVX-512 VM, 1.1-2.4x the GEMM path on those layers).
 //!
 //! The output rows are split into bands, one parallel task each. A task copies the input rows
-//! its band reads into a window of zero-padded rows `Wp = W + 2 * pad` wide; output
-//! `(oy, ox)` of the band is then computed at flat position `q = oy * Wp + ox` of a grid `Wp`
-//! wide, whose tap (ky, kx) reads window position `q + ky * Wp + kx`: every tap of a run of
+//! its band reads into a window of zero-padded rows, split into `s * s` phase planes for stride
+//! `s` (phase (a, b) holds padded pixels `(s * i + a, s * j + b)`), each `Wq = ceil((W + 2 *
+//! pad) / s)` wide. Output `(oy, ox)` of the band is then computed at flat position
+//! `q = oy * Wq + ox` of a grid `Wq` wide, whose tap (ky, kx) reads position
+//! `q + (ky / s) * Wq + kx / s` of phase plane `(ky % s, kx % s)`: every tap of a run of
 //! consecutive outputs is one contiguous run of inputs, with no bounds test and no edge case.
-//! The `kw - 1` columns per row past the output's width (and the last run's tail) are computed
-//! and dropped. A run accumulates 8 output channels x 48 pixels in 24 zmm registers over the
-//! input channels and taps, each step three input loads and eight broadcast weights feeding 24
-//! FMAs; output channels past the last block of 8 carry zero weights. Each block's rows go
-//! through the epilogue into the output while they are in L1. Each output is the bias plus its
-//! products in (input channel, ky, kx) order, fused multiply-adds throughout: the results
-//! differ from the GEMM path's in the last bits.
+//! The columns per row past the output's width (and the last run's tail) are computed and
+//! dropped. A run accumulates 8 output channels x 48 pixels in 24 zmm registers over the input
+//! channels and taps, each step three input loads and eight broadcast weights feeding 24 FMAs;
+//! output channels past the last block of 8 carry zero weights. Each block's rows go through
+//! the epilogue into the output while they are in L1. Each output is the bias plus its products
+//! in (input channel, ky, kx) order, fused multiply-adds throughout: the results differ from
+//! the GEMM path's in the last bits.
 
 use rayon::prelude::*;
 
@@ -32,6 +34,10 @@ const MAX_OUT_CHANNELS: usize = 64;
 
 /// Outputs per parallel task (band of whole output rows), about.
 const TASK_OUTPUTS: usize = 512;
+
+/// Output rows per band at least (where the rows allow two bands per thread): a band of a
+/// wide image then still has more rows than its taps reach beyond it.
+const MIN_BAND_ROWS: usize = 4;
 
 /// Output channels per block: one broadcast weight each per tap.
 const OB: usize = 8;
@@ -53,13 +59,14 @@ fn available() -> bool {
 }
 
 /// Whether [`forward`] runs problem `p` (else the caller takes the im2col + GEMM path):
-/// stride 1, a kernel larger than 1 x 1, at most 64 output channels at least
+/// stride 1 or 2, a kernel larger than 1 x 1 (a 1 x 1 layer's GEMM reads its input in place
+/// and was faster), at most 64 output channels at least
 /// [`MIN_WIDTH`] wide, f32, one image or a batch the GEMM path would run as one GEMM (fewer
 /// images than threads; with more, its per-image GEMMs in parallel are as fast or faster), and
 /// AVX-512.
 pub(crate) fn applies<T: Real>(p: &ConvProblem<'_, T>, per_image: bool) -> bool {
     T::as_f32(p.x).is_some()
-        && p.conv.stride == 1
+        && matches!(p.conv.stride, 1 | 2)
         && p.conv.kernel != (1, 1)
         && p.out.c <= MAX_OUT_CHANNELS
         && p.out.w >= MIN_WIDTH
@@ -71,14 +78,18 @@ pub(crate) fn applies<T: Real>(p: &ConvProblem<'_, T>, per_image: bool) -> bool 
 
 /// The geometry of one task's input window, shared by the tasks.
 struct Layout {
-    /// Columns of a padded row (and of the flat output grid).
-    wp: usize,
-    /// Values of one input channel's window: the task's padded rows plus the reach of the
-    /// last run's taps.
+    /// The stride `s`: a window holds `s * s` phase planes per input channel, phase (a, b)
+    /// holding padded pixels `(s * i + a, s * j + b)` at `(i, j)`.
+    stride: usize,
+    /// Columns of a phase plane's rows (and of the flat output grid): `ceil(Wp / s)`.
+    wq: usize,
+    /// Values of a phase plane: the band's rows plus the reach of the last run's taps.
+    phase: usize,
+    /// Values of one input channel's window: `s * s` phase planes.
     plane: usize,
-    /// Per tap (ky, kx) in order: `ky * wp + kx`.
+    /// Per tap (ky, kx) in order: its phase plane's start plus `(ky / s) * wq + kx / s`.
     offsets: Vec<usize>,
-    /// Flat outputs a task computes: its rows times `wp`, rounded up to whole runs.
+    /// Flat outputs a task computes: its rows times `wq`, rounded up to whole runs.
     span: usize,
 }
 
@@ -86,7 +97,7 @@ struct Layout {
 /// given. Callers check [`applies`] first (or, in tests, [`available`]).
 ///
 /// One parallel task per band of output rows: it copies the input rows the band reads, zero
-/// padded, into its window (every output block reads it there, from L2), runs each block of
+/// padded and split into phases, into its window (every output block reads it there, from L2), runs each block of
 /// [`OB`] output channels over it, and writes the block's rows of the output through the
 /// epilogue while they are in L1: one pass over the input and one over the output.
 pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky: Option<T>, y: &mut [T]) {
@@ -100,16 +111,25 @@ pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky
     let pad = conv.padding;
     let (cin, cout) = (input.c, out.c);
     let taps = kh * kw;
-    let wp = input.w + 2 * pad;
+    let stride = conv.stride;
+    let wq = (input.w + 2 * pad).div_ceil(stride);
     // Bands of about TASK_OUTPUTS outputs, but at least two per thread where the rows allow.
-    let rows = (TASK_OUTPUTS / wp)
+    let rows = (TASK_OUTPUTS / wq)
+        .max(MIN_BAND_ROWS)
         .min(out.h.div_ceil(2 * rayon::current_num_threads()))
         .clamp(1, out.h);
-    let span = (rows * wp).div_ceil(P) * P;
+    let span = (rows * wq).div_ceil(P) * P;
+    let phase = span + (kh - 1) / stride * wq + (kw - 1) / stride;
     let layout = Layout {
-        wp,
-        plane: span + (kh - 1) * wp + kw - 1,
-        offsets: (0..kh).flat_map(|ky| (0..kw).map(move |kx| ky * wp + kx)).collect(),
+        stride,
+        wq,
+        phase,
+        plane: stride * stride * phase,
+        offsets: (0..kh)
+            .flat_map(|ky| {
+                (0..kw).map(move |kx| ((ky % stride) * stride + kx % stride) * phase + ky / stride * wq + kx / stride)
+            })
+            .collect(),
         span,
     };
     let blocks = cout.div_ceil(OB);
@@ -174,38 +194,85 @@ pub(crate) fn forward<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>, leaky
 
 /// Writes one block's output rows `outs` (one slice of whole rows `width` wide per output
 /// channel) from the task's flat runs `dst`, through the epilogue: output row `r` of channel
-/// `o` is `dst`'s run at `o * span + r * wp`. A function of its arguments rather than a loop
+/// `o` is `dst`'s run at `o * span + r * wq`. A function of its arguments rather than a loop
 /// in the task's closure: written in the closure (reading the geometry it captured), the same
 /// loop compiled to code that ran up to ten times slower on the project's VM.
 #[inline(always)]
 fn store_rows(dst: &[f32], outs: &mut [&mut [f32]], layout: &Layout, width: usize, leaky: Option<f32>) {
     for (o, rows) in outs.iter_mut().enumerate() {
         for (r, row) in rows.chunks_exact_mut(width).enumerate() {
-            for (d, &v) in row.iter_mut().zip(&dst[o * layout.span + r * layout.wp..]) {
+            for (d, &v) in row.iter_mut().zip(&dst[o * layout.span + r * layout.wq..]) {
                 *d = epilogue(v, leaky);
             }
         }
     }
 }
 
-/// Copies the rows of one image's `C x H x W` planes that output rows from `first_row` read
-/// into `window` (`layout.plane` values per channel): padded row `first_row + i` at `i * wp`,
-/// the padding and whatever lies past the image zero.
+/// Copies the pixels of one image's `C x H x W` planes that output rows from `first_row` read
+/// into `window` (`layout.plane` values per channel): phase plane (a, b)'s row `i` holds
+/// padded row `s * (first_row + i) + a`'s columns `b, b + s, ...`; the padding and whatever
+/// lies past the image zero.
 fn fill_window(x: &[f32], h: usize, w: usize, pad: usize, first_row: usize, layout: &Layout, window: &mut [f32]) {
-    let wp = layout.wp;
+    let (s, wq) = (layout.stride, layout.wq);
+    // One padded input row (stride > 1 only): the phases' rows are its columns b, b + s, ...
+    let mut padded = vec![0.0f32; if s > 1 { wq * s } else { 0 }];
     for (dst, src) in window.chunks_exact_mut(layout.plane).zip(x.chunks_exact(h * w)) {
-        for (i, row) in dst.chunks_mut(wp).enumerate() {
-            // Padded row `first_row + i` is input row `first_row + i - pad`, where it exists.
-            match (first_row + i).checked_sub(pad).filter(|&iy| iy < h) {
-                Some(iy) if row.len() == wp => {
-                    row[..pad].fill(0.0);
-                    row[pad..pad + w].copy_from_slice(&src[iy * w..][..w]);
-                    row[pad + w..].fill(0.0);
+        let rows = layout.phase / wq;
+        for i in 0..rows {
+            for a in 0..s {
+                // Padded row `s * (first_row + i) + a` is input row that minus `pad`, if any.
+                let iy = (s * (first_row + i) + a).checked_sub(pad).filter(|&iy| iy < h);
+                if s == 1 {
+                    let row = &mut dst[i * wq..][..wq];
+                    match iy {
+                        Some(iy) => pad_row(row, &src[iy * w..][..w], pad),
+                        None => row.fill(0.0),
+                    }
+                    continue;
                 }
-                _ => row.fill(0.0),
+                match iy {
+                    Some(iy) => pad_row(&mut padded, &src[iy * w..][..w], pad),
+                    None => padded.fill(0.0),
+                }
+                for b in 0..s {
+                    let row = &mut dst[(a * s + b) * layout.phase + i * wq..][..wq];
+                    deinterleave(row, &padded[b..], s);
+                }
             }
         }
+        // The partial row at each phase's end: read only by the dropped columns.
+        for phase in dst.chunks_exact_mut(layout.phase) {
+            phase[rows * wq..].fill(0.0);
+        }
     }
+}
+
+/// `row[j] = src[s * j]` (pairs for stride 2, which the compiler vectorises).
+#[inline(always)]
+fn deinterleave(row: &mut [f32], src: &[f32], s: usize) {
+    if s == 2 {
+        let pairs = src.chunks_exact(2);
+        let last = pairs.remainder().first().copied();
+        let full = pairs.len().min(row.len());
+        for (d, pair) in row.iter_mut().zip(pairs) {
+            *d = pair[0];
+        }
+        if let (Some(v), Some(d)) = (last, row.get_mut(full)) {
+            *d = v;
+        }
+        return;
+    }
+    for (d, &v) in row.iter_mut().zip(src.iter().step_by(s)) {
+        *d = v;
+    }
+}
+
+/// `row` = `pad` zeros, `src`, then zeros to its end.
+#[inline(always)]
+fn pad_row(row: &mut [f32], src: &[f32], pad: usize) {
+    row[..pad].fill(0.0);
+    row[pad..pad + src.len()].copy_from_slice(src);
+    row[pad + src.len()..].fill(0.0);
 }
 
 /// One task's pass over input channels `channels` of its window `padded`: the runs of [`P`]
@@ -305,6 +372,8 @@ mod tests {
             (Conv2d::new(3, 8, 5, 1), Shape::new(1, 3, 7, 12)),
             (Conv2d::new(4, 33, 3, 1), Shape::new(1, 4, 41, 20)),
             (Conv2d::new(6, 64, 3, 1), Shape::new(1, 6, 9, 16)),
+            (Conv2d::new(3, 8, 3, 2), Shape::new(1, 3, 17, 30)),
+            (Conv2d::new(2, 9, 5, 2), Shape::new(2, 2, 11, 19)),
             (Conv2d::new(40, 9, 3, 1), Shape::new(1, 40, 6, 20)),
             (Conv2d::new(70, 3, 5, 1), Shape::new(1, 70, 6, 9)),
             (
@@ -319,8 +388,8 @@ mod tests {
     }
 
     /// Shapes small enough for Miri (`cargo +nightly miri test --lib cpu::direct::tests::tiny`,
-    /// with AVX-512 enabled for Miri's CPU): one run, a 5 x 5 kernel (taps not unrolled), and
-    /// more input channels than one pass takes.
+    /// with AVX-512 enabled for Miri's CPU): one run, a 5 x 5 kernel (taps not unrolled), more
+    /// input channels than one pass takes, and stride 2.
     #[test]
     fn tiny_shapes_match_the_definition() {
         if !available() {
@@ -330,6 +399,7 @@ mod tests {
             (Conv2d::new(2, 9, 3, 1), Shape::new(1, 2, 2, 8)),
             (Conv2d::new(1, 3, 5, 1), Shape::new(1, 1, 1, 8)),
             (Conv2d::new(33, 1, 3, 1), Shape::new(1, 33, 1, 8)),
+            (Conv2d::new(1, 2, 3, 2), Shape::new(1, 1, 3, 17)),
         ]);
     }
 
@@ -377,17 +447,22 @@ mod tests {
         applies(&p, per_image)
     }
 
-    /// The layers the path takes: RetinaFace's SSH convolutions and 64-channel FPN merges, not
-    /// wider layers, strided or 1 x 1 layers, f64, or batches the GEMM path runs image by image.
+    /// The layers the path takes: RetinaFace's SSH convolutions, 64-channel FPN merges and
+    /// stride-2 stem, not wider layers, stride 3 or 1 x 1 layers, f64, or batches the GEMM path
+    /// runs image by image.
     #[test]
-    fn takes_the_small_stride_one_layers() {
+    fn takes_the_small_layers() {
         let case = takes::<f32>;
         let ssh = Shape::new(1, 64, 60, 80);
         assert_eq!(case(Conv2d::new(64, 32, 3, 1), ssh, false), available());
         assert_eq!(case(Conv2d::new(64, 16, 3, 1), ssh, false), available());
         assert_eq!(case(Conv2d::new(64, 64, 3, 1), ssh, false), available());
         assert!(!case(Conv2d::new(64, 65, 3, 1), ssh, false));
-        assert!(!case(Conv2d::new(64, 32, 3, 2), ssh, false));
+        assert_eq!(
+            case(Conv2d::new(3, 8, 3, 2), Shape::new(1, 3, 480, 640), false),
+            available()
+        );
+        assert!(!case(Conv2d::new(64, 32, 3, 3), ssh, false));
         assert!(!case(Conv2d::new(64, 32, 1, 1), ssh, false));
         assert!(!case(Conv2d::new(64, 32, 3, 1), Shape::new(1, 64, 7, 7), false));
         assert_eq!(case(Conv2d::new(64, 32, 3, 1), ssh, true), available());
