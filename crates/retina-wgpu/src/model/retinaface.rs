@@ -774,9 +774,11 @@ impl RetinaFace {
     ) -> Result<Vec<Face>> {
         check_image(rgb.len(), width, height)?;
         let input = self.input(rgb, width, height)?;
-        let images = e.tensor(Shape::new(1, 3, height, width), &input)?;
-        let out = self.forward(e, params, &images)?;
-        let (logits, boxes, landmarks) = (e.read(&out.logits)?, e.read(&out.boxes)?, e.read(&out.landmarks)?);
+        let (logits, boxes, landmarks) = e.pass(|e| {
+            let images = e.tensor(Shape::new(1, 3, height, width), &input)?;
+            let out = self.forward(e, params, &images)?;
+            Ok::<_, crate::Error>((e.read(&out.logits)?, e.read(&out.boxes)?, e.read(&out.landmarks)?))
+        })?;
         self.faces(height, width, &logits, &boxes, &landmarks, post)
     }
 

@@ -1272,10 +1272,12 @@ impl TorchvisionRetinaNet {
         post.check()?;
         let image = self.transform(rgb, width, height)?;
         let (ph, pw) = image.padded;
-        let input = e.tensor(Shape::new(1, 3, ph, pw), &image.data)?;
-        let out = self.forward(e, params, &input)?;
-        let (logits, deltas) = (e.read(&out.logits)?, e.read(&out.boxes)?);
-        self.detections(&image, &out.levels, &logits, &deltas, post)
+        let (levels, logits, deltas) = e.pass(|e| {
+            let input = e.tensor(Shape::new(1, 3, ph, pw), &image.data)?;
+            let out = self.forward(e, params, &input)?;
+            Ok::<_, crate::Error>((out.levels.clone(), e.read(&out.logits)?, e.read(&out.boxes)?))
+        })?;
+        self.detections(&image, &levels, &logits, &deltas, post)
     }
 }
 
@@ -1313,10 +1315,13 @@ impl TorchvisionRetinaNet {
             t.padded = (ph, pw);
             t.data = Vec::new();
         }
-        let input = e.tensor(shape, &data)?;
+        let (out, logits, deltas) = e.pass(|e| {
+            let input = e.tensor(shape, &data)?;
+            let out = self.forward(e, params, &input)?;
+            let (logits, deltas) = (e.read(&out.logits)?, e.read(&out.boxes)?);
+            Ok::<_, crate::Error>((out, logits, deltas))
+        })?;
         drop(data);
-        let out = self.forward(e, params, &input)?;
-        let (logits, deltas) = (e.read(&out.logits)?, e.read(&out.boxes)?);
         let k = self.config.num_classes;
         let rows = logits.len() / (batch.len() * k);
         batch

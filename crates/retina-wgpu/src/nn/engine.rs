@@ -87,6 +87,17 @@ pub trait Engine {
         Ok(())
     }
 
+    /// Runs `f`, a whole pass of work on this engine (a network's forward pass and the reads
+    /// of its outputs), the way the engine runs such passes best: the CPU engine keeps its
+    /// worker threads polling for work until `f` returns instead of letting them sleep between
+    /// layers (see [`crate::nn::CpuEngine`]); the default just calls `f`.
+    fn pass<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R
+    where
+        Self: Sized,
+    {
+        f(self)
+    }
+
     /// Max pooling ([`MaxPool2d`]), forward only (inference: ResNet's stem).
     fn max_pool2d(&mut self, pool: &MaxPool2d, x: &Self::Tensor) -> Result<Self::Tensor>;
 
