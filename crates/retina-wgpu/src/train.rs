@@ -392,23 +392,21 @@ impl<E: LossEngine> Trainer<E> {
             .zip(&batch.classes)
             .map(|(b, c)| GroundTruth { boxes: b, classes: c })
             .collect();
-        let e = &mut self.engine;
-        let x = e.tensor(Shape::new(n, 3, s, s), &batch.images)?;
-        let tape = self.net.forward(e, &self.params, x)?;
-        let loss = e.detection_loss(&self.loss, &self.anchors, &tape.class_rows, &tape.box_rows, &images)?;
-        let grads = self
-            .net
-            .backward(e, &self.params, &tape, &loss.class_grad, &loss.box_grad)?;
-        drop(tape);
         let lr = self.options.schedule().at(self.step);
-        e.sgd_step(
-            &self.options.sgd(),
-            lr,
-            &mut self.params,
-            &grads,
-            &mut self.velocity,
-            &self.decay,
-        )?;
+        let sgd = self.options.sgd();
+        // One engine pass: the CPU engine's workers poll for work through the whole step.
+        let (net, params, velocity) = (&self.net, &mut self.params, &mut self.velocity);
+        let (loss_fn, anchors, decay) = (&self.loss, &self.anchors, &self.decay);
+        let loss = self.engine.pass(|e| {
+            let x = e.tensor(Shape::new(n, 3, s, s), &batch.images)?;
+            let tape = net.forward(e, params, x)?;
+            let loss = e.detection_loss(loss_fn, anchors, &tape.class_rows, &tape.box_rows, &images)?;
+            let grads = net.backward(e, params, &tape, &loss.class_grad, &loss.box_grad)?;
+            drop(tape);
+            e.sgd_step(&sgd, lr, params, &grads, velocity, decay)?;
+            Ok::<_, Error>(loss)
+        })?;
+        let e = &mut self.engine;
         self.step += 1;
         if read_loss {
             let values = LossValues::from_array(&e.read(&loss.values)?)?;
