@@ -316,6 +316,23 @@ fn nearest(i: usize, from: usize, to: usize) -> usize {
     i * from / to
 }
 
+/// Cells (pixels) per parallel task of [`Engine::permute_head`].
+const PERMUTE_CELLS: usize = 256;
+
+/// Rows of cells from `first` on: `dst`'s cell `k` holds the `dst.len() / cells` channels of
+/// pixel `first + k` of `src` (channel planes `plane` values long).
+fn permute_cells<T: Real>(dst: &mut [T], src: &[T], plane: usize, first: usize) {
+    let channels = src.len() / plane.max(1);
+    if channels == 0 {
+        return;
+    }
+    for (k, cell) in dst.chunks_exact_mut(channels).enumerate() {
+        for (j, v) in cell.iter_mut().enumerate() {
+            *v = src[j * plane + first + k];
+        }
+    }
+}
+
 /// One plane of nearest upsampling: `dst` (`cols.len()` wide) from `src` (`sh x sw`), output
 /// column `x` reading source column `cols[x]`.
 fn upsample_plane<T: Real>(dst: &mut [T], src: &[T], sh: usize, sw: usize, cols: &[usize]) {
@@ -698,16 +715,15 @@ impl<T: Real> Engine for CpuEngine<T> {
     ) -> Result<()> {
         let (h, r) = (head.shape, rows.shape);
         let values = check_permute("permute head", h, anchors, r, row_offset)?;
-        let plane = h.plane();
+        let (plane, per_cell) = (h.plane(), h.c);
         for b in 0..h.n {
-            for a in 0..anchors {
-                for c in 0..values {
-                    let src = &head.data[((b * h.c) + a * values + c) * plane..][..plane];
-                    for (pixel, &v) in src.iter().enumerate() {
-                        rows.data[(b * r.h + row_offset + pixel * anchors + a) * values + c] = v;
-                    }
-                }
-            }
+            // Row `pixel * anchors + a` value `c` is channel `a * values + c`: each cell's rows
+            // are its `h.c` channels in order, so cells split into disjoint runs of rows.
+            let src = &head.data[b * h.c * plane..][..h.c * plane];
+            let dst = &mut rows.data[(b * r.h + row_offset) * values..][..plane * per_cell];
+            dst.par_chunks_mut(PERMUTE_CELLS * per_cell)
+                .enumerate()
+                .for_each(|(i, dst)| permute_cells(dst, src, plane, i * PERMUTE_CELLS));
         }
         Ok(())
     }
