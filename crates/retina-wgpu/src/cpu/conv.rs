@@ -511,6 +511,30 @@ pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>,
     }
 }
 
+/// `row[j] = src[s * j]` for as many `j` as both hold (`min(row.len(), ceil(src.len() / s))`,
+/// returned); stride 2 runs over pairs, with no stride arithmetic in the loop (the compiler
+/// vectorises it; `step_by` stays scalar), an odd last pixel after it.
+#[inline(always)]
+pub(crate) fn decimate<T: Real>(row: &mut [T], src: &[T], s: usize) -> usize {
+    let n = src.len().div_ceil(s).min(row.len());
+    if s == 2 {
+        let pairs = src.chunks_exact(2);
+        let last = pairs.remainder().first().copied();
+        let full = pairs.len().min(n);
+        for (d, pair) in row[..full].iter_mut().zip(pairs) {
+            *d = pair[0];
+        }
+        if let (Some(v), true) = (last, full < n) {
+            row[full] = v;
+        }
+    } else {
+        for (d, &v) in row[..n].iter_mut().zip(src.iter().step_by(s)) {
+            *d = v;
+        }
+    }
+    n
+}
+
 /// `v` through the epilogue: LeakyReLU with slope `leaky` when given (a NaN stays NaN).
 #[inline(always)]
 pub(crate) fn epilogue<T: Real>(v: T, leaky: Option<T>) -> T {
@@ -899,24 +923,7 @@ impl SameTaps {
                     row.fill(T::ZERO);
                     continue;
                 }
-                let src_row = &src[y * self.in_w + b..(y + 1) * self.in_w];
-                let n = src_row.len().div_ceil(s).min(w);
-                if s == 2 {
-                    // Pairs: no stride arithmetic in the loop (an odd last pixel after it).
-                    let pairs = src_row.chunks_exact(2);
-                    let last = pairs.remainder().first().copied();
-                    let full = pairs.len().min(n);
-                    for (d, pair) in row[..full].iter_mut().zip(pairs) {
-                        *d = pair[0];
-                    }
-                    if let (Some(v), true) = (last, full < n) {
-                        row[full] = v;
-                    }
-                } else {
-                    for (d, &v) in row[..n].iter_mut().zip(src_row.iter().step_by(s)) {
-                        *d = v;
-                    }
-                }
+                let n = decimate(row, &src[y * self.in_w + b..(y + 1) * self.in_w], s);
                 row[n..].fill(T::ZERO);
             }
         }

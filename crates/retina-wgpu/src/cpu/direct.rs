@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{ConvProblem, Real, epilogue};
+use crate::cpu::conv::{ConvProblem, Real, decimate, epilogue};
 
 /// Output columns below which the direct path is not taken: a row then wastes `kw - 1` of
 /// every `Wo + kw - 1` outputs it computes.
@@ -216,8 +216,8 @@ fn fill_window(x: &[f32], h: usize, w: usize, pad: usize, first_row: usize, layo
     let (s, wq) = (layout.stride, layout.wq);
     // One padded input row (stride > 1 only): the phases' rows are its columns b, b + s, ...
     let mut padded = vec![0.0f32; if s > 1 { wq * s } else { 0 }];
+    let rows = layout.phase / wq;
     for (dst, src) in window.chunks_exact_mut(layout.plane).zip(x.chunks_exact(h * w)) {
-        let rows = layout.phase / wq;
         for i in 0..rows {
             for a in 0..s {
                 // Padded row `s * (first_row + i) + a` is input row that minus `pad`, if any.
@@ -236,7 +236,7 @@ fn fill_window(x: &[f32], h: usize, w: usize, pad: usize, first_row: usize, layo
                 }
                 for b in 0..s {
                     let row = &mut dst[(a * s + b) * layout.phase + i * wq..][..wq];
-                    deinterleave(row, &padded[b..], s);
+                    decimate(row, &padded[b..], s);
                 }
             }
         }
@@ -244,26 +244,6 @@ fn fill_window(x: &[f32], h: usize, w: usize, pad: usize, first_row: usize, layo
         for phase in dst.chunks_exact_mut(layout.phase) {
             phase[rows * wq..].fill(0.0);
         }
-    }
-}
-
-/// `row[j] = src[s * j]` (pairs for stride 2, which the compiler vectorises).
-#[inline(always)]
-fn deinterleave(row: &mut [f32], src: &[f32], s: usize) {
-    if s == 2 {
-        let pairs = src.chunks_exact(2);
-        let last = pairs.remainder().first().copied();
-        let full = pairs.len().min(row.len());
-        for (d, pair) in row.iter_mut().zip(pairs) {
-            *d = pair[0];
-        }
-        if let (Some(v), Some(d)) = (last, row.get_mut(full)) {
-            *d = v;
-        }
-        return;
-    }
-    for (d, &v) in row.iter_mut().zip(src.iter().step_by(s)) {
-        *d = v;
     }
 }
 
@@ -296,11 +276,10 @@ fn avx512<const TAPS: usize, const ADD: bool>(
     } else {
         &layout.offsets[..]
     };
-    for r in (0..span).step_by(P) {
-        let q = r;
+    for q in (0..span).step_by(P) {
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; OB];
         for (o, a) in acc.iter_mut().enumerate() {
-            let d = &dst[o * span + r..][..P];
+            let d = &dst[o * span + q..][..P];
             for (i, a) in a.iter_mut().enumerate() {
                 *a = if ADD {
                     // SAFETY: `d` holds P values; this load reads 16 of them.
@@ -329,7 +308,7 @@ fn avx512<const TAPS: usize, const ADD: bool>(
             }
         }
         for (o, a) in acc.iter().enumerate() {
-            let d = &mut dst[o * span + r..][..P];
+            let d = &mut dst[o * span + q..][..P];
             for (i, &a) in a.iter().enumerate() {
                 // SAFETY: `d` holds P values; this store writes 16 of them.
                 unsafe { _mm512_storeu_ps(d.as_mut_ptr().add(16 * i), a) };
