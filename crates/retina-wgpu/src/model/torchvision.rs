@@ -1275,7 +1275,8 @@ impl TorchvisionRetinaNet {
         let (levels, logits, deltas) = e.pass(|e| {
             let input = e.tensor(Shape::new(1, 3, ph, pw), &image.data)?;
             let out = self.forward(e, params, &input)?;
-            Ok::<_, crate::Error>((out.levels.clone(), e.read(&out.logits)?, e.read(&out.boxes)?))
+            let (logits, deltas) = (e.read(&out.logits)?, e.read(&out.boxes)?);
+            Ok::<_, crate::Error>((out.levels, logits, deltas))
         })?;
         self.detections(&image, &levels, &logits, &deltas, post)
     }
@@ -1317,11 +1318,11 @@ impl TorchvisionRetinaNet {
         }
         let (out, logits, deltas) = e.pass(|e| {
             let input = e.tensor(shape, &data)?;
+            drop(data);
             let out = self.forward(e, params, &input)?;
             let (logits, deltas) = (e.read(&out.logits)?, e.read(&out.boxes)?);
             Ok::<_, crate::Error>((out, logits, deltas))
         })?;
-        drop(data);
         let k = self.config.num_classes;
         let rows = logits.len() / (batch.len() * k);
         batch
