@@ -504,6 +504,10 @@ pub(crate) fn forward_leaky<T: Real>(p: &ConvProblem<'_, T>, bias: Option<&[T]>,
     if crate::cpu::direct::applies(p, per_image) {
         return crate::cpu::direct::forward(p, bias, leaky, y);
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::pointwise::applies(p, per_image) {
+        return crate::cpu::pointwise::forward(p, bias, leaky, y);
+    }
     if per_image {
         forward_per_image(p, bias, leaky, y);
     } else {

@@ -21,6 +21,8 @@ pub mod math;
 pub mod nms;
 pub mod nn;
 pub mod ohem;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod pointwise;
 pub mod postprocess;
 pub mod sort;
 
