@@ -531,6 +531,31 @@ fn pool_stops_allocating<E: Engine>(e: &mut E, bind_groups: impl Fn() -> u64) {
     );
 }
 
+/// `tensor_with` holds what its closure wrote, as `tensor` holds its slice: the CPU engine's
+/// in-place fill in f32 (twice: the second fill lands in the buffer the first tensor gave back
+/// to the pool), its f64 fallback, and the GPU's default upload; a shape too large to count
+/// fails.
+fn tensor_with_holds_what_it_wrote<E: Engine>(e: &mut E) {
+    let shape = Shape::new(1, 3, 5, 7);
+    let want: Vec<f32> = (0..shape.len()).map(|i| i as f32 * 0.5 - 20.0).collect();
+    for _ in 0..2 {
+        let t = e.tensor_with(shape, |out| out.copy_from_slice(&want)).unwrap();
+        assert_eq!(E::shape(&t), shape);
+        assert_eq!(e.read(&t).unwrap(), want);
+    }
+    let huge = Shape::new(usize::MAX, 2, 2, 2);
+    assert!(matches!(e.tensor_with(huge, |_| ()), Err(Error::InvalidParameter(_))));
+}
+
+#[test]
+fn tensor_with_fills_the_engines_own_buffer() {
+    tensor_with_holds_what_it_wrote(&mut CpuEngine::<f32>::new());
+    tensor_with_holds_what_it_wrote(&mut CpuEngine::<f64>::new());
+    if let Some(ctx) = gpu() {
+        tensor_with_holds_what_it_wrote(&mut GpuEngine::new(&ctx).unwrap());
+    }
+}
+
 #[test]
 fn a_training_step_allocates_no_tensor_after_the_first() {
     pool_stops_allocating(&mut CpuEngine::<f32>::new(), || 0);

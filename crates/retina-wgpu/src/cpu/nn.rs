@@ -375,6 +375,19 @@ impl<T: Real> Engine for CpuEngine<T> {
         Ok(t)
     }
 
+    fn tensor_with(&mut self, shape: Shape, fill: impl FnOnce(&mut [f32])) -> Result<CpuTensor<T>> {
+        let mut t = self.alloc("tensor", shape)?;
+        match T::as_f32_mut(&mut t.data) {
+            Some(data) => fill(data),
+            None => {
+                let mut data = crate::nn::host_vec(shape.len(), 0.0, &format!("tensor: the f32 copy of {shape}"))?;
+                fill(&mut data);
+                t.data.iter_mut().zip(&data).for_each(|(o, &v)| *o = T::from_f32(v));
+            }
+        }
+        Ok(t)
+    }
+
     fn zeros(&mut self, shape: Shape) -> Result<CpuTensor<T>> {
         let mut t = self.alloc("zeros", shape)?;
         t.data.fill(T::ZERO);

@@ -634,8 +634,15 @@ impl RetinaFace {
     /// resizing: the network runs at the image's size).
     pub fn input(&self, rgb: &[u8], width: usize, height: usize) -> Result<Vec<f32>> {
         check_image(rgb.len(), width, height)?;
-        let plane = width * height;
-        let mut out = vec![0.0f32; 3 * plane];
+        let mut out = vec![0.0f32; 3 * width * height];
+        self.fill_input(rgb, &mut out);
+        Ok(out)
+    }
+
+    /// [`RetinaFace::input`] into `out` (three planes of `rgb.len() / 3` values; the caller
+    /// has checked the image).
+    fn fill_input(&self, rgb: &[u8], out: &mut [f32]) {
+        let plane = rgb.len() / 3;
         let order: [usize; 3] = if self.config.channel_order == "bgr" {
             [2, 1, 0]
         } else {
@@ -647,7 +654,6 @@ impl RetinaFace {
                 *o = f32::from(p[src]) - mean;
             }
         }
-        Ok(out)
     }
 
     /// The anchors of an image of `height x width` as `[cx, cy, w, h]` relative to the image
@@ -773,9 +779,8 @@ impl RetinaFace {
         post: Params,
     ) -> Result<Vec<Face>> {
         check_image(rgb.len(), width, height)?;
-        let input = self.input(rgb, width, height)?;
         let (logits, boxes, landmarks) = e.pass(|e| {
-            let images = e.tensor(Shape::new(1, 3, height, width), &input)?;
+            let images = e.tensor_with(Shape::new(1, 3, height, width), |out| self.fill_input(rgb, out))?;
             let out = self.forward(e, params, &images)?;
             Ok::<_, crate::Error>((e.read(&out.logits)?, e.read(&out.boxes)?, e.read(&out.landmarks)?))
         })?;
