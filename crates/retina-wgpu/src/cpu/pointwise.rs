@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{ConvProblem, Real};
+use crate::cpu::conv::{ConvProblem, Real, epilogue};
 
 /// Output channels per block: one broadcast weight each per input channel.
 const OB: usize = 8;
@@ -172,8 +172,8 @@ fn run(
     leaky: Option<f32>,
 ) {
     use std::arch::x86_64::{
-        _CMP_GT_OQ, _mm512_cmp_ps_mask, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_mul_ps, _mm512_set1_ps,
-        _mm512_setzero_ps, _mm512_storeu_ps,
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_storeu_ps,
     };
     let mut acc = [[_mm512_setzero_ps(); VECTORS]; OB];
     for (a, &b) in acc.iter_mut().zip(bias) {
@@ -193,17 +193,24 @@ fn run(
             }
         }
     }
-    let zero = _mm512_setzero_ps();
-    for (a, out) in acc.iter_mut().zip(outs.iter_mut()) {
+    // LeakyReLU with a slope in (0, 1] is max(a * slope, a), bit for bit `epilogue`'s (see
+    // `cpu::depthwise::avx512_run`); other slopes take `epilogue` after the store, as does
+    // every slope under Miri, which does not implement `max_ps`.
+    let in_registers = leaky.filter(|&s| s > 0.0 && s <= 1.0 && !cfg!(miri));
+    for (a, out) in acc.iter().zip(outs.iter_mut()) {
         let dst = &mut out[at..at + P];
-        for (i, a) in a.iter_mut().enumerate() {
-            if let Some(slope) = leaky {
-                // The scalar epilogue's `v > 0 ? v : v * slope`, NaN included (not > 0).
-                let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(*a, zero);
-                *a = _mm512_mask_mul_ps(*a, !positive, *a, _mm512_set1_ps(slope));
-            }
+        for (i, &a) in a.iter().enumerate() {
+            let v = match in_registers {
+                Some(slope) => _mm512_max_ps(_mm512_mul_ps(a, _mm512_set1_ps(slope)), a),
+                None => a,
+            };
             // SAFETY: `dst` holds P values; this store writes 16 of them.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(16 * i), *a) };
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(16 * i), v) };
+        }
+        if leaky.is_some() && in_registers.is_none() {
+            for v in dst.iter_mut() {
+                *v = epilogue(*v, leaky);
+            }
         }
     }
 }
@@ -252,7 +259,8 @@ mod tests {
                 out,
                 pool: &pool,
             };
-            for leaky in [None, Some(0.1f32)] {
+            // A slope in (0, 1] runs in registers; 0 and 1.5 after the store.
+            for leaky in [None, Some(0.1f32), Some(0.0), Some(1.5)] {
                 let mut y = vec![f32::NAN; out.len()];
                 forward(&p, Some(&b), leaky, &mut y);
                 let want = reference(&c, &x, s, &w, &b, leaky);
