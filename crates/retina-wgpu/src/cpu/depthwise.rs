@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{Real, epilogue};
+use crate::cpu::conv::{Real, decimate, epilogue};
 use crate::nn::{Conv2d, Shape};
 
 /// Input row (or column) that output position `o` reads at tap `k`, or `None` in the padding.
@@ -31,6 +31,8 @@ struct Geometry {
     rows: usize,
     /// Values per row of one phase: `ceil((in_w + 2 * pad) / stride)`.
     phase_len: usize,
+    /// The largest of `offsets`.
+    reach: usize,
 }
 
 impl Geometry {
@@ -39,10 +41,11 @@ impl Geometry {
         let (kh, kw) = c.kernel;
         let (stride, pad) = (c.stride, c.padding);
         let (rows, phase_len) = (input.h + 2 * pad, (input.w + 2 * pad).div_ceil(stride));
-        let offsets = (0..kh)
+        let offsets: Vec<usize> = (0..kh)
             .flat_map(|ky| (0..kw).map(move |kx| ((kx % stride) * rows + ky) * phase_len + kx / stride))
             .collect();
         Self {
+            reach: offsets.iter().copied().max().unwrap_or(0),
             stride,
             pad,
             in_h: input.h,
@@ -190,33 +193,104 @@ fn avx512(g: &Geometry, src: &[f32], padded: &mut [f32], taps: &[f32], bias: f32
     if width < 16 {
         return plane_body(g, src, padded, taps, bias, leaky, dst);
     }
-    g.pad(src, padded);
+    pad_avx512(g, src, padded);
     let padded = &*padded;
     for (oy, row) in dst.chunks_exact_mut(width).enumerate() {
         let mut ox = 0;
         while width - ox >= 64 {
-            avx512_run::<4>(g, padded, taps, bias, leaky, oy, ox, row);
+            avx512_taps::<4>(g, padded, taps, bias, leaky, oy, ox, row);
             ox += 64;
         }
         if width - ox >= 32 {
-            avx512_run::<2>(g, padded, taps, bias, leaky, oy, ox, row);
+            avx512_taps::<2>(g, padded, taps, bias, leaky, oy, ox, row);
             ox += 32;
         }
         if width - ox >= 16 {
-            avx512_run::<1>(g, padded, taps, bias, leaky, oy, ox, row);
+            avx512_taps::<1>(g, padded, taps, bias, leaky, oy, ox, row);
             ox += 16;
         }
         if ox < width {
-            avx512_run::<1>(g, padded, taps, bias, leaky, oy, width - 16, row);
+            avx512_taps::<1>(g, padded, taps, bias, leaky, oy, width - 16, row);
         }
     }
 }
 
-/// Outputs `ox..ox + 16 * V` of output row `oy` in `V` zmm accumulators.
+/// [`Geometry::pad`] with AVX-512 registers for phase rows of at least 16 values and padding
+/// of at most 16 columns a side: each phase row is two stores of zeros (its first and last 16
+/// values, which cover its padding), then its input columns: at stride 1 the input row in runs
+/// of 16, the last ending at the row's end; at stride 2 and above [`decimate`]. The same values
+/// as [`Geometry::pad`], whose per-row library calls (two fills and a copy) took a plane of
+/// 30 x 40 about as long as its taps. Other geometries take [`Geometry::pad`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn pad_avx512(g: &Geometry, src: &[f32], padded: &mut [f32]) {
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+    let (s, w, pad, plen, rows) = (g.stride, g.in_w, g.pad, g.phase_len, g.rows);
+    if plen < 16 || pad > 16 || w < 16 {
+        return g.pad(src, padded);
+    }
+    for phase in padded.chunks_exact_mut(rows * plen) {
+        phase[..pad * plen].fill(0.0);
+        phase[(pad + g.in_h) * plen..].fill(0.0);
+    }
+    for (iy, in_row) in src.chunks_exact(w).enumerate() {
+        for p in 0..s {
+            let row = &mut padded[(p * rows + iy + pad) * plen..][..plen];
+            // SAFETY: `row` holds plen >= 16 values; each store writes 16 of them.
+            unsafe {
+                _mm512_storeu_ps(row.as_mut_ptr(), _mm512_setzero_ps());
+                _mm512_storeu_ps(row.as_mut_ptr().add(plen - 16), _mm512_setzero_ps());
+            }
+            // Padded columns c = j * s + p from j0 on hold input column c - pad: at most
+            // ceil(pad / s) <= 16 leading zeros, and at most as many trailing ones.
+            let j0 = pad.saturating_sub(p).div_ceil(s);
+            let first = (j0 * s + p).saturating_sub(pad).min(w);
+            let dst = &mut row[j0..];
+            if s > 1 {
+                decimate(dst, &in_row[first..], s);
+                continue;
+            }
+            let mut at = 0;
+            while at < w {
+                // The last run ends at the row's end (overlapping the one before: same values).
+                let from = at.min(w - 16);
+                // SAFETY: `from + 16 <= w` (stride 1: `first` = 0 and `dst` holds w + pad
+                // values): the load reads 16 values of `in_row`, the store writes 16 of `dst`.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(from), _mm512_loadu_ps(in_row.as_ptr().add(from))) };
+                at = from + 16;
+            }
+        }
+    }
+}
+
+/// [`avx512_run`] with its taps unrolled for a 3 x 3 kernel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-fn avx512_run<const V: usize>(
+fn avx512_taps<const V: usize>(
+    g: &Geometry,
+    padded: &[f32],
+    taps: &[f32],
+    bias: f32,
+    leaky: Option<f32>,
+    oy: usize,
+    ox: usize,
+    row: &mut [f32],
+) {
+    if g.offsets.len() == 9 {
+        avx512_run::<V, 9>(g, padded, taps, bias, leaky, oy, ox, row);
+    } else {
+        avx512_run::<V, 0>(g, padded, taps, bias, leaky, oy, ox, row);
+    }
+}
+
+/// Outputs `ox..ox + 16 * V` of output row `oy` in `V` zmm accumulators.
+/// `TAPS` > 0 is the number of taps, known to the compiler so that it unrolls their loop; 0
+/// reads it from `g`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+fn avx512_run<const V: usize, const TAPS: usize>(
     g: &Geometry,
     padded: &[f32],
     taps: &[f32],
@@ -229,23 +303,33 @@ fn avx512_run<const V: usize>(
     use std::arch::x86_64::{
         _mm512_add_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps,
     };
+    let (offsets, taps) = if TAPS > 0 {
+        (&g.offsets[..TAPS], &taps[..TAPS])
+    } else {
+        (&g.offsets[..], taps)
+    };
     let first = oy * g.stride * g.phase_len + ox;
+    // Every tap's run, checked once: a tap's run starts at most `g.reach` past `first`.
+    let window = &padded[first..first + g.reach + 16 * V];
     let mut acc = [_mm512_set1_ps(bias); V];
-    for (&offset, &wv) in g.offsets.iter().zip(taps) {
-        let run = &padded[first + offset..first + offset + 16 * V];
+    for (&offset, &wv) in offsets.iter().zip(taps) {
+        debug_assert!(offset + 16 * V <= window.len());
+        // SAFETY: `offset` <= `g.reach`, so `window` holds the run's 16 * V values from here.
+        let run = unsafe { window.as_ptr().add(offset) };
         let wv = _mm512_set1_ps(wv);
         for (i, a) in acc.iter_mut().enumerate() {
-            // SAFETY: `run` holds 16 * V values; this load reads 16 of them.
-            let v = unsafe { _mm512_loadu_ps(run.as_ptr().add(16 * i)) };
+            // SAFETY: as above; this load reads 16 of the run's values.
+            let v = unsafe { _mm512_loadu_ps(run.add(16 * i)) };
             *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, v));
         }
     }
-    // LeakyReLU with a slope in [0, 1] is max(a * slope, a) (`a` where above 0, else
-    // `a * slope`, NaN staying NaN: `max_ps` returns its second operand when either is NaN),
-    // bit for bit `epilogue`'s; other slopes take `epilogue` after the store, as does every
-    // slope under Miri, which does not implement `max_ps` (safe code: its loads and stores
-    // are what Miri checks here).
-    let in_registers = leaky.filter(|s| (0.0..=1.0).contains(s) && !cfg!(miri));
+    // LeakyReLU with a slope in (0, 1] is max(a * slope, a) (`a` where above 0, else
+    // `a * slope`, NaN staying NaN: `max_ps` returns its second operand when either is NaN or
+    // both are zeros), bit for bit `epilogue`'s; other slopes take `epilogue` after the store
+    // (slope 0 too: there -inf * 0 is NaN, which `max_ps` would turn back into -inf), as does
+    // every slope under Miri, which does not implement `max_ps` (safe code: its loads and
+    // stores are what Miri checks here).
+    let in_registers = leaky.filter(|&s| s > 0.0 && s <= 1.0 && !cfg!(miri));
     let out = &mut row[ox..ox + 16 * V];
     for (i, &a) in acc.iter().enumerate() {
         let v = match in_registers {
@@ -490,8 +574,8 @@ mod tests {
             let w: Vec<f32> = (0..s.c * 9).map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125).collect();
             let b: Vec<f32> = (0..s.c).map(|i| i as f32 * 0.5 - 0.25).collect();
             let out = c.output_shape(s).unwrap();
-            // A slope in [0, 1] runs in registers with AVX-512; 1.5 after the store.
-            for leaky in [None, Some(0.1f32), Some(1.5)] {
+            // A slope in (0, 1] runs in registers with AVX-512; 0 and 1.5 after the store.
+            for leaky in [None, Some(0.1f32), Some(0.0), Some(1.5)] {
                 let mut y = vec![f32::NAN; out.len()];
                 forward(&c, &x, s, &w, Some(&b), leaky, out, &mut y);
                 let want = direct(&c, &x, s, &w, &b, leaky);
