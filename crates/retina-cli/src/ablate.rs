@@ -20,7 +20,7 @@
 //! for setting in &grid.settings {
 //!     for &seed in &grid.seeds {
 //!         let engines = (CpuEngine::new(), CpuEngine::new());
-//!         runs.push(ablate::train_and_evaluate(engines, &grid, setting, seed, &val, &mut |_| {})?.0);
+//!         runs.push(ablate::train_and_evaluate(engines, &grid, setting, seed, &val, &mut |_| {}, None)?.0);
 //!     }
 //! }
 //! print!("{}", ablate::markdown(&grid, &runs));
@@ -28,6 +28,7 @@
 //! ```
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::plot::{Chart, Series};
@@ -370,9 +371,96 @@ pub struct RunRecord {
     pub curve: Vec<CurvePoint>,
 }
 
+/// Where a run keeps its checkpoint while it trains, and how often it saves one. Every `every`
+/// steps (0: never) `dir` gets the trainer's state ([`Trainer::save`]: weights, momentum and
+/// step, written so that a kill at any moment leaves a whole checkpoint) and
+/// `progress-<step>.json` (the loss curve and the seconds of training up to that step). A run
+/// started on a `dir` that holds a checkpoint continues from it; the data depends only on the
+/// seed and the step, so on the CPU backend with the same threads it ends with the same
+/// weights, bit for bit, as a run never stopped. Runs of hours (512 px scenes) then survive a
+/// stopped machine, losing at most `every` steps.
+#[derive(Clone, Copy, Debug)]
+pub struct RunCheckpoint<'a> {
+    /// The run's own directory.
+    pub dir: &'a Path,
+    /// Steps between saves (0: never).
+    pub every: usize,
+}
+
+impl RunCheckpoint<'_> {
+    /// Whether `dir` holds a checkpoint to continue from.
+    pub fn exists(&self) -> bool {
+        self.dir.join("config.json").exists()
+    }
+
+    fn progress_path(&self, step: usize) -> PathBuf {
+        self.dir.join(format!("progress-{step}.json"))
+    }
+
+    /// Saves `trainer` and the run's progress: the progress file of the new step first, then the
+    /// trainer, then the older progress files go (a kill in between leaves the previous
+    /// checkpoint and its progress file).
+    fn save<E: LossEngine>(&self, trainer: &mut Trainer<E>, curve: &[CurvePoint], seconds: f64) -> Result<()> {
+        let step = trainer.step_count();
+        std::fs::create_dir_all(self.dir).map_err(|e| Error::io(self.dir, e))?;
+        let points: Vec<[f64; 3]> = curve
+            .iter()
+            .map(|p| [p.step as f64, f64::from(p.class), f64::from(p.boxes)])
+            .collect();
+        let progress = serde_json::json!({ "step": step, "seconds": seconds, "curve": points });
+        retina_wgpu::coco::write_file(&self.progress_path(step), progress.to_string().as_bytes())?;
+        trainer.save(self.dir)?;
+        for entry in std::fs::read_dir(self.dir)
+            .map_err(|e| Error::io(self.dir, e))?
+            .flatten()
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("progress-") && name != format!("progress-{step}.json") {
+                // Best effort: a stale progress file is never read (the step names the one).
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// The curve and seconds saved with the checkpoint at `step`.
+    fn progress(&self, step: usize) -> Result<(Vec<CurvePoint>, f64)> {
+        let path = self.progress_path(step);
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let source = path.display().to_string();
+        let bad = |what: &str| Error::format(&source, format!("not a run's progress: {what}"));
+        let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(&e.to_string()))?;
+        if v["step"].as_u64() != Some(step as u64) {
+            return Err(bad("its step is not the checkpoint's"));
+        }
+        let seconds = v["seconds"].as_f64().ok_or_else(|| bad("no seconds"))?;
+        let curve = v["curve"]
+            .as_array()
+            .ok_or_else(|| bad("no curve"))?
+            .iter()
+            .map(|p| {
+                match p
+                    .as_array()
+                    .map(|a| a.iter().map(serde_json::Value::as_f64).collect::<Vec<_>>())
+                {
+                    Some(a) if a.len() == 3 && a.iter().all(Option::is_some) => Ok(CurvePoint {
+                        step: a[0].unwrap_or_default() as usize,
+                        class: a[1].unwrap_or_default() as f32,
+                        boxes: a[2].unwrap_or_default() as f32,
+                    }),
+                    _ => Err(bad("a curve point is not [step, class, boxes]")),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((curve, seconds))
+    }
+}
+
 /// Trains `grid`'s network with `setting` and `seed` on `engines.0` and evaluates it on `val`
-/// with `engines.1`; `on_step` is called after every step with the steps done. Returns the
-/// record and the trained weights.
+/// with `engines.1`; `on_step` is called after every step with the steps done. With
+/// `checkpoint`, the run saves its state as it trains and continues from a saved one (see
+/// [`RunCheckpoint`]). Returns the record and the trained weights.
 pub fn train_and_evaluate<E: LossEngine + DetectEngine>(
     engines: (E, E),
     grid: &Grid,
@@ -380,15 +468,39 @@ pub fn train_and_evaluate<E: LossEngine + DetectEngine>(
     seed: u64,
     val: &CocoDataset,
     on_step: &mut dyn FnMut(usize),
+    checkpoint: Option<RunCheckpoint<'_>>,
 ) -> Result<(RunRecord, Vec<Vec<f32>>)> {
     let net = grid.network()?;
     let data = grid.data(seed);
-    let mut trainer = Trainer::new(engines.0, net.clone(), &net.init(seed), grid.options(seed))?;
+    let options = grid.options(seed);
+    let (mut trainer, mut curve, seconds_before) = match checkpoint.filter(RunCheckpoint::exists) {
+        Some(c) => {
+            let saved = retina_wgpu::train::saved_options(c.dir)?;
+            let (saved_net, values) = retina_wgpu::model::checkpoint::load_model(c.dir)?;
+            let shapes = |n: &RetinaNet| n.params().iter().map(|p| p.shape).collect::<Vec<_>>();
+            if saved != options || shapes(&saved_net) != shapes(&net) {
+                return Err(Error::invalid(format!(
+                    "{}: the run in progress there was trained with another network or schedule; \
+                     delete the directory to train it from the start",
+                    c.dir.display()
+                )));
+            }
+            let mut trainer = Trainer::new(engines.0, net.clone(), &values, options)?;
+            trainer.restore_optimizer(c.dir)?;
+            let (curve, seconds) = c.progress(trainer.step_count())?;
+            (trainer, curve, seconds)
+        }
+        None => (
+            Trainer::new(engines.0, net.clone(), &net.init(seed), options)?,
+            Vec::new(),
+            0.0,
+        ),
+    };
     trainer.set_class_loss(setting.class_loss());
     let log_every = trainer.options().log_every;
     let start = Instant::now();
-    let mut curve = Vec::new();
     let mut diverged = false;
+    on_step(trainer.step_count());
     while trainer.step_count() < grid.steps {
         let read = (trainer.step_count() + 1).is_multiple_of(log_every) || trainer.step_count() + 1 == grid.steps;
         if let Some(v) = trainer.step(&data, read)? {
@@ -403,8 +515,14 @@ pub fn train_and_evaluate<E: LossEngine + DetectEngine>(
             });
         }
         on_step(trainer.step_count());
+        if let Some(c) = checkpoint.filter(|c| c.every > 0)
+            && trainer.step_count().is_multiple_of(c.every)
+            && trainer.step_count() < grid.steps
+        {
+            c.save(&mut trainer, &curve, seconds_before + start.elapsed().as_secs_f64())?;
+        }
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = seconds_before + start.elapsed().as_secs_f64();
     let values = trainer.param_values()?;
     let ap = if diverged {
         [0.0; 3]
@@ -1218,6 +1336,63 @@ mod tests {
                 },
             ],
         }
+    }
+
+    /// A run that saves checkpoints, stopped part-way (its checkpoint left at step 90 of 100)
+    /// and continued, ends as the run never stopped: the same weights bit for bit, the same
+    /// loss curve and AP (on the CPU backend in a 1-thread pool); a checkpoint of another
+    /// schedule is refused.
+    #[test]
+    fn a_run_continued_from_its_checkpoint_ends_as_one_never_stopped() {
+        let dir = std::env::temp_dir().join(format!("retina-ablate-checkpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let grid = Grid::tiny();
+        retina_wgpu::data::write_coco(dir.join("val"), &grid.scenes, grid.val_images, VAL_SEED).unwrap();
+        let options = retina_wgpu::coco::DatasetOptions {
+            input_size: grid.scenes.size,
+            ..Default::default()
+        };
+        let val = CocoDataset::open_dir(dir.join("val"), &options).unwrap();
+        let setting = grid.settings[1];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let run = |grid: &Grid, checkpoint: Option<RunCheckpoint<'_>>, first: &mut usize| {
+            pool.install(|| {
+                let engines = (CpuEngine::new(), CpuEngine::new());
+                let mut on_step = |done: usize| *first = (*first).min(done);
+                train_and_evaluate(engines, grid, &setting, 0, &val, &mut on_step, checkpoint)
+            })
+        };
+        let (mut from_start, mut resumed) = (usize::MAX, usize::MAX);
+        let (whole, whole_values) = run(&grid, None, &mut from_start).unwrap();
+        let run_dir = dir.join("run");
+        let checkpoint = RunCheckpoint {
+            dir: &run_dir,
+            every: 30,
+        };
+        // The run saves at steps 30, 60 and 90 and ends at 100 without deleting its last
+        // checkpoint (the caller does, once the run is recorded): what a run stopped after
+        // step 90's save leaves. Started again, it continues from there.
+        let (saved, saved_values) = run(&grid, Some(checkpoint), &mut from_start).unwrap();
+        assert_eq!(saved_values, whole_values, "saving changed the run");
+        assert_eq!(saved.curve, whole.curve);
+        assert!(run_dir.join("progress-90.json").exists() && !run_dir.join("progress-60.json").exists());
+        let (again, again_values) = run(&grid, Some(checkpoint), &mut resumed).unwrap();
+        assert_eq!(resumed, 90, "the run continued from its last checkpoint");
+        assert_eq!(again_values, whole_values);
+        assert_eq!(again.curve, whole.curve);
+        assert_eq!(again.ap, whole.ap);
+        assert_eq!(again.steps, whole.steps);
+        // Another schedule is refused, naming the directory.
+        let longer = Grid {
+            steps: 200,
+            ..Grid::tiny()
+        };
+        let err = run(&longer, Some(checkpoint), &mut resumed).unwrap_err().to_string();
+        assert!(
+            err.contains("another network or schedule") && err.contains("run"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -531,6 +531,9 @@ fn ablate_tiny_grid_writes_its_tables_csv_and_plots() {
     ] {
         assert!(dir.join(file).is_file(), "{file} missing");
     }
+    // Every run saved checkpoints (every 250 steps by default: none in 100 steps; the jobs
+    // test below saves some) and nothing of them is left once the runs are recorded.
+    assert!(!dir.join("in-progress").exists());
     for png in [
         "fig1_loss_vs_pt.png",
         "fig4_positive.png",
@@ -630,13 +633,24 @@ fn ablate_jobs_runs_each_run_as_a_sequential_run_with_as_many_threads() {
     // same runs, the same numbers (the worker pool changes where a run executes, nothing else).
     let (one, two) = (scratch("ablate-jobs1"), scratch("ablate-jobs2"));
     let common = ["ablate", "--grid", "tiny", "--backend", "cpu", "--fig4-images", "1"];
+    // With checkpoints every 40 steps (saved, then deleted as each run is recorded): the
+    // same numbers as the runs of --jobs 2 without them.
     let out = retina_with(
-        &[&common[..], &["--out", one.to_str().unwrap()]].concat(),
+        &[
+            &common[..],
+            &["--out", one.to_str().unwrap(), "--checkpoint-every", "40"],
+        ]
+        .concat(),
         &[("RAYON_NUM_THREADS", "1")],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!one.join("in-progress").exists());
     let out = retina_with(
-        &[&common[..], &["--out", two.to_str().unwrap(), "--jobs", "2"]].concat(),
+        &[
+            &common[..],
+            &["--out", two.to_str().unwrap(), "--jobs", "2", "--checkpoint-every", "0"],
+        ]
+        .concat(),
         &[("RAYON_NUM_THREADS", "2")],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -686,6 +700,14 @@ fn ablate_jobs_runs_each_run_as_a_sequential_run_with_as_many_threads() {
         .filter_map(|r| r.split(',').nth(1))
         .collect();
     assert_eq!(seed2, ["CE a=0.75", "FL g=2 a=0.25"]);
+    // A run stopped part-way leaves its checkpoint: the directory is then an experiment that
+    // only --resume continues.
+    let fresh = scratch("ablate-stopped");
+    std::fs::create_dir_all(fresh.join("in-progress/CE-a=0.75-seed-0")).unwrap();
+    let out = retina_with(&[&common[..], &["--out", fresh.to_str().unwrap()]].concat(), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    std::fs::remove_dir_all(&fresh).unwrap();
     let out = retina_with(&[&only[..], &["--only", "nothing"]].concat(), &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("matches no setting"));
     for args in [&["--jobs", "0"][..], &["--jobs", "2", "--backend", "gpu"]] {

@@ -64,10 +64,16 @@ pub struct AblateArgs {
     /// repeat it to train several. The tables still report every run kept in --out.
     #[arg(long)]
     only: Vec<String>,
-    /// Keep the runs already in --out and run only the missing ones. The schedule, scenes and
+    /// Keep the runs already in --out and run only the missing ones, continuing runs that were
+    /// stopped part-way from their last checkpoint (`in-progress/`). The schedule, scenes and
     /// threads per run must be those of the runs kept (`experiment.json` records them).
     #[arg(long)]
     resume: bool,
+    /// Steps between a run's checkpoints in `--out`/in-progress/ (0: none), deleted when the
+    /// run is recorded: a run stopped part-way loses at most this many steps. On the CPU
+    /// backend a continued run ends with the same weights, bit for bit, as one never stopped.
+    #[arg(long, default_value_t = 250)]
+    checkpoint_every: usize,
     /// The engine that trains.
     #[arg(long, value_enum, default_value = "auto")]
     backend: EngineChoice,
@@ -137,7 +143,8 @@ pub fn run(args: AblateArgs) -> Result<()> {
     let out = &args.out;
     let runs_path = out.join("runs.csv");
     let curves_path = out.join("curves.csv");
-    if runs_path.exists() && !args.resume {
+    let in_progress = out.join("in-progress");
+    if (runs_path.exists() || in_progress.exists()) && !args.resume {
         return Err(Error::InvalidParameter(format!(
             "{} already holds an experiment: pass --resume to continue it, or choose another --out",
             out.display()
@@ -211,6 +218,8 @@ pub fn run(args: AblateArgs) -> Result<()> {
         reference_dir: out.join("reference_model"),
         runs_path: runs_path.clone(),
         curves_path: curves_path.clone(),
+        in_progress,
+        checkpoint_every: args.checkpoint_every,
     };
     let jobs = args.jobs;
     if jobs == 1 {
@@ -287,6 +296,10 @@ struct Shared {
     reference_dir: PathBuf,
     runs_path: PathBuf,
     curves_path: PathBuf,
+    /// Where runs in progress keep their checkpoints, one directory each.
+    in_progress: PathBuf,
+    /// Steps between checkpoints (0: none).
+    checkpoint_every: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -316,6 +329,11 @@ fn worker(
                 active.join(", ")
             };
             shared.bar.set_message(message);
+            let run_dir = shared.in_progress.join(run_dir_name(&setting, seed));
+            let checkpoint = Some(ablate::RunCheckpoint {
+                dir: &run_dir,
+                every: shared.checkpoint_every,
+            });
             let mut last = 0;
             let mut on_step = |done: usize| {
                 shared.bar.inc((done - last) as u64);
@@ -324,12 +342,12 @@ fn worker(
             let (record, values) = match gpu {
                 Some(ctx) => {
                     let engines = (GpuEngine::new(ctx)?, GpuEngine::new(ctx)?);
-                    ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)?
+                    ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step, checkpoint)?
                 }
                 None => {
                     let mut run = || {
                         let engines = (CpuEngine::new(), CpuEngine::new());
-                        ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step)
+                        ablate::train_and_evaluate(engines, grid, &setting, seed, val, &mut on_step, checkpoint)
                     };
                     match pool {
                         Some(pool) => pool.install(run)?,
@@ -352,6 +370,12 @@ fn worker(
                 coco::write_file(&shared.runs_path, ablate::runs_csv(&runs).as_bytes())?;
                 coco::write_file(&shared.curves_path, ablate::curves_csv(&runs).as_bytes())?;
             }
+            // Recorded: its checkpoint has served (and the directory of runs in progress goes
+            // with the last one).
+            if run_dir.exists() {
+                std::fs::remove_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+            }
+            let _ = std::fs::remove_dir(&shared.in_progress);
             let message = {
                 let mut active = lock(&shared.active);
                 active.retain(|l| *l != label);
@@ -365,6 +389,22 @@ fn worker(
         shared.failed.store(true, Ordering::Relaxed);
     }
     result
+}
+
+/// The directory name of a run's checkpoint: its label and seed, with every character but
+/// letters, digits, `.` and `=` turned into `-` (`OHEM 1:3 B=128 nms=0.5` seed 3 is
+/// `OHEM-1-3-B=128-nms=0.5-seed-3`).
+fn run_dir_name(setting: &LossSetting, seed: u64) -> String {
+    format!("{} seed {seed}", setting.label())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '=' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// The experiment's validation scenes (written once, kept across `--resume`), decoded.
