@@ -1405,6 +1405,68 @@ pub(crate) mod tests {
         dx: Vec<f64>,
     }
 
+    /// A kernel's forward pass: the problem, bias, LeakyReLU slope and output.
+    pub(crate) type KernelForward = fn(&ConvProblem<'_, f32>, Option<&[f32]>, Option<f32>, &mut [f32]);
+
+    /// `forward` (a kernel's forward pass: `cpu::direct`'s, `cpu::pointwise`'s) on each case
+    /// against the f64 definition ([`direct`]) followed by LeakyReLU written out, within 1e-4,
+    /// without an activation and with slopes 0.1, 0 and 1.5 (the kernels apply some slopes in
+    /// registers and others after the store).
+    pub(crate) fn check_forward(forward: KernelForward, cases: &[(Conv2d, Shape)]) {
+        let wide = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+        for &(c, s) in cases {
+            let x: Vec<f32> = (0..s.len()).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
+            let w: Vec<f32> = (0..c.weight_shape().len())
+                .map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125)
+                .collect();
+            let b: Vec<f32> = (0..c.out_channels).map(|i| i as f32 * 0.5 - 0.25).collect();
+            let out = c.output_shape(s).unwrap();
+            let pool = Pool::new();
+            let p = ConvProblem {
+                conv: &c,
+                x: &x,
+                input: s,
+                w: &w,
+                out,
+                pool: &pool,
+            };
+            let dy = vec![0.0; out.len()];
+            let linear = direct(&c, &wide(&x), s, &wide(&w), &wide(&b), &dy).y;
+            for leaky in [None, Some(0.1f32), Some(0.0), Some(1.5)] {
+                let mut y = vec![f32::NAN; out.len()];
+                forward(&p, Some(&b), leaky, &mut y);
+                for (i, (&g, &v)) in y.iter().zip(&linear).enumerate() {
+                    let r = match leaky {
+                        Some(slope) if v <= 0.0 => v * f64::from(slope),
+                        _ => v,
+                    };
+                    assert!((f64::from(g) - r).abs() < 1e-4, "{c:?} {s} {leaky:?} [{i}]: {g} != {r}");
+                }
+            }
+        }
+    }
+
+    /// Whether `applies` (a kernel's test of a problem: `cpu::direct`'s, `cpu::pointwise`'s)
+    /// takes convolution `c` on input `s` in precision `T`, zero-filled.
+    pub(crate) fn takes<T: Real>(
+        applies: fn(&ConvProblem<'_, T>, bool) -> bool,
+        c: Conv2d,
+        s: Shape,
+        per_image: bool,
+    ) -> bool {
+        let pool = Pool::<T>::new();
+        let (x, w) = (vec![T::ZERO; s.len()], vec![T::ZERO; c.weight_shape().len()]);
+        let p = ConvProblem {
+            conv: &c,
+            x: &x,
+            input: s,
+            w: &w,
+            out: c.output_shape(s).unwrap(),
+            pool: &pool,
+        };
+        applies(&p, per_image)
+    }
+
     // Indexed loops: the definition, written as it reads.
     #[allow(clippy::needless_range_loop)]
     pub(crate) fn direct(conv: &Conv2d, x: &[f64], input: Shape, w: &[f64], bias: &[f64], dy: &[f64]) -> Direct {

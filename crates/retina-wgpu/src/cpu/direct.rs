@@ -320,22 +320,7 @@ fn avx512<const TAPS: usize, const ADD: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::nn::Pool;
     use crate::nn::{Conv2d, Shape};
-
-    /// A dense convolution by its definition, in f64 ([`crate::cpu::conv`]'s test reference),
-    /// then LeakyReLU of slope `leaky` when given (written out, not the kernel's epilogue).
-    fn direct(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32], leaky: Option<f32>) -> Vec<f64> {
-        let wide = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
-        let dy = vec![0.0; c.output_shape(s).unwrap().len()];
-        let y = crate::cpu::conv::tests::direct(c, &wide(x), s, &wide(w), &wide(b), &dy).y;
-        y.into_iter()
-            .map(|v| match leaky {
-                Some(slope) if v <= 0.0 => v * f64::from(slope),
-                _ => v,
-            })
-            .collect()
-    }
 
     /// Shapes that reach a partial output-channel block and eight full ones, rows split over
     /// several bands (and a last band of fewer rows), two images, 3 x 3 and 5 x 5 kernels, more input channels than
@@ -382,48 +367,14 @@ mod tests {
         ]);
     }
 
-    /// The direct path's output against [`direct`] on each case, with and without LeakyReLU.
+    /// The direct path's output against the definition on each case.
     fn check(cases: &[(Conv2d, Shape)]) {
-        for &(c, s) in cases {
-            let x: Vec<f32> = (0..s.len()).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
-            let w: Vec<f32> = (0..c.weight_shape().len())
-                .map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125)
-                .collect();
-            let b: Vec<f32> = (0..c.out_channels).map(|i| i as f32 * 0.5 - 0.25).collect();
-            let out = c.output_shape(s).unwrap();
-            let pool = Pool::new();
-            let p = ConvProblem {
-                conv: &c,
-                x: &x,
-                input: s,
-                w: &w,
-                out,
-                pool: &pool,
-            };
-            for leaky in [None, Some(0.1f32)] {
-                let mut y = vec![f32::NAN; out.len()];
-                forward(&p, Some(&b), leaky, &mut y);
-                let want = direct(&c, &x, s, &w, &b, leaky);
-                for (i, (&g, &r)) in y.iter().zip(&want).enumerate() {
-                    assert!((f64::from(g) - r).abs() < 1e-4, "{c:?} {s} {leaky:?} [{i}]: {g} != {r}");
-                }
-            }
-        }
+        crate::cpu::conv::tests::check_forward(forward::<f32>, cases);
     }
 
     /// Whether the direct path takes convolution `c` on input `s` in precision `T`.
     fn takes<T: Real>(c: Conv2d, s: Shape, per_image: bool) -> bool {
-        let pool = Pool::<T>::new();
-        let (x, w) = (vec![T::ZERO; s.len()], vec![T::ZERO; c.weight_shape().len()]);
-        let p = ConvProblem {
-            conv: &c,
-            x: &x,
-            input: s,
-            w: &w,
-            out: c.output_shape(s).unwrap(),
-            pool: &pool,
-        };
-        applies(&p, per_image)
+        crate::cpu::conv::tests::takes(applies::<T>, c, s, per_image)
     }
 
     /// The layers the path takes: RetinaFace's SSH convolutions, 64-channel FPN merges and

@@ -218,57 +218,12 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::nn::Pool;
     use crate::nn::{Conv2d, Shape};
 
-    /// `c`'s output on `x` by its definition in f64, then LeakyReLU of slope `leaky` when given.
-    fn reference(c: &Conv2d, x: &[f32], s: Shape, w: &[f32], b: &[f32], leaky: Option<f32>) -> Vec<f64> {
-        let hw = s.plane();
-        let mut y = Vec::with_capacity(s.n * c.out_channels * hw);
-        for n in 0..s.n {
-            for o in 0..c.out_channels {
-                for j in 0..hw {
-                    let mut v = f64::from(b[o]);
-                    for i in 0..s.c {
-                        v += f64::from(w[o * s.c + i]) * f64::from(x[(n * s.c + i) * hw + j]);
-                    }
-                    y.push(match leaky {
-                        Some(slope) if v <= 0.0 => v * f64::from(slope),
-                        _ => v,
-                    });
-                }
-            }
-        }
-        y
-    }
-
-    /// The path's output against [`reference`] on each case, with and without LeakyReLU.
+    /// The path's output against the definition on each case (`cin -> cout` channels).
     fn check(cases: &[(usize, usize, Shape)]) {
-        for &(cin, cout, s) in cases {
-            let c = Conv2d::new(cin, cout, 1, 1);
-            let x: Vec<f32> = (0..s.len()).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25).collect();
-            let w: Vec<f32> = (0..cin * cout).map(|i| ((i * 5 % 9) as f32 - 4.0) * 0.125).collect();
-            let b: Vec<f32> = (0..cout).map(|i| i as f32 * 0.5 - 0.25).collect();
-            let out = c.output_shape(s).unwrap();
-            let pool = Pool::new();
-            let p = ConvProblem {
-                conv: &c,
-                x: &x,
-                input: s,
-                w: &w,
-                out,
-                pool: &pool,
-            };
-            // A slope in (0, 1] runs in registers; 0 and 1.5 after the store.
-            for leaky in [None, Some(0.1f32), Some(0.0), Some(1.5)] {
-                let mut y = vec![f32::NAN; out.len()];
-                forward(&p, Some(&b), leaky, &mut y);
-                let want = reference(&c, &x, s, &w, &b, leaky);
-                for (i, (&g, &r)) in y.iter().zip(&want).enumerate() {
-                    assert!((f64::from(g) - r).abs() < 1e-4, "{c:?} {s} {leaky:?} [{i}]: {g} != {r}");
-                }
-            }
-        }
+        let cases: Vec<(Conv2d, Shape)> = cases.iter().map(|&(i, o, s)| (Conv2d::new(i, o, 1, 1), s)).collect();
+        crate::cpu::conv::tests::check_forward(forward::<f32>, &cases);
     }
 
     /// Shapes that reach a partial output block and many full ones, several bands with a
@@ -301,17 +256,7 @@ mod tests {
 
     /// Whether the path takes convolution `c` on input `s` in precision `T`.
     fn takes<T: Real>(c: Conv2d, s: Shape, per_image: bool) -> bool {
-        let pool = Pool::<T>::new();
-        let (x, w) = (vec![T::ZERO; s.len()], vec![T::ZERO; c.weight_shape().len()]);
-        let p = ConvProblem {
-            conv: &c,
-            x: &x,
-            input: s,
-            w: &w,
-            out: c.output_shape(s).unwrap(),
-            pool: &pool,
-        };
-        applies(&p, per_image)
+        crate::cpu::conv::tests::takes(applies::<T>, c, s, per_image)
     }
 
     /// The layers the path takes: RetinaFace's pointwise layers, laterals and heads, not 3 x 3
