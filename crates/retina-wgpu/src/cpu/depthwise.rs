@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{Real, decimate, epilogue};
+use crate::cpu::conv::{Real, epilogue};
 use crate::nn::{Conv2d, Shape};
 
 /// Input row (or column) that output position `o` reads at tap `k`, or `None` in the padding.
@@ -31,7 +31,8 @@ struct Geometry {
     rows: usize,
     /// Values per row of one phase: `ceil((in_w + 2 * pad) / stride)`.
     phase_len: usize,
-    /// The largest of `offsets`.
+    /// The largest of `offsets` (read by the AVX-512 runs only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     reach: usize,
 }
 
@@ -218,7 +219,7 @@ fn avx512(g: &Geometry, src: &[f32], padded: &mut [f32], taps: &[f32], bias: f32
 /// [`Geometry::pad`] with AVX-512 registers for phase rows of at least 16 values and padding
 /// of at most 16 columns a side: each phase row is two stores of zeros (its first and last 16
 /// values, which cover its padding), then its input columns: at stride 1 the input row in runs
-/// of 16, the last ending at the row's end; at stride 2 and above [`decimate`]. The same values
+/// of 16, the last ending at the row's end; at stride 2 and above [`crate::cpu::conv::decimate`]. The same values
 /// as [`Geometry::pad`], whose per-row library calls (two fills and a copy) took a plane of
 /// 30 x 40 about as long as its taps. Other geometries take [`Geometry::pad`].
 #[cfg(target_arch = "x86_64")]
@@ -247,7 +248,7 @@ fn pad_avx512(g: &Geometry, src: &[f32], padded: &mut [f32]) {
             let first = (j0 * s + p).saturating_sub(pad).min(w);
             let dst = &mut row[j0..];
             if s > 1 {
-                decimate(dst, &in_row[first..], s);
+                crate::cpu::conv::decimate(dst, &in_row[first..], s);
                 continue;
             }
             let mut at = 0;
