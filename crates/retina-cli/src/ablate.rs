@@ -376,8 +376,9 @@ pub struct RunRecord {
 /// step, written so that a kill at any moment leaves a whole checkpoint) and
 /// `progress-<step>.json` (the loss curve and the seconds of training up to that step). A run
 /// started on a `dir` that holds a checkpoint continues from it; the data depends only on the
-/// seed and the step, so on the CPU backend with the same threads it ends with the same
-/// weights, bit for bit, as a run never stopped. Runs of hours (512 px scenes) then survive a
+/// seed and the step, so on the CPU backend with the same threads on the same kind of CPU
+/// (its vector paths differ in the last bits) it ends with the same weights, bit for bit, as a
+/// run never stopped. Runs of hours (512 px scenes) then survive a
 /// stopped machine, losing at most `every` steps.
 #[derive(Clone, Copy, Debug)]
 pub struct RunCheckpoint<'a> {
@@ -477,8 +478,7 @@ pub fn train_and_evaluate<E: LossEngine + DetectEngine>(
         Some(c) => {
             let saved = retina_wgpu::train::saved_options(c.dir)?;
             let (saved_net, values) = retina_wgpu::model::checkpoint::load_model(c.dir)?;
-            let shapes = |n: &RetinaNet| n.params().iter().map(|p| p.shape).collect::<Vec<_>>();
-            if saved != options || shapes(&saved_net) != shapes(&net) {
+            if saved != options || saved_net.config() != net.config() {
                 return Err(Error::invalid(format!(
                     "{}: the run in progress there was trained with another network or schedule; \
                      delete the directory to train it from the start",

@@ -686,11 +686,16 @@ fn ablate_jobs_runs_each_run_as_a_sequential_run_with_as_many_threads() {
         &["--out", one.to_str().unwrap(), "--resume", "--seeds", "3"],
     ]
     .concat();
+    // The checkpoint of a run already recorded (left by a stop between the record and its
+    // deletion) is deleted by the resume.
+    let stale = one.join("in-progress/CE-a=0.75-seed-0");
+    std::fs::create_dir_all(&stale).unwrap();
     let out = retina_with(
         &[&only[..], &["--only", "CE", "--only", "FL g=2"]].concat(),
         &[("RAYON_NUM_THREADS", "1")],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stale.exists() && !one.join("in-progress").exists());
     let after = runs_without_time(&one);
     assert_eq!(after.len(), rows.len() + 2, "{after:?}");
     assert!(rows.iter().all(|r| after.contains(r)), "a kept run was lost");

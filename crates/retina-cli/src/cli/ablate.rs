@@ -71,7 +71,8 @@ pub struct AblateArgs {
     resume: bool,
     /// Steps between a run's checkpoints in `--out`/in-progress/ (0: none), deleted when the
     /// run is recorded: a run stopped part-way loses at most this many steps. On the CPU
-    /// backend a continued run ends with the same weights, bit for bit, as one never stopped.
+    /// backend (same threads, same kind of CPU) a continued run ends with the same weights, bit
+    /// for bit, as one never stopped.
     #[arg(long, default_value_t = 250)]
     checkpoint_every: usize,
     /// The engine that trains.
@@ -178,6 +179,13 @@ pub fn run(args: AblateArgs) -> Result<()> {
         Vec::new()
     };
 
+    // Checkpoints of runs already recorded (a run stopped between its record and the deletion
+    // of its checkpoint) have served.
+    for r in &runs {
+        if let Some(warning) = remove_checkpoint(&in_progress.join(run_dir_name(&r.setting, r.seed))) {
+            eprintln!("{warning}");
+        }
+    }
     let val = validation_set(&args, &grid)?;
 
     // Seed by seed, every setting of a seed before the next seed: an experiment stopped
@@ -253,8 +261,12 @@ pub fn run(args: AblateArgs) -> Result<()> {
         runs,
         bar,
         reference_dir,
+        in_progress,
         ..
     } = shared;
+    // Once every run of this invocation has ended, the directory of runs in progress goes if
+    // nothing is left in it (in the workers, one run's removal could race another's creation).
+    let _ = std::fs::remove_dir(&in_progress);
     let runs = runs.into_inner().unwrap_or_else(|e| e.into_inner());
     bar.finish_and_clear();
 
@@ -334,9 +346,16 @@ fn worker(
                 dir: &run_dir,
                 every: shared.checkpoint_every,
             });
-            let mut last = 0;
+            let (mut last, mut started) = (0, false);
             let mut on_step = |done: usize| {
-                shared.bar.inc((done - last) as u64);
+                if !started {
+                    // A run continued from its checkpoint: its steps done before are not this
+                    // invocation's work (the ETA counts only what is left).
+                    shared.bar.dec_length(done as u64);
+                    started = true;
+                } else {
+                    shared.bar.inc((done - last) as u64);
+                }
                 last = done;
             };
             let (record, values) = match gpu {
@@ -370,12 +389,10 @@ fn worker(
                 coco::write_file(&shared.runs_path, ablate::runs_csv(&runs).as_bytes())?;
                 coco::write_file(&shared.curves_path, ablate::curves_csv(&runs).as_bytes())?;
             }
-            // Recorded: its checkpoint has served (and the directory of runs in progress goes
-            // with the last one).
-            if run_dir.exists() {
-                std::fs::remove_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+            // Recorded: its checkpoint has served.
+            if let Some(warning) = remove_checkpoint(&run_dir) {
+                shared.bar.println(warning);
             }
-            let _ = std::fs::remove_dir(&shared.in_progress);
             let message = {
                 let mut active = lock(&shared.active);
                 active.retain(|l| *l != label);
@@ -389,6 +406,18 @@ fn worker(
         shared.failed.store(true, Ordering::Relaxed);
     }
     result
+}
+
+/// Deletes a recorded run's checkpoint directory, best effort: a failure is a warning, returned
+/// (the run is in `runs.csv`; `--resume` deletes what is left of recorded runs).
+fn remove_checkpoint(dir: &Path) -> Option<String> {
+    match dir.exists().then(|| std::fs::remove_dir_all(dir)) {
+        Some(Err(e)) => Some(format!(
+            "warning: could not delete the checkpoint {}: {e}",
+            dir.display()
+        )),
+        _ => None,
+    }
 }
 
 /// The directory name of a run's checkpoint: its label and seed, with every character but

@@ -1406,12 +1406,14 @@ pub(crate) mod tests {
     }
 
     /// A kernel's forward pass: the problem, bias, LeakyReLU slope and output.
+    #[cfg(target_arch = "x86_64")]
     pub(crate) type KernelForward = fn(&ConvProblem<'_, f32>, Option<&[f32]>, Option<f32>, &mut [f32]);
 
     /// `forward` (a kernel's forward pass: `cpu::direct`'s, `cpu::pointwise`'s) on each case
     /// against the f64 definition ([`direct`]) followed by LeakyReLU written out, within 1e-4,
     /// without an activation and with slopes 0.1, 0 and 1.5 (the kernels apply some slopes in
     /// registers and others after the store).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn check_forward(forward: KernelForward, cases: &[(Conv2d, Shape)]) {
         let wide = |v: &[f32]| v.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
         for &(c, s) in cases {
@@ -1448,6 +1450,7 @@ pub(crate) mod tests {
 
     /// Whether `applies` (a kernel's test of a problem: `cpu::direct`'s, `cpu::pointwise`'s)
     /// takes convolution `c` on input `s` in precision `T`, zero-filled.
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn takes<T: Real>(
         applies: fn(&ConvProblem<'_, T>, bool) -> bool,
         c: Conv2d,

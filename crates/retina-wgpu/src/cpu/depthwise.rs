@@ -243,7 +243,8 @@ fn pad_avx512(g: &Geometry, src: &[f32], padded: &mut [f32]) {
                 _mm512_storeu_ps(row.as_mut_ptr().add(plen - 16), _mm512_setzero_ps());
             }
             // Padded columns c = j * s + p from j0 on hold input column c - pad: at most
-            // ceil(pad / s) <= 16 leading zeros, and at most as many trailing ones.
+            // ceil(pad / s) <= 16 leading zeros and ceil((pad + s - 1) / s) <= 16 trailing
+            // ones, which the two stores above cover.
             let j0 = pad.saturating_sub(p).div_ceil(s);
             let first = (j0 * s + p).saturating_sub(pad).min(w);
             let dst = &mut row[j0..];

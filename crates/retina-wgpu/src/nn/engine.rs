@@ -63,8 +63,9 @@ pub trait Engine {
 
     /// A tensor of `shape` whose `shape.len()` values `fill` writes: on the CPU straight into
     /// the engine's own buffer (no zero fill, no copy; for a network's input image, 3.7 MB a
-    /// frame at 640 x 480). The default fills a host vector and uploads it with
-    /// [`Engine::tensor`].
+    /// frame at 640 x 480). `fill` must write every value: the CPU engine's buffer comes from
+    /// its pool and may hold an earlier tensor's values. The default fills a zeroed host vector
+    /// and uploads it with [`Engine::tensor`].
     fn tensor_with(&mut self, shape: Shape, fill: impl FnOnce(&mut [f32])) -> Result<Self::Tensor>
     where
         Self: Sized,
