@@ -549,6 +549,36 @@ pub(crate) fn epilogue<T: Real>(v: T, leaky: Option<T>) -> T {
     }
 }
 
+/// Stores `acc` (16 values each) into `out` (`16 * acc.len()` values) through the epilogue, for
+/// the AVX-512 kernels. LeakyReLU with a slope in (0, 1] is applied in the registers as
+/// max(a * slope, a) (`a` where above 0, else `a * slope`, NaN staying NaN: `max_ps` returns
+/// its second operand when either is NaN or both are zeros), bit for bit [`epilogue`]'s; other
+/// slopes take [`epilogue`] after the store (slope 0 too: there -inf * 0 is NaN, which `max_ps`
+/// would turn back into -inf), as does every slope under Miri, which does not implement
+/// `max_ps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn store_epilogue_avx512(out: &mut [f32], acc: &[std::arch::x86_64::__m512], leaky: Option<f32>) {
+    use std::arch::x86_64::{_mm512_max_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps};
+    let out = &mut out[..16 * acc.len()];
+    let in_registers = leaky.filter(|&s| s > 0.0 && s <= 1.0 && !cfg!(miri));
+    for (i, &a) in acc.iter().enumerate() {
+        let v = match in_registers {
+            Some(slope) => _mm512_max_ps(_mm512_mul_ps(a, _mm512_set1_ps(slope)), a),
+            None => a,
+        };
+        // SAFETY: `out` holds 16 values per accumulator (sliced above); this store writes the
+        // 16 of accumulator `i`.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), v) };
+    }
+    if leaky.is_some() && in_registers.is_none() {
+        for v in out.iter_mut() {
+            *v = epilogue(*v, leaky);
+        }
+    }
+}
+
 /// Adds the bias to each output channel's row of `n` values and applies the epilogue.
 fn bias_epilogue<T: Real>(y: &mut [T], n: usize, bias: Option<&[T]>, leaky: Option<T>) {
     if bias.is_none() && leaky.is_none() {

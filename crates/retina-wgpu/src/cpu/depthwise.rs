@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{Real, epilogue};
+use crate::cpu::conv::{Real, decimate, epilogue};
 use crate::nn::{Conv2d, Shape};
 
 /// Input row (or column) that output position `o` reads at tap `k`, or `None` in the padding.
@@ -58,6 +58,13 @@ impl Geometry {
         }
     }
 
+    /// Where phase `p`'s rows take their input: padded columns `j * s + p` from `j0` on hold
+    /// input column `j * s + p - pad`, the first of them `first`; returns `(j0, first)`.
+    fn phase_start(&self, p: usize) -> (usize, usize) {
+        let j0 = self.pad.saturating_sub(p).div_ceil(self.stride);
+        (j0, (j0 * self.stride + p).saturating_sub(self.pad).min(self.in_w))
+    }
+
     /// Values of one padded, phase-split plane.
     fn scratch_len(&self) -> usize {
         self.stride * self.rows * self.phase_len
@@ -75,32 +82,18 @@ impl Geometry {
         }
         for (iy, in_row) in src.chunks_exact(self.in_w).enumerate() {
             for p in 0..s {
-                // Padded columns c = j * s + p holding input column c - pad.
-                let j0 = pad.saturating_sub(p).div_ceil(s);
+                let (j0, first) = self.phase_start(p);
                 let row = &mut padded[(p * rows + iy + pad) * plen..][..plen];
-                let first = (j0 * s + p).saturating_sub(pad).min(self.in_w);
                 let count = (self.in_w - first).div_ceil(s);
                 let (head, rest) = row.split_at_mut(j0.min(plen));
                 head.fill(T::ZERO);
                 let (dst, tail) = rest.split_at_mut(count);
                 tail.fill(T::ZERO);
                 let src = &in_row[first..];
-                match s {
-                    1 => dst.copy_from_slice(src),
-                    2 => {
-                        let pairs = src.chunks_exact(2);
-                        if let Some(&v) = pairs.remainder().first() {
-                            dst[count - 1] = v;
-                        }
-                        for (d, pair) in dst.iter_mut().zip(pairs) {
-                            *d = pair[0];
-                        }
-                    }
-                    _ => {
-                        for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
-                            *d = v;
-                        }
-                    }
+                if s == 1 {
+                    dst.copy_from_slice(src);
+                } else {
+                    decimate(dst, src, s);
                 }
             }
         }
@@ -199,19 +192,19 @@ fn avx512(g: &Geometry, src: &[f32], padded: &mut [f32], taps: &[f32], bias: f32
     for (oy, row) in dst.chunks_exact_mut(width).enumerate() {
         let mut ox = 0;
         while width - ox >= 64 {
-            avx512_taps::<4>(g, padded, taps, bias, leaky, oy, ox, row);
+            avx512_run::<4, 0>(g, padded, taps, bias, leaky, oy, ox, row);
             ox += 64;
         }
         if width - ox >= 32 {
-            avx512_taps::<2>(g, padded, taps, bias, leaky, oy, ox, row);
+            avx512_run::<2, 0>(g, padded, taps, bias, leaky, oy, ox, row);
             ox += 32;
         }
         if width - ox >= 16 {
-            avx512_taps::<1>(g, padded, taps, bias, leaky, oy, ox, row);
+            avx512_run::<1, 0>(g, padded, taps, bias, leaky, oy, ox, row);
             ox += 16;
         }
         if ox < width {
-            avx512_taps::<1>(g, padded, taps, bias, leaky, oy, width - 16, row);
+            avx512_run::<1, 0>(g, padded, taps, bias, leaky, oy, width - 16, row);
         }
     }
 }
@@ -219,7 +212,7 @@ fn avx512(g: &Geometry, src: &[f32], padded: &mut [f32], taps: &[f32], bias: f32
 /// [`Geometry::pad`] with AVX-512 registers for phase rows of at least 16 values and padding
 /// of at most 16 columns a side: each phase row is two stores of zeros (its first and last 16
 /// values, which cover its padding), then its input columns: at stride 1 the input row in runs
-/// of 16, the last ending at the row's end; at stride 2 and above [`crate::cpu::conv::decimate`]. The same values
+/// of 16, the last ending at the row's end; at stride 2 and above [`decimate`]. The same values
 /// as [`Geometry::pad`], whose per-row library calls (two fills and a copy) took a plane of
 /// 30 x 40 about as long as its taps. Other geometries take [`Geometry::pad`].
 #[cfg(target_arch = "x86_64")]
@@ -242,14 +235,12 @@ fn pad_avx512(g: &Geometry, src: &[f32], padded: &mut [f32]) {
                 _mm512_storeu_ps(row.as_mut_ptr(), _mm512_setzero_ps());
                 _mm512_storeu_ps(row.as_mut_ptr().add(plen - 16), _mm512_setzero_ps());
             }
-            // Padded columns c = j * s + p from j0 on hold input column c - pad: at most
-            // ceil(pad / s) <= 16 leading zeros and ceil((pad + s - 1) / s) <= 16 trailing
-            // ones, which the two stores above cover.
-            let j0 = pad.saturating_sub(p).div_ceil(s);
-            let first = (j0 * s + p).saturating_sub(pad).min(w);
+            // At most ceil(pad / s) <= 16 leading zeros and ceil((pad + s - 1) / s) <= 16
+            // trailing ones, which the two stores above cover.
+            let (j0, first) = g.phase_start(p);
             let dst = &mut row[j0..];
             if s > 1 {
-                crate::cpu::conv::decimate(dst, &in_row[first..], s);
+                decimate(dst, &in_row[first..], s);
                 continue;
             }
             let mut at = 0;
@@ -265,30 +256,9 @@ fn pad_avx512(g: &Geometry, src: &[f32], padded: &mut [f32]) {
     }
 }
 
-/// [`avx512_run`] with its taps unrolled for a 3 x 3 kernel.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-fn avx512_taps<const V: usize>(
-    g: &Geometry,
-    padded: &[f32],
-    taps: &[f32],
-    bias: f32,
-    leaky: Option<f32>,
-    oy: usize,
-    ox: usize,
-    row: &mut [f32],
-) {
-    if g.offsets.len() == 9 {
-        avx512_run::<V, 9>(g, padded, taps, bias, leaky, oy, ox, row);
-    } else {
-        avx512_run::<V, 0>(g, padded, taps, bias, leaky, oy, ox, row);
-    }
-}
-
-/// Outputs `ox..ox + 16 * V` of output row `oy` in `V` zmm accumulators.
-/// `TAPS` > 0 is the number of taps, known to the compiler so that it unrolls their loop; 0
-/// reads it from `g`.
+/// Outputs `ox..ox + 16 * V` of output row `oy` in `V` zmm accumulators. `TAPS` > 0 is the
+/// number of taps, known to the compiler so that it unrolls their loop; with 0 the count is
+/// read from `g`, and a 3 x 3 kernel's run goes on as `TAPS` = 9.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -302,9 +272,10 @@ fn avx512_run<const V: usize, const TAPS: usize>(
     ox: usize,
     row: &mut [f32],
 ) {
-    use std::arch::x86_64::{
-        _mm512_add_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps,
-    };
+    use std::arch::x86_64::{_mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps};
+    if TAPS == 0 && g.offsets.len() == 9 {
+        return avx512_run::<V, 9>(g, padded, taps, bias, leaky, oy, ox, row);
+    }
     let (offsets, taps) = if TAPS > 0 {
         (&g.offsets[..TAPS], &taps[..TAPS])
     } else {
@@ -325,27 +296,7 @@ fn avx512_run<const V: usize, const TAPS: usize>(
             *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, v));
         }
     }
-    // LeakyReLU with a slope in (0, 1] is max(a * slope, a) (`a` where above 0, else
-    // `a * slope`, NaN staying NaN: `max_ps` returns its second operand when either is NaN or
-    // both are zeros), bit for bit `epilogue`'s; other slopes take `epilogue` after the store
-    // (slope 0 too: there -inf * 0 is NaN, which `max_ps` would turn back into -inf), as does
-    // every slope under Miri, which does not implement `max_ps` (safe code: its loads and
-    // stores are what Miri checks here).
-    let in_registers = leaky.filter(|&s| s > 0.0 && s <= 1.0 && !cfg!(miri));
-    let out = &mut row[ox..ox + 16 * V];
-    for (i, &a) in acc.iter().enumerate() {
-        let v = match in_registers {
-            Some(slope) => _mm512_max_ps(_mm512_mul_ps(a, _mm512_set1_ps(slope)), a),
-            None => a,
-        };
-        // SAFETY: `out` holds 16 * V values; this store writes 16 of them.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), v) };
-    }
-    if leaky.is_some() && in_registers.is_none() {
-        for v in out.iter_mut() {
-            *v = epilogue(*v, leaky);
-        }
-    }
+    crate::cpu::conv::store_epilogue_avx512(&mut row[ox..ox + 16 * V], &acc, leaky);
 }
 
 #[inline(always)]

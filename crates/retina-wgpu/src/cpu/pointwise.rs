@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::conv::{ConvProblem, Real, epilogue};
+use crate::cpu::conv::{ConvProblem, Real, store_epilogue_avx512};
 
 /// Output channels per block: one broadcast weight each per input channel.
 const OB: usize = 8;
@@ -171,10 +171,7 @@ fn run(
     at: usize,
     leaky: Option<f32>,
 ) {
-    use std::arch::x86_64::{
-        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_max_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_storeu_ps,
-    };
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps};
     let mut acc = [[_mm512_setzero_ps(); VECTORS]; OB];
     for (a, &b) in acc.iter_mut().zip(bias) {
         *a = [_mm512_set1_ps(b); VECTORS];
@@ -193,25 +190,8 @@ fn run(
             }
         }
     }
-    // LeakyReLU with a slope in (0, 1] is max(a * slope, a), bit for bit `epilogue`'s (see
-    // `cpu::depthwise::avx512_run`); other slopes take `epilogue` after the store, as does
-    // every slope under Miri, which does not implement `max_ps`.
-    let in_registers = leaky.filter(|&s| s > 0.0 && s <= 1.0 && !cfg!(miri));
     for (a, out) in acc.iter().zip(outs.iter_mut()) {
-        let dst = &mut out[at..at + P];
-        for (i, &a) in a.iter().enumerate() {
-            let v = match in_registers {
-                Some(slope) => _mm512_max_ps(_mm512_mul_ps(a, _mm512_set1_ps(slope)), a),
-                None => a,
-            };
-            // SAFETY: `dst` holds P values; this store writes 16 of them.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(16 * i), v) };
-        }
-        if leaky.is_some() && in_registers.is_none() {
-            for v in dst.iter_mut() {
-                *v = epilogue(*v, leaky);
-            }
-        }
+        store_epilogue_avx512(&mut out[at..at + P], a, leaky);
     }
 }
 
