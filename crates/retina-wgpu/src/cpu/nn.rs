@@ -377,15 +377,15 @@ impl<T: Real> Engine for CpuEngine<T> {
 
     fn tensor_with(&mut self, shape: Shape, fill: impl FnOnce(&mut [f32])) -> Result<CpuTensor<T>> {
         let mut t = self.alloc("tensor", shape)?;
-        match T::as_f32_mut(&mut t.data) {
-            Some(data) => fill(data),
-            None => {
-                let mut data = crate::nn::host_vec(shape.len(), 0.0, &format!("tensor: the f32 copy of {shape}"))?;
-                fill(&mut data);
-                t.data.iter_mut().zip(&data).for_each(|(o, &v)| *o = T::from_f32(v));
-            }
+        if let Some(data) = T::as_f32_mut(&mut t.data) {
+            fill(data);
+            return Ok(t);
         }
-        Ok(t)
+        // Another precision: f32 values converted as `tensor` converts them.
+        drop(t);
+        let mut data = crate::nn::host_vec(shape.len(), 0.0, &format!("tensor: the f32 copy of {shape}"))?;
+        fill(&mut data);
+        self.tensor(shape, &data)
     }
 
     fn zeros(&mut self, shape: Shape) -> Result<CpuTensor<T>> {
