@@ -404,12 +404,16 @@ impl RunCheckpoint<'_> {
     fn save<E: LossEngine>(&self, trainer: &mut Trainer<E>, curve: &[CurvePoint], seconds: f64) -> Result<()> {
         let step = trainer.step_count();
         std::fs::create_dir_all(self.dir).map_err(|e| Error::io(self.dir, e))?;
-        let points: Vec<[f64; 3]> = curve
-            .iter()
-            .map(|p| [p.step as f64, f64::from(p.class), f64::from(p.boxes)])
-            .collect();
-        let progress = serde_json::json!({ "step": step, "seconds": seconds, "curve": points });
-        retina_wgpu::coco::write_file(&self.progress_path(step), progress.to_string().as_bytes())?;
+        let progress = Progress {
+            step,
+            seconds,
+            curve: curve
+                .iter()
+                .map(|p| [p.step as f64, f64::from(p.class), f64::from(p.boxes)])
+                .collect(),
+        };
+        let json = serde_json::to_vec(&progress).expect("a run's progress serialises");
+        retina_wgpu::coco::write_file(&self.progress_path(step), &json)?;
         trainer.save(self.dir)?;
         for entry in std::fs::read_dir(self.dir)
             .map_err(|e| Error::io(self.dir, e))?
@@ -431,31 +435,33 @@ impl RunCheckpoint<'_> {
         let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let source = path.display().to_string();
         let bad = |what: &str| Error::format(&source, format!("not a run's progress: {what}"));
-        let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(&e.to_string()))?;
-        if v["step"].as_u64() != Some(step as u64) {
+        let progress: Progress = serde_json::from_slice(&text).map_err(|e| bad(&e.to_string()))?;
+        if progress.step != step {
             return Err(bad("its step is not the checkpoint's"));
         }
-        let seconds = v["seconds"].as_f64().ok_or_else(|| bad("no seconds"))?;
-        let curve = v["curve"]
-            .as_array()
-            .ok_or_else(|| bad("no curve"))?
-            .iter()
-            .map(|p| {
-                match p
-                    .as_array()
-                    .map(|a| a.iter().map(serde_json::Value::as_f64).collect::<Vec<_>>())
-                {
-                    Some(a) if a.len() == 3 && a.iter().all(Option::is_some) => Ok(CurvePoint {
-                        step: a[0].unwrap_or_default() as usize,
-                        class: a[1].unwrap_or_default() as f32,
-                        boxes: a[2].unwrap_or_default() as f32,
-                    }),
-                    _ => Err(bad("a curve point is not [step, class, boxes]")),
-                }
+        let curve = progress
+            .curve
+            .into_iter()
+            .map(|[step, class, boxes]| CurvePoint {
+                step: step as usize,
+                class: class as f32,
+                boxes: boxes as f32,
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((curve, seconds))
+            .collect();
+        Ok((curve, progress.seconds))
     }
+}
+
+/// What `progress-<step>.json` holds beside a run's checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Progress {
+    /// The checkpoint's step.
+    step: usize,
+    /// Seconds of training up to it.
+    seconds: f64,
+    /// The loss curve up to it: `[step, class loss, box loss]` per point (the f32 losses
+    /// widened to f64 exactly, so they read back to the same bits).
+    curve: Vec<[f64; 3]>,
 }
 
 /// Trains `grid`'s network with `setting` and `seed` on `engines.0` and evaluates it on `val`
