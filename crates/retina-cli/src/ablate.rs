@@ -1398,6 +1398,20 @@ mod tests {
             err.contains("another network or schedule") && err.contains("run"),
             "{err}"
         );
+        // A progress file cut short, or one that names another step than the checkpoint's, is
+        // an error naming the file, not a panic or a run continued with a wrong curve.
+        let progress = run_dir.join("progress-90.json");
+        let text = std::fs::read(&progress).unwrap();
+        std::fs::write(&progress, &text[..text.len() / 2]).unwrap();
+        let err = run(&grid, Some(checkpoint), &mut resumed).unwrap_err().to_string();
+        assert!(
+            err.contains("progress-90.json") && err.contains("not a run's progress"),
+            "{err}"
+        );
+        let lying = String::from_utf8(text).unwrap().replace("\"step\":90", "\"step\":60");
+        std::fs::write(&progress, lying).unwrap();
+        let err = run(&grid, Some(checkpoint), &mut resumed).unwrap_err().to_string();
+        assert!(err.contains("its step is not the checkpoint's"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
