@@ -10,17 +10,26 @@
 //   grad weight  dW[co, (ci,ky,kx)]  = sum over (b,oy,ox) of dY[b, co, oy,ox] * X[b, ci, oy*s-p+ky, ox*s-p+kx]
 // The im2col matrix is never stored: tiles of it are gathered straight from NCHW tensors.
 //
-// Tiling: a workgroup computes a BM x BN tile of the output with WG invocations, each a
-// TM x TN = 4 x 4 block in registers; the K dimension advances BK at a time through two
-// workgroup-memory tiles (A: BK x BM, B: BK x BN; with the index tables below 9.25 KiB, sized
-// for the largest tile whatever the shape, of WebGPU's guaranteed 16 KiB).
-// 64 x 64 tiles give 16 multiply-adds per shared-memory load and still leave several
-// workgroups per multiprocessor; they need 256 invocations per workgroup (WebGPU's default
-// limit) and nothing beyond the default limits. Products with few columns (N <= 32: the
-// small pyramid levels' pixels, the first layer's 27 weight columns) take 64 x 16 tiles of 64
-// invocations (SHAPE 1), and products with few rows (M <= 32: layers of 3-32 channels) 16 x 64
-// tiles (SHAPE 2): a 64-wide tile over 2-32 columns or rows computed 2-32x the product, most of
-// it on padding. Split-K: workgroups with different `split`
+// Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block
+// in registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
+// apart); the K dimension advances BK at a time through two workgroup-memory tiles (A: BK x
+// BM, B: BK x BN, 8.25 KiB with the index table below, sized for the largest tile whatever
+// the shape, of WebGPU's guaranteed 16 KiB). Both tiles hold vec4s of 4 consecutive rows (A)
+// or columns (B): per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4
+// loads for 64), and neighbouring invocations load neighbouring vec4s. Each invocation
+// stages whole vec4s (4 gathers, one store), always the same rows of A and columns of B, so
+// it keeps its columns' index terms in registers. The accumulators and index terms are
+// indexed by literals only, never by a loop counter, so that no driver keeps them in memory.
+// The count of loads matters most on CPU adapters (llvmpipe, SwiftShader), where each load at
+// an address that varies by invocation is a loop over the vector's lanes: against the
+// previous layout (4 x 4 scalars per invocation, 256 invocations, 8 scalar loads per 16
+// multiply-adds, accumulators in a loop-indexed array) the small RetinaNet's convolutions run
+// 2.4x faster on lavapipe (docs/PERFORMANCE.md). All shapes need nothing beyond the default
+// limits. Products with few columns (N <= 32: the small pyramid levels' pixels, the first
+// layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles, and products with few rows (M <=
+// 32: layers of 3-32 channels) 16 x 64 or 32 x 64 tiles: a 64-wide tile over 2-32 columns or
+// rows computed 2-32x the product, most of it on padding.
+// Split-K: workgroups with different `split`
 // cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
 // sums over the whole batch, so its K is large); without splits the output is written directly,
 // with the bias in the forward pass. src/cpu/conv.rs computes the same with im2col and GEMM.
@@ -28,11 +37,25 @@
 // Which product; a pipeline-overridable constant, so each mode compiles to its own pipeline
 // with the other two branches folded away.
 override MODE: u32 = 0u;
-// The output tile: 0 = 64 x 64 (256 invocations), 1 = 64 x 16 (64), 2 = 16 x 64 (64); src/gpu/conv.rs
-// picks 1 for N <= 32, else 2 for M <= 32.
+// The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
+// 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32); src/gpu/conv.rs picks 1 or 3
+// for N <= 16 or 32, else 2 or 4 for M <= 16 or 32.
 override SHAPE: u32 = 0u;
 
-// Must stay in sync with `ConvConfig` in src/gpu/nn.rs.
+const BK: u32 = 16u;
+// The largest tile's rows and columns (they size the workgroup memory of every shape).
+const BM_MAX: u32 = 64u;
+const BN_MAX: u32 = 64u;
+override BM: u32 = select(select(BM_MAX, 16u, SHAPE == 2u), 32u, SHAPE == 4u);
+override BN: u32 = select(select(BN_MAX, 16u, SHAPE == 1u), 32u, SHAPE == 3u);
+// An invocation's rows and columns (8 x 8 or 4 x 4), and the invocations' grid (GM x GN = WG).
+override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u);
+override TN: u32 = TM;
+override GM: u32 = BM / TM;
+override GN: u32 = BN / TN;
+override WG: u32 = GM * GN;
+
+// Must stay in sync with `ConvConfig` in src/gpu/conv.rs.
 struct Config {
     batch: u32,
     in_channels: u32,
@@ -66,16 +89,6 @@ const FLAG_PARTIAL: u32 = 2u;
 // Without FLAG_PARTIAL: add the product to what `out` holds (a layer used several times sums
 // its weight gradients in place).
 const FLAG_ACCUMULATE: u32 = 4u;
-
-const BK: u32 = 16u;
-const TM: u32 = 4u;
-const TN: u32 = 4u;
-// The largest tile's rows and columns (they size the workgroup memory of every shape).
-const BM_MAX: u32 = 64u;
-const BN_MAX: u32 = 64u;
-override BM: u32 = select(BM_MAX, 16u, SHAPE == 2u);
-override BN: u32 = select(BN_MAX, 16u, SHAPE == 1u);
-override WG: u32 = (BM / TM) * (BN / TN);
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 // forward, grad input: weights; grad weight: dY.
@@ -119,17 +132,6 @@ fn phase_of() -> Phase {
     p.dx = (p.rx + cfg.pad - p.kx0) / s;
     return p;
 }
-
-var<workgroup> sh_a: array<f32, BK * BM_MAX>;
-var<workgroup> sh_b: array<f32, BK * BN_MAX>;
-
-// The gathers' index arithmetic, split by what it depends on. Each K step, BK invocations
-// write the terms of its BK values of k into `sh_k`; once per tile, BN invocations write the
-// terms of its BN columns into `sh_n`; the staging loads then only add and compare. (Per
-// element, the decompositions cost up to six integer divisions by uniform values, which no
-// GPU has in hardware and a CPU adapter cannot vectorise.)
-var<workgroup> sh_k: array<vec4<u32>, BK>;
-var<workgroup> sh_n: array<vec4<u32>, BN_MAX>;
 
 // The terms of row k of the right matrix (column k of the left one), for k < cfg.k.
 fn k_terms(k: u32) -> vec4<u32> {
@@ -282,6 +284,45 @@ fn partial_index(m: u32, n: u32, o: u32) -> u32 {
     return o;
 }
 
+// Writes output element (m, n), `value` being its sum over split `split`'s K range (m < cfg.m,
+// n < cfg.n): with FLAG_PARTIAL the split's partial, which conv_reduce.wgsl adds up; else the
+// value plus the bias (FLAG_BIAS), added to what `out` holds with FLAG_ACCUMULATE.
+fn store_output(m: u32, n: u32, split: u32, value: f32) {
+    let o = out_index(m, n);
+    if (cfg.flags & FLAG_PARTIAL) != 0u {
+        out[split * cfg.m * cfg.n + partial_index(m, n, o)] = value;
+        return;
+    }
+    var v = value;
+    if (cfg.flags & FLAG_BIAS) != 0u {
+        v = v + bias[m];
+    }
+    if (cfg.flags & FLAG_ACCUMULATE) != 0u {
+        v = out[o] + v;
+    }
+    out[o] = v;
+}
+
+// Output elements (m, n .. n + 3) = `v`, those inside the product (see `store_output`).
+fn store4(m: u32, n: u32, split: u32, v: vec4<f32>) {
+    if m >= cfg.m {
+        return;
+    }
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        if n + j < cfg.n {
+            store_output(m, n + j, split, v[j]);
+        }
+    }
+}
+
+var<workgroup> sh_a: array<vec4<f32>, BK * BM_MAX / 4u>;
+var<workgroup> sh_b: array<vec4<f32>, BK * BN_MAX / 4u>;
+
+// The terms of the current BK values of k (see `k_terms`), written by BK invocations each K
+// step: per element, the decomposition costs up to six integer divisions by uniform values,
+// which no GPU has in hardware and a CPU adapter cannot vectorise.
+var<workgroup> sh_k: array<vec4<u32>, BK>;
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -302,76 +343,134 @@ fn main(
     let n0 = (tile % cfg.n_tiles) * BN;
     let k_begin = split * cfg.k_split;
     let k_end = min(cfg.k, k_begin + cfg.k_split);
-    // This invocation's 4 x 4 block of the tile.
-    let tm = (lid / (BN / TN)) * TM;
-    let tn = (lid % (BN / TN)) * TN;
-    var acc: array<f32, 16>;
-    if lid < BN && n0 + lid < cfg.n {
-        sh_n[lid] = n_terms(n0 + lid);
+    // This invocation's place in the grid: its rows are the 4-row groups ty, ty + GM, ... of
+    // the tile, its columns the 4-column groups tx, tx + GN, ...
+    let ty = lid / GN;
+    let tx = lid % GN;
+    // The vec4s it stages: rows 4 sa .. 4 sa + 3 of A and columns 4 sb .. 4 sb + 3 of B, at
+    // k rows lid / (BM / 4) + j WG / (BM / 4) (A) and likewise for B (WG is a multiple of
+    // BM / 4 and of BN / 4, so these never change).
+    let sa = lid % (BM / 4u);
+    let sb = lid % (BN / 4u);
+    // Its columns' index terms (literal names, not an array: see `acc`).
+    let nb = n0 + sb * 4u;
+    var nt0 = vec4(0u);
+    var nt1 = vec4(0u);
+    var nt2 = vec4(0u);
+    var nt3 = vec4(0u);
+    if nb < cfg.n {
+        nt0 = n_terms(nb);
     }
+    if nb + 1u < cfg.n {
+        nt1 = n_terms(nb + 1u);
+    }
+    if nb + 2u < cfg.n {
+        nt2 = n_terms(nb + 2u);
+    }
+    if nb + 3u < cfg.n {
+        nt3 = n_terms(nb + 3u);
+    }
+    // The accumulators, vec4s of 4 columns: acc[2 row + h] holds the invocation's row `row`
+    // (0-3: the rows of its first 4-row group, 4-7: of its second) and its h-th 4-column
+    // group. Every index below is a literal: an array indexed only by constants becomes
+    // registers, where a loop the driver does not unroll would leave it in memory (on llvmpipe,
+    // one gather and one scatter per multiply-add).
+    var acc: array<vec4<f32>, 16>;
     for (var k0 = k_begin; k0 < k_end; k0 = k0 + BK) {
         if lid < BK && k0 + lid < k_end {
             sh_k[lid] = k_terms(k0 + lid);
         }
         workgroupBarrier();
-        // Each invocation stages BK BM / WG elements of A and BK BN / WG of B (4 each; 16 of
-        // the longer side with SHAPE 1 or 2); consecutive invocations take consecutive k of A
-        // (contiguous weights) and consecutive n of B (contiguous pixels). Past the matrix (or
-        // this split's K) they stage zeros.
-        for (var e = lid; e < BK * BM; e = e + WG) {
-            let ak = e % BK;
-            let am = e / BK;
-            var v = 0.0;
-            if m0 + am < cfg.m && k0 + ak < k_end {
-                v = load_a(m0 + am, sh_k[ak]);
+        // Past the matrix (or this split's K) the tiles hold zeros.
+        for (var e = lid; e < BK * BM / 4u; e = e + WG) {
+            let ak = e / (BM / 4u);
+            var v = vec4(0.0);
+            if k0 + ak < k_end {
+                let kt = sh_k[ak];
+                let m = m0 + sa * 4u;
+                if m < cfg.m {
+                    v.x = load_a(m, kt);
+                }
+                if m + 1u < cfg.m {
+                    v.y = load_a(m + 1u, kt);
+                }
+                if m + 2u < cfg.m {
+                    v.z = load_a(m + 2u, kt);
+                }
+                if m + 3u < cfg.m {
+                    v.w = load_a(m + 3u, kt);
+                }
             }
-            sh_a[ak * BM + am] = v;
+            sh_a[e] = v;
         }
-        for (var e = lid; e < BK * BN; e = e + WG) {
-            let bk = e / BN;
-            let bn = e % BN;
-            var v = 0.0;
-            if n0 + bn < cfg.n && k0 + bk < k_end {
-                v = load_b(sh_k[bk], sh_n[bn]);
+        for (var e = lid; e < BK * BN / 4u; e = e + WG) {
+            let bk = e / (BN / 4u);
+            var v = vec4(0.0);
+            if k0 + bk < k_end {
+                let kt = sh_k[bk];
+                if nb < cfg.n {
+                    v.x = load_b(kt, nt0);
+                }
+                if nb + 1u < cfg.n {
+                    v.y = load_b(kt, nt1);
+                }
+                if nb + 2u < cfg.n {
+                    v.z = load_b(kt, nt2);
+                }
+                if nb + 3u < cfg.n {
+                    v.w = load_b(kt, nt3);
+                }
             }
-            sh_b[bk * BN + bn] = v;
+            sh_b[e] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk = kk + 1u) {
-            let a = vec4(sh_a[kk * BM + tm], sh_a[kk * BM + tm + 1u], sh_a[kk * BM + tm + 2u], sh_a[kk * BM + tm + 3u]);
-            let b = vec4(sh_b[kk * BN + tn], sh_b[kk * BN + tn + 1u], sh_b[kk * BN + tn + 2u], sh_b[kk * BN + tn + 3u]);
-            for (var i = 0u; i < TM; i = i + 1u) {
-                acc[i * TN] = acc[i * TN] + a[i] * b.x;
-                acc[i * TN + 1u] = acc[i * TN + 1u] + a[i] * b.y;
-                acc[i * TN + 2u] = acc[i * TN + 2u] + a[i] * b.z;
-                acc[i * TN + 3u] = acc[i * TN + 3u] + a[i] * b.w;
+            let a0 = sh_a[kk * (BM / 4u) + ty];
+            let b0 = sh_b[kk * (BN / 4u) + tx];
+            acc[0] += a0.x * b0;
+            acc[2] += a0.y * b0;
+            acc[4] += a0.z * b0;
+            acc[6] += a0.w * b0;
+            if TM == 8u {
+                let a1 = sh_a[kk * (BM / 4u) + ty + GM];
+                let b1 = sh_b[kk * (BN / 4u) + tx + GN];
+                acc[1] += a0.x * b1;
+                acc[3] += a0.y * b1;
+                acc[5] += a0.z * b1;
+                acc[7] += a0.w * b1;
+                acc[8] += a1.x * b0;
+                acc[9] += a1.x * b1;
+                acc[10] += a1.y * b0;
+                acc[11] += a1.y * b1;
+                acc[12] += a1.z * b0;
+                acc[13] += a1.z * b1;
+                acc[14] += a1.w * b0;
+                acc[15] += a1.w * b1;
             }
         }
         workgroupBarrier();
     }
-    let partial = (cfg.flags & FLAG_PARTIAL) != 0u;
-    let total = cfg.m * cfg.n;
-    for (var i = 0u; i < TM; i = i + 1u) {
-        let m = m0 + tm + i;
-        if m >= cfg.m {
-            continue;
-        }
-        var b = 0.0;
-        if !partial && (cfg.flags & FLAG_BIAS) != 0u {
-            b = bias[m];
-        }
-        for (var j = 0u; j < TN; j = j + 1u) {
-            let n = n0 + tn + j;
-            if n < cfg.n {
-                let o = out_index(m, n);
-                if partial {
-                    out[split * total + partial_index(m, n, o)] = acc[i * TN + j];
-                } else if (cfg.flags & FLAG_ACCUMULATE) != 0u {
-                    out[o] = out[o] + (acc[i * TN + j] + b);
-                } else {
-                    out[o] = acc[i * TN + j] + b;
-                }
-            }
-        }
+    // Rows ty * 4 + i and (ty + GM) * 4 + i of the tile, columns from tx * 4 and (tx + GN) * 4.
+    let m_lo = m0 + ty * 4u;
+    let m_hi = m0 + (ty + GM) * 4u;
+    let n_lo = n0 + tx * 4u;
+    let n_hi = n0 + (tx + GN) * 4u;
+    store4(m_lo, n_lo, split, acc[0]);
+    store4(m_lo + 1u, n_lo, split, acc[2]);
+    store4(m_lo + 2u, n_lo, split, acc[4]);
+    store4(m_lo + 3u, n_lo, split, acc[6]);
+    if TM == 8u {
+        store4(m_lo, n_hi, split, acc[1]);
+        store4(m_lo + 1u, n_hi, split, acc[3]);
+        store4(m_lo + 2u, n_hi, split, acc[5]);
+        store4(m_lo + 3u, n_hi, split, acc[7]);
+        store4(m_hi, n_lo, split, acc[8]);
+        store4(m_hi, n_hi, split, acc[9]);
+        store4(m_hi + 1u, n_lo, split, acc[10]);
+        store4(m_hi + 1u, n_hi, split, acc[11]);
+        store4(m_hi + 2u, n_lo, split, acc[12]);
+        store4(m_hi + 2u, n_hi, split, acc[13]);
+        store4(m_hi + 3u, n_lo, split, acc[14]);
+        store4(m_hi + 3u, n_hi, split, acc[15]);
     }
 }

@@ -12,50 +12,79 @@ use crate::nn::{Conv2d, ConvGrads, Shape, check_same};
 /// Output tile of conv_gemm.wgsl's square shape (BM = BN) and its K step (BK).
 const TILE: u64 = 64;
 const TILE_K: u64 = 16;
-/// The short side of conv_gemm.wgsl's narrow tiles (64 x 16 and 16 x 64, 64 invocations), and
-/// the most columns (or rows) a product may have to take one: up to 32, a 64-wide tile would
-/// compute at least twice the product (2-32x for the small pyramid levels' 2-32 pixels, or
-/// for layers of 3-32 channels).
-const NARROW_TILE: u64 = 16;
-const NARROW_MAX: u64 = 32;
+/// The short sides of conv_gemm.wgsl's narrow tiles (64 x 16 and 16 x 64 of 4 x 4 blocks, 64
+/// x 32 and 32 x 64 of 8 x 8 blocks), the longest taking products of up to 32 columns (or
+/// rows): a 64-wide tile would compute at least twice the product (2-32x for the small
+/// pyramid levels' 2-32 pixels, or for layers of 3-32 channels).
+const NARROW_TILES: [u64; 2] = [16, 32];
 
-/// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns).
-const SHAPES: [(u64, u64); 3] = [(TILE, TILE), (TILE, NARROW_TILE), (NARROW_TILE, TILE)];
+/// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns), and the
+/// side of each invocation's square block of them (its `TM` and `TN`).
+const SHAPES: [(u64, u64, u64); 5] = [
+    (TILE, TILE, 8),
+    (TILE, 16, 4),
+    (16, TILE, 4),
+    (TILE, 32, 8),
+    (32, TILE, 8),
+];
 
 /// The kernels of `kernel`'s product (the forward pass, the input or the weight gradient),
 /// indexed by `SHAPE` as in the kernel table.
-fn variants(kernel: Kernel) -> [Kernel; 3] {
+fn variants(kernel: Kernel) -> [Kernel; 5] {
     use Kernel::*;
     match kernel {
-        ConvForward => [ConvForward, ConvForwardFewColumns, ConvForwardFewRows],
-        ConvGradInput => [ConvGradInput, ConvGradInputFewColumns, ConvGradInputFewRows],
-        _ => [ConvGradWeight, ConvGradWeightFewColumns, ConvGradWeightFewRows],
+        ConvForward => [
+            ConvForward,
+            ConvForwardFewColumns,
+            ConvForwardFewRows,
+            ConvForwardColumns32,
+            ConvForwardRows32,
+        ],
+        ConvGradInput => [
+            ConvGradInput,
+            ConvGradInputFewColumns,
+            ConvGradInputFewRows,
+            ConvGradInputColumns32,
+            ConvGradInputRows32,
+        ],
+        _ => [
+            ConvGradWeight,
+            ConvGradWeightFewColumns,
+            ConvGradWeightFewRows,
+            ConvGradWeightColumns32,
+            ConvGradWeightRows32,
+        ],
     }
 }
 
 /// The kernel for `kernel`'s product of `m` rows and `n` columns, and its tile's rows and
-/// columns: 64 x 16 tiles for few columns, 16 x 64 for few rows (when both are few, the
-/// shorter side gets the short tile side), else 64 x 64.
+/// columns: for at most 32 columns (when the rows are more, or as few) the narrowest tile that
+/// spans them (64 x 16 or 64 x 32), else for at most 32 rows likewise (16 x 64 or 32 x 64),
+/// else 64 x 64.
 fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
-    let shape = if n <= NARROW_MAX && (m > NARROW_MAX || n <= m) {
-        1
-    } else if m <= NARROW_MAX {
-        2
+    let [short, long] = NARROW_TILES;
+    let shape = if n <= long && (m > long || n <= m) {
+        if n <= short { 1 } else { 3 }
+    } else if m <= long {
+        if m <= short { 2 } else { 4 }
     } else {
         0
     };
-    let (rows, columns) = SHAPES[shape];
+    let (rows, columns, _) = SHAPES[shape];
     (variants(kernel)[shape], rows, columns)
 }
 
-/// Invocations per workgroup of a conv_gemm.wgsl kernel (one per 4 x 4 block of its tile), or
+/// Invocations per workgroup of a conv_gemm.wgsl kernel (one per block of its tile), or
 /// `None` for another kernel: what its `SHAPE` override must give (`shader.rs` tests it).
 #[cfg(test)]
 pub(crate) fn gemm_invocations(kernel: Kernel) -> Option<u64> {
     [Kernel::ConvForward, Kernel::ConvGradInput, Kernel::ConvGradWeight]
         .into_iter()
         .find_map(|product| variants(product).iter().position(|&k| k == kernel))
-        .map(|shape| SHAPES[shape].0 * SHAPES[shape].1 / 16)
+        .map(|shape| {
+            let (rows, columns, side) = SHAPES[shape];
+            (rows / side) * (columns / side)
+        })
 }
 
 /// Most of K one conv workgroup walks (per split): bounded loops (see `LOOP_BUDGET` in

@@ -199,6 +199,8 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::ConvForward,
     Kernel::ConvForwardFewColumns,
     Kernel::ConvForwardFewRows,
+    Kernel::ConvForwardColumns32,
+    Kernel::ConvForwardRows32,
     Kernel::ConvReduce,
     Kernel::Relu,
     Kernel::Add,
