@@ -39,7 +39,7 @@
 override MODE: u32 = 0u;
 // The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
 // 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32); src/gpu/conv.rs picks 1 or 3
-// for N <= 16 or 32, else 2 or 4 for M <= 16 or 32.
+// for N <= 16 or 32 (when M is larger, or equal), else 2 or 4 for M <= 16 or 32.
 override SHAPE: u32 = 0u;
 
 const BK: u32 = 16u;

@@ -506,7 +506,7 @@ fn kernel_work_counts_a_convolutions_flops_and_bytes() {
     );
     assert_eq!(work("ConvGradInputFewRows"), retina_wgpu::gpu::KernelWork::default());
 
-    // A product of at most 32 columns (here 2 images x 2 x 2 output pixels) takes the 64 x 16
+    // A product of at most 16 columns (here 2 images x 2 x 2 output pixels) takes the 64 x 16
     // tiles, and only them (the 10 output channels would also ask for 16 x 64 ones).
     let small = retina_wgpu::nn::Shape::new(2, 6, 3, 4);
     let x = engine
