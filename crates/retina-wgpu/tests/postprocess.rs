@@ -4,8 +4,8 @@
 mod common;
 
 use common::cases::{Outputs, assert_same_detections, postprocess_kinds, postprocess_pair};
-use common::{Rng, gpu};
-use retina_wgpu::{Backend, BoxCoder, Detection, DetectionInput, Error, Nms, NmsKind, PostProcess};
+use common::{Rng, gpu, gpu_with};
+use retina_wgpu::{Backend, BoxCoder, Detection, DetectionInput, Error, GpuOptions, Nms, NmsKind, PostProcess};
 
 // ---- an independent reference: torchvision's postprocess_detections, written plainly ----
 
@@ -105,6 +105,61 @@ fn gpu_matches_cpu_for_every_nms_kind() {
             assert_same_detections(&format!("{kind:?} topk {}", pp.topk_per_level), &g, &c);
         }
     }
+}
+
+/// A profile (`GpuContext::start_profile`) times each dispatch of the post-processing once (the
+/// context's dispatch counters are the other count), within the host's clock around the
+/// submission, and changes nothing of the result. On a context of its own: a profile is
+/// context-wide, and the other tests' dispatches must not enter it.
+#[test]
+fn a_profile_times_every_dispatch_and_changes_no_result() {
+    let Some(ctx) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    assert!(
+        matches!(ctx.finish_profile(), Err(Error::InvalidParameter(m)) if m.contains("no profile is open")),
+        "finishing a profile never started is an error"
+    );
+    if !ctx.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        assert!(matches!(ctx.start_profile(), Err(Error::InvalidParameter(m)) if m.contains("TIMESTAMP_QUERY")));
+        return;
+    }
+    let backend = Backend::Gpu(ctx.clone());
+    let b = Outputs::clustered(&mut Rng::new(7), 2, 256, 20);
+    let pp = PostProcess::default();
+    let plain = pp.run(&backend, &b.input()).unwrap();
+    let dispatches = |ctx: &retina_wgpu::GpuContext| -> Vec<(&'static str, u64)> {
+        ctx.kernel_work().into_iter().map(|(k, w)| (k, w.dispatches)).collect()
+    };
+    let before = dispatches(&ctx);
+    ctx.start_profile().unwrap();
+    assert!(ctx.start_profile().is_err(), "one profile at a time");
+    let start = std::time::Instant::now();
+    let profiled = pp.run(&backend, &b.input()).unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    let profile = ctx.finish_profile().unwrap();
+    assert_same_detections("profiled", &profiled, &plain);
+    assert_eq!(profile.untimed, 0);
+    let mut expected: Vec<(&str, u64)> = dispatches(&ctx)
+        .into_iter()
+        .zip(before)
+        .map(|((k, after), (_, before))| (k, after - before))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    let mut timed: Vec<(&str, u64)> = profile.kernels.iter().map(|k| (k.kernel, k.dispatches)).collect();
+    expected.sort();
+    timed.sort();
+    assert!(
+        expected.len() > 5,
+        "the post-processing dispatches several kernels: {expected:?}"
+    );
+    assert_eq!(timed, expected, "one timed pass per dispatch");
+    let total = profile.total_seconds();
+    assert!(
+        total > 0.0 && total <= wall,
+        "device time {total} s: above zero, within the {wall} s the host waited"
+    );
+    assert!(ctx.finish_profile().is_err(), "a profile closes once");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::anchors::AnchorCache;
 use crate::gpu::frame::{Count, Counters, FrameCache, KernelWork, KeyedBindGroups, ResourceStats, WorkStats};
 use crate::gpu::kernels::{Kernel, Kernels};
+use crate::gpu::profile::ProfilerSlot;
 use crate::gpu::shader::ShaderFeatures;
 
 /// Caps that lower the device's limits, so that chunking and grid folding can be exercised on
@@ -126,6 +127,8 @@ pub(crate) struct Inner {
     pub(crate) poll_timeout: Option<Duration>,
     pub(crate) pipeline_cache: Option<wgpu::PipelineCache>,
     pub(crate) counters: Counters,
+    /// The open profile, if any ([`GpuContext::start_profile`]).
+    pub(crate) profiler: ProfilerSlot,
 }
 
 /// A wgpu device and queue with the crate's kernels.
@@ -328,6 +331,7 @@ impl GpuContext {
                 poll_timeout: options.poll_timeout,
                 pipeline_cache: options.pipeline_cache.clone(),
                 counters: Counters::default(),
+                profiler: ProfilerSlot::default(),
             }),
             frame: None,
             keyed: None,

@@ -233,17 +233,39 @@ impl<'a> Dispatches<'a> {
             for step in &self.steps {
                 ctx.pipeline(step.kernel)?;
             }
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(self.label),
-                timestamp_writes: None,
-            });
-            for step in &self.steps {
-                let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            let uniform = |step: &Step<'_>| {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &buffer,
                     offset: step.uniform.start,
                     size: wgpu::BufferSize::new(step.uniform.end - step.uniform.start),
-                });
-                dispatch(ctx, &mut pass, step.kernel, uniform, &step.bindings, step.workgroups)?;
+                })
+            };
+            if ctx.profiling() {
+                // A pass per dispatch, each timed on its own.
+                for step in self.steps.iter().filter(|s| s.workgroups > 0) {
+                    let timed = ctx.profile_pass(step.kernel);
+                    let mut pass = begin_pass(encoder, self.label, timed.as_ref());
+                    dispatch(
+                        ctx,
+                        &mut pass,
+                        step.kernel,
+                        uniform(step),
+                        &step.bindings,
+                        step.workgroups,
+                    )?;
+                }
+                return Ok(());
+            }
+            let mut pass = begin_pass(encoder, self.label, None);
+            for step in &self.steps {
+                dispatch(
+                    ctx,
+                    &mut pass,
+                    step.kernel,
+                    uniform(step),
+                    &step.bindings,
+                    step.workgroups,
+                )?;
             }
             Ok(())
         })
@@ -264,11 +286,26 @@ pub(crate) fn record_one(
     let workgroups = workgroups_u32(kernel, workgroups)?;
     ctx.scoped(|| {
         ctx.pipeline(kernel)?;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.file()),
-            timestamp_writes: None,
-        });
+        let timed = if workgroups > 0 { ctx.profile_pass(kernel) } else { None };
+        let mut pass = begin_pass(encoder, kernel.file(), timed.as_ref());
         dispatch(ctx, &mut pass, kernel, uniform, bindings, workgroups)
+    })
+}
+
+/// Begins a compute pass called `label`, with timestamps at its beginning and end at queries
+/// `timed.1` and `timed.1 + 1` of `timed.0` when a profile times it ([`GpuContext::profile_pass`]).
+fn begin_pass<'e>(
+    encoder: &'e mut wgpu::CommandEncoder,
+    label: &str,
+    timed: Option<&(wgpu::QuerySet, u32)>,
+) -> wgpu::ComputePass<'e> {
+    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: timed.map(|(set, first)| wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: Some(*first),
+            end_of_pass_write_index: Some(first + 1),
+        }),
     })
 }
 

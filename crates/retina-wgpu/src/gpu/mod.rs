@@ -22,6 +22,7 @@ pub(crate) mod nn;
 pub(crate) mod ohem;
 pub(crate) mod postprocess;
 pub(crate) mod prepared;
+mod profile;
 mod reduce;
 #[doc(hidden)] // public for tests/shaders.rs, not part of the API
 pub mod shader;
@@ -40,5 +41,6 @@ pub use matcher::{AssignBuffers, GroundTruthBuffers};
 pub use ohem::OhemBuffers;
 pub use postprocess::{DetectionBuffers, DetectionOutput, DrawArgs, GpuDetection, OutputOptions};
 pub use prepared::{NmsBuffers, PreparedNms, PreparedPostProcess, PreparedTopK};
+pub use profile::{KernelTime, MAX_PROFILED_DISPATCHES, Profile};
 pub use sort::SortEntry;
 pub use topk::{TopkOutput, TopkSegment};

@@ -67,7 +67,7 @@ pub fn run(args: FocalArgs) -> Result<()> {
                         elementwise: None,
                         positives: None,
                     };
-                    let resident = gpu_median_seconds(ctx, args.common.iters, &bar, |encoder| {
+                    let resident = gpu_median_seconds(ctx, &args.common, "focal_loss", &bar, |encoder| {
                         ctx.record_focal_loss(encoder, &loss, &buffers)
                     })?;
                     rows_out.push(row("focal_loss", resident));

@@ -85,7 +85,7 @@ pub fn run(args: MatchArgs) -> Result<()> {
                         box_targets: &box_targets,
                         positives: &positives,
                     };
-                    let resident = gpu_median_seconds(ctx, args.common.iters, &bar, |encoder| {
+                    let resident = gpu_median_seconds(ctx, &args.common, "assign_targets", &bar, |encoder| {
                         ctx.record_assign_targets(encoder, &assigner, &anchors_buf, &gt, &out)
                     })?;
                     rows.push(row("assign_targets", resident));

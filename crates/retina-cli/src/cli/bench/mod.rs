@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use retina_wgpu::gpu::Profile;
 use retina_wgpu::{GpuContext, Result};
 use serde::Serialize;
 
@@ -60,6 +61,11 @@ pub struct Common {
     /// Backends to measure.
     #[arg(long, value_enum, default_value = "both")]
     pub backend: BackendChoice,
+    /// After timing, run each GPU measurement once more with the device's timestamps
+    /// (`TIMESTAMP_QUERY`, one pass per dispatch) and print its device time per kernel (on
+    /// stderr with `--json`).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// The network whose convolutions `bench conv` and `bench gemm` (and `burn-peer`) measure: the
@@ -159,14 +165,16 @@ pub fn median_seconds(iters: usize, bar: &ProgressBar, mut f: impl FnMut() -> Re
 }
 
 /// Median seconds of `record` on the device: each run records into a fresh encoder, submits and
-/// waits for the device (data stays resident; nothing is read back).
+/// waits for the device (data stays resident; nothing is read back). With `--profile`, one more
+/// run under a profile, printed as `what`'s time per kernel.
 pub fn gpu_median_seconds(
     ctx: &GpuContext,
-    iters: usize,
+    common: &Common,
+    what: &str,
     bar: &ProgressBar,
     mut record: impl FnMut(&mut retina_wgpu::wgpu::CommandEncoder) -> Result<()>,
 ) -> Result<f64> {
-    median_seconds(iters, bar, || {
+    let mut run = || {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         record(&mut encoder)?;
         let index = ctx.queue().submit([encoder.finish()]);
@@ -177,7 +185,57 @@ pub fn gpu_median_seconds(
             })
             .map_err(|e| retina_wgpu::Error::ReadbackFailed(e.to_string()))?;
         Ok(())
-    })
+    };
+    let seconds = median_seconds(common.iters, bar, &mut run)?;
+    if common.profile {
+        print_profile(bar, what, profiled(ctx, run));
+    }
+    Ok(seconds)
+}
+
+/// `run` once under a profile of `ctx` ([`GpuContext::start_profile`]).
+pub fn profiled(ctx: &GpuContext, run: impl FnOnce() -> Result<()>) -> Result<Profile> {
+    ctx.start_profile()?;
+    let result = run();
+    // Closed whatever `run` gave, so that the context is never left profiling.
+    let profile = ctx.finish_profile();
+    result.and(profile)
+}
+
+/// Prints `what`'s profile on stderr (above the progress bar), or why there is none: a device
+/// without timestamps is a line saying so, not a failed benchmark.
+pub fn print_profile(bar: &ProgressBar, what: &str, profile: Result<Profile>) {
+    let mut text = String::new();
+    match profile {
+        Err(e) => text.push_str(&format!("profile of {what}: none ({e})")),
+        Ok(p) => {
+            let total = p.total_seconds();
+            text.push_str(&format!(
+                "profile of {what}: {:.3} ms of device time in {} dispatches (one pass each){}\n",
+                total * 1e3,
+                p.kernels.iter().map(|k| k.dispatches).sum::<u64>(),
+                if p.untimed > 0 {
+                    format!(", {} more untimed", p.untimed)
+                } else {
+                    String::new()
+                }
+            ));
+            text.push_str(&format!(
+                "  {:<28} {:>10} {:>12} {:>7}",
+                "kernel", "dispatches", "device ms", "share"
+            ));
+            for k in &p.kernels {
+                text.push_str(&format!(
+                    "\n  {:<28} {:>10} {:>12.3} {:>6.1}%",
+                    k.kernel,
+                    k.dispatches,
+                    k.seconds * 1e3,
+                    if total > 0.0 { 100.0 * k.seconds / total } else { 0.0 }
+                ));
+            }
+        }
+    }
+    bar.suspend(|| eprintln!("{text}"));
 }
 
 /// Prints `rows` as JSON or as a table with GPU/CPU ratios.

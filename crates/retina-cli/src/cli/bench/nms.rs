@@ -47,7 +47,7 @@ pub fn run(args: NmsArgs) -> Result<()> {
                     Backend::Gpu(ctx) => {
                         let (boxes_buf, scores_buf) = (ctx.upload(&b)?, ctx.upload(&s)?);
                         let classes_buf = classes.map(|c| ctx.upload(c)).transpose()?;
-                        gpu_median_seconds(ctx, args.common.iters, &bar, |encoder| {
+                        gpu_median_seconds(ctx, &args.common, &format!("{op} of {n} boxes"), &bar, |encoder| {
                             ctx.record_nms(encoder, &nms, &boxes_buf, &scores_buf, classes_buf.as_ref())
                                 .map(drop)
                         })?
@@ -114,7 +114,7 @@ fn postprocess_rows(args: &NmsArgs, backends: &[Backend], bar: &indicatif::Progr
                     num_classes: k,
                     image_size: (args.image, args.image),
                 };
-                gpu_median_seconds(ctx, args.common.iters, bar, |encoder| {
+                gpu_median_seconds(ctx, &args.common, &op, bar, |encoder| {
                     ctx.record_postprocess(encoder, &pp, &buffers, &out)
                 })?
             }

@@ -5,13 +5,13 @@
 use clap::Args;
 use retina_wgpu::coco::Normalize;
 use retina_wgpu::data::SceneConfig;
-use retina_wgpu::gpu::{KernelWork, ResourceStats, WorkStats};
+use retina_wgpu::gpu::{KernelWork, Profile, ResourceStats, WorkStats};
 use retina_wgpu::model::{DetectEngine, Detector, LossEngine, RetinaNet, RetinaNetConfig};
 use retina_wgpu::nn::{CpuEngine, GpuEngine};
 use retina_wgpu::train::{SyntheticData, TrainData, TrainOptions, Trainer};
 use retina_wgpu::{GpuContext, Result};
 
-use super::{Common, Row, median_seconds, progress, report};
+use super::{Common, Row, median_seconds, print_profile, profiled, progress, report};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -58,7 +58,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     for backend in args.common.backend.backends()? {
         let (train, infer) = match &backend {
             retina_wgpu::Backend::Gpu(ctx) => {
-                counts.push((backend.describe(), step_counts(ctx, &net, &values, &options, &data)?));
+                let (step, kernels, host, profile) =
+                    step_counts(ctx, &net, &values, &options, &data, args.common.profile)?;
+                let profile = match profile {
+                    Some(Err(e)) => {
+                        // No timestamps on this device: said, and the roofline printed alone.
+                        print_profile(&bar, "a training step", Err(e));
+                        None
+                    }
+                    Some(Ok(p)) => Some(p),
+                    None => None,
+                };
+                counts.push((backend.describe(), (step, kernels, host, profile)));
                 measure(|| GpuEngine::new(ctx), &net, &values, &options, &data, &args, &bar)?
             }
             retina_wgpu::Backend::Cpu => measure(|| Ok(CpuEngine::new()), &net, &values, &options, &data, &args, &bar)?,
@@ -80,7 +91,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     report(&rows, args.common.json)?;
     if !args.common.json {
-        for (adapter, ((plain, logged), kernels, host)) in &counts {
+        for (adapter, ((plain, logged), kernels, host, profile)) in &counts {
             println!();
             println!("GPU training step ({adapter}), counted on the context:");
             for (what, c) in [("a step", plain), ("a logging step (loss read)", logged)] {
@@ -99,7 +110,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 "  host time of a step: {:.1} ms (its wall time minus the wait for the device: the scenes generated, the work recorded and submitted)",
                 host * 1e3
             );
-            args.roofline.print(kernels);
+            args.roofline.print(kernels, profile.as_ref(), adapter);
         }
     }
     Ok(())
@@ -131,8 +142,18 @@ impl Roofline {
         (compute, memory, work.dispatches as f64 * self.dispatch_us * 1e-6)
     }
 
-    /// Prints the per-kernel table of one step and its total.
-    fn print(&self, step: &[(&'static str, KernelWork)]) {
+    /// Prints the per-kernel table of one step and its total, with each kernel's device time on
+    /// `adapter` beside it where a profile of a step measured it (`--profile`).
+    fn print(&self, step: &[(&'static str, KernelWork)], measured: Option<&Profile>, adapter: &str) {
+        let measured_us = |name: &str| {
+            measured.map(|p| {
+                p.kernels
+                    .iter()
+                    .find(|k| k.kernel == name)
+                    .map_or(0.0, |k| k.seconds * 1e6)
+            })
+        };
+        let column = |us: Option<f64>| us.map_or(String::new(), |us| format!(" {us:>11.1}"));
         let mut rows: Vec<_> = step
             .iter()
             .filter(|(_, w)| w.dispatches > 0)
@@ -145,9 +166,26 @@ impl Roofline {
              (a lower bound: every kernel at peak):",
             self.peak_tflops, self.bandwidth_tbs, self.dispatch_us
         );
+        if measured.is_some() {
+            println!(
+                "  (measured us: the kernel's device time in one profiled step on {adapter}, one pass per dispatch)"
+            );
+        }
         println!(
-            "  {:<24} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}",
-            "kernel", "dispatches", "GFLOP", "MB bound", "FLOP/B", "compute us", "memory us", "total us"
+            "  {:<24} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9}{}",
+            "kernel",
+            "dispatches",
+            "GFLOP",
+            "MB bound",
+            "FLOP/B",
+            "compute us",
+            "memory us",
+            "total us",
+            if measured.is_some() {
+                format!(" {:>11}", "measured us")
+            } else {
+                String::new()
+            }
         );
         let (mut total, mut sum) = (KernelWork::default(), 0.0);
         for (name, w, t) in &rows {
@@ -157,7 +195,7 @@ impl Roofline {
                 0.0
             };
             println!(
-                "  {:<24} {:>10} {:>9.3} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9.1}",
+                "  {:<24} {:>10} {:>9.3} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9.1}{}",
                 name,
                 w.dispatches,
                 w.flops as f64 / 1e9,
@@ -165,7 +203,8 @@ impl Roofline {
                 intensity,
                 t.0 * 1e6,
                 t.1 * 1e6,
-                time(*t) * 1e6
+                time(*t) * 1e6,
+                column(measured_us(name))
             );
             total.dispatches += w.dispatches;
             total.flops += w.flops;
@@ -174,7 +213,7 @@ impl Roofline {
         }
         let (c, m, d) = self.seconds(&total);
         println!(
-            "  {:<24} {:>10} {:>9.3} {:>10.1} {:>10} {:>10.1} {:>10.1} {:>9.1}",
+            "  {:<24} {:>10} {:>9.3} {:>10.1} {:>10} {:>10.1} {:>10.1} {:>9.1}{}",
             "step",
             total.dispatches,
             total.flops as f64 / 1e9,
@@ -182,7 +221,8 @@ impl Roofline {
             "",
             c * 1e6,
             m * 1e6,
-            sum * 1e6
+            sum * 1e6,
+            column(measured.map(|p| p.total_seconds() * 1e6))
         );
         println!(
             "  (dispatches alone: {:.0} us of {:.0} us; at peak with no dispatch cost: {:.0} us)",
@@ -200,14 +240,16 @@ type StepCounts = ((WorkStats, ResourceStats), (WorkStats, ResourceStats));
 /// Per kernel, the work of one step without the loss read.
 type StepKernels = Vec<(&'static str, KernelWork)>;
 
-/// A step's counts, per kernel work, and the host's seconds to record and submit a step.
+/// A step's counts, per kernel work, the host's seconds to record and submit a step, and with
+/// `profile` one more step profiled (or why it could not be).
 fn step_counts(
     ctx: &GpuContext,
     net: &RetinaNet,
     values: &[Vec<f32>],
     options: &TrainOptions,
     data: &SyntheticData,
-) -> Result<(StepCounts, StepKernels, f64)> {
+    profile: bool,
+) -> Result<(StepCounts, StepKernels, f64, Option<Result<Profile>>)> {
     let mut trainer = Trainer::new(GpuEngine::new(ctx)?, net.clone(), values, options.clone())?;
     trainer.step(data, false)?;
     trainer.step(data, true)?;
@@ -234,7 +276,8 @@ fn step_counts(
         host.push((start.elapsed().saturating_sub(ctx.wait_time() - waited)).as_secs_f64());
     }
     host.sort_by(f64::total_cmp);
-    Ok(((plain, logged), kernels, host[1]))
+    let profile = profile.then(|| profiled(ctx, || trainer.step(data, false).map(drop)));
+    Ok(((plain, logged), kernels, host[1], profile))
 }
 
 /// Median seconds of a training step and of detecting a batch.
