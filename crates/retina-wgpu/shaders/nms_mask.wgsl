@@ -10,6 +10,8 @@
 // a word whose 32 columns are all removed is not written at all (its stale bits can only be ORed
 // into a word of `removed` that has every bit set already). With score-ordered passes this skips
 // most of the pairs a dense detector's overlapping candidates would cost.
+// The grid is indirect: nms_mask_args.wgsl sized each band's from the counts (only the row tiles
+// and words that hold boxes in some segment) and wrote its layout, read here.
 
 //#include "shared/boxes.wgsl"
 //#include "shared/nms_common.wgsl"
@@ -23,6 +25,8 @@ const WG_SIZE: u32 = 256u;
 @group(0) @binding(4) var<storage, read> done: array<u32>;
 @group(0) @binding(5) var<storage, read_write> mask: array<u32>;
 @group(0) @binding(6) var<storage, read> removed: array<u32>;
+// Per band: (workgroups per segment, words of 32 columns per row tile), from nms_mask_args.wgsl.
+@group(0) @binding(7) var<storage, read> band_layout: array<vec2<u32>>;
 
 var<workgroup> sh_boxes: array<vec4<f32>, 32>;
 var<workgroup> sh_classes: array<i32, 32>;
@@ -35,13 +39,17 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let index = wg.x + wg.y * num_wg.x;
-    let seg = index / cfg.groups_per_segment;
+    let band = band_layout[cfg.row_begin / cfg.band_rows];
+    if band.x == 0u {
+        return;
+    }
+    let seg = index / band.x;
     if seg >= cfg.num_segments || done[seg] != 0u {
         return;
     }
-    let within = index % cfg.groups_per_segment;
-    let w = within % cfg.words;
-    let row0 = cfg.row_begin + (within / cfg.words) * WG_SIZE;
+    let within = index % band.x;
+    let w = within % band.y;
+    let row0 = cfg.row_begin + (within / band.y) * WG_SIZE;
     let n = counts[seg];
     let row_end = min(cfg.row_end, n);
     if row0 >= row_end || (w + 1u) * 32u <= row0 || w * 32u >= n {

@@ -107,6 +107,32 @@ fn gpu_matches_cpu_for_every_nms_kind() {
     }
 }
 
+/// The GPU's dense NMS mask runs on a grid sized on the device from each batch's candidate
+/// counts (`nms_mask_args.wgsl`, indirect dispatches), band by band of 1,024 rows: an image
+/// whose candidates fill five bands (every logit above the threshold: 1,000 per level), one
+/// with none and one like a trained net's, in one batch, against the CPU and the reference.
+#[test]
+fn gpu_nms_grid_follows_the_candidate_counts_across_bands() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    let mut b = Outputs::clustered(&mut rng, 3, 256, 3);
+    let per_image = b.anchors.len() * b.k;
+    for (i, logit) in b.logits[..per_image].iter_mut().enumerate() {
+        *logit = -1.0 + 5.0 * ((i * 7919) % 1000) as f32 / 1000.0;
+    }
+    b.logits[per_image..2 * per_image].fill(-10.0);
+    let pp = PostProcess {
+        max_detections: 3000,
+        ..Default::default()
+    };
+    let g = pp.run(&Backend::Gpu(ctx), &b.input()).unwrap();
+    let c = pp.run(&Backend::Cpu, &b.input()).unwrap();
+    assert!(g[0].len() > 1024, "image 0 keeps more than a band: {}", g[0].len());
+    assert!(g[1].is_empty() && !g[2].is_empty());
+    assert_same_detections("three images, 5 bands / none / clustered", &g, &c);
+    assert_same_detections("against the reference", &c, &reference(&pp, &b));
+}
+
 /// A profile (`GpuContext::start_profile`) times each dispatch of the post-processing once (the
 /// context's dispatch counters are the other count), within the host's clock around the
 /// submission, and changes nothing of the result. On a context of its own: a profile is

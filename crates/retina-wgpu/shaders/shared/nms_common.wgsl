@@ -24,7 +24,8 @@ struct Config {
     block_end: u32,
     // nms_spatial_keys.wgsl: rows per pass of the greedy mask.
     band_rows: u32,
-    _pad1: u32,
+    // nms_mask_args.wgsl: the most workgroups per grid dimension (the grid is folded at it).
+    grid_width: u32,
     _pad2: u32,
 }
 

@@ -383,10 +383,19 @@ impl GpuContext {
         self.inner.counters.kernel_work()
     }
 
-    pub(crate) fn count_kernel_work(&self, kernel: Kernel, workgroups: u64, bound_bytes: u64, flops: u64) {
+    /// Adds `dispatches` of `kernel` (with `workgroups`, 0 where the device decides, and
+    /// `bound_bytes` in all) and `flops` to the per-kernel work.
+    pub(crate) fn count_kernel_work(
+        &self,
+        kernel: Kernel,
+        dispatches: u64,
+        workgroups: u64,
+        bound_bytes: u64,
+        flops: u64,
+    ) {
         self.inner
             .counters
-            .add_kernel_work(kernel, workgroups, bound_bytes, flops);
+            .add_kernel_work(kernel, dispatches, workgroups, bound_bytes, flops);
     }
 
     pub(crate) fn count(&self, what: Count) {

@@ -197,7 +197,7 @@ impl GpuEngine {
         ));
         let (kernel, tile_m, tile_n) = tiled(kernel, m, n);
         // The product's multiply-adds, for the context's per-kernel work (whatever the splits).
-        self.context().count_kernel_work(kernel, 0, 0, 2 * m * n * k);
+        self.context().count_kernel_work(kernel, 0, 0, 0, 2 * m * n * k);
         let m_tiles = m.div_ceil(tile_m);
         let n_tiles = n.div_ceil(tile_n);
         let tiles = m_tiles * n_tiles;

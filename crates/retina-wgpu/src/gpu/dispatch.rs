@@ -179,7 +179,25 @@ struct Step<'a> {
     kernel: Kernel,
     uniform: Range<u64>,
     bindings: Vec<Bind<'a>>,
-    workgroups: u32,
+    workgroups: Workgroups<'a>,
+}
+
+/// How many workgroups a dispatch runs: a count known when it is recorded, or one that an
+/// earlier kernel writes on the device (`dispatch_workgroups_indirect`: three u32s, x, y, z, at
+/// a byte offset), so that work sized by device-side counts needs no readback.
+#[derive(Clone, Copy)]
+pub(crate) enum Workgroups<'a> {
+    /// This many, folded into a 2-D grid.
+    Direct(u32),
+    /// Read from `buffer` at byte `offset` when the dispatch runs.
+    Indirect { buffer: &'a wgpu::Buffer, offset: u64 },
+}
+
+impl Workgroups<'_> {
+    /// Whether the dispatch is known to run nothing (then it is not recorded).
+    fn none(&self) -> bool {
+        matches!(self, Workgroups::Direct(0))
+    }
 }
 
 impl<'a> Dispatches<'a> {
@@ -203,16 +221,51 @@ impl<'a> Dispatches<'a> {
         workgroups: u64,
     ) -> Result<()> {
         let workgroups = workgroups_u32(kernel, workgroups)?;
+        let uniform = self.push_uniform(config);
+        self.steps.push(Step {
+            kernel,
+            uniform,
+            bindings,
+            workgroups: Workgroups::Direct(workgroups),
+        });
+        Ok(())
+    }
+
+    /// Adds a dispatch of `kernel` whose workgroup counts (x, y, z) are three u32s that an
+    /// earlier step writes into `args` at byte `offset` (a buffer made with
+    /// `BufferUsages::INDIRECT`). The kernel must find its place from `num_workgroups` and what
+    /// the earlier step wrote, not from a count on the host.
+    pub(crate) fn push_indirect<C: Pod>(
+        &mut self,
+        kernel: Kernel,
+        config: &C,
+        bindings: Vec<Bind<'a>>,
+        args: &'a wgpu::Buffer,
+        offset: u64,
+    ) -> Result<()> {
+        if !offset.is_multiple_of(4) || offset + 12 > args.size() {
+            return Err(Error::Validation(format!(
+                "{}: indirect arguments at byte {offset} of a buffer of {} bytes",
+                kernel.file(),
+                args.size()
+            )));
+        }
+        let uniform = self.push_uniform(config);
+        self.steps.push(Step {
+            kernel,
+            uniform,
+            bindings,
+            workgroups: Workgroups::Indirect { buffer: args, offset },
+        });
+        Ok(())
+    }
+
+    /// Appends `config` to the packed uniforms at the device's offset alignment; its range.
+    fn push_uniform<C: Pod>(&mut self, config: &C) -> Range<u64> {
         let offset = self.uniforms.len().div_ceil(self.align) * self.align;
         self.uniforms.resize(offset, 0);
         self.uniforms.extend_from_slice(bytemuck::bytes_of(config));
-        self.steps.push(Step {
-            kernel,
-            uniform: offset as u64..self.uniforms.len() as u64,
-            bindings,
-            workgroups,
-        });
-        Ok(())
+        offset as u64..self.uniforms.len() as u64
     }
 
     /// Records every step into one compute pass of `encoder`. Validation errors come back as
@@ -242,7 +295,7 @@ impl<'a> Dispatches<'a> {
             };
             if ctx.profiling() {
                 // A pass per dispatch, each timed on its own.
-                for step in self.steps.iter().filter(|s| s.workgroups > 0) {
+                for step in self.steps.iter().filter(|s| !s.workgroups.none()) {
                     let timed = ctx.profile_pass(step.kernel);
                     let mut pass = begin_pass(encoder, self.label, timed.as_ref());
                     dispatch(
@@ -288,7 +341,14 @@ pub(crate) fn record_one(
         ctx.pipeline(kernel)?;
         let timed = if workgroups > 0 { ctx.profile_pass(kernel) } else { None };
         let mut pass = begin_pass(encoder, kernel.file(), timed.as_ref());
-        dispatch(ctx, &mut pass, kernel, uniform, bindings, workgroups)
+        dispatch(
+            ctx,
+            &mut pass,
+            kernel,
+            uniform,
+            bindings,
+            Workgroups::Direct(workgroups),
+        )
     })
 }
 
@@ -361,26 +421,36 @@ pub(crate) fn entries<'r>(
 }
 
 /// Binds `uniform` and `bindings` to `kernel`'s pipeline (already compiled) and dispatches
-/// `workgroups` workgroups, folded into a 2-D grid when they exceed the per-dimension limit.
-/// The bind group comes from the frame cache on a prepared object's context.
+/// `workgroups`: a count folded into a 2-D grid when it exceeds the per-dimension limit, or
+/// the counts an earlier kernel wrote (counted as a dispatch of unknown workgroups). The bind
+/// group comes from the frame cache on a prepared object's context.
 fn dispatch(
     ctx: &GpuContext,
     pass: &mut wgpu::ComputePass<'_>,
     kernel: Kernel,
     uniform: wgpu::BindingResource<'_>,
     bindings: &[Bind<'_>],
-    workgroups: u32,
+    workgroups: Workgroups<'_>,
 ) -> Result<()> {
     let entries = entries(kernel, uniform, bindings)?;
-    if workgroups == 0 {
+    if workgroups.none() {
         return Ok(());
     }
     let pipeline = ctx.pipeline(kernel)?;
     let bind_group = ctx.request_bind_group(pipeline, &entries)?;
-    let (x, y) = fold_grid(workgroups, ctx.limits().max_workgroups_per_dim);
     pass.set_pipeline(pipeline);
     pass.set_bind_group(0, &bind_group, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    let workgroups = match workgroups {
+        Workgroups::Direct(n) => {
+            let (x, y) = fold_grid(n, ctx.limits().max_workgroups_per_dim);
+            pass.dispatch_workgroups(x, y, 1);
+            n
+        }
+        Workgroups::Indirect { buffer, offset } => {
+            pass.dispatch_workgroups_indirect(buffer, offset);
+            0
+        }
+    };
     ctx.count(crate::gpu::frame::Count::Dispatch);
     let bound: u64 = bindings
         .iter()
@@ -391,7 +461,7 @@ fn dispatch(
             _ => 0,
         })
         .sum();
-    ctx.count_kernel_work(kernel, u64::from(workgroups), bound, 0);
+    ctx.count_kernel_work(kernel, 1, u64::from(workgroups), bound, 0);
     Ok(())
 }
 

@@ -165,14 +165,21 @@ impl Counters {
         }
     }
 
-    /// Adds one dispatch of `kernel` (`workgroups`, `bound_bytes`) and `flops`.
-    pub(crate) fn add_kernel_work(&self, kernel: Kernel, workgroups: u64, bound_bytes: u64, flops: u64) {
+    /// Adds `dispatches` of `kernel` (`workgroups`, `bound_bytes`) and `flops`.
+    pub(crate) fn add_kernel_work(
+        &self,
+        kernel: Kernel,
+        dispatches: u64,
+        workgroups: u64,
+        bound_bytes: u64,
+        flops: u64,
+    ) {
         let mut kernels = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
         if kernels.is_empty() {
             kernels.resize(Kernel::COUNT, KernelWork::default());
         }
         let k = &mut kernels[kernel as usize];
-        k.dispatches += u64::from(workgroups > 0);
+        k.dispatches += dispatches;
         k.workgroups += workgroups;
         k.bound_bytes += bound_bytes;
         k.flops += flops;

@@ -89,9 +89,9 @@ fn mirrors() -> Vec<Mirror> {
         }),
         mirror!(boxes::IouConfig as "Config" in ["box_iou.wgsl"] { n_elements, cols, _pad }),
         mirror!(boxes::CoderConfig as "Config" in ["box_coder.wgsl"] { n, decode, clamp, _pad, weights }),
-        mirror!(nms::NmsConfig as "Config" in ["nms_mask.wgsl", "nms_gather.wgsl", "nms_soft.wgsl", "nms_max_iou.wgsl", "nms_matrix.wgsl", "keep_compact.wgsl", "nms_spatial_keys.wgsl", "nms_spatial_tiles.wgsl", "nms_mask_spatial.wgsl"] {
+        mirror!(nms::NmsConfig as "Config" in ["nms_mask.wgsl", "nms_gather.wgsl", "nms_soft.wgsl", "nms_max_iou.wgsl", "nms_matrix.wgsl", "keep_compact.wgsl", "nms_spatial_keys.wgsl", "nms_spatial_tiles.wgsl", "nms_mask_spatial.wgsl", "nms_mask_args.wgsl"] {
             region, words, row_begin, row_end, num_segments, groups_per_segment, max_out, flags,
-            iou_threshold, score_threshold, sigma, block_begin, block_end, band_rows, _pad1, _pad2,
+            iou_threshold, score_threshold, sigma, block_begin, block_end, band_rows, grid_width, _pad2,
         }),
         mirror!(nms::PermuteConfig as "Config" in ["sort_permute.wgsl"] { total, region, _pad }),
         mirror!(nms::EntriesConfig as "Config" in ["sort_entries_init.wgsl"] { n, total, _pad }),

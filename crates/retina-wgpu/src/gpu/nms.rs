@@ -42,6 +42,19 @@ struct SpatialTiles {
     rows_order: GpuBuffer<SortEntry>,
 }
 
+/// How greedy NMS finds its suppression mask.
+enum MaskPath {
+    /// Every later box of each row (`nms_mask.wgsl`), on a grid per band that
+    /// `nms_mask_args.wgsl` sizes from the counts: `args` holds each band's indirect dispatch
+    /// arguments, `layout` its workgroups per segment and words.
+    Dense {
+        args: GpuBuffer<u32>,
+        layout: GpuBuffer<[u32; 2]>,
+    },
+    /// The boxes near each row's box (`nms_mask_spatial.wgsl`).
+    Spatial(SpatialTiles),
+}
+
 /// A box in the spatial path's tile order: `Tiled` in `shaders/nms_spatial_tiles.wgsl`
 /// (the box, its slot in score order, its class, padding).
 type TiledBox = [u32; 8];
@@ -64,7 +77,7 @@ pub(crate) struct NmsConfig {
     pub(crate) block_begin: u32,
     pub(crate) block_end: u32,
     pub(crate) band_rows: u32,
-    pub(crate) _pad1: u32,
+    pub(crate) grid_width: u32,
     pub(crate) _pad2: u32,
 }
 
@@ -207,7 +220,7 @@ impl GpuContext {
             block_begin: 0,
             block_end: 0,
             band_rows: 0,
-            _pad1: 0,
+            grid_width: self.limits().max_workgroups_per_dim,
             _pad2: 0,
         };
         self.scoped(|| match nms.kind {
@@ -270,21 +283,41 @@ impl GpuContext {
                 "NMS: 256 rows of suppression mask ({row_bytes} bytes each) exceed the binding limit"
             )));
         }
-        let tiles = spatial
-            .then(|| {
-                let base = NmsConfig {
-                    band_rows: rows as u32,
-                    ..base
-                };
-                self.record_spatial_tiles(encoder, sorted, base)
-            })
-            .transpose()?;
         // Blocks of 256 boxes one spatial dispatch visits: the first also zeroes its rows.
         let blocks_per_dispatch = (LOOP_BUDGET.saturating_sub(words) / SPATIAL_BLOCK_ITERATIONS).max(1);
         let mask = self.zeros::<u32>((rows * row_bytes / 4) as usize)?;
         let removed = self.zeros::<u32>((segments * words) as usize)?;
         let done = self.zeros::<u32>(segments as usize)?;
+        let bands = region.div_ceil(rows);
+        let base = NmsConfig {
+            band_rows: rows as u32,
+            ..base
+        };
+        // The dense mask's grid, per band, from the counts on the device (nms_mask_args.wgsl):
+        // a region is a capacity that a detector's candidates mostly leave empty.
+        let path = if spatial {
+            MaskPath::Spatial(self.record_spatial_tiles(encoder, sorted, base)?)
+        } else {
+            let capacity = segments * (rows / WG_SIZE) * words;
+            if u32::try_from(capacity).is_err() {
+                return Err(Error::invalid(format!(
+                    "NMS: {segments} segments of {region} boxes need a grid of {capacity} workgroups per \
+                     band (more than 2^32); split the input"
+                )));
+            }
+            let args = self.zeros_with_usage::<u32>(3 * bands as usize, wgpu::BufferUsages::INDIRECT)?;
+            let layout = self.zeros::<[u32; 2]>(bands as usize)?;
+            MaskPath::Dense { args, layout }
+        };
         let mut list = Dispatches::new(self, "nms");
+        if let MaskPath::Dense { args, layout } = &path {
+            let bindings = binds![
+                counts = whole(&sorted.counts),
+                args = whole(args),
+                band_layout = whole(layout),
+            ];
+            list.push(Kernel::NmsMaskArgs, &base, bindings, 1)?;
+        }
         let mut begin = 0u64;
         while begin < region {
             let end = (begin + rows).min(region);
@@ -295,8 +328,8 @@ impl GpuContext {
                 groups_per_segment: (row_tiles * words) as u32,
                 ..base
             };
-            match &tiles {
-                None => {
+            match &path {
+                MaskPath::Dense { args, layout } => {
                     let bindings = binds![
                         boxes = whole(&sorted.boxes),
                         classes = whole(&sorted.classes),
@@ -304,10 +337,11 @@ impl GpuContext {
                         done = whole(&done),
                         mask = whole(&mask),
                         removed = whole(&removed),
+                        band_layout = whole(layout),
                     ];
-                    list.push(Kernel::NmsMask, &config, bindings, segments * row_tiles * words)?;
+                    list.push_indirect(Kernel::NmsMask, &config, bindings, args.buffer(), 12 * (begin / rows))?;
                 }
-                Some(SpatialTiles {
+                MaskPath::Spatial(SpatialTiles {
                     tiled,
                     bounds,
                     rows_order,

@@ -45,6 +45,7 @@ const NMS_KERNELS: &[Kernel] = &[
     Kernel::BitonicLocal,
     Kernel::BitonicGlobal,
     Kernel::SortPermute,
+    Kernel::NmsMaskArgs,
     Kernel::NmsMask,
     Kernel::NmsSpatialKeys,
     Kernel::NmsSpatialTiles,
