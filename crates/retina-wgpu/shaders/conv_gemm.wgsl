@@ -13,7 +13,7 @@
 // Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block
 // in registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
 // apart); the K dimension advances BK at a time through two workgroup-memory tiles (A: BK x
-// BM, B: BK x BN, 8.25 KiB with the index table below, sized for the largest tile whatever
+// BM, B: BK x BN, 12.25 KiB with the index table below, sized for the largest tile whatever
 // the shape, of WebGPU's guaranteed 16 KiB). Both tiles hold vec4s of 4 consecutive rows (A)
 // or columns (B): per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4
 // loads for 64), and neighbouring invocations load neighbouring vec4s. Each invocation
@@ -28,7 +28,9 @@
 // limits. Products with few columns (N <= 32: the small pyramid levels' pixels, the first
 // layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles, and products with few rows (M <=
 // 32: layers of 3-32 channels) 16 x 64 or 32 x 64 tiles: a 64-wide tile over 2-32 columns or
-// rows computed 2-32x the product, most of it on padding.
+// rows computed 2-32x the product, most of it on padding. Products of at most 16 rows and more
+// than 64 columns (the first layers' thousands of pixels) take 16 x 128 tiles of 4 x 8 blocks:
+// 3 vec4 loads per 32 multiply-adds, where 4 x 4 blocks load 2 per 16.
 // Split-K: workgroups with different `split`
 // cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
 // sums over the whole batch, so its K is large); without splits the output is written directly,
@@ -38,19 +40,20 @@
 // with the other two branches folded away.
 override MODE: u32 = 0u;
 // The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
-// 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32); src/gpu/conv.rs picks 1 or 3
-// for N <= 16 or 32 (when M is larger, or equal), else 2 or 4 for M <= 16 or 32.
+// 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 8, 64);
+// src/gpu/conv.rs picks 1 or 3 for N <= 16 or 32 (when M is larger, or equal), else for M <= 16
+// 5 when N > 64 or 2, for M <= 32 4.
 override SHAPE: u32 = 0u;
 
 const BK: u32 = 16u;
 // The largest tile's rows and columns (they size the workgroup memory of every shape).
 const BM_MAX: u32 = 64u;
-const BN_MAX: u32 = 64u;
-override BM: u32 = select(select(BM_MAX, 16u, SHAPE == 2u), 32u, SHAPE == 4u);
-override BN: u32 = select(select(BN_MAX, 16u, SHAPE == 1u), 32u, SHAPE == 3u);
-// An invocation's rows and columns (8 x 8 or 4 x 4), and the invocations' grid (GM x GN = WG).
-override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u);
-override TN: u32 = TM;
+const BN_MAX: u32 = 128u;
+override BM: u32 = select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u);
+override BN: u32 = select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u);
+// An invocation's rows and columns (8 or 4 each), and the invocations' grid (GM x GN = WG).
+override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 5u);
+override TN: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u);
 override GM: u32 = BM / TM;
 override GN: u32 = BN / TN;
 override WG: u32 = GM * GN;
@@ -431,21 +434,24 @@ fn main(
             acc[2] += a0.y * b0;
             acc[4] += a0.z * b0;
             acc[6] += a0.w * b0;
-            if TM == 8u {
-                let a1 = sh_a[kk * (BM / 4u) + ty + GM];
+            // TM and TN are constants of the pipeline: the branches fold away.
+            if TN == 8u {
                 let b1 = sh_b[kk * (BN / 4u) + tx + GN];
                 acc[1] += a0.x * b1;
                 acc[3] += a0.y * b1;
                 acc[5] += a0.z * b1;
                 acc[7] += a0.w * b1;
-                acc[8] += a1.x * b0;
-                acc[9] += a1.x * b1;
-                acc[10] += a1.y * b0;
-                acc[11] += a1.y * b1;
-                acc[12] += a1.z * b0;
-                acc[13] += a1.z * b1;
-                acc[14] += a1.w * b0;
-                acc[15] += a1.w * b1;
+                if TM == 8u {
+                    let a1 = sh_a[kk * (BM / 4u) + ty + GM];
+                    acc[8] += a1.x * b0;
+                    acc[9] += a1.x * b1;
+                    acc[10] += a1.y * b0;
+                    acc[11] += a1.y * b1;
+                    acc[12] += a1.z * b0;
+                    acc[13] += a1.z * b1;
+                    acc[14] += a1.w * b0;
+                    acc[15] += a1.w * b1;
+                }
             }
         }
         workgroupBarrier();
@@ -459,11 +465,13 @@ fn main(
     store4(m_lo + 1u, n_lo, split, acc[2]);
     store4(m_lo + 2u, n_lo, split, acc[4]);
     store4(m_lo + 3u, n_lo, split, acc[6]);
-    if TM == 8u {
+    if TN == 8u {
         store4(m_lo, n_hi, split, acc[1]);
         store4(m_lo + 1u, n_hi, split, acc[3]);
         store4(m_lo + 2u, n_hi, split, acc[5]);
         store4(m_lo + 3u, n_hi, split, acc[7]);
+    }
+    if TM == 8u {
         store4(m_hi, n_lo, split, acc[8]);
         store4(m_hi, n_hi, split, acc[9]);
         store4(m_hi + 1u, n_lo, split, acc[10]);

@@ -38,6 +38,9 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         // Stride 2 with K per phase long enough to split (200 x 4 taps) over few output tiles: the
         // GPU's input gradient sums split partials of each phase onto that phase's pixels.
         (Conv2d::new(3, 200, 3, 2), Shape::new(1, 3, 5, 6)),
+        // 16 or fewer channels over more than 64 pixels, ragged (143 = 128 + 15 columns): the 16
+        // x 128 tiles of the forward pass and the input gradient.
+        (Conv2d::new(5, 7, 3, 1), Shape::new(1, 5, 11, 13)),
     ]
 }
 

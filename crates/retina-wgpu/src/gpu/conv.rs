@@ -18,19 +18,25 @@ const TILE_K: u64 = 16;
 /// pyramid levels' 2-32 pixels, or for layers of 3-32 channels).
 const NARROW_TILES: [u64; 2] = [16, 32];
 
+/// Products of at most `NARROW_TILES[0]` rows and more than this many columns take the 16 x
+/// 128 tile (`SHAPE` 5), whose 4 x 8 blocks load less per multiply-add than 4 x 4 ones; on 64
+/// columns or fewer it would compute twice the product.
+const WIDE_COLUMNS: u64 = 64;
+
 /// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns), and the
-/// side of each invocation's square block of them (its `TM` and `TN`).
-const SHAPES: [(u64, u64, u64); 5] = [
-    (TILE, TILE, 8),
-    (TILE, 16, 4),
-    (16, TILE, 4),
-    (TILE, 32, 8),
-    (32, TILE, 8),
+/// rows and columns of each invocation's block of them (its `TM` and `TN`).
+const SHAPES: [(u64, u64, u64, u64); 6] = [
+    (TILE, TILE, 8, 8),
+    (TILE, 16, 4, 4),
+    (16, TILE, 4, 4),
+    (TILE, 32, 8, 8),
+    (32, TILE, 8, 8),
+    (16, 2 * TILE, 4, 8),
 ];
 
 /// The kernels of `kernel`'s product (the forward pass, the input or the weight gradient),
 /// indexed by `SHAPE` as in the kernel table.
-fn variants(kernel: Kernel) -> [Kernel; 5] {
+fn variants(kernel: Kernel) -> [Kernel; 6] {
     use Kernel::*;
     match kernel {
         ConvForward => [
@@ -39,6 +45,7 @@ fn variants(kernel: Kernel) -> [Kernel; 5] {
             ConvForwardFewRows,
             ConvForwardColumns32,
             ConvForwardRows32,
+            ConvForwardFewRowsWide,
         ],
         ConvGradInput => [
             ConvGradInput,
@@ -46,6 +53,7 @@ fn variants(kernel: Kernel) -> [Kernel; 5] {
             ConvGradInputFewRows,
             ConvGradInputColumns32,
             ConvGradInputRows32,
+            ConvGradInputFewRowsWide,
         ],
         _ => [
             ConvGradWeight,
@@ -53,6 +61,7 @@ fn variants(kernel: Kernel) -> [Kernel; 5] {
             ConvGradWeightFewRows,
             ConvGradWeightColumns32,
             ConvGradWeightRows32,
+            ConvGradWeightFewRowsWide,
         ],
     }
 }
@@ -66,11 +75,15 @@ fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
     let shape = if n <= long && (m > long || n <= m) {
         if n <= short { 1 } else { 3 }
     } else if m <= long {
-        if m <= short { 2 } else { 4 }
+        match (m <= short, n > WIDE_COLUMNS) {
+            (true, true) => 5,
+            (true, false) => 2,
+            _ => 4,
+        }
     } else {
         0
     };
-    let (rows, columns, _) = SHAPES[shape];
+    let (rows, columns, _, _) = SHAPES[shape];
     (variants(kernel)[shape], rows, columns)
 }
 
@@ -82,8 +95,8 @@ pub(crate) fn gemm_invocations(kernel: Kernel) -> Option<u64> {
         .into_iter()
         .find_map(|product| variants(product).iter().position(|&k| k == kernel))
         .map(|shape| {
-            let (rows, columns, side) = SHAPES[shape];
-            (rows / side) * (columns / side)
+            let (rows, columns, tm, tn) = SHAPES[shape];
+            (rows / tm) * (columns / tn)
         })
 }
 

@@ -202,6 +202,7 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::ConvForwardFewRows,
     Kernel::ConvForwardColumns32,
     Kernel::ConvForwardRows32,
+    Kernel::ConvForwardFewRowsWide,
     Kernel::ConvReduce,
     Kernel::Relu,
     Kernel::Add,
