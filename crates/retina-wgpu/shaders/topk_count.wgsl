@@ -1,6 +1,6 @@
 // Top-k ordered compaction, count pass: per tile, how many keys are above the segment's
 // threshold and how many equal it (only counted when ties are needed). topk_scan.wgsl turns the
-// counts into write offsets.
+// counts into write offsets. A tile the histogram passes marked dead holds neither: 0, 0.
 
 //#include "shared/sort_keys.wgsl"
 //#include "shared/topk_common.wgsl"
@@ -11,6 +11,7 @@
 @group(0) @binding(2) var<storage, read> segments: array<Segment>;
 @group(0) @binding(3) var<storage, read> states: array<SelectState>;
 @group(0) @binding(4) var<storage, read_write> tile_counts: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read> tile_dead: array<u32>;
 
 var<workgroup> sh_greater: atomic<u32>;
 var<workgroup> sh_equal: atomic<u32>;
@@ -28,6 +29,12 @@ fn main(
     let tile = cfg.first_tile + local_tile;
     let seg = find_segment(tile);
     let state = states[seg];
+    if tile_dead[tile] != 0u {
+        if lid == 0u {
+            tile_counts[tile] = vec2(0u);
+        }
+        return;
+    }
     let segment = segments[seg];
     let tile_start = (tile - segment.first_tile) * TILE;
     var greater = 0u;

@@ -2,7 +2,7 @@
 // the first need_eq ties) is written as (ordered key, index within its segment) at
 // segment.out_offset + its rank among the selected elements in index order. Each invocation
 // takes ELEMS_PER_THREAD consecutive elements so that a workgroup scan gives every element its
-// rank.
+// rank. Tiles the histogram passes marked dead hold nothing selected and are skipped.
 
 //#include "shared/sort_keys.wgsl"
 //#include "shared/topk_common.wgsl"
@@ -15,6 +15,7 @@
 @group(0) @binding(3) var<storage, read> states: array<SelectState>;
 @group(0) @binding(4) var<storage, read> tile_offsets: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read_write> candidates: array<vec2<u32>>;
+@group(0) @binding(6) var<storage, read> tile_dead: array<u32>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -27,6 +28,9 @@ fn main(
         return;
     }
     let tile = cfg.first_tile + local_tile;
+    if tile_dead[tile] != 0u {
+        return;
+    }
     let seg = find_segment(tile);
     let state = states[seg];
     let segment = segments[seg];
@@ -42,7 +46,7 @@ fn main(
         count.x = count.x + select(0u, 1u, k[j] > state.threshold);
         count.y = count.y + select(0u, 1u, state.need_eq > 0u && k[j] == state.threshold && k[j] != 0u);
     }
-    // rank.x: elements above the threshold before this one; rank.y: ties before this one. The
+    // rank. Tiles the histogram passes marked dead hold nothing selected and are skipped.x: elements above the threshold before this one; rank.y: ties before this one. The
     // selected set in index order puts an element at (above before it) + (selected ties before
     // it).
     var rank = tile_offsets[tile] + workgroup_scan_exclusive(count, lid);

@@ -181,6 +181,9 @@ struct TopkState<'a> {
     states: GpuBuffer<SelectState>,
     histogram: GpuBuffer<u32>,
     tile_counts: GpuBuffer<[u32; 2]>,
+    /// Per tile, 1 once a histogram pass found every key of the tile below its segment's
+    /// prefix range (or excluded): no later pass can select from it, and they skip it.
+    tile_dead: GpuBuffer<u32>,
 }
 
 impl GpuContext {
@@ -225,6 +228,7 @@ impl GpuContext {
                 states: self.upload(&states)?,
                 histogram: self.zeros::<u32>(segments.len() * 256)?,
                 tile_counts: self.zeros::<[u32; 2]>(tiles as usize)?,
+                tile_dead: self.zeros::<u32>(tiles as usize)?,
             };
             self.record_topk_steps(encoder, &state, &chunks, base, &out)
         })?;
@@ -265,6 +269,7 @@ impl GpuContext {
                     segments = whole(&state.table),
                     states = whole(&state.states),
                     histogram = whole(&state.histogram),
+                    tile_dead = whole(&state.tile_dead),
                 ];
                 list.push(Kernel::TopkHistogram, &config, bindings, *tiles)?;
             }
@@ -282,6 +287,7 @@ impl GpuContext {
                 segments = whole(&state.table),
                 states = whole(&state.states),
                 tile_counts = whole(&state.tile_counts),
+                tile_dead = whole(&state.tile_dead),
             ];
             list.push(Kernel::TopkCount, config, bindings, *tiles)?;
         }
@@ -299,6 +305,7 @@ impl GpuContext {
                 states = whole(&state.states),
                 tile_offsets = whole(&state.tile_counts),
                 candidates = whole(&out.candidates),
+                tile_dead = whole(&state.tile_dead),
             ];
             list.push(Kernel::TopkGather, config, bindings, *tiles)?;
         }
