@@ -13,8 +13,9 @@
 // Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block
 // in registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
 // apart); the K dimension advances BK at a time through two workgroup-memory tiles (A: BK x
-// BM, B: BK x BN, 12.25 KiB with the index table below, sized for the largest tile whatever
-// the shape, of WebGPU's guaranteed 16 KiB). Both tiles hold vec4s of 4 consecutive rows (A)
+// BM, B: BK x BN, sized by the shape's overrides: 8.25 KiB with the index table below for 64 x
+// 64, 12.25 KiB for 16 x 128, of WebGPU's guaranteed 16 KiB; the smaller tiles less, which
+// leaves a real GPU room for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A)
 // or columns (B): per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4
 // loads for 64), and neighbouring invocations load neighbouring vec4s. Each invocation
 // stages whole vec4s (4 gathers, one store), always the same rows of A and columns of B, so
@@ -41,14 +42,11 @@
 override MODE: u32 = 0u;
 // The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
 // 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 8, 64);
-// src/gpu/conv.rs picks 1 or 3 for N <= 16 or 32 (when M is larger, or equal), else for M <= 16
-// 5 when N > 64 or 2, for M <= 32 4.
+// src/gpu/conv.rs picks 1 or 3 for N <= 16 or 32 (when M is larger, or equal), else 5 for M <= 16
+// and N > 64, 2 for M <= 16, 4 for M <= 32.
 override SHAPE: u32 = 0u;
 
 const BK: u32 = 16u;
-// The largest tile's rows and columns (they size the workgroup memory of every shape).
-const BM_MAX: u32 = 64u;
-const BN_MAX: u32 = 128u;
 override BM: u32 = select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u);
 override BN: u32 = select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u);
 // An invocation's rows and columns (8 or 4 each), and the invocations' grid (GM x GN = WG).
@@ -318,8 +316,40 @@ fn store4(m: u32, n: u32, split: u32, v: vec4<f32>) {
     }
 }
 
-var<workgroup> sh_a: array<vec4<f32>, BK * BM_MAX / 4u>;
-var<workgroup> sh_b: array<vec4<f32>, BK * BN_MAX / 4u>;
+// A 4 x 4 quarter of an invocation's block: rows m .. m + 3 (`r0` .. `r3`), columns n .. n + 3.
+fn store_quarter(m: u32, n: u32, split: u32, r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>) {
+    store4(m, n, split, r0);
+    store4(m + 1u, n, split, r1);
+    store4(m + 2u, n, split, r2);
+    store4(m + 3u, n, split, r3);
+}
+
+// Column n's index terms (`n_terms`), zeros past the product.
+fn column_terms(n: u32) -> vec4<u32> {
+    if n < cfg.n {
+        return n_terms(n);
+    }
+    return vec4(0u);
+}
+
+// Element (m, k) of the left matrix (`load_a`), zero past its rows.
+fn a_or_zero(m: u32, kt: vec4<u32>) -> f32 {
+    if m < cfg.m {
+        return load_a(m, kt);
+    }
+    return 0.0;
+}
+
+// Element (k, n) of the right matrix (`load_b`), zero past its columns.
+fn b_or_zero(n: u32, kt: vec4<u32>, nt: vec4<u32>) -> f32 {
+    if n < cfg.n {
+        return load_b(kt, nt);
+    }
+    return 0.0;
+}
+
+var<workgroup> sh_a: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> sh_b: array<vec4<f32>, BK * BN / 4u>;
 
 // The terms of the current BK values of k (see `k_terms`), written by BK invocations each K
 // step: per element, the decomposition costs up to six integer divisions by uniform values,
@@ -357,22 +387,10 @@ fn main(
     let sb = lid % (BN / 4u);
     // Its columns' index terms (literal names, not an array: see `acc`).
     let nb = n0 + sb * 4u;
-    var nt0 = vec4(0u);
-    var nt1 = vec4(0u);
-    var nt2 = vec4(0u);
-    var nt3 = vec4(0u);
-    if nb < cfg.n {
-        nt0 = n_terms(nb);
-    }
-    if nb + 1u < cfg.n {
-        nt1 = n_terms(nb + 1u);
-    }
-    if nb + 2u < cfg.n {
-        nt2 = n_terms(nb + 2u);
-    }
-    if nb + 3u < cfg.n {
-        nt3 = n_terms(nb + 3u);
-    }
+    let nt0 = column_terms(nb);
+    let nt1 = column_terms(nb + 1u);
+    let nt2 = column_terms(nb + 2u);
+    let nt3 = column_terms(nb + 3u);
     // The accumulators, vec4s of 4 columns: acc[2 row + h] holds the invocation's row `row`
     // (0-3: the rows of its first 4-row group, 4-7: of its second) and its h-th 4-column
     // group. Every index below is a literal: an array indexed only by constants becomes
@@ -391,18 +409,7 @@ fn main(
             if k0 + ak < k_end {
                 let kt = sh_k[ak];
                 let m = m0 + sa * 4u;
-                if m < cfg.m {
-                    v.x = load_a(m, kt);
-                }
-                if m + 1u < cfg.m {
-                    v.y = load_a(m + 1u, kt);
-                }
-                if m + 2u < cfg.m {
-                    v.z = load_a(m + 2u, kt);
-                }
-                if m + 3u < cfg.m {
-                    v.w = load_a(m + 3u, kt);
-                }
+                v = vec4(a_or_zero(m, kt), a_or_zero(m + 1u, kt), a_or_zero(m + 2u, kt), a_or_zero(m + 3u, kt));
             }
             sh_a[e] = v;
         }
@@ -411,18 +418,7 @@ fn main(
             var v = vec4(0.0);
             if k0 + bk < k_end {
                 let kt = sh_k[bk];
-                if nb < cfg.n {
-                    v.x = load_b(kt, nt0);
-                }
-                if nb + 1u < cfg.n {
-                    v.y = load_b(kt, nt1);
-                }
-                if nb + 2u < cfg.n {
-                    v.z = load_b(kt, nt2);
-                }
-                if nb + 3u < cfg.n {
-                    v.w = load_b(kt, nt3);
-                }
+                v = vec4(b_or_zero(nb, kt, nt0), b_or_zero(nb + 1u, kt, nt1), b_or_zero(nb + 2u, kt, nt2), b_or_zero(nb + 3u, kt, nt3));
             }
             sh_b[e] = v;
         }
@@ -461,24 +457,12 @@ fn main(
     let m_hi = m0 + (ty + GM) * 4u;
     let n_lo = n0 + tx * 4u;
     let n_hi = n0 + (tx + GN) * 4u;
-    store4(m_lo, n_lo, split, acc[0]);
-    store4(m_lo + 1u, n_lo, split, acc[2]);
-    store4(m_lo + 2u, n_lo, split, acc[4]);
-    store4(m_lo + 3u, n_lo, split, acc[6]);
+    store_quarter(m_lo, n_lo, split, acc[0], acc[2], acc[4], acc[6]);
     if TN == 8u {
-        store4(m_lo, n_hi, split, acc[1]);
-        store4(m_lo + 1u, n_hi, split, acc[3]);
-        store4(m_lo + 2u, n_hi, split, acc[5]);
-        store4(m_lo + 3u, n_hi, split, acc[7]);
+        store_quarter(m_lo, n_hi, split, acc[1], acc[3], acc[5], acc[7]);
     }
     if TM == 8u {
-        store4(m_hi, n_lo, split, acc[8]);
-        store4(m_hi, n_hi, split, acc[9]);
-        store4(m_hi + 1u, n_lo, split, acc[10]);
-        store4(m_hi + 1u, n_hi, split, acc[11]);
-        store4(m_hi + 2u, n_lo, split, acc[12]);
-        store4(m_hi + 2u, n_hi, split, acc[13]);
-        store4(m_hi + 3u, n_lo, split, acc[14]);
-        store4(m_hi + 3u, n_hi, split, acc[15]);
+        store_quarter(m_hi, n_lo, split, acc[8], acc[10], acc[12], acc[14]);
+        store_quarter(m_hi, n_hi, split, acc[9], acc[11], acc[13], acc[15]);
     }
 }

@@ -2,7 +2,7 @@
 // the first need_eq ties) is written as (ordered key, index within its segment) at
 // segment.out_offset + its rank among the selected elements in index order. Each invocation
 // takes ELEMS_PER_THREAD consecutive elements so that a workgroup scan gives every element its
-// rank. Tiles the histogram passes marked dead hold nothing selected and are skipped.
+// rank. Tiles the histogram passes marked dead hold nothing selected and are skipped. Tiles the histogram passes marked dead hold nothing selected and are skipped.
 
 //#include "shared/sort_keys.wgsl"
 //#include "shared/topk_common.wgsl"
@@ -46,7 +46,7 @@ fn main(
         count.x = count.x + select(0u, 1u, k[j] > state.threshold);
         count.y = count.y + select(0u, 1u, state.need_eq > 0u && k[j] == state.threshold && k[j] != 0u);
     }
-    // rank. Tiles the histogram passes marked dead hold nothing selected and are skipped.x: elements above the threshold before this one; rank.y: ties before this one. The
+    // rank.x: elements above the threshold before this one; rank.y: ties before this one. The
     // selected set in index order puts an element at (above before it) + (selected ties before
     // it).
     var rank = tile_offsets[tile] + workgroup_scan_exclusive(count, lid);

@@ -11,7 +11,8 @@ struct Config {
     row_begin: u32,
     row_end: u32,
     num_segments: u32,
-    // Workgroups per segment (mask and per-box kernels).
+    // Workgroups per segment (the spatial mask and the per-box kernels; nms_mask.wgsl reads its
+    // band's from nms_mask_args.wgsl instead).
     groups_per_segment: u32,
     max_out: u32,
     flags: u32,
@@ -22,7 +23,8 @@ struct Config {
     // nms_mask_spatial.wgsl: the blocks of 256 boxes (in tile order) this dispatch visits.
     block_begin: u32,
     block_end: u32,
-    // nms_spatial_keys.wgsl: rows per pass of the greedy mask.
+    // Rows per pass (band) of the greedy mask: nms_spatial_keys.wgsl orders each band's rows,
+    // nms_mask_args.wgsl sizes each band's grid, nms_mask.wgsl finds its band's layout.
     band_rows: u32,
     // nms_mask_args.wgsl: the most workgroups per grid dimension (the grid is folded at it).
     grid_width: u32,

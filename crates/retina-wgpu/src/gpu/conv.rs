@@ -68,8 +68,8 @@ fn variants(kernel: Kernel) -> [Kernel; 6] {
 
 /// The kernel for `kernel`'s product of `m` rows and `n` columns, and its tile's rows and
 /// columns: for at most 32 columns (when the rows are more, or as few) the narrowest tile that
-/// spans them (64 x 16 or 64 x 32), else for at most 32 rows likewise (16 x 64 or 32 x 64),
-/// else 64 x 64.
+/// spans them (64 x 16 or 64 x 32), else for at most 16 rows 16 x 128 over more than
+/// [`WIDE_COLUMNS`] columns and 16 x 64 otherwise, for at most 32 rows 32 x 64, else 64 x 64.
 fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
     let [short, long] = NARROW_TILES;
     let shape = if n <= long && (m > long || n <= m) {

@@ -268,7 +268,8 @@ impl<'a> Dispatches<'a> {
         offset as u64..self.uniforms.len() as u64
     }
 
-    /// Records every step into one compute pass of `encoder`. Validation errors come back as
+    /// Records every step into one compute pass of `encoder` (one pass per step while a profile
+    /// is open: [`GpuContext::start_profile`]). Validation errors come back as
     /// [`crate::Error`]; nothing is recorded when the list is empty.
     pub(crate) fn record(self, ctx: &GpuContext, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         if self.steps.is_empty() {
@@ -294,8 +295,13 @@ impl<'a> Dispatches<'a> {
                 })
             };
             if ctx.profiling() {
-                // A pass per dispatch, each timed on its own.
-                for step in self.steps.iter().filter(|s| !s.workgroups.none()) {
+                // A pass per dispatch, each timed on its own; a step of no workgroups records
+                // nothing, but its bindings are checked as when not profiling.
+                for step in &self.steps {
+                    if step.workgroups.none() {
+                        entries(step.kernel, uniform(step), &step.bindings)?;
+                        continue;
+                    }
                     let timed = ctx.profile_pass(step.kernel);
                     let mut pass = begin_pass(encoder, self.label, timed.as_ref());
                     dispatch(

@@ -325,7 +325,6 @@ impl GpuContext {
             let config = NmsConfig {
                 row_begin: begin as u32,
                 row_end: end as u32,
-                groups_per_segment: (row_tiles * words) as u32,
                 ..base
             };
             match &path {

@@ -32,7 +32,7 @@ pub struct KernelTime {
 /// kernels with the most time first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Profile {
-    /// One entry per kernel dispatched while the profile was open.
+    /// One entry per kernel with a timed dispatch while the profile was open.
     pub kernels: Vec<KernelTime>,
     /// Dispatches past [`MAX_PROFILED_DISPATCHES`], run but not timed.
     pub untimed: u64,
