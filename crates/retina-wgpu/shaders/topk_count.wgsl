@@ -5,6 +5,7 @@
 //#include "shared/sort_keys.wgsl"
 //#include "shared/topk_common.wgsl"
 //#include "shared/topk_tiles.wgsl"
+//#include "shared/topk_listed.wgsl"
 
 @group(0) @binding(0) var<uniform> cfg: Config;
 @group(0) @binding(1) var<storage, read> keys: array<f32>;
@@ -12,6 +13,7 @@
 @group(0) @binding(3) var<storage, read> states: array<SelectState>;
 @group(0) @binding(4) var<storage, read_write> tile_counts: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read> tile_dead: array<u32>;
+@group(0) @binding(6) var<storage, read> live: array<u32>;
 
 var<workgroup> sh_greater: atomic<u32>;
 var<workgroup> sh_equal: atomic<u32>;
@@ -22,11 +24,10 @@ fn main(
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let local_tile = wg.x + wg.y * num_wg.x;
-    if local_tile >= cfg.n_tiles {
+    let tile = tile_of(wg.x + wg.y * num_wg.x);
+    if tile == NO_TILE {
         return;
     }
-    let tile = cfg.first_tile + local_tile;
     let seg = find_segment(tile);
     let state = states[seg];
     if tile_dead[tile] != 0u {

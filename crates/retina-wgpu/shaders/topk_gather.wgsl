@@ -7,6 +7,7 @@
 //#include "shared/sort_keys.wgsl"
 //#include "shared/topk_common.wgsl"
 //#include "shared/topk_tiles.wgsl"
+//#include "shared/topk_listed.wgsl"
 //#include "shared/workgroup_scan.wgsl"
 
 @group(0) @binding(0) var<uniform> cfg: Config;
@@ -16,6 +17,7 @@
 @group(0) @binding(4) var<storage, read> tile_offsets: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read_write> candidates: array<vec2<u32>>;
 @group(0) @binding(6) var<storage, read> tile_dead: array<u32>;
+@group(0) @binding(7) var<storage, read> live: array<u32>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(
@@ -23,12 +25,8 @@ fn main(
     @builtin(num_workgroups) num_wg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let local_tile = wg.x + wg.y * num_wg.x;
-    if local_tile >= cfg.n_tiles {
-        return;
-    }
-    let tile = cfg.first_tile + local_tile;
-    if tile_dead[tile] != 0u {
+    let tile = tile_of(wg.x + wg.y * num_wg.x);
+    if tile == NO_TILE || tile_dead[tile] != 0u {
         return;
     }
     let seg = find_segment(tile);

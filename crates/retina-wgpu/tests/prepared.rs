@@ -139,6 +139,62 @@ fn draw_arguments_count_each_images_detections() {
     );
 }
 
+/// A frame loop whose scores change every frame (written into the same buffer, as a renderer
+/// does): each frame's top-k is the CPU's of that frame's scores, with and without a threshold.
+/// The radix selection's per-segment states are written by the kernels: a frame must start from
+/// the initial states, not from the last frame's.
+#[test]
+fn prepared_top_k_follows_scores_that_change_every_frame() {
+    let Some(ctx) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    let mut rng = Rng::new(5);
+    let n = 6000;
+    let segments = [
+        TopkSegment {
+            start: 0,
+            len: 2500,
+            k: 40,
+        },
+        TopkSegment {
+            start: 2500,
+            len: 3500,
+            k: 300,
+        },
+    ];
+    let scores_buf = ctx.zeros::<f32>(n).unwrap();
+    let mut prepared = PreparedTopK::new(&ctx).unwrap();
+    for frame in 1..=6 {
+        // Each frame a different spread, so that a stale threshold selects too many or too few.
+        let spread = frame as f32;
+        let scores: Vec<f32> = (0..n).map(|_| rng.normal() * spread).collect();
+        ctx.write(&scores_buf, &scores).unwrap();
+        for threshold in [None, Some(0.5 * spread)] {
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            let top = prepared
+                .record(&mut encoder, &scores_buf, &segments, threshold)
+                .unwrap();
+            ctx.queue().submit([encoder.finish()]);
+            let selected = ctx.download(&top.selected).unwrap();
+            let candidates = ctx.download(&top.candidates).unwrap();
+            for (s, seg) in segments.iter().enumerate() {
+                let want =
+                    retina_wgpu::cpu::sort::top_k_segment(&scores[seg.start..seg.start + seg.len], seg.k, threshold);
+                let got: Vec<(u32, u32)> = candidates[s * top.stride..s * top.stride + selected[s] as usize]
+                    .iter()
+                    .map(|c| (c[0], c[1]))
+                    .collect();
+                assert!(
+                    got == want,
+                    "frame {frame} threshold {threshold:?} segment {s}: {} selected, {} expected",
+                    got.len(),
+                    want.len()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn prepared_nms_and_top_k_reuse_everything_after_the_first_frame() {
     let Some(ctx) = gpu_with(GpuOptions::default()) else {

@@ -19,7 +19,14 @@ struct Config {
     shift: u32,
     flags: u32,
     threshold: f32,
-    _pad: u32,
+    // FLAG_LISTED, FLAG_APPEND: where this dispatch's window keeps its list of live tiles in
+    // `live` (the count, then the tiles), and (topk_list_args.wgsl) which indirect arguments
+    // it sizes, folded at grid_width workgroups per dimension.
+    list_offset: u32,
+    args_index: u32,
+    grid_width: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 struct Segment {
@@ -52,6 +59,14 @@ const WG_SIZE: u32 = 256u;
 const ELEMS_PER_THREAD: u32 = 4u;
 const TILE: u32 = WG_SIZE * ELEMS_PER_THREAD;
 const FLAG_THRESHOLD: u32 = 1u;
+// The workgroups take the tiles of the window's list of live tiles (an indirect dispatch), not
+// first_tile + their index.
+const FLAG_LISTED: u32 = 2u;
+// The first histogram pass: each tile with a key at or above the (empty) prefix's range
+// appends itself to the window's list.
+const FLAG_APPEND: u32 = 4u;
+// No tile: a listed workgroup past the list's end.
+const NO_TILE: u32 = 0xffffffffu;
 
 fn key_of(value: f32) -> u32 {
     if (cfg.flags & FLAG_THRESHOLD) != 0u && !(value > cfg.threshold) {

@@ -133,8 +133,9 @@ fn mirrors() -> Vec<Mirror> {
             n_elements, num_classes, flags, norm_index, alpha, gamma, beta, norm_value,
         }),
         mirror!(focal::CountConfig as "Config" in ["count_labels.wgsl"] { n_rows, num_classes, _pad }),
-        mirror!(topk::TopkConfig as "Config" in ["topk_histogram.wgsl", "topk_select.wgsl", "topk_count.wgsl", "topk_scan.wgsl", "topk_gather.wgsl"] {
-            first_tile, n_tiles, num_segments, key_offset, shift, flags, threshold, _pad,
+        mirror!(topk::TopkConfig as "Config" in ["topk_histogram.wgsl", "topk_select.wgsl", "topk_count.wgsl", "topk_scan.wgsl", "topk_gather.wgsl", "topk_list_args.wgsl"] {
+            first_tile, n_tiles, num_segments, key_offset, shift, flags, threshold, list_offset, args_index,
+            grid_width, _pad0, _pad1,
         }),
         mirror!(topk::SegmentGpu as "Segment" in ["topk_histogram.wgsl", "topk_select.wgsl"] { start, len, k, first_tile, out_offset, _pad }),
         mirror!(topk::SelectState as "SelectState" in ["topk_select.wgsl"] {

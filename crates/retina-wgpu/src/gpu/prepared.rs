@@ -37,6 +37,7 @@ const TOPK_KERNELS: &[Kernel] = &[
     Kernel::TopkSelect,
     Kernel::TopkCount,
     Kernel::TopkGather,
+    Kernel::TopkListArgs,
 ];
 
 /// The kernels of sorting and every NMS variant.

@@ -11,6 +11,10 @@ use crate::gpu::kernels::Kernel;
 /// Elements per tile (`TILE` in shaders/shared/topk_common.wgsl).
 const TILE: u64 = 1024;
 const FLAG_THRESHOLD: u32 = 1;
+/// The dispatch takes the tiles of its window's list of live tiles (indirect).
+const FLAG_LISTED: u32 = 2;
+/// The first histogram pass: live tiles append themselves to their window's list.
+const FLAG_APPEND: u32 = 4;
 
 /// Must stay in sync with `Config` in shaders/shared/topk_common.wgsl.
 #[repr(C)]
@@ -23,7 +27,11 @@ pub(crate) struct TopkConfig {
     pub(crate) shift: u32,
     pub(crate) flags: u32,
     pub(crate) threshold: f32,
-    pub(crate) _pad: u32,
+    pub(crate) list_offset: u32,
+    pub(crate) args_index: u32,
+    pub(crate) grid_width: u32,
+    pub(crate) _pad0: u32,
+    pub(crate) _pad1: u32,
 }
 
 /// Must stay in sync with `Segment` in shaders/shared/topk_common.wgsl.
@@ -184,6 +192,11 @@ struct TopkState<'a> {
     /// Per tile, 1 once a histogram pass found every key of the tile below its segment's
     /// prefix range (or excluded): no later pass can select from it, and they skip it.
     tile_dead: GpuBuffer<u32>,
+    /// Per key window, its list of live tiles after the first histogram pass: the count at the
+    /// window's first tile + its index, then the tiles (see `topk_list_args.wgsl`).
+    live: GpuBuffer<u32>,
+    /// Per key window, the indirect dispatch arguments of its later passes (x, y, z).
+    args: GpuBuffer<u32>,
 }
 
 impl GpuContext {
@@ -222,13 +235,27 @@ impl GpuContext {
             ..Default::default()
         };
         self.scoped(|| {
+            // The kernels write the selection's states: they start each recording from a copy
+            // of the initial states, never from the uploaded buffer itself (on a prepared
+            // object's context an upload is a constant the next frame reuses as it is).
+            let initial = self.upload(&states)?;
+            let working = self.zeros::<SelectState>(states.len())?;
+            encoder.copy_buffer_to_buffer(
+                initial.buffer(),
+                0,
+                working.buffer(),
+                0,
+                (states.len() * std::mem::size_of::<SelectState>()) as u64,
+            );
             let state = TopkState {
                 values,
                 table: self.upload(&table)?,
-                states: self.upload(&states)?,
+                states: working,
                 histogram: self.zeros::<u32>(segments.len() * 256)?,
                 tile_counts: self.zeros::<[u32; 2]>(tiles as usize)?,
                 tile_dead: self.zeros::<u32>(tiles as usize)?,
+                live: self.zeros::<u32>(tiles as usize + chunks.len())?,
+                args: self.zeros_with_usage::<u32>(3 * chunks.len(), wgpu::BufferUsages::INDIRECT)?,
             };
             self.record_topk_steps(encoder, &state, &chunks, base, &out)
         })?;
@@ -248,21 +275,31 @@ impl GpuContext {
         let limits = self.limits();
         let windows: Vec<_> = chunks
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(w, c)| {
                 let (keys, first) = storage_window(limits, state.values.buffer(), c.key_start, c.key_len, 4);
                 let config = TopkConfig {
                     first_tile: c.first_tile,
                     n_tiles: c.n_tiles,
                     key_offset: (c.key_start - u64::from(first)) as u32,
+                    list_offset: c.first_tile + w as u32,
+                    args_index: w as u32,
+                    grid_width: limits.max_workgroups_per_dim,
                     ..base
                 };
                 (keys, config, u64::from(c.n_tiles))
             })
             .collect();
         let num_segments = u64::from(base.num_segments);
+        let listed = |config: &TopkConfig| TopkConfig {
+            flags: config.flags | FLAG_LISTED,
+            ..*config
+        };
         let mut list = Dispatches::new(self, "top-k");
+        // The first pass visits every tile and lists those that stay live; the later passes,
+        // the count and the gather visit the list only (one indirect dispatch per window).
         for shift in [24, 16, 8, 0] {
-            for (keys, config, tiles) in &windows {
+            for (w, (keys, config, tiles)) in windows.iter().enumerate() {
                 let config = TopkConfig { shift, ..*config };
                 let bindings = binds![
                     keys = keys.clone(),
@@ -270,8 +307,26 @@ impl GpuContext {
                     states = whole(&state.states),
                     histogram = whole(&state.histogram),
                     tile_dead = whole(&state.tile_dead),
+                    live = whole(&state.live),
                 ];
-                list.push(Kernel::TopkHistogram, &config, bindings, *tiles)?;
+                if shift == 24 {
+                    let config = TopkConfig {
+                        flags: config.flags | FLAG_APPEND,
+                        ..config
+                    };
+                    list.push(Kernel::TopkHistogram, &config, bindings, *tiles)?;
+                    let bindings = binds![live = whole(&state.live), args = whole(&state.args)];
+                    list.push(Kernel::TopkListArgs, &config, bindings, 1)?;
+                } else {
+                    let offset = 12 * w as u64;
+                    list.push_indirect(
+                        Kernel::TopkHistogram,
+                        &listed(&config),
+                        bindings,
+                        state.args.buffer(),
+                        offset,
+                    )?;
+                }
             }
             let bindings = binds![states = whole(&state.states), histogram = whole(&state.histogram)];
             list.push(
@@ -281,15 +336,23 @@ impl GpuContext {
                 num_segments,
             )?;
         }
-        for (keys, config, tiles) in &windows {
+        for (w, (keys, config, _)) in windows.iter().enumerate() {
             let bindings = binds![
                 keys = keys.clone(),
                 segments = whole(&state.table),
                 states = whole(&state.states),
                 tile_counts = whole(&state.tile_counts),
                 tile_dead = whole(&state.tile_dead),
+                live = whole(&state.live),
             ];
-            list.push(Kernel::TopkCount, config, bindings, *tiles)?;
+            let offset = 12 * w as u64;
+            list.push_indirect(
+                Kernel::TopkCount,
+                &listed(config),
+                bindings,
+                state.args.buffer(),
+                offset,
+            )?;
         }
         let bindings = binds![
             segments = whole(&state.table),
@@ -298,7 +361,7 @@ impl GpuContext {
             selected = whole(&out.selected),
         ];
         list.push(Kernel::TopkScan, &base, bindings, num_segments)?;
-        for (keys, config, tiles) in &windows {
+        for (w, (keys, config, _)) in windows.iter().enumerate() {
             let bindings = binds![
                 keys = keys.clone(),
                 segments = whole(&state.table),
@@ -306,8 +369,16 @@ impl GpuContext {
                 tile_offsets = whole(&state.tile_counts),
                 candidates = whole(&out.candidates),
                 tile_dead = whole(&state.tile_dead),
+                live = whole(&state.live),
             ];
-            list.push(Kernel::TopkGather, config, bindings, *tiles)?;
+            let offset = 12 * w as u64;
+            list.push_indirect(
+                Kernel::TopkGather,
+                &listed(config),
+                bindings,
+                state.args.buffer(),
+                offset,
+            )?;
         }
         list.record(self, encoder)
     }
