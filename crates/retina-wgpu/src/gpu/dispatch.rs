@@ -294,6 +294,9 @@ impl<'a> Dispatches<'a> {
                     size: wgpu::BufferSize::new(step.uniform.end - step.uniform.start),
                 })
             };
+            let run = |pass: &mut wgpu::ComputePass<'_>, step: &Step<'_>| {
+                dispatch(ctx, pass, step.kernel, uniform(step), &step.bindings, step.workgroups)
+            };
             if ctx.profiling() {
                 // A pass per dispatch, each timed on its own; a step of no workgroups records
                 // nothing, but its bindings are checked as when not profiling.
@@ -303,28 +306,13 @@ impl<'a> Dispatches<'a> {
                         continue;
                     }
                     let timed = ctx.profile_pass(step.kernel);
-                    let mut pass = begin_pass(encoder, self.label, timed.as_ref());
-                    dispatch(
-                        ctx,
-                        &mut pass,
-                        step.kernel,
-                        uniform(step),
-                        &step.bindings,
-                        step.workgroups,
-                    )?;
+                    run(&mut begin_pass(encoder, self.label, timed.as_ref()), step)?;
                 }
                 return Ok(());
             }
             let mut pass = begin_pass(encoder, self.label, None);
             for step in &self.steps {
-                dispatch(
-                    ctx,
-                    &mut pass,
-                    step.kernel,
-                    uniform(step),
-                    &step.bindings,
-                    step.workgroups,
-                )?;
+                run(&mut pass, step)?;
             }
             Ok(())
         })
