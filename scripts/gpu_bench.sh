@@ -33,6 +33,11 @@ run nms --iters 3
 run conv --iters 5
 run gemm --iters 5
 run train --iters 10
+# The device's own timestamps: each kernel's time in one training step beside the roofline's
+# estimate, and per kernel of the post-processing at 800 px (stderr of the nms run).
+echo "== retina bench train --backend gpu --profile" >&2
+"$bin" bench train --backend gpu --iters 3 --profile >"$out/train-profile.txt"
+"$bin" bench nms --backend gpu --sizes 20000 --iters 3 --profile 2>"$out/nms-profile.txt" >/dev/null
 run detect --model faces --size 640x480 --iters 10
 echo "== retina demo --backend gpu --minutes 3" >&2
 "$bin" demo --backend gpu --minutes 3 --out "$out/demo" >"$out/demo.txt"
