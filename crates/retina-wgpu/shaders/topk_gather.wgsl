@@ -2,7 +2,8 @@
 // the first need_eq ties) is written as (ordered key, index within its segment) at
 // segment.out_offset + its rank among the selected elements in index order. Each invocation
 // takes ELEMS_PER_THREAD consecutive elements so that a workgroup scan gives every element its
-// rank. Tiles the histogram passes marked dead hold nothing selected and are skipped. Tiles the histogram passes marked dead hold nothing selected and are skipped.
+// rank. Tiles the histogram passes marked dead hold nothing selected and are skipped; with
+// FLAG_LISTED the workgroups take the window's list of live tiles.
 
 //#include "shared/sort_keys.wgsl"
 //#include "shared/topk_common.wgsl"

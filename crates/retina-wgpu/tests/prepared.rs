@@ -140,9 +140,11 @@ fn draw_arguments_count_each_images_detections() {
 }
 
 /// A frame loop whose scores change every frame (written into the same buffer, as a renderer
-/// does): each frame's top-k is the CPU's of that frame's scores, with and without a threshold.
-/// The radix selection's per-segment states are written by the kernels: a frame must start from
-/// the initial states, not from the last frame's.
+/// does): each frame's top-k is the CPU's of that frame's scores, without a threshold, with one
+/// that most scores pass and with one that leaves fewer than k, in an order that changes with
+/// the frame; a segment with k = 0 and a block of whole tiles below every threshold (tiles that
+/// die in the first pass and are never listed). The radix selection's per-segment states are
+/// written by the kernels: a recording must start from the initial states, not from the last.
 #[test]
 fn prepared_top_k_follows_scores_that_change_every_frame() {
     let Some(ctx) = gpu_with(GpuOptions::default()) else {
@@ -158,8 +160,13 @@ fn prepared_top_k_follows_scores_that_change_every_frame() {
         },
         TopkSegment {
             start: 2500,
-            len: 3500,
+            len: 3000,
             k: 300,
+        },
+        TopkSegment {
+            start: 5500,
+            len: 500,
+            k: 0,
         },
     ];
     let scores_buf = ctx.zeros::<f32>(n).unwrap();
@@ -167,9 +174,13 @@ fn prepared_top_k_follows_scores_that_change_every_frame() {
     for frame in 1..=6 {
         // Each frame a different spread, so that a stale threshold selects too many or too few.
         let spread = frame as f32;
-        let scores: Vec<f32> = (0..n).map(|_| rng.normal() * spread).collect();
+        let mut scores: Vec<f32> = (0..n).map(|_| rng.normal() * spread).collect();
+        // Tile 1 of the second segment (its scores 1,024..2,048) below every threshold.
+        scores[2500 + 1024..2500 + 2 * 1024].fill(-1e6);
         ctx.write(&scores_buf, &scores).unwrap();
-        for threshold in [None, Some(0.5 * spread)] {
+        let mut thresholds = [None, Some(0.5 * spread), Some(2.5 * spread)];
+        thresholds.rotate_left(frame % 3);
+        for threshold in thresholds {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             let top = prepared
                 .record(&mut encoder, &scores_buf, &segments, threshold)

@@ -66,7 +66,8 @@ pub struct WorkStats {
 pub struct KernelWork {
     /// Dispatches recorded.
     pub dispatches: u64,
-    /// Workgroups dispatched.
+    /// Workgroups dispatched (those of indirect dispatches, sized on the device, are not known
+    /// here and count 0: the top-k's later passes and the NMS mask).
     pub workgroups: u64,
     /// Bytes of the storage buffers bound to its dispatches (each binding once per dispatch):
     /// the memory traffic a dispatch has at least if it touches every element it binds, and
