@@ -383,19 +383,9 @@ impl GpuContext {
         self.inner.counters.kernel_work()
     }
 
-    /// Adds `dispatches` of `kernel` (with `workgroups`, 0 where the device decides, and
-    /// `bound_bytes` in all) and `flops` to the per-kernel work.
-    pub(crate) fn count_kernel_work(
-        &self,
-        kernel: Kernel,
-        dispatches: u64,
-        workgroups: u64,
-        bound_bytes: u64,
-        flops: u64,
-    ) {
-        self.inner
-            .counters
-            .add_kernel_work(kernel, dispatches, workgroups, bound_bytes, flops);
+    /// Adds `work` (workgroups 0 where the device decides them) to `kernel`'s per-kernel work.
+    pub(crate) fn count_kernel_work(&self, kernel: Kernel, work: KernelWork) {
+        self.inner.counters.add_kernel_work(kernel, work);
     }
 
     pub(crate) fn count(&self, what: Count) {

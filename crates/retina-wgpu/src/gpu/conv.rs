@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::gpu::dispatch::binds;
+use crate::gpu::frame::KernelWork;
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 use crate::gpu::nn::{GpuEngine, GpuTensor, u32_of};
 use crate::nn::{Conv2d, ConvGrads, Shape, check_same};
@@ -210,7 +211,11 @@ impl GpuEngine {
         ));
         let (kernel, tile_m, tile_n) = tiled(kernel, m, n);
         // The product's multiply-adds, for the context's per-kernel work (whatever the splits).
-        self.context().count_kernel_work(kernel, 0, 0, 0, 2 * m * n * k);
+        let work = KernelWork {
+            flops: 2 * m * n * k,
+            ..KernelWork::default()
+        };
+        self.context().count_kernel_work(kernel, work);
         let m_tiles = m.div_ceil(tile_m);
         let n_tiles = n.div_ceil(tile_n);
         let tiles = m_tiles * n_tiles;

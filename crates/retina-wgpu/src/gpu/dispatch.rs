@@ -8,6 +8,7 @@ use bytemuck::Pod;
 use crate::error::{Error, Result};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::{DeviceLimits, GpuContext};
+use crate::gpu::frame::KernelWork;
 use crate::gpu::kernels::{Kernel, WG_SIZE};
 
 /// One dispatch's share of a row-major input.
@@ -455,7 +456,13 @@ fn dispatch(
             _ => 0,
         })
         .sum();
-    ctx.count_kernel_work(kernel, 1, u64::from(workgroups), bound, 0);
+    let work = KernelWork {
+        dispatches: 1,
+        workgroups: u64::from(workgroups),
+        bound_bytes: bound,
+        flops: 0,
+    };
+    ctx.count_kernel_work(kernel, work);
     Ok(())
 }
 

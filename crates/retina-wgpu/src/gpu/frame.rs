@@ -166,24 +166,17 @@ impl Counters {
         }
     }
 
-    /// Adds `dispatches` of `kernel` (`workgroups`, `bound_bytes`) and `flops`.
-    pub(crate) fn add_kernel_work(
-        &self,
-        kernel: Kernel,
-        dispatches: u64,
-        workgroups: u64,
-        bound_bytes: u64,
-        flops: u64,
-    ) {
+    /// Adds `work` to `kernel`'s.
+    pub(crate) fn add_kernel_work(&self, kernel: Kernel, work: KernelWork) {
         let mut kernels = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
         if kernels.is_empty() {
             kernels.resize(Kernel::COUNT, KernelWork::default());
         }
         let k = &mut kernels[kernel as usize];
-        k.dispatches += dispatches;
-        k.workgroups += workgroups;
-        k.bound_bytes += bound_bytes;
-        k.flops += flops;
+        k.dispatches += work.dispatches;
+        k.workgroups += work.workgroups;
+        k.bound_bytes += work.bound_bytes;
+        k.flops += work.flops;
     }
 
     /// Every kernel's name and work so far, in declaration order.

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::context::{DeviceLimits, GpuContext};
-use crate::gpu::dispatch::{Dispatches, binds, storage_window, whole};
+use crate::gpu::dispatch::{Bind, Dispatches, binds, storage_window, whole};
 use crate::gpu::kernels::Kernel;
 
 /// Elements per tile (`TILE` in shaders/shared/topk_common.wgsl).
@@ -291,10 +291,6 @@ impl GpuContext {
             })
             .collect();
         let num_segments = u64::from(base.num_segments);
-        let listed = |config: &TopkConfig| TopkConfig {
-            flags: config.flags | FLAG_LISTED,
-            ..*config
-        };
         let mut list = Dispatches::new(self, "top-k");
         // The first pass visits every tile and lists those that stay live; the later passes,
         // the count and the gather visit the list only (one indirect dispatch per window).
@@ -318,14 +314,7 @@ impl GpuContext {
                     let bindings = binds![live = whole(&state.live), args = whole(&state.args)];
                     list.push(Kernel::TopkListArgs, &config, bindings, 1)?;
                 } else {
-                    let offset = 12 * w as u64;
-                    list.push_indirect(
-                        Kernel::TopkHistogram,
-                        &listed(&config),
-                        bindings,
-                        state.args.buffer(),
-                        offset,
-                    )?;
+                    push_listed(&mut list, Kernel::TopkHistogram, &config, bindings, &state.args, w)?;
                 }
             }
             let bindings = binds![states = whole(&state.states), histogram = whole(&state.histogram)];
@@ -345,14 +334,7 @@ impl GpuContext {
                 tile_dead = whole(&state.tile_dead),
                 live = whole(&state.live),
             ];
-            let offset = 12 * w as u64;
-            list.push_indirect(
-                Kernel::TopkCount,
-                &listed(config),
-                bindings,
-                state.args.buffer(),
-                offset,
-            )?;
+            push_listed(&mut list, Kernel::TopkCount, config, bindings, &state.args, w)?;
         }
         let bindings = binds![
             segments = whole(&state.table),
@@ -371,15 +353,35 @@ impl GpuContext {
                 tile_dead = whole(&state.tile_dead),
                 live = whole(&state.live),
             ];
-            let offset = 12 * w as u64;
-            list.push_indirect(
-                Kernel::TopkGather,
-                &listed(config),
-                bindings,
-                state.args.buffer(),
-                offset,
-            )?;
+            push_listed(&mut list, Kernel::TopkGather, config, bindings, &state.args, w)?;
         }
         list.record(self, encoder)
     }
+}
+
+/// Bytes of one window's indirect arguments in the top-k's `args` (x, y, z workgroups), written
+/// by `topk_list_args.wgsl`.
+const LIST_ARGS_BYTES: u64 = 12;
+
+/// Pushes `kernel` over window `window`'s list of live tiles: `config` with [`FLAG_LISTED`], its
+/// grid read from that window's arguments in `args`.
+fn push_listed<'a>(
+    list: &mut Dispatches<'a>,
+    kernel: Kernel,
+    config: &TopkConfig,
+    bindings: Vec<Bind<'a>>,
+    args: &'a GpuBuffer<u32>,
+    window: usize,
+) -> Result<()> {
+    let config = TopkConfig {
+        flags: config.flags | FLAG_LISTED,
+        ..*config
+    };
+    list.push_indirect(
+        kernel,
+        &config,
+        bindings,
+        args.buffer(),
+        LIST_ARGS_BYTES * window as u64,
+    )
 }
