@@ -27,7 +27,8 @@
 // multiply-adds, accumulators in a loop-indexed array) the small RetinaNet's convolutions run
 // 2.4x faster on lavapipe (docs/PERFORMANCE.md). All shapes need nothing beyond the default
 // limits. Products with few columns (N <= 32: the small pyramid levels' pixels, the first
-// layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles, and products with few rows (M <=
+// layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles (128 x 8 of 8 x 4 blocks for N <= 8
+// over more than 64 rows: a head at its 1 x 1 level), and products with few rows (M <=
 // 32: layers of 3-32 channels) 16 x 64 or 32 x 64 tiles: a 64-wide tile over 2-32 columns or
 // rows computed 2-32x the product, most of it on padding. Products of at most 16 rows and more
 // than 64 columns (the first layers' thousands of pixels) take 16 x 128 tiles of 4 x 8 blocks:
@@ -41,17 +42,17 @@
 // with the other two branches folded away.
 override MODE: u32 = 0u;
 // The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
-// 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 8, 64);
-// src/gpu/conv.rs picks 1 or 3 for N <= 16 or 32 (when M is larger, or equal), else 5 for M <= 16
-// and N > 64, 2 for M <= 16, 4 for M <= 32.
+// 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 8, 64),
+// 6 = 128 x 8 (8 x 4, 32); src/gpu/conv.rs picks 6, 1 or 3 for N <= 8 (and M > 64), 16 or 32
+// (when M is larger, or equal), else 5 for M <= 16 and N > 64, 2 for M <= 16, 4 for M <= 32.
 override SHAPE: u32 = 0u;
 
 const BK: u32 = 16u;
-override BM: u32 = select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u);
-override BN: u32 = select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u);
+override BM: u32 = select(select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u), 128u, SHAPE == 6u);
+override BN: u32 = select(select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u), 8u, SHAPE == 6u);
 // An invocation's rows and columns (8 or 4 each), and the invocations' grid (GM x GN = WG).
 override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 5u);
-override TN: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u);
+override TN: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 6u);
 override GM: u32 = BM / TM;
 override GN: u32 = BN / TN;
 override WG: u32 = GM * GN;
@@ -431,21 +432,24 @@ fn main(
             acc[4] += a0.z * b0;
             acc[6] += a0.w * b0;
             // TM and TN are constants of the pipeline: the branches fold away.
+            var b1 = vec4(0.0);
             if TN == 8u {
-                let b1 = sh_b[kk * (BN / 4u) + tx + GN];
+                b1 = sh_b[kk * (BN / 4u) + tx + GN];
                 acc[1] += a0.x * b1;
                 acc[3] += a0.y * b1;
                 acc[5] += a0.z * b1;
                 acc[7] += a0.w * b1;
-                if TM == 8u {
-                    let a1 = sh_a[kk * (BM / 4u) + ty + GM];
-                    acc[8] += a1.x * b0;
+            }
+            if TM == 8u {
+                let a1 = sh_a[kk * (BM / 4u) + ty + GM];
+                acc[8] += a1.x * b0;
+                acc[10] += a1.y * b0;
+                acc[12] += a1.z * b0;
+                acc[14] += a1.w * b0;
+                if TN == 8u {
                     acc[9] += a1.x * b1;
-                    acc[10] += a1.y * b0;
                     acc[11] += a1.y * b1;
-                    acc[12] += a1.z * b0;
                     acc[13] += a1.z * b1;
-                    acc[14] += a1.w * b0;
                     acc[15] += a1.w * b1;
                 }
             }
@@ -463,6 +467,8 @@ fn main(
     }
     if TM == 8u {
         store_quarter(m_hi, n_lo, split, acc[8], acc[10], acc[12], acc[14]);
-        store_quarter(m_hi, n_hi, split, acc[9], acc[11], acc[13], acc[15]);
+        if TN == 8u {
+            store_quarter(m_hi, n_hi, split, acc[9], acc[11], acc[13], acc[15]);
+        }
     }
 }

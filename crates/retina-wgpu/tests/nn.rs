@@ -41,6 +41,9 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         // 16 or fewer channels over more than 64 pixels, ragged (143 = 128 + 15 columns): the 16
         // x 128 tiles of the forward pass and the input gradient.
         (Conv2d::new(5, 7, 3, 1), Shape::new(1, 5, 11, 13)),
+        // More than 64 channels over at most 8 pixels, ragged (150 = 128 + 22 rows, 6 of 8
+        // columns): the 128 x 8 tiles of the forward pass (150 rows) and the input gradient (70).
+        (Conv2d::new(70, 150, 3, 1), Shape::new(2, 70, 1, 3)),
     ]
 }
 

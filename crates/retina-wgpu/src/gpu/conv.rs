@@ -19,6 +19,11 @@ const TILE_K: u64 = 16;
 /// pyramid levels' 2-32 pixels, or for layers of 3-32 channels).
 const NARROW_TILES: [u64; 2] = [16, 32];
 
+/// Products of at most this many columns and more than 64 rows (a head's output at its 1 x 1
+/// level: one column per image) take the 128 x 8 tile (`SHAPE` 6) of 8 x 4 blocks, not the 64 x
+/// 16 one of which half or more would be padding.
+const NARROWEST: u64 = 8;
+
 /// Products of at most `NARROW_TILES[0]` rows and more than this many columns take the 16 x
 /// 128 tile (`SHAPE` 5), whose 4 x 8 blocks load less per multiply-add than 4 x 4 ones; on 64
 /// columns or fewer it would compute twice the product.
@@ -26,18 +31,19 @@ const WIDE_COLUMNS: u64 = 64;
 
 /// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns), and the
 /// rows and columns of each invocation's block of them (its `TM` and `TN`).
-const SHAPES: [(u64, u64, u64, u64); 6] = [
+const SHAPES: [(u64, u64, u64, u64); 7] = [
     (TILE, TILE, 8, 8),
     (TILE, 16, 4, 4),
     (16, TILE, 4, 4),
     (TILE, 32, 8, 8),
     (32, TILE, 8, 8),
     (16, 2 * TILE, 4, 8),
+    (2 * TILE, NARROWEST, 8, 4),
 ];
 
 /// The kernels of `kernel`'s product (the forward pass, the input or the weight gradient),
 /// indexed by `SHAPE` as in the kernel table.
-fn variants(kernel: Kernel) -> [Kernel; 6] {
+fn variants(kernel: Kernel) -> [Kernel; 7] {
     use Kernel::*;
     match kernel {
         ConvForward => [
@@ -47,6 +53,7 @@ fn variants(kernel: Kernel) -> [Kernel; 6] {
             ConvForwardColumns32,
             ConvForwardRows32,
             ConvForwardFewRowsWide,
+            ConvForwardTallNarrow,
         ],
         ConvGradInput => [
             ConvGradInput,
@@ -55,6 +62,7 @@ fn variants(kernel: Kernel) -> [Kernel; 6] {
             ConvGradInputColumns32,
             ConvGradInputRows32,
             ConvGradInputFewRowsWide,
+            ConvGradInputTallNarrow,
         ],
         _ => [
             ConvGradWeight,
@@ -63,18 +71,26 @@ fn variants(kernel: Kernel) -> [Kernel; 6] {
             ConvGradWeightColumns32,
             ConvGradWeightRows32,
             ConvGradWeightFewRowsWide,
+            ConvGradWeightTallNarrow,
         ],
     }
 }
 
 /// The kernel for `kernel`'s product of `m` rows and `n` columns, and its tile's rows and
 /// columns: for at most 32 columns (when the rows are more, or as few) the narrowest tile that
-/// spans them (64 x 16 or 64 x 32), else for at most 16 rows 16 x 128 over more than
-/// [`WIDE_COLUMNS`] columns and 16 x 64 otherwise, for at most 32 rows 32 x 64, else 64 x 64.
+/// spans them (128 x 8 over more than 64 rows, 64 x 16 or 64 x 32), else for at most 16 rows
+/// 16 x 128 over more than [`WIDE_COLUMNS`] columns and 16 x 64 otherwise, for at most 32 rows
+/// 32 x 64, else 64 x 64.
 fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
     let [short, long] = NARROW_TILES;
     let shape = if n <= long && (m > long || n <= m) {
-        if n <= short { 1 } else { 3 }
+        if n <= NARROWEST && m > TILE {
+            6
+        } else if n <= short {
+            1
+        } else {
+            3
+        }
     } else if m <= long {
         match (m <= short, n > WIDE_COLUMNS) {
             (true, true) => 5,

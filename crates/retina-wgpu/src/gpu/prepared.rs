@@ -204,6 +204,7 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::ConvForwardColumns32,
     Kernel::ConvForwardRows32,
     Kernel::ConvForwardFewRowsWide,
+    Kernel::ConvForwardTallNarrow,
     Kernel::ConvReduce,
     Kernel::Relu,
     Kernel::Add,
