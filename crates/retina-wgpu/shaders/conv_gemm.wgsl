@@ -32,7 +32,8 @@
 // 32: layers of 3-32 channels) 16 x 64 or 32 x 64 tiles: a 64-wide tile over 2-32 columns or
 // rows computed 2-32x the product, most of it on padding. Products of at most 16 rows and more
 // than 64 columns (the first layers' thousands of pixels) take 16 x 128 tiles of 4 x 8 blocks:
-// 3 vec4 loads per 32 multiply-adds, where 4 x 4 blocks load 2 per 16.
+// 3 vec4 loads per 32 multiply-adds, where 4 x 4 blocks load 2 per 16; those of at most 4 rows
+// (a first layer's input gradient over RGB) 4 x 128 tiles.
 // Split-K: workgroups with different `split`
 // cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
 // sums over the whole batch, so its K is large); without splits the output is written directly,
@@ -43,16 +44,17 @@
 override MODE: u32 = 0u;
 // The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
 // 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 8, 64),
-// 6 = 128 x 8 (8 x 4, 32); src/gpu/conv.rs picks 6, 1 or 3 for N <= 8 (and M > 64), 16 or 32
-// (when M is larger, or equal), else 5 for M <= 16 and N > 64, 2 for M <= 16, 4 for M <= 32.
+// 6 = 128 x 8 (8 x 4, 32), 7 = 4 x 128 (4 x 4, 32); src/gpu/conv.rs picks 6, 1 or 3 for N <= 8
+// (and M > 64), 16 or 32 (when M is larger, or equal), else 7 or 5 for M <= 4 or 16 and N > 64,
+// 2 for M <= 16, 4 for M <= 32.
 override SHAPE: u32 = 0u;
 
 const BK: u32 = 16u;
-override BM: u32 = select(select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u), 128u, SHAPE == 6u);
-override BN: u32 = select(select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u), 8u, SHAPE == 6u);
+override BM: u32 = select(select(select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u), 128u, SHAPE == 6u), 4u, SHAPE == 7u);
+override BN: u32 = select(select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u || SHAPE == 7u), 8u, SHAPE == 6u);
 // An invocation's rows and columns (8 or 4 each), and the invocations' grid (GM x GN = WG).
-override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 5u);
-override TN: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 6u);
+override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 5u || SHAPE == 7u);
+override TN: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 6u || SHAPE == 7u);
 override GM: u32 = BM / TM;
 override GN: u32 = BN / TN;
 override WG: u32 = GM * GN;

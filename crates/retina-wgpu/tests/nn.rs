@@ -44,6 +44,9 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         // More than 64 channels over at most 8 pixels, ragged (150 = 128 + 22 rows, 6 of 8
         // columns): the 128 x 8 tiles of the forward pass (150 rows) and the input gradient (70).
         (Conv2d::new(70, 150, 3, 1), Shape::new(2, 70, 1, 3)),
+        // Three channels over more than 64 pixels, ragged (135 = 128 + 7 columns): the 4 x 128
+        // tiles of the input gradient.
+        (Conv2d::new(3, 6, 3, 1), Shape::new(1, 3, 9, 15)),
     ]
 }
 

@@ -24,6 +24,11 @@ const NARROW_TILES: [u64; 2] = [16, 32];
 /// 16 one of which half or more would be padding.
 const NARROWEST: u64 = 8;
 
+/// Products of at most this many rows and more than [`WIDE_COLUMNS`] columns (the input
+/// gradient of a first layer over RGB) take the 4 x 128 tile (`SHAPE` 7) of 4 x 4 blocks, not
+/// the 16 x 128 one, three quarters of it padding or more.
+const FEWEST_ROWS: u64 = 4;
+
 /// Products of at most `NARROW_TILES[0]` rows and more than this many columns take the 16 x
 /// 128 tile (`SHAPE` 5), whose 4 x 8 blocks load less per multiply-add than 4 x 4 ones; on 64
 /// columns or fewer it would compute twice the product.
@@ -31,7 +36,7 @@ const WIDE_COLUMNS: u64 = 64;
 
 /// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns), and the
 /// rows and columns of each invocation's block of them (its `TM` and `TN`).
-const SHAPES: [(u64, u64, u64, u64); 7] = [
+const SHAPES: [(u64, u64, u64, u64); 8] = [
     (TILE, TILE, 8, 8),
     (TILE, 16, 4, 4),
     (16, TILE, 4, 4),
@@ -39,11 +44,12 @@ const SHAPES: [(u64, u64, u64, u64); 7] = [
     (32, TILE, 8, 8),
     (16, 2 * TILE, 4, 8),
     (2 * TILE, NARROWEST, 8, 4),
+    (FEWEST_ROWS, 2 * TILE, 4, 4),
 ];
 
 /// The kernels of `kernel`'s product (the forward pass, the input or the weight gradient),
 /// indexed by `SHAPE` as in the kernel table.
-fn variants(kernel: Kernel) -> [Kernel; 7] {
+fn variants(kernel: Kernel) -> [Kernel; 8] {
     use Kernel::*;
     match kernel {
         ConvForward => [
@@ -54,6 +60,7 @@ fn variants(kernel: Kernel) -> [Kernel; 7] {
             ConvForwardRows32,
             ConvForwardFewRowsWide,
             ConvForwardTallNarrow,
+            ConvForwardFourRows,
         ],
         ConvGradInput => [
             ConvGradInput,
@@ -63,6 +70,7 @@ fn variants(kernel: Kernel) -> [Kernel; 7] {
             ConvGradInputRows32,
             ConvGradInputFewRowsWide,
             ConvGradInputTallNarrow,
+            ConvGradInputFourRows,
         ],
         _ => [
             ConvGradWeight,
@@ -72,6 +80,7 @@ fn variants(kernel: Kernel) -> [Kernel; 7] {
             ConvGradWeightRows32,
             ConvGradWeightFewRowsWide,
             ConvGradWeightTallNarrow,
+            ConvGradWeightFourRows,
         ],
     }
 }
@@ -79,8 +88,8 @@ fn variants(kernel: Kernel) -> [Kernel; 7] {
 /// The kernel for `kernel`'s product of `m` rows and `n` columns, and its tile's rows and
 /// columns: for at most 32 columns (when the rows are more, or as few) the narrowest tile that
 /// spans them (128 x 8 over more than 64 rows, 64 x 16 or 64 x 32), else for at most 16 rows
-/// 16 x 128 over more than [`WIDE_COLUMNS`] columns and 16 x 64 otherwise, for at most 32 rows
-/// 32 x 64, else 64 x 64.
+/// over more than [`WIDE_COLUMNS`] columns 4 x 128 (at most 4 rows) or 16 x 128, for at most
+/// 16 rows otherwise 16 x 64, for at most 32 rows 32 x 64, else 64 x 64.
 fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
     let [short, long] = NARROW_TILES;
     let shape = if n <= long && (m > long || n <= m) {
@@ -93,6 +102,7 @@ fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
         }
     } else if m <= long {
         match (m <= short, n > WIDE_COLUMNS) {
+            (true, true) if m <= FEWEST_ROWS => 7,
             (true, true) => 5,
             (true, false) => 2,
             _ => 4,

@@ -205,6 +205,7 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::ConvForwardRows32,
     Kernel::ConvForwardFewRowsWide,
     Kernel::ConvForwardTallNarrow,
+    Kernel::ConvForwardFourRows,
     Kernel::ConvReduce,
     Kernel::Relu,
     Kernel::Add,
