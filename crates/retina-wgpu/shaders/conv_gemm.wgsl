@@ -426,7 +426,9 @@ fn main(
             sh_b[e] = v;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+        // A last block (or a K of fewer than BK) stops at the matrix: the rest of the tiles is zeros.
+        let k_len = min(BK, k_end - k0);
+        for (var kk = 0u; kk < k_len; kk = kk + 1u) {
             let a0 = sh_a[kk * (BM / 4u) + ty];
             let b0 = sh_b[kk * (BN / 4u) + tx];
             acc[0] += a0.x * b0;
