@@ -13,9 +13,10 @@
 // Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block
 // in registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
 // apart); the K dimension advances BK at a time through two workgroup-memory tiles (A: BK x
-// BM, B: BK x BN, sized by the shape's overrides: 8.25 KiB with the index table below for 64 x
-// 64, 12.25 KiB for 16 x 128, of WebGPU's guaranteed 16 KiB; the smaller tiles less, which
-// leaves a real GPU room for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A)
+// BM, B: BK x BN, sized by the shape's overrides: with the index table below 8.25 KiB for 64 x
+// 64, 9.25 KiB for 16 x 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of WebGPU's
+// guaranteed 16 KiB; 2.25-6.25 KiB for the 16- and 32-wide tiles, which leaves a real GPU room
+// for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A)
 // or columns (B): per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4
 // loads for 64), and neighbouring invocations load neighbouring vec4s. Each invocation
 // stages whole vec4s (4 gathers, one store), always the same rows of A and columns of B, so
@@ -385,7 +386,7 @@ fn main(
     let tx = lid % GN;
     // The vec4s it stages: rows 4 sa .. 4 sa + 3 of A and columns 4 sb .. 4 sb + 3 of B, at
     // k rows lid / (BM / 4) + j WG / (BM / 4) (A) and likewise for B (WG is a multiple of
-    // BM / 4 and of BN / 4, so these never change).
+    // BM / 4 and of BN / 4, so these never change; and at least BK, for `sh_k`).
     let sa = lid % (BM / 4u);
     let sb = lid % (BN / 4u);
     // Its columns' index terms (literal names, not an array: see `acc`).

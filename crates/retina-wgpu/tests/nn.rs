@@ -45,8 +45,13 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         // columns): the 128 x 8 tiles of the forward pass (150 rows) and the input gradient (70).
         (Conv2d::new(70, 150, 3, 1), Shape::new(2, 70, 1, 3)),
         // Three channels over more than 64 pixels, ragged (135 = 128 + 7 columns): the 4 x 128
-        // tiles of the input gradient.
+        // tiles of the input gradient, then of the forward pass (3 rows, 135 columns) and the
+        // weight gradient (3 rows, 72 columns).
         (Conv2d::new(3, 6, 3, 1), Shape::new(1, 3, 9, 15)),
+        (Conv2d::new(8, 3, 3, 1), Shape::new(1, 8, 9, 15)),
+        // More than 64 output channels and at most 8 weight columns (2 input channels, 1 x 1):
+        // the 128 x 8 tile of the weight gradient.
+        (Conv2d::new(2, 70, 1, 1), Shape::new(2, 2, 5, 3)),
     ]
 }
 
