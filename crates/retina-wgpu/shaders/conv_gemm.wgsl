@@ -427,9 +427,14 @@ fn main(
             sh_b[e] = v;
         }
         workgroupBarrier();
-        // A last block (or a K of fewer than BK) stops at the matrix: the rest of the tiles is zeros.
+        // A last block (or a K of fewer than BK) stops at the matrix: the rest of the tiles is
+        // zeros. The loop keeps its constant bound (a break, uniform in the workgroup) so that a
+        // GPU's compiler can still unroll it.
         let k_len = min(BK, k_end - k0);
-        for (var kk = 0u; kk < k_len; kk = kk + 1u) {
+        for (var kk = 0u; kk < BK; kk = kk + 1u) {
+            if kk >= k_len {
+                break;
+            }
             let a0 = sh_a[kk * (BM / 4u) + ty];
             let b0 = sh_b[kk * (BN / 4u) + tx];
             acc[0] += a0.x * b0;
