@@ -15,7 +15,7 @@
 // apart); the K dimension advances BK at a time through two workgroup-memory tiles (A: BK x
 // BM, B: BK x BN, sized by the shape's overrides: with the index table below 8.25 KiB for 64 x
 // 64, 9.25 KiB for 16 x 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of WebGPU's
-// guaranteed 16 KiB; 2.25-6.25 KiB for the 16- and 32-wide tiles, which leaves a real GPU room
+// guaranteed 16 KiB; 5.25-6.25 KiB for the 16- and 32-wide tiles, which leaves a real GPU room
 // for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A)
 // or columns (B): per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4
 // loads for 64), and neighbouring invocations load neighbouring vec4s. Each invocation

@@ -255,7 +255,7 @@ impl GpuContext {
                 tile_counts: self.zeros::<[u32; 2]>(tiles as usize)?,
                 tile_dead: self.zeros::<u32>(tiles as usize)?,
                 live: self.zeros::<u32>(tiles as usize + chunks.len())?,
-                args: self.zeros_with_usage::<u32>(3 * chunks.len(), wgpu::BufferUsages::INDIRECT)?,
+                args: self.zeros_with_usage::<u32>(LIST_ARGS_WORDS * chunks.len(), wgpu::BufferUsages::INDIRECT)?,
             };
             self.record_topk_steps(encoder, &state, &chunks, base, &out)
         })?;
@@ -359,9 +359,9 @@ impl GpuContext {
     }
 }
 
-/// Bytes of one window's indirect arguments in the top-k's `args` (x, y, z workgroups), written
-/// by `topk_list_args.wgsl`.
-const LIST_ARGS_BYTES: u64 = 12;
+/// Words of one window's indirect arguments in the top-k's `args` (x, y, z workgroups), written
+/// by `topk_list_args.wgsl` at `3 * args_index`.
+const LIST_ARGS_WORDS: usize = 3;
 
 /// Pushes `kernel` over window `window`'s list of live tiles: `config` with [`FLAG_LISTED`], its
 /// grid read from that window's arguments in `args`.
@@ -382,6 +382,6 @@ fn push_listed<'a>(
         &config,
         bindings,
         args.buffer(),
-        LIST_ARGS_BYTES * window as u64,
+        (4 * LIST_ARGS_WORDS * window) as u64,
     )
 }
