@@ -12,20 +12,22 @@
 //
 // Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block
 // in registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
-// apart); the K dimension advances BK at a time through two workgroup-memory tiles (A: BK x
-// BM, B: BK x BN, sized by the shape's overrides: with the index table below 8.25 KiB for 64 x
-// 64, 9.25 KiB for 16 x 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of WebGPU's
-// guaranteed 16 KiB; 5.25-6.25 KiB for the 16- and 32-wide tiles, which leaves a real GPU room
-// for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A)
-// or columns (B): per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4
-// loads for 64), and neighbouring invocations load neighbouring vec4s. Each invocation
-// stages whole vec4s (4 gathers, one store), always the same rows of A and columns of B, so
-// it keeps its columns' index terms in registers. The accumulators and index terms are
+// apart; 8 x 16 in the 64 x 128 tile, eight quarters); the K dimension advances BK at a time
+// through two workgroup-memory tiles (A: BK x BM, B: BK x BN, sized by the shape's overrides:
+// with the index table below 12.25 KiB for 64 x 128, 8.25 KiB for 64 x 64, 9.25 KiB for 16 x
+// 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of WebGPU's guaranteed 16 KiB; 5.25-6.25
+// KiB for the 16- and 32-wide tiles, which leaves a real GPU room for more workgroups at once).
+// Both tiles hold vec4s of 4 consecutive rows (A) or columns (B): per k an invocation loads TM
+// / 4 + TN / 4 vec4s for TM TN multiply-adds (4 loads for 64; 6 for 128, so products of more
+// than 32 rows over more than 64 columns take the 64 x 128 tile, 1.37x faster than 64 x 64 on
+// lavapipe at 720 x 576 x 2048), and neighbouring invocations load neighbouring vec4s. Each
+// invocation stages whole vec4s (4 gathers, one store), always the same rows of A and columns
+// of B, so it keeps its columns' index terms in registers. The accumulators and index terms are
 // indexed by literals only, never by a loop counter, so that no driver keeps them in memory.
 // The count of loads matters most on CPU adapters (llvmpipe, SwiftShader), where each load at
-// an address that varies by invocation is a loop over the vector's lanes: against the
-// previous layout (4 x 4 scalars per invocation, 256 invocations, 8 scalar loads per 16
-// multiply-adds, accumulators in a loop-indexed array) the small RetinaNet's convolutions run
+// an address that varies by invocation is a loop over the vector's lanes: against the previous
+// layout (4 x 4 scalars per invocation, 256 invocations, 8 scalar loads per 16 multiply-adds,
+// accumulators in a loop-indexed array) the small RetinaNet's convolutions run
 // 2.4x faster on lavapipe (docs/PERFORMANCE.md). All shapes need nothing beyond the default
 // limits. Products with few columns (N <= 32: the small pyramid levels' pixels, the first
 // layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles (128 x 8 of 8 x 4 blocks for N <= 8
@@ -45,17 +47,18 @@
 override MODE: u32 = 0u;
 // The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
 // 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 8, 64),
-// 6 = 128 x 8 (8 x 4, 32), 7 = 4 x 128 (4 x 4, 32); src/gpu/conv.rs picks 6, 1 or 3 for N <= 8
-// (and M > 64), 16 or 32 (when M is larger, or equal), else 7 or 5 for M <= 4 or 16 and N > 64,
-// 2 for M <= 16, 4 for M <= 32.
+// 6 = 128 x 8 (8 x 4, 32), 7 = 4 x 128 (4 x 4, 32), 8 = 64 x 128 (8 x 16, 64); src/gpu/conv.rs
+// picks 6, 1 or 3 for N <= 8 (and M > 64), 16 or 32 (when M is larger, or equal), else 7 or 5
+// for M <= 4 or 16 and N > 64, 2 for M <= 16, 4 for M <= 32, else 8 for N > 64 and 0.
 override SHAPE: u32 = 0u;
 
 const BK: u32 = 16u;
 override BM: u32 = select(select(select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u), 128u, SHAPE == 6u), 4u, SHAPE == 7u);
-override BN: u32 = select(select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u || SHAPE == 7u), 8u, SHAPE == 6u);
-// An invocation's rows and columns (8 or 4 each), and the invocations' grid (GM x GN = WG).
+override BN: u32 = select(select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u || SHAPE == 7u || SHAPE == 8u), 8u, SHAPE == 6u);
+// An invocation's rows (8 or 4) and columns (16, 8 or 4), and the invocations' grid (GM x GN =
+// WG).
 override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 5u || SHAPE == 7u);
-override TN: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 6u || SHAPE == 7u);
+override TN: u32 = select(select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 6u || SHAPE == 7u), 16u, SHAPE == 8u);
 override GM: u32 = BM / TM;
 override GN: u32 = BN / TN;
 override WG: u32 = GM * GN;
@@ -397,10 +400,10 @@ fn main(
     let nt3 = column_terms(nb + 3u);
     // The accumulators, vec4s of 4 columns: acc[2 row + h] holds the invocation's row `row`
     // (0-3: the rows of its first 4-row group, 4-7: of its second) and its h-th 4-column
-    // group. Every index below is a literal: an array indexed only by constants becomes
-    // registers, where a loop the driver does not unroll would leave it in memory (on llvmpipe,
-    // one gather and one scatter per multiply-add).
-    var acc: array<vec4<f32>, 16>;
+    // group; with TN = 16, acc[16 + 2 row + h] its (h + 2)-th. Every index below is a literal:
+    // an array indexed only by constants becomes registers, where a loop the driver does not
+    // unroll would leave it in memory (on llvmpipe, one gather and one scatter per multiply-add).
+    var acc: array<vec4<f32>, 32>;
     for (var k0 = k_begin; k0 < k_end; k0 = k0 + BK) {
         if lid < BK && k0 + lid < k_end {
             sh_k[lid] = k_terms(k0 + lid);
@@ -443,25 +446,47 @@ fn main(
             acc[6] += a0.w * b0;
             // TM and TN are constants of the pipeline: the branches fold away.
             var b1 = vec4(0.0);
-            if TN == 8u {
+            if TN >= 8u {
                 b1 = sh_b[kk * (BN / 4u) + tx + GN];
                 acc[1] += a0.x * b1;
                 acc[3] += a0.y * b1;
                 acc[5] += a0.z * b1;
                 acc[7] += a0.w * b1;
             }
+            var a1 = vec4(0.0);
             if TM == 8u {
-                let a1 = sh_a[kk * (BM / 4u) + ty + GM];
+                a1 = sh_a[kk * (BM / 4u) + ty + GM];
                 acc[8] += a1.x * b0;
                 acc[10] += a1.y * b0;
                 acc[12] += a1.z * b0;
                 acc[14] += a1.w * b0;
-                if TN == 8u {
+                if TN >= 8u {
                     acc[9] += a1.x * b1;
                     acc[11] += a1.y * b1;
                     acc[13] += a1.z * b1;
                     acc[15] += a1.w * b1;
                 }
+            }
+            // An 8 x 16 block (TM is 8): 4-column groups 2 and 3 against the same rows.
+            if TN == 16u {
+                let b2 = sh_b[kk * (BN / 4u) + tx + 2u * GN];
+                let b3 = sh_b[kk * (BN / 4u) + tx + 3u * GN];
+                acc[16] += a0.x * b2;
+                acc[18] += a0.y * b2;
+                acc[20] += a0.z * b2;
+                acc[22] += a0.w * b2;
+                acc[17] += a0.x * b3;
+                acc[19] += a0.y * b3;
+                acc[21] += a0.z * b3;
+                acc[23] += a0.w * b3;
+                acc[24] += a1.x * b2;
+                acc[26] += a1.y * b2;
+                acc[28] += a1.z * b2;
+                acc[30] += a1.w * b2;
+                acc[25] += a1.x * b3;
+                acc[27] += a1.y * b3;
+                acc[29] += a1.z * b3;
+                acc[31] += a1.w * b3;
             }
         }
         workgroupBarrier();
@@ -472,13 +497,21 @@ fn main(
     let n_lo = n0 + tx * 4u;
     let n_hi = n0 + (tx + GN) * 4u;
     store_quarter(m_lo, n_lo, split, acc[0], acc[2], acc[4], acc[6]);
-    if TN == 8u {
+    if TN >= 8u {
         store_quarter(m_lo, n_hi, split, acc[1], acc[3], acc[5], acc[7]);
     }
     if TM == 8u {
         store_quarter(m_hi, n_lo, split, acc[8], acc[10], acc[12], acc[14]);
-        if TN == 8u {
+        if TN >= 8u {
             store_quarter(m_hi, n_hi, split, acc[9], acc[11], acc[13], acc[15]);
         }
+    }
+    if TN == 16u {
+        let n2 = n0 + (tx + 2u * GN) * 4u;
+        let n3 = n0 + (tx + 3u * GN) * 4u;
+        store_quarter(m_lo, n2, split, acc[16], acc[18], acc[20], acc[22]);
+        store_quarter(m_lo, n3, split, acc[17], acc[19], acc[21], acc[23]);
+        store_quarter(m_hi, n2, split, acc[24], acc[26], acc[28], acc[30]);
+        store_quarter(m_hi, n3, split, acc[25], acc[27], acc[29], acc[31]);
     }
 }

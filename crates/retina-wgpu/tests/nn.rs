@@ -52,6 +52,10 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         // More than 64 output channels and at most 8 weight columns (2 input channels, 1 x 1):
         // the 128 x 8 tile of the weight gradient.
         (Conv2d::new(2, 70, 1, 1), Shape::new(2, 2, 5, 3)),
+        // More than 32 rows over more than 64 columns in at least 2 workgroups, ragged: the 64 x
+        // 128 tiles of 8 x 16 blocks in all three products (34 x 135 forward, 33 x 135 input
+        // gradient, 34 x 297 weight gradient).
+        (Conv2d::new(33, 34, 3, 1), Shape::new(1, 33, 9, 15)),
     ]
 }
 

@@ -29,14 +29,15 @@ const NARROWEST: u64 = 8;
 /// the 16 x 128 one, three quarters of it padding or more.
 const FEWEST_ROWS: u64 = 4;
 
-/// Products of at most `NARROW_TILES[0]` rows and more than this many columns take the 16 x
-/// 128 tile (`SHAPE` 5), whose 4 x 8 blocks load less per multiply-add than 4 x 4 ones; on 64
-/// columns or fewer it would compute twice the product.
+/// Products of more than this many columns take a 128-column tile: 16 x 128 (`SHAPE` 5) over at
+/// most `NARROW_TILES[0]` rows, whose 4 x 8 blocks load less per multiply-add than 4 x 4 ones,
+/// and 64 x 128 (`SHAPE` 8) over more than `NARROW_TILES[1]`, 8 x 16 blocks against 8 x 8; on
+/// 64 columns or fewer either would compute twice the product.
 const WIDE_COLUMNS: u64 = 64;
 
 /// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns), and the
 /// rows and columns of each invocation's block of them (its `TM` and `TN`).
-const SHAPES: [(u64, u64, u64, u64); 8] = [
+const SHAPES: [(u64, u64, u64, u64); 9] = [
     (TILE, TILE, 8, 8),
     (TILE, 16, 4, 4),
     (16, TILE, 4, 4),
@@ -45,11 +46,12 @@ const SHAPES: [(u64, u64, u64, u64); 8] = [
     (16, 2 * TILE, 4, 8),
     (2 * TILE, NARROWEST, 8, 4),
     (FEWEST_ROWS, 2 * TILE, 4, 4),
+    (TILE, 2 * TILE, 8, 16),
 ];
 
 /// The kernels of `kernel`'s product (the forward pass, the input or the weight gradient),
 /// indexed by `SHAPE` as in the kernel table.
-fn variants(kernel: Kernel) -> [Kernel; 8] {
+fn variants(kernel: Kernel) -> [Kernel; 9] {
     use Kernel::*;
     match kernel {
         ConvForward => [
@@ -61,6 +63,7 @@ fn variants(kernel: Kernel) -> [Kernel; 8] {
             ConvForwardFewRowsWide,
             ConvForwardTallNarrow,
             ConvForwardFourRows,
+            ConvForwardWide,
         ],
         ConvGradInput => [
             ConvGradInput,
@@ -71,6 +74,7 @@ fn variants(kernel: Kernel) -> [Kernel; 8] {
             ConvGradInputFewRowsWide,
             ConvGradInputTallNarrow,
             ConvGradInputFourRows,
+            ConvGradInputWide,
         ],
         _ => [
             ConvGradWeight,
@@ -81,6 +85,7 @@ fn variants(kernel: Kernel) -> [Kernel; 8] {
             ConvGradWeightFewRowsWide,
             ConvGradWeightTallNarrow,
             ConvGradWeightFourRows,
+            ConvGradWeightWide,
         ],
     }
 }
@@ -89,8 +94,11 @@ fn variants(kernel: Kernel) -> [Kernel; 8] {
 /// columns: for at most 32 columns (when the rows are more, or as few) the narrowest tile that
 /// spans them (128 x 8 over more than 64 rows, 64 x 16 or 64 x 32), else for at most 16 rows
 /// over more than [`WIDE_COLUMNS`] columns 4 x 128 (at most 4 rows) or 16 x 128, for at most
-/// 16 rows otherwise 16 x 64, for at most 32 rows 32 x 64, else 64 x 64.
-fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
+/// 16 rows otherwise 16 x 64, for at most 32 rows 32 x 64, else 64 x 128 over more than
+/// [`WIDE_COLUMNS`] columns (8 x 16 blocks: 6 vec4 loads per 128 multiply-adds where 8 x 8 ones
+/// load 4 per 64) where it leaves at least [`MIN_WIDE_WORKGROUPS`] workgroups (splits of a
+/// long K included), and 64 x 64 otherwise.
+fn tiled(kernel: Kernel, m: u64, n: u64, k: u64) -> (Kernel, u64, u64) {
     let [short, long] = NARROW_TILES;
     let shape = if n <= long && (m > long || n <= m) {
         if n <= NARROWEST && m > TILE {
@@ -107,6 +115,8 @@ fn tiled(kernel: Kernel, m: u64, n: u64) -> (Kernel, u64, u64) {
             (true, false) => 2,
             _ => 4,
         }
+    } else if n > WIDE_COLUMNS && workgroups(m.div_ceil(TILE) * n.div_ceil(2 * TILE), k) >= MIN_WIDE_WORKGROUPS {
+        8
     } else {
         0
     };
@@ -125,6 +135,26 @@ pub(crate) fn gemm_invocations(kernel: Kernel) -> Option<u64> {
             let (rows, columns, tm, tn) = SHAPES[shape];
             (rows / tm) * (columns / tn)
         })
+}
+
+/// The 64 x 128 tile only where it leaves at least this many workgroups: a product in one
+/// workgroup runs on one core of a CPU adapter (on lavapipe's two, 64 x 128 x 128 took 0.4 ms
+/// in one 64 x 128 workgroup against 0.3 ms in two 64 x 64 ones, while 64 x 576 x 128, one tile
+/// in two splits of K, took 0.8 ms against 1.0-1.1).
+const MIN_WIDE_WORKGROUPS: u64 = 2;
+
+/// The workgroups of a product of `tiles` output tiles over `k`: the tiles times the splits of
+/// K that `conv_gemm` makes for them (before rounding K per split to whole steps).
+fn workgroups(tiles: u64, k: u64) -> u64 {
+    tiles * splits_of(tiles, k)
+}
+
+/// How many ranges `conv_gemm` splits a K of `k` into over `tiles` output tiles: enough to
+/// reach [`TARGET_WORKGROUPS`] where each range keeps [`MIN_K_PER_SPLIT`], and enough that none
+/// exceeds [`MAX_K_PER_SPLIT`].
+fn splits_of(tiles: u64, k: u64) -> u64 {
+    let wanted = TARGET_WORKGROUPS.div_ceil(tiles).min(k.div_ceil(MIN_K_PER_SPLIT));
+    k.div_ceil(MAX_K_PER_SPLIT).max(wanted).max(1)
 }
 
 /// Most of K one conv workgroup walks (per split): bounded loops (see `LOOP_BUDGET` in
@@ -235,7 +265,7 @@ impl GpuEngine {
             kernel,
             Kernel::ConvForward | Kernel::ConvGradInput | Kernel::ConvGradWeight
         ));
-        let (kernel, tile_m, tile_n) = tiled(kernel, m, n);
+        let (kernel, tile_m, tile_n) = tiled(kernel, m, n, k);
         // The product's multiply-adds, for the context's per-kernel work (whatever the splits).
         let work = KernelWork {
             flops: 2 * m * n * k,
@@ -245,12 +275,7 @@ impl GpuEngine {
         let m_tiles = m.div_ceil(tile_m);
         let n_tiles = n.div_ceil(tile_n);
         let tiles = m_tiles * n_tiles;
-        let wanted = TARGET_WORKGROUPS.div_ceil(tiles).min(k.div_ceil(MIN_K_PER_SPLIT));
-        let splits = if phase == Some(None) {
-            1
-        } else {
-            k.div_ceil(MAX_K_PER_SPLIT).max(wanted).max(1)
-        };
+        let splits = if phase == Some(None) { 1 } else { splits_of(tiles, k) };
         // (K may be 0: a phase no tap reaches writes zeros.)
         let k_split = (k.div_ceil(splits).div_ceil(TILE_K) * TILE_K).max(TILE_K);
         let splits = k.div_ceil(k_split).max(1);

@@ -206,6 +206,7 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::ConvForwardFewRowsWide,
     Kernel::ConvForwardTallNarrow,
     Kernel::ConvForwardFourRows,
+    Kernel::ConvForwardWide,
     Kernel::ConvReduce,
     Kernel::Relu,
     Kernel::Add,
