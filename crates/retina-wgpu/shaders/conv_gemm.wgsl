@@ -10,33 +10,34 @@
 //   grad weight  dW[co, (ci,ky,kx)]  = sum over (b,oy,ox) of dY[b, co, oy,ox] * X[b, ci, oy*s-p+ky, ox*s-p+kx]
 // The im2col matrix is never stored: tiles of it are gathered straight from NCHW tensors.
 //
-// Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block
-// in registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
+// Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block in
+// registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
 // apart; 8 x 16 in the 64 x 128 tile, eight quarters); the K dimension advances BK at a time
 // through two workgroup-memory tiles (A: BK x BM, B: BK x BN, sized by the shape's overrides:
-// with the index table below 12.25 KiB for 64 x 128, 8.25 KiB for 64 x 64, 9.25 KiB for 16 x
-// 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of WebGPU's guaranteed 16 KiB; 5.25-6.25
-// KiB for the 16- and 32-wide tiles, which leaves a real GPU room for more workgroups at once).
-// Both tiles hold vec4s of 4 consecutive rows (A) or columns (B): per k an invocation loads TM
-// / 4 + TN / 4 vec4s for TM TN multiply-adds (4 loads for 64; 6 for 128, so products of more
-// than 32 rows over more than 64 columns take the 64 x 128 tile, 1.37x faster than 64 x 64 on
-// lavapipe at 720 x 576 x 2048), and neighbouring invocations load neighbouring vec4s. Each
-// invocation stages whole vec4s (4 gathers, one store), always the same rows of A and columns
-// of B, so it keeps its columns' index terms in registers. The accumulators and index terms are
-// indexed by literals only, never by a loop counter, so that no driver keeps them in memory.
-// The count of loads matters most on CPU adapters (llvmpipe, SwiftShader), where each load at
-// an address that varies by invocation is a loop over the vector's lanes: against the previous
-// layout (4 x 4 scalars per invocation, 256 invocations, 8 scalar loads per 16 multiply-adds,
-// accumulators in a loop-indexed array) the small RetinaNet's convolutions run
-// 2.4x faster on lavapipe (docs/PERFORMANCE.md). All shapes need nothing beyond the default
-// limits. Products with few columns (N <= 32: the small pyramid levels' pixels, the first
-// layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles (128 x 8 of 8 x 4 blocks for N <= 8
-// over more than 64 rows: a head at its 1 x 1 level), and products with few rows (M <=
-// 32: layers of 3-32 channels) 16 x 64 or 32 x 64 tiles: a 64-wide tile over 2-32 columns or
-// rows computed 2-32x the product, most of it on padding. Products of at most 16 rows and more
-// than 64 columns (the first layers' thousands of pixels) take 16 x 128 tiles of 4 x 8 blocks:
-// 3 vec4 loads per 32 multiply-adds, where 4 x 4 blocks load 2 per 16; those of at most 4 rows
-// (a first layer's input gradient over RGB) 4 x 128 tiles.
+// with the index table below 12.25 KiB for 64 x 128, 8.25 KiB for 64 x 64, 10.25 KiB for 32 x
+// 128, 9.25 KiB for 16 x 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of WebGPU's
+// guaranteed 16 KiB; 5.25-6.25 KiB for the 16- and 32-wide tiles, which leaves a real GPU room
+// for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A) or columns (B):
+// per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4 loads for 64; 6
+// for 128, so products of more than 32 rows over more than 64 columns take the 64 x 128 tile,
+// 1.37x faster than 64 x 64 on lavapipe at 720 x 576 x 2048), and neighbouring invocations load
+// neighbouring vec4s. Each invocation stages whole vec4s (4 gathers, one store), always the
+// same rows of A and columns of B, so it keeps its columns' index terms in registers. The
+// accumulators and index terms are indexed by literals only, never by a loop counter, so that
+// no driver keeps them in memory. The count of loads matters most on CPU adapters (llvmpipe,
+// SwiftShader), where each load at an address that varies by invocation is a loop over the
+// vector's lanes: against the previous layout (4 x 4 scalars per invocation, 256 invocations, 8
+// scalar loads per 16 multiply-adds, accumulators in a loop-indexed array) the small
+// RetinaNet's convolutions run 2.4x faster on lavapipe (docs/PERFORMANCE.md). All shapes need
+// nothing beyond the default limits. Products with few columns (N <= 32: the small pyramid
+// levels' pixels, the first layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles (128 x 8
+// of 8 x 4 blocks for N <= 8 over more than 64 rows: a head at its 1 x 1 level), and products
+// with few rows (M <= 32: layers of 3-32 channels) 16 x 64 or 32 x 64 tiles: a 64-wide tile
+// over 2-32 columns or rows computed 2-32x the product, most of it on padding. Products of at
+// most 16 rows and more than 64 columns (the first layers' thousands of pixels) take 16 x 128
+// tiles of 4 x 16 blocks: 5 vec4 loads per 64 multiply-adds, where 4 x 4 blocks load 2 per 16;
+// those of at most 4 rows (a first layer's input gradient over RGB) 4 x 128 tiles, and those of
+// 17-32 rows 32 x 128 tiles of 8 x 16 blocks.
 // Split-K: workgroups with different `split`
 // cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
 // sums over the whole batch, so its K is large); without splits the output is written directly,
@@ -46,19 +47,26 @@
 // with the other two branches folded away.
 override MODE: u32 = 0u;
 // The output tile: 0 = 64 x 64 (8 x 8 per invocation, 64 invocations), 1 = 64 x 16 and 2 =
-// 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 8, 64),
-// 6 = 128 x 8 (8 x 4, 32), 7 = 4 x 128 (4 x 4, 32), 8 = 64 x 128 (8 x 16, 64); src/gpu/conv.rs
-// picks 6, 1 or 3 for N <= 8 (and M > 64), 16 or 32 (when M is larger, or equal), else 7 or 5
-// for M <= 4 or 16 and N > 64, 2 for M <= 16, 4 for M <= 32, else 8 for N > 64 and 0.
+// 16 x 64 (4 x 4, 64), 3 = 64 x 32 and 4 = 32 x 64 (8 x 8, 32), 5 = 16 x 128 (4 x 16, 32),
+// 6 = 128 x 8 (8 x 4, 32), 7 = 4 x 128 (4 x 4, 32), 8 = 64 x 128 (8 x 16, 64), 9 = 32 x 128
+// (8 x 16, 32); src/gpu/conv.rs picks 6, 1 or 3 for N <= 8 (and M > 64), 16 or 32 (when M is
+// larger, or equal), else 7 or 5 for M <= 4 or 16 and N > 64, 2 for M <= 16, 9 or 4 for M <=
+// 32 (N > 64 or not), else 8 or 0 (likewise); the 128-wide tiles of 8 x 16 blocks only where
+// they leave at least two workgroups.
 override SHAPE: u32 = 0u;
 
 const BK: u32 = 16u;
-override BM: u32 = select(select(select(select(64u, 16u, SHAPE == 2u || SHAPE == 5u), 32u, SHAPE == 4u), 128u, SHAPE == 6u), 4u, SHAPE == 7u);
-override BN: u32 = select(select(select(select(64u, 16u, SHAPE == 1u), 32u, SHAPE == 3u), 128u, SHAPE == 5u || SHAPE == 7u || SHAPE == 8u), 8u, SHAPE == 6u);
-// An invocation's rows (8 or 4) and columns (16, 8 or 4), and the invocations' grid (GM x GN =
-// WG).
-override TM: u32 = select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 5u || SHAPE == 7u);
-override TN: u32 = select(select(8u, 4u, SHAPE == 1u || SHAPE == 2u || SHAPE == 6u || SHAPE == 7u), 16u, SHAPE == 8u);
+// Per SHAPE (the same table as `SHAPES` in src/gpu/conv.rs): the tile's rows and columns, and
+// an invocation's (8 or 4 rows, 16, 8 or 4 columns).
+const SHAPE_BM = array(64u, 64u, 16u, 64u, 32u, 16u, 128u, 4u, 64u, 32u);
+const SHAPE_BN = array(64u, 16u, 64u, 32u, 64u, 128u, 8u, 128u, 128u, 128u);
+const SHAPE_TM = array(8u, 4u, 4u, 8u, 8u, 4u, 8u, 4u, 8u, 8u);
+const SHAPE_TN = array(8u, 4u, 4u, 8u, 8u, 16u, 4u, 4u, 16u, 16u);
+override BM: u32 = SHAPE_BM[SHAPE];
+override BN: u32 = SHAPE_BN[SHAPE];
+// The invocations' grid (GM x GN = WG).
+override TM: u32 = SHAPE_TM[SHAPE];
+override TN: u32 = SHAPE_TN[SHAPE];
 override GM: u32 = BM / TM;
 override GN: u32 = BN / TN;
 override WG: u32 = GM * GN;
@@ -467,7 +475,7 @@ fn main(
                     acc[15] += a1.w * b1;
                 }
             }
-            // An 8 x 16 block (TM is 8): 4-column groups 2 and 3 against the same rows.
+            // A 4 x 16 or 8 x 16 block: 4-column groups 2 and 3 against the same rows.
             if TN == 16u {
                 let b2 = sh_b[kk * (BN / 4u) + tx + 2u * GN];
                 let b3 = sh_b[kk * (BN / 4u) + tx + 3u * GN];
@@ -479,14 +487,16 @@ fn main(
                 acc[19] += a0.y * b3;
                 acc[21] += a0.z * b3;
                 acc[23] += a0.w * b3;
-                acc[24] += a1.x * b2;
-                acc[26] += a1.y * b2;
-                acc[28] += a1.z * b2;
-                acc[30] += a1.w * b2;
-                acc[25] += a1.x * b3;
-                acc[27] += a1.y * b3;
-                acc[29] += a1.z * b3;
-                acc[31] += a1.w * b3;
+                if TM == 8u {
+                    acc[24] += a1.x * b2;
+                    acc[26] += a1.y * b2;
+                    acc[28] += a1.z * b2;
+                    acc[30] += a1.w * b2;
+                    acc[25] += a1.x * b3;
+                    acc[27] += a1.y * b3;
+                    acc[29] += a1.z * b3;
+                    acc[31] += a1.w * b3;
+                }
             }
         }
         workgroupBarrier();
@@ -511,7 +521,9 @@ fn main(
         let n3 = n0 + (tx + 3u * GN) * 4u;
         store_quarter(m_lo, n2, split, acc[16], acc[18], acc[20], acc[22]);
         store_quarter(m_lo, n3, split, acc[17], acc[19], acc[21], acc[23]);
-        store_quarter(m_hi, n2, split, acc[24], acc[26], acc[28], acc[30]);
-        store_quarter(m_hi, n3, split, acc[25], acc[27], acc[29], acc[31]);
+        if TM == 8u {
+            store_quarter(m_hi, n2, split, acc[24], acc[26], acc[28], acc[30]);
+            store_quarter(m_hi, n3, split, acc[25], acc[27], acc[29], acc[31]);
+        }
     }
 }

@@ -56,6 +56,9 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         // 128 tiles of 8 x 16 blocks in all three products (34 x 135 forward, 33 x 135 input
         // gradient, 34 x 297 weight gradient).
         (Conv2d::new(33, 34, 3, 1), Shape::new(1, 33, 9, 15)),
+        // 17-32 rows over more than 64 columns in 2 workgroups, ragged: the 32 x 128 tiles
+        // (24 x 135 forward, 20 x 135 input gradient, 24 x 180 weight gradient).
+        (Conv2d::new(20, 24, 3, 1), Shape::new(1, 20, 9, 15)),
     ]
 }
 

@@ -30,28 +30,30 @@ const NARROWEST: u64 = 8;
 const FEWEST_ROWS: u64 = 4;
 
 /// Products of more than this many columns take a 128-column tile: 16 x 128 (`SHAPE` 5) over at
-/// most `NARROW_TILES[0]` rows, whose 4 x 8 blocks load less per multiply-add than 4 x 4 ones,
-/// and 64 x 128 (`SHAPE` 8) over more than `NARROW_TILES[1]`, 8 x 16 blocks against 8 x 8; on
-/// 64 columns or fewer either would compute twice the product.
+/// most `NARROW_TILES[0]` rows, whose 4 x 16 blocks load 5 vec4s per 64 multiply-adds where 4 x
+/// 4 ones load 2 per 16, 32 x 128 (`SHAPE` 9) over at most `NARROW_TILES[1]` and 64 x 128
+/// (`SHAPE` 8) over more, 8 x 16 blocks against 8 x 8; on 64 columns or fewer they would
+/// compute twice the product.
 const WIDE_COLUMNS: u64 = 64;
 
 /// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns), and the
 /// rows and columns of each invocation's block of them (its `TM` and `TN`).
-const SHAPES: [(u64, u64, u64, u64); 9] = [
+const SHAPES: [(u64, u64, u64, u64); 10] = [
     (TILE, TILE, 8, 8),
     (TILE, 16, 4, 4),
     (16, TILE, 4, 4),
     (TILE, 32, 8, 8),
     (32, TILE, 8, 8),
-    (16, 2 * TILE, 4, 8),
+    (16, 2 * TILE, 4, 16),
     (2 * TILE, NARROWEST, 8, 4),
     (FEWEST_ROWS, 2 * TILE, 4, 4),
     (TILE, 2 * TILE, 8, 16),
+    (32, 2 * TILE, 8, 16),
 ];
 
 /// The kernels of `kernel`'s product (the forward pass, the input or the weight gradient),
 /// indexed by `SHAPE` as in the kernel table.
-fn variants(kernel: Kernel) -> [Kernel; 9] {
+fn variants(kernel: Kernel) -> [Kernel; 10] {
     use Kernel::*;
     match kernel {
         ConvForward => [
@@ -64,6 +66,7 @@ fn variants(kernel: Kernel) -> [Kernel; 9] {
             ConvForwardTallNarrow,
             ConvForwardFourRows,
             ConvForwardWide,
+            ConvForwardRows32Wide,
         ],
         ConvGradInput => [
             ConvGradInput,
@@ -75,6 +78,7 @@ fn variants(kernel: Kernel) -> [Kernel; 9] {
             ConvGradInputTallNarrow,
             ConvGradInputFourRows,
             ConvGradInputWide,
+            ConvGradInputRows32Wide,
         ],
         _ => [
             ConvGradWeight,
@@ -86,6 +90,7 @@ fn variants(kernel: Kernel) -> [Kernel; 9] {
             ConvGradWeightTallNarrow,
             ConvGradWeightFourRows,
             ConvGradWeightWide,
+            ConvGradWeightRows32Wide,
         ],
     }
 }
@@ -94,12 +99,15 @@ fn variants(kernel: Kernel) -> [Kernel; 9] {
 /// columns: for at most 32 columns (when the rows are more, or as few) the narrowest tile that
 /// spans them (128 x 8 over more than 64 rows, 64 x 16 or 64 x 32), else for at most 16 rows
 /// over more than [`WIDE_COLUMNS`] columns 4 x 128 (at most 4 rows) or 16 x 128, for at most
-/// 16 rows otherwise 16 x 64, for at most 32 rows 32 x 64, else 64 x 128 over more than
+/// 16 rows otherwise 16 x 64; for at most 32 rows 32 x 128, else 64 x 128, over more than
 /// [`WIDE_COLUMNS`] columns (8 x 16 blocks: 6 vec4 loads per 128 multiply-adds where 8 x 8 ones
-/// load 4 per 64) where it leaves at least [`MIN_WIDE_WORKGROUPS`] workgroups (splits of a
-/// long K included), and 64 x 64 otherwise.
+/// load 4 per 64) where that leaves at least [`MIN_WIDE_WORKGROUPS`] workgroups (splits of a
+/// long K included), and 32 x 64 or 64 x 64 otherwise.
 fn tiled(kernel: Kernel, m: u64, n: u64, k: u64) -> (Kernel, u64, u64) {
     let [short, long] = NARROW_TILES;
+    // Whether a tile of `rows` x 128 suits the product: wide, and in enough workgroups.
+    let wide =
+        |rows: u64| n > WIDE_COLUMNS && workgroups(m.div_ceil(rows) * n.div_ceil(2 * TILE), k) >= MIN_WIDE_WORKGROUPS;
     let shape = if n <= long && (m > long || n <= m) {
         if n <= NARROWEST && m > TILE {
             6
@@ -108,14 +116,15 @@ fn tiled(kernel: Kernel, m: u64, n: u64, k: u64) -> (Kernel, u64, u64) {
         } else {
             3
         }
-    } else if m <= long {
-        match (m <= short, n > WIDE_COLUMNS) {
-            (true, true) if m <= FEWEST_ROWS => 7,
-            (true, true) => 5,
-            (true, false) => 2,
-            _ => 4,
+    } else if m <= short {
+        match (n > WIDE_COLUMNS, m <= FEWEST_ROWS) {
+            (true, true) => 7,
+            (true, false) => 5,
+            _ => 2,
         }
-    } else if n > WIDE_COLUMNS && workgroups(m.div_ceil(TILE) * n.div_ceil(2 * TILE), k) >= MIN_WIDE_WORKGROUPS {
+    } else if m <= long {
+        if wide(long) { 9 } else { 4 }
+    } else if wide(TILE) {
         8
     } else {
         0

@@ -207,6 +207,7 @@ pub(crate) const FORWARD_KERNELS: &[Kernel] = &[
     Kernel::ConvForwardTallNarrow,
     Kernel::ConvForwardFourRows,
     Kernel::ConvForwardWide,
+    Kernel::ConvForwardRows32Wide,
     Kernel::ConvReduce,
     Kernel::Relu,
     Kernel::Add,
