@@ -12,32 +12,32 @@
 //
 // Tiling: a workgroup computes a BM x BN tile of the output, each invocation a TM x TN block in
 // registers (8 x 8 in the 64 x 64 tile, as four 4 x 4 quarters 4 GM rows and 4 GN columns
-// apart; 8 x 16 in the 64 x 128 tile, eight quarters); the K dimension advances BK at a time
-// through two workgroup-memory tiles (A: BK x BM, B: BK x BN, sized by the shape's overrides:
-// with the index table below 12.25 KiB for 64 x 128, 8.25 KiB for 64 x 64, 10.25 KiB for 32 x
-// 128, 9.25 KiB for 16 x 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of WebGPU's
-// guaranteed 16 KiB; 5.25-6.25 KiB for the 16- and 32-wide tiles, which leaves a real GPU room
-// for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A) or columns (B):
-// per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4 loads for 64; 6
-// for 128, so products of more than 32 rows over more than 64 columns take the 64 x 128 tile,
-// 1.37x faster than 64 x 64 on lavapipe at 720 x 576 x 2048), and neighbouring invocations load
-// neighbouring vec4s. Each invocation stages whole vec4s (4 gathers, one store), always the
-// same rows of A and columns of B, so it keeps its columns' index terms in registers. The
-// accumulators and index terms are indexed by literals only, never by a loop counter, so that
-// no driver keeps them in memory. The count of loads matters most on CPU adapters (llvmpipe,
-// SwiftShader), where each load at an address that varies by invocation is a loop over the
-// vector's lanes: against the previous layout (4 x 4 scalars per invocation, 256 invocations, 8
-// scalar loads per 16 multiply-adds, accumulators in a loop-indexed array) the small
-// RetinaNet's convolutions run 2.4x faster on lavapipe (docs/PERFORMANCE.md). All shapes need
-// nothing beyond the default limits. Products with few columns (N <= 32: the small pyramid
-// levels' pixels, the first layer's 27 weight columns) take 64 x 16 or 64 x 32 tiles (128 x 8
-// of 8 x 4 blocks for N <= 8 over more than 64 rows: a head at its 1 x 1 level), and products
-// with few rows (M <= 32: layers of 3-32 channels) 16 x 64 or 32 x 64 tiles: a 64-wide tile
-// over 2-32 columns or rows computed 2-32x the product, most of it on padding. Products of at
-// most 16 rows and more than 64 columns (the first layers' thousands of pixels) take 16 x 128
-// tiles of 4 x 16 blocks: 5 vec4 loads per 64 multiply-adds, where 4 x 4 blocks load 2 per 16;
-// those of at most 4 rows (a first layer's input gradient over RGB) 4 x 128 tiles, and those of
-// 17-32 rows 32 x 128 tiles of 8 x 16 blocks.
+// apart; 8 x 16 in the 64 x 128 and 32 x 128 tiles, eight quarters); the K dimension advances
+// BK at a time through two workgroup-memory tiles (A: BK x BM, B: BK x BN, sized by the shape's
+// overrides: with the index table below 12.25 KiB for 64 x 128, 8.25 KiB for 64 x 64, 10.25 KiB
+// for 32 x 128, 9.25 KiB for 16 x 128, 8.75 KiB for 128 x 8 and 8.5 KiB for 4 x 128, of
+// WebGPU's guaranteed 16 KiB; 5.25-6.25 KiB for the 16- and 32-wide tiles, which leaves a real
+// GPU room for more workgroups at once). Both tiles hold vec4s of 4 consecutive rows (A) or
+// columns (B): per k an invocation loads TM / 4 + TN / 4 vec4s for TM TN multiply-adds (4 loads
+// for 64; 6 for 128, so products of more than 32 rows over more than 64 columns in at least two
+// workgroups take the 64 x 128 tile, 1.37x faster than 64 x 64 on lavapipe at 720 x 576 x
+// 2048), and neighbouring invocations load neighbouring vec4s. Each invocation stages whole
+// vec4s (4 gathers, one store), always the same rows of A and columns of B, so it keeps its
+// columns' index terms in registers. The accumulators and index terms are indexed by literals
+// only, never by a loop counter, so that no driver keeps them in memory. The count of loads
+// matters most on CPU adapters (llvmpipe, SwiftShader), where each load at an address that
+// varies by invocation is a loop over the vector's lanes: against the previous layout (4 x 4
+// scalars per invocation, 256 invocations, 8 scalar loads per 16 multiply-adds, accumulators in
+// a loop-indexed array) the small RetinaNet's convolutions run 2.4x faster on lavapipe
+// (docs/PERFORMANCE.md). All shapes need nothing beyond the default limits. Products with few
+// columns (N <= 32: the small pyramid levels' pixels, the first layer's 27 weight columns) take
+// 64 x 16 or 64 x 32 tiles (128 x 8 of 8 x 4 blocks for N <= 8 over more than 64 rows: a head
+// at its 1 x 1 level), and products with few rows (M <= 32: layers of 3-32 channels) 16 x 64 or
+// 32 x 64 tiles: a 64-wide tile over 2-32 columns or rows computed 2-32x the product, most of
+// it on padding. Products of at most 16 rows and more than 64 columns (the first layers'
+// thousands of pixels) take 16 x 128 tiles of 4 x 16 blocks: 5 vec4 loads per 64 multiply-adds,
+// where 4 x 4 blocks load 2 per 16; those of at most 4 rows (a first layer's input gradient
+// over RGB) 4 x 128 tiles, and those of 17-32 rows 32 x 128 tiles of 8 x 16 blocks.
 // Split-K: workgroups with different `split`
 // cover different K ranges and write partial outputs that conv_reduce.wgsl adds (grad weight
 // sums over the whole batch, so its K is large); without splits the output is written directly,
@@ -64,9 +64,9 @@ const SHAPE_TM = array(8u, 4u, 4u, 8u, 8u, 4u, 8u, 4u, 8u, 8u);
 const SHAPE_TN = array(8u, 4u, 4u, 8u, 8u, 16u, 4u, 4u, 16u, 16u);
 override BM: u32 = SHAPE_BM[SHAPE];
 override BN: u32 = SHAPE_BN[SHAPE];
-// The invocations' grid (GM x GN = WG).
 override TM: u32 = SHAPE_TM[SHAPE];
 override TN: u32 = SHAPE_TN[SHAPE];
+// The invocations' grid (GM x GN = WG).
 override GM: u32 = BM / TM;
 override GN: u32 = BN / TN;
 override WG: u32 = GM * GN;
@@ -501,7 +501,8 @@ fn main(
         }
         workgroupBarrier();
     }
-    // Rows ty * 4 + i and (ty + GM) * 4 + i of the tile, columns from tx * 4 and (tx + GN) * 4.
+    // Rows ty * 4 + i and (ty + GM) * 4 + i of the tile, columns from tx * 4 and (tx + GN) * 4
+    // (and (tx + 2 GN) * 4, (tx + 3 GN) * 4 with TN = 16).
     let m_lo = m0 + ty * 4u;
     let m_hi = m0 + (ty + GM) * 4u;
     let n_lo = n0 + tx * 4u;

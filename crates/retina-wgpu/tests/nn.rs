@@ -59,6 +59,11 @@ fn odd_convs() -> Vec<(Conv2d, Shape)> {
         // 17-32 rows over more than 64 columns in 2 workgroups, ragged: the 32 x 128 tiles
         // (24 x 135 forward, 20 x 135 input gradient, 24 x 180 weight gradient).
         (Conv2d::new(20, 24, 3, 1), Shape::new(1, 20, 9, 15)),
+        // The same over 96 pixels: a 128-wide tile would be one workgroup, so the forward pass
+        // and the input gradient fall back to the 64 x 64 and 32 x 64 tiles (ragged: 34 or 33
+        // rows, 96 columns); the weight gradients stay in the 64 x 128 and 32 x 128 tiles.
+        (Conv2d::new(33, 34, 3, 1), Shape::new(1, 33, 8, 12)),
+        (Conv2d::new(20, 24, 3, 1), Shape::new(1, 20, 8, 12)),
     ]
 }
 

@@ -29,11 +29,12 @@ const NARROWEST: u64 = 8;
 /// the 16 x 128 one, three quarters of it padding or more.
 const FEWEST_ROWS: u64 = 4;
 
-/// Products of more than this many columns take a 128-column tile: 16 x 128 (`SHAPE` 5) over at
-/// most `NARROW_TILES[0]` rows, whose 4 x 16 blocks load 5 vec4s per 64 multiply-adds where 4 x
-/// 4 ones load 2 per 16, 32 x 128 (`SHAPE` 9) over at most `NARROW_TILES[1]` and 64 x 128
-/// (`SHAPE` 8) over more, 8 x 16 blocks against 8 x 8; on 64 columns or fewer they would
-/// compute twice the product.
+/// Products of more than this many columns take a 128-column tile: 4 x 128 (`SHAPE` 7) over
+/// at most [`FEWEST_ROWS`] rows, 16 x 128 (`SHAPE` 5) over at most `NARROW_TILES[0]`, whose 4 x
+/// 16 blocks load 5 vec4s per 64 multiply-adds where 4 x 4 ones load 2 per 16, 32 x 128 (`SHAPE`
+/// 9) over at most `NARROW_TILES[1]` and 64 x 128 (`SHAPE` 8) over more, 8 x 16 blocks against
+/// 8 x 8, these two only where they leave [`MIN_WIDE_WORKGROUPS`] workgroups; on 64 columns or
+/// fewer they would compute twice the product.
 const WIDE_COLUMNS: u64 = 64;
 
 /// conv_gemm.wgsl's output tiles, indexed by its `SHAPE` override: (rows, columns), and the
@@ -146,10 +147,11 @@ pub(crate) fn gemm_invocations(kernel: Kernel) -> Option<u64> {
         })
 }
 
-/// The 64 x 128 tile only where it leaves at least this many workgroups: a product in one
-/// workgroup runs on one core of a CPU adapter (on lavapipe's two, 64 x 128 x 128 took 0.4 ms
-/// in one 64 x 128 workgroup against 0.3 ms in two 64 x 64 ones, while 64 x 576 x 128, one tile
-/// in two splits of K, took 0.8 ms against 1.0-1.1).
+/// The 128-wide tiles of 8 x 16 blocks (64 x 128, 32 x 128) only where they leave at least this
+/// many workgroups: a product in one workgroup runs on one core of a CPU adapter (on lavapipe's
+/// two, 64 x 128 x 128 (M x K x N) took 0.4 ms in one 64 x 128 workgroup against 0.3 ms in two
+/// 64 x 64 ones, while 64 x 576 x 128, one tile in two splits of K, took 0.8 ms against
+/// 1.0-1.1). Tuned on lavapipe: a real GPU may want more.
 const MIN_WIDE_WORKGROUPS: u64 = 2;
 
 /// The workgroups of a product of `tiles` output tiles over `k`: the tiles times the splits of
