@@ -269,44 +269,57 @@ fn load_b(kt: vec4<u32>, nt: vec4<u32>) -> f32 {
     }
 }
 
-// Where output element (m, n) lives in its NCHW (or row-major weight) tensor.
-fn out_index(m: u32, n: u32) -> u32 {
+// Where column n of the output lives: element (m, n) is at `x + m * row_strides().x` in its
+// NCHW (or row-major weight) tensor, and split `split`'s partial of it at `split * M * N + y +
+// m * row_strides().y` (the same place, but a grad-input phase's pixels packed as (b, ci, yy,
+// xx), which conv_reduce.wgsl places). An invocation computes this once per column of its
+// block, not per element: the divisions by the plane's size are the epilogue's costliest part.
+fn column_base(n: u32) -> vec2<u32> {
     switch MODE {
         case MODE_FORWARD: {
             let hw = cfg.out_h * cfg.out_w;
-            return ((n / hw) * cfg.out_channels + m) * hw + n % hw;
+            let o = (n / hw) * cfg.out_channels * hw + n % hw;
+            return vec2(o, o);
         }
         case MODE_GRAD_INPUT: {
             // n = (b, yy, xx) of the phase: input pixel (ry + yy s, rx + xx s).
             let hw = ph.rows * ph.cols;
-            let y = ph.ry + ((n % hw) / ph.cols) * cfg.stride;
-            let x = ph.rx + (n % ph.cols) * cfg.stride;
-            return (((n / hw) * cfg.in_channels + m) * cfg.in_h + y) * cfg.in_w + x;
+            let b = n / hw;
+            let p = n % hw;
+            let y = ph.ry + (p / ph.cols) * cfg.stride;
+            let x = ph.rx + (p % ph.cols) * cfg.stride;
+            return vec2((b * cfg.in_channels * cfg.in_h + y) * cfg.in_w + x, b * cfg.in_channels * hw + p);
         }
         default: {
-            return m * cfg.n + n;
+            return vec2(n, n);
         }
     }
 }
 
-// Where split `split`'s partial of element (m, n) (at `o` in the output) goes, less the split's
-// offset: `o` itself, but a grad-input phase's pixels packed as (b, ci, yy, xx) (the same as `o`
-// for stride 1), which conv_reduce.wgsl places.
-fn partial_index(m: u32, n: u32, o: u32) -> u32 {
-    if MODE == MODE_GRAD_INPUT {
-        let hw = ph.rows * ph.cols;
-        return ((n / hw) * cfg.in_channels + m) * hw + n % hw;
+// The distance between rows m and m + 1 of a column (see `column_base`): in the output, and in
+// a split's partials.
+fn row_strides() -> vec2<u32> {
+    switch MODE {
+        case MODE_FORWARD: {
+            let hw = cfg.out_h * cfg.out_w;
+            return vec2(hw, hw);
+        }
+        case MODE_GRAD_INPUT: {
+            return vec2(cfg.in_h * cfg.in_w, ph.rows * ph.cols);
+        }
+        default: {
+            return vec2(cfg.n, cfg.n);
+        }
     }
-    return o;
 }
 
-// Writes output element (m, n), `value` being its sum over split `split`'s K range (m < cfg.m,
-// n < cfg.n): with FLAG_PARTIAL the split's partial, which conv_reduce.wgsl adds up; else the
-// value plus the bias (FLAG_BIAS), added to what `out` holds with FLAG_ACCUMULATE.
-fn store_output(m: u32, n: u32, split: u32, value: f32) {
-    let o = out_index(m, n);
+// Writes output element (m, n) at `at` (its places from `column_base` and `row_strides`),
+// `value` being its sum over split `split`'s K range (m < cfg.m, n < cfg.n): with FLAG_PARTIAL
+// the split's partial, which conv_reduce.wgsl adds up; else the value plus the bias
+// (FLAG_BIAS), added to what `out` holds with FLAG_ACCUMULATE.
+fn store_output(m: u32, at: vec2<u32>, split: u32, value: f32) {
     if (cfg.flags & FLAG_PARTIAL) != 0u {
-        out[split * cfg.m * cfg.n + partial_index(m, n, o)] = value;
+        out[split * cfg.m * cfg.n + at.y] = value;
         return;
     }
     var v = value;
@@ -314,29 +327,46 @@ fn store_output(m: u32, n: u32, split: u32, value: f32) {
         v = v + bias[m];
     }
     if (cfg.flags & FLAG_ACCUMULATE) != 0u {
-        v = out[o] + v;
+        v = out[at.x] + v;
     }
-    out[o] = v;
+    out[at.x] = v;
 }
 
-// Output elements (m, n .. n + 3) = `v`, those inside the product (see `store_output`).
-fn store4(m: u32, n: u32, split: u32, v: vec4<f32>) {
+// Output elements (m, n .. n + 3) = `v`, those inside the product; `c0` .. `c3` are the four
+// columns' `column_base`, `strides` the `row_strides`.
+fn store4(m: u32, n: u32, split: u32, v: vec4<f32>, c0: vec2<u32>, c1: vec2<u32>, c2: vec2<u32>, c3: vec2<u32>, strides: vec2<u32>) {
     if m >= cfg.m {
         return;
     }
-    for (var j = 0u; j < 4u; j = j + 1u) {
-        if n + j < cfg.n {
-            store_output(m, n + j, split, v[j]);
-        }
+    let row = m * strides;
+    if n < cfg.n {
+        store_output(m, c0 + row, split, v.x);
+    }
+    if n + 1u < cfg.n {
+        store_output(m, c1 + row, split, v.y);
+    }
+    if n + 2u < cfg.n {
+        store_output(m, c2 + row, split, v.z);
+    }
+    if n + 3u < cfg.n {
+        store_output(m, c3 + row, split, v.w);
     }
 }
 
 // A 4 x 4 quarter of an invocation's block: rows m .. m + 3 (`r0` .. `r3`), columns n .. n + 3.
 fn store_quarter(m: u32, n: u32, split: u32, r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>) {
-    store4(m, n, split, r0);
-    store4(m + 1u, n, split, r1);
-    store4(m + 2u, n, split, r2);
-    store4(m + 3u, n, split, r3);
+    if n >= cfg.n || m >= cfg.m {
+        return;
+    }
+    let c0 = column_base(n);
+    let c1 = column_base(n + 1u);
+    let c2 = column_base(n + 2u);
+    let c3 = column_base(n + 3u);
+    let strides = row_strides();
+    store4(m, n, split, r0, c0, c1, c2, c3, strides);
+    store4(m + 1u, n, split, r1, c0, c1, c2, c3, strides);
+    store4(m + 2u, n, split, r2, c0, c1, c2, c3, strides);
+    store4(m + 3u, n, split, r3, c0, c1, c2, c3, strides);
 }
 
 // Column n's index terms (`n_terms`), zeros past the product.
